@@ -1,0 +1,34 @@
+# Quick start: `make demo` then `make test`. Both create the virtual environment when needed.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint clean rebuild-builtin
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned, so nothing can pull a multi-GB CUDA build instead.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/servecheck demo --out-dir demo-out
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# Retrain the committed built-in model (about 6 minutes on 2 CPU cores).
+rebuild-builtin: $(STAMP)
+	$(BIN)/python -m servecheck.tinymodels.build --out servecheck/tinymodels/builtin --steps 800
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

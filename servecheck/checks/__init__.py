@@ -1,0 +1,112 @@
+"""Checks: each takes the records and the reference and returns one verdict with its evidence.
+
+``CheckContext`` holds what several checks share and is costly to make (reference prompts,
+token ids, teacher-forced scores), computed once and only when a check asks for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Literal
+
+from servecheck.records import ResponseRecord
+from servecheck.reference import Reference
+from servecheck.scoring import ScoreItem, TokenScores, score
+
+Verdict = Literal["pass", "fail", "skipped"]
+
+NUMERICS_TOLERANCE = {"fp32": 0.01, "fp16": 0.25, "bf16": 0.5, "fp8": 1.0}
+"""Greedy near-tie tolerance δ (logit units) by the server's numerics: a non-argmax token whose
+logit is within δ of the argmax's is a numerical near-tie, not a bug. bf16 vs an fp32 reference
+moves log-probs by ~3e-2 on the tiny model and more on deep ones; δ leaves a wide margin."""
+
+
+@dataclass
+class Finding:
+    record: str
+    message: str
+    severity: float = 0.0
+    """Bigger is worse; findings are listed worst first."""
+
+
+@dataclass
+class CheckResult:
+    name: str
+    verdict: Verdict
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+
+    def worst_first(self) -> list[Finding]:
+        return sorted(self.findings, key=lambda f: -f.severity)
+
+
+def label(record: ResponseRecord, index: int) -> str:
+    return record.id or f"#{index}"
+
+
+class CheckContext:
+    def __init__(self, records: list[ResponseRecord], ref: Reference, numerics: str = "bf16"
+                 ) -> None:
+        self.all_records = records
+        self.records = [r for r in records if r.error is None]
+        self.labels = [label(r, i) for i, r in enumerate(records) if r.error is None]
+        self.ref = ref
+        self.numerics = numerics
+        self.tolerance = NUMERICS_TOLERANCE[numerics]
+
+    @cached_property
+    def expected_prompts(self) -> list[str | Exception]:
+        """The reference rendering of each record's conversation (or why it cannot be rendered)."""
+        out: list[str | Exception] = []
+        for r in self.records:
+            try:
+                out.append(self.ref.render(r.conversations))
+            except Exception as e:  # noqa: BLE001 - a template raises what it likes
+                out.append(e)
+        return out
+
+    def prompt_ids(self, i: int) -> tuple[list[int], str]:
+        """What the server conditioned on: its reported ids, else its input text, tokenized."""
+        r = self.records[i]
+        if r.prompt_token_ids:
+            return r.prompt_token_ids, "server prompt token ids"
+        if r.input:
+            return self.ref.encode(r.input), "served input text"
+        expected = self.expected_prompts[i]
+        if isinstance(expected, Exception):
+            return [], "none"
+        return self.ref.encode(expected), "reference template"
+
+    def output_ids(self, i: int) -> tuple[list[int], str]:
+        """The served output tokens up to and including the first end marker."""
+        r = self.records[i]
+        ends = set(self.ref.end_ids)
+        if r.output_token_ids is not None:
+            ids, source = list(r.output_token_ids), "server token ids"
+        else:
+            ids, source = self.ref.encode(r.output), "reference tokenization of the output text"
+        for k, t in enumerate(ids):
+            if t in ends:
+                return ids[: k + 1], source
+        return ids, source
+
+    def scores(self, indices: list[int]) -> dict[int, TokenScores]:
+        """Teacher-forced scores for the records at ``indices`` (cached across checks)."""
+        cache: dict[int, TokenScores] = self.__dict__.setdefault("_scores", {})
+        missing = [i for i in indices if i not in cache]
+        if missing:
+            items = [ScoreItem(self.prompt_ids(i)[0], self.output_ids(i)[0]) for i in missing]
+            for i, s in zip(missing, score(self.ref, items), strict=True):
+                cache[i] = s
+        return {i: cache[i] for i in indices}
+
+
+def run_checks(ctx: CheckContext) -> list[CheckResult]:
+    from servecheck.checks.greedy import check_greedy
+    from servecheck.checks.records import check_records
+    from servecheck.checks.template import check_template
+    from servecheck.checks.termination import check_termination
+
+    return [check_records(ctx), check_template(ctx), check_termination(ctx), check_greedy(ctx)]

@@ -1,0 +1,133 @@
+"""Template check: the prompt the server built against the reference's chat template.
+
+Exact equality of text (and of token ids where the server reports them), and where they differ a
+diagnosis a person can act on. Each diagnosis is tested by repairing the served prompt in one
+known way and seeing whether the reference comes out; the first repair that works names the bug.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from servecheck.checks import CheckContext, CheckResult, Finding
+from servecheck.records import Conversation
+from servecheck.reference import Reference
+
+ROLE_WORDS = {"user", "model", "assistant", "system", "human", "bot", "gpt", "ai", "developer"}
+
+
+def show(text: str, at: int, width: int = 20) -> str:
+    """A short escaped excerpt around ``at``: whitespace and special tokens stay visible."""
+    lo = max(0, at - width)
+    excerpt = text[lo:at + width]
+    return ("…" if lo else "") + repr(excerpt)[1:-1] + ("…" if at + width < len(text) else "")
+
+
+def first_difference(a: str | list[int], b: str | list[int]) -> int:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
+
+
+def _word_at(text: str, i: int) -> str:
+    """The alphanumeric word that contains (or starts at) character ``i``."""
+    lo = i
+    while lo > 0 and text[lo - 1].isalnum():
+        lo -= 1
+    hi = i
+    while hi < len(text) and text[hi].isalnum():
+        hi += 1
+    return text[lo:hi]
+
+
+def diagnose(served: str, conv: Conversation, ref: Reference, expected: str) -> tuple[str, str]:
+    """(kind, message) for a served prompt that differs from ``expected``."""
+    bos = ref.tokenizer.bos_token or ""
+    if bos and served == bos + expected:
+        kind = "double BOS" if expected.startswith(bos) else "extra BOS"
+        return kind, f"{kind}: the prompt starts with an extra {bos} before the template's text"
+    if bos and expected.startswith(bos) and served == expected[len(bos):]:
+        return "missing BOS", f"missing BOS: the template starts with {bos}, the served prompt does not"
+    no_gen = ref.render(conv, add_generation_prompt=False)
+    header = expected[len(no_gen):] if expected.startswith(no_gen) else ""
+    if header and served == no_gen:
+        return "missing generation prompt", (
+            f"missing generation prompt: the prompt should end with {header!r}")
+    if served.startswith(expected):
+        return "extra text", f"extra text after the generation prompt: {show(served, len(expected))}"
+    messages = conv.hf_messages()
+    system = next((m["content"] for m in messages if m["role"] == "system"), None)
+    if system is not None:
+        without = ref.render_messages([m for m in messages if m["role"] != "system"])
+        if served == without or system.strip() not in served:
+            return "system prompt dropped", "system prompt dropped: its text is not in the prompt"
+        if served.find(system.strip()) != expected.find(system.strip()):
+            return "system prompt placement", (
+                f"system prompt placed differently: at char {served.find(system.strip())} "
+                f"({show(served, served.find(system.strip()))}) where the reference has it at "
+                f"char {expected.find(system.strip())} ({show(expected, expected.find(system.strip()))})")
+    at = first_difference(served, expected)
+    got, want = _word_at(served, at), _word_at(expected, at)
+    if got.lower() in ROLE_WORDS and want.lower() in ROLE_WORDS and got != want:
+        return "role name", f"role name '{got}' where the reference template has '{want}'"
+    if re.sub(r"\s+", "", served) == re.sub(r"\s+", "", expected):
+        return "whitespace", (f"whitespace differs at char {at}: served {show(served, at)} vs "
+                              f"reference {show(expected, at)}")
+    if ref.strip_special(served) == ref.strip_special(expected):
+        return "special tokens", (f"special tokens differ at char {at}: served {show(served, at)}"
+                                  f" vs reference {show(expected, at)}")
+    return "differs", f"differs at char {at}: served {show(served, at)} vs reference {show(expected, at)}"
+
+
+def _ids_diagnosis(ids: list[int], expected_ids: list[int], ref: Reference) -> tuple[str, str]:
+    bos = ref.tokenizer.bos_token_id
+    if bos is not None and ids == [bos, *expected_ids]:
+        return "double BOS", ("double BOS in the prompt tokens: the server added special tokens "
+                              "when tokenizing the templated prompt (use add_special_tokens=False)")
+    at = first_difference(ids, expected_ids)
+    got = ref.tokenizer.convert_ids_to_tokens(ids[at:at + 3])
+    want = ref.tokenizer.convert_ids_to_tokens(expected_ids[at:at + 3])
+    return "prompt tokens", f"prompt token ids differ at token {at}: served {got} vs reference {want}"
+
+
+def check_template(ctx: CheckContext) -> CheckResult:
+    ref = ctx.ref
+    findings: list[Finding] = []
+    kinds: Counter[str] = Counter()
+    compared = 0
+    for i, (r, expected) in enumerate(zip(ctx.records, ctx.expected_prompts, strict=True)):
+        name = ctx.labels[i]
+        if isinstance(expected, Exception):
+            kinds["reference template rejects conversation"] += 1
+            findings.append(Finding(name, f"the reference template rejects this conversation: "
+                                          f"{expected}", 1.0))
+            continue
+        if not r.input and r.prompt_token_ids is None:
+            continue
+        compared += 1
+        problem: tuple[str, str] | None = None
+        if r.input and r.input != expected:
+            kind, message = diagnose(r.input, r.conversations, ref, expected)
+            at_tok = first_difference(ref.encode(r.input), ref.encode(expected))
+            at_chr = first_difference(r.input, expected)
+            problem = kind, f"{message} (first difference: char {at_chr}, token {at_tok})"
+        elif r.prompt_token_ids is not None:
+            expected_ids = ref.encode(expected)
+            if r.prompt_token_ids != expected_ids:
+                problem = _ids_diagnosis(r.prompt_token_ids, expected_ids, ref)
+        if problem:
+            kinds[problem[0]] += 1
+            findings.append(Finding(name, problem[1], 1.0))
+    if not compared and not findings:
+        return CheckResult("template", "skipped", "no record has an input or prompt token ids")
+    if findings:
+        summary = f"{len(findings)}/{len(ctx.records)} records differ from the reference template: " + \
+            ", ".join(f"{k} ({n})" for k, n in kinds.most_common())
+        return CheckResult("template", "fail", summary,
+                           {"compared": compared, "differ": len(findings), "kinds": dict(kinds)},
+                           findings)
+    return CheckResult("template", "pass",
+                       f"{compared}/{compared} prompts equal the reference template",
+                       {"compared": compared, "differ": 0})

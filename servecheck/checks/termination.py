@@ -1,0 +1,77 @@
+"""Termination check: a finished answer ends with the end-of-turn marker and nothing after it.
+
+Also: no output longer than max_tokens, and no prompt echoed in front of the output (Triton's
+``exclude_input_in_output`` left false). The markers come from the reference (generation config
+and tokenizer), so the check is right for any model family.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from servecheck.checks import CheckContext, CheckResult, Finding
+from servecheck.checks.template import show
+from servecheck.records import ResponseRecord
+
+
+def _echo(r: ResponseRecord, prompt: str, ctx: CheckContext) -> bool:
+    if prompt and r.output.startswith(prompt):
+        return True
+    plain = ctx.ref.strip_special(prompt).strip()
+    return len(plain) >= 8 and ctx.ref.strip_special(r.output).lstrip().startswith(plain)
+
+
+def _problems(i: int, ctx: CheckContext) -> list[tuple[str, str]]:
+    r = ctx.records[i]
+    expected = ctx.expected_prompts[i]
+    prompt = r.input or (expected if isinstance(expected, str) else "")
+    out: list[tuple[str, str]] = []
+    if _echo(r, prompt, ctx):
+        out.append(("prompt echo", "the output starts with the prompt (prompt echoed; "
+                                   "exclude_input_in_output not honoured?)"))
+    if r.output_token_ids is not None:
+        n, how = len(r.output_token_ids), "server token ids"
+    else:
+        n, how = len(ctx.ref.encode(r.output)), "reference tokenization"
+    limit = r.parameters.max_tokens
+    if limit is not None and n > limit:
+        out.append(("too long", f"{n} output tokens ({how}) > max_tokens {limit}"))
+    hits = [(r.output.find(m), m) for m in ctx.ref.end_markers if m in r.output]
+    if hits:
+        at, marker = min(hits)
+        tail = r.output[at + len(marker):]
+        if tail:
+            out.append(("text after end", f"{len(tail)} characters after {marker}: "
+                                          f"{show(r.output, at + len(marker))}"))
+        return out
+    cut = r.finish_reason == "length" or (r.finish_reason is None and limit is not None
+                                          and n >= limit)
+    if not cut:
+        marker = ctx.ref.turn_end_marker or (ctx.ref.end_markers or ["<end of turn>"])[0]
+        why = f"finish_reason '{r.finish_reason}'" if r.finish_reason else \
+            f"{n} tokens < max_tokens {limit}" if limit else "no max_tokens"
+        out.append(("missing end marker", f"finished output ({why}) does not end with {marker}: "
+                                          f"end-of-turn stripped or wrong stop token; ends with "
+                                          f"{show(r.output, len(r.output))}"))
+    return out
+
+
+def check_termination(ctx: CheckContext) -> CheckResult:
+    findings: list[Finding] = []
+    kinds: Counter[str] = Counter()
+    for i in range(len(ctx.records)):
+        for kind, message in _problems(i, ctx):
+            kinds[kind] += 1
+            findings.append(Finding(ctx.labels[i], f"{kind}: {message}", 1.0))
+    n = len(ctx.records)
+    details = {"records": n, "end_markers": ctx.ref.end_markers, "kinds": dict(kinds)}
+    if not n:
+        return CheckResult("termination", "skipped", "no records with an output")
+    if findings:
+        bad = len({f.record for f in findings})
+        summary = f"{bad}/{n} records end wrongly: " + \
+            ", ".join(f"{k} ({c})" for k, c in kinds.most_common())
+        return CheckResult("termination", "fail", summary, details, findings)
+    return CheckResult("termination", "pass",
+                       f"{n}/{n} outputs end correctly (markers {', '.join(ctx.ref.end_markers)})",
+                       details)

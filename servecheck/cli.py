@@ -1,0 +1,124 @@
+"""The ``servecheck`` command: generate, check, demo, schema.
+
+Exit codes: 0 every check passed (or the command did its job), 1 a check failed, 2 bad input or
+an error (one message naming the file and field, no traceback), 130 interrupted (what was
+collected is on disk; run the same command again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from servecheck.errors import InputError
+
+EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def cmd_generate(a: argparse.Namespace, console: Console) -> int:
+    from servecheck.generate import collect
+
+    s = collect(a.prompts, a.target, a.out, show_progress=not a.no_progress)
+    console.print(f"{a.out}: {s.written} new record(s), {s.skipped} already answered, "
+                  f"{s.planned} planned")
+    for rid, err in s.errors[:10]:
+        console.print(f"  [red]error[/] {rid}: {err}", markup=True, highlight=False)
+    if s.errors:
+        console.print(f"{len(s.errors)} request(s) failed; they are in the file with 'error' set "
+                      f"and a rerun retries them")
+    if s.interrupted:
+        console.print(f"interrupted: {s.written} record(s) saved in {a.out}; run the same command "
+                      f"again to resume")
+        return EXIT_INTERRUPTED
+    return EXIT_FAIL if s.errors else EXIT_PASS
+
+
+def run_check(responses: Path, reference: str, numerics: str, console: Console,
+              json_out: Path | None = None, title: str | None = None) -> int:
+    from servecheck.checks import CheckContext, run_checks
+    from servecheck.reference import Reference
+    from servecheck.responses import read_records
+    from servecheck.summary import overall, print_table, to_json, write_json
+
+    records = read_records(responses)
+    ref = Reference(reference)
+    with console.status("teacher-forcing outputs through the reference…"):
+        results = run_checks(CheckContext(records, ref, numerics))
+    print_table(results, console, title or f"servecheck: {responses} vs {reference}")
+    if json_out:
+        meta = {"reference": reference, "responses": str(responses), "records": len(records),
+                "numerics": numerics}
+        write_json(json_out, to_json(results, meta))
+        console.print(f"summary written to {json_out}")
+    return EXIT_PASS if overall(results) == "pass" else EXIT_FAIL
+
+
+def cmd_check(a: argparse.Namespace, console: Console) -> int:
+    return run_check(a.responses, a.reference, a.numerics, console, a.json)
+
+
+def cmd_demo(a: argparse.Namespace, console: Console) -> int:
+    from servecheck.demo import run_demo
+
+    return run_demo(a.out_dir, console)
+
+
+def cmd_schema(a: argparse.Namespace, console: Console) -> int:
+    from servecheck.records import ResponseRecord, Variations
+
+    model = ResponseRecord if a.which == "responses" else Variations
+    print(json.dumps(model.model_json_schema(), indent=2))
+    return EXIT_PASS
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="servecheck", description=(
+        "Check that the model behind an inference server is the model you think it is: "
+        "chat template, termination and output distribution against a Hugging Face reference."))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="expand a prompts file and collect responses")
+    g.add_argument("prompts", type=Path, help="prompts.json: lists of variations")
+    g.add_argument("--target", required=True,
+                   help="where to send requests: hf:PATH or hf:builtin (?fault=… for a known bug)")
+    g.add_argument("--out", type=Path, required=True, help="responses file (.json or .jsonl)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("check", help="check a responses file against a reference checkpoint")
+    c.add_argument("responses", type=Path, help="responses file: JSON list or JSON Lines")
+    c.add_argument("--reference", default="builtin", help="local HF checkpoint folder or 'builtin'")
+    c.add_argument("--json", type=Path, help="write the JSON summary here")
+    c.add_argument("--numerics", default="bf16", choices=["fp32", "fp16", "bf16", "fp8"],
+                   help="the server's numerics; sets the greedy near-tie tolerance (default bf16)")
+    c.set_defaults(func=cmd_check)
+
+    d = sub.add_parser("demo", help="a correct and a faulty server on the built-in model, checked")
+    d.add_argument("--out-dir", type=Path, default=Path("demo-out"))
+    d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("schema", help="print the JSON Schema of a file format")
+    s.add_argument("which", choices=["responses", "prompts"])
+    s.set_defaults(func=cmd_schema)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    console = Console(highlight=False)
+    try:
+        return args.func(args, console)
+    except InputError as e:
+        Console(stderr=True, highlight=False).print(f"servecheck: error: {e}", markup=False)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        Console(stderr=True).print("servecheck: interrupted")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""The one error type a user sees: bad input, named with where it is.
+
+Anything raised as ``InputError`` reaches the command line as a single message and exit code 2,
+with no traceback; everything else is a bug in servecheck and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class InputError(Exception):
+    """Bad input from the user: a file, a field, a target, a reference path."""
+
+    def __init__(self, message: str, *, where: str | None = None) -> None:
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class TargetError(Exception):
+    """A target failed on one request (server down, timeout, error frame); the run goes on."""

@@ -1,0 +1,84 @@
+"""Collect responses: expand the prompts matrix, skip what is answered, ask the target, append.
+
+Every record is on disk the moment it exists (``ResponseWriter``), so Ctrl-C or a dead server
+loses at most the requests in flight, and the same command run again picks up where it stopped.
+A failed request becomes a record with ``error`` set: it is reported, and retried on the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task,
+                           TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+from rich.text import Text
+
+from servecheck.errors import TargetError
+from servecheck.prompts import Request, expand
+from servecheck.records import ResponseRecord
+from servecheck.responses import ResponseWriter, answered_ids
+from servecheck.targets import Target, open_target
+
+
+@dataclass
+class CollectSummary:
+    planned: int
+    skipped: int
+    written: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    interrupted: bool = False
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:.1f} req/s" if task.speed else "- req/s")
+
+
+def _error_record(request: Request, target: Target, message: str) -> ResponseRecord:
+    return ResponseRecord(id=request.id, conversations=request.conversation,
+                          parameters=request.parameters, target=target.spec, error=message)
+
+
+async def _collect(todo: list[Request], target: Target, writer: ResponseWriter,
+                   summary: CollectSummary, progress: Progress | None) -> None:
+    gate = asyncio.Semaphore(max(1, target.max_concurrency))
+    task_id = progress.add_task("generate", total=len(todo)) if progress else None
+
+    async def one(request: Request) -> None:
+        async with gate:
+            try:
+                record = await target.generate(request)
+            except TargetError as e:
+                record = _error_record(request, target, str(e))
+                summary.errors.append((request.id, str(e)))
+        writer.write(record)
+        summary.written += 1
+        if progress is not None and task_id is not None:
+            progress.advance(task_id)
+
+    await asyncio.gather(*(one(r) for r in todo))
+
+
+def collect(prompts: Path, target_spec: str, out: Path, show_progress: bool = True
+            ) -> CollectSummary:
+    """Run the whole matrix against a target into ``out``; resumable, see the module docstring."""
+    requests = expand(prompts)
+    done = answered_ids(out)
+    todo = [r for r in requests if r.id not in done]
+    summary = CollectSummary(planned=len(requests), skipped=len(requests) - len(todo))
+    if not todo:
+        return summary
+    target = open_target(target_spec)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               RateColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn())
+    try:
+        with ResponseWriter(out) as writer, Progress(*columns, disable=not show_progress) as bar:
+            asyncio.run(_collect(todo, target, writer, summary, bar))
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        target.close()
+    return summary

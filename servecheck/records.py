@@ -1,0 +1,134 @@
+"""Typed, versioned records: what a prompts file asks for and what a responses file holds.
+
+The field names are the original notes' (``conversations.contents[].role/content``,
+``parameters``, ``input``, ``output``) so files exported from a production stack check as they
+are; servecheck's own additions are optional. ``SCHEMA_VERSION`` goes up when a field changes
+meaning; ``docs/formats.md`` documents both formats and ``servecheck schema`` prints the JSON
+Schema.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from servecheck.errors import InputError
+
+SCHEMA_VERSION = 1
+
+Role = Literal["system", "user", "model"]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    """``model`` is the seed's name for the answering role (HF templates call it ``assistant``)."""
+    content: str
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _assistant_is_model(cls, v: object) -> object:
+        return "model" if v == "assistant" else v
+
+
+class Conversation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    contents: list[Message] = Field(min_length=1)
+
+    def hf_messages(self) -> list[dict[str, str]]:
+        """The conversation as HF chat messages (role ``model`` becomes ``assistant``)."""
+        return [{"role": "assistant" if m.role == "model" else m.role, "content": m.content}
+                for m in self.contents]
+
+
+class Parameters(BaseModel):
+    """Sampling parameters as requested. ``None`` means "not sent": the server's default applies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    """0 means "no top-k", as in vLLM and TensorRT-LLM."""
+    min_p: float | None = Field(None, ge=0, le=1)
+    seed: int | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+    @property
+    def greedy(self) -> bool:
+        """Temperature 0 or top_k 1: one right token at every step."""
+        return self.temperature == 0 or self.top_k == 1
+
+
+class Timing(BaseModel):
+    started_at: str
+    """ISO 8601, UTC."""
+    latency_s: float
+
+
+class ResponseRecord(BaseModel):
+    """One request and what the target answered. Only the seed's four fields are required."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    id: str | None = None
+    """Stable for the same request; a rerun skips ids already answered."""
+    conversations: Conversation
+    parameters: Parameters = Field(default_factory=Parameters)
+    input: str = ""
+    """The templated prompt as the target built or received it: one string, special tokens included."""
+    output: str = ""
+    """Generated text only, ending with the end-of-turn marker when the model finished."""
+    target: str | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+    prompt_token_ids: list[int] | None = None
+    output_token_ids: list[int] | None = None
+    output_logprobs: list[float] | None = None
+    timing: Timing | None = None
+    error: str | None = None
+    """Set when the request failed; such records are kept, reported, and retried on resume."""
+
+
+def _wrap_scalar(v: object) -> object:
+    """A scalar is a list of one; so is a single conversation given as a prompt."""
+    if isinstance(v, list) and not (v and all(isinstance(x, dict) for x in v)):
+        return v
+    return [v]
+
+
+class Variations(BaseModel):
+    """One block of a prompts file: every combination of its lists is one request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: list[str | list[Message]] = Field(min_length=1)
+    """A user message, or a whole conversation (roles alternate, the last one is ``user``)."""
+    system_prompt: list[str | None] = Field([None], min_length=1)
+    temperature: list[float | None] = Field([None], min_length=1)
+    top_p: list[float | None] = Field([None], min_length=1)
+    top_k: list[int | None] = Field([None], min_length=1)
+    min_p: list[float | None] = Field([None], min_length=1)
+    seed: list[int | None] = Field([None], min_length=1)
+    max_tokens: list[int | None] = Field([None], min_length=1)
+    repetition_penalty: list[float | None] = Field([None], min_length=1)
+    presence_penalty: list[float | None] = Field([None], min_length=1)
+    frequency_penalty: list[float | None] = Field([None], min_length=1)
+
+    _wrap = field_validator("*", mode="before")(classmethod(lambda cls, v: _wrap_scalar(v)))
+
+
+def explain(err: ValidationError, where: str) -> InputError:
+    """One readable message from a pydantic error: the first problem, with its field path."""
+    first = err.errors()[0]
+    path = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    if first["type"] == "extra_forbidden":
+        return InputError(f"unknown field '{path}'{more}", where=where)
+    return InputError(f"field '{path}': {first['msg']}{more}", where=where)

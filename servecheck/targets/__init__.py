@@ -1,0 +1,45 @@
+"""Targets: where responses come from. One required method, registered lazily.
+
+A target turns a ``Request`` into a ``ResponseRecord``. Each kind is named by the scheme of its
+spec (``hf:builtin``, later ``triton://…``, ``openai://…``) and lives in its own module, imported
+only when a spec names it, so an optional client library is needed only by those who use it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+
+from servecheck.errors import InputError
+from servecheck.prompts import Request
+from servecheck.records import ResponseRecord
+
+# scheme -> "module:class"; nothing here is imported until a spec uses it.
+REGISTRY: dict[str, str] = {
+    "hf": "servecheck.targets.hf:HFTarget",
+}
+
+
+class Target(ABC):
+    """A model behind some interface. Subclasses implement ``generate``; the rest is optional."""
+
+    spec: str
+    max_concurrency: int = 1
+    """How many requests the collector may have in flight at once."""
+
+    @abstractmethod
+    async def generate(self, request: Request) -> ResponseRecord:
+        """Answer one request. Raise ``TargetError`` for a failure of this request only."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections or models."""
+
+
+def open_target(spec: str) -> Target:
+    scheme, sep, rest = spec.partition(":")
+    if not sep or scheme not in REGISTRY:
+        known = ", ".join(f"{s}:…" for s in REGISTRY)
+        raise InputError(f"unknown target (known: {known})", where=spec)
+    module, _, name = REGISTRY[scheme].partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    return cls.from_spec(spec, rest)
