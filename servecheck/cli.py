@@ -109,14 +109,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     try:
         return args.func(args, console)
     except InputError as e:
-        Console(stderr=True, highlight=False).print(f"servecheck: error: {e}", markup=False)
+        print(f"servecheck: error: {e}", file=sys.stderr)  # one unwrapped line, for grep and CI
         return EXIT_INPUT
     except KeyboardInterrupt:
-        Console(stderr=True).print("servecheck: interrupted")
+        print("servecheck: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -72,7 +72,8 @@ class HFTarget(Target):
         header = text[len(self.ref.render_messages(messages, add_generation_prompt=False)):]
         word = re.search(r"[A-Za-z]+", self.ref.strip_special(header))
         if not word or word.group() == "assistant":
-            return text.replace(header, header.replace("\n", " \n"))  # still a visible bug
+            raise TargetError("the assistant-role fault needs a template whose answering role "
+                              "is not already 'assistant'")
         return text.replace(header, header.replace(word.group(), "assistant"))
 
     def _generate_sync(self, request: Request) -> ResponseRecord:

@@ -96,6 +96,8 @@ class Recipe:
     batch: int = 32
     lr: float = 3e-3
     seed: int = 0
+    chats: int = 20000
+    """Size of the training corpus (conversations)."""
 
 
 def build_tokenizer(recipe: Recipe):
@@ -186,7 +188,7 @@ def train(recipe: Recipe, out: Path, log_every: int = 50) -> dict:
     torch.use_deterministic_algorithms(True)
     tokenizer = build_tokenizer(recipe)
     model = build_model(recipe, tokenizer)
-    data = [encode_chat(tokenizer, c) for c in corpus.corpus(20000, recipe.seed + 1)]
+    data = [encode_chat(tokenizer, c) for c in corpus.corpus(recipe.chats, recipe.seed + 1)]
     order = random.Random(recipe.seed + 2)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, recipe.steps // 20)

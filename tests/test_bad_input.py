@@ -1,0 +1,91 @@
+"""Bad input: one clear message naming the file and the field, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LITE, run_cli
+
+
+def _generate(tmp_path: Path, prompts: object, raw: str | None = None) -> int:
+    p = tmp_path / "prompts.json"
+    p.write_text(raw if raw is not None else json.dumps(prompts))
+    return run_cli("generate", p, "--target", "hf:builtin", "--out", tmp_path / "r.json",
+                   "--no-progress")
+
+
+@pytest.mark.parametrize(("prompts", "raw", "expect"), [
+    (None, "", "file is empty"),
+    (None, "{\"prompt\": [\"hi\",]}", "not valid JSON"),
+    ({"prompt": []}, None, "field 'prompt'"),
+    ({"prompt": "hi", "temperature": "hot"}, None, "field 'temperature.0"),
+    ({"prompt": "hi", "temperature": []}, None, "field 'temperature'"),
+    ({"prompt": "hi", "temprature": 0.5}, None, "unknown field 'temprature'"),
+    ({"prompt": "hi", "top_p": 1.5}, None, "field 'top_p'"),
+    ([], None, "no variation blocks"),
+    ([{"prompt": "hi"}, 3], None, "block 1"),
+    ({"prompt": [[{"role": "user", "content": "a"}, {"role": "model", "content": "b"}]]}, None,
+     "must end with a user turn"),
+    ({"prompt": [[{"role": "robot", "content": "a"}]]}, None, "field 'prompt"),
+])
+def test_bad_prompts_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], prompts: object,
+                          raw: str | None, expect: str) -> None:
+    assert _generate(tmp_path, prompts, raw) == 2
+    err = capsys.readouterr().err
+    assert expect in err
+    assert "prompts.json" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "r.json").exists()  # nothing half-done left behind
+
+
+def test_missing_prompts_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = run_cli("generate", tmp_path / "nope.json", "--target", "hf:builtin", "--out",
+                   tmp_path / "r.json")
+    assert code == 2
+    assert "nope.json: file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("target", "expect"), [
+    ("tgi://x", "unknown target"),
+    ("hf:builtin?fault=nope", "unknown fault"),
+    ("hf:builtin?colour=red", "unknown option"),
+    ("hf:/does/not/exist", "not a folder"),
+])
+def test_bad_target(tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str,
+                    expect: str) -> None:
+    code = run_cli("generate", LITE, "--target", target, "--out", tmp_path / "r.json",
+                   "--no-progress")
+    assert code == 2
+    assert expect in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("body", "expect"), [
+    ("", "file is empty"),
+    ("[1, 2]", "record 0: expected a record object"),
+    ('[{"conversations": {"contents": []}, "input": "x", "output": "y"}]',
+     "field 'conversations.contents'"),
+    ('[{"conversations": {"contents": [{"role": "user", "content": "hi"}]}, "input": 3}]',
+     "field 'input'"),
+    ('[{"conversations": {"contents": [{"role": "user", "content": "hi"}]},'
+     ' "parameters": {"temperature": 0, "beam": 4}}]', "unknown field 'parameters.beam'"),
+    ('{"a": 1}\n{"b": 2\n{"c": 3}\n', "line 2 is not valid JSON"),
+])
+def test_bad_responses_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str,
+                            expect: str) -> None:
+    p = tmp_path / "responses.json"
+    p.write_text(body)
+    assert run_cli("check", p, "--reference", "builtin") == 2
+    err = capsys.readouterr().err
+    assert expect in err and "responses.json" in err and "Traceback" not in err
+
+
+def test_reference_not_a_checkpoint(tmp_path: Path, lite_responses: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    assert run_cli("check", lite_responses, "--reference", tmp_path / "empty") == 2
+    assert "not a Hugging Face checkpoint: config.json missing" in capsys.readouterr().err
+    assert run_cli("check", lite_responses, "--reference", tmp_path / "missing") == 2
+    assert "not a folder" in capsys.readouterr().err

@@ -1,0 +1,54 @@
+"""prompts.json expansion: every combination is one request, with a stable id."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from servecheck.prompts import expand
+from tests.conftest import LITE, ROOT, run_cli
+
+
+def _write(tmp_path: Path, obj: object) -> Path:
+    p = tmp_path / "prompts.json"
+    p.write_text(json.dumps(obj))
+    return p
+
+
+def test_matrix_and_scalars(tmp_path: Path) -> None:
+    reqs = expand(_write(tmp_path, {"prompt": ["a", "b"], "system_prompt": [None, "s"],
+                                    "temperature": [0, 0.7, 1.0], "top_p": 0.9, "seed": 5}))
+    assert len(reqs) == 2 * 2 * 3
+    assert {r.parameters.top_p for r in reqs} == {0.9} and {r.parameters.seed for r in reqs} == {5}
+    with_system = [r for r in reqs if r.conversation.contents[0].role == "system"]
+    assert len(with_system) == 6 and with_system[0].conversation.contents[0].content == "s"
+    assert len({r.id for r in reqs}) == len(reqs)
+    assert [r.id for r in expand(tmp_path / "prompts.json")] == [r.id for r in reqs]
+
+
+def test_multi_turn_and_blocks(tmp_path: Path) -> None:
+    conv = [{"role": "user", "content": "hi"}, {"role": "model", "content": "Hello."},
+            {"role": "user", "content": "bye"}]
+    reqs = expand(_write(tmp_path, [{"prompt": conv, "system_prompt": "Be brief."},
+                                    {"prompt": ["x"], "max_tokens": [8, 16]}]))
+    assert len(reqs) == 3
+    roles = [m.role for m in reqs[0].conversation.contents]
+    assert roles == ["system", "user", "model", "user"]
+    assert reqs[0].conversation.hf_messages()[2]["role"] == "assistant"
+
+
+def test_repeated_combinations_get_distinct_ids(tmp_path: Path) -> None:
+    reqs = expand(_write(tmp_path, {"prompt": ["same", "same"], "seed": 1}))
+    assert len(reqs) == 2 and reqs[0].id != reqs[1].id
+
+
+def test_shipped_examples_expand() -> None:
+    assert len(expand(LITE)) == 32
+    assert len(expand(ROOT / "examples" / "prompts.json")) > 500
+
+
+def test_schema_command(capsys) -> None:
+    assert run_cli("schema", "responses") == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert {"conversations", "parameters", "input", "output", "schema_version"} <= set(
+        schema["properties"])

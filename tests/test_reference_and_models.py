@@ -1,0 +1,173 @@
+"""The reference side: template rendering, sandboxing, end markers, the scorer, the tiny models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from servecheck.records import Conversation, Message
+from servecheck.reference import Reference
+from servecheck.scoring import ScoreItem, score
+from servecheck.tinymodels.build import Recipe, train
+from tests.conftest import LITE, check_json, check_named, run_cli
+
+
+def _conv(*turns: tuple[str, str]) -> Conversation:
+    return Conversation(contents=[Message(role=r, content=c) for r, c in turns])  # type: ignore[arg-type]
+
+
+def test_builtin_renders_gemma3_format_exactly(ref: Reference) -> None:
+    conv = _conv(("system", "Be brief."), ("user", "  hi  "), ("model", "Hello. "),
+                 ("user", "And you?"))
+    assert ref.render(conv) == (
+        "<bos><start_of_turn>user\nBe brief.\n\nhi<end_of_turn>\n"
+        "<start_of_turn>model\nHello.<end_of_turn>\n"
+        "<start_of_turn>user\nAnd you?<end_of_turn>\n<start_of_turn>model\n")
+    ids = ref.encode(ref.render(conv))
+    assert ids[:2] == [ref.tokenizer.bos_token_id, ref.tokenizer.convert_tokens_to_ids(
+        "<start_of_turn>")]
+    # A plain encode adds BOS, as Gemma's tokenizer does: the root of the double-BOS bug.
+    assert ref.tokenizer(ref.render(conv))["input_ids"][:2] == [2, 2]
+
+
+def test_end_markers_come_from_the_checkpoint(ref: Reference) -> None:
+    assert ref.end_markers == ["<end_of_turn>", "<eos>"]
+    assert ref.turn_end_marker == "<end_of_turn>"
+
+
+def test_template_rejecting_a_conversation_is_reported(lite_records, tmp_path: Path) -> None:
+    bad = lite_records[0].model_copy(deep=True)
+    bad.conversations = _conv(("user", "a"), ("user", "b"))  # Gemma's template demands alternation
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps([bad.model_dump(exclude_none=True)]))
+    code, summary = check_json(path, tmp_path)
+    assert code == 1
+    (finding,) = check_named(summary, "template")["findings"]
+    assert "rejects this conversation" in finding["message"] and "alternate" in finding["message"]
+
+
+def test_checkpoint_templates_run_sandboxed(tmp_path: Path) -> None:
+    """A hostile template in a checkpoint cannot reach Python internals or the OS."""
+    ckpt = tmp_path / "hostile"
+    Reference("builtin").tokenizer.save_pretrained(ckpt)
+    (ckpt / "config.json").write_text("{}")
+    marker = tmp_path / "pwned"
+    (ckpt / "chat_template.jinja").write_text(
+        "{{ cycler.__init__.__globals__.os.system('touch " + str(marker) + "') }}")
+    hostile = Reference(str(ckpt))
+    with pytest.raises(Exception) as info:
+        hostile.render(_conv(("user", "hi")))
+    assert "unsafe" in str(info.value).lower() or "undefined" in str(info.value).lower()
+    assert not marker.exists()
+
+
+def test_builtin_greedy_answers_are_coherent(ref: Reference) -> None:
+    """Facts are right; counting and sums are well-formed (a 1M-parameter model is no calculator);
+    every answer ends with the end-of-turn marker."""
+    import re
+
+    from servecheck.tinymodels import corpus
+
+    facts = [(f"What does the {a} say?", f"The {a} says {corpus.SOUNDS[a]}.") for a in
+             corpus.ANIMALS] + [(f"Where does the {a} live?", f"The {a} lives in "
+                                 f"{corpus.HOMES[a]}.") for a in corpus.ANIMALS]
+    shaped = [("Count from 4 to 8.", r"4(, \d+)+\."), ("What is 3 plus 5?", r"3 plus 5 is \d+\."),
+              ("Tell me a story about the owl.", r"The \w+ owl \w+ to the \w+\..*")]
+    right = 0
+    for question, want in facts + shaped:
+        prompt = ref.render(_conv(("user", question)))
+        ids = torch.tensor([ref.encode(prompt)])
+        out = ref.model.generate(ids, max_new_tokens=40, do_sample=False,
+                                 eos_token_id=ref.end_ids)
+        answer = ref.decode(out[0, ids.shape[1]:].tolist())
+        assert answer.endswith("<end_of_turn>"), answer
+        answer = answer.removesuffix("<end_of_turn>")
+        if (question, want) in shaped:
+            assert re.fullmatch(want, answer), answer
+        else:
+            right += answer == want
+    assert right >= 0.9 * len(facts)
+
+
+def test_builtin_mixes_peaked_and_flat_positions(ref: Reference, lite_records) -> None:
+    """The statistics need both: positions with one right token and positions with many."""
+    entropies = []
+    for r in lite_records:
+        ids = torch.tensor([(r.prompt_token_ids or []) + (r.output_token_ids or [])])
+        with torch.inference_mode():
+            logits = ref.model(ids).logits[0, len(r.prompt_token_ids or []) - 1:-1]
+        p = logits.log_softmax(-1)
+        entropies += (-(p.exp() * p).sum(-1)).tolist()
+    e = np.array(entropies)
+    assert (e < 0.1).mean() > 0.3, "peaked positions"
+    assert (e > 1.0).mean() > 0.05, "flat positions"
+
+
+def _check_scores_against_full_logits(ref: Reference, items: list[ScoreItem]) -> None:
+    got = score(ref, items, token_budget=64, vocab_chunk=7)  # tiny budgets: many batches, chunks
+    for item, s in zip(items, got, strict=True):
+        ids = torch.tensor([item.prompt_ids + item.output_ids])
+        with torch.inference_mode():
+            lp = ref.model(ids).logits[0].float().log_softmax(-1)
+        pos = torch.arange(len(item.prompt_ids) - 1, ids.shape[1] - 1)
+        want = lp[pos, torch.tensor(item.output_ids)].numpy()
+        np.testing.assert_allclose(s.logprob, want, atol=1e-4)
+        np.testing.assert_array_equal(s.argmax, lp[pos].argmax(-1).numpy())
+        assert (s.rank[s.token_ids == s.argmax] == 0).all()
+        assert (s.margin >= -1e-6).all()
+
+
+def test_scorer_matches_full_forward_gemma(ref: Reference, lite_records) -> None:
+    items = [ScoreItem(r.prompt_token_ids or [], r.output_token_ids or [])
+             for r in lite_records[::5]]
+    _check_scores_against_full_logits(ref, items)
+
+
+@pytest.fixture(scope="session")
+def llama_chatml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second family: Llama weights, ChatML template, no BOS, <|im_end|> as end of turn."""
+    out = tmp_path_factory.mktemp("llama-chatml")
+    train(Recipe(arch="llama-chatml", steps=150, hidden=64, layers=2, intermediate=128,
+                 heads=2, kv_heads=1, vocab_size=1024, lr=1e-2, chats=3000), out, log_every=0)
+    return out
+
+
+def test_scorer_matches_full_forward_llama(llama_chatml: Path) -> None:
+    ref = Reference(str(llama_chatml))
+    prompt = ref.encode(ref.render(_conv(("user", "Name a color."))))
+    items = [ScoreItem(prompt, ref.encode("Blue.<|im_end|>")),
+             ScoreItem(prompt[:-1], ref.encode(" The cat says meow.<|im_end|>"))]
+    _check_scores_against_full_logits(ref, items)
+
+
+def test_other_family_checks_end_to_end(llama_chatml: Path, tmp_path: Path) -> None:
+    ref = Reference(str(llama_chatml))
+    assert ref.end_markers == ["<|im_end|>"] and ref.tokenizer.bos_token is None
+    out = tmp_path / "r.json"
+    assert run_cli("generate", LITE, "--target", f"hf:{llama_chatml}", "--out", out,
+                   "--no-progress") == 0
+    code, summary = check_json(out, tmp_path, str(llama_chatml))
+    assert code == 0, summary
+    assert check_named(summary, "greedy")["details"]["tokens"] > 0
+    # and a template fault is still named on this family
+    bad = tmp_path / "bad.json"
+    assert run_cli("generate", LITE, "--target", f"hf:{llama_chatml}?fault=drop-system",
+                   "--out", bad, "--no-progress") == 0
+    code, summary = check_json(bad, tmp_path, str(llama_chatml))
+    assert code == 1
+    assert "system prompt dropped" in check_named(summary, "template")["summary"]
+
+
+def test_build_is_deterministic(tmp_path: Path) -> None:
+    recipe = Recipe(steps=4, hidden=64, layers=2, intermediate=128, vocab_size=512, chats=200)
+    digests = []
+    for name in ("a", "b"):
+        train(recipe, tmp_path / name, log_every=0)
+        digests.append(hashlib.sha256((tmp_path / name / "model.safetensors").read_bytes())
+                       .hexdigest())
+    assert digests[0] == digests[1]
