@@ -1,28 +1,38 @@
 """Reference scores by teacher forcing: one forward pass over prompt + served output.
 
 The server's RNG cannot be reproduced and need not be: feeding the served tokens back through
-the reference gives, at every output position, the distribution a correct server sampled from.
-This costs one forward pass per response, where regenerating costs one per output token.
+the reference gives, at every output position, the distribution q_i = S_θ(z_i) a correct server
+sampled from. This costs one forward pass per response, where regenerating costs one per token.
 
-Responses are sorted by length and batched under a token budget (little padding), and only
-the output positions are projected onto the vocabulary, a few positions at a time, so memory
-does not grow with prompt length or batch size times vocabulary.
+Responses are sorted by length and batched under a token budget (little padding). Only output
+positions are projected onto the vocabulary, and never more than ``logit_budget`` logits at once:
+the number of positions per block shrinks as the vocabulary grows, so memory stays flat in both
+batch size and vocabulary (Gemma's is 262k).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from servecheck.reference import Reference
+from servecheck.sampling import HF, Convention, Sampling, boundary_slack, transform
+
+TEMPERATURE_FACTORS = np.exp(np.linspace(np.log(0.4), np.log(2.5), 41))
+"""Grid for the temperature profile likelihood, as multiples of the requested temperature."""
 
 
 @dataclass(frozen=True)
 class ScoreItem:
     prompt_ids: list[int]
     output_ids: list[int]
+    sampling: Sampling | None = None
+    """Requested sampling; None scores raw log-probs only (greedy checks need no more)."""
+    seed: int = 0
+    """Seeds the uniform draws of the randomised PIT, so results are reproducible."""
 
 
 @dataclass
@@ -31,13 +41,18 @@ class TokenScores:
 
     token_ids: np.ndarray
     logprob: np.ndarray
-    """Raw log-probability of the served token (temperature 1, no truncation)."""
+    """Raw log-probability (temperature 1, no truncation)."""
     argmax: np.ndarray
-    """The reference's greedy token at this position."""
     margin: np.ndarray
     """Logit of the argmax minus logit of the served token (0 when they are the same)."""
     rank: np.ndarray
-    """How many tokens the reference ranks strictly above the served one (0 = argmax)."""
+    """How many tokens have a strictly higher raw logit (0 = argmax)."""
+    stats: dict[str, np.ndarray] = field(default_factory=dict)
+    """With a sampling transform: ``logq`` (log q(y), -inf outside the support), ``above``
+    (q-mass ranked above y), ``pit``, ``entropy`` and ``var`` (of log q under q), ``top``
+    (largest q), ``pre_nucleus_above`` (mass above y before top_p), and ``temp_ll``
+    (log q(y) at each temperature of ``TEMPERATURE_FACTORS`` × requested); for tokens outside
+    the support, ``rule`` (index into ``sampling.RULES``) and ``slack`` (how far outside)."""
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -54,36 +69,91 @@ def _batches(order: list[int], lengths: list[int], budget: int) -> list[list[int
     return out + ([current] if current else [])
 
 
-def _project(ref: Reference, hidden, token_ids, chunk: int):
-    """Log-probs stats for rows of hidden states, ``chunk`` rows of full-vocabulary logits at a time."""
-    import torch
-
-    head = ref.model.get_output_embeddings()
+def _logits(ref: Reference, hidden: torch.Tensor) -> torch.Tensor:
+    logits = ref.model.get_output_embeddings()(hidden).float()
     cap = getattr(ref.model.config, "final_logit_softcapping", None)
-    stats = []
-    for s in range(0, hidden.shape[0], chunk):
-        logits = head(hidden[s:s + chunk]).float()
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        tok = token_ids[s:s + chunk]
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def _counts(item: ScoreItem, rows: slice, vocab: int, convention: Convention) -> torch.Tensor:
+    """Token counts of the penalised context before each output position in ``rows``."""
+    base = torch.zeros(vocab)
+    if convention.penalty_scope == "prompt+output":
+        base.index_add_(0, torch.tensor(item.prompt_ids, dtype=torch.long),
+                        torch.ones(len(item.prompt_ids)))
+    before = torch.tensor(item.output_ids[: rows.start], dtype=torch.long)
+    base.index_add_(0, before, torch.ones(len(before)))
+    block = torch.tensor(item.output_ids[rows], dtype=torch.long)
+    onehot = torch.zeros(len(block), vocab).scatter_(1, block[:, None], 1.0)
+    return base + onehot.cumsum(0) - onehot
+
+
+def _sampled_stats(logits: torch.Tensor, tok: torch.Tensor, s: Sampling, convention: Convention,
+                   counts: torch.Tensor | None, uniforms: torch.Tensor) -> dict[str, torch.Tensor]:
+    logq = transform(logits, s, convention, counts)
+    q = logq.exp()
+    lq_y = logq.gather(1, tok[:, None])[:, 0]
+    above = (q * (logq > lq_y[:, None])).sum(1)
+    plogq = torch.where(q > 0, q * logq, torch.zeros_like(q))
+    entropy = -plogq.sum(1)
+    second = torch.where(q > 0, q * logq * logq, torch.zeros_like(q)).sum(1)
+    no_nucleus = Sampling(**{**s.__dict__, "top_p": 1.0})
+    pre = transform(logits, no_nucleus, convention, counts)
+    pre_above = (pre.exp() * (pre > pre.gather(1, tok[:, None]))).sum(1)
+    temps = [Sampling(**{**s.__dict__, "temperature": s.temperature * f})
+             for f in TEMPERATURE_FACTORS]
+    temp_ll = torch.stack([transform(logits, t, convention, counts).gather(1, tok[:, None])[:, 0]
+                           for t in temps], dim=1)
+    rule = torch.zeros(len(tok), dtype=torch.long)
+    slack = torch.zeros(len(tok))
+    outside = torch.isinf(lq_y)
+    if outside.any():
+        rows = outside.nonzero()[:, 0]
+        r, sl = boundary_slack(logits[rows], tok[rows], s, convention,
+                               None if counts is None else counts[rows])
+        rule[rows], slack[rows] = r, sl
+    return {"logq": lq_y, "above": above, "rule": rule.float(), "slack": slack,
+            "pit": above + uniforms * lq_y.exp(),
+            "entropy": entropy, "var": (second - entropy**2).clamp(min=0), "top": q.amax(1),
+            "pre_nucleus_above": pre_above, "temp_ll": temp_ll}
+
+
+def _score_rows(ref: Reference, item: ScoreItem, hidden: torch.Tensor, convention: Convention,
+                logit_budget: int) -> TokenScores:
+    vocab = ref.model.get_output_embeddings().weight.shape[0]
+    step = max(1, logit_budget // vocab)
+    tokens = torch.tensor(item.output_ids, dtype=torch.long)
+    sampled = item.sampling is not None and not item.sampling.greedy
+    uniforms = torch.from_numpy(np.random.default_rng(item.seed).random(len(tokens))).float()
+    raw: list[torch.Tensor] = []
+    extra: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(tokens), step):
+        rows = slice(start, min(start + step, len(tokens)))
+        logits = _logits(ref, hidden[rows]).cpu()
+        tok = tokens[rows]
         chosen = logits.gather(1, tok[:, None])[:, 0]
         top, arg = logits.max(dim=1)
-        rank = (logits > chosen[:, None]).sum(dim=1)
-        logprob = chosen - torch.logsumexp(logits, dim=1)
-        stats.append(torch.stack([logprob, arg.float(), top - chosen, rank.float()], dim=1))
-    return torch.cat(stats).cpu().numpy()
+        raw.append(torch.stack([chosen - torch.logsumexp(logits, 1), arg.float(), top - chosen,
+                                (logits > chosen[:, None]).sum(1).float()], dim=1))
+        if sampled:
+            assert item.sampling is not None
+            counts = _counts(item, rows, vocab, convention) if item.sampling.penalised else None
+            for k, v in _sampled_stats(logits, tok, item.sampling, convention, counts,
+                                       uniforms[rows]).items():
+                extra.setdefault(k, []).append(v)
+    r = torch.cat(raw).numpy()
+    return TokenScores(token_ids=tokens.numpy(), logprob=r[:, 0], argmax=r[:, 1].astype(np.int64),
+                       margin=r[:, 2], rank=r[:, 3].astype(np.int64),
+                       stats={k: torch.cat(v).numpy() for k, v in extra.items()})
 
 
-def score(ref: Reference, items: Sequence[ScoreItem], token_budget: int = 8192,
-          vocab_chunk: int = 256) -> list[TokenScores]:
+def score(ref: Reference, items: Sequence[ScoreItem], convention: Convention = HF,
+          token_budget: int = 8192, logit_budget: int = 1 << 22) -> list[TokenScores]:
     """Teacher-force every item; the result is in the order of ``items``."""
-    import torch
-
     lengths = [len(it.prompt_ids) + len(it.output_ids) for it in items]
     order = sorted(range(len(items)), key=lambda i: -lengths[i])
     results: list[TokenScores | None] = [None] * len(items)
-    model = ref.model
-    decoder = model.get_decoder()
+    decoder = ref.model.get_decoder()
     pad = ref.tokenizer.pad_token_id or 0
     with torch.inference_mode():
         for batch in _batches(order, lengths, token_budget):
@@ -96,30 +166,9 @@ def score(ref: Reference, items: Sequence[ScoreItem], token_budget: int = 8192,
                 mask[row, : len(seq)] = 1
             hidden = decoder(input_ids=ids.to(ref.device),
                              attention_mask=mask.to(ref.device)).last_hidden_state
-            rows, positions, targets = [], [], []
             for row, i in enumerate(batch):
                 p, o = len(items[i].prompt_ids), len(items[i].output_ids)
-                rows += [row] * o
-                positions += range(p - 1, p + o - 1)  # the position before each output token
-                targets += items[i].output_ids
-            if not targets:
-                for i in batch:
-                    results[i] = _empty()
-                continue
-            h = hidden[torch.tensor(rows), torch.tensor(positions)]
-            stats = _project(ref, h, torch.tensor(targets, device=h.device), vocab_chunk)
-            start = 0
-            for i in batch:
-                o = len(items[i].output_ids)
-                s = stats[start:start + o]
-                start += o
-                results[i] = TokenScores(
-                    token_ids=np.asarray(items[i].output_ids, dtype=np.int64),
-                    logprob=s[:, 0], argmax=s[:, 1].astype(np.int64), margin=s[:, 2],
-                    rank=s[:, 3].astype(np.int64))
-    return [r if r is not None else _empty() for r in results]
-
-
-def _empty() -> TokenScores:
-    z = np.zeros(0)
-    return TokenScores(z.astype(np.int64), z, z.astype(np.int64), z, z.astype(np.int64))
+                # hidden state at the position before each output token predicts that token
+                results[i] = _score_rows(ref, items[i], hidden[row, p - 1:p + o - 1], convention,
+                                         logit_budget)
+    return [r for r in results if r is not None]

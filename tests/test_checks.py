@@ -24,7 +24,8 @@ def test_correct_server_passes(lite_responses: Path, tmp_path: Path) -> None:
     code, summary = check_json(lite_responses, tmp_path)
     assert code == 0 and summary["verdict"] == "pass"
     assert {c["name"]: c["verdict"] for c in summary["checks"]} == {
-        "records": "pass", "template": "pass", "termination": "pass", "greedy": "pass"}
+        "records": "pass", "template": "pass", "termination": "pass", "greedy": "pass",
+        "support": "pass", "fit": "pass", "temperature": "pass", "logprobs": "pass"}
     greedy = check_named(summary, "greedy")["details"]
     assert greedy["records"] == 16 and greedy["tokens"] > 100 and greedy["hard_mismatches"] == 0
 

@@ -6,20 +6,39 @@ token ids, teacher-forced scores), computed once and only when a check asks for 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
 from servecheck.records import ResponseRecord
 from servecheck.reference import Reference
+from servecheck.sampling import HF, Convention, Sampling
 from servecheck.scoring import ScoreItem, TokenScores, score
 
 Verdict = Literal["pass", "fail", "skipped"]
 
-NUMERICS_TOLERANCE = {"fp32": 0.01, "fp16": 0.25, "bf16": 0.5, "fp8": 1.0}
-"""Greedy near-tie tolerance δ (logit units) by the server's numerics: a non-argmax token whose
-logit is within δ of the argmax's is a numerical near-tie, not a bug. bf16 vs an fp32 reference
-moves log-probs by ~3e-2 on the tiny model and more on deep ones; δ leaves a wide margin."""
+@dataclass(frozen=True)
+class Numerics:
+    """Tolerances set by the server's numerics, for the deterministic checks.
+
+    ``logit``: a non-argmax greedy token (or a token just outside top_k) whose logit is within
+    this of the boundary is a numerical near-tie, not a bug. ``mass``: the same for the top_p and
+    min_p boundaries, in probability. ``logprob``: mean |served - reference| log-prob allowed.
+    bf16 against an fp32 reference moves log-probs by ~3e-2 on the tiny model and more on deep
+    ones; the values leave a wide margin.
+    """
+
+    name: str
+    logit: float
+    mass: float
+    logprob: float
+
+
+NUMERICS = {n.name: n for n in [Numerics("fp32", 0.01, 1e-3, 0.01),
+                                Numerics("fp16", 0.25, 0.01, 0.05),
+                                Numerics("bf16", 0.5, 0.02, 0.1),
+                                Numerics("fp8", 1.0, 0.05, 0.3)]}
 
 
 @dataclass
@@ -47,14 +66,15 @@ def label(record: ResponseRecord, index: int) -> str:
 
 
 class CheckContext:
-    def __init__(self, records: list[ResponseRecord], ref: Reference, numerics: str = "bf16"
-                 ) -> None:
+    def __init__(self, records: list[ResponseRecord], ref: Reference, numerics: str = "bf16",
+                 convention: Convention = HF, alpha: float = 0.01) -> None:
         self.all_records = records
         self.records = [r for r in records if r.error is None]
         self.labels = [label(r, i) for i, r in enumerate(records) if r.error is None]
         self.ref = ref
-        self.numerics = numerics
-        self.tolerance = NUMERICS_TOLERANCE[numerics]
+        self.numerics = NUMERICS[numerics]
+        self.convention = convention
+        self.alpha = alpha
 
     @cached_property
     def expected_prompts(self) -> list[str | Exception]:
@@ -97,16 +117,30 @@ class CheckContext:
         cache: dict[int, TokenScores] = self.__dict__.setdefault("_scores", {})
         missing = [i for i in indices if i not in cache]
         if missing:
-            items = [ScoreItem(self.prompt_ids(i)[0], self.output_ids(i)[0]) for i in missing]
-            for i, s in zip(missing, score(self.ref, items), strict=True):
+            items = [self._item(i) for i in missing]
+            for i, s in zip(missing, score(self.ref, items, self.convention), strict=True):
                 cache[i] = s
         return {i: cache[i] for i in indices}
 
 
+    def _item(self, i: int) -> ScoreItem:
+        r = self.records[i]
+        seed = int.from_bytes(hashlib.sha256(self.labels[i].encode()).digest()[:4], "little")
+        return ScoreItem(self.prompt_ids(i)[0], self.output_ids(i)[0],
+                         Sampling.of(r.parameters), seed)
+
+    def sampled(self) -> list[int]:
+        return [i for i, r in enumerate(self.records) if not Sampling.of(r.parameters).greedy]
+
+
 def run_checks(ctx: CheckContext) -> list[CheckResult]:
+    from servecheck.checks.distribution import check_distribution
     from servecheck.checks.greedy import check_greedy
+    from servecheck.checks.logprobs import check_logprobs
     from servecheck.checks.records import check_records
+    from servecheck.checks.support import check_support
     from servecheck.checks.template import check_template
     from servecheck.checks.termination import check_termination
 
-    return [check_records(ctx), check_template(ctx), check_termination(ctx), check_greedy(ctx)]
+    return [check_records(ctx), check_template(ctx), check_termination(ctx), check_greedy(ctx),
+            check_support(ctx), *check_distribution(ctx), check_logprobs(ctx)]

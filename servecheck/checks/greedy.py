@@ -19,7 +19,7 @@ def check_greedy(ctx: CheckContext) -> CheckResult:
         return CheckResult("greedy", "skipped", "no greedy records (temperature 0 or top_k 1)")
     scores = ctx.scores(idx)
     tok = ctx.ref.tokenizer
-    delta = ctx.tolerance
+    delta = ctx.numerics.logit
     findings: list[Finding] = []
     tokens = hard = ties = 0
     sources = {ctx.output_ids(i)[1] for i in idx} | {ctx.prompt_ids(i)[1] for i in idx}
@@ -40,7 +40,7 @@ def check_greedy(ctx: CheckContext) -> CheckResult:
                 f"{served!r}, reference argmax {best!r}, logit margin {s.margin[k]:.3f} > δ {delta}",
                 float(s.margin[hard_pos].max())))
     details = {"records": len(idx), "tokens": tokens, "hard_mismatches": hard,
-               "near_ties": ties, "tolerance": delta, "numerics": ctx.numerics,
+               "near_ties": ties, "tolerance": delta, "numerics": ctx.numerics.name,
                "token_sources": sorted(sources)}
     tie_note = f", {ties} near-tie divergence(s) within δ={delta}" if ties else ""
     if hard:

@@ -2,19 +2,22 @@
 
 The original notes' first approach (host the HF checkpoint and generate), and servecheck's
 ground truth: templating with the checkpoint's own chat template, tokenizing without adding
-special tokens, sampling with the requested temperature/top_p/top_k/min_p/seed/max_tokens.
+special tokens, sampling with HF's own warpers at the requested temperature/top_p/top_k/min_p/
+repetition penalty/seed/max_tokens, and the raw log-probs of the generated tokens recorded.
 
-``?fault=NAME[,NAME]`` turns on a deployment bug seen in the wild, so the demo, the tests and the
-benchmarks have a faulty server whose fault is known:
+``?fault=NAME[,NAME]`` turns on a deployment bug seen in the wild (``targets/faults.py``), so the
+demo, the tests and the benchmarks have a faulty server whose fault is known:
 
-- ``double-bos``: the templated prompt is tokenized with special tokens added (two BOS);
-- ``assistant-role``: the answering role is written ``assistant`` where the template says otherwise;
-- ``drop-system``: the system prompt never reaches the template;
-- ``echo``: the prompt is returned in front of the output (exclude_input_in_output ignored);
-- ``strip-end``: special tokens are stripped from the output, the end-of-turn marker with them;
-- ``ignore-eos``: generation runs on past the end of turn until max_tokens.
+- template and termination: ``double-bos`` (templated prompt tokenized with special tokens
+  added), ``assistant-role`` (answering role written ``assistant``), ``drop-system``, ``echo``
+  (prompt returned in front of the output), ``strip-end`` (end-of-turn marker stripped),
+  ``ignore-eos`` (generation runs past the end of turn);
+- sampling: ``temperature-ignored``, ``temperature-twice``, ``top-p-ignored``,
+  ``top-k-off-by-one``, ``nucleus-boundary``, ``repetition-penalty``;
+- weights: ``int8``, ``int4`` (weight-only round-to-nearest quantisation).
 
-``?dtype=bfloat16`` runs the model in bf16 (a correct server with other numerics).
+``?dtype=bfloat16`` runs the model in bf16, ``?round_params=float32`` sends sampling parameters
+through float32 as Triton does (0.9 → 0.8999999762): correct servers with other numerics.
 """
 
 from __future__ import annotations
@@ -25,19 +28,29 @@ import time
 from datetime import datetime, timezone
 from urllib.parse import parse_qs
 
+import numpy as np
+
 from servecheck.errors import InputError, TargetError
 from servecheck.prompts import Request
-from servecheck.records import ResponseRecord, Timing
+from servecheck.records import Parameters, ResponseRecord, Timing
 from servecheck.reference import Reference
+from servecheck.sampling import Sampling
 from servecheck.targets import Target
+from servecheck.targets.faults import FAULTS, SAMPLING_FAULTS, WEIGHT_FAULTS, FaultySampler, quantize_weights
 
-FAULTS = {"double-bos", "assistant-role", "drop-system", "echo", "strip-end", "ignore-eos"}
 DEFAULT_MAX_TOKENS = 256
+
+
+def _round_float32(p: Parameters) -> Parameters:
+    f32 = {k: float(np.float32(v)) for k, v in p.model_dump().items()
+           if isinstance(v, float)}
+    return p.model_copy(update=f32)
 
 
 class HFTarget(Target):
     def __init__(self, model: str = "builtin", faults: frozenset[str] = frozenset(),
-                 dtype: str = "float32", spec: str | None = None) -> None:
+                 dtype: str = "float32", spec: str | None = None, round_params: bool = False
+                 ) -> None:
         unknown = faults - FAULTS
         if unknown:
             raise InputError(f"unknown fault {sorted(unknown)} (known: {sorted(FAULTS)})",
@@ -47,6 +60,9 @@ class HFTarget(Target):
         self.spec = spec or f"hf:{model}"
         self.faults = faults
         self.ref = Reference(model, dtype=dtype)
+        self.round_params = round_params
+        for f in faults & set(WEIGHT_FAULTS):
+            quantize_weights(self.ref.model, WEIGHT_FAULTS[f])
 
     @classmethod
     def from_spec(cls, spec: str, rest: str) -> HFTarget:
@@ -54,9 +70,13 @@ class HFTarget(Target):
         opts = {k: v[-1] for k, v in parse_qs(query).items()}
         faults = frozenset(f for f in opts.pop("fault", "").split(",") if f)
         dtype = opts.pop("dtype", "float32")
+        rounding = opts.pop("round_params", None)
+        if rounding not in (None, "float32"):
+            raise InputError("round_params takes only 'float32'", where=spec)
         if opts:
-            raise InputError(f"unknown option(s) {sorted(opts)} (known: fault, dtype)", where=spec)
-        return cls(path or "builtin", faults, dtype, spec)
+            raise InputError(f"unknown option(s) {sorted(opts)} (known: fault, dtype, "
+                             f"round_params)", where=spec)
+        return cls(path or "builtin", faults, dtype, spec, rounding == "float32")
 
     def template(self, request: Request) -> str:
         messages = request.conversation.hf_messages()
@@ -76,47 +96,84 @@ class HFTarget(Target):
                               "is not already 'assistant'")
         return text.replace(header, header.replace(word.group(), "assistant"))
 
-    def _generate_sync(self, request: Request) -> ResponseRecord:
+    def _generate_kwargs(self, p: Parameters, prompt_len: int) -> dict:
+        ends = self.ref.end_ids
+        kwargs: dict = dict(
+            max_new_tokens=p.max_tokens or DEFAULT_MAX_TOKENS, do_sample=not p.greedy,
+            eos_token_id=None if "ignore-eos" in self.faults else ends,
+            pad_token_id=self.ref.tokenizer.pad_token_id or ends[0],
+            output_logits=True, return_dict_in_generate=True)
+        if p.greedy:
+            return kwargs
+        if self.faults & set(SAMPLING_FAULTS):
+            # HF's warpers off; the faulty sampler returns the whole distribution.
+            from transformers import LogitsProcessorList
+
+            kwargs.update(temperature=1.0, top_p=1.0, top_k=0, logits_processor=LogitsProcessorList(
+                [FaultySampler(Sampling.of(p), self.faults, prompt_len)]))
+            return kwargs
+        kwargs.update(temperature=p.temperature if p.temperature is not None else 1.0,
+                      top_p=p.top_p if p.top_p is not None else 1.0, top_k=p.top_k or 0,
+                      min_p=p.min_p)
+        if p.repetition_penalty is not None:
+            kwargs["repetition_penalty"] = p.repetition_penalty
+        return kwargs
+
+    def generate_batch(self, requests: list[Request]) -> list[ResponseRecord]:
+        """Answer requests that share their sampling parameters in one batched ``generate``.
+
+        Prompts are left-padded into one batch, as a serving engine batches them; the RNG is
+        seeded once from the first request's seed, so per-request seeds are not honoured here.
+        """
         import torch
 
         started = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         t0 = time.perf_counter()
-        p = request.parameters
+        p = requests[0].parameters
+        if any(Sampling.of(r.parameters) != Sampling.of(p) or r.parameters.max_tokens !=
+               p.max_tokens for r in requests):
+            raise ValueError("generate_batch needs requests with the same sampling parameters")
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(p, name):
                 raise TargetError(f"the hf target has no {name}")
-        prompt = self.template(request)
-        ids = self.ref.tokenizer(prompt, add_special_tokens="double-bos" in self.faults,
-                                 return_tensors="pt")
-        greedy = p.greedy
-        ends = self.ref.end_ids
-        kwargs = dict(
-            max_new_tokens=p.max_tokens or DEFAULT_MAX_TOKENS, do_sample=not greedy,
-            eos_token_id=None if "ignore-eos" in self.faults else ends,
-            pad_token_id=self.ref.tokenizer.pad_token_id or ends[0])
-        if not greedy:
-            kwargs.update(temperature=p.temperature if p.temperature is not None else 1.0,
-                          top_p=p.top_p if p.top_p is not None else 1.0, top_k=p.top_k or 0,
-                          min_p=p.min_p)
-        if p.repetition_penalty is not None:
-            kwargs["repetition_penalty"] = p.repetition_penalty
+        sent = _round_float32(p) if self.round_params else p
+        prompts = [self.template(r) for r in requests]
+        tok = self.ref.tokenizer
+        tok.padding_side = "left"
+        enc = tok(prompts, add_special_tokens="double-bos" in self.faults, return_tensors="pt",
+                  padding=True)
+        width = enc["input_ids"].shape[1]
         torch.manual_seed(p.seed if p.seed is not None else 0)
         with torch.inference_mode():
-            out = self.ref.model.generate(**ids, **kwargs)
-        prompt_ids = ids["input_ids"][0].tolist()
-        out_ids = out[0, len(prompt_ids):].tolist()
-        text = self.ref.decode(out_ids)
-        if "strip-end" in self.faults:
-            text = self.ref.strip_special(text)
-        if "echo" in self.faults:
-            text = self.ref.tokenizer.decode(prompt_ids, skip_special_tokens=True) + text
-        finished = bool(out_ids) and out_ids[-1] in ends and "ignore-eos" not in self.faults
-        return ResponseRecord(
-            id=request.id, conversations=request.conversation, parameters=p, input=prompt,
-            output=text, target=self.spec, finish_reason="stop" if finished else "length",
-            prompt_token_ids=prompt_ids,
-            output_token_ids=None if self.faults & {"echo", "strip-end"} else out_ids,
-            timing=Timing(started_at=started, latency_s=round(time.perf_counter() - t0, 4)))
+            out = self.ref.model.generate(**enc, **self._generate_kwargs(sent, width))
+        logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # [B, steps, V]
+        ends = self.ref.end_ids
+        latency = round((time.perf_counter() - t0) / len(requests), 4)
+        records = []
+        for row, (request, prompt) in enumerate(zip(requests, prompts, strict=True)):
+            prompt_ids = enc["input_ids"][row][enc["attention_mask"][row] == 1].tolist()
+            out_ids = out.sequences[row, width:].tolist()
+            cut = next((k + 1 for k, t in enumerate(out_ids) if t in ends), None)
+            if "ignore-eos" not in self.faults:
+                out_ids = out_ids[:cut] if cut else out_ids
+            finished = cut is not None and "ignore-eos" not in self.faults
+            lp = logprobs[row, torch.arange(len(out_ids)), torch.tensor(out_ids)].tolist()
+            text = self.ref.decode(out_ids)
+            if "strip-end" in self.faults:
+                text = self.ref.strip_special(text)
+            if "echo" in self.faults:
+                text = tok.decode(prompt_ids, skip_special_tokens=True) + text
+            records.append(ResponseRecord(
+                id=request.id, conversations=request.conversation, parameters=request.parameters,
+                input=prompt, output=text, target=self.spec,
+                finish_reason="stop" if finished else "length", prompt_token_ids=prompt_ids,
+                output_token_ids=None if self.faults & {"echo", "strip-end"} else out_ids,
+                output_logprobs=None if self.faults & {"echo", "strip-end"} else lp,
+                timing=Timing(started_at=started, latency_s=latency)))
+        return records
+
+    def _generate_sync(self, request: Request) -> ResponseRecord:
+        return self.generate_batch([request])[0]
 
     async def generate(self, request: Request) -> ResponseRecord:
         return await asyncio.to_thread(self._generate_sync, request)

@@ -1,0 +1,116 @@
+"""Statistical verdicts: p-values, effect sizes, Holm's correction and practical-effect floors.
+
+A verdict fails only when the test rejects after Holm's step-down correction over the whole family
+of tests in the run (family-wise false-alarm rate ≤ α) *and* the effect is at least its practical
+floor. The floor is what keeps a correct server whose kernels differ from the reference (bf16 vs
+fp32) from failing as the sample grows: with enough tokens any tiny numerical shift becomes
+"significant", but not large. Floors are calibrated on correct-server runs
+(``benchmarks/detection_power.py``, docs/validation-power.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as st
+
+PIT_BINS = 10
+
+
+@dataclass
+class Test:
+    group: str
+    name: str
+    p: float
+    effect: float
+    floor: float
+    effect_label: str
+    n: int
+    p_adjusted: float = 1.0
+    rejected: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return self.rejected and abs(self.effect) >= self.floor
+
+    def describe(self) -> str:
+        return (f"{self.group}: {self.name} p={self.p:.2e} (Holm {self.p_adjusted:.2e}), "
+                f"{self.effect_label}={self.effect:+.4f} (floor {self.floor:g}), n={self.n}")
+
+
+def holm(tests: list[Test], alpha: float) -> None:
+    """Holm's step-down procedure, in place: family-wise error rate ≤ alpha."""
+    m = len(tests)
+    running = 0.0
+    stop = False
+    for k, t in enumerate(sorted(tests, key=lambda t: t.p)):
+        running = max(running, min(1.0, (m - k) * t.p))
+        t.p_adjusted = running
+        stop = stop or t.p > alpha / (m - k)
+        t.rejected = not stop
+
+
+def pit_ks(pit: np.ndarray, group: str, floor: float) -> Test:
+    """Kolmogorov–Smirnov distance of the PIT values from U(0, 1)."""
+    r = st.kstest(pit, "uniform")
+    return Test(group, "PIT uniformity (KS)", float(r.pvalue), float(r.statistic), floor, "D",
+                len(pit))
+
+
+def pit_chi2(pit: np.ndarray, group: str, floor: float) -> Test:
+    """χ² on PIT deciles; effect is Cohen's w = sqrt(χ²/n)."""
+    counts = np.histogram(pit, bins=PIT_BINS, range=(0.0, 1.0))[0]
+    r = st.chisquare(counts)
+    return Test(group, "PIT uniformity (χ²)", float(r.pvalue),
+                float(np.sqrt(r.statistic / max(len(pit), 1))), floor, "w", len(pit))
+
+
+def loglik_z(logq: np.ndarray, entropy: np.ndarray, var: np.ndarray, group: str, floor: float
+             ) -> Test:
+    """Σ log q(y) against its expectation -Σ H(q): a martingale CLT z-score.
+
+    Effect: mean excess log-likelihood per token in nats. Negative: tokens less likely than a
+    correct sampler's (too hot, truncation ignored, other weights); positive: more likely (too
+    cold, nucleus too small).
+    """
+    excess = float(np.sum(logq + entropy))
+    sd = float(np.sqrt(np.sum(var)))
+    z = excess / sd if sd > 0 else 0.0
+    return Test(group, "log-likelihood z", float(2 * st.norm.sf(abs(z))), excess / len(logq),
+                floor, "nats/token", len(logq))
+
+
+@dataclass
+class TemperatureFit:
+    estimate: float
+    low: float
+    high: float
+    test: Test
+
+
+def temperature_fit(temp_ll: np.ndarray, requested: float, factors: np.ndarray, group: str,
+                    floor: float) -> TemperatureFit:
+    """Profile likelihood over the temperature grid: MLE, 95% interval, LR test of the request.
+
+    ``temp_ll[i, g]`` is log q_i(y_i) at temperature ``requested * factors[g]``. The MLE is
+    refined by a parabola through the best grid point and its neighbours (in log-temperature).
+    """
+    total = np.where(np.isfinite(temp_ll), temp_ll, -1e9).sum(0)
+    x = np.log(requested * factors)
+    g = int(np.argmax(total))
+    est = x[g]
+    if 0 < g < len(x) - 1 and total[g - 1] > -1e8 and total[g + 1] > -1e8:
+        y0, y1, y2 = total[g - 1:g + 2]
+        denom = y0 - 2 * y1 + y2
+        if denom < 0:
+            est = x[g] + 0.5 * (y0 - y2) / denom * (x[g + 1] - x[g])
+    best = float(np.max(total))
+    inside = np.flatnonzero(best - total <= st.chi2.ppf(0.95, 1) / 2)
+    at_request = float(np.interp(np.log(requested), x, total))
+    lr = max(0.0, 2 * (best - at_request))
+    estimate = float(np.exp(est))
+    test = Test(group, "temperature = requested (LR)", float(st.chi2.sf(lr, 1)),
+                estimate / requested - 1, floor, "relative error", temp_ll.shape[0])
+    return TemperatureFit(estimate, float(np.exp(x[inside.min()])), float(np.exp(x[inside.max()])),
+                          test)

@@ -1,0 +1,83 @@
+"""Deployment bugs, reproduced on purpose, so every check has a server whose fault is known.
+
+Each is a bug seen in real serving stacks. Template and termination faults act on text and
+tokens (in ``hf.py``); sampling faults replace the sampler's transform; weight faults change the
+model the server runs. The demo, the tests and ``benchmarks/detection_power.py`` use them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from servecheck.sampling import HF, Sampling, _nucleus_mask, transform
+
+TEMPLATE_FAULTS = {"double-bos", "assistant-role", "drop-system", "echo", "strip-end", "ignore-eos"}
+SAMPLING_FAULTS = {
+    "temperature-ignored": "every request sampled at temperature 1",
+    "temperature-twice": "temperature applied twice (logits / T / T)",
+    "top-p-ignored": "top_p never applied",
+    "top-k-off-by-one": "top_k + 1 tokens kept",
+    "nucleus-boundary": "the token that crosses top_p is dropped from the nucleus",
+    "repetition-penalty": "a repetition penalty of 1.3 silently applied",
+}
+WEIGHT_FAULTS = {"int8": 8, "int4": 4}
+FAULTS = TEMPLATE_FAULTS | set(SAMPLING_FAULTS) | set(WEIGHT_FAULTS)
+
+
+def faulty_sampling(s: Sampling, fault: str) -> Sampling:
+    """The parameters a server with ``fault`` effectively uses instead of ``s``."""
+    if fault == "temperature-ignored":
+        return Sampling(**{**s.__dict__, "temperature": 1.0})
+    if fault == "temperature-twice":
+        return Sampling(**{**s.__dict__, "temperature": s.temperature ** 2})
+    if fault == "top-p-ignored":
+        return Sampling(**{**s.__dict__, "top_p": 1.0})
+    if fault == "top-k-off-by-one" and s.top_k:
+        return Sampling(**{**s.__dict__, "top_k": s.top_k + 1})
+    if fault == "repetition-penalty":
+        return Sampling(**{**s.__dict__, "repetition_penalty": 1.3})
+    return s
+
+
+class FaultySampler:
+    """A ``generate`` logits processor that samples from a faulty transform of the logits.
+
+    Used with HF's own warpers switched off (temperature 1, top_k 0, top_p 1), so the tokens
+    come from exactly the distribution this processor returns.
+    """
+
+    def __init__(self, s: Sampling, faults: frozenset[str], prompt_len: int) -> None:
+        self.s = s
+        self.faults = faults
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        s = self.s
+        for f in sorted(self.faults & set(SAMPLING_FAULTS)):
+            s = faulty_sampling(s, f)
+        counts = None
+        if s.penalised:
+            counts = torch.zeros_like(scores).scatter_add_(
+                1, input_ids, torch.ones_like(input_ids, dtype=scores.dtype))
+        if "nucleus-boundary" in self.faults and s.top_p < 1 and not s.greedy:
+            z = scores.float() / s.temperature
+            keep = _nucleus_mask(z, s.top_p, inclusive=False)
+            probs = z.softmax(-1)
+            sorted_p, order = probs.sort(-1, descending=True)
+            through = sorted_p.cumsum(-1) <= s.top_p  # drops the token that crosses top_p
+            through[..., 0] = True
+            keep &= torch.zeros_like(through).scatter(-1, order, through)
+            return z.masked_fill(~keep, float("-inf")).log_softmax(-1)
+        return transform(scores, s, HF, counts)
+
+
+@torch.no_grad()
+def quantize_weights(model: torch.nn.Module, bits: int) -> None:
+    """Round every matrix to ``bits``-bit symmetric per-row integers and back, as a quantised
+    deployment would compute with (weight-only, round to nearest)."""
+    levels = 2 ** (bits - 1) - 1
+    for p in model.parameters():
+        if p.dim() != 2:
+            continue
+        scale = p.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / levels
+        p.copy_((p / scale).round().clamp(-levels, levels) * scale)
