@@ -40,6 +40,9 @@ class Reference:
 
     def __init__(self, spec: str = "builtin", dtype: str = "float32", device: str = "cpu") -> None:
         from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         self.spec = spec
         self.path = resolve(spec)

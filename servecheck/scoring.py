@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from servecheck.reference import Reference
-from servecheck.sampling import HF, Convention, Sampling, boundary_slack, transform
+from servecheck.sampling import HF, NEG_INF, Convention, Sampling, apply_penalties, boundary_slack, transform
 
 TEMPERATURE_FACTORS = np.exp(np.linspace(np.log(0.4), np.log(2.5), 41))
 """Grid for the temperature profile likelihood, as multiples of the requested temperature."""
@@ -51,7 +51,8 @@ class TokenScores:
     """With a sampling transform: ``logq`` (log q(y), -inf outside the support), ``above``
     (q-mass ranked above y), ``pit``, ``entropy`` and ``var`` (of log q under q), ``top``
     (largest q), ``pre_nucleus_above`` (mass above y before top_p), and ``temp_ll``
-    (log q(y) at each temperature of ``TEMPERATURE_FACTORS`` × requested); for tokens outside
+    (log q(y) at each temperature of ``TEMPERATURE_FACTORS`` × requested, on the requested
+    support); for tokens outside
     the support, ``rule`` (index into ``sampling.RULES``) and ``slack`` (how far outside)."""
 
     def __len__(self) -> int:
@@ -100,10 +101,13 @@ def _sampled_stats(logits: torch.Tensor, tok: torch.Tensor, s: Sampling, convent
     no_nucleus = Sampling(**{**s.__dict__, "top_p": 1.0})
     pre = transform(logits, no_nucleus, convention, counts)
     pre_above = (pre.exp() * (pre > pre.gather(1, tok[:, None]))).sum(1)
-    temps = [Sampling(**{**s.__dict__, "temperature": s.temperature * f})
-             for f in TEMPERATURE_FACTORS]
-    temp_ll = torch.stack([transform(logits, t, convention, counts).gather(1, tok[:, None])[:, 0]
-                           for t in temps], dim=1)
+    # Temperature profile on the requested support: the nucleus would move with T and make
+    # the likelihood jump; holding it fixed keeps the profile smooth in T.
+    z = apply_penalties(logits.float(), counts, s)
+    support = torch.isfinite(logq)
+    temp_ll = torch.stack([(z / (s.temperature * f)).masked_fill(~support, NEG_INF)
+                           .log_softmax(-1).gather(1, tok[:, None])[:, 0]
+                           for f in TEMPERATURE_FACTORS], dim=1)
     rule = torch.zeros(len(tok), dtype=torch.long)
     slack = torch.zeros(len(tok))
     outside = torch.isinf(lq_y)

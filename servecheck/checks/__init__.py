@@ -25,8 +25,10 @@ class Numerics:
     ``logit``: a non-argmax greedy token (or a token just outside top_k) whose logit is within
     this of the boundary is a numerical near-tie, not a bug. ``mass``: the same for the top_p and
     min_p boundaries, in probability. ``logprob``: mean |served - reference| log-prob allowed.
-    bf16 against an fp32 reference moves log-probs by ~3e-2 on the tiny model and more on deep
-    ones; the values leave a wide margin.
+    Measured on the built-in model, bf16 against the fp32 reference: differences of logit gaps
+    among the top 10 tokens p99 0.08, max 0.20; L1 distance of the distributions p99 0.032, max
+    0.052. The bf16 values sit above those maxima; deeper models drift more, so pick the row of
+    the server's numerics, or set your own with ``--logit-tolerance``.
     """
 
     name: str
@@ -36,9 +38,9 @@ class Numerics:
 
 
 NUMERICS = {n.name: n for n in [Numerics("fp32", 0.01, 1e-3, 0.01),
-                                Numerics("fp16", 0.25, 0.01, 0.05),
-                                Numerics("bf16", 0.5, 0.02, 0.1),
-                                Numerics("fp8", 1.0, 0.05, 0.3)]}
+                                Numerics("fp16", 0.1, 0.01, 0.05),
+                                Numerics("bf16", 0.25, 0.03, 0.1),
+                                Numerics("fp8", 0.5, 0.1, 0.3)]}
 
 
 @dataclass

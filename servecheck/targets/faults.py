@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from servecheck.sampling import HF, Sampling, _nucleus_mask, transform
+from servecheck.sampling import HF, NEG_INF, Sampling, transform
 
 TEMPLATE_FAULTS = {"double-bos", "assistant-role", "drop-system", "echo", "strip-end", "ignore-eos"}
 SAMPLING_FAULTS = {
@@ -60,15 +60,21 @@ class FaultySampler:
             counts = torch.zeros_like(scores).scatter_add_(
                 1, input_ids, torch.ones_like(input_ids, dtype=scores.dtype))
         if "nucleus-boundary" in self.faults and s.top_p < 1 and not s.greedy:
-            z = scores.float() / s.temperature
-            keep = _nucleus_mask(z, s.top_p, inclusive=False)
-            probs = z.softmax(-1)
-            sorted_p, order = probs.sort(-1, descending=True)
-            through = sorted_p.cumsum(-1) <= s.top_p  # drops the token that crosses top_p
-            through[..., 0] = True
-            keep &= torch.zeros_like(through).scatter(-1, order, through)
-            return z.masked_fill(~keep, float("-inf")).log_softmax(-1)
+            return _nucleus_without_crossing_token(scores, s)
         return transform(scores, s, HF, counts)
+
+
+def _nucleus_without_crossing_token(scores: torch.Tensor, s: Sampling) -> torch.Tensor:
+    """HF's order, but the nucleus keeps a token only if the mass up to and *including* it is
+    ≤ top_p: the token that crosses top_p, which a correct nucleus keeps, is dropped."""
+    z = scores.float() / s.temperature
+    if s.top_k:
+        z = z.masked_fill(z < z.topk(min(s.top_k, z.shape[-1]), -1).values[..., -1:], NEG_INF)
+    sorted_p, order = z.softmax(-1).sort(-1, descending=True)
+    through = sorted_p.cumsum(-1) <= s.top_p
+    through[..., 0] = True
+    keep = torch.zeros_like(through).scatter(-1, order, through)
+    return z.masked_fill(~keep, NEG_INF).log_softmax(-1)
 
 
 @torch.no_grad()

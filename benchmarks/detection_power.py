@@ -1,0 +1,191 @@
+"""Calibration and power of ``servecheck check`` on the built-in model.
+
+Correct servers whose numerics differ from the reference (bf16; sampling parameters rounded to
+float32 as Triton sends them; batched, left-padded generation) must fail in ≤ 1% of runs. Faulty
+servers, each a bug seen in deployments, must fail in ≥ 95% of runs with ≤ 200 requests. A run is
+one responses set of N requests checked exactly as ``servecheck check`` does (``--numerics
+bf16``, α = 0.01); it "fails" when any check fails.
+
+    python benchmarks/detection_power.py                     # the published table (~1 h, 2 cores)
+    python benchmarks/detection_power.py --fa-runs 20 --reps 4 --sizes 50,200   # a quick look
+
+Results are appended to ``--results`` (JSON Lines) as runs finish, so an interrupted benchmark
+resumes; the summary table is printed and written to ``--table`` (Markdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "benchmarks" / ".cache"
+OTHER_CHECKPOINT = CACHE / "builtin-step400"
+
+PROMPTS = ["Name a color.", "Tell me a story about the fox.", "Pick a number between 1 and 10.",
+           "What does the horse eat?", "Name an animal.", "Tell me a story about the bee.",
+           "Where should we go?", "Count from 2 to 7.", "Tell me a story about the cat.",
+           "Where does the owl live?", "Repeat after me: red hill quiet frog", "What is 3 plus 4?"]
+SYSTEMS = [None, None, "Be brief.", None, "Answer in capital letters."]
+GROUPS = [(0.45, dict(temperature=0.7, top_p=0.9, top_k=5)),
+          (0.45, dict(temperature=1.3)),
+          (0.10, dict(temperature=0.0))]
+"""The request mix: a tight group (every truncation on, temperature below 1), a hot plain group,
+and some greedy requests. Temperature faults are invisible at T = 1, so neither group is at 1."""
+
+# name -> (target spec, --numerics the run is checked with)
+CORRECT = {"fp32, batched (left-padded, mixed lengths)": ("hf:builtin", "bf16"),
+           "bf16 weights and activations": ("hf:builtin?dtype=bfloat16", "bf16"),
+           "parameters rounded to float32 (0.9 → 0.8999999762)":
+               ("hf:builtin?round_params=float32", "bf16"),
+           "fp32, batched, checked with --numerics fp32": ("hf:builtin", "fp32")}
+FAULTY = {f: (f"hf:builtin?fault={f}", "bf16") for f in [
+    "temperature-ignored", "temperature-twice", "top-p-ignored", "top-k-off-by-one",
+    "nucleus-boundary", "repetition-penalty", "ignore-eos", "int8", "int4",
+    "double-bos", "assistant-role", "drop-system"]}
+FAULTY["top-k-off-by-one, checked with --numerics fp32"] = ("hf:builtin?fault=top-k-off-by-one",
+                                                            "fp32")
+FAULTY["other checkpoint (same run, step 400 of 800)"] = (f"hf:{OTHER_CHECKPOINT}", "bf16")
+
+_targets: dict = {}
+_ref = None
+
+
+def _init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def requests_for(n: int, rep: int):
+    from servecheck.prompts import Request, request_id
+    from servecheck.records import Conversation, Message, Parameters
+
+    out = []
+    for j in range(n):
+        share = j / n
+        params = next(p for cut, p in _cumulative() if share < cut)
+        k = rep * 7919 + j
+        turns = [Message(role="user", content=PROMPTS[k % len(PROMPTS)])]
+        system = SYSTEMS[(k // len(PROMPTS)) % len(SYSTEMS)]
+        if system:
+            turns.insert(0, Message(role="system", content=system))
+        conv = Conversation(contents=turns)
+        p = Parameters(**params, seed=rep * 100_003 + j, max_tokens=40)
+        out.append(Request(request_id(conv, p, k), conv, p))
+    return out
+
+
+def _cumulative():
+    total = 0.0
+    for share, params in GROUPS:
+        total += share
+        yield total, params
+
+
+def one_run(spec: str, numerics: str, n: int, rep: int) -> dict:
+    """Generate n requests from ``spec`` and check them; return the verdicts."""
+    global _ref
+    import torch
+
+    from servecheck.checks import CheckContext, run_checks
+    from servecheck.reference import Reference
+    from servecheck.sampling import Sampling
+    from servecheck.targets.hf import HFTarget
+
+    if _ref is None:
+        _ref = Reference("builtin")
+    if spec not in _targets:
+        _targets[spec] = HFTarget.from_spec(spec, spec.partition(":")[2])
+    target = _targets[spec]
+    t0 = time.perf_counter()
+    by_group = defaultdict(list)
+    for r in requests_for(n, rep):
+        by_group[Sampling.of(r.parameters)].append(r)
+    records = []
+    torch.manual_seed(rep)
+    for group in by_group.values():
+        for b in range(0, len(group), 128):
+            records += target.generate_batch(group[b:b + 128])
+    results = run_checks(CheckContext(records, _ref, numerics))
+    return {"spec": spec, "numerics": numerics, "n": n, "rep": rep,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "failed": [r.name for r in results if r.verdict == "fail"],
+            "summaries": {r.name: r.summary for r in results if r.verdict == "fail"}}
+
+
+def ensure_other_checkpoint() -> None:
+    if (OTHER_CHECKPOINT / "model.safetensors").exists():
+        return
+    from servecheck.tinymodels.build import Recipe, train
+
+    print(f"building the other checkpoint into {OTHER_CHECKPOINT} (about 3 minutes)")
+    train(Recipe(steps=400), OTHER_CHECKPOINT, log_every=100)
+
+
+def table(rows: list[dict], sizes: list[int]) -> str:
+    cells = defaultdict(list)
+    for r in rows:
+        cells[(r["spec"], r["numerics"], r["n"])].append(bool(r["failed"]))
+    lines = ["| server | kind | " + " | ".join(f"N={n}" for n in sizes) + " |",
+             "|---|---|" + "---|" * len(sizes)]
+    for kind, servers in (("correct: false-alarm rate", CORRECT), ("faulty: detection rate", FAULTY)):
+        for name, (spec, numerics) in servers.items():
+            vals = []
+            for n in sizes:
+                v = cells.get((spec, numerics, n))
+                vals.append(f"{100 * sum(v) / len(v):.1f}% ({sum(v)}/{len(v)})" if v else "–")
+            lines.append(f"| {name} | {kind} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--fa-runs", type=int, default=100, help="runs per correct server")
+    ap.add_argument("--fa-size", type=int, default=200, help="requests per false-alarm run")
+    ap.add_argument("--reps", type=int, default=20, help="runs per faulty server and size")
+    ap.add_argument("--sizes", default="25,50,100,200,400")
+    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" /
+                    "detection_power.jsonl")
+    ap.add_argument("--table", type=Path, default=ROOT / "benchmarks" / "results" /
+                    "detection_power.md")
+    a = ap.parse_args()
+    sizes = [int(s) for s in a.sizes.split(",")]
+    ensure_other_checkpoint()
+    a.results.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    rows = []
+    if a.results.exists():
+        rows = [json.loads(line) for line in a.results.read_text().splitlines() if line.strip()]
+        done = {(r["spec"], r["numerics"], r["n"], r["rep"]) for r in rows}
+    jobs = [(spec, num, a.fa_size, rep) for spec, num in CORRECT.values()
+            for rep in range(a.fa_runs)]
+    jobs += [(spec, num, n, 1000 + rep) for spec, num in FAULTY.values() for n in sizes
+             for rep in range(a.reps)]
+    todo = [j for j in jobs if j not in done]
+    print(f"{len(jobs)} runs, {len(todo)} to do, {a.workers} worker(s)")
+    t0 = time.time()
+    with ProcessPoolExecutor(a.workers, initializer=_init) as pool, a.results.open("a") as fh:
+        futures = [pool.submit(one_run, *j) for j in todo]
+        for k, fut in enumerate(as_completed(futures), 1):
+            row = fut.result()
+            rows.append(row)
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            if k % 20 == 0:
+                print(f"{k}/{len(todo)} runs, {time.time() - t0:.0f}s", flush=True)
+    keep = set(jobs)
+    md = table([r for r in rows if (r["spec"], r["numerics"], r["n"], r["rep"]) in keep],
+               sorted({a.fa_size, *sizes}))
+    a.table.write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
