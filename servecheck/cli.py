@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
 
 from servecheck.errors import InputError
+from servecheck.sampling import HF, Convention
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -38,7 +40,8 @@ def cmd_generate(a: argparse.Namespace, console: Console) -> int:
 
 
 def run_check(responses: Path, reference: str, numerics: str, console: Console,
-              json_out: Path | None = None, title: str | None = None) -> int:
+              json_out: Path | None = None, title: str | None = None, alpha: float = 0.01,
+              convention: Convention = HF, logit_tolerance: float | None = None) -> int:
     from servecheck.checks import CheckContext, run_checks
     from servecheck.reference import Reference
     from servecheck.responses import read_records
@@ -46,19 +49,26 @@ def run_check(responses: Path, reference: str, numerics: str, console: Console,
 
     records = read_records(responses)
     ref = Reference(reference)
+    ctx = CheckContext(records, ref, numerics, convention, alpha)
+    if logit_tolerance is not None:
+        ctx.numerics = replace(ctx.numerics, logit=logit_tolerance)
     with console.status("teacher-forcing outputs through the reference…"):
-        results = run_checks(CheckContext(records, ref, numerics))
+        results = run_checks(ctx)
     print_table(results, console, title or f"servecheck: {responses} vs {reference}")
     if json_out:
         meta = {"reference": reference, "responses": str(responses), "records": len(records),
-                "numerics": numerics}
+                "numerics": numerics, "alpha": alpha, "convention": convention.describe()}
         write_json(json_out, to_json(results, meta))
         console.print(f"summary written to {json_out}")
     return EXIT_PASS if overall(results) == "pass" else EXIT_FAIL
 
 
 def cmd_check(a: argparse.Namespace, console: Console) -> int:
-    return run_check(a.responses, a.reference, a.numerics, console, a.json)
+    if not 0 < a.alpha < 1:
+        raise InputError(f"--alpha must be in (0, 1), got {a.alpha}")
+    convention = Convention(a.top_p_before_temperature, a.top_p_inclusive, a.penalty_scope)
+    return run_check(a.responses, a.reference, a.numerics, console, a.json, alpha=a.alpha,
+                     convention=convention, logit_tolerance=a.logit_tolerance)
 
 
 def cmd_demo(a: argparse.Namespace, console: Console) -> int:
@@ -95,6 +105,17 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--json", type=Path, help="write the JSON summary here")
     c.add_argument("--numerics", default="bf16", choices=["fp32", "fp16", "bf16", "fp8"],
                    help="the server's numerics; sets the greedy near-tie tolerance (default bf16)")
+    c.add_argument("--logit-tolerance", type=float,
+                   help="override the near-tie tolerance in logits (greedy and top_k boundary)")
+    c.add_argument("--alpha", type=float, default=0.01,
+                   help="family-wise false-alarm rate of the statistical checks (Holm)")
+    conv = c.add_argument_group("sampling convention (where engines differ; default: HF)")
+    conv.add_argument("--top-p-before-temperature", action="store_true",
+                      help="the nucleus is chosen on temperature-1 probabilities")
+    conv.add_argument("--top-p-inclusive", action="store_true",
+                      help="a token whose mass-above equals top_p exactly is kept")
+    conv.add_argument("--penalty-scope", choices=["prompt+output", "output"],
+                      default="prompt+output", help="which tokens penalties count")
     c.set_defaults(func=cmd_check)
 
     d = sub.add_parser("demo", help="a correct and a faulty server on the built-in model, checked")

@@ -19,7 +19,7 @@ PIT_BINS = 10
 
 
 @dataclass
-class Test:
+class StatTest:
     group: str
     name: str
     p: float
@@ -39,7 +39,7 @@ class Test:
                 f"{self.effect_label}={self.effect:+.4f} (floor {self.floor:g}), n={self.n}")
 
 
-def holm(tests: list[Test], alpha: float) -> None:
+def holm(tests: list[StatTest], alpha: float) -> None:
     """Holm's step-down procedure, in place: family-wise error rate ≤ alpha."""
     m = len(tests)
     running = 0.0
@@ -51,23 +51,23 @@ def holm(tests: list[Test], alpha: float) -> None:
         t.rejected = not stop
 
 
-def pit_ks(pit: np.ndarray, group: str, floor: float) -> Test:
+def pit_ks(pit: np.ndarray, group: str, floor: float) -> StatTest:
     """Kolmogorov–Smirnov distance of the PIT values from U(0, 1)."""
     r = st.kstest(pit, "uniform")
-    return Test(group, "PIT uniformity (KS)", float(r.pvalue), float(r.statistic), floor, "D",
+    return StatTest(group, "PIT uniformity (KS)", float(r.pvalue), float(r.statistic), floor, "D",
                 len(pit))
 
 
-def pit_chi2(pit: np.ndarray, group: str, floor: float) -> Test:
+def pit_chi2(pit: np.ndarray, group: str, floor: float) -> StatTest:
     """χ² on PIT deciles; effect is Cohen's w = sqrt(χ²/n)."""
     counts = np.histogram(pit, bins=PIT_BINS, range=(0.0, 1.0))[0]
     r = st.chisquare(counts)
-    return Test(group, "PIT uniformity (χ²)", float(r.pvalue),
+    return StatTest(group, "PIT uniformity (χ²)", float(r.pvalue),
                 float(np.sqrt(r.statistic / max(len(pit), 1))), floor, "w", len(pit))
 
 
 def loglik_z(logq: np.ndarray, entropy: np.ndarray, var: np.ndarray, group: str, floor: float
-             ) -> Test:
+             ) -> StatTest:
     """Σ log q(y) against its expectation -Σ H(q): a martingale CLT z-score.
 
     Effect: mean excess log-likelihood per token in nats. Negative: tokens less likely than a
@@ -77,7 +77,7 @@ def loglik_z(logq: np.ndarray, entropy: np.ndarray, var: np.ndarray, group: str,
     excess = float(np.sum(logq + entropy))
     sd = float(np.sqrt(np.sum(var)))
     z = excess / sd if sd > 0 else 0.0
-    return Test(group, "log-likelihood z", float(2 * st.norm.sf(abs(z))), excess / len(logq),
+    return StatTest(group, "log-likelihood z", float(2 * st.norm.sf(abs(z))), excess / len(logq),
                 floor, "nats/token", len(logq))
 
 
@@ -86,7 +86,9 @@ class TemperatureFit:
     estimate: float
     low: float
     high: float
-    test: Test
+    test: StatTest
+    nucleus: tuple[float, float] | None = None
+    """(smallest top_p that holds every served token, requested top_p), where top_p < 1."""
 
 
 def temperature_fit(temp_ll: np.ndarray, requested: float, factors: np.ndarray, group: str,
@@ -106,11 +108,25 @@ def temperature_fit(temp_ll: np.ndarray, requested: float, factors: np.ndarray, 
         if denom < 0:
             est = x[g] + 0.5 * (y0 - y2) / denom * (x[g + 1] - x[g])
     best = float(np.max(total))
-    inside = np.flatnonzero(best - total <= st.chi2.ppf(0.95, 1) / 2)
+    low, high = _crossings(x, total, g, best - st.chi2.ppf(0.95, 1) / 2)
     at_request = float(np.interp(np.log(requested), x, total))
     lr = max(0.0, 2 * (best - at_request))
     estimate = float(np.exp(est))
-    test = Test(group, "temperature = requested (LR)", float(st.chi2.sf(lr, 1)),
+    test = StatTest(group, "temperature = requested (LR)", float(st.chi2.sf(lr, 1)),
                 estimate / requested - 1, floor, "relative error", temp_ll.shape[0])
-    return TemperatureFit(estimate, float(np.exp(x[inside.min()])), float(np.exp(x[inside.max()])),
+    return TemperatureFit(estimate, float(np.exp(min(low, est))), float(np.exp(max(high, est))),
                           test)
+
+
+def _crossings(x: np.ndarray, y: np.ndarray, peak: int, level: float) -> tuple[float, float]:
+    """Where the profile falls below ``level`` on each side of the peak, linearly interpolated
+    between grid points (the interval is often narrower than one grid step)."""
+    def side(step: int) -> float:
+        i = peak
+        while 0 <= i + step < len(x) and y[i + step] >= level:
+            i += step
+        j = i + step
+        if not 0 <= j < len(x):
+            return float(x[i])
+        return float(x[i] + (y[i] - level) / (y[i] - y[j]) * (x[j] - x[i]))
+    return side(-1), side(+1)

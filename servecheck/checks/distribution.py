@@ -20,7 +20,7 @@ import numpy as np
 from servecheck.checks import CheckContext, CheckResult, Finding
 from servecheck.sampling import Sampling
 from servecheck.scoring import TEMPERATURE_FACTORS, TokenScores
-from servecheck.stats import Test, holm, loglik_z, pit_chi2, pit_ks, temperature_fit
+from servecheck.stats import StatTest, holm, loglik_z, pit_chi2, pit_ks, temperature_fit
 
 FLOORS = {"ks": 0.05, "chi2": 0.1, "loglik": 0.03, "temperature": 0.1}
 """Practical-effect floors: KS distance D, Cohen's w, nats per token, relative temperature error.
@@ -73,7 +73,7 @@ def check_distribution(ctx: CheckContext) -> list[CheckResult]:
         reason = "no sampled records (temperature > 0)"
         return [CheckResult("fit", "skipped", reason), CheckResult("temperature", "skipped", reason)]
     scores = ctx.scores([i for idx in groups.values() for i in idx])
-    fit_tests: list[Test] = []
+    fit_tests: list[StatTest] = []
     fits = {}
     skipped: list[str] = []
     members: dict[str, list[int]] = {}
@@ -93,13 +93,21 @@ def check_distribution(ctx: CheckContext) -> list[CheckResult]:
                                       FLOORS["temperature"])
     holm(fit_tests + [f.test for f in fits.values()], ctx.alpha)
     family = len(fit_tests) + len(fits)
+    sources = sorted({ctx.output_ids(i)[1] for idx in groups.values() for i in idx})
     common = {"alpha": ctx.alpha, "family_size": family, "floors": FLOORS,
-              "skipped_groups": skipped, "convention": ctx.convention.describe()}
+              "skipped_groups": skipped, "convention": ctx.convention.describe(),
+              "token_sources": sources}
+    for s, idx in groups.items():
+        if s.top_p < 1 and s.label() in fits:
+            # The smallest nucleus that holds every served token: a lower bound on the top_p
+            # the server really used (the support check judges it against the request).
+            need = max(float(scores[i].stats["pre_nucleus_above"].max(initial=0.0)) for i in idx)
+            fits[s.label()].nucleus = (need, s.top_p)
     return [_fit_result(ctx, scores, fit_tests, members, common),
             _temperature_result(ctx, scores, fits, members, common)]
 
 
-def _fit_result(ctx: CheckContext, scores: dict[int, TokenScores], tests: list[Test],
+def _fit_result(ctx: CheckContext, scores: dict[int, TokenScores], tests: list[StatTest],
                 members: dict[str, list[int]], common: dict) -> CheckResult:
     details = {**common, "tests": [t.__dict__ | {"failed": t.failed} for t in tests]}
     if not tests:
@@ -134,8 +142,13 @@ def _temperature_result(ctx: CheckContext, scores: dict[int, TokenScores], fits:
     if not fits:
         return CheckResult("temperature", "skipped", "no group with enough informative tokens",
                            details)
+    for g, f in fits.items():
+        if f.nucleus:
+            rows[g]["nucleus_needed"], rows[g]["top_p"] = f.nucleus
     text = {g: f"effective temperature {f.estimate:.2f} [{f.low:.2f}, {f.high:.2f}] vs "
-               f"requested {rows[g]['requested']:g}" for g, f in fits.items()}
+               f"requested {rows[g]['requested']:g}" + (
+                   f"; served tokens need top_p > {f.nucleus[0]:.3f} (requested {f.nucleus[1]:g})"
+                   if f.nucleus else "") for g, f in fits.items()}
     failed = [g for g, f in fits.items() if f.test.failed]
     if failed:
         findings = [Finding(g, f"{text[g]} ({fits[g].test.describe()})", 10.0) for g in failed]
