@@ -113,10 +113,18 @@ def one_run(spec: str, numerics: str, n: int, rep: int) -> dict:
         for b in range(0, len(group), 128):
             records += target.generate_batch(group[b:b + 128])
     results = run_checks(CheckContext(records, _ref, numerics))
+    by_name = {r.name: r for r in results}
+    tests = by_name["fit"].details.get("tests", []) + [
+        g["test"] for g in by_name["temperature"].details.get("groups", {}).values()]
     return {"spec": spec, "numerics": numerics, "n": n, "rep": rep,
             "seconds": round(time.perf_counter() - t0, 2),
             "failed": [r.name for r in results if r.verdict == "fail"],
-            "summaries": {r.name: r.summary for r in results if r.verdict == "fail"}}
+            "summaries": {r.name: r.summary for r in results if r.verdict == "fail"},
+            # every statistical test, so floors and α can be audited without rerunning
+            "tests": [{k: t[k] for k in ("group", "name", "p", "p_adjusted", "effect", "n")}
+                      for t in tests],
+            "support": {k: by_name["support"].details.get(k) for k in ("violations",
+                                                                        "boundary_ties")}}
 
 
 def ensure_other_checkpoint() -> None:

@@ -13,7 +13,7 @@ batch size and vocabulary (Gemma's is 262k).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -98,8 +98,7 @@ def _sampled_stats(logits: torch.Tensor, tok: torch.Tensor, s: Sampling, convent
     plogq = torch.where(q > 0, q * logq, torch.zeros_like(q))
     entropy = -plogq.sum(1)
     second = torch.where(q > 0, q * logq * logq, torch.zeros_like(q)).sum(1)
-    no_nucleus = Sampling(**{**s.__dict__, "top_p": 1.0})
-    pre = transform(logits, no_nucleus, convention, counts)
+    pre = transform(logits, replace(s, top_p=1.0), convention, counts)
     pre_above = (pre.exp() * (pre > pre.gather(1, tok[:, None]))).sum(1)
     # Temperature profile on the requested support: the nucleus would move with T and make
     # the likelihood jump; holding it fixed keeps the profile smooth in T.

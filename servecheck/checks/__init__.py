@@ -27,7 +27,8 @@ class Numerics:
     min_p boundaries, in probability. ``logprob``: mean |served - reference| log-prob allowed.
     Measured on the built-in model, bf16 against the fp32 reference: differences of logit gaps
     among the top 10 tokens p99 0.08, max 0.20; L1 distance of the distributions p99 0.032, max
-    0.052. The bf16 values sit above those maxima; deeper models drift more, so pick the row of
+    0.052; the top_p boundary, at temperature 0.7, moved by up to 0.045 in 400 benchmark runs.
+    The bf16 values sit above those maxima; deeper models drift more, so pick the row of
     the server's numerics, or set your own with ``--logit-tolerance``.
     """
 
@@ -38,9 +39,9 @@ class Numerics:
 
 
 NUMERICS = {n.name: n for n in [Numerics("fp32", 0.01, 1e-3, 0.01),
-                                Numerics("fp16", 0.1, 0.01, 0.05),
-                                Numerics("bf16", 0.25, 0.03, 0.1),
-                                Numerics("fp8", 0.5, 0.1, 0.3)]}
+                                Numerics("fp16", 0.1, 0.02, 0.05),
+                                Numerics("bf16", 0.25, 0.06, 0.1),
+                                Numerics("fp8", 0.5, 0.15, 0.3)]}
 
 
 @dataclass

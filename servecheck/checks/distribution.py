@@ -22,10 +22,12 @@ from servecheck.sampling import Sampling
 from servecheck.scoring import TEMPERATURE_FACTORS, TokenScores
 from servecheck.stats import StatTest, holm, loglik_z, pit_chi2, pit_ks, temperature_fit
 
-FLOORS = {"ks": 0.05, "chi2": 0.1, "loglik": 0.03, "temperature": 0.1}
+FLOORS = {"ks": 0.1, "chi2": 0.15, "loglik": 0.03, "temperature": 0.1}
 """Practical-effect floors: KS distance D, Cohen's w, nats per token, relative temperature error.
-Calibrated on correct servers (bf16 numerics, float32-rounded parameters, batched generation) so
-their false-alarm rate stays ≤ 1% at any sample size: see docs/validation-power.md."""
+A PIT CDF 10 points off uniform, a 3% temperature-scale shift in log-likelihood, a 10% temperature
+error are worth a person's time; smaller ones are within what bf16 kernels and chance produce
+(KS D reached 0.078 by chance at n = 700 tokens in 400 correct-server runs). Calibrated on
+correct servers: docs/validation-power.md."""
 MIN_TOKENS = 20
 TRIVIAL = 1 - 1e-6
 

@@ -37,9 +37,8 @@ def check_logprobs(ctx: CheckContext) -> CheckResult:
     summary = (f"served log-probs are {convention} (mean |Δ| {means[convention]:.4f}, max "
                f"{pooled.max():.4f}, {pooled.size} tokens)")
     if means[convention] > tol:
-        col = 1 if convention == "raw" else 2
-        findings = [Finding(ctx.labels[i], f"mean |Δ log-prob| {float(np.mean(d[col])):.4f}, "
-                                           f"max {float(np.max(d[col])):.4f}",
-                            float(np.mean(d[col]))) for d in per_record for i in [d[0]]]
+        findings = [Finding(ctx.labels[i], f"mean |Δ log-prob| {float(np.mean(d)):.4f}, max "
+                                           f"{float(np.max(d)):.4f}", float(np.mean(d)))
+                    for i, raw, post in per_record for d in [raw if convention == "raw" else post]]
         return CheckResult("logprobs", "fail", f"{summary} > tolerance {tol}", details, findings)
     return CheckResult("logprobs", "pass", f"{summary} ≤ tolerance {tol}", details)

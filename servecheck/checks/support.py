@@ -15,9 +15,8 @@ from servecheck.sampling import RULES, Sampling
 
 
 def check_support(ctx: CheckContext) -> CheckResult:
-    idx = [i for i in ctx.sampled() if Sampling.of(ctx.records[i].parameters).top_k
-           or Sampling.of(ctx.records[i].parameters).top_p < 1
-           or Sampling.of(ctx.records[i].parameters).min_p > 0]
+    sampling = {i: Sampling.of(ctx.records[i].parameters) for i in ctx.sampled()}
+    idx = [i for i, s in sampling.items() if s.top_k or s.top_p < 1 or s.min_p > 0]
     if not idx:
         return CheckResult("support", "skipped", "no sampled record with top_k, top_p or min_p")
     scores = ctx.scores(idx)
@@ -41,7 +40,7 @@ def check_support(ctx: CheckContext) -> CheckResult:
             findings.append(Finding(
                 ctx.labels[i],
                 f"output token {k} {tok.convert_ids_to_tokens(int(scores[i].token_ids[k]))!r} "
-                f"is outside {rule} ({Sampling.of(ctx.records[i].parameters).label()}) by "
+                f"is outside {rule} ({sampling[i].label()}) by "
                 f"{s['slack'][k]:.4f} {unit} (tolerance {tol})", float(s["slack"][k])))
     details = {"records": len(idx), "tokens": tokens, "violations": violations,
                "boundary_ties": ties, "by_rule": by_rule,

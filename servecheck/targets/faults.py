@@ -7,6 +7,8 @@ model the server runs. The demo, the tests and ``benchmarks/detection_power.py``
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from servecheck.sampling import HF, NEG_INF, Sampling, transform
@@ -27,15 +29,15 @@ FAULTS = TEMPLATE_FAULTS | set(SAMPLING_FAULTS) | set(WEIGHT_FAULTS)
 def faulty_sampling(s: Sampling, fault: str) -> Sampling:
     """The parameters a server with ``fault`` effectively uses instead of ``s``."""
     if fault == "temperature-ignored":
-        return Sampling(**{**s.__dict__, "temperature": 1.0})
+        return replace(s, temperature=1.0)
     if fault == "temperature-twice":
-        return Sampling(**{**s.__dict__, "temperature": s.temperature ** 2})
+        return replace(s, temperature=s.temperature ** 2)
     if fault == "top-p-ignored":
-        return Sampling(**{**s.__dict__, "top_p": 1.0})
+        return replace(s, top_p=1.0)
     if fault == "top-k-off-by-one" and s.top_k:
-        return Sampling(**{**s.__dict__, "top_k": s.top_k + 1})
+        return replace(s, top_k=s.top_k + 1)
     if fault == "repetition-penalty":
-        return Sampling(**{**s.__dict__, "repetition_penalty": 1.3})
+        return replace(s, repetition_penalty=1.3)
     return s
 
 
@@ -46,10 +48,9 @@ class FaultySampler:
     come from exactly the distribution this processor returns.
     """
 
-    def __init__(self, s: Sampling, faults: frozenset[str], prompt_len: int) -> None:
+    def __init__(self, s: Sampling, faults: frozenset[str]) -> None:
         self.s = s
         self.faults = faults
-        self.prompt_len = prompt_len
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         s = self.s

@@ -96,7 +96,7 @@ class HFTarget(Target):
                               "is not already 'assistant'")
         return text.replace(header, header.replace(word.group(), "assistant"))
 
-    def _generate_kwargs(self, p: Parameters, prompt_len: int) -> dict:
+    def _generate_kwargs(self, p: Parameters) -> dict:
         ends = self.ref.end_ids
         kwargs: dict = dict(
             max_new_tokens=p.max_tokens or DEFAULT_MAX_TOKENS, do_sample=not p.greedy,
@@ -110,7 +110,7 @@ class HFTarget(Target):
             from transformers import LogitsProcessorList
 
             kwargs.update(temperature=1.0, top_p=1.0, top_k=0, logits_processor=LogitsProcessorList(
-                [FaultySampler(Sampling.of(p), self.faults, prompt_len)]))
+                [FaultySampler(Sampling.of(p), self.faults)]))
             return kwargs
         kwargs.update(temperature=p.temperature if p.temperature is not None else 1.0,
                       top_p=p.top_p if p.top_p is not None else 1.0, top_k=p.top_k or 0,
@@ -145,7 +145,7 @@ class HFTarget(Target):
         width = enc["input_ids"].shape[1]
         torch.manual_seed(p.seed if p.seed is not None else 0)
         with torch.inference_mode():
-            out = self.ref.model.generate(**enc, **self._generate_kwargs(sent, width))
+            out = self.ref.model.generate(**enc, **self._generate_kwargs(sent))
         logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # [B, steps, V]
         ends = self.ref.end_ids
         latency = round((time.perf_counter() - t0) / len(requests), 4)
