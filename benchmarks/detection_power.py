@@ -152,6 +152,32 @@ def table(rows: list[dict], sizes: list[int]) -> str:
     return "\n".join(lines)
 
 
+def verdicts(rows: list[dict], sizes: list[int]) -> str:
+    """Per server: the false-alarm rate with its 95% upper bound, or the smallest N detecting
+    the fault in ≥ 95% of runs, and which checks caught it."""
+    from scipy.stats import beta
+
+    out = ["| server | result | caught by |", "|---|---|---|"]
+    for name, (spec, numerics) in CORRECT.items():
+        runs = [r for r in rows if (r["spec"], r["numerics"]) == (spec, numerics)]
+        k = sum(bool(r["failed"]) for r in runs)
+        upper = beta.ppf(0.975, k + 1, len(runs) - k) if runs else float("nan")
+        out.append(f"| {name} | false alarms {k}/{len(runs)} = {100 * k / max(len(runs), 1):.1f}%"
+                   f" (95% upper bound {100 * upper:.1f}%) | – |")
+    for name, (spec, numerics) in FAULTY.items():
+        runs = [r for r in rows if (r["spec"], r["numerics"]) == (spec, numerics)]
+        rate = {n: [bool(r["failed"]) for r in runs if r["n"] == n] for n in sizes}
+        first = next((n for n in sizes if rate[n] and sum(rate[n]) >= 0.95 * len(rate[n])), None)
+        checks = defaultdict(int)
+        for r in runs:
+            for c in r["failed"]:
+                checks[c] += 1
+        caught = ", ".join(f"{c} ({v})" for c, v in sorted(checks.items(), key=lambda x: -x[1]))
+        out.append(f"| {name} | " + (f"≥ 95% from N = {first}" if first else
+                                     "< 95% at every N tried") + f" | {caught or '–'} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fa-runs", type=int, default=100, help="runs per correct server")
@@ -191,8 +217,10 @@ def main() -> None:
     keep = set(jobs)
     md = table([r for r in rows if (r["spec"], r["numerics"], r["n"], r["rep"]) in keep],
                sorted({a.fa_size, *sizes}))
-    a.table.write_text(md + "\n")
-    print(md)
+    summary = verdicts([r for r in rows if (r["spec"], r["numerics"], r["n"], r["rep"]) in keep],
+                       sorted({a.fa_size, *sizes}))
+    a.table.write_text(md + "\n\n" + summary + "\n")
+    print(md + "\n\n" + summary)
 
 
 if __name__ == "__main__":

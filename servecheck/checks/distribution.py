@@ -103,7 +103,10 @@ def check_distribution(ctx: CheckContext) -> list[CheckResult]:
         if s.top_p < 1 and s.label() in fits:
             # The smallest nucleus that holds every served token: a lower bound on the top_p
             # the server really used (the support check judges it against the request).
-            need = max(float(scores[i].stats["pre_nucleus_above"].max(initial=0.0)) for i in idx)
+            # (tokens already outside top_k/penalties have mass-above 1 and are the support
+            # check's business, not evidence about the nucleus)
+            above = [scores[i].stats["pre_nucleus_above"] for i in idx]
+            need = max(float(a[a < TRIVIAL].max(initial=0.0)) for a in above)
             fits[s.label()].nucleus = (need, s.top_p)
     return [_fit_result(ctx, scores, fit_tests, members, common),
             _temperature_result(ctx, scores, fits, members, common)]
