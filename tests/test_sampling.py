@@ -128,3 +128,23 @@ def test_pit_and_loglik_under_a_correct_sampler() -> None:
         zs.append(float((out["logq"] + out["entropy"]).sum() / out["var"].sum().sqrt()))
     assert stats.kstest(np.concatenate(pits), "uniform").pvalue > 0.01
     assert abs(np.mean(zs)) < 4 / np.sqrt(len(zs)) and 0.8 < np.std(zs) < 1.2
+
+
+def test_penalty_scope_decides_whether_prompt_tokens_count() -> None:
+    """vLLM-style presence/frequency penalties count generated tokens only; HF's repetition
+    penalty counts the prompt too. The scorer builds the counts per convention."""
+    from servecheck.scoring import ScoreItem, _counts
+
+    item = ScoreItem(prompt_ids=[1, 1, 2], output_ids=[3, 2, 4], sampling=Sampling(
+        repetition_penalty=1.5))
+    rows = slice(0, 3)
+    both = _counts(item, rows, 6, Convention(penalty_scope="prompt+output"))
+    output = _counts(item, rows, 6, Convention(penalty_scope="output"))
+    # before output token 0: the prompt only (or nothing); before token 2: plus tokens 3 and 2
+    assert both[0].tolist() == [0, 2, 1, 0, 0, 0] and output[0].tolist() == [0] * 6
+    assert both[2].tolist() == [0, 2, 2, 1, 0, 0] and output[2].tolist() == [0, 0, 1, 1, 0, 0]
+    z = torch.tensor([[2.0, 1.0, 0.5, -0.5, 0.0, 0.1]])
+    s = Sampling(temperature=1.0, repetition_penalty=2.0, presence_penalty=0.3)
+    penalised = transform(z, s, HF, both[2:3]).exp()
+    plain = transform(z, Sampling(), HF).exp()
+    assert penalised[0, 2] < plain[0, 2] and penalised[0, 0] > plain[0, 0]
