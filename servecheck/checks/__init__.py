@@ -78,6 +78,9 @@ class CheckContext:
         self.numerics = NUMERICS[numerics]
         self.convention = convention
         self.alpha = alpha
+        self._scores: dict[int, TokenScores] = {}
+        self._prompt_ids: dict[int, tuple[list[int], str]] = {}
+        self._output_ids: dict[int, tuple[list[int], str]] = {}
 
     @cached_property
     def expected_prompts(self) -> list[str | Exception]:
@@ -92,6 +95,11 @@ class CheckContext:
 
     def prompt_ids(self, i: int) -> tuple[list[int], str]:
         """What the server conditioned on: its reported ids, else its input text, tokenized."""
+        if i not in self._prompt_ids:
+            self._prompt_ids[i] = self._find_prompt_ids(i)
+        return self._prompt_ids[i]
+
+    def _find_prompt_ids(self, i: int) -> tuple[list[int], str]:
         r = self.records[i]
         if r.prompt_token_ids:
             return r.prompt_token_ids, "server prompt token ids"
@@ -104,6 +112,11 @@ class CheckContext:
 
     def output_ids(self, i: int) -> tuple[list[int], str]:
         """The served output tokens up to and including the first end marker."""
+        if i not in self._output_ids:
+            self._output_ids[i] = self._find_output_ids(i)
+        return self._output_ids[i]
+
+    def _find_output_ids(self, i: int) -> tuple[list[int], str]:
         r = self.records[i]
         ends = set(self.ref.end_ids)
         if r.output_token_ids is not None:
@@ -117,7 +130,7 @@ class CheckContext:
 
     def scores(self, indices: list[int]) -> dict[int, TokenScores]:
         """Teacher-forced scores for the records at ``indices`` (cached across checks)."""
-        cache: dict[int, TokenScores] = self.__dict__.setdefault("_scores", {})
+        cache = self._scores
         missing = [i for i in indices if i not in cache]
         if missing:
             items = [self._item(i) for i in missing]
