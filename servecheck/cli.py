@@ -77,6 +77,17 @@ def cmd_demo(a: argparse.Namespace, console: Console) -> int:
     return run_demo(a.out_dir, console)
 
 
+def cmd_serve(a: argparse.Namespace, console: Console) -> int:
+    from servecheck.serve.triton_host import TritonHost
+
+    host = TritonHost(a.model, a.host, a.http_port, a.grpc_port, a.metrics_port, a.seed_name,
+                      a.add_special_tokens)
+    console.print(f"serving {a.model} on Triton: http://{a.host}:{a.http_port} (models ensemble, "
+                  f"tensorrt_llm_bls), grpc {a.host}:{a.grpc_port}; Ctrl-C stops")
+    host.serve_forever()
+    return EXIT_PASS
+
+
 def cmd_schema(a: argparse.Namespace, console: Console) -> int:
     from servecheck.records import ResponseRecord, Variations
 
@@ -121,6 +132,19 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="a correct and a faulty server on the built-in model, checked")
     d.add_argument("--out-dir", type=Path, default=Path("demo-out"))
     d.set_defaults(func=cmd_demo)
+
+    v = sub.add_parser("serve", help="serve a checkpoint on a real inference server")
+    v.add_argument("server", choices=["triton"])
+    v.add_argument("--model", default="builtin", help="local HF checkpoint folder or 'builtin'")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--http-port", type=int, default=8000)
+    v.add_argument("--grpc-port", type=int, default=8001)
+    v.add_argument("--metrics-port", type=int, default=8002)
+    v.add_argument("--seed-name", choices=["seed", "random_seed"], default="seed",
+                   help="the seed input's name (random_seed before TensorRT-LLM's 2025 rename)")
+    v.add_argument("--add-special-tokens", action="store_true",
+                   help="tokenize text_input with special tokens added (double BOS on Gemma)")
+    v.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("schema", help="print the JSON Schema of a file format")
     s.add_argument("which", choices=["responses", "prompts"])

@@ -66,7 +66,10 @@ async def _collect(todo: list[Request], target: Target, writer: ResponseWriter,
         if progress is not None and task_id is not None:
             progress.advance(task_id)
 
-    await asyncio.gather(*(one(r) for r in todo))
+    try:
+        await asyncio.gather(*(one(r) for r in todo))
+    finally:
+        await target.aclose()
 
 
 def collect(prompts: Path, target_spec: str, out: Path, show_progress: bool = True

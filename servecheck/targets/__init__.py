@@ -17,6 +17,7 @@ from servecheck.records import ResponseRecord
 # scheme -> "module:class"; nothing here is imported until a spec uses it.
 REGISTRY: dict[str, str] = {
     "hf": "servecheck.targets.hf:HFTarget",
+    "triton": "servecheck.targets.triton:TritonTarget",
 }
 
 
@@ -32,7 +33,10 @@ class Target(ABC):
         """Answer one request. Raise ``TargetError`` for a failure of this request only."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections or models."""
+        """Release models or other resources (outside the event loop)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections, inside the collector's event loop."""
 
 
 def open_target(spec: str) -> Target:

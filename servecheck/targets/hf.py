@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import parse_qs
 
@@ -39,6 +40,16 @@ from servecheck.targets import Target
 from servecheck.targets.faults import FAULTS, SAMPLING_FAULTS, WEIGHT_FAULTS, FaultySampler, quantize_weights
 
 DEFAULT_MAX_TOKENS = 256
+
+
+@dataclass
+class Completion:
+    prompt_ids: list[int]
+    output_ids: list[int]
+    logprobs: list[float]
+    """Raw log-probs of the generated tokens."""
+    finished: bool
+    """Ended on an end-of-turn token (else: max_tokens)."""
 
 
 def _round_float32(p: Parameters) -> Parameters:
@@ -119,28 +130,22 @@ class HFTarget(Target):
             kwargs["repetition_penalty"] = p.repetition_penalty
         return kwargs
 
-    def generate_batch(self, requests: list[Request]) -> list[ResponseRecord]:
-        """Answer requests that share their sampling parameters in one batched ``generate``.
+    def complete(self, prompts: list[str], p: Parameters, add_special_tokens: bool = False
+                 ) -> list[Completion]:
+        """Continue already-templated prompts, batched and left-padded, as a serving engine does.
 
-        Prompts are left-padded into one batch, as a serving engine batches them; the RNG is
-        seeded once from the first request's seed, so per-request seeds are not honoured here.
+        This is what a server receives (Triton's ``text_input``); ``generate_batch`` adds the
+        templating. The RNG is seeded once per call from ``p.seed``.
         """
         import torch
 
-        started = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        t0 = time.perf_counter()
-        p = requests[0].parameters
-        if any(Sampling.of(r.parameters) != Sampling.of(p) or r.parameters.max_tokens !=
-               p.max_tokens for r in requests):
-            raise ValueError("generate_batch needs requests with the same sampling parameters")
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(p, name):
                 raise TargetError(f"the hf target has no {name}")
         sent = _round_float32(p) if self.round_params else p
-        prompts = [self.template(r) for r in requests]
         tok = self.ref.tokenizer
         tok.padding_side = "left"
-        enc = tok(prompts, add_special_tokens="double-bos" in self.faults, return_tensors="pt",
+        enc = tok(prompts, add_special_tokens=add_special_tokens, return_tensors="pt",
                   padding=True)
         width = enc["input_ids"].shape[1]
         torch.manual_seed(p.seed if p.seed is not None else 0)
@@ -148,27 +153,45 @@ class HFTarget(Target):
             out = self.ref.model.generate(**enc, **self._generate_kwargs(sent))
         logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # [B, steps, V]
         ends = self.ref.end_ids
-        latency = round((time.perf_counter() - t0) / len(requests), 4)
-        records = []
-        for row, (request, prompt) in enumerate(zip(requests, prompts, strict=True)):
-            prompt_ids = enc["input_ids"][row][enc["attention_mask"][row] == 1].tolist()
+        done = []
+        for row in range(len(prompts)):
             out_ids = out.sequences[row, width:].tolist()
             cut = next((k + 1 for k, t in enumerate(out_ids) if t in ends), None)
             if "ignore-eos" not in self.faults:
                 out_ids = out_ids[:cut] if cut else out_ids
-            finished = cut is not None and "ignore-eos" not in self.faults
-            lp = logprobs[row, torch.arange(len(out_ids)), torch.tensor(out_ids)].tolist()
-            text = self.ref.decode(out_ids)
+            done.append(Completion(
+                prompt_ids=enc["input_ids"][row][enc["attention_mask"][row] == 1].tolist(),
+                output_ids=out_ids,
+                logprobs=logprobs[row, torch.arange(len(out_ids)), torch.tensor(out_ids)].tolist(),
+                finished=cut is not None and "ignore-eos" not in self.faults))
+        return done
+
+    def generate_batch(self, requests: list[Request]) -> list[ResponseRecord]:
+        """Answer requests that share their sampling parameters in one batched ``generate``;
+        per-request seeds are not honoured here (one seed per batch)."""
+        started = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        t0 = time.perf_counter()
+        p = requests[0].parameters
+        if any(Sampling.of(r.parameters) != Sampling.of(p) or r.parameters.max_tokens !=
+               p.max_tokens for r in requests):
+            raise ValueError("generate_batch needs requests with the same sampling parameters")
+        prompts = [self.template(r) for r in requests]
+        completions = self.complete(prompts, p, add_special_tokens="double-bos" in self.faults)
+        latency = round((time.perf_counter() - t0) / len(requests), 4)
+        hidden = bool(self.faults & {"echo", "strip-end"})  # ids would contradict the text
+        records = []
+        for request, prompt, c in zip(requests, prompts, completions, strict=True):
+            text = self.ref.decode(c.output_ids)
             if "strip-end" in self.faults:
                 text = self.ref.strip_special(text)
             if "echo" in self.faults:
-                text = tok.decode(prompt_ids, skip_special_tokens=True) + text
+                text = self.ref.tokenizer.decode(c.prompt_ids, skip_special_tokens=True) + text
             records.append(ResponseRecord(
                 id=request.id, conversations=request.conversation, parameters=request.parameters,
                 input=prompt, output=text, target=self.spec,
-                finish_reason="stop" if finished else "length", prompt_token_ids=prompt_ids,
-                output_token_ids=None if self.faults & {"echo", "strip-end"} else out_ids,
-                output_logprobs=None if self.faults & {"echo", "strip-end"} else lp,
+                finish_reason="stop" if c.finished else "length", prompt_token_ids=c.prompt_ids,
+                output_token_ids=None if hidden else c.output_ids,
+                output_logprobs=None if hidden else c.logprobs,
                 timing=Timing(started_at=started, latency_s=latency)))
         return records
 

@@ -1,0 +1,1 @@
+"""Servers servecheck starts itself: real inference servers hosting a local HF checkpoint."""
