@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from transformers import (
     LogitsProcessorList,
@@ -51,7 +51,10 @@ def _far_from_boundaries(z: torch.Tensor, s: Sampling) -> bool:
     return bool(((above - s.top_p).abs() > 1e-4).all()) and distinct
 
 
-@settings(max_examples=300, deadline=None)
+# derandomize: the same examples on every machine, like every other seeded test here; the filter
+# drops near-boundary draws on purpose (see _far_from_boundaries), so allow it to filter.
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.filter_too_much])
 @given(logit_rows, sampling, st.data())
 def test_transform_matches_hf_processors(row: list[float], s: Sampling, data) -> None:
     z = torch.tensor([row])
@@ -87,7 +90,7 @@ def test_boundary_slack_names_the_rule() -> None:
     assert rule.item() == 2 and 0 < slack.item() < 0.5
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(logit_rows, sampling, st.integers(0, 2**31))
 def test_token_statistics_match_brute_force(row: list[float], s: Sampling, seed: int) -> None:
     z = torch.tensor([row])
