@@ -14,6 +14,9 @@ from servecheck.errors import InputError
 from servecheck.prompts import Request
 from servecheck.records import ResponseRecord
 
+DEFAULT_MAX_TOKENS = 256
+"""Sent when a request names no max_tokens, so every target caps generation the same way."""
+
 # scheme -> "module:class"; nothing here is imported until a spec uses it.
 REGISTRY: dict[str, str] = {
     "hf": "servecheck.targets.hf:HFTarget",

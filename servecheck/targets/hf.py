@@ -36,10 +36,8 @@ from servecheck.prompts import Request
 from servecheck.records import Parameters, ResponseRecord, Timing
 from servecheck.reference import Reference
 from servecheck.sampling import Sampling
-from servecheck.targets import Target
+from servecheck.targets import DEFAULT_MAX_TOKENS, Target
 from servecheck.targets.faults import FAULTS, SAMPLING_FAULTS, WEIGHT_FAULTS, FaultySampler, quantize_weights
-
-DEFAULT_MAX_TOKENS = 256
 
 
 @dataclass

@@ -20,11 +20,10 @@ from servecheck.errors import InputError, TargetError
 from servecheck.prompts import Request
 from servecheck.records import ResponseRecord, Timing
 from servecheck.reference import Reference
-from servecheck.targets import Target
+from servecheck.targets import DEFAULT_MAX_TOKENS, Target
 
 TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=30.0, pool=600.0)
 """Long reads: a generation of thousands of tokens on a busy server takes minutes."""
-DEFAULT_MAX_TOKENS = 256
 
 
 class TritonTarget(Target):
