@@ -16,4 +16,15 @@ class InputError(Exception):
 
 
 class TargetError(Exception):
-    """A target failed on one request (server down, timeout, error frame); the run goes on."""
+    """A target failed on one request (server down, timeout, error frame); the run goes on.
+
+    ``transient`` marks what a retry may cure (connection refused, HTTP 429 or 503, gRPC
+    UNAVAILABLE); ``retry_after`` is the server's own hint in seconds, when it gave one. A 4xx or
+    an error frame is never transient: the same request would fail the same way.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False,
+                 retry_after: float | None = None) -> None:
+        self.transient = transient
+        self.retry_after = retry_after
+        super().__init__(message)

@@ -3,11 +3,16 @@
 Every record is on disk the moment it exists (``ResponseWriter``), so Ctrl-C or a dead server
 loses at most the requests in flight, and the same command run again picks up where it stopped.
 A failed request becomes a record with ``error`` set: it is reported, and retried on the next run.
+Within a run, only a transient failure (refused connection, HTTP 429/503, gRPC UNAVAILABLE) is
+retried, with exponential backoff and jitter, honouring a server's Retry-After; a 4xx or an error
+frame is final at once, since the same request would fail the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +42,36 @@ class CollectSummary:
     written: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
     interrupted: bool = False
+    retried: int = 0
+
+    def error_groups(self) -> list[tuple[str, int, str]]:
+        """(message, count, first id), most frequent first: one line per distinct failure."""
+        counts = Counter(message for _, message in self.errors)
+        first = {}
+        for rid, message in self.errors:
+            first.setdefault(message, rid)
+        return [(m, n, first[m]) for m, n in counts.most_common()]
+
+
+BACKOFF_S = 0.5
+MAX_WAIT_S = 30.0
+
+
+async def ask(target: Target, request: Request, retries: int, summary: CollectSummary
+              ) -> ResponseRecord:
+    """``target.generate`` with retries of transient failures only."""
+    delay = BACKOFF_S
+    for attempt in range(retries + 1):
+        try:
+            return await target.generate(request)
+        except TargetError as e:
+            if not e.transient or attempt == retries:
+                raise
+            summary.retried += 1
+            wait = e.retry_after if e.retry_after is not None else delay * random.uniform(0.5, 1.0)
+            await asyncio.sleep(min(wait, MAX_WAIT_S))
+            delay *= 2
+    raise AssertionError("unreachable")
 
 
 class RateColumn(ProgressColumn):
@@ -50,14 +85,14 @@ def _error_record(request: Request, target: Target, message: str) -> ResponseRec
 
 
 async def _collect(todo: list[Request], target: Target, writer: ResponseWriter,
-                   summary: CollectSummary, progress: Progress | None) -> None:
+                   summary: CollectSummary, progress: Progress | None, retries: int) -> None:
     gate = asyncio.Semaphore(max(1, target.max_concurrency))
     task_id = progress.add_task("generate", total=len(todo)) if progress else None
 
     async def one(request: Request) -> None:
         async with gate:
             try:
-                record = await target.generate(request)
+                record = await ask(target, request, retries, summary)
             except TargetError as e:
                 record = _error_record(request, target, str(e))
                 summary.errors.append((request.id, str(e)))
@@ -72,8 +107,8 @@ async def _collect(todo: list[Request], target: Target, writer: ResponseWriter,
         await target.aclose()
 
 
-def collect(prompts: Path, target_spec: str, out: Path, show_progress: bool = True
-            ) -> CollectSummary:
+def collect(prompts: Path, target_spec: str, out: Path, show_progress: bool = True,
+            retries: int = 3) -> CollectSummary:
     """Run the whole matrix against a target into ``out``; resumable, see the module docstring."""
     requests = expand(prompts)
     done = answered_ids(out)
@@ -87,7 +122,7 @@ def collect(prompts: Path, target_spec: str, out: Path, show_progress: bool = Tr
                TextColumn("eta"), TimeRemainingColumn())
     try:
         with ResponseWriter(out) as writer, Progress(*columns, disable=not show_progress) as bar:
-            asyncio.run(_collect(todo, target, writer, summary, bar))
+            asyncio.run(_collect(todo, target, writer, summary, bar, retries))
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:

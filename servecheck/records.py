@@ -9,7 +9,7 @@ Schema.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -91,6 +91,9 @@ class ResponseRecord(BaseModel):
     prompt_token_ids: list[int] | None = None
     output_token_ids: list[int] | None = None
     output_logprobs: list[float] | None = None
+    sent: dict[str, Any] | None = None
+    """The request's inputs in the server's own names, each value as the server decodes it (an
+    FP32 input receives 0.8999999762 when 0.9 was asked; ``parameters`` keeps what was asked)."""
     timing: Timing | None = None
     error: str | None = None
     """Set when the request failed; such records are kept, reported, and retried on resume."""

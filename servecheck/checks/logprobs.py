@@ -3,6 +3,11 @@
 Servers differ in what they report: the raw model log-prob (vLLM's default) or the log-prob
 after temperature and truncation. Both are computed and the closer one is named as the server's
 convention; the verdict uses that one, against the numerics tolerance.
+
+The served log-probs are also evidence of what the server really conditioned on, even when it
+reports no prompt ids (TensorRT-LLM does not): the worst-fitting records are rescored under known
+prompt mistakes (an extra BOS, a missing BOS), and a mistake that fits the served log-probs far
+better than the reference prompt is named, even when both fits are within the tolerance.
 """
 
 from __future__ import annotations
@@ -10,6 +15,52 @@ from __future__ import annotations
 import numpy as np
 
 from servecheck.checks import CheckContext, CheckResult, Finding
+from servecheck.sampling import Sampling
+from servecheck.scoring import ScoreItem, score
+
+HYPOTHESES_SAMPLE = 16
+"""Records rescored per hypothesis (the worst fitting): enough to be sure, cheap next to the
+main scoring."""
+EXPLAINS_BETTER = 4.0
+"""A prompt mistake is named when it fits the served log-probs this many times better than the
+reference prompt. Numerical noise fits both alike (its ratio stays near 1), so this does not
+fire on an honest server, whatever its numerics; a real mistake of a BOS-sensitive model fits
+orders of magnitude better."""
+MIN_GAIN = 1e-4
+"""…and by at least this much in mean |Δ| (below it, both fits are float32 rounding)."""
+
+
+def _hypotheses(ctx: CheckContext, prompt: list[int]) -> dict[str, list[int]]:
+    bos = ctx.ref.tokenizer.bos_token_id
+    if bos is None:
+        return {}
+    out = {"an extra BOS (double BOS: the server tokenized the templated prompt with special "
+           "tokens added)": [bos, *prompt]}
+    if prompt[:1] == [bos]:
+        out["no BOS (the server dropped the template's BOS)"] = prompt[1:]
+    return out
+
+
+def best_alternative(ctx: CheckContext, sample: list[int], raw: bool) -> tuple[str, float] | None:
+    """The known prompt mistake whose rescoring fits the served log-probs best: (name, mean |Δ|)."""
+    best: tuple[str, float] | None = None
+    names = _hypotheses(ctx, ctx.prompt_ids(sample[0])[0]) if sample else {}
+    for name in names:
+        items, served = [], []
+        for i in sample:
+            alt = _hypotheses(ctx, ctx.prompt_ids(i)[0]).get(name)
+            if alt is None:
+                break
+            items.append(ScoreItem(alt, ctx.output_ids(i)[0],
+                                   None if raw else Sampling.of(ctx.records[i].parameters)))
+            served.append(np.asarray(ctx.records[i].output_logprobs, dtype=np.float64))
+        else:
+            diffs = [np.abs(lp[: len(s)] - s.stats.get("logq", s.logprob)[: len(lp)])
+                     for lp, s in zip(served, score(ctx.ref, items, ctx.convention), strict=True)]
+            mean = float(np.mean(np.concatenate(diffs)))
+            if best is None or mean < best[1]:
+                best = (name, mean)
+    return best
 
 
 def check_logprobs(ctx: CheckContext) -> CheckResult:
@@ -36,9 +87,21 @@ def check_logprobs(ctx: CheckContext) -> CheckResult:
                "mean_abs_diff": means, "max_abs_diff": float(pooled.max()), "tolerance": tol}
     summary = (f"served log-probs are {convention} (mean |Δ| {means[convention]:.4f}, max "
                f"{pooled.max():.4f}, {pooled.size} tokens)")
+    per = {i: raw if convention == "raw" else post for i, raw, post in per_record}
+    findings = [Finding(ctx.labels[i], f"mean |Δ log-prob| {float(np.mean(d)):.4f}, max "
+                                       f"{float(np.max(d)):.4f}", float(np.mean(d)))
+                for i, d in per.items()]
+    sample = sorted((i for i in per if len(per[i])), key=lambda i: -float(np.mean(per[i])))
+    sample = sample[:HYPOTHESES_SAMPLE]
+    own = float(np.mean(np.concatenate([per[i] for i in sample]))) if sample else 0.0
+    alt = best_alternative(ctx, sample, convention == "raw")
+    if alt and alt[1] * EXPLAINS_BETTER < own and own - alt[1] > MIN_GAIN:
+        details["prompt_diagnosis"] = alt[0]
+        details["prompt_fit"] = {"reference prompt": own, alt[0]: alt[1]}
+        return CheckResult("logprobs", "fail", (
+            f"the served log-probs fit a prompt with {alt[0]} (mean |Δ| {alt[1]:.5f}) far better "
+            f"than the reference prompt (mean |Δ| {own:.5f}, {len(sample)} records)"),
+            details, findings)
     if means[convention] > tol:
-        findings = [Finding(ctx.labels[i], f"mean |Δ log-prob| {float(np.mean(d)):.4f}, max "
-                                           f"{float(np.max(d)):.4f}", float(np.mean(d)))
-                    for i, raw, post in per_record for d in [raw if convention == "raw" else post]]
         return CheckResult("logprobs", "fail", f"{summary} > tolerance {tol}", details, findings)
     return CheckResult("logprobs", "pass", f"{summary} ≤ tolerance {tol}", details)

@@ -1,14 +1,23 @@
 """``servecheck serve triton``: a real Triton server hosting an HF checkpoint, TensorRT-LLM style.
 
 The original notes' "host the HF checkpoint as an endpoint" approach, on the real Triton server
-binary that ships inside the ``nvidia-pytriton`` wheel (Python backend, CPU is enough). The model
-is bound as ``ensemble`` and as ``tensorrt_llm_bls`` with the TensorRT-LLM interface: STRING
-``text_input``, INT32 ``max_tokens``, FP32 ``temperature``/``top_p``, INT32 ``top_k``, UINT64
-``seed`` (``random_seed`` before the 2025 rename: ``--seed-name``), BOOL ``return_log_probs`` and
-``exclude_input_in_output`` (default false, as in TensorRT-LLM: the prompt is echoed unless the
-client asks otherwise); outputs ``text_output`` and ``output_log_probs``. The HF-side behaviours
-that matter are switches: ``--add-special-tokens`` tokenizes the templated text with special
-tokens added, Triton preprocessing's default and the classic double-BOS bug.
+binary that ships inside the ``nvidia-pytriton`` wheel (Python backend, CPU is enough). The same
+model is bound three times, with the interfaces users meet in production:
+
+- ``ensemble`` and ``tensorrt_llm_bls``: STRING ``text_input``, INT32 ``max_tokens``, FP32
+  ``temperature``/``top_p``/penalties, INT32 ``top_k``/``end_id``, UINT64 ``seed`` (or
+  ``random_seed``, the name before the 2025 rename: ``--seed-name``), STRING ``stop_words``,
+  BOOL ``return_log_probs``/``exclude_input_in_output``/``stream``; outputs ``text_output``,
+  ``output_log_probs``, ``cum_log_probs``;
+- ``tensorrt_llm``: the newer llmapi model's ``sampling_param_*`` names, with ``finish_reason``.
+
+``exclude_input_in_output`` defaults to false, as in TensorRT-LLM: the prompt is echoed unless
+the client asks otherwise. ``--decoupled`` makes every model decoupled (TensorRT-LLM's streaming
+deployment): one response per token, read through ``generate_stream`` or gRPC streaming. The
+HF-side behaviours that matter are switches: ``--add-special-tokens`` tokenizes the templated
+text with special tokens added (Triton preprocessing's default, and the classic double BOS);
+``--echo`` returns the prompt whatever ``exclude_input_in_output`` says; ``--fail-after N``
+raises after N tokens, so a stream carries good frames and then an error frame.
 
 Binds 127.0.0.1 unless told otherwise.
 """
@@ -17,13 +26,22 @@ from __future__ import annotations
 
 import os
 import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
 from servecheck.records import Parameters
 from servecheck.targets.hf import HFTarget
+from servecheck.targets.trtllm import ENSEMBLE_NAMES, LLMAPI_NAMES
 
-MODEL_NAMES = ("ensemble", "tensorrt_llm_bls")
+TRTLLM_MODELS = ("ensemble", "tensorrt_llm_bls")
+LLMAPI_MODEL = "tensorrt_llm"
+TYPES = {"max_tokens": np.int32, "temperature": np.float32, "top_p": np.float32,
+         "top_k": np.int32, "seed": np.uint64, "repetition_penalty": np.float32,
+         "presence_penalty": np.float32, "frequency_penalty": np.float32, "exclude": np.bool_,
+         "stream": np.bool_, "log_probs": np.bool_, "end_id": np.int32, "stop": bytes,
+         "finish_reason": np.bool_}
 
 
 def _libdir_on_loader_path() -> None:
@@ -35,45 +53,101 @@ def _libdir_on_loader_path() -> None:
         os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{current}" if current else libdir
 
 
-def _scalar(data: dict, name: str, kind: type | None = None):
-    if name not in data:
-        return None
-    value = np.asarray(data[name]).reshape(-1)[0]
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    return kind(value) if kind else value
+def _values(data: dict, name: str | None) -> list:
+    if name is None or name not in data:
+        return []
+    return [v.decode("utf-8") if isinstance(v, bytes) else v
+            for v in np.asarray(data[name]).reshape(-1).tolist()]
+
+
+@dataclass
+class Ask:
+    """One request as the engine understands it, whichever names it came under."""
+
+    text: str
+    params: Parameters
+    exclude: bool
+    log_probs: bool
+    end_ids: list[int] | None
+    stop: list[str]
+
+    @classmethod
+    def parse(cls, data: dict, names: dict[str, str]) -> Ask:
+        def one(key: str, kind: type):
+            v = _values(data, names.get(key))
+            return kind(v[0]) if v else None
+
+        p = Parameters(max_tokens=one("max_tokens", int), temperature=one("temperature", float),
+                       top_p=one("top_p", float), top_k=one("top_k", int),
+                       seed=one("seed", int), repetition_penalty=one("repetition_penalty", float))
+        end = one("end_id", int)
+        return cls(_values(data, "text_input")[0], p, bool(one("exclude", bool)),
+                   bool(one("log_probs", bool)), [end] if end is not None else None,
+                   [s for s in _values(data, names.get("stop")) if s])
 
 
 class TritonHost:
     def __init__(self, model: str = "builtin", host: str = "127.0.0.1", http_port: int = 8000,
                  grpc_port: int = 8001, metrics_port: int = 8002, seed_name: str = "seed",
-                 add_special_tokens: bool = False) -> None:
+                 add_special_tokens: bool = False, decoupled: bool = False, echo: bool = False,
+                 fail_after: int | None = None) -> None:
         self.engine = HFTarget(model)
         self.address = dict(host=host, http_port=http_port, grpc_port=grpc_port,
                             metrics_port=metrics_port)
-        self.seed_name = seed_name
+        self.names = {**ENSEMBLE_NAMES, "seed": seed_name}
         self.add_special_tokens = add_special_tokens
+        self.decoupled = decoupled
+        self.echo = echo
+        self.fail_after = fail_after
         self._triton = None
 
-    def _answer(self, data: dict) -> dict:
-        text = _scalar(data, "text_input")
-        p = Parameters(
-            max_tokens=_scalar(data, "max_tokens", int),
-            temperature=_scalar(data, "temperature", float),  # float32 on the wire: 0.9 → 0.8999…
-            top_p=_scalar(data, "top_p", float), top_k=_scalar(data, "top_k", int),
-            seed=_scalar(data, self.seed_name, int))
-        (c,) = self.engine.complete([text], p, self.add_special_tokens)
-        out = self.engine.ref.decode(c.output_ids)
-        if not _scalar(data, "exclude_input_in_output", bool):
-            out = text + out
-        logprobs = np.asarray(c.logprobs if _scalar(data, "return_log_probs", bool) else [],
-                              dtype=np.float32)
-        return {"text_output": np.array([[out.encode("utf-8")]], dtype=object),
-                "output_log_probs": logprobs.reshape(1, 1, -1),
-                "cum_log_probs": np.array([[logprobs.sum()]], dtype=np.float32)}
+    def _pieces(self, data: dict, names: dict[str, str]) -> Iterator[dict]:
+        """The responses to one request: one per token, the prompt first when it is echoed."""
+        ask = Ask.parse(data, names)
+        (c,) = self.engine.complete([ask.text], ask.params, self.add_special_tokens,
+                                    ask.end_ids, ask.stop or None)
+        ref = self.engine.ref
+        finished = c.finished or len(c.output_ids) < (ask.params.max_tokens or 1)
+        if self.echo or not ask.exclude:
+            yield {"text": ask.text, "logprobs": []}
+        shown = ""
+        for k in range(len(c.output_ids)):
+            if k == self.fail_after:
+                raise RuntimeError(f"injected failure after {k} tokens (--fail-after)")
+            text = ref.decode(c.output_ids[: k + 1])
+            yield {"text": text[len(shown):], "logprobs": c.logprobs[k:k + 1] if ask.log_probs else [],
+                   "last": k == len(c.output_ids) - 1, "finished": finished}
+            shown = text
 
-    def infer(self, requests: list) -> list[dict]:
-        return [self._answer(r.data) for r in requests]
+    def _tensors(self, text: str, logprobs: list[float], names: dict[str, str], reason: str | None
+                 ) -> dict[str, np.ndarray]:
+        lp = np.asarray(logprobs, dtype=np.float32)
+        out = {"text_output": np.array([[text.encode("utf-8")]], dtype=object)}
+        if names is LLMAPI_NAMES:
+            out["finish_reason"] = np.array([[(reason or "").encode()]], dtype=object)
+        else:
+            out["output_log_probs"] = lp.reshape(1, 1, -1)
+            out["cum_log_probs"] = np.array([[lp.sum()]], dtype=np.float32)
+        # decoupled models are bound unbatched, so their tensors lose the batch dimension
+        return {k: v[0] for k, v in out.items()} if self.decoupled else out
+
+    def _whole(self, data: dict, names: dict[str, str]) -> dict[str, np.ndarray]:
+        pieces = list(self._pieces(data, names))
+        reason = "stop" if pieces and pieces[-1].get("finished") else "length"
+        return self._tensors("".join(p["text"] for p in pieces),
+                             [x for p in pieces for x in p["logprobs"]], names, reason)
+
+    def _infer_with(self, names: dict[str, str]):
+        def infer(requests: list) -> list[dict]:
+            return [self._whole(r.data, names) for r in requests]
+
+        def stream(requests: list) -> Iterator[list[dict]]:
+            for r in requests:  # decoupled models are bound unbatched: one request per call
+                for piece in self._pieces(r.data, names):
+                    reason = ("stop" if piece.get("finished") else "length") if piece.get("last") else None
+                    yield [self._tensors(piece["text"], piece["logprobs"], names, reason)]
+
+        return stream if self.decoupled else infer
 
     def start(self) -> None:
         """Start the server in the background; returns once the models are ready."""
@@ -86,9 +160,25 @@ class TritonHost:
         assert self._triton is not None
         self._triton.serve()
 
+    def _signature(self, names: dict[str, str]) -> tuple[list, list]:
+        from pytriton.model_config import Tensor
+
+        inputs = [Tensor(name="text_input", dtype=bytes, shape=(1,))]
+        for key, name in names.items():
+            shape = (-1,) if key == "stop" else (1,)
+            inputs.append(Tensor(name=name, dtype=TYPES[key], shape=shape,
+                                 optional=key != "max_tokens"))
+        outputs = [Tensor(name="text_output", dtype=bytes, shape=(-1,))]
+        if names is LLMAPI_NAMES:
+            outputs.append(Tensor(name="finish_reason", dtype=bytes, shape=(-1,)))
+        else:
+            outputs += [Tensor(name="output_log_probs", dtype=np.float32, shape=(-1, -1)),
+                        Tensor(name="cum_log_probs", dtype=np.float32, shape=(-1,))]
+        return inputs, outputs
+
     def _bind(self) -> None:
         _libdir_on_loader_path()
-        from pytriton.model_config import ModelConfig, Tensor
+        from pytriton.model_config import ModelConfig
         from pytriton.triton import Triton, TritonConfig
 
         a = self.address
@@ -96,19 +186,13 @@ class TritonHost:
                               grpc_address=a["host"], grpc_port=a["grpc_port"],
                               metrics_address=a["host"], metrics_port=a["metrics_port"],
                               allow_gpu_metrics=False, exit_timeout_secs=5)
-        optional = [("temperature", np.float32), ("top_p", np.float32), ("top_k", np.int32),
-                    (self.seed_name, np.uint64), ("return_log_probs", np.bool_),
-                    ("exclude_input_in_output", np.bool_), ("stream", np.bool_)]
-        inputs = [Tensor(name="text_input", dtype=bytes, shape=(1,)),
-                  Tensor(name="max_tokens", dtype=np.int32, shape=(1,))]
-        inputs += [Tensor(name=n, dtype=t, shape=(1,), optional=True) for n, t in optional]
-        outputs = [Tensor(name="text_output", dtype=bytes, shape=(-1,)),
-                   Tensor(name="output_log_probs", dtype=np.float32, shape=(-1, -1)),
-                   Tensor(name="cum_log_probs", dtype=np.float32, shape=(-1,))]
+        model_config = (ModelConfig(batching=False, decoupled=True) if self.decoupled
+                        else ModelConfig(max_batch_size=8))
         self._triton = Triton(config=config)
-        for name in MODEL_NAMES:
-            self._triton.bind(name, self.infer, inputs, outputs,
-                              config=ModelConfig(max_batch_size=8), strict=True)
+        for name, names in [(m, self.names) for m in TRTLLM_MODELS] + [(LLMAPI_MODEL, LLMAPI_NAMES)]:
+            inputs, outputs = self._signature(names)
+            self._triton.bind(name, self._infer_with(names), inputs, outputs,
+                              config=model_config, strict=True)
 
     def stop(self) -> None:
         if self._triton is not None:

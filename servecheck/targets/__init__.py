@@ -21,6 +21,7 @@ DEFAULT_MAX_TOKENS = 256
 REGISTRY: dict[str, str] = {
     "hf": "servecheck.targets.hf:HFTarget",
     "triton": "servecheck.targets.triton:TritonTarget",
+    "triton+grpc": "servecheck.targets.triton_grpc:TritonGrpcTarget",
 }
 
 

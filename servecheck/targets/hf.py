@@ -128,12 +128,14 @@ class HFTarget(Target):
             kwargs["repetition_penalty"] = p.repetition_penalty
         return kwargs
 
-    def complete(self, prompts: list[str], p: Parameters, add_special_tokens: bool = False
+    def complete(self, prompts: list[str], p: Parameters, add_special_tokens: bool = False,
+                 end_ids: list[int] | None = None, stop_strings: list[str] | None = None
                  ) -> list[Completion]:
         """Continue already-templated prompts, batched and left-padded, as a serving engine does.
 
         This is what a server receives (Triton's ``text_input``); ``generate_batch`` adds the
-        templating. The RNG is seeded once per call from ``p.seed``.
+        templating. The RNG is seeded once per call from ``p.seed``. ``end_ids`` replaces the
+        checkpoint's end tokens (a server's ``end_id``); ``stop_strings`` also end generation.
         """
         import torch
 
@@ -147,10 +149,15 @@ class HFTarget(Target):
                   padding=True)
         width = enc["input_ids"].shape[1]
         torch.manual_seed(p.seed if p.seed is not None else 0)
+        kwargs = self._generate_kwargs(sent)
+        ends = end_ids or self.ref.end_ids
+        if end_ids and kwargs["eos_token_id"] is not None:
+            kwargs["eos_token_id"] = end_ids
+        if stop_strings:
+            kwargs.update(stop_strings=stop_strings, tokenizer=tok)
         with torch.inference_mode():
-            out = self.ref.model.generate(**enc, **self._generate_kwargs(sent))
+            out = self.ref.model.generate(**enc, **kwargs)
         logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # [B, steps, V]
-        ends = self.ref.end_ids
         done = []
         for row in range(len(prompts)):
             out_ids = out.sequences[row, width:].tolist()

@@ -1,17 +1,27 @@
-"""``triton://HOST:PORT/MODEL``: Triton's HTTP generate extension, TensorRT-LLM interface.
+"""``triton://HOST:PORT/MODEL``: a TensorRT-LLM model on Triton, over HTTP.
 
 The prompt is templated here, with the chat template of ``?template=PATH|builtin`` (the
-reference checkpoint), and sent as ``text_input``, as Triton users do. The seed's input name is
-read from the model's config (``seed``, or ``random_seed`` before the 2025 rename). The record
-keeps what came back verbatim: a prompt echoed because ``exclude_input_in_output`` was not
-honoured stays in ``output`` for ``check`` to name. An ``{"error": …}`` body, even with HTTP 200,
-is an error, never an output.
+reference checkpoint), and sent as ``text_input``, as Triton users do. What else is sent, and
+under which names, comes from the model's config (``trtllm.Interface``). A decoupled model (or
+``?stream=1``) is read through ``generate_stream`` (Server-Sent Events), any other through
+``generate``. The record keeps what came back verbatim: a prompt echoed because
+``exclude_input_in_output`` was not honoured stays in ``output`` for ``check`` to name. An
+``{"error": …}`` body or stream frame, even with HTTP 200, is an error, never an output.
+
+Options: ``template``, ``stream=0|1``, ``end_id=N|auto`` (``auto``: the reference's end-of-turn
+token, for engines whose default end id is ``<eos>``), ``stop_words=W`` (repeatable),
+``timeout=S`` (read timeout, default 600 s), ``concurrency=N`` (default 8).
+``triton+grpc://`` (``triton_grpc.py``) shares all of this and changes only the transport.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from abc import abstractmethod
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -21,83 +31,154 @@ from servecheck.prompts import Request
 from servecheck.records import ResponseRecord, Timing
 from servecheck.reference import Reference
 from servecheck.targets import DEFAULT_MAX_TOKENS, Target
+from servecheck.targets.trtllm import Answer, Interface, Options, short_error
 
-TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=30.0, pool=600.0)
-"""Long reads: a generation of thousands of tokens on a busy server takes minutes."""
+OPTIONS = ("template", "stream", "end_id", "stop_words", "timeout", "concurrency")
+TRANSIENT_STATUS = (429, 503)
 
 
-class TritonTarget(Target):
-    max_concurrency = 8
+def _retry_after(headers: httpx.Headers) -> float | None:
+    try:
+        return float(headers.get("retry-after", ""))
+    except ValueError:
+        return None
 
-    def __init__(self, base_url: str, model: str, template: str, spec: str) -> None:
-        self.spec = spec
-        self.base_url = base_url
-        self.model = model
-        self.ref = Reference(template)
-        self._client: httpx.AsyncClient | None = None
-        self._seed_name: str | None = None
+
+class TritonBase(Target):
+    """Everything but the wire: templating, the interface, the record."""
+
+    def __init__(self, spec: str, host: str, port: int, model: str, opts: dict[str, list[str]]
+                 ) -> None:
+        self.spec, self.host, self.port, self.model = spec, host, port, model
+        single = {k: v[-1] for k, v in opts.items()}
+        self.ref = Reference(single.get("template", "builtin"))
+        try:
+            end = single.get("end_id")
+            end_id = None if end is None else (self.ref.end_ids[-1] if end == "auto" else int(end))
+            stream = {None: None, "1": True, "true": True, "0": False, "false": False}[
+                single.get("stream")]
+            self.read_timeout = float(single.get("timeout", 600))
+            self.max_concurrency = int(single.get("concurrency", 8))
+        except (KeyError, ValueError) as e:
+            raise InputError(f"bad option value ({e})", where=spec) from None
+        self.options = Options(end_id, tuple(opts.get("stop_words", [])), stream)
+        self._interface: Interface | None = None
 
     @classmethod
-    def from_spec(cls, spec: str, rest: str) -> TritonTarget:
+    def from_spec(cls, spec: str, rest: str) -> TritonBase:
         url = urlsplit("http:" + rest)
         model = url.path.strip("/")
         if not url.hostname or not url.port or not model or "/" in model:
-            raise InputError("expected triton://HOST:PORT/MODEL", where=spec)
-        opts = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        template = opts.pop("template", "builtin")
-        if opts:
-            raise InputError(f"unknown option(s) {sorted(opts)} (known: template)", where=spec)
-        return cls(f"http://{url.hostname}:{url.port}", model, template, spec)
+            scheme = spec.partition(":")[0]
+            raise InputError(f"expected {scheme}://HOST:PORT/MODEL", where=spec)
+        opts = parse_qs(url.query)
+        unknown = sorted(set(opts) - set(OPTIONS))
+        if unknown:
+            raise InputError(f"unknown option(s) {unknown} (known: {', '.join(OPTIONS)})",
+                             where=spec)
+        return cls(spec, url.hostname, url.port, model, opts)
 
-    async def _post(self, path: str, body: dict | None = None) -> dict:
-        if self._client is None:
-            self._client = httpx.AsyncClient(base_url=self.base_url, timeout=TIMEOUT)
-        try:
-            r = await (self._client.post(path, json=body) if body is not None
-                       else self._client.get(path))
-        except httpx.HTTPError as e:
-            raise TargetError(f"{self.base_url}{path}: {type(e).__name__}: {e}") from None
-        try:
-            data = r.json()
-        except ValueError:
-            raise TargetError(f"{self.base_url}{path}: HTTP {r.status_code}, not JSON: "
-                              f"{r.text[:200]!r}") from None
-        if r.status_code != 200 or "error" in data:
-            raise TargetError(f"{self.base_url}{path}: HTTP {r.status_code}: "
-                              f"{data.get('error', data)}")
-        return data
+    @abstractmethod
+    async def model_config(self) -> dict[str, Any]:
+        """The model's config as Triton reports it (JSON field names)."""
 
-    async def seed_name(self) -> str:
-        if self._seed_name is None:
-            config = await self._post(f"/v2/models/{self.model}/config")
-            names = {i["name"] for i in config.get("input", [])}
-            self._seed_name = "seed" if "seed" in names else "random_seed"
-        return self._seed_name
+    @abstractmethod
+    def responses(self, interface: Interface, sent: dict[str, Any], stream: bool
+                  ) -> AsyncIterator[dict[str, Any]]:
+        """Send one request; yield the outputs of each response (one unless streaming)."""
+
+    async def interface(self) -> Interface:
+        if self._interface is None:
+            self._interface = Interface.from_config(self.model, await self.model_config())
+        return self._interface
 
     async def generate(self, request: Request) -> ResponseRecord:
         started = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         t0 = time.perf_counter()
         p = request.parameters
         prompt = self.ref.render(request.conversation)
-        body: dict = {"text_input": prompt, "max_tokens": p.max_tokens or DEFAULT_MAX_TOKENS,
-                      "return_log_probs": True, "exclude_input_in_output": True}
-        for name in ("temperature", "top_p", "top_k"):
-            if getattr(p, name) is not None:
-                body[name] = getattr(p, name)
-        if p.seed is not None:
-            body[await self.seed_name()] = p.seed
-        data = await self._post(f"/v2/models/{self.model}/generate", body)
-        text = data.get("text_output")
-        if not isinstance(text, str):
-            raise TargetError(f"no text_output in the response: {str(data)[:200]}")
-        logprobs = data.get("output_log_probs")
-        logprobs = logprobs if isinstance(logprobs, list) else None
+        interface = await self.interface()
+        sent = interface.build(prompt, p, p.max_tokens or DEFAULT_MAX_TOKENS, self.options)
+        answer = Answer()
+        async for outputs in self.responses(interface, sent, interface.streams(self.options)):
+            answer.add(outputs)
+        reason = answer.finish_reason if answer.finish_reason in ("stop", "length") else None
         return ResponseRecord(
             id=request.id, conversations=request.conversation, parameters=p, input=prompt,
-            output=text, target=self.spec, output_logprobs=logprobs,
+            output=answer.text, target=self.spec, output_logprobs=answer.logprobs,
+            finish_reason=reason, sent=interface.as_received(sent),
             timing=Timing(started_at=started, latency_s=round(time.perf_counter() - t0, 4)))
+
+
+class TritonTarget(TritonBase):
+    """HTTP: Triton's generate extension (``generate`` / ``generate_stream``)."""
+
+    _client: httpx.AsyncClient | None = None
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            timeout = httpx.Timeout(connect=10.0, read=self.read_timeout, write=30.0,
+                                    pool=self.read_timeout)
+            limits = httpx.Limits(max_connections=self.max_concurrency)
+            self._client = httpx.AsyncClient(base_url=f"http://{self.host}:{self.port}",
+                                             timeout=timeout, limits=limits)
+        return self._client
+
+    def _where(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    def _fail(self, path: str, e: httpx.HTTPError) -> TargetError:
+        transient = isinstance(e, httpx.ConnectError | httpx.RemoteProtocolError)
+        return TargetError(f"{self._where(path)}: {type(e).__name__}: {e}", transient=transient)
+
+    def _error_status(self, path: str, r: httpx.Response, body: str) -> TargetError:
+        body = body.strip().removeprefix("data:").strip()  # an SSE stream refused at once
+        try:
+            message = json.loads(body).get("error", body)
+        except (ValueError, AttributeError):
+            message = body
+        return TargetError(f"{self._where(path)}: HTTP {r.status_code}: {short_error(message)}",
+                           transient=r.status_code in TRANSIENT_STATUS,
+                           retry_after=_retry_after(r.headers))
+
+    async def model_config(self) -> dict[str, Any]:
+        path = f"/v2/models/{self.model}/config"
+        try:
+            r = await self.client().get(path)
+        except httpx.HTTPError as e:
+            raise self._fail(path, e) from None
+        if r.status_code != 200:
+            raise self._error_status(path, r, r.text)
+        return r.json()
+
+    async def responses(self, interface: Interface, sent: dict[str, Any], stream: bool
+                        ) -> AsyncIterator[dict[str, Any]]:
+        path = f"/v2/models/{self.model}/{'generate_stream' if stream else 'generate'}"
+        try:
+            async with self.client().stream("POST", path, json=sent) as r:
+                if r.status_code != 200:
+                    raise self._error_status(path, r, (await r.aread()).decode("utf-8", "replace"))
+                if not stream:
+                    body = await r.aread()
+                    yield _json(path, body.decode("utf-8", "replace"))
+                    return
+                async for line in r.aiter_lines():
+                    if line.startswith("data:"):
+                        yield _json(path, line[5:].strip())
+        except httpx.HTTPError as e:
+            raise self._fail(path, e) from None
 
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+def _json(path: str, text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise TargetError(f"{path}: not JSON: {text[:200]!r}") from None
+    if not isinstance(data, dict):
+        raise TargetError(f"{path}: expected a JSON object, got {text[:200]!r}")
+    return data
