@@ -114,6 +114,8 @@ class TritonTarget(TritonBase):
     """HTTP: Triton's generate extension (``generate`` / ``generate_stream``)."""
 
     _client: httpx.AsyncClient | None = None
+    transport: httpx.AsyncBaseTransport | None = None
+    """httpx's transport seam: None is the network; tests put a fault they cannot provoke here."""
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -121,7 +123,8 @@ class TritonTarget(TritonBase):
                                     pool=self.read_timeout)
             limits = httpx.Limits(max_connections=self.max_concurrency)
             self._client = httpx.AsyncClient(base_url=f"http://{self.host}:{self.port}",
-                                             timeout=timeout, limits=limits)
+                                             timeout=timeout, limits=limits,
+                                             transport=self.transport)
         return self._client
 
     def _where(self, path: str) -> str:

@@ -1,0 +1,170 @@
+"""The collection client under failure: retries of transient errors only, and a Triton server
+killed mid-run (then a Ctrl-C), resumed with every record exactly once.
+
+The retry tests use httpx's MockTransport: a test double, because a real Triton cannot be made
+to answer 429 or 503 on demand. Everything else runs the real server in its own process group,
+so a SIGKILL takes the server, its Python backend stubs and all with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from servecheck.errors import TargetError
+from servecheck.generate import CollectSummary, ask
+from servecheck.prompts import expand
+from servecheck.responses import read_records
+from servecheck.targets import open_target
+from tests.conftest import LITE, ROOT
+from tests.test_triton import expand_one, free_ports
+
+CONFIG = {"name": "ensemble", "max_batch_size": 8,
+          "input": [{"name": n, "data_type": t} for n, t in [
+              ("text_input", "TYPE_STRING"), ("max_tokens", "TYPE_INT32"),
+              ("temperature", "TYPE_FP32"), ("seed", "TYPE_UINT64"),
+              ("exclude_input_in_output", "TYPE_BOOL")]]}
+
+
+def _ask_through(answers: list[Callable[[], httpx.Response]]) -> tuple[object, int, CollectSummary]:
+    """Ask once through a fake server that gives ``answers`` in turn; returns the record or the
+    error, how many generate calls were made, and the summary."""
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        if request.url.path.endswith("/config"):
+            return httpx.Response(200, json=CONFIG)
+        calls += 1
+        return answers[min(calls, len(answers)) - 1]()
+
+    target = open_target("triton://127.0.0.1:1/ensemble")
+    target.transport = httpx.MockTransport(handler)
+    summary = CollectSummary(planned=1, skipped=0)
+    (request,) = expand_one(temperature=0.5, seed=1)
+
+    async def go() -> object:
+        try:
+            return await ask(target, request, 3, summary)
+        except TargetError as e:
+            return e
+        finally:
+            await target.aclose()
+
+    return asyncio.run(go()), calls, summary
+
+
+def ok() -> httpx.Response:
+    return httpx.Response(200, json={"text_output": "Hello.<end_of_turn>"})
+
+
+def status(code: int) -> Callable[[], httpx.Response]:
+    return lambda: httpx.Response(code, json={"error": f"status {code}"},
+                                  headers={"retry-after": "0"})
+
+
+@pytest.mark.parametrize("code", [429, 503])
+def test_transient_status_is_retried(code: int) -> None:
+    result, calls, summary = _ask_through([status(code), status(code), ok])
+    assert not isinstance(result, Exception) and result.output == "Hello.<end_of_turn>"
+    assert calls == 3 and summary.retried == 2
+
+
+@pytest.mark.parametrize("answer", [status(400), status(404), status(500),
+                                    lambda: httpx.Response(200, json={"error": "bad frame"})])
+def test_other_failures_are_not_retried(answer: Callable[[], httpx.Response]) -> None:
+    result, calls, summary = _ask_through([answer, ok])
+    assert isinstance(result, TargetError) and not result.transient
+    assert calls == 1 and summary.retried == 0
+
+
+def test_retries_give_up_with_the_last_error() -> None:
+    result, calls, _ = _ask_through([status(503)])
+    assert isinstance(result, TargetError) and "HTTP 503" in str(result) and calls == 4
+
+
+def _serve(http: int, grpc: int, metrics: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "servecheck.cli", "serve", "triton", "--http-port", str(http),
+         "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, "the Triton host exited during start-up"
+        time.sleep(0.5)
+    _kill(proc)
+    raise AssertionError("the Triton host did not become ready in 180 s")
+
+
+def _kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    proc.wait(timeout=60)
+
+
+def _generate(out: Path, http: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "servecheck.cli", "generate", str(LITE), "--target",
+         f"triton://127.0.0.1:{http}/ensemble?concurrency=2", "--out", str(out), "--no-progress",
+         "--retries", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.exists() and len(path.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not reach {n} lines")
+
+
+def test_server_killed_then_ctrl_c_then_resume(tmp_path: Path) -> None:
+    ports = free_ports(3)
+    out = tmp_path / "r.jsonl"
+    server = _serve(*ports)
+    try:
+        run = _generate(out, ports[0])
+        _wait_lines(out, 6, run)
+        _kill(server)  # the server dies mid-run: in-flight and later requests fail
+        stdout, _ = run.communicate(timeout=120)
+        assert run.returncode == 1, stdout
+        first = [json.loads(line) for line in out.read_text().splitlines()]
+        good = {r["id"]: r["output"] for r in first if not r.get("error")}
+        assert 6 <= len(good) < 32 and len(first) == 32
+        assert "failed" in stdout and "×" in stdout
+
+        server = _serve(*ports)
+        run = _generate(out, ports[0])
+        _wait_lines(out, len(first) + 3, run)
+        run.send_signal(signal.SIGINT)  # Ctrl-C: exit 130, records kept
+        run.communicate(timeout=60)
+        assert run.returncode == 130
+
+        run = _generate(out, ports[0])
+        stdout, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stdout + stderr
+    finally:
+        _kill(server)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    answered = [r["id"] for r in lines if not r.get("error")]
+    assert len(answered) == len(set(answered)) == 32  # nothing answered twice, nothing lost
+    final = read_records(out)
+    assert sorted(r.id for r in final) == sorted(r.id for r in expand(LITE))
+    assert all(r.error is None and r.output for r in final)
+    assert all(good[r.id] == r.output for r in final if r.id in good)  # kept, not redone
