@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean rebuild-builtin
+.PHONY: install demo test lint clean rebuild-builtin browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# Chromium for the browser tests of the HTML report (.ci/run does this before `make test`).
+browser:
+	.ci/install-browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,4 +1,4 @@
-"""The ``servecheck`` command: generate, check, demo, schema.
+"""The ``servecheck`` command: generate, check, compare, demo, serve, schema.
 
 Exit codes: 0 every check passed (or the command did its job), 1 a check failed, 2 bad input or
 an error (one message naming the file and field, no traceback), 130 interrupted (what was
@@ -24,14 +24,17 @@ EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 def cmd_generate(a: argparse.Namespace, console: Console) -> int:
     from servecheck.generate import collect
 
-    s = collect(a.prompts, a.target, a.out, show_progress=not a.no_progress)
+    if a.retries < 0:
+        raise InputError(f"--retries must be ≥ 0, got {a.retries}")
+    s = collect(a.prompts, a.target, a.out, show_progress=not a.no_progress, retries=a.retries)
     console.print(f"{a.out}: {s.written} new record(s), {s.skipped} already answered, "
-                  f"{s.planned} planned")
-    for rid, err in s.errors[:10]:
-        console.print(f"  [red]error[/] {rid}: {err}", markup=True, highlight=False)
+                  f"{s.planned} planned" + (f", {s.retried} transient failure(s) retried"
+                                            if s.retried else ""))
     if s.errors:
         console.print(f"{len(s.errors)} request(s) failed; they are in the file with 'error' set "
-                      f"and a rerun retries them")
+                      f"and a rerun retries them:")
+    for message, count, rid in s.error_groups()[:10]:
+        console.print(f"  {count} × {message} (first: {rid})", markup=False)
     if s.interrupted:
         console.print(f"interrupted: {s.written} record(s) saved in {a.out}; run the same command "
                       f"again to resume")
@@ -41,25 +44,27 @@ def cmd_generate(a: argparse.Namespace, console: Console) -> int:
 
 def run_check(responses: Path, reference: str, numerics: str, console: Console,
               json_out: Path | None = None, title: str | None = None, alpha: float = 0.01,
-              convention: Convention = HF, logit_tolerance: float | None = None) -> int:
+              convention: Convention = HF, logit_tolerance: float | None = None,
+              report: Path | None = None, junit: Path | None = None, progress: bool = True) -> int:
     from servecheck.checks import CheckContext, run_checks
+    from servecheck.outputs import write_outputs
+    from servecheck.progress import teacher_force
     from servecheck.reference import Reference
     from servecheck.responses import read_records
-    from servecheck.summary import overall, print_table, to_json, write_json
+    from servecheck.summary import overall, print_table
 
     records = read_records(responses)
     ref = Reference(reference)
     ctx = CheckContext(records, ref, numerics, convention, alpha)
     if logit_tolerance is not None:
         ctx.numerics = replace(ctx.numerics, logit=logit_tolerance)
-    with console.status("teacher-forcing outputs through the reference…"):
-        results = run_checks(ctx)
-    print_table(results, console, title or f"servecheck: {responses} vs {reference}")
-    if json_out:
-        meta = {"reference": reference, "responses": str(responses), "records": len(records),
-                "numerics": numerics, "alpha": alpha, "convention": convention.describe()}
-        write_json(json_out, to_json(results, meta))
-        console.print(f"summary written to {json_out}")
+    teacher_force(ctx, console, progress)
+    results = run_checks(ctx)
+    title = title or f"servecheck: {responses} vs {reference}"
+    print_table(results, console, title)
+    meta = {"reference": reference, "responses": str(responses), "records": len(records),
+            "numerics": numerics, "alpha": alpha, "convention": convention.describe()}
+    write_outputs(console, ctx, results, meta, title, json_out, report, junit)
     return EXIT_PASS if overall(results) == "pass" else EXIT_FAIL
 
 
@@ -68,7 +73,15 @@ def cmd_check(a: argparse.Namespace, console: Console) -> int:
         raise InputError(f"--alpha must be in (0, 1), got {a.alpha}")
     convention = Convention(a.top_p_before_temperature, a.top_p_inclusive, a.penalty_scope)
     return run_check(a.responses, a.reference, a.numerics, console, a.json, alpha=a.alpha,
-                     convention=convention, logit_tolerance=a.logit_tolerance)
+                     convention=convention, logit_tolerance=a.logit_tolerance, report=a.report,
+                     junit=a.junit, progress=not a.no_progress)
+
+
+def cmd_compare(a: argparse.Namespace, console: Console) -> int:
+    from servecheck.compare import run_compare
+
+    return run_compare(a.responses, a.reference, a.target, a.sample, a.seed, a.html, a.numerics,
+                       console, progress=not a.no_progress)
 
 
 def cmd_demo(a: argparse.Namespace, console: Console) -> int:
@@ -81,9 +94,11 @@ def cmd_serve(a: argparse.Namespace, console: Console) -> int:
     from servecheck.serve.triton_host import TritonHost
 
     host = TritonHost(a.model, a.host, a.http_port, a.grpc_port, a.metrics_port, a.seed_name,
-                      a.add_special_tokens)
-    console.print(f"serving {a.model} on Triton: http://{a.host}:{a.http_port} (models ensemble, "
-                  f"tensorrt_llm_bls), grpc {a.host}:{a.grpc_port}; Ctrl-C stops")
+                      a.add_special_tokens, a.decoupled, a.echo, a.fail_after)
+    console.print(f"serving {a.model} on Triton: http://{a.host}:{a.http_port}, grpc "
+                  f"{a.host}:{a.grpc_port}; models ensemble, tensorrt_llm_bls (TensorRT-LLM "
+                  f"names), tensorrt_llm (llmapi names){', decoupled' if a.decoupled else ''}; "
+                  f"Ctrl-C stops")
     host.serve_forever()
     return EXIT_PASS
 
@@ -105,15 +120,22 @@ def parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="expand a prompts file and collect responses")
     g.add_argument("prompts", type=Path, help="prompts.json: lists of variations")
     g.add_argument("--target", required=True,
-                   help="where to send requests: hf:PATH or hf:builtin (?fault=… for a known bug)")
+                   help="where to send requests: hf:PATH|builtin (?fault=… for a known bug), "
+                        "triton://HOST:PORT/MODEL, triton+grpc://HOST:PORT/MODEL")
     g.add_argument("--out", type=Path, required=True, help="responses file (.json or .jsonl)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--retries", type=int, default=3,
+                   help="retries of a transient failure (refused, 429, 503), with backoff")
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("check", help="check a responses file against a reference checkpoint")
     c.add_argument("responses", type=Path, help="responses file: JSON list or JSON Lines")
     c.add_argument("--reference", default="builtin", help="local HF checkpoint folder or 'builtin'")
     c.add_argument("--json", type=Path, help="write the JSON summary here")
+    c.add_argument("--report", type=Path, help="write a self-contained HTML report here")
+    c.add_argument("--junit", type=Path, help="write JUnit XML here (one test case per check "
+                                              "and parameter group), for CI")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars")
     c.add_argument("--numerics", default="bf16", choices=["fp32", "fp16", "bf16", "fp8"],
                    help="the server's numerics; sets the greedy near-tie tolerance (default bf16)")
     c.add_argument("--logit-tolerance", type=float,
@@ -128,6 +150,19 @@ def parser() -> argparse.ArgumentParser:
     conv.add_argument("--penalty-scope", choices=["prompt+output", "output"],
                       default="prompt+output", help="which tokens penalties count")
     c.set_defaults(func=cmd_check)
+
+    k = sub.add_parser("compare", help="replay a few served requests on a ground truth and show "
+                                       "both outputs side by side, each with its verdict")
+    k.add_argument("responses", type=Path, help="responses file: JSON list or JSON Lines")
+    k.add_argument("--reference", default="builtin", help="local HF checkpoint folder or 'builtin'")
+    k.add_argument("--target", help="the ground truth (default: hf:<reference>, in process)")
+    k.add_argument("--sample", type=int, default=5, help="how many records (default 5)")
+    k.add_argument("--seed", type=int, default=0, help="seed of the random pick (default 0)")
+    k.add_argument("--html", type=Path, help="write the side-by-side HTML page here")
+    k.add_argument("--numerics", default="bf16", choices=["fp32", "fp16", "bf16", "fp8"],
+                   help="the server's numerics; sets the tolerances (default bf16)")
+    k.add_argument("--no-progress", action="store_true", help="no progress bars")
+    k.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("demo", help="a correct and a faulty server on the built-in model, checked")
     d.add_argument("--out-dir", type=Path, default=Path("demo-out"))
@@ -144,6 +179,12 @@ def parser() -> argparse.ArgumentParser:
                    help="the seed input's name (random_seed before TensorRT-LLM's 2025 rename)")
     v.add_argument("--add-special-tokens", action="store_true",
                    help="tokenize text_input with special tokens added (double BOS on Gemma)")
+    v.add_argument("--decoupled", action="store_true",
+                   help="decoupled models: one response per token (generate_stream, gRPC stream)")
+    v.add_argument("--echo", action="store_true",
+                   help="a fault: return the prompt even when exclude_input_in_output is set")
+    v.add_argument("--fail-after", type=int, metavar="N",
+                   help="a fault: raise after N tokens (an error frame inside a stream)")
     v.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("schema", help="print the JSON Schema of a file format")

@@ -3,7 +3,8 @@
 Collects ``examples/prompts-lite.json`` from an in-process transformers server that is correct
 and from one that writes the answering role as ``assistant`` (a template bug seen in real
 deployments of Gemma), checks both against the built-in reference, and says whether each came
-out as it should: the first passes, the second fails and the table says why.
+out as it should: the first passes, the second fails and the table says why (an HTML report of
+each, report-*.html, shows it).
 """
 
 from __future__ import annotations
@@ -28,17 +29,18 @@ def run_demo(out_dir: Path, console: Console) -> int:
     for name, target, expected in SERVERS:
         responses = out_dir / f"responses-lite-{name}.json"
         summary = out_dir / f"summary-{name}.json"
+        report = out_dir / f"report-{name}.html"
         console.rule(f"[bold]{name} server: {target}")
         s = collect(LITE_PROMPTS, target, responses)
         console.print(f"{responses}: {s.written} new, {s.skipped} already there")
         code = run_check(responses, "builtin", "fp32", console, summary,
-                         title=f"{name} server ({target}) vs builtin reference")
+                         title=f"{name} server ({target}) vs builtin reference", report=report)
         got = "pass" if code == EXIT_PASS else "fail"
         ok = got == expected
         as_expected &= ok
         console.print(f"{name} server: {got.upper()} — "
                       f"{'as expected' if ok else f'NOT as expected (should {expected})'}")
-        written += [responses, summary]
+        written += [responses, summary, report]
     console.rule("[bold]files")
     for p in written:
         console.print(f"  {p}")

@@ -91,6 +91,11 @@ class TemperatureFit:
     """(smallest top_p that holds every served token, requested top_p), where top_p < 1."""
 
 
+def temperature_profile(temp_ll: np.ndarray) -> np.ndarray:
+    """Total log-likelihood at each grid temperature (a token outside the support costs 1e9)."""
+    return np.where(np.isfinite(temp_ll), temp_ll, -1e9).sum(0)
+
+
 def temperature_fit(temp_ll: np.ndarray, requested: float, factors: np.ndarray, group: str,
                     floor: float) -> TemperatureFit:
     """Profile likelihood over the temperature grid: MLE, 95% interval, LR test of the request.
@@ -98,7 +103,7 @@ def temperature_fit(temp_ll: np.ndarray, requested: float, factors: np.ndarray, 
     ``temp_ll[i, g]`` is log q_i(y_i) at temperature ``requested * factors[g]``. The MLE is
     refined by a parabola through the best grid point and its neighbours (in log-temperature).
     """
-    total = np.where(np.isfinite(temp_ll), temp_ll, -1e9).sum(0)
+    total = temperature_profile(temp_ll)
     x = np.log(requested * factors)
     g = int(np.argmax(total))
     est = x[g]

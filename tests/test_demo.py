@@ -19,6 +19,8 @@ def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     faulty = json.loads((tmp_path / "summary-faulty.json").read_text())
     template = next(c for c in faulty["checks"] if c["name"] == "template")
     assert "role name (32)" in template["summary"]
+    for name in ("report-correct.html", "report-faulty.html"):
+        assert str(tmp_path / name) in out and "</html>" in (tmp_path / name).read_text()
     for name in ("responses-lite-correct.json", "responses-lite-faulty.json"):
         assert str(tmp_path / name) in out
         assert len(json.loads((tmp_path / name).read_text())) == 32

@@ -7,6 +7,7 @@ token ids, teacher-forced scores), computed once and only when a check asks for 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -138,6 +139,27 @@ class CheckContext:
                 cache[i] = s
         return {i: cache[i] for i in indices}
 
+    def prefetch(self, advance: Callable[[int], None] | None = None,
+                 chunk_tokens: int = 32768) -> None:
+        """Score every record now, in length-sorted chunks, calling ``advance(records)`` after
+        each chunk: the one slow step of ``check`` gets a progress bar, and the checks that
+        follow read the cache."""
+        todo = sorted((i for i in range(len(self.records)) if i not in self._scores),
+                      key=lambda i: -(len(self.prompt_ids(i)[0]) + len(self.output_ids(i)[0])))
+        chunk: list[int] = []
+        size = 0
+        for i in todo:
+            chunk.append(i)
+            size += len(self.prompt_ids(i)[0]) + len(self.output_ids(i)[0])
+            if size >= chunk_tokens:
+                self.scores(chunk)
+                if advance:
+                    advance(len(chunk))
+                chunk, size = [], 0
+        if chunk:
+            self.scores(chunk)
+            if advance:
+                advance(len(chunk))
 
     def _item(self, i: int) -> ScoreItem:
         r = self.records[i]

@@ -32,16 +32,19 @@ MIN_TOKENS = 20
 TRIVIAL = 1 - 1e-6
 
 
-def _informative(s: TokenScores) -> np.ndarray:
+def informative(s: TokenScores) -> np.ndarray:
+    """Positions that carry evidence: the served token has finite q and q is not one-hot."""
     return np.isfinite(s.stats["logq"]) & (s.stats["top"] < TRIVIAL)
 
 
-def _pool(scores: dict[int, TokenScores], idx: list[int], key: str) -> np.ndarray:
-    return np.concatenate([scores[i].stats[key][_informative(scores[i])] for i in idx])
+def pool(scores: dict[int, TokenScores], idx: list[int], key: str) -> np.ndarray:
+    """One statistic pooled over the informative positions of a group's records."""
+    return np.concatenate([scores[i].stats[key][informative(scores[i])] for i in idx])
 
 
-def _record_z(s: TokenScores) -> float:
-    m = _informative(s)
+def record_z(s: TokenScores) -> float:
+    """One record's log-likelihood z (the group test's statistic on a single output)."""
+    m = informative(s)
     sd = float(np.sqrt(s.stats["var"][m].sum()))
     return float((s.stats["logq"][m] + s.stats["entropy"][m]).sum() / sd) if sd > 0 else 0.0
 
@@ -53,10 +56,10 @@ def _drivers(ctx: CheckContext, scores: dict[int, TokenScores], idx: list[int], 
     out = []
     for i in idx:
         s = scores[i]
-        z = _record_z(s)
+        z = record_z(s)
         if z * sign <= 0:
             continue
-        m = np.flatnonzero(_informative(s))
+        m = np.flatnonzero(informative(s))
         if not len(m):
             continue
         k = int(m[np.argmin(s.stats["logq"][m])])
@@ -67,10 +70,16 @@ def _drivers(ctx: CheckContext, scores: dict[int, TokenScores], idx: list[int], 
     return out
 
 
-def check_distribution(ctx: CheckContext) -> list[CheckResult]:
+def sampled_groups(ctx: CheckContext) -> dict[Sampling, list[int]]:
+    """Sampled records by parameter group: the unit every distribution test pools over."""
     groups: dict[Sampling, list[int]] = defaultdict(list)
     for i in ctx.sampled():
         groups[Sampling.of(ctx.records[i].parameters)].append(i)
+    return dict(groups)
+
+
+def check_distribution(ctx: CheckContext) -> list[CheckResult]:
+    groups = sampled_groups(ctx)
     if not groups:
         reason = "no sampled records (temperature > 0)"
         return [CheckResult("fit", "skipped", reason), CheckResult("temperature", "skipped", reason)]
@@ -82,14 +91,14 @@ def check_distribution(ctx: CheckContext) -> list[CheckResult]:
     for s, idx in groups.items():
         label = s.label()
         members[label] = idx
-        pit = _pool(scores, idx, "pit")
+        pit = pool(scores, idx, "pit")
         if len(pit) < MIN_TOKENS:
             skipped.append(f"{label} ({len(pit)} informative tokens < {MIN_TOKENS})")
             continue
         fit_tests += [pit_ks(pit, label, FLOORS["ks"]), pit_chi2(pit, label, FLOORS["chi2"]),
-                      loglik_z(_pool(scores, idx, "logq"), _pool(scores, idx, "entropy"),
-                               _pool(scores, idx, "var"), label, FLOORS["loglik"])]
-        temp_ll = np.concatenate([scores[i].stats["temp_ll"][_informative(scores[i])]
+                      loglik_z(pool(scores, idx, "logq"), pool(scores, idx, "entropy"),
+                               pool(scores, idx, "var"), label, FLOORS["loglik"])]
+        temp_ll = np.concatenate([scores[i].stats["temp_ll"][informative(scores[i])]
                                   for i in idx])
         fits[label] = temperature_fit(temp_ll, s.temperature, TEMPERATURE_FACTORS, label,
                                       FLOORS["temperature"])

@@ -11,6 +11,13 @@ from __future__ import annotations
 import numpy as np
 
 from servecheck.checks import CheckContext, CheckResult, Finding
+from servecheck.scoring import TokenScores
+
+
+def greedy_positions(s: TokenScores, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """(hard mismatches, near-ties): non-argmax positions beyond and within the tolerance δ."""
+    off = s.token_ids != s.argmax
+    return np.flatnonzero(off & (s.margin > delta)), np.flatnonzero(off & (s.margin <= delta))
 
 
 def check_greedy(ctx: CheckContext) -> CheckResult:
@@ -26,9 +33,7 @@ def check_greedy(ctx: CheckContext) -> CheckResult:
     for i in idx:
         s = scores[i]
         tokens += len(s)
-        off = s.token_ids != s.argmax
-        hard_pos = np.flatnonzero(off & (s.margin > delta))
-        tie_pos = np.flatnonzero(off & (s.margin <= delta))
+        hard_pos, tie_pos = greedy_positions(s, delta)
         hard += len(hard_pos)
         ties += len(tie_pos)
         if len(hard_pos):

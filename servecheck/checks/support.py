@@ -10,8 +10,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from servecheck.checks import CheckContext, CheckResult, Finding
+from servecheck.checks import CheckContext, CheckResult, Finding, Numerics
 from servecheck.sampling import RULES, Sampling
+from servecheck.scoring import TokenScores
+
+
+def outside_support(s: TokenScores, numerics: Numerics) -> tuple[list[tuple[int, str, float]], int]:
+    """Tokens a correct server could not have sampled: ([(position, rule, slack)], boundary ties).
+
+    A token outside by no more than the numerics tolerance is a boundary tie, not a violation.
+    """
+    violations: list[tuple[int, str, float]] = []
+    ties = 0
+    for k in np.flatnonzero(np.isinf(s.stats["logq"])):
+        rule = RULES[int(s.stats["rule"][k])] or "unknown"
+        tol = numerics.logit if rule == "top_k" else numerics.mass
+        if s.stats["slack"][k] <= tol:
+            ties += 1
+        else:
+            violations.append((int(k), rule, float(s.stats["slack"][k])))
+    return violations, ties
 
 
 def check_support(ctx: CheckContext) -> CheckResult:
@@ -25,23 +43,19 @@ def check_support(ctx: CheckContext) -> CheckResult:
     tokens = violations = ties = 0
     by_rule: dict[str, int] = {}
     for i in idx:
-        s = scores[i].stats
-        tokens += len(s["logq"])
-        out = np.flatnonzero(np.isinf(s["logq"]))
-        for k in out:
-            rule = RULES[int(s["rule"][k])] or "unknown"
-            tol = ctx.numerics.logit if rule == "top_k" else ctx.numerics.mass
-            if s["slack"][k] <= tol:
-                ties += 1
-                continue
+        tokens += len(scores[i])
+        outside, record_ties = outside_support(scores[i], ctx.numerics)
+        ties += record_ties
+        for k, rule, slack in outside:
             violations += 1
             by_rule[rule] = by_rule.get(rule, 0) + 1
+            tol = ctx.numerics.logit if rule == "top_k" else ctx.numerics.mass
             unit = "logits" if rule == "top_k" else "probability mass"
             findings.append(Finding(
                 ctx.labels[i],
                 f"output token {k} {tok.convert_ids_to_tokens(int(scores[i].token_ids[k]))!r} "
                 f"is outside {rule} ({sampling[i].label()}) by "
-                f"{s['slack'][k]:.4f} {unit} (tolerance {tol})", float(s["slack"][k])))
+                f"{slack:.4f} {unit} (tolerance {tol})", slack))
     details = {"records": len(idx), "tokens": tokens, "violations": violations,
                "boundary_ties": ties, "by_rule": by_rule,
                "tolerance": {"top_k_logits": ctx.numerics.logit,

@@ -1,0 +1,235 @@
+"""``check --report``: the view model of the HTML report, and writing it.
+
+Everything the page shows is computed here from the checks' results and the context's cached
+scores (nothing is scored twice); ``templates/report.html.j2`` only lays it out. The page shows,
+top to bottom: the verdict of every check with its p-value and effect size; per parameter group
+the PIT histogram, the QQ plot and the temperature profile (effective vs requested); the
+template diff, served vs reference; and every output as a token heat-map, worst records first,
+with search and filters by check and group.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from markupsafe import Markup
+
+from servecheck.checks import CheckContext, CheckResult
+from servecheck.checks.distribution import informative, pool, sampled_groups
+from servecheck.plausibility import EXPLANATION, RecordVerdict, judge
+from servecheck.report import render, write_page
+from servecheck.report.svg import pit_histogram, qq_plot, temperature_profile
+from servecheck.report.tokens import TokenView, heatmap
+from servecheck.report.visible import Segment, side_by_side
+from servecheck.sampling import Sampling
+from servecheck.scoring import TEMPERATURE_FACTORS
+from servecheck.stats import temperature_profile as profile
+from servecheck.summary import overall
+
+MAX_RECORDS = 300
+"""Records shown as heat-maps (worst first); a page with thousands would not open quickly."""
+MAX_DIFFS = 20
+MAX_FINDINGS = 50
+
+
+@dataclass
+class CheckRow:
+    name: str
+    verdict: str
+    summary: str
+    p: str
+    effect: str
+    tests: list[dict[str, Any]]
+    findings: list[tuple[str, str]]
+    findings_total: int
+
+
+@dataclass
+class GroupView:
+    label: str
+    records: int
+    tokens: int
+    verdict: str
+    charts: list[Markup]
+    tests: list[dict[str, Any]]
+    temperature: str
+
+
+@dataclass
+class DiffView:
+    served: list[Segment]
+    reference: list[Segment]
+    verdict: str
+    message: str
+    labels: list[str]
+    count: int
+
+
+@dataclass
+class RecordView:
+    label: str
+    group: str
+    checks: list[str]
+    verdict: RecordVerdict
+    conversation: list[tuple[str, str]]
+    tokens: list[TokenView]
+    output: str
+    sort_key: tuple = field(repr=False, default=())
+
+
+def _test_rows(tests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**t, "verdict": "fail" if t["failed"] else "pass"} for t in tests]
+
+
+def _deterministic_effect(r: CheckResult) -> str:
+    d = r.details
+    counts = {"records": ("errors", "records", "failed requests"),
+              "template": ("differ", "compared", "prompts differ"),
+              "greedy": ("hard_mismatches", "tokens", "tokens non-argmax beyond δ"),
+              "support": ("violations", "tokens", "tokens outside the support")}
+    if r.name in counts and counts[r.name][1] in d:
+        bad, total, what = counts[r.name]
+        return f"{d.get(bad, 0)}/{d[total]} {what}"
+    if r.name == "termination" and "records" in d:
+        return f"{len({f.record for f in r.findings})}/{d['records']} records end wrongly"
+    if r.name == "logprobs" and "mean_abs_diff" in d:
+        return f"mean |Δ| {d['mean_abs_diff'][d['convention']]:.4f} (tolerance {d['tolerance']})"
+    return "—"
+
+
+def check_rows(results: list[CheckResult]) -> list[CheckRow]:
+    rows = []
+    for r in results:
+        tests = r.details.get("tests", []) if r.name == "fit" else \
+            [g["test"] for g in r.details.get("groups", {}).values()] if r.name == "temperature" \
+            else []
+        if tests:
+            low = min(tests, key=lambda t: t["p"])
+            big = max(tests, key=lambda t: abs(t["effect"]) / t["floor"])
+            p = f"{low['p']:.2g} (Holm {low['p_adjusted']:.2g}), smallest of {len(tests)}"
+            effect = f"{big['effect_label']} {big['effect']:+.3f} (floor {big['floor']:g})"
+        else:
+            p, effect = "— (deterministic)", _deterministic_effect(r)
+        rows.append(CheckRow(r.name, r.verdict, r.summary, p, effect, _test_rows(tests),
+                             [(f.record, f.message) for f in r.worst_first()[:MAX_FINDINGS]],
+                             len(r.findings)))
+    return rows
+
+
+def group_views(ctx: CheckContext, results: list[CheckResult]) -> list[GroupView]:
+    by_name = {r.name: r for r in results}
+    fit_tests = by_name["fit"].details.get("tests", []) if "fit" in by_name else []
+    temps = by_name["temperature"].details.get("groups", {}) if "temperature" in by_name else {}
+    views = []
+    for s, idx in sampled_groups(ctx).items():
+        label = s.label()
+        scores = ctx.scores(idx)
+        pit = pool(scores, idx, "pit")
+        tests = [t for t in fit_tests if t["group"] == label]
+        charts: list[Markup] = []
+        temperature = "not estimated (too few informative tokens)"
+        if len(pit):
+            charts += [pit_histogram(pit, f"PIT histogram · {label}"), qq_plot(pit, f"PIT QQ · {label}")]
+        if label in temps:
+            g = temps[label]
+            tests.append(g["test"])
+            temp_ll = np.concatenate([scores[i].stats["temp_ll"][informative(scores[i])]
+                                      for i in idx])
+            charts.append(temperature_profile(s.temperature * TEMPERATURE_FACTORS, profile(temp_ll),
+                                              s.temperature, g["estimate"], g["low"], g["high"],
+                                              f"temperature · {label}"))
+            temperature = (f"effective {g['estimate']:.2f} [{g['low']:.2f}, {g['high']:.2f}] "
+                           f"vs requested {g['requested']:g}")
+            if "nucleus_needed" in g:
+                temperature += (f"; served tokens need top_p > {g['nucleus_needed']:.3f} "
+                                f"(requested {g['top_p']:g})")
+        rows = _test_rows(tests)
+        verdict = "fail" if any(t["verdict"] == "fail" for t in rows) else \
+            "pass" if rows else "skipped"
+        views.append(GroupView(label, len(idx), len(pit), verdict, charts, rows, temperature))
+    return views
+
+
+def template_diffs(ctx: CheckContext, results: list[CheckResult]) -> list[DiffView]:
+    """One side-by-side diff per distinct (served, reference) pair; differing ones first."""
+    messages = {f.record: f.message for r in results if r.name == "template" for f in r.findings}
+    pairs: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for i, r in enumerate(ctx.records):
+        expected = ctx.expected_prompts[i]
+        served = r.input or (ctx.ref.decode(r.prompt_token_ids) if r.prompt_token_ids else "")
+        if not served:
+            continue
+        pairs[(served, expected if isinstance(expected, str) else "")].append(ctx.labels[i])
+    differ = [(k, v) for k, v in pairs.items() if k[0] != k[1]]
+    same = [(k, v) for k, v in pairs.items() if k[0] == k[1]]
+    chosen = sorted(differ, key=lambda kv: -len(kv[1]))[:MAX_DIFFS] + same[:1]
+    specials = ctx.ref.special_tokens
+    views = []
+    for (served, expected), labels in chosen:
+        left, right = side_by_side(served, expected, specials)
+        ok = served == expected
+        message = "identical to the reference template" if ok else \
+            messages.get(labels[0], "differs from the reference template")
+        views.append(DiffView(left, right, "pass" if ok else "fail", message, labels[:5],
+                              len(labels)))
+    return views
+
+
+def record_views(ctx: CheckContext, results: list[CheckResult], verdicts: dict[int, RecordVerdict],
+                 limit: int = MAX_RECORDS) -> tuple[list[RecordView], int]:
+    """Records worst first: flagged by a failing check, then implausible alone, then by |z|."""
+    failing = {r.name for r in results if r.verdict == "fail"}
+    flagged: dict[str, dict[str, float]] = defaultdict(dict)
+    for r in results:
+        for f in r.findings:
+            flagged[f.record][r.name] = max(flagged[f.record].get(r.name, 0.0), f.severity)
+    order = []
+    for i in range(len(ctx.records)):
+        checks = flagged.get(ctx.labels[i], {})
+        bad = [c for c in checks if c in failing]
+        v = verdicts[i]
+        order.append(((-len(bad), v.verdict == "plausible", -max((checks[c] for c in bad), default=0),
+                       -abs(v.z or 0.0), i), i))
+    order.sort()
+    scores = ctx.scores(list(range(len(ctx.records))))
+    views = []
+    for key, i in order[:limit]:
+        r = ctx.records[i]
+        views.append(RecordView(
+            ctx.labels[i], Sampling.of(r.parameters).label(),
+            sorted(flagged.get(ctx.labels[i], {})), verdicts[i],
+            [(m.role, m.content) for m in r.conversations.contents],
+            heatmap(ctx, i, scores[i]), r.output, key))
+    return views, len(order)
+
+
+def build(ctx: CheckContext, results: list[CheckResult], meta: dict[str, Any], title: str,
+          limit: int = MAX_RECORDS) -> dict[str, Any]:
+    """The whole view model of the report page."""
+    verdicts = judge(ctx, results)
+    records, total = record_views(ctx, results, verdicts, limit)
+    try:
+        ours = version("servecheck")
+    except PackageNotFoundError:
+        ours = "unknown"
+    return {
+        "title": title, "verdict": overall(results), "meta": meta, "version": ours,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "checks": check_rows(results), "groups": group_views(ctx, results),
+        "diffs": template_diffs(ctx, results), "records": records, "records_total": total,
+        "errors": [(r.id or f"#{i}", r.error) for i, r in enumerate(ctx.all_records) if r.error],
+        "check_names": sorted({c for v in records for c in v.checks}),
+        "group_names": sorted({v.group for v in records}), "explanation": EXPLANATION,
+        "implausible": sum(v.verdict == "implausible" for v in verdicts.values()),
+    }
+
+
+def write_report(path: Path, ctx: CheckContext, results: list[CheckResult], meta: dict[str, Any],
+                 title: str, limit: int = MAX_RECORDS) -> None:
+    write_page(path, render("report.html.j2", **build(ctx, results, meta, title, limit)))

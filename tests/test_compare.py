@@ -1,0 +1,91 @@
+"""``servecheck compare``: a reproducible pick, a replay on the ground truth, verdicts on both sides.
+
+The lite responses come from the in-process reference with the requests' own seeds, so a replay
+with the same seed would give the same text. The sampled records here get another seed, as if
+another engine's RNG had drawn them: the texts then differ, and both sides must still be
+plausible. One record with a doubled BOS must be implausible and make the exit code 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from servecheck.compare import pick
+from servecheck.responses import read_records
+from tests.conftest import run_cli, write_records
+
+
+def test_pick_is_reproducible(lite_responses: Path) -> None:
+    records = read_records(lite_responses)
+    first = pick(records, 5, seed=0)
+    assert first == pick(records, 5, seed=0) and len(first) == 5 == len(set(first))
+    assert first == sorted(first)
+    assert pick(records, 5, seed=1) != first
+    assert len(pick(records, 100, seed=0)) == len(records)
+    records[first[0]].error = "timeout"
+    assert first[0] not in pick(records, 100, seed=0)
+
+
+@pytest.fixture(scope="module")
+def compared(lite_responses: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("compare")
+    records = read_records(lite_responses)
+    sampled = [r for r in records if not r.parameters.greedy
+               and len(r.conversations.contents) == 1][:4]
+    for r in sampled:
+        r.parameters.seed = 777  # the "server" drew them with another RNG than the replay's
+    faulty = next(r for r in records if r.parameters.greedy)
+    faulty.input = "<bos>" + faulty.input
+    faulty.prompt_token_ids = None
+    path = write_records(out / "responses.json", [*sampled, faulty])
+    html = out / "compare.html"
+    return {"path": path, "html": html, "args": ("compare", path, "--reference", "builtin",
+                                                 "--sample", "10", "--seed", "3", "--html", html,
+                                                 "--no-progress")}
+
+
+def test_compare_side_by_side(compared: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    code = run_cli(*compared["args"])
+    out = capsys.readouterr().out
+    assert code == 1, out  # the doubled BOS
+    assert "5 record(s)" in out and "ground truth: hf:builtin" in out
+    assert "served: 4/5 plausible · ground truth: 5/5 plausible" in out
+    assert "template: double BOS" in out
+    both = int(out.split("pair(s) with different texts, both plausible")[0].split("·")[-1])
+    assert both >= 2, out  # different texts, and both could have come from a correct server
+    page = compared["html"].read_text(encoding="utf-8")
+    assert page.count('<div class="pair">') == 5
+    assert page.count(">IMPLAUSIBLE</span>") == 1 and page.count(">PLAUSIBLE</span>") == 9
+    assert 'class="sp del">&lt;bos&gt;</span>' in page  # the extra BOS, marked in the diff
+    assert 'title="token 0: ' in page
+
+
+def test_compare_is_reproducible(compared: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    run_cli(*compared["args"])
+    first = capsys.readouterr().out
+    run_cli(*compared["args"])
+    assert capsys.readouterr().out == first
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--sample", "0"), "--sample must be ≥ 1"),
+    (("--target", "nope:x"), "unknown target"),
+    (("--reference", "/nonexistent"), "not a folder"),
+])
+def test_compare_bad_input(compared: dict, capsys: pytest.CaptureFixture[str], args: tuple,
+                           message: str) -> None:
+    assert run_cli("compare", compared["path"], *args, "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_compare_all_failed(tmp_path: Path, lite_responses: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    records = read_records(lite_responses)[:2]
+    for r in records:
+        r.error, r.output = "connection refused", ""
+    path = write_records(tmp_path / "failed.json", records)
+    assert run_cli("compare", path, "--no-progress") == 2
+    assert "no answered record to compare" in capsys.readouterr().err
