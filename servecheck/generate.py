@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.progress import (
     BarColumn,
@@ -107,6 +109,16 @@ async def _collect(todo: list[Request], target: Target, writer: ResponseWriter,
         await target.aclose()
 
 
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """uvloop when installed (Linux): it roughly doubles what one core can send per second."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
 def collect(prompts: Path, target_spec: str, out: Path, show_progress: bool = True,
             retries: int = 3) -> CollectSummary:
     """Run the whole matrix against a target into ``out``; resumable, see the module docstring."""
@@ -122,7 +134,7 @@ def collect(prompts: Path, target_spec: str, out: Path, show_progress: bool = Tr
                TextColumn("eta"), TimeRemainingColumn())
     try:
         with ResponseWriter(out) as writer, Progress(*columns, disable=not show_progress) as bar:
-            asyncio.run(_collect(todo, target, writer, summary, bar, retries))
+            run_loop(_collect(todo, target, writer, summary, bar, retries))
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:

@@ -1,9 +1,10 @@
 """The collection client under failure: retries of transient errors only, and a Triton server
 killed mid-run (then a Ctrl-C), resumed with every record exactly once.
 
-The retry tests use httpx's MockTransport: a test double, because a real Triton cannot be made
-to answer 429 or 503 on demand. Everything else runs the real server in its own process group,
-so a SIGKILL takes the server, its Python backend stubs and all with it.
+The retry tests talk to a fake Triton (a small aiohttp server on 127.0.0.1): a test double,
+because a real Triton cannot be made to answer 429 or 503 on demand. Everything else runs the
+real server in its own process group, so a SIGKILL takes the server and its Python backend stubs
+with it.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
+from aiohttp import web
 
 from servecheck.errors import TargetError
 from servecheck.generate import CollectSummary, ask
@@ -35,43 +37,51 @@ CONFIG = {"name": "ensemble", "max_batch_size": 8,
               ("text_input", "TYPE_STRING"), ("max_tokens", "TYPE_INT32"),
               ("temperature", "TYPE_FP32"), ("seed", "TYPE_UINT64"),
               ("exclude_input_in_output", "TYPE_BOOL")]]}
+Answer = Callable[[], web.Response]
 
 
-def _ask_through(answers: list[Callable[[], httpx.Response]]) -> tuple[object, int, CollectSummary]:
-    """Ask once through a fake server that gives ``answers`` in turn; returns the record or the
-    error, how many generate calls were made, and the summary."""
+def _ask_through(answers: list[Answer]) -> tuple[object, int, CollectSummary]:
+    """Ask once through a fake Triton (a real HTTP server on 127.0.0.1) that gives ``answers``
+    in turn; returns the record or the error, the number of generate calls, and the summary."""
     calls = 0
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    async def config(_: web.Request) -> web.Response:
+        return web.json_response(CONFIG)
+
+    async def generate(_: web.Request) -> web.Response:
         nonlocal calls
-        if request.url.path.endswith("/config"):
-            return httpx.Response(200, json=CONFIG)
         calls += 1
         return answers[min(calls, len(answers)) - 1]()
 
-    target = open_target("triton://127.0.0.1:1/ensemble")
-    target.transport = httpx.MockTransport(handler)
-    summary = CollectSummary(planned=1, skipped=0)
-    (request,) = expand_one(temperature=0.5, seed=1)
-
     async def go() -> object:
+        app = web.Application()
+        app.router.add_get("/v2/models/ensemble/config", config)
+        app.router.add_post("/v2/models/ensemble/generate", generate)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        (port,) = free_ports(1)
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        target = open_target(f"triton://127.0.0.1:{port}/ensemble")
         try:
             return await ask(target, request, 3, summary)
         except TargetError as e:
             return e
         finally:
             await target.aclose()
+            await runner.cleanup()
 
+    summary = CollectSummary(planned=1, skipped=0)
+    (request,) = expand_one(temperature=0.5, seed=1)
     return asyncio.run(go()), calls, summary
 
 
-def ok() -> httpx.Response:
-    return httpx.Response(200, json={"text_output": "Hello.<end_of_turn>"})
+def ok() -> web.Response:
+    return web.json_response({"text_output": "Hello.<end_of_turn>"})
 
 
-def status(code: int) -> Callable[[], httpx.Response]:
-    return lambda: httpx.Response(code, json={"error": f"status {code}"},
-                                  headers={"retry-after": "0"})
+def status(code: int) -> Answer:
+    return lambda: web.json_response({"error": f"status {code}"}, status=code,
+                                     headers={"Retry-After": "0"})
 
 
 @pytest.mark.parametrize("code", [429, 503])
@@ -82,8 +92,8 @@ def test_transient_status_is_retried(code: int) -> None:
 
 
 @pytest.mark.parametrize("answer", [status(400), status(404), status(500),
-                                    lambda: httpx.Response(200, json={"error": "bad frame"})])
-def test_other_failures_are_not_retried(answer: Callable[[], httpx.Response]) -> None:
+                                    lambda: web.json_response({"error": "bad frame"})])
+def test_other_failures_are_not_retried(answer: Answer) -> None:
     result, calls, summary = _ask_through([answer, ok])
     assert isinstance(result, TargetError) and not result.transient
     assert calls == 1 and summary.retried == 0
@@ -94,6 +104,22 @@ def test_retries_give_up_with_the_last_error() -> None:
     assert isinstance(result, TargetError) and "HTTP 503" in str(result) and calls == 4
 
 
+def test_refused_connection_is_transient() -> None:
+    (port,) = free_ports(1)
+    target = open_target(f"triton://127.0.0.1:{port}/ensemble")
+    (request,) = expand_one(temperature=0.5)
+
+    async def go() -> None:
+        try:
+            await target.generate(request)
+        finally:
+            await target.aclose()
+
+    with pytest.raises(TargetError, match="ClientConnectorError") as e:
+        asyncio.run(go())
+    assert e.value.transient
+
+
 def _serve(http: int, grpc: int, metrics: int) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "servecheck.cli", "serve", "triton", "--http-port", str(http),
@@ -102,9 +128,9 @@ def _serve(http: int, grpc: int, metrics: int) -> subprocess.Popen:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=2).status_code == 200:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/models/ensemble/ready", timeout=2):
                 return proc
-        except httpx.HTTPError:
+        except OSError:
             pass
         assert proc.poll() is None, "the Triton host exited during start-up"
         time.sleep(0.5)

@@ -198,6 +198,6 @@ def test_dead_server_is_an_error_record_not_a_crash(tmp_path: Path,
                    out, "--no-progress", "--retries", "1")
     assert code == 1
     rows = json.loads(out.read_text())
-    assert len(rows) == len(expand(LITE)) and all("ConnectError" in r["error"] for r in rows)
+    assert len(rows) == len(expand(LITE)) and all("ClientConnectorError" in r["error"] for r in rows)
     printed = capsys.readouterr().out
     assert "32 × " in printed and "retried" in printed  # one grouped line, not 32

@@ -16,7 +16,6 @@ token, for engines whose default end id is ``<eos>``), ``stop_words=W`` (repeata
 
 from __future__ import annotations
 
-import json
 import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator
@@ -24,24 +23,15 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
-
 from servecheck.errors import InputError, TargetError
 from servecheck.prompts import Request
 from servecheck.records import ResponseRecord, Timing
 from servecheck.reference import Reference
 from servecheck.targets import DEFAULT_MAX_TOKENS, Target
+from servecheck.targets.http import HttpClient
 from servecheck.targets.trtllm import Answer, Interface, Options, short_error
 
 OPTIONS = ("template", "stream", "end_id", "stop_words", "timeout", "concurrency")
-TRANSIENT_STATUS = (429, 503)
-
-
-def _retry_after(headers: httpx.Headers) -> float | None:
-    try:
-        return float(headers.get("retry-after", ""))
-    except ValueError:
-        return None
 
 
 class TritonBase(Target):
@@ -113,75 +103,34 @@ class TritonBase(Target):
 class TritonTarget(TritonBase):
     """HTTP: Triton's generate extension (``generate`` / ``generate_stream``)."""
 
-    _client: httpx.AsyncClient | None = None
-    transport: httpx.AsyncBaseTransport | None = None
-    """httpx's transport seam: None is the network; tests put a fault they cannot provoke here."""
+    _http: HttpClient | None = None
 
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            timeout = httpx.Timeout(connect=10.0, read=self.read_timeout, write=30.0,
-                                    pool=self.read_timeout)
-            limits = httpx.Limits(max_connections=self.max_concurrency)
-            self._client = httpx.AsyncClient(base_url=f"http://{self.host}:{self.port}",
-                                             timeout=timeout, limits=limits,
-                                             transport=self.transport)
-        return self._client
-
-    def _where(self, path: str) -> str:
-        return f"http://{self.host}:{self.port}{path}"
-
-    def _fail(self, path: str, e: httpx.HTTPError) -> TargetError:
-        transient = isinstance(e, httpx.ConnectError | httpx.RemoteProtocolError)
-        return TargetError(f"{self._where(path)}: {type(e).__name__}: {e}", transient=transient)
-
-    def _error_status(self, path: str, r: httpx.Response, body: str) -> TargetError:
-        body = body.strip().removeprefix("data:").strip()  # an SSE stream refused at once
-        try:
-            message = json.loads(body).get("error", body)
-        except (ValueError, AttributeError):
-            message = body
-        return TargetError(f"{self._where(path)}: HTTP {r.status_code}: {short_error(message)}",
-                           transient=r.status_code in TRANSIENT_STATUS,
-                           retry_after=_retry_after(r.headers))
+    def http(self) -> HttpClient:
+        if self._http is None:
+            self._http = HttpClient(f"http://{self.host}:{self.port}", self.read_timeout,
+                                    self.max_concurrency, shorten=short_error)
+        return self._http
 
     async def model_config(self) -> dict[str, Any]:
-        path = f"/v2/models/{self.model}/config"
-        try:
-            r = await self.client().get(path)
-        except httpx.HTTPError as e:
-            raise self._fail(path, e) from None
-        if r.status_code != 200:
-            raise self._error_status(path, r, r.text)
-        return r.json()
+        return _object(f"/v2/models/{self.model}/config",
+                       await self.http().request("GET", f"/v2/models/{self.model}/config"))
 
     async def responses(self, interface: Interface, sent: dict[str, Any], stream: bool
                         ) -> AsyncIterator[dict[str, Any]]:
         path = f"/v2/models/{self.model}/{'generate_stream' if stream else 'generate'}"
-        try:
-            async with self.client().stream("POST", path, json=sent) as r:
-                if r.status_code != 200:
-                    raise self._error_status(path, r, (await r.aread()).decode("utf-8", "replace"))
-                if not stream:
-                    body = await r.aread()
-                    yield _json(path, body.decode("utf-8", "replace"))
-                    return
-                async for line in r.aiter_lines():
-                    if line.startswith("data:"):
-                        yield _json(path, line[5:].strip())
-        except httpx.HTTPError as e:
-            raise self._fail(path, e) from None
+        if not stream:
+            yield _object(path, await self.http().request("POST", path, sent))
+            return
+        async for event in self.http().events(path, sent):
+            yield _object(path, event)
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
 
-def _json(path: str, text: str) -> dict[str, Any]:
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise TargetError(f"{path}: not JSON: {text[:200]!r}") from None
+def _object(path: str, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
-        raise TargetError(f"{path}: expected a JSON object, got {text[:200]!r}")
+        raise TargetError(f"{path}: expected a JSON object, got {str(data)[:200]!r}")
     return data

@@ -1,0 +1,206 @@
+"""Requests per second of servecheck's collection client against Triton's own perf_analyzer.
+
+One real Triton server (from nvidia-pytriton) serves an echo model with the TensorRT-LLM
+``ensemble`` interface, so the server costs almost nothing and the clients are what is measured.
+In the same run, at each concurrency, perf_analyzer (C++, Triton's load generator) and
+servecheck's ``generate`` (the whole path a user runs: prompt expansion, chat templating, the
+model-config lookup, HTTP generate, the record written and flushed to disk) send requests to it.
+Goal: servecheck ≥ 0.8 × perf_analyzer's rate at equal concurrency.
+
+perf_analyzer speaks KServe ``/infer``, servecheck the ``/generate`` extension (what TensorRT-LLM
+users call); both reach the same model. It ships in the ``tritonclient`` 2.51.0 wheel (the
+server's version; later wheels ship a placeholder), needs ``libb64-0d`` (Debian) and
+``libcudart.so.12`` (pip ``nvidia-cuda-runtime-cu12``), even on CPU: ``--setup`` fetches all three
+into benchmarks/.cache/.
+
+    .venv/bin/python benchmarks/client_rate.py --setup --concurrency 1 4 8 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "benchmarks" / ".cache" / "perf_analyzer"
+sys.path.insert(0, str(ROOT))
+
+from servecheck.generate import collect  # noqa: E402
+from servecheck.serve.triton_host import _libdir_on_loader_path  # noqa: E402
+from tests.test_triton import free_ports  # noqa: E402
+
+
+def setup() -> Path:
+    """perf_analyzer and the two libraries it loads, into benchmarks/.cache/perf_analyzer."""
+    binary = CACHE / "perf_analyzer"
+    if binary.exists():
+        return binary
+    CACHE.mkdir(parents=True, exist_ok=True)
+    pip = [sys.executable, "-m", "pip"]
+    subprocess.run([*pip, "download", "-q", "--no-deps", "tritonclient==2.51.0", "-d", CACHE],
+                   check=True)
+    wheel = next(CACHE.glob("tritonclient-2.51.0-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        binary.write_bytes(z.read("tritonclient-2.51.0.data/data/bin/perf_analyzer"))
+    binary.chmod(0o755)
+    subprocess.run([*pip, "install", "-q", "--target", CACHE / "cudart",
+                    "nvidia-cuda-runtime-cu12"], check=True)
+    if not Path("/usr/lib/x86_64-linux-gnu/libb64.so.0d").exists():
+        subprocess.run(["apt-get", "install", "-y", "-q", "libb64-0d"], check=True,
+                       stdout=subprocess.DEVNULL)
+    return binary
+
+
+def perf_env() -> dict[str, str]:
+    libs = [str(p.parent) for p in CACHE.glob("cudart/**/libcudart.so.12")]
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = ":".join([*libs, env.get("LD_LIBRARY_PATH", "")])
+    return env
+
+
+def echo_server(http: int, grpc: int, metrics: int, block: bool = False):
+    """The TensorRT-LLM ensemble's tensors, answered by echoing ``text_input``."""
+    _libdir_on_loader_path()
+    from pytriton.model_config import ModelConfig, Tensor
+    from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+
+    def infer(requests: list) -> list[dict]:
+        return [{"text_output": np.asarray(r.data["text_input"], dtype=object).reshape(1, 1),
+                 "output_log_probs": np.zeros((1, 1, 1), dtype=np.float32)} for r in requests]
+
+    inputs = [Tensor(name="text_input", dtype=bytes, shape=(1,)),
+              Tensor(name="max_tokens", dtype=np.int32, shape=(1,))]
+    inputs += [Tensor(name=n, dtype=t, shape=(1,), optional=True) for n, t in [
+        ("temperature", np.float32), ("seed", np.uint64), ("exclude_input_in_output", np.bool_),
+        ("return_log_probs", np.bool_), ("stream", np.bool_)]]
+    outputs = [Tensor(name="text_output", dtype=bytes, shape=(-1,)),
+               Tensor(name="output_log_probs", dtype=np.float32, shape=(-1, -1))]
+    triton = Triton(config=TritonConfig(
+        http_address="127.0.0.1", http_port=http, grpc_address="127.0.0.1", grpc_port=grpc,
+        metrics_address="127.0.0.1", metrics_port=metrics, allow_gpu_metrics=False,
+        exit_timeout_secs=5, log_verbose=0),
+        # perf_analyzer reads the statistics API, which pytriton restricts by default; this server
+        # binds 127.0.0.1 and lives for the benchmark only
+        security_config=TritonSecurityConfig(restricted_endpoints=[]))
+    triton.bind("ensemble", infer, inputs, outputs, config=ModelConfig(max_batch_size=8),
+                strict=True)
+    triton.serve() if block else triton.run()
+    return triton
+
+
+def servecheck_rate(http: int, concurrency: int, n: int, work: Path) -> float:
+    prompts = work / f"prompts-{concurrency}.json"
+    prompts.write_text(json.dumps({"prompt": [f"Request number {i}: say hello." for i in range(n)],
+                                   "temperature": 0.8, "seed": 1, "max_tokens": 16}))
+    out = work / f"r-{concurrency}.jsonl"
+    t0 = time.perf_counter()
+    summary = collect(prompts, f"triton://127.0.0.1:{http}/ensemble?concurrency={concurrency}",
+                      out, show_progress=False, retries=0)
+    elapsed = time.perf_counter() - t0
+    assert summary.written == n and not summary.errors, summary.errors[:3]
+    return n / elapsed
+
+
+def perf_analyzer_rate(binary: Path, http: int, concurrency: int, work: Path) -> float:
+    data = work / "input.json"
+    data.write_text(json.dumps({"data": [{"text_input": [f"<bos>Request number {i}: say hello."],
+                                          "max_tokens": [16], "temperature": [0.8],
+                                          "seed": [1]} for i in range(64)]}))
+    cmd = [str(binary), "-m", "ensemble", "-u", f"127.0.0.1:{http}", "-i", "http",
+           "--concurrency-range", str(concurrency), "--input-data", str(data),
+           "--measurement-interval", "4000", "--stability-percentage", "20",
+           "--max-trials", "6"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=perf_env(), timeout=600)
+    match = re.findall(r"Throughput: ([\d.]+) infer/sec", done.stdout)
+    if done.returncode != 0 or not match:
+        raise RuntimeError(f"perf_analyzer failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return float(match[-1])
+
+
+def start_pinned_server(ports: list[int], core: int) -> subprocess.Popen:
+    """The echo server in its own process (and process group) on one core, as on its own
+    machine: client and server then never share a core, for perf_analyzer and servecheck alike."""
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", *map(str, ports)],
+                            preexec_fn=lambda: os.sched_setaffinity(0, {core}),
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/v2/models/ensemble/ready", timeout=2):
+                return proc
+        except OSError:
+            time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise RuntimeError("the echo server did not start")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--setup", action="store_true", help="fetch perf_analyzer and its libraries")
+    ap.add_argument("--perf-analyzer", type=Path, default=CACHE / "perf_analyzer")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    ap.add_argument("--requests", type=int, default=2000, help="servecheck requests per level")
+    ap.add_argument("--shared-cores", action="store_true",
+                    help="let client and server share every core (default: one core each)")
+    ap.add_argument("--serve", type=int, nargs=3, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "client_rate.json")
+    a = ap.parse_args()
+    if a.serve:
+        echo_server(*a.serve, block=True)  # until SIGINT
+        return
+    binary = setup() if a.setup else a.perf_analyzer
+    if not binary.exists() and not shutil.which(str(binary)):
+        sys.exit(f"{binary} not found: run with --setup")
+    ports = free_ports(3)
+    cores = sorted(os.sched_getaffinity(0))
+    pinned = not a.shared_cores and len(cores) >= 2
+    server = start_pinned_server(ports, cores[0]) if pinned else None
+    if pinned:
+        os.sched_setaffinity(0, set(cores[1:]))  # this process and perf_analyzer, its child
+    else:
+        in_process = echo_server(*ports)
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            servecheck_rate(ports[0], 4, 200, Path(tmp))  # warm-up: imports, template, connections
+            for c in a.concurrency:
+                pa = perf_analyzer_rate(binary, ports[0], c, Path(tmp))
+                sc = servecheck_rate(ports[0], c, a.requests, Path(tmp))
+                rows.append({"concurrency": c, "perf_analyzer_rps": round(pa, 1),
+                             "servecheck_rps": round(sc, 1), "ratio": round(sc / pa, 3)})
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGINT)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+        else:
+            in_process.stop()
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
+               "placement": "server on one core, client on the rest" if pinned else "shared"}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps({"machine": machine, "requests": a.requests, "rows": rows},
+                                indent=2) + "\n")
+    print(f"written {a.out}")
+
+
+if __name__ == "__main__":
+    main()
