@@ -142,23 +142,28 @@ def test_end_id_and_stop_words(triton: dict[str, str], tmp_path: Path) -> None:
 
 
 def test_stream_errors_are_errors_not_outputs(tmp_path: Path) -> None:
-    """From the real server: a stream refused at once (HTTP 400, SSE body) and a stream that
-    fails after three tokens (HTTP 200, good frames, then an {"error": …} frame)."""
+    """From the real server, over SSE and gRPC streaming: a stream refused at once (a bad
+    top_k) and a stream that fails after three tokens (over HTTP: status 200, three good frames,
+    then an {"error": …} frame). Both are final errors, never outputs."""
+    cases = [({"temperature": 1.0, "top_k": -3}, {"triton": "HTTP 400: .*top_k", "triton+grpc": "top_k"}),
+             ({"temperature": 0.0}, {"triton": "error frame after 3 good frame.*injected failure",
+                                     "triton+grpc": "injected failure after 3 tokens"})]
     for address in _host(decoupled=True, fail_after=3):
-        for params, expected in [({"temperature": 1.0, "top_k": -3}, "HTTP 400: .*top_k"),
-                                 ({"temperature": 0.0}, "error frame after 3 good frame.*injected")]:
-            target = open_target(f"triton://{address['http']}/ensemble")
-            (request,) = expand_one(**params)
+        for params, expected in cases:
+            for scheme, pattern in expected.items():
+                where = address["http" if scheme == "triton" else "grpc"]
+                target = open_target(f"{scheme}://{where}/ensemble")
+                (request,) = expand_one(**params)
 
-            async def go(target=target, request=request) -> None:
-                try:
-                    await target.generate(request)
-                finally:
-                    await target.aclose()
+                async def go(target=target, request=request) -> None:
+                    try:
+                        await target.generate(request)
+                    finally:
+                        await target.aclose()
 
-            with pytest.raises(TargetError, match=expected) as e:
-                asyncio.run(go())
-            assert not e.value.transient
+                with pytest.raises(TargetError, match=pattern) as e:
+                    asyncio.run(go())
+                assert not e.value.transient
 
 
 def expand_one(**params) -> list:
