@@ -60,12 +60,14 @@ class Reference:
         import torch
         from transformers import AutoModelForCausalLM
 
+        # device "auto": accelerate's device_map spreads a reference too large for one GPU
+        placement = {"device_map": "auto"} if self.device == "auto" else {}
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                self.path, dtype=getattr(torch, self.dtype), local_files_only=True)
+                self.path, dtype=getattr(torch, self.dtype), local_files_only=True, **placement)
         except Exception as e:
             raise InputError(f"cannot load the model weights: {e}", where=self.spec) from None
-        return model.to(self.device).eval()
+        return (model if placement else model.to(self.device)).eval()
 
     @cached_property
     def generation_config(self):

@@ -93,10 +93,20 @@ def apply_penalties(logits: torch.Tensor, counts: torch.Tensor | None, s: Sampli
 
 
 def _nucleus_mask(logits: torch.Tensor, top_p: float, inclusive: bool) -> torch.Tensor:
-    """True where a token survives top_p: the probability mass ranked strictly above it is < top_p."""
+    """True where a token survives top_p: the probability mass ranked strictly above it is < top_p.
+
+    "Strictly above" makes exact ties share a fate: a tie on the boundary keeps every tied token,
+    where HF's sort keeps some of them in whatever order the sort left them. Deterministic, and the
+    same rule as ``boundary_slack`` and the fused statistics (servecheck/fused.py).
+    """
     probs = logits.softmax(dim=-1)
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     above_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs
+    idx = torch.arange(probs.shape[-1], device=probs.device).expand_as(probs)
+    starts = torch.ones_like(sorted_probs, dtype=torch.bool)
+    starts[..., 1:] = sorted_probs[..., 1:] != sorted_probs[..., :-1]
+    first = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=-1).values
+    above_sorted = above_sorted.gather(-1, first)  # a tied token's: its tie group's first one's
     keep_sorted = above_sorted <= top_p if inclusive else above_sorted < top_p
     keep_sorted[..., 0] = True
     return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
@@ -145,8 +155,8 @@ def boundary_slack(logits: torch.Tensor, token: torch.Tensor, s: Sampling,
     zt = z / t
     tz = zt.gather(-1, token[:, None])
     keep = torch.ones_like(zt, dtype=torch.bool)
-    rule = torch.zeros(z.shape[0], dtype=torch.long)
-    slack = torch.full((z.shape[0],), float("inf"))
+    rule = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
+    slack = torch.full((z.shape[0],), float("inf"), device=z.device)
     if s.top_k:
         kth = zt.topk(min(s.top_k, zt.shape[-1]), dim=-1).values[..., -1:]
         keep &= zt >= kth

@@ -4,25 +4,35 @@ The server's RNG cannot be reproduced and need not be: feeding the served tokens
 the reference gives, at every output position, the distribution q_i = S_θ(z_i) a correct server
 sampled from. This costs one forward pass per response, where regenerating costs one per token.
 
-Responses are sorted by length and batched under a token budget (little padding). Only output
-positions are projected onto the vocabulary, and never more than ``logit_budget`` logits at once:
-the number of positions per block shrinks as the vocabulary grows, so memory stays flat in both
-batch size and vocabulary (Gemma's is 262k).
+How it stays fast (docs/performance.md has the measurements):
+
+- Responses are sorted by length and batched under a token budget, right-padded, with no
+  attention mask: attention is causal, so pads after a sequence never reach its real positions,
+  and with no mask SDPA takes its flash kernel (the sliding-window mask of long rows aside).
+- Only output positions are projected onto the vocabulary, grouped by sampling parameters, never
+  more than ``logit_budget`` logits at once: rows per block shrink as the vocabulary grows, so
+  memory stays flat in both batch size and vocabulary (Gemma's is 262k).
+- The statistics come from streaming passes over each block of logits (``servecheck.fused``,
+  Triton kernels on CUDA), and everything stays on the device until one copy per call.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from servecheck.fused import row_pass, sampled_stats
 from servecheck.reference import Reference
-from servecheck.sampling import HF, NEG_INF, Convention, Sampling, apply_penalties, boundary_slack, transform
+from servecheck.sampling import HF, Convention, Sampling, apply_penalties, boundary_slack
 
 TEMPERATURE_FACTORS = np.exp(np.linspace(np.log(0.4), np.log(2.5), 41))
 """Grid for the temperature profile likelihood, as multiples of the requested temperature."""
+STAT_KEYS = ("logq", "above", "entropy", "var", "top", "pre_nucleus_above", "rule", "slack")
 
 
 @dataclass(frozen=True)
@@ -71,107 +81,179 @@ def _batches(order: list[int], lengths: list[int], budget: int) -> list[list[int
 
 
 def _logits(ref: Reference, hidden: torch.Tensor) -> torch.Tensor:
-    logits = ref.model.get_output_embeddings()(hidden).float()
+    """Logits in the model's dtype (bf16 stays bf16: the passes read it and upcast in registers)."""
+    head = ref.model.get_output_embeddings()
+    logits = head(hidden.to(head.weight.device))
     cap = getattr(ref.model.config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
+    return torch.tanh(logits.float() / cap) * cap if cap else logits
 
 
-def _counts(item: ScoreItem, rows: slice, vocab: int, convention: Convention) -> torch.Tensor:
+def _counts(item: ScoreItem, rows: slice, vocab: int, convention: Convention,
+            device: torch.device | str = "cpu") -> torch.Tensor:
     """Token counts of the penalised context before each output position in ``rows``."""
-    base = torch.zeros(vocab)
+    base = torch.zeros(vocab, device=device)
     if convention.penalty_scope == "prompt+output":
-        base.index_add_(0, torch.tensor(item.prompt_ids, dtype=torch.long),
-                        torch.ones(len(item.prompt_ids)))
-    before = torch.tensor(item.output_ids[: rows.start], dtype=torch.long)
-    base.index_add_(0, before, torch.ones(len(before)))
-    block = torch.tensor(item.output_ids[rows], dtype=torch.long)
-    onehot = torch.zeros(len(block), vocab).scatter_(1, block[:, None], 1.0)
+        prompt = torch.tensor(item.prompt_ids, dtype=torch.long, device=device)
+        base.index_add_(0, prompt, torch.ones(len(prompt), device=device))
+    before = torch.tensor(item.output_ids[: rows.start], dtype=torch.long, device=device)
+    base.index_add_(0, before, torch.ones(len(before), device=device))
+    block = torch.tensor(item.output_ids[rows], dtype=torch.long, device=device)
+    onehot = torch.zeros(len(block), vocab, device=device).scatter_(1, block[:, None], 1.0)
     return base + onehot.cumsum(0) - onehot
+
+
+def _factors(device: torch.device) -> torch.Tensor:
+    return torch.tensor(TEMPERATURE_FACTORS, dtype=torch.float32, device=device)
+
+
+def _block_stats(logits: torch.Tensor, tok: torch.Tensor, s: Sampling | None,
+                 convention: Convention, counts: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Raw [R, 4] and, with a sampling, [R, len(STAT_KEYS) + 41] statistics of one logit block."""
+    sampled = s is not None and s.temperature > 0
+    inv_t = torch.full((len(tok),), 1.0 / s.temperature if sampled else 1.0,  # type: ignore[union-attr]
+                       device=logits.device, dtype=torch.float32)
+    rp = row_pass(logits, tok, inv_t)
+    if s is None:
+        return rp.raw(), None
+    z, rq = logits, rp
+    if counts is not None and s.penalised:
+        z = apply_penalties(logits.float(), counts, s)
+        rq = row_pass(z, tok, inv_t)
+    st = sampled_stats(z, s, rq, _factors(logits.device), convention)
+    if "rule" not in st:  # a convention the fused sums do not explain: ask boundary_slack
+        st["rule"], st["slack"] = torch.zeros_like(st["logq"]), torch.zeros_like(st["logq"])
+        out = torch.isinf(st["logq"]).nonzero()[:, 0]
+        if len(out):
+            r, sl = boundary_slack(logits[out].float(), tok[out], s, convention,
+                                   None if counts is None else counts[out])
+            st["rule"][out], st["slack"][out] = r.float(), sl
+    return rp.raw(), torch.cat([torch.stack([st[k] for k in STAT_KEYS], 1), st["temp_ll"]], 1)
 
 
 def _sampled_stats(logits: torch.Tensor, tok: torch.Tensor, s: Sampling, convention: Convention,
                    counts: torch.Tensor | None, uniforms: torch.Tensor) -> dict[str, torch.Tensor]:
-    logq = transform(logits, s, convention, counts)
-    q = logq.exp()
-    lq_y = logq.gather(1, tok[:, None])[:, 0]
-    above = (q * (logq > lq_y[:, None])).sum(1)
-    plogq = torch.where(q > 0, q * logq, torch.zeros_like(q))
-    entropy = -plogq.sum(1)
-    second = torch.where(q > 0, q * logq * logq, torch.zeros_like(q)).sum(1)
-    pre = transform(logits, replace(s, top_p=1.0), convention, counts)
-    pre_above = (pre.exp() * (pre > pre.gather(1, tok[:, None]))).sum(1)
-    # Temperature profile on the requested support: the nucleus would move with T and make
-    # the likelihood jump; holding it fixed keeps the profile smooth in T.
-    z = apply_penalties(logits.float(), counts, s)
-    support = torch.isfinite(logq)
-    temp_ll = torch.stack([(z / (s.temperature * f)).masked_fill(~support, NEG_INF)
-                           .log_softmax(-1).gather(1, tok[:, None])[:, 0]
-                           for f in TEMPERATURE_FACTORS], dim=1)
-    rule = torch.zeros(len(tok), dtype=torch.long)
-    slack = torch.zeros(len(tok))
-    outside = torch.isinf(lq_y)
-    if outside.any():
-        rows = outside.nonzero()[:, 0]
-        r, sl = boundary_slack(logits[rows], tok[rows], s, convention,
-                               None if counts is None else counts[rows])
-        rule[rows], slack[rows] = r, sl
-    return {"logq": lq_y, "above": above, "rule": rule.float(), "slack": slack,
-            "pit": above + uniforms * lq_y.exp(),
-            "entropy": entropy, "var": (second - entropy**2).clamp(min=0), "top": q.amax(1),
-            "pre_nucleus_above": pre_above, "temp_ll": temp_ll}
+    """The statistics of one block as a dict (``TokenScores.stats`` for these rows)."""
+    _, block = _block_stats(logits, tok, s, convention, counts)
+    assert block is not None
+    out = {k: block[:, j] for j, k in enumerate(STAT_KEYS)}
+    out["rule"] = out["rule"].long()
+    out["pit"] = out["above"] + uniforms.to(block.device) * out["logq"].exp()
+    out["temp_ll"] = block[:, len(STAT_KEYS):]
+    return out
 
 
-def _score_rows(ref: Reference, item: ScoreItem, hidden: torch.Tensor, convention: Convention,
-                logit_budget: int) -> TokenScores:
+def _group_rows(items: Sequence[ScoreItem], batch: list[int]) -> dict[Sampling | None, list[int]]:
+    """Batch rows (in item order) of each sampling group; greedy and unsampled items share None."""
+    groups: dict[Sampling | None, list[int]] = {}
+    for i in batch:
+        s = items[i].sampling
+        groups.setdefault(s if s is not None and not s.greedy else None, []).append(i)
+    return groups
+
+
+def _score_batch(ref: Reference, items: Sequence[ScoreItem], batch: list[int], hidden: torch.Tensor,
+                 convention: Convention, logit_budget: int, raw: torch.Tensor, extra: torch.Tensor,
+                 offsets: dict[int, int]) -> None:
+    """Fill rows ``offsets[i]...`` of ``raw``/``extra`` with the scores of the batch's items."""
+    width, dim = hidden.shape[1], hidden.shape[2]
+    flat = hidden.reshape(-1, dim)
     vocab = ref.model.get_output_embeddings().weight.shape[0]
     step = max(1, logit_budget // vocab)
-    tokens = torch.tensor(item.output_ids, dtype=torch.long)
-    sampled = item.sampling is not None and not item.sampling.greedy
-    uniforms = torch.from_numpy(np.random.default_rng(item.seed).random(len(tokens))).float()
-    raw: list[torch.Tensor] = []
-    extra: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, len(tokens), step):
-        rows = slice(start, min(start + step, len(tokens)))
-        logits = _logits(ref, hidden[rows]).cpu()
-        tok = tokens[rows]
-        chosen = logits.gather(1, tok[:, None])[:, 0]
-        top, arg = logits.max(dim=1)
-        raw.append(torch.stack([chosen - torch.logsumexp(logits, 1), arg.float(), top - chosen,
-                                (logits > chosen[:, None]).sum(1).float()], dim=1))
-        if sampled:
-            assert item.sampling is not None
-            counts = _counts(item, rows, vocab, convention) if item.sampling.penalised else None
-            for k, v in _sampled_stats(logits, tok, item.sampling, convention, counts,
-                                       uniforms[rows]).items():
-                extra.setdefault(k, []).append(v)
-    r = torch.cat(raw).numpy()
-    return TokenScores(token_ids=tokens.numpy(), logprob=r[:, 0], argmax=r[:, 1].astype(np.int64),
-                       margin=r[:, 2], rank=r[:, 3].astype(np.int64),
-                       stats={k: torch.cat(v).numpy() for k, v in extra.items()})
+    dev = hidden.device
+    row_of = {i: row for row, i in enumerate(batch)}
+    for s, members in _group_rows(items, batch).items():
+        pos, dst, tok = [], [], []
+        for i in members:
+            row, p, o = row_of[i], len(items[i].prompt_ids), len(items[i].output_ids)
+            # the hidden state at the position before each output token predicts that token
+            pos.append(np.arange(row * width + p - 1, row * width + p + o - 1))
+            dst.append(np.arange(offsets[i], offsets[i] + o))
+            tok.append(np.asarray(items[i].output_ids, dtype=np.int64))
+        penal = s is not None and s.penalised
+        # penalised rows need their item's counts, so those blocks never straddle two items
+        spans = ([(sum(map(len, pos[:k])), len(pos[k])) for k in range(len(pos))] if penal
+                 else [(0, sum(map(len, pos)))])
+        pos_t = torch.from_numpy(np.concatenate(pos)).to(dev, non_blocking=True)
+        dst_t = torch.from_numpy(np.concatenate(dst)).to(dev, non_blocking=True)
+        tok_t = torch.from_numpy(np.concatenate(tok)).to(dev, non_blocking=True)
+        for k, (start, n) in enumerate(spans):
+            for a in range(start, start + n, step):
+                b = min(a + step, start + n)
+                logits = _logits(ref, flat[pos_t[a:b]])
+                counts = (_counts(items[members[k]], slice(a - start, b - start), vocab, convention,
+                                  dev) if penal else None)
+                r, x = _block_stats(logits, tok_t[a:b], s, convention, counts)
+                raw[dst_t[a:b]] = r
+                if x is not None:
+                    extra[dst_t[a:b]] = x
+                del logits
+
+
+_COMPILED: set[int] = set()
+
+
+def compile_layers(ref: Reference) -> None:
+    """Regional compilation: ``torch.compile`` each decoder layer (one graph serves all layers of
+    a kind), fusing the norms, rotary and activation kernels between the matmuls."""
+    model = ref.model
+    if id(model) in _COMPILED:
+        return
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    for layer in model.get_decoder().layers:
+        layer.compile(dynamic=True)
+    _COMPILED.add(id(model))
 
 
 def score(ref: Reference, items: Sequence[ScoreItem], convention: Convention = HF,
-          token_budget: int = 8192, logit_budget: int = 1 << 22) -> list[TokenScores]:
-    """Teacher-force every item; the result is in the order of ``items``."""
+          token_budget: int | None = None, logit_budget: int | None = None) -> list[TokenScores]:
+    """Teacher-force every item; the result is in the order of ``items``.
+
+    Budgets default by device: 8192 tokens and 4M logits per block on CPU; 32768 tokens and 256M
+    logits (1 GiB of fp32 at most, whatever the vocabulary) on CUDA.
+    """
+    dev = ref.model.get_output_embeddings().weight.device  # where the statistics are computed
+    cuda = dev.type == "cuda"
+    token_budget = token_budget or (32768 if cuda else 8192)
+    logit_budget = logit_budget or (1 << 28 if cuda else 1 << 22)
+    if cuda and os.environ.get("SERVECHECK_COMPILE") == "1":
+        compile_layers(ref)
     lengths = [len(it.prompt_ids) + len(it.output_ids) for it in items]
     order = sorted(range(len(items)), key=lambda i: -lengths[i])
-    results: list[TokenScores | None] = [None] * len(items)
+    n_out = [len(it.output_ids) for it in items]
+    offsets = dict(zip(range(len(items)), np.cumsum([0, *n_out])[:-1].tolist(), strict=True))
+    total = sum(n_out)
+    sampled = any(it.sampling is not None and not it.sampling.greedy for it in items)
     decoder = ref.model.get_decoder()
     pad = ref.tokenizer.pad_token_id or 0
+    first = ref.model.get_input_embeddings().weight.device  # differs from dev under a device_map
+    raw = torch.zeros(total, 4, device=dev)
+    extra = torch.full((total, len(STAT_KEYS) + len(TEMPERATURE_FACTORS) if sampled else 0),
+                       math.nan, device=dev)
     with torch.inference_mode():
         for batch in _batches(order, lengths, token_budget):
             width = lengths[batch[0]]
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
             for row, i in enumerate(batch):
                 seq = items[i].prompt_ids + items[i].output_ids
                 ids[row, : len(seq)] = torch.tensor(seq)
-                mask[row, : len(seq)] = 1
-            hidden = decoder(input_ids=ids.to(ref.device),
-                             attention_mask=mask.to(ref.device)).last_hidden_state
-            for row, i in enumerate(batch):
-                p, o = len(items[i].prompt_ids), len(items[i].output_ids)
-                # hidden state at the position before each output token predicts that token
-                results[i] = _score_rows(ref, items[i], hidden[row, p - 1:p + o - 1], convention,
-                                         logit_budget)
-    return [r for r in results if r is not None]
+            hidden = decoder(input_ids=ids.to(first, non_blocking=True),
+                             use_cache=False).last_hidden_state.to(dev)
+            _score_batch(ref, items, batch, hidden, convention, logit_budget, raw, extra, offsets)
+            del hidden
+        raw_np, extra_np = raw.cpu().numpy(), extra.cpu().numpy()
+    return [_unpack(it, raw_np[o:o + n], extra_np[o:o + n])
+            for it, o, n in zip(items, offsets.values(), n_out, strict=True)]
+
+
+def _unpack(item: ScoreItem, raw: np.ndarray, extra: np.ndarray) -> TokenScores:
+    stats: dict[str, np.ndarray] = {}
+    if item.sampling is not None and not item.sampling.greedy:
+        stats = {k: extra[:, j] for j, k in enumerate(STAT_KEYS)}
+        stats["rule"] = stats["rule"].astype(np.int64).astype(np.float32)
+        u = np.random.default_rng(item.seed).random(len(item.output_ids)).astype(np.float32)
+        stats["pit"] = stats["above"] + u * np.exp(stats["logq"])
+        stats["temp_ll"] = extra[:, len(STAT_KEYS):]
+    return TokenScores(token_ids=np.asarray(item.output_ids, dtype=np.int64), logprob=raw[:, 0],
+                       argmax=raw[:, 1].astype(np.int64), margin=raw[:, 2],
+                       rank=raw[:, 3].astype(np.int64), stats=stats)

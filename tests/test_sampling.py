@@ -94,6 +94,9 @@ def test_boundary_slack_names_the_rule() -> None:
 @given(logit_rows, sampling, st.integers(0, 2**31))
 def test_token_statistics_match_brute_force(row: list[float], s: Sampling, seed: int) -> None:
     z = torch.tensor([row])
+    # Logits that differ below float resolution (8e-40 vs 0) give equal probabilities: which side
+    # of "ranked above" such a pair falls is a rounding artifact, not a property of the statistic.
+    assume(len(set(z.softmax(-1)[0].tolist())) == len(set(row)))
     q = transform(z, s).exp()[0].double().numpy()
     rng = np.random.default_rng(seed)
     y = int(rng.choice(len(row), p=q / q.sum()))

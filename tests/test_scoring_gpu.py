@@ -1,0 +1,101 @@
+"""GPU statistics (Triton passes) against the CPU float32 ones; skipped where CUDA is absent.
+
+Tolerance: |gpu - cpu| ≤ TOL + 1e-4·|cpu| on every statistic, the same support (finite log q) and
+the same rule on every row. The two sides differ only in float32 rounding: the kernels use the
+hardware exp2 (relative error ~2⁻²²) and sum each row in another order, which moves a sum over
+262k terms by ~1e-6 relative and a log-probability by ~1e-6; TOL = 1e-4 leaves two orders of
+magnitude. (A bf16 *reference* differs from an fp32 one far more, ~1e-2: that is the numerics
+tolerance of the checks, not this one.) docs/performance.md records the measured differences.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from servecheck.reference import Reference
+from servecheck.sampling import HF, Convention, Sampling
+from servecheck.scoring import ScoreItem, _sampled_stats, score
+from tests.test_scoring_fast import CASES
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+TOL = 1e-4
+
+
+def _diff(gpu: dict[str, torch.Tensor], cpu: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Largest |gpu - cpu| per statistic, after checking support and rule agree exactly."""
+    worst = {}
+    for key, want in cpu.items():
+        a, b = gpu[key].double().cpu(), want.double()
+        assert torch.equal(torch.isfinite(a), torch.isfinite(b)), key
+        if key == "rule":
+            assert torch.equal(a, b)
+        fin = torch.isfinite(b)
+        assert torch.equal(a[~fin], b[~fin]), key
+        err = (a[fin] - b[fin]).abs()
+        assert bool((err <= TOL + 1e-4 * b[fin].abs()).all()), (key, err.max())
+        worst[key] = float(err.max()) if len(err) else 0.0
+    return worst
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("scale", [0.7, 4.0], ids=["flat", "peaked"])
+def test_fused_statistics_gpu_equal_cpu(dtype: torch.dtype, scale: float) -> None:
+    """Gemma-3 vocabulary (262144), flat and peaked logits, every parameter case."""
+    gen = torch.Generator().manual_seed(11)
+    worst: dict[str, float] = {}
+    for s in [*CASES, Sampling(temperature=0.7, top_p=0.9, repetition_penalty=1.0)]:
+        z = (torch.randn(8, 262144, generator=gen) * scale).to(dtype)
+        tok = torch.multinomial(z.float().softmax(-1), 1, generator=gen)[:, 0]
+        u = torch.rand(8, generator=gen)
+        cpu = _sampled_stats(z, tok, s, HF, None, u)
+        gpu = _sampled_stats(z.cuda(), tok.cuda(), s, HF, None, u)
+        for k, v in _diff(gpu, cpu).items():
+            worst[k] = max(worst.get(k, 0.0), v)
+    print(f"\nmax |gpu - cpu| {dtype} scale {scale}: " + ", ".join(
+        f"{k} {v:.2e}" for k, v in sorted(worst.items())))
+
+
+def test_inclusive_convention_gpu_equal_cpu() -> None:
+    gen = torch.Generator().manual_seed(12)
+    s = Sampling(temperature=0.9, top_k=50, top_p=0.8)
+    z = torch.randn(16, 65536, generator=gen) * 3
+    tok = torch.randint(0, 65536, (16,), generator=gen)
+    u = torch.rand(16, generator=gen)
+    conv = Convention(top_p_inclusive=True)
+    _diff(_sampled_stats(z.cuda(), tok.cuda(), s, conv, None, u),
+          _sampled_stats(z, tok, s, conv, None, u))
+
+
+def test_score_gpu_equals_cpu() -> None:
+    """The whole path (forward, blocks, passes) on the built-in model in float32. The forwards
+    themselves differ by float32 rounding (~1e-5 in a logit), so a token within that of a support
+    boundary may fall on either side: at most 0.5% of rows may disagree on the support, and the
+    others agree within 10·TOL."""
+    cpu, gpu = Reference("builtin"), Reference("builtin", device="cuda")
+    rng = np.random.default_rng(1)
+    vocab = cpu.model.config.vocab_size
+    kinds = [None, Sampling(temperature=0.7, top_p=0.9), Sampling(temperature=1.0),
+             Sampling(temperature=1.0, top_k=40), Sampling(temperature=0.8, repetition_penalty=1.3)]
+    items = [ScoreItem(rng.integers(3, vocab, rng.integers(5, 300)).tolist(),
+                       rng.integers(3, vocab, rng.integers(1, 200)).tolist(), kinds[j % 5], j)
+             for j in range(60)]
+    got, want = score(gpu, items), score(cpu, items)
+    np.testing.assert_allclose(np.concatenate([a.logprob for a in got]),
+                               np.concatenate([b.logprob for b in want]), atol=10 * TOL)
+    sampled = [(a.stats, b.stats) for a, b in zip(got, want, strict=True) if b.stats]
+    a = {k: np.concatenate([x[k] for x, _ in sampled]) for k in sampled[0][1]}
+    b = {k: np.concatenate([y[k] for _, y in sampled]) for k in sampled[0][1]}
+    same = np.isfinite(a["logq"]) == np.isfinite(b["logq"])
+    assert same.mean() >= 0.995, same.mean()
+    worst = {}
+    for k in b:
+        x, y = a[k][same], b[k][same]
+        fin = np.isfinite(y)
+        assert np.array_equal(np.isfinite(x), fin), k
+        err = np.abs(x[fin] - y[fin]).reshape(-1)
+        assert (err <= 10 * TOL * (1 + np.abs(y[fin]).reshape(-1))).all(), (k, err.max())
+        worst[k] = float(err.max()) if len(err) else 0.0
+    print(f"\nscore(): {same.mean():.4f} of {len(same)} rows agree on the support; max |gpu - cpu| "
+          + ", ".join(f"{k} {v:.2e}" for k, v in sorted(worst.items())))
