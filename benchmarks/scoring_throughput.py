@@ -35,8 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from servecheck.reference import Reference
-from servecheck.sampling import Sampling
-from servecheck.scoring import ScoreItem, _batches, compile_layers, score
+from servecheck.sampling import HF, Sampling
+from servecheck.scoring import _COMPILED, ScoreItem, _batches, _forward, score
 
 KINDS = [Sampling(temperature=0.0), Sampling(temperature=0.7, top_p=0.9), Sampling(temperature=1.0),
          Sampling(temperature=1.0, top_k=40)]
@@ -124,7 +124,7 @@ def forward_only(ref: Reference, items: list[ScoreItem], budget: int) -> None:
     with torch.inference_mode():
         for batch in _batches(order, lengths, budget):
             ids = torch.zeros(len(batch), lengths[batch[0]], dtype=torch.long)
-            ref.model.get_decoder()(input_ids=ids.to(ref.device), use_cache=False)
+            _forward(ref, ids.to(ref.device))
 
 
 def naive(ref: Reference, batch: int = 16, width: int = 512, repeat: int = 5) -> dict:
@@ -158,6 +158,40 @@ def regenerate(ref: Reference, items: list[ScoreItem], cap: int) -> dict:
     return {"tokens_per_s": tokens / seconds, "requests": len(items), "output_cap": cap}
 
 
+def components(ref: Reference, rows: int = 1024) -> dict:
+    """Microseconds per row of each step of a logit block, on the model's own hidden states."""
+    from servecheck import fused
+    from servecheck.scoring import _block_stats, _logits
+
+    vocab = ref.model.config.vocab_size
+    items = records(8, vocab)
+    with torch.inference_mode():
+        ids = torch.tensor((items[0].prompt_ids + items[0].output_ids)[:rows], device=ref.device)
+        hidden = ref.model.get_decoder()(input_ids=ids[None], use_cache=False).last_hidden_state[0]
+        h = hidden.repeat(rows // len(hidden) + 1, 1)[:rows]
+        logits = _logits(ref, h)
+        tok = torch.randint(0, vocab, (rows,), device=ref.device)
+        inv = torch.full((rows,), 1 / 0.7, device=ref.device)
+        rp = fused.row_pass(logits, tok, inv)
+        cuts = torch.full((rows, 4), -float("inf"), device=ref.device)
+        dy = (rp.zy - rp.m) * inv
+        f = torch.tensor([0.4 + 0.05 * i for i in range(41)], device=ref.device)
+        th = torch.linspace(-5, 0, 8, device=ref.device).repeat(rows, 1)
+        kth = (logits.topk(40, dim=1).values[:, -1].float() - rp.m) * inv
+        cuts40 = torch.stack([kth, kth, kth, kth], 1)
+        steps = {"lm_head": lambda: _logits(ref, h), "row_pass": lambda: fused.row_pass(logits, tok, inv),
+                 "topk_56": lambda: logits.topk(56, dim=1), "topk_256": lambda: logits.topk(256, dim=1),
+                 "threshold_pass": lambda: fused.threshold_pass(logits, rp.m, inv, th),
+                 "support_pass_full": lambda: fused.support_pass(logits, rp.m, inv, cuts, dy, f),
+                 "support_pass_notemps": lambda: fused.support_pass(logits, rp.m, inv, cuts, dy, None),
+                 "support_pass_top40": lambda: fused.support_pass(logits, rp.m, inv, cuts40, dy, f)}
+        for s in KINDS:
+            steps[f"block {s.label()}"] = lambda s=s: _block_stats(logits, tok, s, HF, None)
+        for fn in steps.values():
+            fn()  # compile the kernels first
+        return {k: timed(fn, 5) / rows * 1e6 for k, fn in steps.items()}
+
+
 def scoring_run(ref: Reference, items: list[ScoreItem], repeat: int, **budgets: int) -> dict:
     score(ref, items[:48], **budgets)  # Triton JIT, cuBLAS handles, compiled graphs
     if torch.cuda.is_available():
@@ -165,6 +199,9 @@ def scoring_run(ref: Reference, items: list[ScoreItem], repeat: int, **budgets: 
     t = timed(lambda: score(ref, items, **budgets), repeat)
     tokens = sum(len(it.prompt_ids) + len(it.output_ids) for it in items)
     out = {"tokens": tokens, "seconds": t, "tokens_per_s": tokens / t}
+    plain = [i for i, it in enumerate(items[:64]) if it.sampling == KINDS[2]]
+    scored = score(ref, [items[i] for i in plain])
+    out["mean_entropy_T1_nats"] = float(np.mean(np.concatenate([s.stats["entropy"] for s in scored])))
     if torch.cuda.is_available():
         weights = sum(p.numel() * p.element_size() for p in ref.model.parameters())
         peak = torch.cuda.max_memory_allocated()
@@ -172,18 +209,43 @@ def scoring_run(ref: Reference, items: list[ScoreItem], repeat: int, **budgets: 
     return out
 
 
+def sharded_check(args: argparse.Namespace) -> dict:
+    """A reference spread over all GPUs by accelerate (``Reference(path, device="balanced")``)
+    scores the same as on one GPU."""
+    import shutil
+
+    from servecheck.reference import BUILTIN
+
+    ref = gemma_1b(args.vocab, "cuda:0", args.logit_scale)
+    items = records(64, args.vocab)
+    one = score(ref, items)
+    path = Path("/tmp/ref1b")
+    ref.model.save_pretrained(path)
+    for f in BUILTIN.glob("tokenizer*"):
+        shutil.copy(f, path)
+    del ref
+    torch.cuda.empty_cache()
+    spread = Reference(str(path), dtype="bfloat16", device="balanced")
+    devices = sorted({str(p.device) for p in spread.model.parameters()})
+    t = timed(lambda: score(spread, items))
+    many = score(spread, items)
+    diff = max(float(abs(a.logprob - b.logprob).max()) for a, b in zip(one, many, strict=True))
+    tokens = sum(len(it.prompt_ids) + len(it.output_ids) for it in items)
+    return {"devices": devices, "max_abs_logprob_diff": diff, "tokens_per_s": tokens / t}
+
+
 def parallel_run(args: argparse.Namespace) -> dict:
     from servecheck.parallel import init_from_torchrun, score_data_parallel
 
     rank, world = init_from_torchrun()
+    os.environ["SERVECHECK_COMPILE"] = "1" if args.compile else "0"
     ref = gemma_1b(args.vocab, f"cuda:{torch.cuda.current_device()}", args.logit_scale)
-    if args.compile:
-        compile_layers(ref)
     items = records(args.records, args.vocab)
     score_data_parallel(ref, items[: 48 * world])
     import torch.distributed as dist
 
-    dist.barrier()
+    if dist.is_initialized():
+        dist.barrier()
     t = timed(lambda: score_data_parallel(ref, items), args.repeat)
     tokens = sum(len(it.prompt_ids) + len(it.output_ids) for it in items)
     return {"gpus": world, "rank": rank, "tokens_per_s": tokens / t, "seconds": t}
@@ -197,17 +259,27 @@ def main() -> None:
     p.add_argument("--logit-scale", type=float, default=1.0, help="final-norm scale (see above)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decoder layers")
     p.add_argument("--token-budget", type=int, default=0, help="tokens per forward (0: default)")
+    p.add_argument("--budgets", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                   help="several token budgets, one run each (same compiled model)")
+    p.add_argument("--scales", type=lambda v: [float(x) for x in v.split(",")], default=None,
+                   help="several logit scales, one run each")
     p.add_argument("--repeat", type=int, default=2, help="timed runs (median)")
     p.add_argument("--baselines", action="store_true", help="naive teacher forcing, generate()")
     p.add_argument("--generate-cap", type=int, default=128, help="output tokens per generate()")
     p.add_argument("--breakdown", action="store_true", help="time the decoder alone too")
+    p.add_argument("--components", action="store_true", help="µs per row of each block step")
+    p.add_argument("--profile", action="store_true", help="torch.profiler table of 200 records")
     p.add_argument("--parallel-only", action="store_true", help="under torchrun: data parallel")
+    p.add_argument("--sharded-check", action="store_true", help="device_map over all GPUs")
     p.add_argument("--device", default="cuda")
     p.add_argument("--builtin", action="store_true", help="the built-in model (CPU rate)")
     p.add_argument("--out", type=Path, help="write the JSON document here too")
     args = p.parse_args()
     budgets = {"token_budget": args.token_budget} if args.token_budget else {}
-    if args.parallel_only:
+    if args.sharded_check:
+        os.environ["SERVECHECK_COMPILE"] = "0"
+        result = sharded_check(args)
+    elif args.parallel_only:
         result = parallel_run(args)
         if result["rank"] != 0:
             return
@@ -220,26 +292,53 @@ def main() -> None:
     else:
         result = {"card": torch.cuda.get_device_name(), "torch": torch.__version__,
                   "bf16_matmul_tflops": matmul_ceiling() / 1e12, "args": vars(args) | {"out": None}}
+        os.environ["SERVECHECK_COMPILE"] = "1" if args.compile else "0"
         ref = gemma_1b(args.vocab, args.device, args.logit_scale)
         if args.compile:
             t = time.perf_counter()
-            compile_layers(ref)
             score(ref, records(8, args.vocab, 1, 600) + records(8, args.vocab, 2, 200), **budgets)
             result["compile_s"] = time.perf_counter() - t
         items = records(args.records, args.vocab)
-        run = scoring_run(ref, items, args.repeat, **budgets)
-        run["model_tflops"] = model_flops(ref, items) / run["seconds"] / 1e12
-        run["fraction_of_ceiling"] = run["model_tflops"] / result["bf16_matmul_tflops"]
-        result["servecheck"] = run
+        flops = model_flops(ref, items)
+        runs = []
+        for scale in args.scales or [args.logit_scale]:
+            with torch.no_grad():
+                ref.model.model.norm.weight.fill_(scale - 1.0)
+            for budget in args.budgets or [args.token_budget or 0]:
+                b = {"token_budget": budget} if budget else {}
+                run = scoring_run(ref, items, args.repeat, **b) | {"logit_scale": scale,
+                                                                    "token_budget": budget}
+                run["model_tflops"] = flops / run["seconds"] / 1e12
+                run["fraction_of_ceiling"] = run["model_tflops"] / result["bf16_matmul_tflops"]
+                runs.append(run)
+        result["servecheck"] = runs[0]
+        result["runs"] = runs
         if args.breakdown:
             t = timed(lambda: forward_only(ref, items, args.token_budget or 32768))
-            result["decoder_only_tokens_per_s"] = run["tokens"] / t
-        if args.baselines:
+            result["decoder_only_tokens_per_s"] = runs[0]["tokens"] / t
+        if args.components:
+            result["us_per_row"] = components(ref)
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                score(ref, items[:200])
+            table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=18,
+                                              max_name_column_width=50)
+            print(table, file=sys.stderr)
+            if args.out:
+                (args.out.parent / "profile.txt").write_text(table)
+        if args.baselines:  # plain HF, eager, as the baselines are written
+            for layer in ref.model.get_decoder().layers:
+                layer._compiled_call_impl = None
+            _COMPILED.discard(id(ref.model))
+            os.environ["SERVECHECK_COMPILE"] = "0"
             result["naive_hf"] = naive(ref)
             result["generate"] = regenerate(ref, items[:4], args.generate_cap)
         if args.vocab2:
             del ref
             torch.cuda.empty_cache()
+            os.environ["SERVECHECK_COMPILE"] = "1" if args.compile else "0"
             ref2 = gemma_1b(args.vocab2, args.device, args.logit_scale)
             result["servecheck_vocab2"] = scoring_run(ref2, items_in(items, args.vocab2)[:400], 1,
                                                       **budgets) | {"vocab": args.vocab2}

@@ -10,7 +10,7 @@ statistic is a sum over that set:
   served token; one read of the row. This alone gives the raw log-prob, margin and rank.
 - the cut: top_k from ``topk``; min_p is d ≥ ln(min_p); top_p from the sorted top candidates when
   the nucleus lies among them (the usual case), else by bracketing the cut with ``threshold_pass``
-  (16 thresholds per pass, 8 passes: the bracket shrinks 16⁸-fold, below float32 resolution).
+  (8 thresholds per pass, 9 passes: the bracket shrinks 8⁹-fold, to float32 resolution).
 - ``support_pass``: Σ_S e^d, Σ_S e^d·d, Σ_S e^d·d², the mass above the served token (also over
   the pre-nucleus support), and the temperature profile Σ_S e^(d/f) for the 41 factors; one read.
 
@@ -36,7 +36,7 @@ from servecheck.sampling import HF, Convention, Sampling
 
 CANDIDATES = 256
 """Sorted top candidates in which the top_p nucleus is looked for before bracketing."""
-ROUNDS, THRESHOLDS = 8, 16
+ROUNDS, THRESHOLDS = 9, 8
 FLOOR = -128.0
 """d below this has e^d = 0 in float32: the lowest a bracket ever needs to start."""
 
@@ -93,15 +93,14 @@ def row_pass(z: torch.Tensor, tok: torch.Tensor, inv_t: torch.Tensor) -> RowPass
 
 
 def threshold_pass(z: torch.Tensor, m: torch.Tensor, inv_t: torch.Tensor, th: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """G[r, j] = Σ_{d > th[r, j]} e^d and N[r, j] = #{d > th[r, j]}."""
+                   ) -> torch.Tensor:
+    """G[r, j] = Σ_{d > th[r, j]} e^d."""
     k = _kernels_for(z)
     if k is not None:
         return k.threshold_pass(z, m, inv_t, th)
     d = (z.float() - m[:, None]) * inv_t[:, None]
     e = d.exp()
-    gt = [d > th[:, j:j + 1] for j in range(th.shape[1])]
-    return (torch.stack([(e * g).sum(1) for g in gt], 1), torch.stack([g.sum(1) for g in gt], 1))
+    return torch.stack([(e * (d > th[:, j:j + 1])).sum(1) for j in range(th.shape[1])], 1)
 
 
 def support_pass(z: torch.Tensor, m: torch.Tensor, inv_t: torch.Tensor, cuts: torch.Tensor,
@@ -139,7 +138,7 @@ def _bracket(z: torch.Tensor, m: torch.Tensor, inv_t: torch.Tensor, lo: torch.Te
         th = lo[:, None] + (hi - lo)[:, None] * frac[None, :]
         if r == 0:
             th[:, 0] = lo
-        g, _ = threshold_pass(z, m, inv_t, th)
+        g = threshold_pass(z, m, inv_t, th)
         if p is None:
             p = top_p * g[:, 0]
         out = g > p[:, None] if inclusive else g >= p[:, None]
@@ -151,12 +150,20 @@ def _bracket(z: torch.Tensor, m: torch.Tensor, inv_t: torch.Tensor, lo: torch.Te
 
 def nucleus_cut(z: torch.Tensor, m: torch.Tensor, inv_t: torch.Tensor, floor: torch.Tensor,
                 total: torch.Tensor, dmin: torch.Tensor, top_p: float, inclusive: bool,
-                cand: torch.Tensor | None = None) -> torch.Tensor:
+                cand: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Cut (in d) of the top_p nucleus of the set {d ≥ floor}, whose Σe^d is ``total`` (NaN where
-    unknown). ``cand``: sorted top d values already at hand (top_k's), else the top CANDIDATES."""
+    unknown). ``cand``: sorted top d values already at hand (top_k's), else the top CANDIDATES.
+    Returns (cut, the candidates, rows whose nucleus lies among the candidates)."""
     vocab = z.shape[1]
     if cand is None:
-        cand = (z.topk(min(vocab, CANDIDATES), dim=1).values.float() - m[:, None]) * inv_t[:, None]
+        k = min(vocab, CANDIDATES)
+        if k < vocab and bool((k < top_p * total).all()):
+            # each candidate has e^d ≤ 1, so k of them cannot hold the nucleus: bracket at once
+            cut = _bracket(z, m, inv_t, (dmin - 1).clamp(min=FLOOR), torch.zeros_like(m), top_p,
+                           inclusive)
+            return cut, None, torch.zeros_like(cut, dtype=torch.bool)
+        cand = (z.topk(k, dim=1).values.float() - m[:, None]) * inv_t[:, None]
     p = cand.exp() * (cand >= floor[:, None])
     cum = p.cumsum(1)
     limit = top_p * total
@@ -177,7 +184,7 @@ def nucleus_cut(z: torch.Tensor, m: torch.Tensor, inv_t: torch.Tensor, floor: to
                          (dmin[todo] - 1).clamp(min=FLOOR))
         hi = torch.where(torch.isfinite(f), torch.zeros_like(f), cand[todo, -1])
         cut[todo] = _bracket(z[todo], m[todo], inv_t[todo], lo, hi, top_p, inclusive)
-    return cut
+    return cut, cand, resolved
 
 
 def sampled_stats(z: torch.Tensor, s: Sampling, rp: RowPass, factors: torch.Tensor,
@@ -194,26 +201,36 @@ def sampled_stats(z: torch.Tensor, s: Sampling, rp: RowPass, factors: torch.Tens
     neg = torch.full((rows,), -math.inf, device=z.device)
     dy = (rp.zy - rp.m) * inv_t
     cut_k, cand, total = neg, None, rp.st
+    complete = torch.zeros_like(neg, dtype=torch.bool)
     if 0 < s.top_k < vocab:
         cand = (z.topk(min(vocab, s.top_k + 16), dim=1).values.float() - rp.m[:, None]) * inv_t[:, None]
         cut_k = cand[:, s.top_k - 1]
         complete = cand[:, -1] < cut_k if cand.shape[1] < vocab else torch.ones_like(cut_k, dtype=torch.bool)
         mass = (cand.exp() * (cand >= cut_k[:, None])).sum(1)
         total = torch.where(complete, mass, torch.full_like(mass, math.nan))
+    # rows whose support lies among sorted candidates: sum the temperature profile there
+    small = cand is not None and bool(complete.all())
     cut_min = torch.full_like(neg, math.log(s.min_p) if s.min_p > 0 else -math.inf)
     cut_kp = cut_k
     if s.top_p < 1.0:
         if convention.top_p_before_temperature:
             one = torch.ones_like(inv_t)
             cut_p = nucleus_cut(z, rp.m, one, neg, rp.s1, rp.zmin - rp.m, s.top_p,
-                                convention.top_p_inclusive) * inv_t
+                                convention.top_p_inclusive)[0] * inv_t
         else:
-            cut_p = nucleus_cut(z, rp.m, inv_t, cut_k, total, (rp.zmin - rp.m) * inv_t, s.top_p,
-                                convention.top_p_inclusive, cand)
+            cut_p, pcand, resolved = nucleus_cut(z, rp.m, inv_t, cut_k, total,
+                                                 (rp.zmin - rp.m) * inv_t, s.top_p,
+                                                 convention.top_p_inclusive, cand)
+            if not small and pcand is not None and bool(resolved.all()):
+                small, cand = True, pcand
         cut_kp = torch.maximum(cut_k, cut_p)
     cuts = torch.stack([torch.maximum(cut_kp, cut_min), torch.maximum(cut_k, cut_min), cut_k,
                         cut_kp], 1)
-    sums, temps = support_pass(z, rp.m, inv_t, cuts, dy, factors)
+    sums, temps = support_pass(z, rp.m, inv_t, cuts, dy, None if small else factors)
+    if small:
+        assert cand is not None
+        held = (cand >= cuts[:, :1])[:, :, None]
+        temps = (torch.exp(cand[:, :, None] / factors[None, None, :]) * held).sum(1)
     assert temps is not None
     s0, s0_pre, s0_k, s0_kp, a0, a_pre, a_k, _, m1, m2 = sums.unbind(1)
     c = s0.log()

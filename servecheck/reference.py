@@ -60,8 +60,9 @@ class Reference:
         import torch
         from transformers import AutoModelForCausalLM
 
-        # device "auto": accelerate's device_map spreads a reference too large for one GPU
-        placement = {"device_map": "auto"} if self.device == "auto" else {}
+        # "auto" / "balanced": accelerate's device_map spreads a reference over the GPUs (auto
+        # fills the first GPU first, balanced shares the layers out evenly)
+        placement = {"device_map": self.device} if self.device in ("auto", "balanced") else {}
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 self.path, dtype=getattr(torch, self.dtype), local_files_only=True, **placement)

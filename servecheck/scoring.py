@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -152,42 +153,77 @@ def _group_rows(items: Sequence[ScoreItem], batch: list[int]) -> dict[Sampling |
     return groups
 
 
-def _score_batch(ref: Reference, items: Sequence[ScoreItem], batch: list[int], hidden: torch.Tensor,
-                 convention: Convention, logit_budget: int, raw: torch.Tensor, extra: torch.Tensor,
-                 offsets: dict[int, int]) -> None:
-    """Fill rows ``offsets[i]...`` of ``raw``/``extra`` with the scores of the batch's items."""
-    width, dim = hidden.shape[1], hidden.shape[2]
-    flat = hidden.reshape(-1, dim)
-    vocab = ref.model.get_output_embeddings().weight.shape[0]
-    step = max(1, logit_budget // vocab)
-    dev = hidden.device
-    row_of = {i: row for row, i in enumerate(batch)}
-    for s, members in _group_rows(items, batch).items():
-        pos, dst, tok = [], [], []
-        for i in members:
-            row, p, o = row_of[i], len(items[i].prompt_ids), len(items[i].output_ids)
-            # the hidden state at the position before each output token predicts that token
-            pos.append(np.arange(row * width + p - 1, row * width + p + o - 1))
-            dst.append(np.arange(offsets[i], offsets[i] + o))
-            tok.append(np.asarray(items[i].output_ids, dtype=np.int64))
-        penal = s is not None and s.penalised
-        # penalised rows need their item's counts, so those blocks never straddle two items
-        spans = ([(sum(map(len, pos[:k])), len(pos[k])) for k in range(len(pos))] if penal
-                 else [(0, sum(map(len, pos)))])
-        pos_t = torch.from_numpy(np.concatenate(pos)).to(dev, non_blocking=True)
-        dst_t = torch.from_numpy(np.concatenate(dst)).to(dev, non_blocking=True)
-        tok_t = torch.from_numpy(np.concatenate(tok)).to(dev, non_blocking=True)
-        for k, (start, n) in enumerate(spans):
-            for a in range(start, start + n, step):
-                b = min(a + step, start + n)
-                logits = _logits(ref, flat[pos_t[a:b]])
-                counts = (_counts(items[members[k]], slice(a - start, b - start), vocab, convention,
-                                  dev) if penal else None)
-                r, x = _block_stats(logits, tok_t[a:b], s, convention, counts)
-                raw[dst_t[a:b]] = r
-                if x is not None:
-                    extra[dst_t[a:b]] = x
-                del logits
+class _Blocks:
+    """Output rows waiting for their logit block, per sampling group, across forward batches.
+
+    One Triton program streams one row, so a block needs a thousand rows or more to fill the GPU;
+    a group's rows from one forward batch are often fewer. Rows (hidden states, 2 KiB each) wait
+    here until a full block of their group is ready; ``flush`` scores the rest at the end.
+    Penalised rows need their own item's token counts and are scored item by item at once.
+    """
+
+    def __init__(self, ref: Reference, items: Sequence[ScoreItem], convention: Convention,
+                 logit_budget: int, raw: torch.Tensor, extra: torch.Tensor) -> None:
+        self.ref, self.items, self.convention = ref, items, convention
+        self.raw, self.extra = raw, extra
+        self.vocab = ref.model.get_output_embeddings().weight.shape[0]
+        self.step = max(1, logit_budget // self.vocab)
+        self.pending: dict[Sampling | None, list[tuple[torch.Tensor, ...]]] = {}
+
+    def add(self, batch: list[int], hidden: torch.Tensor, offsets: dict[int, int]) -> None:
+        width, dim = hidden.shape[1], hidden.shape[2]
+        flat = hidden.reshape(-1, dim)
+        dev = hidden.device
+        row_of = {i: row for row, i in enumerate(batch)}
+        for s, members in _group_rows(self.items, batch).items():
+            parts = []
+            for i in members:
+                row, p, o = row_of[i], len(self.items[i].prompt_ids), len(self.items[i].output_ids)
+                # the hidden state at the position before each output token predicts that token
+                parts.append((np.arange(row * width + p - 1, row * width + p + o - 1),
+                              np.arange(offsets[i], offsets[i] + o),
+                              np.asarray(self.items[i].output_ids, dtype=np.int64), i))
+            if s is not None and s.penalised:
+                for pos, dst, tok, i in parts:
+                    self._penalised(s, flat[torch.from_numpy(pos).to(dev)],
+                                    torch.from_numpy(tok).to(dev), torch.from_numpy(dst).to(dev), i)
+                continue
+            pos, dst, tok = (torch.from_numpy(np.concatenate([x[k] for x in parts])).to(dev)
+                             for k in range(3))
+            self.pending.setdefault(s, []).append((flat[pos], tok, dst))
+            if sum(len(x[1]) for x in self.pending[s]) >= self.step:
+                self._run(s, final=False)
+
+    def flush(self) -> None:
+        for s in list(self.pending):
+            self._run(s, final=True)
+
+    def _run(self, s: Sampling | None, final: bool) -> None:
+        waiting = self.pending.pop(s)
+        h, tok, dst = (torch.cat([x[k] for x in waiting]) for k in range(3))
+        n = len(tok)
+        blocks = -(-n // self.step)
+        size = -(-n // blocks)  # even blocks: no small tail block leaving the GPU idle
+        end = n if final else (n // self.step) * self.step
+        size = size if final else self.step
+        for a in range(0, end, size):
+            self._block(s, h[a:a + size], tok[a:a + size], dst[a:a + size], None)
+        if end < n:
+            self.pending[s] = [(h[end:], tok[end:], dst[end:])]
+
+    def _penalised(self, s: Sampling, h: torch.Tensor, tok: torch.Tensor, dst: torch.Tensor,
+                   i: int) -> None:
+        for a in range(0, len(tok), self.step):
+            b = min(a + self.step, len(tok))
+            counts = _counts(self.items[i], slice(a, b), self.vocab, self.convention, h.device)
+            self._block(s, h[a:b], tok[a:b], dst[a:b], counts)
+
+    def _block(self, s: Sampling | None, h: torch.Tensor, tok: torch.Tensor, dst: torch.Tensor,
+               counts: torch.Tensor | None) -> None:
+        r, x = _block_stats(_logits(self.ref, h), tok, s, self.convention, counts)
+        self.raw[dst] = r
+        if x is not None:
+            self.extra[dst] = x
 
 
 _COMPILED: set[int] = set()
@@ -195,7 +231,8 @@ _COMPILED: set[int] = set()
 
 def compile_layers(ref: Reference) -> None:
     """Regional compilation: ``torch.compile`` each decoder layer (one graph serves all layers of
-    a kind), fusing the norms, rotary and activation kernels between the matmuls."""
+    a kind), fusing the norms, rotary and activation kernels between the matmuls. Costs ~25 s
+    once per process and doubles the decoder's throughput on an H100 (docs/performance.md)."""
     model = ref.model
     if id(model) in _COMPILED:
         return
@@ -205,31 +242,56 @@ def compile_layers(ref: Reference) -> None:
     _COMPILED.add(id(model))
 
 
+def _forward(ref: Reference, ids: torch.Tensor) -> torch.Tensor:
+    """Last hidden states; compiled layers on CUDA unless SERVECHECK_COMPILE=0, and eager again
+    if compiling fails (an old compiler, a model it cannot trace).
+
+    cuDNN's attention is left out: it builds a graph on the CPU for every new batch shape (2.7 ms
+    a layer, measured), and every batch here has a new shape; flash attention needs none."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    decoder = ref.model.get_decoder()
+    if ids.is_cuda and os.environ.get("SERVECHECK_COMPILE", "1") != "0":
+        compile_layers(ref)
+    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    try:
+        with sdpa_kernel(backends):
+            return decoder(input_ids=ids, use_cache=False).last_hidden_state
+    except Exception as e:
+        if id(ref.model) not in _COMPILED:
+            raise
+        warnings.warn(f"torch.compile failed, scoring eagerly: {e}", stacklevel=2)
+        for layer in decoder.layers:
+            layer._compiled_call_impl = None
+        os.environ["SERVECHECK_COMPILE"] = "0"
+        _COMPILED.discard(id(ref.model))
+        with sdpa_kernel(backends):
+            return decoder(input_ids=ids, use_cache=False).last_hidden_state
+
+
 def score(ref: Reference, items: Sequence[ScoreItem], convention: Convention = HF,
           token_budget: int | None = None, logit_budget: int | None = None) -> list[TokenScores]:
     """Teacher-force every item; the result is in the order of ``items``.
 
-    Budgets default by device: 8192 tokens and 4M logits per block on CPU; 32768 tokens and 256M
-    logits (1 GiB of fp32 at most, whatever the vocabulary) on CUDA.
+    Budgets default by device: 8192 tokens and 4M logits per block on CPU; 32768 tokens and 512M
+    logits (1 GiB of bf16 logits, whatever the vocabulary) on CUDA.
     """
     dev = ref.model.get_output_embeddings().weight.device  # where the statistics are computed
     cuda = dev.type == "cuda"
     token_budget = token_budget or (32768 if cuda else 8192)
-    logit_budget = logit_budget or (1 << 28 if cuda else 1 << 22)
-    if cuda and os.environ.get("SERVECHECK_COMPILE") == "1":
-        compile_layers(ref)
+    logit_budget = logit_budget or (1 << 29 if cuda else 1 << 22)
     lengths = [len(it.prompt_ids) + len(it.output_ids) for it in items]
     order = sorted(range(len(items)), key=lambda i: -lengths[i])
     n_out = [len(it.output_ids) for it in items]
     offsets = dict(zip(range(len(items)), np.cumsum([0, *n_out])[:-1].tolist(), strict=True))
     total = sum(n_out)
     sampled = any(it.sampling is not None and not it.sampling.greedy for it in items)
-    decoder = ref.model.get_decoder()
     pad = ref.tokenizer.pad_token_id or 0
     first = ref.model.get_input_embeddings().weight.device  # differs from dev under a device_map
     raw = torch.zeros(total, 4, device=dev)
     extra = torch.full((total, len(STAT_KEYS) + len(TEMPERATURE_FACTORS) if sampled else 0),
                        math.nan, device=dev)
+    blocks = _Blocks(ref, items, convention, logit_budget, raw, extra)
     with torch.inference_mode():
         for batch in _batches(order, lengths, token_budget):
             width = lengths[batch[0]]
@@ -237,10 +299,8 @@ def score(ref: Reference, items: Sequence[ScoreItem], convention: Convention = H
             for row, i in enumerate(batch):
                 seq = items[i].prompt_ids + items[i].output_ids
                 ids[row, : len(seq)] = torch.tensor(seq)
-            hidden = decoder(input_ids=ids.to(first, non_blocking=True),
-                             use_cache=False).last_hidden_state.to(dev)
-            _score_batch(ref, items, batch, hidden, convention, logit_budget, raw, extra, offsets)
-            del hidden
+            blocks.add(batch, _forward(ref, ids.to(first, non_blocking=True)).to(dev), offsets)
+        blocks.flush()
         raw_np, extra_np = raw.cpu().numpy(), extra.cpu().numpy()
     return [_unpack(it, raw_np[o:o + n], extra_np[o:o + n])
             for it, o, n in zip(items, offsets.values(), n_out, strict=True)]
