@@ -13,18 +13,20 @@ server's version; later wheels ship a placeholder), needs ``libb64-0d`` (Debian)
 ``libcudart.so.12`` (pip ``nvidia-cuda-runtime-cu12``), even on CPU: ``--setup`` fetches all three
 into benchmarks/.cache/.
 
-    .venv/bin/python benchmarks/client_rate.py --setup --concurrency 1 4 8 16
+    .venv/bin/python benchmarks/client_rate.py --setup --concurrency 1 4 8 16 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +42,8 @@ CACHE = ROOT / "benchmarks" / ".cache" / "perf_analyzer"
 sys.path.insert(0, str(ROOT))
 
 from servecheck.generate import collect  # noqa: E402
+from servecheck.records import Conversation, Message  # noqa: E402
+from servecheck.reference import Reference  # noqa: E402
 from servecheck.serve.triton_host import _libdir_on_loader_path  # noqa: E402
 from tests.test_triton import free_ports  # noqa: E402
 
@@ -102,11 +106,15 @@ def echo_server(http: int, grpc: int, metrics: int, block: bool = False):
     return triton
 
 
+_runs = itertools.count()
+
+
 def servecheck_rate(http: int, concurrency: int, n: int, work: Path) -> float:
-    prompts = work / f"prompts-{concurrency}.json"
-    prompts.write_text(json.dumps({"prompt": [f"Request number {i}: say hello." for i in range(n)],
+    run = next(_runs)
+    prompts = work / f"prompts-{run}.json"
+    prompts.write_text(json.dumps({"prompt": [f"Request {run}.{i}: say hello." for i in range(n)],
                                    "temperature": 0.8, "seed": 1, "max_tokens": 16}))
-    out = work / f"r-{concurrency}.jsonl"
+    out = work / f"r-{run}.jsonl"  # a fresh file and fresh ids: nothing is skipped as answered
     t0 = time.perf_counter()
     summary = collect(prompts, f"triton://127.0.0.1:{http}/ensemble?concurrency={concurrency}",
                       out, show_progress=False, retries=0)
@@ -116,10 +124,14 @@ def servecheck_rate(http: int, concurrency: int, n: int, work: Path) -> float:
 
 
 def perf_analyzer_rate(binary: Path, http: int, concurrency: int, work: Path) -> float:
+    # the very inputs servecheck sends (its `sent` field): same tensors, same prompt lengths
+    ref = Reference("builtin")
     data = work / "input.json"
-    data.write_text(json.dumps({"data": [{"text_input": [f"<bos>Request number {i}: say hello."],
-                                          "max_tokens": [16], "temperature": [0.8],
-                                          "seed": [1]} for i in range(64)]}))
+    data.write_text(json.dumps({"data": [
+        {"text_input": [ref.render(Conversation(contents=[Message(
+            role="user", content=f"Request 0.{i}: say hello.")]))],
+         "max_tokens": [16], "exclude_input_in_output": [True], "temperature": [0.8],
+         "seed": [1], "stream": [False], "return_log_probs": [True]} for i in range(64)]}))
     cmd = [str(binary), "-m", "ensemble", "-u", f"127.0.0.1:{http}", "-i", "http",
            "--concurrency-range", str(concurrency), "--input-data", str(data),
            "--measurement-interval", "4000", "--stability-percentage", "20",
@@ -154,7 +166,8 @@ def main() -> None:
     ap.add_argument("--setup", action="store_true", help="fetch perf_analyzer and its libraries")
     ap.add_argument("--perf-analyzer", type=Path, default=CACHE / "perf_analyzer")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
-    ap.add_argument("--requests", type=int, default=2000, help="servecheck requests per level")
+    ap.add_argument("--requests", type=int, default=2000, help="servecheck requests per run")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per client and level (median)")
     ap.add_argument("--shared-cores", action="store_true",
                     help="let client and server share every core (default: one core each)")
     ap.add_argument("--serve", type=int, nargs=3, metavar="PORT", help=argparse.SUPPRESS)
@@ -179,10 +192,15 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             servecheck_rate(ports[0], 4, 200, Path(tmp))  # warm-up: imports, template, connections
             for c in a.concurrency:
-                pa = perf_analyzer_rate(binary, ports[0], c, Path(tmp))
-                sc = servecheck_rate(ports[0], c, a.requests, Path(tmp))
-                rows.append({"concurrency": c, "perf_analyzer_rps": round(pa, 1),
-                             "servecheck_rps": round(sc, 1), "ratio": round(sc / pa, 3)})
+                pa, sc = [], []
+                for _ in range(a.repeats):  # interleaved, so drifting load hits both alike
+                    pa.append(perf_analyzer_rate(binary, ports[0], c, Path(tmp)))
+                    sc.append(servecheck_rate(ports[0], c, a.requests, Path(tmp)))
+                pa_m, sc_m = statistics.median(pa), statistics.median(sc)
+                rows.append({"concurrency": c, "perf_analyzer_rps": round(pa_m, 1),
+                             "servecheck_rps": round(sc_m, 1), "ratio": round(sc_m / pa_m, 3),
+                             "perf_analyzer_runs": [round(x, 1) for x in pa],
+                             "servecheck_runs": [round(x, 1) for x in sc]})
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         if server is not None:

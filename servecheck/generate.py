@@ -86,26 +86,41 @@ def _error_record(request: Request, target: Target, message: str) -> ResponseRec
                           parameters=request.parameters, target=target.spec, error=message)
 
 
+FLUSH_EVERY_S = 0.05
+"""Records that arrive in a burst are flushed together, at most this long after the first."""
+
+
 async def _collect(todo: list[Request], target: Target, writer: ResponseWriter,
                    summary: CollectSummary, progress: Progress | None, retries: int) -> None:
-    gate = asyncio.Semaphore(max(1, target.max_concurrency))
     task_id = progress.add_task("generate", total=len(todo)) if progress else None
+    pending = iter(todo)  # shared by the workers: each request is taken exactly once
+    loop = asyncio.get_running_loop()
+    flush_timer: list[asyncio.TimerHandle] = []
 
-    async def one(request: Request) -> None:
-        async with gate:
+    def flush() -> None:
+        flush_timer.clear()
+        writer.flush()
+
+    async def worker() -> None:
+        for request in pending:
             try:
                 record = await ask(target, request, retries, summary)
             except TargetError as e:
                 record = _error_record(request, target, str(e))
                 summary.errors.append((request.id, str(e)))
-        writer.write(record)
-        summary.written += 1
-        if progress is not None and task_id is not None:
-            progress.advance(task_id)
+            writer.write(record, flush=False)
+            if not flush_timer:
+                flush_timer.append(loop.call_later(FLUSH_EVERY_S, flush))
+            summary.written += 1
+            if progress is not None and task_id is not None:
+                progress.advance(task_id)
 
     try:
-        await asyncio.gather(*(one(r) for r in todo))
+        await asyncio.gather(*(worker() for _ in range(max(1, target.max_concurrency))))
     finally:
+        for timer in flush_timer:
+            timer.cancel()
+        writer.flush()
         await target.aclose()
 
 

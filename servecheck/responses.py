@@ -7,9 +7,10 @@ ends and removed again when a rerun appends, and a file left without it is still
 takes the last record per id, so a retried request replaces its earlier error and nothing is
 counted twice.
 
-Each record is flushed to the OS as it is written, which is what survives a killed process;
-``fsync`` (surviving a power cut too) runs at most every ``FSYNC_EVERY_S`` and on close, because
-one per record costs more than the request itself against a fast server.
+Records are flushed to the OS as they are written (the collector batches a burst, flushing at
+most 50 ms after its first record), which is what survives a killed process; ``fsync``
+(surviving a power cut too) runs at most every ``FSYNC_EVERY_S`` and on close, because one per
+record costs more than the request itself against a fast server.
 """
 
 from __future__ import annotations
@@ -125,15 +126,21 @@ class ResponseWriter:
         if self.array and not existing.strip():
             self._fh.write("[\n")
 
-    def write(self, record: ResponseRecord) -> None:
+    def write(self, record: ResponseRecord, flush: bool = True) -> None:
+        """Append one record; ``flush=False`` leaves it to a ``flush()`` the caller schedules."""
         line = record.model_dump_json(exclude_none=True)
         prefix = "," if self.array and not self._empty else ""
         self._fh.write(prefix + line + "\n")
-        self._fh.flush()  # in the OS now: a killed or interrupted process loses nothing
+        self._empty = False
+        if flush:
+            self.flush()
+
+    def flush(self) -> None:
+        """Into the OS: what survives a killed process. fsync at most every FSYNC_EVERY_S."""
+        self._fh.flush()
         if time.monotonic() - self._synced > FSYNC_EVERY_S:
             os.fsync(self._fh.fileno())
             self._synced = time.monotonic()
-        self._empty = False
 
     def write_all(self, records: Iterable[ResponseRecord]) -> None:
         for r in records:
