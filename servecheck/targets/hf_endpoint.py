@@ -1,0 +1,91 @@
+"""``hf-endpoint://HOST[:PORT][/PATH]`` (``hf-endpoint+https://…`` for TLS): an HF Inference
+Endpoint running servecheck's handler (``servecheck/endpoint/handler.py``), or any handler that
+takes ``{"inputs", "parameters"}`` and answers ``[{"generated_text": …}]``.
+
+``mode=chat`` (default) sends the conversation and lets the endpoint template it; the handler
+returns the prompt it built and its ids, so the template check runs on what the model saw.
+``mode=completions`` templates here (``?template=``) and sends the string. Token ids, raw
+log-probs and the finish reason are recorded when the handler returns them. The token is read
+from the environment variable named by ``?api_key_env=`` (default ``HF_TOKEN``) and never
+recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from servecheck.errors import InputError, TargetError
+from servecheck.prompts import Request
+from servecheck.records import ResponseRecord, Timing
+from servecheck.reference import Reference
+from servecheck.targets import DEFAULT_MAX_TOKENS, Target
+from servecheck.targets.http import HttpClient
+
+OPTIONS = ("mode", "template", "api_key_env", "timeout", "concurrency")
+
+
+class HFEndpointTarget(Target):
+    def __init__(self, spec: str, url: str, path: str, opts: dict[str, str]) -> None:
+        self.spec = spec
+        self.path = path
+        self.mode = opts.get("mode", "chat")
+        if self.mode not in ("chat", "completions"):
+            raise InputError(f"mode must be chat or completions, not '{self.mode}'", where=spec)
+        self.ref = Reference(opts.get("template", "builtin"))
+        key = os.environ.get(opts.get("api_key_env", "HF_TOKEN"))
+        try:
+            self.max_concurrency = int(opts.get("concurrency", 4))
+            timeout = float(opts.get("timeout", 600))
+        except ValueError as e:
+            raise InputError(f"bad option value ({e})", where=spec) from None
+        self.http = HttpClient(url, timeout, self.max_concurrency,
+                               headers={"Authorization": f"Bearer {key}"} if key else None)
+
+    @classmethod
+    def from_spec(cls, spec: str, rest: str) -> HFEndpointTarget:
+        tls = spec.startswith("hf-endpoint+https:")
+        url = urlsplit(("https:" if tls else "http:") + rest)
+        if not url.hostname:
+            raise InputError("expected hf-endpoint://HOST[:PORT][/PATH]", where=spec)
+        opts = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        unknown = sorted(set(opts) - set(OPTIONS))
+        if unknown:
+            raise InputError(f"unknown option(s) {unknown} (known: {', '.join(OPTIONS)})",
+                             where=spec)
+        port = f":{url.port}" if url.port else ""
+        return cls(spec, f"{url.scheme}://{url.hostname}{port}", url.path or "/", opts)
+
+    async def generate(self, request: Request) -> ResponseRecord:
+        started = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        t0 = time.perf_counter()
+        p = request.parameters
+        params: dict[str, Any] = {"max_new_tokens": p.max_tokens or DEFAULT_MAX_TOKENS}
+        for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed"):
+            if getattr(p, name) is not None:
+                params[name] = getattr(p, name)
+        sent_prompt = ""
+        if self.mode == "completions":
+            sent_prompt = self.ref.render(request.conversation)
+            inputs: Any = sent_prompt
+        else:
+            inputs = request.conversation.hf_messages()
+        data = await self.http.request("POST", self.path, {"inputs": inputs, "parameters": params})
+        answer = data[0] if isinstance(data, list) and data else data
+        if not isinstance(answer, dict) or not isinstance(answer.get("generated_text"), str):
+            raise TargetError(f"{self.path}: expected [{{\"generated_text\": …}}], got "
+                              f"{str(data)[:200]}")
+        reason = answer.get("finish_reason")
+        return ResponseRecord(
+            id=request.id, conversations=request.conversation, parameters=p,
+            input=answer.get("prompt_text") or sent_prompt, output=answer["generated_text"],
+            target=self.spec, finish_reason=reason if reason in ("stop", "length") else None,
+            prompt_token_ids=answer.get("prompt_token_ids"), output_token_ids=answer.get("token_ids"),
+            output_logprobs=answer.get("logprobs"), sent=params,
+            timing=Timing(started_at=started, latency_s=round(time.perf_counter() - t0, 4)))
+
+    async def aclose(self) -> None:
+        await self.http.close()

