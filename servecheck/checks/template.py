@@ -121,7 +121,10 @@ def check_template(ctx: CheckContext) -> CheckResult:
             kinds[problem[0]] += 1
             findings.append(Finding(name, problem[1], 1.0))
     if not compared and not findings:
-        return CheckResult("template", "skipped", "no record has an input or prompt token ids")
+        return CheckResult("template", "skipped", (
+            "no record has an input or prompt token ids: the server did not say what prompt it "
+            "built (an OpenAI chat endpoint other than vLLM's); to check the template, collect "
+            "with ?mode=completions, which templates on the client"))
     if findings:
         summary = f"{len(findings)}/{len(ctx.records)} records differ from the reference template: " + \
             ", ".join(f"{k} ({n})" for k, n in kinds.most_common())
