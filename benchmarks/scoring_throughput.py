@@ -221,7 +221,7 @@ def sharded_check(args: argparse.Namespace) -> dict:
     one = score(ref, items)
     path = Path("/tmp/ref1b")
     ref.model.save_pretrained(path)
-    for f in BUILTIN.glob("tokenizer*"):
+    for f in [*BUILTIN.glob("tokenizer*"), BUILTIN / "chat_template.jinja"]:
         shutil.copy(f, path)
     del ref
     torch.cuda.empty_cache()

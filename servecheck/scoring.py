@@ -33,6 +33,8 @@ from servecheck.sampling import HF, Convention, Sampling, apply_penalties, bound
 
 TEMPERATURE_FACTORS = np.exp(np.linspace(np.log(0.4), np.log(2.5), 41))
 """Grid for the temperature profile likelihood, as multiples of the requested temperature."""
+MAX_ROWS = 4096
+"""Rows per logit block at most; 2048 already fill an H100 (one Triton program per row)."""
 STAT_KEYS = ("logq", "above", "entropy", "var", "top", "pre_nucleus_above", "rule", "slack")
 
 
@@ -167,7 +169,9 @@ class _Blocks:
         self.ref, self.items, self.convention = ref, items, convention
         self.raw, self.extra = raw, extra
         self.vocab = ref.model.get_output_embeddings().weight.shape[0]
-        self.step = max(1, logit_budget // self.vocab)
+        # rows per block: what the logit budget allows, at most MAX_ROWS (per-row tensors such
+        # as the candidates' temperature profile would otherwise grow as the vocabulary shrinks)
+        self.step = max(1, min(MAX_ROWS, logit_budget // self.vocab))
         self.pending: dict[Sampling | None, list[tuple[torch.Tensor, ...]]] = {}
 
     def add(self, batch: list[int], hidden: torch.Tensor, offsets: dict[int, int]) -> None:
