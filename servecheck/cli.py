@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from servecheck.errors import InputError
 from servecheck.sampling import HF, Convention
@@ -101,7 +102,8 @@ def cmd_serve(a: argparse.Namespace, console: Console) -> int:
     from servecheck.serve.triton_host import TritonHost
 
     host = TritonHost(a.model, a.host, a.http_port, a.grpc_port, a.metrics_port, a.seed_name,
-                      a.add_special_tokens, a.decoupled, a.echo, a.fail_after)
+                      a.add_special_tokens, a.decoupled, a.echo, a.fail_after, a.ignore_seed,
+                      a.batch_variant)
     console.print(f"serving {a.model} on Triton: http://{a.host}:{a.http_port}, grpc "
                   f"{a.host}:{a.grpc_port}; models ensemble, tensorrt_llm_bls (TensorRT-LLM "
                   f"names), tensorrt_llm (llmapi names){', decoupled' if a.decoupled else ''}; "
@@ -117,6 +119,43 @@ def cmd_endpoint_files(a: argparse.Namespace, console: Console) -> int:
         console.print(f"written {path}")
     console.print(f"copy them into the endpoint repository of {a.model}, next to its weights")
     return EXIT_PASS
+
+
+def cmd_probe(a: argparse.Namespace, console: Console) -> int:
+    import asyncio
+
+    from rich.table import Table
+
+    from servecheck.errors import TargetError
+    from servecheck.probe import run_probes
+    from servecheck.prompts import expand
+    from servecheck.reference import Reference
+
+    convs = None
+    if a.prompts:
+        seen: dict[str, object] = {}
+        for r in expand(a.prompts):
+            seen.setdefault(r.conversation.model_dump_json(), r.conversation)
+        convs = list(seen.values())
+    ref = Reference(a.reference)
+    try:
+        with console.status("probing the server…"):
+            results = asyncio.run(run_probes(a.target, ref, convs, a.repeats, a.seeds,
+                                             tuple(a.levels), a.max_tokens, a.numerics, a.alpha))
+    except TargetError as e:
+        raise InputError(f"the target failed during a probe: {e}", where=a.target) from None
+    table = Table(title=f"servecheck probe: {a.target}")
+    for col in ("probe", "verdict", "evidence"):
+        table.add_column(col)
+    for r in results:
+        colour = {"pass": "green", "fail": "red"}.get(r.verdict, "yellow")
+        lines = [r.summary] + [f"  {e}" for e in r.evidence[:4]]
+        table.add_row(r.name, f"[{colour}]{r.verdict}[/]", escape("\n".join(lines)))
+    console.print(table)
+    if a.json:
+        a.json.write_text(json.dumps([r.__dict__ for r in results], indent=2) + "\n")
+        console.print(f"written {a.json}")
+    return EXIT_FAIL if any(r.verdict == "fail" for r in results) else EXIT_PASS
 
 
 def cmd_schema(a: argparse.Namespace, console: Console) -> int:
@@ -204,7 +243,24 @@ def parser() -> argparse.ArgumentParser:
                    help="a fault: return the prompt even when exclude_input_in_output is set")
     v.add_argument("--fail-after", type=int, metavar="N",
                    help="a fault: raise after N tokens (an error frame inside a stream)")
+    v.add_argument("--ignore-seed", action="store_true", help="a fault: every request gets seed 0")
+    v.add_argument("--batch-variant", action="store_true",
+                   help="a fault: greedy output changes when requests share a batch")
     v.set_defaults(func=cmd_serve)
+
+    pr = sub.add_parser("probe", help="determinism and seed probes against a live server")
+    pr.add_argument("prompts", type=Path, nargs="?", help="prompts file (default: built-in prompts)")
+    pr.add_argument("--target", required=True, help="the server, as for generate")
+    pr.add_argument("--reference", default="builtin", help="local HF checkpoint folder or 'builtin'")
+    pr.add_argument("--repeats", type=int, default=4, help="copies of the repeated request")
+    pr.add_argument("--seeds", type=int, default=8, help="seeds per prompt in the seed probe")
+    pr.add_argument("--levels", type=int, nargs="+", default=[4, 8],
+                    help="concurrency levels of the batch-invariance probe")
+    pr.add_argument("--max-tokens", type=int, default=32)
+    pr.add_argument("--numerics", default="bf16", choices=["fp32", "fp16", "bf16", "fp8"])
+    pr.add_argument("--alpha", type=float, default=0.01)
+    pr.add_argument("--json", type=Path, help="write the results here")
+    pr.set_defaults(func=cmd_probe)
 
     e = sub.add_parser("endpoint-files",
                        help="write handler.py and requirements.txt for an HF Inference Endpoint")

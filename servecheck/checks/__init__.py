@@ -176,9 +176,10 @@ def run_checks(ctx: CheckContext) -> list[CheckResult]:
     from servecheck.checks.greedy import check_greedy
     from servecheck.checks.logprobs import check_logprobs
     from servecheck.checks.records import check_records
+    from servecheck.checks.seeds import check_seeds
     from servecheck.checks.support import check_support
     from servecheck.checks.template import check_template
     from servecheck.checks.termination import check_termination
 
     return [check_records(ctx), check_template(ctx), check_termination(ctx), check_greedy(ctx),
-            check_support(ctx), *check_distribution(ctx), check_logprobs(ctx)]
+            check_support(ctx), *check_distribution(ctx), check_logprobs(ctx), check_seeds(ctx)]

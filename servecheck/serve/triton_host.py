@@ -17,7 +17,9 @@ deployment): one response per token, read through ``generate_stream`` or gRPC st
 HF-side behaviours that matter are switches: ``--add-special-tokens`` tokenizes the templated
 text with special tokens added (Triton preprocessing's default, and the classic double BOS);
 ``--echo`` returns the prompt whatever ``exclude_input_in_output`` says; ``--fail-after N``
-raises after N tokens, so a stream carries good frames and then an error frame.
+raises after N tokens, so a stream carries good frames and then an error frame;
+``--ignore-seed`` runs every request with seed 0; ``--batch-variant`` adds a logit of noise to
+requests that share a batch (greedy output that changes under load).
 
 Binds 127.0.0.1 unless told otherwise.
 """
@@ -90,7 +92,8 @@ class TritonHost:
     def __init__(self, model: str = "builtin", host: str = "127.0.0.1", http_port: int = 8000,
                  grpc_port: int = 8001, metrics_port: int = 8002, seed_name: str = "seed",
                  add_special_tokens: bool = False, decoupled: bool = False, echo: bool = False,
-                 fail_after: int | None = None) -> None:
+                 fail_after: int | None = None, ignore_seed: bool = False,
+                 batch_variant: bool = False) -> None:
         self.engine = HFTarget(model)
         self.address = dict(host=host, http_port=http_port, grpc_port=grpc_port,
                             metrics_port=metrics_port)
@@ -99,13 +102,18 @@ class TritonHost:
         self.decoupled = decoupled
         self.echo = echo
         self.fail_after = fail_after
+        self.ignore_seed = ignore_seed
+        self.batch_variant = batch_variant
         self._triton = None
 
-    def _pieces(self, data: dict, names: dict[str, str]) -> Iterator[dict]:
+    def _pieces(self, data: dict, names: dict[str, str], batch: int = 1) -> Iterator[dict]:
         """The responses to one request: one per token, the prompt first when it is echoed."""
         ask = Ask.parse(data, names)
+        if self.ignore_seed:
+            ask.params = ask.params.model_copy(update={"seed": 0})
+        noise = 1.0 if self.batch_variant and batch > 1 else 0.0
         (c,) = self.engine.complete([ask.text], ask.params, self.add_special_tokens,
-                                    ask.end_ids, ask.stop or None)
+                                    ask.end_ids, ask.stop or None, noise)
         ref = self.engine.ref
         finished = c.finished or len(c.output_ids) < (ask.params.max_tokens or 1)
         if self.echo or not ask.exclude:
@@ -131,15 +139,15 @@ class TritonHost:
         # decoupled models are bound unbatched, so their tensors lose the batch dimension
         return {k: v[0] for k, v in out.items()} if self.decoupled else out
 
-    def _whole(self, data: dict, names: dict[str, str]) -> dict[str, np.ndarray]:
-        pieces = list(self._pieces(data, names))
+    def _whole(self, data: dict, names: dict[str, str], batch: int = 1) -> dict[str, np.ndarray]:
+        pieces = list(self._pieces(data, names, batch))
         reason = "stop" if pieces and pieces[-1].get("finished") else "length"
         return self._tensors("".join(p["text"] for p in pieces),
                              [x for p in pieces for x in p["logprobs"]], names, reason)
 
     def _infer_with(self, names: dict[str, str]):
         def infer(requests: list) -> list[dict]:
-            return [self._whole(r.data, names) for r in requests]
+            return [self._whole(r.data, names, len(requests)) for r in requests]
 
         def stream(requests: list) -> Iterator[list[dict]]:
             for r in requests:  # decoupled models are bound unbatched: one request per call
@@ -178,7 +186,7 @@ class TritonHost:
 
     def _bind(self) -> None:
         _libdir_on_loader_path()
-        from pytriton.model_config import ModelConfig
+        from pytriton.model_config import DynamicBatcher, ModelConfig
         from pytriton.triton import Triton, TritonConfig
 
         a = self.address
@@ -186,8 +194,10 @@ class TritonHost:
                               grpc_address=a["host"], grpc_port=a["grpc_port"],
                               metrics_address=a["host"], metrics_port=a["metrics_port"],
                               allow_gpu_metrics=False, exit_timeout_secs=5)
+        # --batch-variant holds requests 20 ms so that concurrent ones share a batch
+        batcher = DynamicBatcher(max_queue_delay_microseconds=20_000 if self.batch_variant else 0)
         model_config = (ModelConfig(batching=False, decoupled=True) if self.decoupled
-                        else ModelConfig(max_batch_size=8))
+                        else ModelConfig(max_batch_size=8, batcher=batcher))
         self._triton = Triton(config=config)
         for name, names in [(m, self.names) for m in TRTLLM_MODELS] + [(LLMAPI_MODEL, LLMAPI_NAMES)]:
             inputs, outputs = self._signature(names)

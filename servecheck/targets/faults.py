@@ -88,3 +88,16 @@ def quantize_weights(model: torch.nn.Module, bits: int) -> None:
             continue
         scale = p.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / levels
         p.copy_((p / scale).round().clamp(-levels, levels) * scale)
+
+
+class LogitNoise:
+    """A ``generate`` logits processor adding fixed pseudo-random noise of scale ``scale``: the
+    batch-dependent numerics bug of ``serve triton --batch-variant``. Big enough (1 logit) to flip
+    tokens that are not near-ties, so greedy output changes when requests share a batch."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator().manual_seed(int(input_ids.shape[1]))
+        return scores + self.scale * torch.randn(scores.shape[-1], generator=g)

@@ -37,7 +37,14 @@ from servecheck.records import Parameters, ResponseRecord, Timing
 from servecheck.reference import Reference
 from servecheck.sampling import Sampling
 from servecheck.targets import DEFAULT_MAX_TOKENS, Target
-from servecheck.targets.faults import FAULTS, SAMPLING_FAULTS, WEIGHT_FAULTS, FaultySampler, quantize_weights
+from servecheck.targets.faults import (
+    FAULTS,
+    SAMPLING_FAULTS,
+    WEIGHT_FAULTS,
+    FaultySampler,
+    LogitNoise,
+    quantize_weights,
+)
 
 
 @dataclass
@@ -129,8 +136,8 @@ class HFTarget(Target):
         return kwargs
 
     def complete(self, prompts: list[str], p: Parameters, add_special_tokens: bool = False,
-                 end_ids: list[int] | None = None, stop_strings: list[str] | None = None
-                 ) -> list[Completion]:
+                 end_ids: list[int] | None = None, stop_strings: list[str] | None = None,
+                 logit_noise: float = 0.0) -> list[Completion]:
         """Continue already-templated prompts, batched and left-padded, as a serving engine does.
 
         This is what a server receives (Triton's ``text_input``); ``generate_batch`` adds the
@@ -155,6 +162,11 @@ class HFTarget(Target):
             kwargs["eos_token_id"] = end_ids
         if stop_strings:
             kwargs.update(stop_strings=stop_strings, tokenizer=tok)
+        if logit_noise:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [*kwargs.get("logits_processor", []), LogitNoise(logit_noise)])
         with torch.inference_mode():
             out = self.ref.model.generate(**enc, **kwargs)
         logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # [B, steps, V]

@@ -1,0 +1,53 @@
+"""``servecheck probe`` against the real Triton host: a correct server passes every probe; a
+server that ignores the seed fails the seed probe (and ``check`` on its responses fails the
+seed check); a server whose greedy output changes when requests share a batch fails batch
+invariance. Fault switches are the host's (``--ignore-seed``, ``--batch-variant``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import check_json, check_named, run_cli
+from tests.test_triton import _host
+
+PROBE = ("--reference", "builtin", "--repeats", "3", "--seeds", "6", "--levels", "4", "8",
+         "--max-tokens", "24", "--numerics", "fp32")
+
+
+def _probe(address: dict[str, str], tmp_path: Path) -> tuple[int, dict[str, dict]]:
+    out = tmp_path / "probe.json"
+    code = run_cli("probe", "--target", f"triton://{address['http']}/ensemble", *PROBE,
+                   "--json", out)
+    return code, {r["name"]: r for r in json.loads(out.read_text())}
+
+
+def test_correct_server_passes_every_probe(tmp_path: Path) -> None:
+    for address in _host():
+        code, results = _probe(address, tmp_path)
+    assert code == 0, {k: (v["summary"], v["evidence"]) for k, v in results.items()}
+    assert [results[k]["verdict"] for k in ("repeatability", "seeds", "batch invariance", "stream")] \
+        == ["pass"] * 4
+
+
+def test_ignored_seed_is_caught_by_probe_and_check(tmp_path: Path) -> None:
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps({"prompt": ["Tell me a story about the fox.", "Name a colour."],
+                                   "temperature": 1.0, "seed": list(range(6)), "max_tokens": 24}))
+    out = tmp_path / "r.jsonl"
+    for address in _host(ignore_seed=True):
+        code, results = _probe(address, tmp_path)
+        assert run_cli("generate", prompts, "--target", f"triton://{address['http']}/ensemble",
+                       "--out", out, "--no-progress") == 0
+    assert code == 1 and results["seeds"]["verdict"] == "fail", results["seeds"]
+    assert results["repeatability"]["verdict"] == "pass"  # deterministic, just not seeded
+    check_code, summary = check_json(out, tmp_path, "builtin", "--numerics", "fp32")
+    assert check_code == 1 and check_named(summary, "seeds")["verdict"] == "fail"
+
+
+def test_batch_dependent_greedy_output_is_caught(tmp_path: Path) -> None:
+    for address in _host(batch_variant=True):
+        code, results = _probe(address, tmp_path)
+    batch = results["batch invariance"]
+    assert code == 1 and batch["verdict"] == "fail", batch
+    assert any("below the reference argmax" in e for e in batch["evidence"])
