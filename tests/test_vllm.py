@@ -146,3 +146,13 @@ def test_wrong_sampling_defaults_are_caught(vllm: dict[str, str], tmp_path: Path
     assert code == 1, summary
     failed = {c["name"] for c in summary["checks"] if c["verdict"] == "fail"}
     assert failed & {"fit", "temperature", "logprobs"}, _failures(summary)
+
+
+def test_probes_pass_on_honest_vllm(vllm: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "probe.json"
+    code = run_cli("probe", "--target", f"openai://{vllm['fp32']}/v1?mode=completions",
+                   "--reference", "builtin", "--repeats", "3", "--seeds", "6", "--levels", "4",
+                   "--max-tokens", "24", "--numerics", "fp32", "--json", out)
+    results = {r["name"]: r for r in json.loads(out.read_text())}
+    assert code == 0, {k: (v["summary"], v["evidence"]) for k, v in results.items()}
+    assert results["stream"]["verdict"] == "skipped"
