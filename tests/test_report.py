@@ -94,7 +94,7 @@ def test_junit_parses_back(run: dict) -> None:
     suite = root.find("testsuite")
     assert suite is not None
     cases = {c.get("name"): c for c in suite.iter("testcase")}
-    assert {"records", "template", "termination", "greedy", "support", "logprobs",
+    assert {"records", "template", "termination", "greedy", "support", "logprobs", "seeds",
             "fit[T=0.8]", "fit[T=0.8 top_p=0.9]", "temperature[T=0.8]",
             "temperature[T=0.8 top_p=0.9]"} == set(cases)
     failure = cases["greedy"].find("failure")
