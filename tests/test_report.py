@@ -101,7 +101,7 @@ def test_junit_parses_back(run: dict) -> None:
     assert failure is not None and "hard mismatch" in failure.get("message", "")
     assert "[evil]" in (failure.text or "")
     assert cases["fit[T=0.8]"].find("failure") is None
-    assert int(suite.get("tests", 0)) == 10
+    assert int(suite.get("tests", 0)) == 11
     assert int(suite.get("failures", 0)) == 2  # greedy, and termination (longer than max_tokens)
 
 
