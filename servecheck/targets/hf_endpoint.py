@@ -12,7 +12,6 @@ recorded.
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -36,14 +35,8 @@ class HFEndpointTarget(Target):
         if self.mode not in ("chat", "completions"):
             raise InputError(f"mode must be chat or completions, not '{self.mode}'", where=spec)
         self.ref = Reference(opts.get("template", "builtin"))
-        key = os.environ.get(opts.get("api_key_env", "HF_TOKEN"))
-        try:
-            self.max_concurrency = int(opts.get("concurrency", 4))
-            timeout = float(opts.get("timeout", 600))
-        except ValueError as e:
-            raise InputError(f"bad option value ({e})", where=spec) from None
-        self.http = HttpClient(url, timeout, self.max_concurrency,
-                               headers={"Authorization": f"Bearer {key}"} if key else None)
+        self.http = HttpClient.from_options(spec, url, opts, "HF_TOKEN", concurrency=4)
+        self.max_concurrency = self.http.max_connections
 
     @classmethod
     def from_spec(cls, spec: str, rest: str) -> HFEndpointTarget:

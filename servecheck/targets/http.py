@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
 
-from servecheck.errors import TargetError
+from servecheck.errors import InputError, TargetError
 
 TRANSIENT_STATUS = (429, 503)
 CONNECT_TIMEOUT_S = 10.0
@@ -47,6 +48,20 @@ class HttpClient:
         self.headers = dict(headers or {})
         self.shorten = shorten
         self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_options(cls, spec: str, base_url: str, opts: dict[str, str], key_env: str,
+                     concurrency: int) -> HttpClient:
+        """The client a spec's ``timeout``, ``concurrency`` and ``api_key_env`` options ask for;
+        the key is read from the environment and only ever sent as a header."""
+        key = os.environ.get(opts.get("api_key_env", key_env))
+        try:
+            max_connections = int(opts.get("concurrency", concurrency))
+            timeout = float(opts.get("timeout", 600))
+        except ValueError as e:
+            raise InputError(f"bad option value ({e})", where=spec) from None
+        return cls(base_url, timeout, max_connections,
+                   headers={"Authorization": f"Bearer {key}"} if key else None)
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -22,7 +22,6 @@ The API key comes from the environment variable named by ``?api_key_env=`` (defa
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -47,15 +46,8 @@ class OpenAITarget(Target):
             raise InputError(f"mode must be chat or completions, not '{self.mode}'", where=spec)
         self.model = opts.get("model")
         self.ref = Reference(opts.get("template", "builtin"))
-        key_env = opts.get("api_key_env", "OPENAI_API_KEY")
-        key = os.environ.get(key_env)
-        try:
-            self.max_concurrency = int(opts.get("concurrency", 8))
-            timeout = float(opts.get("timeout", 600))
-        except ValueError as e:
-            raise InputError(f"bad option value ({e})", where=spec) from None
-        self.http = HttpClient(base_url, timeout, self.max_concurrency,
-                               headers={"Authorization": f"Bearer {key}"} if key else None)
+        self.http = HttpClient.from_options(spec, base_url, opts, "OPENAI_API_KEY", concurrency=8)
+        self.max_concurrency = self.http.max_connections
         self._vllm: bool | None = None
 
     @classmethod
