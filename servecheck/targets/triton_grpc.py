@@ -13,7 +13,7 @@ from typing import Any
 
 from servecheck.errors import TargetError
 from servecheck.targets.triton import TritonBase
-from servecheck.targets.trtllm import NUMPY, Interface, short_error
+from servecheck.targets.trtllm import Interface, short_error
 
 TRANSIENT = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED")
 
@@ -54,8 +54,8 @@ class TritonGrpcTarget(TritonBase):
         for name, value in sent.items():
             arr = interface.array(name, value)
             kind = interface.inputs[name]
-            tensor = grpcclient.InferInput(name, list(arr.shape), "BYTES" if NUMPY.get(kind) is
-                                           NUMPY["BYTES"] else kind)
+            wire = "BYTES" if kind in ("BYTES", "STRING") else kind  # a config's STRING is BYTES
+            tensor = grpcclient.InferInput(name, list(arr.shape), wire)
             tensor.set_data_from_numpy(arr)
             inputs.append(tensor)
         return inputs
@@ -69,11 +69,11 @@ class TritonGrpcTarget(TritonBase):
                                                    client_timeout=self.read_timeout)
                 yield _outputs(result)
                 return
-            yield_final = {"model_name": self.model, "inputs": inputs,
-                           "enable_empty_final_response": True}
+            request = {"model_name": self.model, "inputs": inputs,
+                       "enable_empty_final_response": True}  # the end of a stream is explicit
 
             async def one_request():
-                yield yield_final
+                yield request
 
             async for result, error in self.client().stream_infer(
                     one_request(), stream_timeout=self.read_timeout):
