@@ -192,6 +192,20 @@ def components(ref: Reference, rows: int = 1024) -> dict:
         return {k: timed(fn, 5) / rows * 1e6 for k, fn in steps.items()}
 
 
+def per_kind(ref: Reference, items: list[ScoreItem], budget: int) -> dict:
+    """Each sampling kind alone: seconds of ``score`` and of the decoder on the same batches, and
+    the difference per output row (vocabulary projection + statistics + host overhead, in µs)."""
+    out = {}
+    for kind in KINDS:
+        mine = [it for it in items if it.sampling == kind]
+        rows = sum(len(it.output_ids) for it in mine)
+        t_score = timed(lambda mine=mine: score(ref, mine), 2)
+        t_dec = timed(lambda mine=mine: forward_only(ref, mine, budget), 2)
+        out[kind.label()] = {"rows": rows, "score_s": t_score, "decoder_s": t_dec,
+                             "us_per_row": (t_score - t_dec) / rows * 1e6}
+    return out
+
+
 def scoring_run(ref: Reference, items: list[ScoreItem], repeat: int, **budgets: int) -> dict:
     score(ref, items[:48], **budgets)  # Triton JIT, cuBLAS handles, compiled graphs
     if torch.cuda.is_available():
@@ -268,6 +282,7 @@ def main() -> None:
     p.add_argument("--generate-cap", type=int, default=128, help="output tokens per generate()")
     p.add_argument("--breakdown", action="store_true", help="time the decoder alone too")
     p.add_argument("--components", action="store_true", help="µs per row of each block step")
+    p.add_argument("--per-kind", action="store_true", help="µs per output row, each kind alone")
     p.add_argument("--profile", action="store_true", help="torch.profiler table of 200 records")
     p.add_argument("--parallel-only", action="store_true", help="under torchrun: data parallel")
     p.add_argument("--sharded-check", action="store_true", help="device_map over all GPUs")
@@ -318,6 +333,8 @@ def main() -> None:
             result["decoder_only_tokens_per_s"] = runs[0]["tokens"] / t
         if args.components:
             result["us_per_row"] = components(ref)
+        if args.per_kind:
+            result["per_kind"] = per_kind(ref, items, args.token_budget or 32768)
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 
