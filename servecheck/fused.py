@@ -10,9 +10,11 @@ statistic is a sum over that set:
   served token; one read of the row. This alone gives the raw log-prob, margin and rank.
 - the cut: top_k from ``topk``; min_p is d ≥ ln(min_p); top_p from the sorted top candidates when
   the nucleus lies among them (the usual case), else by bracketing the cut with ``threshold_pass``
-  (8 thresholds per pass, 9 passes: the bracket shrinks 8⁹-fold, to float32 resolution).
+  over the logits' own values, ordered as integers: 16 thresholds a pass, so 4 passes pin the cut
+  to one bf16 value (65536 of them; 8 passes for float32), exactly.
 - ``support_pass``: Σ_S e^d, Σ_S e^d·d, Σ_S e^d·d², the mass above the served token (also over
-  the pre-nucleus support), and the temperature profile Σ_S e^(d/f) for the 41 factors; one read.
+  the pre-nucleus support), and the temperature profile Σ_S e^(β·d) for the 64 inverse factors
+  β of ``PROFILE``; one read.
 
 From these sums: log q(y) = d_y - log Σ_S e^d, entropy = log Σ_S e^d - E_q[d], Var_q(log q) =
 Var_q(d), top = 1/Σ_S e^d. Equal to ``transform`` in exact arithmetic (tests/test_scoring_fast.py
@@ -39,9 +41,20 @@ from servecheck.sampling import HF, Convention, Sampling
 
 CANDIDATES = 256
 """Sorted top candidates in which the top_p nucleus is looked for before bracketing."""
-ROUNDS, THRESHOLDS = 9, 8
-FLOOR = -128.0
-"""d below this has e^d = 0 in float32: the lowest a bracket ever needs to start."""
+THRESHOLDS = 16
+"""Per bracketing pass; with the first pass's split in 16, 4 passes resolve 2¹⁶ values."""
+PROFILE = (0.4, 1 / 30, 64)
+"""The temperature profile's inverse factors β = 0.4 + i/30, i < 64 (factors 1/β from 2.5 down
+to 0.4). Even steps in β, the inverse temperature, let e^(β·d) for all 64 come from 16
+exponentials on the GPU (``_kernels``) and 9 here; 41 exponentials a logit (the log-spaced grid
+this replaced) were what bounded the support pass."""
+
+
+@cache
+def betas(device: torch.device | str) -> torch.Tensor:
+    """``PROFILE``'s inverse factors, increasing, made on the device (no host copy, no sync)."""
+    b0, step, n = PROFILE
+    return b0 + step * torch.arange(n, dtype=torch.float32, device=device)
 
 
 @cache
@@ -97,24 +110,23 @@ def row_pass(z: torch.Tensor, tok: torch.Tensor, inv_t: torch.Tensor) -> RowPass
 
 def threshold_pass(z: torch.Tensor, m: torch.Tensor, inv_t: torch.Tensor, th: torch.Tensor
                    ) -> torch.Tensor:
-    """G[r, j] = Σ_{d > th[r, j]} e^d."""
+    """G[r, j] = Σ_{z > th[r, j]} e^d, thresholds in logit space (values of z's dtype)."""
     k = _kernels_for(z)
     if k is not None:
         return k.threshold_pass(z, m, inv_t, th)
-    d = (z.float() - m[:, None]) * inv_t[:, None]
-    e = d.exp()
-    return torch.stack([(e * (d > th[:, j:j + 1])).sum(1) for j in range(th.shape[1])], 1)
+    zf = z.float()
+    e = ((zf - m[:, None]) * inv_t[:, None]).exp()
+    return torch.stack([(e * (zf > th[:, j:j + 1])).sum(1) for j in range(th.shape[1])], 1)
 
 
 def support_pass(z: torch.Tensor, m: torch.Tensor, inv_t: torch.Tensor, cuts: torch.Tensor,
-                 dy: torch.Tensor, factors: torch.Tensor | None
-                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 dy: torch.Tensor, profile: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sums over the nested sets {d ≥ cuts[:, c]} (c = 0 is the support S): [Σ_c e^d for each c,
-    Σ_{c, d > dy} e^d for each c, Σ_S e^d·d, Σ_S e^d·d²] per row; with ``factors`` also the
-    temperature profile Σ_S e^(d/f) for each factor f."""
+    Σ_{c, d > dy} e^d for each c, Σ_S e^d·d, Σ_S e^d·d²] per row; with ``profile`` also the
+    temperature profile Σ_S e^(β·d) for each β of ``betas`` (increasing)."""
     k = _kernels_for(z)
     if k is not None:
-        return k.support_pass(z, m, inv_t, cuts, dy, factors)
+        return k.support_pass(z, m, inv_t, cuts, dy, PROFILE if profile else None)
     d = (z.float() - m[:, None]) * inv_t[:, None]
     e = d.exp()
     ea = e * (d > dy[:, None])
@@ -123,50 +135,78 @@ def support_pass(z: torch.Tensor, m: torch.Tensor, inv_t: torch.Tensor, cuts: to
     dd = torch.where(e0 > 0, d, torch.zeros_like(d))
     sums = torch.stack([(e * w).sum(1) for w in sets] + [(ea * w).sum(1) for w in sets]
                        + [(e0 * dd).sum(1), (e0 * dd * dd).sum(1)], 1)
-    if factors is None:
+    if not profile:
         return sums, None
+    # as the kernel does: β = b0 + (8a + b)·step, e^(β·d) = e^((b0 + 8a·step)·d) · (e^(step·d))^b
+    b0, step, n = PROFILE
     ds = torch.where(sets[0], d, torch.zeros_like(d))
-    temps = torch.stack([(torch.exp(ds / float(f)) * sets[0]).sum(1) for f in factors.tolist()], 1)
-    return sums, temps
+    fine = (ds * step).exp()
+    temps = []
+    for a in range(0, n, 8):
+        x = (ds * (b0 + a * step)).exp() * sets[0]
+        for _ in range(min(8, n - a)):
+            temps.append(x.sum(1))
+            x = x * fine
+    return sums, torch.stack(temps, 1)
+
+
+def _keys(x: torch.Tensor) -> torch.Tensor:
+    """Float values of a 16- or 32-bit dtype as int64 keys in the same order (±0 → 0), adjacent
+    values adjacent keys: the sign-magnitude bits, negatives mirrored."""
+    bits = x.view(torch.int16 if x.element_size() == 2 else torch.int32).long()
+    low = -(1 << (8 * x.element_size() - 1))
+    return torch.where(bits >= 0, bits, low - bits)
+
+
+def _values(keys: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The inverse of ``_keys``: float32 holding exactly the values of ``dtype``."""
+    size = torch.empty((), dtype=dtype).element_size()
+    low = -(1 << (8 * size - 1))
+    bits = torch.where(keys >= 0, keys, low - keys)
+    return bits.to(torch.int16 if size == 2 else torch.int32).view(dtype).float()
 
 
 def _bracket(z: torch.Tensor, m: torch.Tensor, inv_t: torch.Tensor, lo: torch.Tensor,
              hi: torch.Tensor, top_p: float, inclusive: bool) -> torch.Tensor:
-    """The nucleus cut by bracketing: invariant G(lo) ≥ P (tokens ≤ lo are out), G(hi) < P
-    (tokens ≥ hi are in), with P = top_p·G(lo) fixed by the first pass (lo starts below the
-    kept set). Returns hi once the bracket is below float32 resolution."""
-    frac = torch.arange(1, THRESHOLDS + 1, device=z.device, dtype=torch.float32) / (THRESHOLDS + 1)
+    """The nucleus cut by bracketing over the keys of z's values: invariant G(lo) ≥ P (tokens
+    ≤ lo are out), G(hi) < P (tokens ≥ hi are in), with P = top_p·G(lo) fixed by the first pass
+    (lo starts below the kept set). The first pass splits the keys 16 ways, the others 17, so
+    4 passes leave adjacent keys from 65536 (16-bit dtypes) and 8 from 2³²: hi is then the
+    smallest kept value, with no float rounding in the search. Returns it as a cut in d."""
+    rounds = 4 if z.element_size() == 2 else 8
+    j = torch.arange(THRESHOLDS, device=z.device)
     p = None
-    for r in range(ROUNDS):
-        th = lo[:, None] + (hi - lo)[:, None] * frac[None, :]
-        if r == 0:
-            th[:, 0] = lo
-        g = threshold_pass(z, m, inv_t, th)
+    for r in range(rounds):
+        width = (hi - lo)[:, None]
+        th = lo[:, None] + (width * j // THRESHOLDS if r == 0 else width * (j + 1) // (THRESHOLDS + 1))
+        g = threshold_pass(z, m, inv_t, _values(th, z.dtype))
         if p is None:
             p = top_p * g[:, 0]
         out = g > p[:, None] if inclusive else g >= p[:, None]
-        inf = torch.full_like(th, math.inf)
-        lo = torch.maximum(lo, torch.where(out, th, -inf).amax(1))
-        hi = torch.minimum(hi, torch.where(out, inf, th).amin(1))
-    return hi
+        lo = torch.maximum(lo, torch.where(out, th, torch.full_like(th, -(1 << 40))).amax(1))
+        hi = torch.minimum(hi, torch.where(out, torch.full_like(th, 1 << 40), th).amin(1))
+    return (_values(hi, z.dtype) - m) * inv_t
 
 
-def nucleus_cut(z: torch.Tensor, m: torch.Tensor, inv_t: torch.Tensor, floor: torch.Tensor,
-                total: torch.Tensor, dmin: torch.Tensor, top_p: float, inclusive: bool,
-                cand: torch.Tensor | None = None
+def nucleus_cut(z: torch.Tensor, m: torch.Tensor, inv_t: torch.Tensor, zfloor: torch.Tensor,
+                total: torch.Tensor, zmin: torch.Tensor, top_p: float, inclusive: bool,
+                zcand: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Cut (in d) of the top_p nucleus of the set {d ≥ floor}, whose Σe^d is ``total`` (NaN where
-    unknown). ``cand``: sorted top d values already at hand (top_k's), else the top CANDIDATES.
-    Returns (cut, the candidates, rows whose nucleus lies among the candidates)."""
+    """Cut (in d) of the top_p nucleus of the set {z ≥ zfloor}, whose Σe^d is ``total`` (NaN
+    where unknown). ``zcand``: sorted top logits already at hand (top_k's), else the top
+    CANDIDATES. Returns (cut, the candidates in d, rows whose nucleus lies among them)."""
     vocab = z.shape[1]
-    if cand is None:
+    floor = (zfloor - m) * inv_t
+    lowest = -int(_keys(torch.tensor(math.inf, dtype=z.dtype)))  # -inf's key, on the host
+    if zcand is None:
         k = min(vocab, CANDIDATES)
         if k < vocab and bool((k < top_p * total).all()):
             # each candidate has e^d ≤ 1, so k of them cannot hold the nucleus: bracket at once
-            cut = _bracket(z, m, inv_t, (dmin - 1).clamp(min=FLOOR), torch.zeros_like(m), top_p,
-                           inclusive)
+            cut = _bracket(z, m, inv_t, (_keys(zmin.to(z.dtype)) - 1).clamp(min=lowest),
+                           _keys(m.to(z.dtype)), top_p, inclusive)
             return cut, None, torch.zeros_like(cut, dtype=torch.bool)
-        cand = (z.topk(k, dim=1).values.float() - m[:, None]) * inv_t[:, None]
+        zcand = z.topk(k, dim=1).values
+    cand = (zcand.float() - m[:, None]) * inv_t[:, None]
     p = cand.exp() * (cand >= floor[:, None])
     cum = p.cumsum(1)
     limit = top_p * total
@@ -182,32 +222,33 @@ def nucleus_cut(z: torch.Tensor, m: torch.Tensor, inv_t: torch.Tensor, floor: to
     resolved &= torch.isfinite(limit)
     todo = (~resolved).nonzero()[:, 0]
     if len(todo):
-        f = floor[todo]
-        lo = torch.where(torch.isfinite(f), torch.nextafter(f, torch.full_like(f, -math.inf)),
-                         (dmin[todo] - 1).clamp(min=FLOOR))
-        hi = torch.where(torch.isfinite(f), torch.zeros_like(f), cand[todo, -1])
+        bounded = torch.isfinite(zfloor[todo])
+        lo = torch.where(bounded, _keys(zfloor[todo].to(z.dtype)) - 1,
+                         _keys(zmin[todo].to(z.dtype)) - 1).clamp(min=lowest)
+        hi = torch.where(bounded, _keys(m[todo].to(z.dtype)), _keys(zcand[todo, -1]))
         cut[todo] = _bracket(z[todo], m[todo], inv_t[todo], lo, hi, top_p, inclusive)
     return cut, cand, resolved
 
 
-def sampled_stats(z: torch.Tensor, s: Sampling, rp: RowPass, factors: torch.Tensor,
-                  convention: Convention = HF) -> dict[str, torch.Tensor]:
+def sampled_stats(z: torch.Tensor, s: Sampling, rp: RowPass, convention: Convention = HF
+                  ) -> dict[str, torch.Tensor]:
     """Statistics of q = S_θ(z) at the served tokens, for rows z [R, V] of penalised logits and
     their ``row_pass`` at inv_t = 1/T: the keys of ``scoring.TokenScores.stats`` less ``pit``
-    (the caller draws the uniforms). ``rule``/``slack`` are those of ``sampling.boundary_slack``,
-    from the same sums; absent under ``top_p_before_temperature`` (the caller asks
-    ``boundary_slack``)."""
+    (the caller draws the uniforms); ``temp_ll`` in order of increasing factor 1/β.
+    ``rule``/``slack`` are those of ``sampling.boundary_slack``, from the same sums; absent
+    under ``top_p_before_temperature`` (the caller asks ``boundary_slack``)."""
     rows, vocab = z.shape
     if s.greedy:
-        return _point_mass(rp, len(factors))
+        return _point_mass(rp, PROFILE[2])
     inv_t = torch.full((rows,), 1.0 / s.temperature, device=z.device, dtype=torch.float32)
     neg = torch.full((rows,), -math.inf, device=z.device)
     dy = (rp.zy - rp.m) * inv_t
-    cut_k, cand, total = neg, None, rp.st
+    cut_k, zfloor, zcand, cand, total = neg, neg, None, None, rp.st
     complete = torch.zeros_like(neg, dtype=torch.bool)
     if 0 < s.top_k < vocab:
-        cand = (z.topk(min(vocab, s.top_k + 16), dim=1).values.float() - rp.m[:, None]) * inv_t[:, None]
-        cut_k = cand[:, s.top_k - 1]
+        zcand = z.topk(min(vocab, s.top_k + 16), dim=1).values
+        cand = (zcand.float() - rp.m[:, None]) * inv_t[:, None]
+        cut_k, zfloor = cand[:, s.top_k - 1], zcand[:, s.top_k - 1].float()
         complete = cand[:, -1] < cut_k if cand.shape[1] < vocab else torch.ones_like(cut_k, dtype=torch.bool)
         mass = (cand.exp() * (cand >= cut_k[:, None])).sum(1)
         total = torch.where(complete, mass, torch.full_like(mass, math.nan))
@@ -217,34 +258,33 @@ def sampled_stats(z: torch.Tensor, s: Sampling, rp: RowPass, factors: torch.Tens
     cut_kp = cut_k
     if s.top_p < 1.0:
         if convention.top_p_before_temperature:
-            one = torch.ones_like(inv_t)
-            cut_p = nucleus_cut(z, rp.m, one, neg, rp.s1, rp.zmin - rp.m, s.top_p,
+            cut_p = nucleus_cut(z, rp.m, torch.ones_like(inv_t), neg, rp.s1, rp.zmin, s.top_p,
                                 convention.top_p_inclusive)[0] * inv_t
         else:
-            cut_p, pcand, resolved = nucleus_cut(z, rp.m, inv_t, cut_k, total,
-                                                 (rp.zmin - rp.m) * inv_t, s.top_p,
-                                                 convention.top_p_inclusive, cand)
+            cut_p, pcand, resolved = nucleus_cut(z, rp.m, inv_t, zfloor, total, rp.zmin, s.top_p,
+                                                 convention.top_p_inclusive, zcand)
             if not small and pcand is not None and bool(resolved.all()):
                 small, cand = True, pcand
         cut_kp = torch.maximum(cut_k, cut_p)
     cuts = torch.stack([torch.maximum(cut_kp, cut_min), torch.maximum(cut_k, cut_min), cut_k,
                         cut_kp], 1)
-    sums, temps = support_pass(z, rp.m, inv_t, cuts, dy, None if small else factors)
+    sums, temps = support_pass(z, rp.m, inv_t, cuts, dy, not small)
+    beta = betas(z.device)
     if small:
         assert cand is not None
         held = (cand >= cuts[:, :1])[:, :, None]
-        temps = (torch.exp(cand[:, :, None] / factors[None, None, :]) * held).sum(1)
+        temps = (torch.exp(cand[:, :, None] * beta[None, None, :]) * held).sum(1)
     assert temps is not None
     s0, s0_pre, s0_k, s0_kp, a0, a_pre, a_k, _, m1, m2 = sums.unbind(1)
     c = s0.log()
     inside = dy >= cuts[:, 0]
     mean = m1 / s0
     one = torch.ones_like(s0)
+    temp_ll = (dy[:, None] * beta[None, :] - temps.log()).flip(1)
     out = {"logq": torch.where(inside, dy - c, neg), "above": torch.where(inside, a0 / s0, one),
            "entropy": c - mean, "var": (m2 / s0 - mean * mean).clamp(min=0), "top": 1 / s0,
            "pre_nucleus_above": torch.where(dy >= cuts[:, 1], a_pre / s0_pre, one),
-           "temp_ll": torch.where(inside[:, None], dy[:, None] / factors[None, :] - temps.log(),
-                                  neg[:, None])}
+           "temp_ll": torch.where(inside[:, None], temp_ll, neg[:, None])}
     if not convention.top_p_before_temperature:
         out["rule"], out["slack"] = _explain(s, convention, inside, dy, cut_k, a_k / s0_k, s0_kp)
     return out

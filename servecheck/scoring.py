@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from servecheck.fused import row_pass, sampled_stats
+from servecheck.fused import PROFILE, row_pass, sampled_stats
 from servecheck.reference import Reference
 from servecheck.sampling import HF, Convention, Sampling, apply_penalties, boundary_slack
 
-TEMPERATURE_FACTORS = np.exp(np.linspace(np.log(0.4), np.log(2.5), 41))
-"""Grid for the temperature profile likelihood, as multiples of the requested temperature."""
+TEMPERATURE_FACTORS = 1 / (PROFILE[0] + PROFILE[1] * np.arange(PROFILE[2]))[::-1]
+"""Grid for the temperature profile likelihood, as multiples of the requested temperature: 64
+factors from 0.4 to 2.5, evenly spaced in their inverse (``fused.PROFILE`` says why)."""
 MAX_ROWS = 4096
 """Rows per logit block at most; 2048 already fill an H100 (one Triton program per row)."""
 STAT_KEYS = ("logq", "above", "entropy", "var", "top", "pre_nucleus_above", "rule", "slack")
@@ -105,14 +106,10 @@ def _counts(item: ScoreItem, rows: slice, vocab: int, convention: Convention,
     return base + onehot.cumsum(0) - onehot
 
 
-def _factors(device: torch.device) -> torch.Tensor:
-    return torch.tensor(TEMPERATURE_FACTORS, dtype=torch.float32, device=device)
-
-
 def _block_stats(logits: torch.Tensor, tok: torch.Tensor, s: Sampling | None,
                  convention: Convention, counts: torch.Tensor | None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Raw [R, 4] and, with a sampling, [R, len(STAT_KEYS) + 41] statistics of one logit block."""
+    """Raw [R, 4] and, with a sampling, [R, len(STAT_KEYS) + 64] statistics of one logit block."""
     sampled = s is not None and s.temperature > 0
     inv_t = torch.full((len(tok),), 1.0 / s.temperature if sampled else 1.0,  # type: ignore[union-attr]
                        device=logits.device, dtype=torch.float32)
@@ -123,7 +120,7 @@ def _block_stats(logits: torch.Tensor, tok: torch.Tensor, s: Sampling | None,
     if counts is not None and s.penalised:
         z = apply_penalties(logits.float(), counts, s)
         rq = row_pass(z, tok, inv_t)
-    st = sampled_stats(z, s, rq, _factors(logits.device), convention)
+    st = sampled_stats(z, s, rq, convention)
     if "rule" not in st:  # a convention the fused sums do not explain: ask boundary_slack
         st["rule"], st["slack"] = torch.zeros_like(st["logq"]), torch.zeros_like(st["logq"])
         out = torch.isinf(st["logq"]).nonzero()[:, 0]
@@ -153,6 +150,12 @@ def _group_rows(items: Sequence[ScoreItem], batch: list[int]) -> dict[Sampling |
         s = items[i].sampling
         groups.setdefault(s if s is not None and not s.greedy else None, []).append(i)
     return groups
+
+
+def _to(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on the device without waiting for the device: a blocking copy would wait
+    for every queued kernel (the forward just launched) before the next launch."""
+    return torch.from_numpy(a).to(device, non_blocking=True)
 
 
 class _Blocks:
@@ -189,11 +192,9 @@ class _Blocks:
                               np.asarray(self.items[i].output_ids, dtype=np.int64), i))
             if s is not None and s.penalised:
                 for pos, dst, tok, i in parts:
-                    self._penalised(s, flat[torch.from_numpy(pos).to(dev)],
-                                    torch.from_numpy(tok).to(dev), torch.from_numpy(dst).to(dev), i)
+                    self._penalised(s, flat[_to(pos, dev)], _to(tok, dev), _to(dst, dev), i)
                 continue
-            pos, dst, tok = (torch.from_numpy(np.concatenate([x[k] for x in parts])).to(dev)
-                             for k in range(3))
+            pos, dst, tok = (_to(np.concatenate([x[k] for x in parts]), dev) for k in range(3))
             self.pending.setdefault(s, []).append((flat[pos], tok, dst))
             if sum(len(x[1]) for x in self.pending[s]) >= self.step:
                 self._run(s, final=False)

@@ -101,7 +101,9 @@ def temperature_fit(temp_ll: np.ndarray, requested: float, factors: np.ndarray, 
     """Profile likelihood over the temperature grid: MLE, 95% interval, LR test of the request.
 
     ``temp_ll[i, g]`` is log q_i(y_i) at temperature ``requested * factors[g]``. The MLE is
-    refined by a parabola through the best grid point and its neighbours (in log-temperature).
+    refined by a parabola through the best grid point and its neighbours, in the inverse
+    temperature: the log-likelihood is concave there (a log-partition function is convex), and
+    that is the grid's own coordinate when it is evenly spaced in 1/factor, as scoring's is.
     """
     total = temperature_profile(temp_ll)
     x = np.log(requested * factors)
@@ -109,9 +111,13 @@ def temperature_fit(temp_ll: np.ndarray, requested: float, factors: np.ndarray, 
     est = x[g]
     if 0 < g < len(x) - 1 and total[g - 1] > -1e8 and total[g + 1] > -1e8:
         y0, y1, y2 = total[g - 1:g + 2]
-        denom = y0 - 2 * y1 + y2
-        if denom < 0:
-            est = x[g] + 0.5 * (y0 - y2) / denom * (x[g + 1] - x[g])
+        b0, b1, b2 = 1 / factors[g - 1:g + 2]
+        # vertex of the parabola through (b0, y0), (b1, y1), (b2, y2), any spacing
+        num = (b1 - b0) ** 2 * (y1 - y2) - (b1 - b2) ** 2 * (y1 - y0)
+        den = (b1 - b0) * (y1 - y2) - (b1 - b2) * (y1 - y0)
+        curvature = ((y2 - y1) / (b2 - b1) - (y1 - y0) / (b1 - b0)) / (b2 - b0)
+        if den != 0 and curvature < 0:
+            est = np.log(requested / (b1 - 0.5 * num / den))
     best = float(np.max(total))
     low, high = _crossings(x, total, g, best - st.chi2.ppf(0.95, 1) / 2)
     at_request = float(np.interp(np.log(requested), x, total))

@@ -9,6 +9,7 @@ conventions, penalties. ``score`` itself is checked against one unpadded forward
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -166,3 +167,49 @@ def test_score_equals_one_forward_per_item(ref: Reference) -> None:
             continue
         have = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in scores.stats.items()}
         assert_close(have, want, atol=2e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_keys_order_the_values(dtype: torch.dtype) -> None:
+    """The bracketing searches integer keys of the logits' own dtype: they must sort like the
+    values (every 16-bit value, a random float32 sample), and map back exactly."""
+    if dtype == torch.float32:
+        gen = torch.Generator().manual_seed(1)
+        bits = torch.randint(-(1 << 31), (1 << 31) - 1, (200_000,), generator=gen,
+                             dtype=torch.int64).to(torch.int32)
+    else:
+        bits = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16)
+    x = bits.view(dtype)
+    x = x[~torch.isnan(x)]
+    keys = fused._keys(x)
+    order = torch.argsort(keys)
+    assert bool((x[order][1:].float() >= x[order][:-1].float()).all())
+    assert torch.equal(fused._values(keys, dtype), x.float())
+    zeros = fused._keys(torch.tensor([0.0, -0.0], dtype=dtype))
+    assert zeros.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("scale", [0.7, 5.0])
+def test_bf16_bracket_resolves_in_four_passes(scale: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 logits whose nuclei are all bracketed (4 passes of 16 thresholds): the cut is the
+    exact one, found by sorting, and the statistics equal the definition in float32."""
+    monkeypatch.setattr(fused, "CANDIDATES", 4)
+    gen = torch.Generator().manual_seed(9)
+    z = (_draw(32, 5000, scale, gen)).bfloat16()
+    m, zmin = z.float().amax(1), z.float().amin(1)
+    inv_t = torch.full((32,), 1 / 0.7)
+    d = ((z.float() - m[:, None]) * inv_t[:, None]).sort(1, descending=True).values
+    mass = d.exp()
+    before = mass.cumsum(1) - mass
+    n = (before < 0.9 * mass.sum(1, keepdim=True)).sum(1)
+    exact = d.gather(1, (n - 1)[:, None])[:, 0]
+    neg = torch.full((32,), -math.inf)
+    cut, _, resolved = fused.nucleus_cut(z, m, inv_t, neg, mass.sum(1), zmin, 0.9, False)
+    assert not bool(resolved.all())  # most or all of the rows were bracketed
+    assert torch.equal(cut, exact)
+    for s in (Sampling(temperature=0.7, top_p=0.9), Sampling(temperature=1.2, top_p=0.5),
+              Sampling(temperature=0.9, top_k=300, top_p=0.8)):
+        tok = _tokens(z.float(), s, gen)
+        u = torch.rand(32, generator=gen)
+        assert_close(_sampled_stats(z, tok, s, HF, None, u),
+                     reference_stats(z.float(), tok, s, HF, None, u), atol=2e-5)
