@@ -176,11 +176,12 @@ def components(ref: Reference, rows: int = 1024) -> dict:
         cuts = torch.full((rows, 4), -float("inf"), device=ref.device)
         dy = (rp.zy - rp.m) * inv
         th = rp.m[:, None] + torch.linspace(-5, 0, fused.THRESHOLDS, device=ref.device)
+        every = torch.arange(rows, device=ref.device)
         kth = (logits.topk(40, dim=1).values[:, -1].float() - rp.m) * inv
         cuts40 = torch.stack([kth, kth, kth, kth], 1)
         steps = {"lm_head": lambda: _logits(ref, h), "row_pass": lambda: fused.row_pass(logits, tok, inv),
                  "topk_56": lambda: logits.topk(56, dim=1), "topk_256": lambda: logits.topk(256, dim=1),
-                 "threshold_pass": lambda: fused.threshold_pass(logits, rp.m, inv, th),
+                 "threshold_pass": lambda: fused.threshold_pass(logits, every, rp.m, inv, th),
                  "support_pass_full": lambda: fused.support_pass(logits, rp.m, inv, cuts, dy, True),
                  "support_pass_notemps": lambda: fused.support_pass(logits, rp.m, inv, cuts, dy, False),
                  "support_pass_top40": lambda: fused.support_pass(logits, rp.m, inv, cuts40, dy, True)}

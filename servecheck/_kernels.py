@@ -21,6 +21,14 @@ import triton.language as tl
 
 
 @triton.jit
+def _load(row, offs, V):
+    """One tile of the row (-inf past its end). Each loop loads two tiles ahead of the one it
+    works on: a program streams its row with one load in flight otherwise, and the passes were
+    bound by that latency, not by bandwidth or arithmetic (docs/performance.md)."""
+    return tl.load(row + offs, mask=offs < V, other=-float("inf"))
+
+
+@triton.jit
 def _row_pass(Z, stride, V, ZY, INV_T, M, ARG, RANK, S1, ST, AT, ZMIN, BLOCK: tl.constexpr):
     """Max/argmax, rank of the served token, Σexp(z-m), Σexp((z-m)/T), the part of the latter
     strictly above the served token, and the row minimum: one read of the row, online per lane."""
@@ -36,10 +44,11 @@ def _row_pass(Z, stride, V, ZY, INV_T, M, ARG, RANK, S1, ST, AT, ZMIN, BLOCK: tl
     at = tl.zeros([BLOCK], dtype=tl.float32)
     rank = tl.zeros([BLOCK], dtype=tl.int32)
     zmin = tl.full([BLOCK], float("inf"), tl.float32)
+    z1, z2 = _load(row, lanes, V), _load(row, BLOCK + lanes, V)
     for start in range(0, V, BLOCK):
         offs = start + lanes
         inside = offs < V
-        z = tl.load(row + offs, mask=inside, other=-float("inf")).to(tl.float32)
+        z, z1, z2 = z1.to(tl.float32), z2, _load(row, offs + 2 * BLOCK, V)
         new = tl.maximum(m, z)
         arg = tl.where(z > m, offs, arg)
         back = m - new
@@ -63,19 +72,21 @@ def _row_pass(Z, stride, V, ZY, INV_T, M, ARG, RANK, S1, ST, AT, ZMIN, BLOCK: tl
 
 
 @triton.jit
-def _threshold_pass(Z, stride, V, M, INV_T, TH, G, NT: tl.constexpr, BLOCK: tl.constexpr):
-    """For NT thresholds t per row, in logit space: G = Σ_{z > t} exp(d), d = (z - m)/T. The
-    thresholds are values of the row's own dtype, so the comparison is exact."""
+def _threshold_pass(Z, stride, V, ROWS, M, INV_T, TH, G, NT: tl.constexpr, BLOCK: tl.constexpr):
+    """For NT thresholds t per listed row, in logit space: G = Σ_{z > t} exp(d), d = (z - m)/T.
+    The thresholds are values of the row's own dtype, so the comparison is exact."""
     r = tl.program_id(0)
-    row = Z + r.to(tl.int64) * stride
-    m = tl.load(M + r)
-    inv_t = tl.load(INV_T + r)
+    i = tl.load(ROWS + r)
+    row = Z + i * stride
+    m = tl.load(M + i)
+    inv_t = tl.load(INV_T + i)
     js = tl.arange(0, NT)
     th = tl.load(TH + r * NT + js)
     g = tl.zeros([NT, BLOCK], dtype=tl.float32)
+    lanes = tl.arange(0, BLOCK)
+    z1, z2 = _load(row, lanes, V), _load(row, BLOCK + lanes, V)
     for start in range(0, V, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        z = tl.load(row + offs, mask=offs < V, other=-float("inf")).to(tl.float32)
+        z, z1, z2 = z1.to(tl.float32), z2, _load(row, start + 2 * BLOCK + lanes, V)
         e = tl.exp2((z - m) * inv_t * 1.4426950408889634)
         g += tl.where(z[None, :] > th[:, None], e[None, :], 0.0)
     tl.store(G + r * NT + js, tl.sum(g, 1))
@@ -87,9 +98,10 @@ def _support_pass(Z, stride, V, M, INV_T, CUTS, DY, OUT, TOUT, B0, STEP,
     """Sums over four nested sets {d ≥ cut_c} (CUTS[r, c]; c = 0 is the support S): OUT[r] =
     [Σ_c e^d for c in 0..3, Σ_{c, d > dy} e^d for c in 0..3, Σ_S e^d·d, Σ_S e^d·d²], and with
     TEMPS the temperature profile Σ_S exp(β·d) for the NA·NB inverse factors β = B0 + i·STEP:
-    since the grid is even in β, exp(β_(a·NB+b)·d) = exp((B0 + a·NB·STEP)·d) · exp(b·STEP·d),
-    so NA + NB exponentials and NA·NB multiply-adds give all of them (64 from 16 here; 41
-    exponentials a logit, at the special-function unit's rate, was what bounded this pass).
+    since the grid is even in β, exp(β_(a·NB+b)·d) = exp((B0 + a·NB·STEP)·d) · exp(STEP·d)^b,
+    so NA + 1 exponentials, NB - 1 products (a running product down the tile's first axis, in
+    registers) and NA·NB multiply-adds give all of them (64 from 9 here; 41 exponentials a
+    logit, at the special-function unit's rate, were what bounded this pass).
     Asked for only where the support is too large to sum from the top candidates. (A per-tile
     test to skip tiles without support tokens cost a block-wide barrier per tile, measured 2.6
     µs a row at top_k = 40 against 0.6 without the profile.)"""
@@ -103,15 +115,16 @@ def _support_pass(Z, stride, V, M, INV_T, CUTS, DY, OUT, TOUT, B0, STEP,
     c3 = tl.load(CUTS + r * 4 + 3)
     dy = tl.load(DY + r)
     ca = (B0 + tl.arange(0, NA).to(tl.float32) * (NB * STEP)) * 1.4426950408889634
-    cb = tl.arange(0, NB).to(tl.float32) * STEP * 1.4426950408889634
     zero = tl.zeros([BLOCK], dtype=tl.float32)
     e0, e1, e2, e3, a0, a1, a2, a3, m1, m2 = zero, zero, zero, zero, zero, zero, zero, zero, \
         zero, zero
     t = tl.zeros([NA, NB, BLOCK], dtype=tl.float32)
+    lanes = tl.arange(0, BLOCK)
+    z1, z2 = _load(row, lanes, V), _load(row, BLOCK + lanes, V)
     for start in range(0, V, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
+        offs = start + lanes
         inside = offs < V
-        z = tl.load(row + offs, mask=inside, other=-float("inf")).to(tl.float32)
+        z, z1, z2 = z1.to(tl.float32), z2, _load(row, offs + 2 * BLOCK, V)
         d = (z - m) * inv_t
         e = tl.where(inside, tl.exp2(d * 1.4426950408889634), 0.0)
         ea = tl.where(d > dy, e, 0.0)
@@ -131,7 +144,8 @@ def _support_pass(Z, stride, V, M, INV_T, CUTS, DY, OUT, TOUT, B0, STEP,
         if TEMPS:
             ds = tl.where(in0, d, -float("inf"))  # exp2(-inf · c) = 0 off the support
             big = tl.exp2(ds[None, :] * ca[:, None])
-            small = tl.exp2(tl.where(in0, d, 0.0)[None, :] * cb[:, None])
+            step = tl.exp2(tl.where(in0, d, 0.0) * (STEP * 1.4426950408889634))
+            small = tl.cumprod(tl.where(tl.arange(0, NB)[:, None] == 0, 1.0, step[None, :]), 0)
             t += big[:, None, :] * small[None, :, :]
     base = OUT + r * 10
     tl.store(base + 0, tl.sum(e0, 0))
@@ -162,14 +176,15 @@ def row_pass(z: torch.Tensor, zy: torch.Tensor, inv_t: torch.Tensor) -> list[tor
     return [m, arg, rank, s1, st, at, zmin]
 
 
-def threshold_pass(z: torch.Tensor, m: torch.Tensor, inv_t: torch.Tensor, th: torch.Tensor
-                   ) -> torch.Tensor:
-    rows, vocab = z.shape
+def threshold_pass(z: torch.Tensor, rows: torch.Tensor, m: torch.Tensor, inv_t: torch.Tensor,
+                   th: torch.Tensor) -> torch.Tensor:
+    vocab = z.shape[1]
     nt = th.shape[1]
-    g = torch.empty(rows, nt, device=z.device, dtype=torch.float32)
-    if rows:
-        _threshold_pass[(rows,)](z, z.stride(0), vocab, m.contiguous(), inv_t.contiguous(),
-                                 th.float().contiguous(), g, NT=nt, BLOCK=256, num_warps=4)
+    g = torch.empty(len(rows), nt, device=z.device, dtype=torch.float32)
+    if len(rows):
+        _threshold_pass[(len(rows),)](z, z.stride(0), vocab, rows.long().contiguous(), m.contiguous(),
+                                      inv_t.contiguous(), th.float().contiguous(), g, NT=nt,
+                                      BLOCK=256, num_warps=4)
     return g
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from servecheck.fused import PROFILE, row_pass, sampled_stats
+from servecheck.overlap import Overlap
 from servecheck.reference import Reference
 from servecheck.sampling import HF, Convention, Sampling, apply_penalties, boundary_slack
 
@@ -298,14 +299,16 @@ def score(ref: Reference, items: Sequence[ScoreItem], convention: Convention = H
                        math.nan, device=dev)
     blocks = _Blocks(ref, items, convention, logit_budget, raw, extra)
     with torch.inference_mode():
-        for batch in _batches(order, lengths, token_budget):
-            width = lengths[batch[0]]
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            for row, i in enumerate(batch):
-                seq = items[i].prompt_ids + items[i].output_ids
-                ids[row, : len(seq)] = torch.tensor(seq)
-            blocks.add(batch, _forward(ref, ids.to(first, non_blocking=True)).to(dev), offsets)
-        blocks.flush()
+        with Overlap(dev) as overlap:  # batch i's statistics run while the decoder runs batch i+1
+            for batch in _batches(order, lengths, token_budget):
+                ids = np.full((len(batch), lengths[batch[0]]), pad, dtype=np.int64)
+                for row, i in enumerate(batch):
+                    p = len(items[i].prompt_ids)
+                    ids[row, :p] = items[i].prompt_ids
+                    ids[row, p:lengths[i]] = items[i].output_ids
+                hidden = _forward(ref, torch.from_numpy(ids).to(first, non_blocking=True)).to(dev)
+                overlap.submit(blocks.add, batch, hidden, offsets)
+            overlap.submit(blocks.flush)
         raw_np, extra_np = raw.cpu().numpy(), extra.cpu().numpy()
     return [_unpack(it, raw_np[o:o + n], extra_np[o:o + n])
             for it, o, n in zip(items, offsets.values(), n_out, strict=True)]

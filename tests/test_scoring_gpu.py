@@ -99,3 +99,23 @@ def test_score_gpu_equals_cpu() -> None:
         worst[k] = float(err.max()) if len(err) else 0.0
     print(f"\nscore(): {same.mean():.4f} of {len(same)} rows agree on the support; max |gpu - cpu| "
           + ", ".join(f"{k} {v:.2e}" for k, v in sorted(worst.items())))
+
+
+def test_overlap_runs_in_order_and_raises_worker_errors() -> None:
+    """The statistics worker (servecheck.overlap): calls run in the order submitted, on the side
+    stream, and an exception there is raised in the caller."""
+    from servecheck.overlap import Overlap
+
+    seen: list[tuple[int, bool]] = []
+    x = torch.arange(4, device="cuda")
+    with Overlap(torch.device("cuda")) as overlap:
+        for i in range(5):
+            overlap.submit(lambda i, t: seen.append((i, torch.cuda.current_stream() == overlap.stream)),
+                           i, x)
+    assert seen == [(i, True) for i in range(5)]
+
+    def fail() -> None:
+        raise ValueError("worker")
+
+    with pytest.raises(ValueError, match="worker"), Overlap(torch.device("cuda")) as overlap:
+        overlap.submit(fail)
