@@ -2,8 +2,11 @@
 
 ``torchrun --nproc-per-node=N`` starts one process per GPU and sets up ``torch.distributed``;
 each process holds a whole reference on its GPU, scores its share of the items (shares balanced
-by token count, longest first onto the least loaded rank, so every rank sees the same split) and
-``all_gather_object`` hands every rank all the scores, in the order of ``items``.
+by token count, longest first onto the least loaded rank, so every rank sees the same split), and
+one ``all_gather`` of the per-row tensors (padded to the longest share; NCCL, GPU to GPU) hands
+every rank all the rows, which it puts back in the order of ``items``. (Pickling the scores
+through ``all_gather_object`` instead cost most of what two GPUs lost to one; run 6 of
+benchmarks/results/scoring/NOTES.md.)
 
 A reference too large for one GPU is the other case: ``Reference(spec, device="auto")`` lets
 accelerate's ``device_map="auto"`` place its layers over the GPUs, and ``score`` runs it as one
@@ -16,11 +19,12 @@ import heapq
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from servecheck.reference import Reference
 from servecheck.sampling import HF, Convention
-from servecheck.scoring import ScoreItem, TokenScores, score
+from servecheck.scoring import ScoreItem, TokenScores, score, score_rows, unpack
 
 
 def init_from_torchrun() -> tuple[int, int]:
@@ -57,13 +61,31 @@ def score_data_parallel(ref: Reference, items: Sequence[ScoreItem], convention: 
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return score(ref, items, convention, **budgets)
-    mine = shares(items, dist.get_world_size())[dist.get_rank()]
-    scored = score(ref, [items[i] for i in mine], convention, **budgets)
-    gathered: list[tuple[list[int], list[TokenScores]] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (mine, scored))
-    out: list[TokenScores | None] = [None] * len(items)
-    for part in gathered:
-        assert part is not None
-        for i, s in zip(*part, strict=True):
-            out[i] = s
-    return [s for s in out if s is not None]
+    parts = shares(items, dist.get_world_size())
+    sampled = any(it.sampling is not None and not it.sampling.greedy for it in items)
+    mine = parts[dist.get_rank()]
+    raw, extra = score_rows(ref, [items[i] for i in mine], convention, sampled=sampled, **budgets)
+    rows = [sum(len(items[i].output_ids) for i in part) for part in parts]
+    gathered = [_gather(t, max(rows)) for t in (raw, extra)]
+    # rank r's rows sit at r·max(rows) in the gathered tensors, its items' rows one after another
+    start: dict[int, int] = {}
+    for r, part in enumerate(parts):
+        at = r * max(rows)
+        for i in part:
+            start[i] = at
+            at += len(items[i].output_ids)
+    perm = np.concatenate([np.arange(start[i], start[i] + len(it.output_ids))
+                           for i, it in enumerate(items)]).astype(np.int64)
+    raw_all, extra_all = (g.cpu().numpy()[perm] for g in gathered)
+    return unpack(items, raw_all, extra_all)
+
+
+def _gather(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """Every rank's ``t`` padded to ``rows`` rows, stacked rank after rank."""
+    import torch.distributed as dist
+
+    padded = torch.zeros(rows, t.shape[1], dtype=t.dtype, device=t.device)
+    padded[: len(t)] = t
+    out = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, padded)  # the list form: gloo (CPU) has it too
+    return torch.cat(out)

@@ -282,6 +282,17 @@ def score(ref: Reference, items: Sequence[ScoreItem], convention: Convention = H
     Budgets default by device: 8192 tokens and 4M logits per block on CPU; 32768 tokens and 512M
     logits (1 GiB of bf16 logits, whatever the vocabulary) on CUDA.
     """
+    raw, extra = score_rows(ref, items, convention, token_budget, logit_budget)
+    return unpack(items, raw.cpu().numpy(), extra.cpu().numpy())
+
+
+def score_rows(ref: Reference, items: Sequence[ScoreItem], convention: Convention = HF,
+               token_budget: int | None = None, logit_budget: int | None = None,
+               sampled: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``score``'s numbers as two tensors on the scoring device, one row per output token in item
+    order: raw [rows, 4] (log-prob, argmax, margin, rank) and extra [rows, 8 + 64] (``STAT_KEYS``
+    then ``temp_ll``; NaN for unsampled items; no columns unless ``sampled``, which defaults to
+    whether any item is sampled)."""
     dev = ref.model.get_output_embeddings().weight.device  # where the statistics are computed
     cuda = dev.type == "cuda"
     token_budget = token_budget or (32768 if cuda else 8192)
@@ -291,37 +302,50 @@ def score(ref: Reference, items: Sequence[ScoreItem], convention: Convention = H
     n_out = [len(it.output_ids) for it in items]
     offsets = dict(zip(range(len(items)), np.cumsum([0, *n_out])[:-1].tolist(), strict=True))
     total = sum(n_out)
-    sampled = any(it.sampling is not None and not it.sampling.greedy for it in items)
+    if sampled is None:
+        sampled = any(it.sampling is not None and not it.sampling.greedy for it in items)
     pad = ref.tokenizer.pad_token_id or 0
     first = ref.model.get_input_embeddings().weight.device  # differs from dev under a device_map
     raw = torch.zeros(total, 4, device=dev)
     extra = torch.full((total, len(STAT_KEYS) + len(TEMPERATURE_FACTORS) if sampled else 0),
                        math.nan, device=dev)
     blocks = _Blocks(ref, items, convention, logit_budget, raw, extra)
-    with torch.inference_mode():
-        with Overlap(dev) as overlap:  # batch i's statistics run while the decoder runs batch i+1
-            for batch in _batches(order, lengths, token_budget):
-                ids = np.full((len(batch), lengths[batch[0]]), pad, dtype=np.int64)
-                for row, i in enumerate(batch):
-                    p = len(items[i].prompt_ids)
-                    ids[row, :p] = items[i].prompt_ids
-                    ids[row, p:lengths[i]] = items[i].output_ids
-                hidden = _forward(ref, torch.from_numpy(ids).to(first, non_blocking=True)).to(dev)
-                overlap.submit(blocks.add, batch, hidden, offsets)
-            overlap.submit(blocks.flush)
-        raw_np, extra_np = raw.cpu().numpy(), extra.cpu().numpy()
-    return [_unpack(it, raw_np[o:o + n], extra_np[o:o + n])
-            for it, o, n in zip(items, offsets.values(), n_out, strict=True)]
+    # batch i's statistics run (on the worker) while the decoder runs batch i+1
+    with torch.inference_mode(), Overlap(dev) as overlap:
+        for batch in _batches(order, lengths, token_budget):
+            ids = np.full((len(batch), lengths[batch[0]]), pad, dtype=np.int64)
+            for row, i in enumerate(batch):
+                p = len(items[i].prompt_ids)
+                ids[row, :p] = items[i].prompt_ids
+                ids[row, p:lengths[i]] = items[i].output_ids
+            hidden = _forward(ref, torch.from_numpy(ids).to(first, non_blocking=True)).to(dev)
+            overlap.submit(blocks.add, batch, hidden, offsets)
+        overlap.submit(blocks.flush)
+    return raw, extra
 
 
-def _unpack(item: ScoreItem, raw: np.ndarray, extra: np.ndarray) -> TokenScores:
-    stats: dict[str, np.ndarray] = {}
-    if item.sampling is not None and not item.sampling.greedy:
-        stats = {k: extra[:, j] for j, k in enumerate(STAT_KEYS)}
-        stats["rule"] = stats["rule"].astype(np.int64).astype(np.float32)
-        u = np.random.default_rng(item.seed).random(len(item.output_ids)).astype(np.float32)
-        stats["pit"] = stats["above"] + u * np.exp(stats["logq"])
-        stats["temp_ll"] = extra[:, len(STAT_KEYS):]
-    return TokenScores(token_ids=np.asarray(item.output_ids, dtype=np.int64), logprob=raw[:, 0],
-                       argmax=raw[:, 1].astype(np.int64), margin=raw[:, 2],
-                       rank=raw[:, 3].astype(np.int64), stats=stats)
+def unpack(items: Sequence[ScoreItem], raw: np.ndarray, extra: np.ndarray) -> list[TokenScores]:
+    """``score_rows``'s arrays (on the host) as one ``TokenScores`` per item: views into them, with
+    the randomised PIT drawn here from each item's seed (column by column for all rows at once;
+    per item, only the draw and the slicing)."""
+    n_out = [len(it.output_ids) for it in items]
+    ends = np.cumsum([0, *n_out])
+    cols: dict[str, np.ndarray] = {}
+    if extra.shape[1]:
+        cols = {k: extra[:, j] for j, k in enumerate(STAT_KEYS)}
+        cols["rule"] = np.nan_to_num(cols["rule"]).astype(np.int64).astype(np.float32)
+        u = np.zeros(len(extra), dtype=np.float32)
+        for it, a, b in zip(items, ends[:-1], ends[1:], strict=True):
+            if it.sampling is not None and not it.sampling.greedy:
+                u[a:b] = np.random.default_rng(it.seed).random(b - a)
+        cols["pit"] = cols["above"] + u * np.exp(cols["logq"])
+        cols["temp_ll"] = extra[:, len(STAT_KEYS):]
+    argmax, rank = raw[:, 1].astype(np.int64), raw[:, 3].astype(np.int64)
+    out = []
+    for it, a, b in zip(items, ends[:-1], ends[1:], strict=True):
+        sampled = it.sampling is not None and not it.sampling.greedy
+        out.append(TokenScores(token_ids=np.asarray(it.output_ids, dtype=np.int64),
+                               logprob=raw[a:b, 0], argmax=argmax[a:b], margin=raw[a:b, 2],
+                               rank=rank[a:b], stats={k: v[a:b] for k, v in cols.items()}
+                               if sampled else {}))
+    return out
