@@ -88,6 +88,8 @@ class RowPass:
     at: torch.Tensor
     """Σ exp(d) over tokens whose logit is strictly above the served token's."""
     zmin: torch.Tensor
+    lanes: torch.Tensor | None = None
+    """Per-lane maxima of the Triton pass (asked for where top candidates will be needed)."""
 
     def raw(self) -> torch.Tensor:
         """[logprob, argmax, margin, rank] per row (temperature 1, no truncation)."""
@@ -95,11 +97,12 @@ class RowPass:
                             self.rank.float()], dim=1)
 
 
-def row_pass(z: torch.Tensor, tok: torch.Tensor, inv_t: torch.Tensor) -> RowPass:
+def row_pass(z: torch.Tensor, tok: torch.Tensor, inv_t: torch.Tensor, lanes: bool = False
+             ) -> RowPass:
     zy = z.gather(1, tok[:, None])[:, 0].float()
     k = _kernels_for(z)
     if k is not None:
-        return RowPass(zy, *k.row_pass(z, zy, inv_t))
+        return RowPass(zy, *k.row_pass(z, zy, inv_t, lanes))
     zf = z.float()
     m, arg = zf.max(1)
     d1 = zf - m[:, None]
@@ -107,6 +110,17 @@ def row_pass(z: torch.Tensor, tok: torch.Tensor, inv_t: torch.Tensor) -> RowPass
     above = zf > zy[:, None]
     return RowPass(zy, m, arg, above.sum(1), d1.exp().sum(1), et.sum(1), (et * above).sum(1),
                    zf.amin(1))
+
+
+def top_values(z: torch.Tensor, k: int, lanes: torch.Tensor | None) -> torch.Tensor:
+    """The k largest values of each row of z, sorted (``topk``'s values): from the lane maxima of
+    the row pass where it kept them (``RowPass.lanes``), else ``torch.topk``."""
+    kern = _kernels_for(z)
+    if kern is not None and lanes is not None and k <= lanes.shape[1] // 4:
+        top = kern.top_values(z, k, lanes)
+        if top is not None:
+            return top
+    return z.topk(k, dim=1).values
 
 
 def threshold_pass(z: torch.Tensor, rows: torch.Tensor, m: torch.Tensor, inv_t: torch.Tensor,
@@ -228,11 +242,12 @@ def _bracket(z: torch.Tensor, rows: torch.Tensor, m: torch.Tensor, inv_t: torch.
 
 def nucleus_cut(z: torch.Tensor, m: torch.Tensor, inv_t: torch.Tensor, zfloor: torch.Tensor,
                 total: torch.Tensor, zmin: torch.Tensor, top_p: float, inclusive: bool,
-                zcand: torch.Tensor | None = None
+                zcand: torch.Tensor | None = None, lanes: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Cut (in d) of the top_p nucleus of the set {z ≥ zfloor}, whose Σe^d is ``total`` (NaN
     where unknown). ``zcand``: sorted top logits already at hand (top_k's), else the top
-    CANDIDATES. Returns (cut, the candidates in d, rows whose nucleus lies among them)."""
+    CANDIDATES (from the row pass's ``lanes`` where given). Returns (cut, the candidates in d,
+    rows whose nucleus lies among them)."""
     vocab = z.shape[1]
     floor = (zfloor - m) * inv_t
     lowest = -int(_keys(torch.tensor(math.inf, dtype=z.dtype)))  # -inf's key, on the host
@@ -244,7 +259,7 @@ def nucleus_cut(z: torch.Tensor, m: torch.Tensor, inv_t: torch.Tensor, zfloor: t
             cut = _bracket(z, every, m, inv_t, (_keys(zmin.to(z.dtype)) - 1).clamp(min=lowest),
                            _keys(m.to(z.dtype)), top_p, inclusive)
             return cut, None, torch.zeros_like(cut, dtype=torch.bool)
-        zcand = z.topk(k, dim=1).values
+        zcand = top_values(z, k, lanes)
     cand = (zcand.float() - m[:, None]) * inv_t[:, None]
     p = cand.exp() * (cand >= floor[:, None])
     cum = p.cumsum(1)
@@ -285,7 +300,7 @@ def sampled_stats(z: torch.Tensor, s: Sampling, rp: RowPass, convention: Convent
     cut_k, zfloor, zcand, cand, total = neg, neg, None, None, rp.st
     complete = torch.zeros_like(neg, dtype=torch.bool)
     if 0 < s.top_k < vocab:
-        zcand = z.topk(min(vocab, s.top_k + 16), dim=1).values
+        zcand = top_values(z, min(vocab, s.top_k + 16), rp.lanes)
         cand = (zcand.float() - rp.m[:, None]) * inv_t[:, None]
         cut_k, zfloor = cand[:, s.top_k - 1], zcand[:, s.top_k - 1].float()
         complete = cand[:, -1] < cut_k if cand.shape[1] < vocab else torch.ones_like(cut_k, dtype=torch.bool)
@@ -298,10 +313,10 @@ def sampled_stats(z: torch.Tensor, s: Sampling, rp: RowPass, convention: Convent
     if s.top_p < 1.0:
         if convention.top_p_before_temperature:
             cut_p = nucleus_cut(z, rp.m, torch.ones_like(inv_t), neg, rp.s1, rp.zmin, s.top_p,
-                                convention.top_p_inclusive)[0] * inv_t
+                                convention.top_p_inclusive, lanes=rp.lanes)[0] * inv_t
         else:
             cut_p, pcand, resolved = nucleus_cut(z, rp.m, inv_t, zfloor, total, rp.zmin, s.top_p,
-                                                 convention.top_p_inclusive, zcand)
+                                                 convention.top_p_inclusive, zcand, rp.lanes)
             if not small and pcand is not None and bool(resolved.all()):
                 small, cand = True, pcand
         cut_kp = torch.maximum(cut_k, cut_p)

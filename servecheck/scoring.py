@@ -114,13 +114,14 @@ def _block_stats(logits: torch.Tensor, tok: torch.Tensor, s: Sampling | None,
     sampled = s is not None and s.temperature > 0
     inv_t = torch.full((len(tok),), 1.0 / s.temperature if sampled else 1.0,  # type: ignore[union-attr]
                        device=logits.device, dtype=torch.float32)
-    rp = row_pass(logits, tok, inv_t)
+    lanes = sampled and (s.top_k > 0 or s.top_p < 1)  # type: ignore[union-attr]  # candidates ahead
+    rp = row_pass(logits, tok, inv_t, lanes)
     if s is None:
         return rp.raw(), None
     z, rq = logits, rp
     if counts is not None and s.penalised:
         z = apply_penalties(logits.float(), counts, s)
-        rq = row_pass(z, tok, inv_t)
+        rq = row_pass(z, tok, inv_t, lanes)
     st = sampled_stats(z, s, rq, convention)
     if "rule" not in st:  # a convention the fused sums do not explain: ask boundary_slack
         st["rule"], st["slack"] = torch.zeros_like(st["logq"]), torch.zeros_like(st["logq"])

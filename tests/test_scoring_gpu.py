@@ -119,3 +119,22 @@ def test_overlap_runs_in_order_and_raises_worker_errors() -> None:
 
     with pytest.raises(ValueError, match="worker"), Overlap(torch.device("cuda")) as overlap:
         overlap.submit(fail)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_top_values_equal_topk(dtype: torch.dtype) -> None:
+    """The candidates from the row pass's lane maxima (servecheck._kernels.top_values) are
+    torch.topk's values, ties included; a row with more than ``cap`` values at the floor falls
+    back (None)."""
+    from servecheck import _kernels
+
+    gen = torch.Generator().manual_seed(13)
+    z = (torch.randn(64, 262144, generator=gen) * 2).to(dtype).cuda()
+    z[:4, :50] = z[:4].amax(1, keepdim=True)  # ties at the top
+    rows = _kernels.row_pass(z, z[:, 0].float(), torch.ones(64, device="cuda"), True)
+    for k in (56, 256):
+        top = _kernels.top_values(z, k, rows[-1])
+        assert top is not None and torch.equal(top, z.topk(k, dim=1).values)
+    z[:, :1000] = 100.0
+    rows = _kernels.row_pass(z, z[:, 0].float(), torch.ones(64, device="cuda"), True)
+    assert _kernels.top_values(z, 56, rows[-1]) is None
