@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -46,7 +48,8 @@ def cmd_generate(a: argparse.Namespace, console: Console) -> int:
 def run_check(responses: Path, reference: str, numerics: str, console: Console,
               json_out: Path | None = None, title: str | None = None, alpha: float = 0.01,
               convention: Convention = HF, logit_tolerance: float | None = None,
-              report: Path | None = None, junit: Path | None = None, progress: bool = True) -> int:
+              report: Path | None = None, junit: Path | None = None, progress: bool = True,
+              device: str | None = None, dtype: str = "float32") -> int:
     from servecheck.checks import CheckContext, run_checks
     from servecheck.outputs import write_outputs
     from servecheck.progress import teacher_force
@@ -55,8 +58,15 @@ def run_check(responses: Path, reference: str, numerics: str, console: Console,
     from servecheck.summary import overall, print_table
 
     records = read_records(responses)
-    ref = Reference(reference)
+    ctx_score, rank = _scoring_setup()
+    if rank:  # another torchrun rank: it scores its share, rank 0 reports
+        console = Console(quiet=True)
+    if ctx_score is not None and device in (None, "cuda") and torch_cuda():
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+    ref = Reference(reference, dtype=dtype, device=device or ("cuda" if torch_cuda() else "cpu"))
     ctx = CheckContext(records, ref, numerics, convention, alpha)
+    if ctx_score is not None:
+        ctx.score_fn = ctx_score
     if logit_tolerance is not None:
         ctx.numerics = replace(ctx.numerics, logit=logit_tolerance)
     teacher_force(ctx, console, progress)
@@ -65,17 +75,37 @@ def run_check(responses: Path, reference: str, numerics: str, console: Console,
     print_table(results, console, title)
     meta = {"reference": reference, "responses": str(responses), "records": len(records),
             "numerics": numerics, "alpha": alpha, "convention": convention.describe()}
-    write_outputs(console, ctx, results, meta, title, json_out, report, junit)
+    if not rank:
+        write_outputs(console, ctx, results, meta, title, json_out, report, junit)
     return EXIT_PASS if overall(results) == "pass" else EXIT_FAIL
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _scoring_setup() -> tuple[Any, int]:
+    """Under ``torchrun`` (several processes, one GPU each): join the process group and score
+    through ``parallel.score_data_parallel``; returns (that scorer, this rank). Alone: (None, 0)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None, 0
+    from servecheck.parallel import init_from_torchrun, score_data_parallel
+
+    rank, _ = init_from_torchrun()
+    return score_data_parallel, rank
 
 
 def cmd_check(a: argparse.Namespace, console: Console) -> int:
     if not 0 < a.alpha < 1:
         raise InputError(f"--alpha must be in (0, 1), got {a.alpha}")
     convention = Convention(a.top_p_before_temperature, a.top_p_inclusive, a.penalty_scope)
+    if a.device and a.device != "cpu" and not torch_cuda():
+        raise InputError(f"--device {a.device}: this machine has no CUDA GPU")
     return run_check(a.responses, a.reference, a.numerics, console, a.json, alpha=a.alpha,
                      convention=convention, logit_tolerance=a.logit_tolerance, report=a.report,
-                     junit=a.junit, progress=not a.no_progress)
+                     junit=a.junit, progress=not a.no_progress, device=a.device, dtype=a.dtype)
 
 
 def cmd_compare(a: argparse.Namespace, console: Console) -> int:
@@ -198,6 +228,11 @@ def parser() -> argparse.ArgumentParser:
                    help="override the near-tie tolerance in logits (greedy and top_k boundary)")
     c.add_argument("--alpha", type=float, default=0.01,
                    help="family-wise false-alarm rate of the statistical checks (Holm)")
+    c.add_argument("--device", help="where the reference scores: cpu, cuda, cuda:N, or auto / "
+                                    "balanced (spread over the GPUs by accelerate); default cuda "
+                                    "when there is one. Under torchrun each rank uses its own GPU")
+    c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="the reference's weights and activations (default float32)")
     conv = c.add_argument_group("sampling convention (where engines differ; default: HF)")
     conv.add_argument("--top-p-before-temperature", action="store_true",
                       help="the nucleus is chosen on temperature-1 probabilities")

@@ -1,7 +1,7 @@
 """Per-token statistics of q = S_θ(z) without materialising q: a few streaming passes per row.
 
 ``sampling.transform`` defines q by sorting the whole vocabulary and building [rows, vocab]
-masks and log-softmaxes; at a 262k vocabulary that is megabytes of traffic per token (and 41
+masks and log-softmaxes; at a 262k vocabulary that is megabytes of traffic per token (and 64
 more log-softmaxes for the temperature profile). Every rule of S_θ keeps a *top set* of the
 (penalised) logits, so the support is {d ≥ cut} for one cut per row, d = (z - max z)/T, and every
 statistic is a sum over that set:

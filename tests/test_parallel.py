@@ -57,3 +57,30 @@ def test_two_ranks_equal_one_process(ref, tmp_path) -> None:
                                                                 for s in want]), atol=1e-5)
         np.testing.assert_allclose(got["temp"], np.concatenate([s.stats["temp_ll"] for s in want
                                                                 if s.stats]), atol=1e-5)
+
+
+def test_check_under_torchrun_equals_one_process(lite_responses, tmp_path) -> None:
+    """``torchrun --nproc-per-node=2 -m servecheck.cli check``: the ranks share the scoring, rank 0
+    alone writes the summary, and it says what a single process says."""
+    import json
+    import subprocess
+    import sys
+
+    from servecheck.cli import main
+
+    one = tmp_path / "one.json"
+    code = main(["check", str(lite_responses), "--json", str(one), "--no-progress"])
+    two = tmp_path / "two.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node=2", "-m", "servecheck.cli", "check", str(lite_responses),
+                          "--json", str(two), "--no-progress"], capture_output=True, text=True,
+                         env=env, timeout=600, cwd=tmp_path)
+    assert run.returncode == code, run.stderr[-2000:]
+    assert run.stdout.count("summary written to") == 1  # rank 0 only
+
+    def verdicts(path):
+        doc = json.loads(path.read_text())
+        return [(c["name"], c["verdict"], c["findings_total"]) for c in doc["checks"]]
+
+    assert verdicts(two) == verdicts(one)

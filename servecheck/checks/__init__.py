@@ -80,6 +80,9 @@ class CheckContext:
         self.convention = convention
         self.alpha = alpha
         self._scores: dict[int, TokenScores] = {}
+        self.score_fn: Callable[..., list[TokenScores]] = score
+        """``score``, or ``parallel.score_data_parallel`` under torchrun (every rank calls it
+        with the same items in the same order, so the collective lines up)."""
         self._prompt_ids: dict[int, tuple[list[int], str]] = {}
         self._output_ids: dict[int, tuple[list[int], str]] = {}
 
@@ -135,7 +138,7 @@ class CheckContext:
         missing = [i for i in indices if i not in cache]
         if missing:
             items = [self._item(i) for i in missing]
-            for i, s in zip(missing, score(self.ref, items, self.convention), strict=True):
+            for i, s in zip(missing, self.score_fn(self.ref, items, self.convention), strict=True):
                 cache[i] = s
         return {i: cache[i] for i in indices}
 
