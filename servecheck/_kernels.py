@@ -51,18 +51,21 @@ def _row_pass(Z, stride, V, ZY, INV_T, M, ARG, RANK, S1, ST, AT, ZMIN, LANES,
         offs = start + lanes
         inside = offs < V
         z, z1, z2 = z1.to(tl.float32), z2, _load(row, offs + 2 * BLOCK, V)
-        new = tl.maximum(m, z)
-        arg = tl.where(z > m, offs, arg)
-        back = m - new
-        et = tl.exp2((z - new) * c)
+        # online sums with one exponential per sum, not two: either z is the lane's new
+        # maximum (the sums scale by e^(m - z), z adds 1) or it is not (it adds e^(z - m)),
+        # and both are e^(-|z - m|); the pass was bound by the special-function unit
+        up = z > m
+        gap = -tl.abs(z - m)
+        x1 = tl.exp2(gap * 1.4426950408889634)
+        xt = tl.exp2(gap * c)
         above = z > zy
-        s1 = s1 * tl.exp2(back * 1.4426950408889634) + tl.exp2((z - new) * 1.4426950408889634)
-        keep = tl.exp2(back * c)
-        st = st * keep + et
-        at = at * keep + tl.where(above, et, 0.0)
+        s1 = tl.where(up, s1 * x1 + 1.0, s1 + x1)
+        st = tl.where(up, st * xt + 1.0, st + xt)
+        at = tl.where(up, at * xt + tl.where(above, 1.0, 0.0), at + tl.where(above, xt, 0.0))
+        arg = tl.where(up, offs, arg)
         rank += above.to(tl.int32)
         zmin = tl.minimum(zmin, tl.where(inside, z, float("inf")))
-        m = new
+        m = tl.maximum(m, z)
     if KEEP_LANES:
         tl.store(LANES + r * BLOCK + lanes, m)
     top = tl.max(m, 0)
