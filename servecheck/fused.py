@@ -193,8 +193,8 @@ def _bracket(z: torch.Tensor, rows: torch.Tensor, m: torch.Tensor, inv_t: torch.
     that holds the cut); then passes alternate: the 16 keys around where G, interpolated
     linearly between lo and hi, crosses P (on near-uniform rows that lands within a key or two,
     so most rows finish in three passes), and 16 keys evenly spaced (a 17-fold shrink, so every
-    row finishes). Each pass reads only the rows not yet done; checking which
-    are is the one sync a pass. Returns the cuts in d."""
+    row finishes). Each pass reads only the rows not yet done; finding which those are is the one
+    sync a pass. Returns the cuts in d."""
     dtype = z.dtype
     j = torch.arange(THRESHOLDS, device=z.device)
     vlo, vhi = _values(lo + 1, dtype), _values(hi, dtype)  # lo may be -inf's key: lo + 1 is finite
