@@ -52,6 +52,9 @@ def test_missing_prompts_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ("tgi://x", "unknown target"),
     ("hf:builtin?fault=nope", "unknown fault"),
     ("hf:builtin?colour=red", "unknown option"),
+    ("triton://127.0.0.1:1/ensemble?colour=red", "unknown option(s) ['colour']"),
+    ("openai://127.0.0.1:1?colour=red", "unknown option(s) ['colour']"),
+    ("hf-endpoint://127.0.0.1:1?colour=red", "unknown option(s) ['colour']"),
     ("hf:/does/not/exist", "not a folder"),
 ])
 def test_bad_target(tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str,

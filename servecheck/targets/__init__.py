@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from urllib.parse import parse_qs
 
 from servecheck.errors import InputError
 from servecheck.prompts import Request
@@ -16,6 +18,17 @@ from servecheck.records import ResponseRecord
 
 DEFAULT_MAX_TOKENS = 256
 """Sent when a request names no max_tokens, so every target caps generation the same way."""
+
+def spec_options(query: str, known: Iterable[str], spec: str) -> dict[str, list[str]]:
+    """The ``?key=value&…`` options of a target spec, every value of each key in order; an
+    option the target does not know is bad input, named with the ones it does."""
+    opts = parse_qs(query)
+    known = list(known)
+    unknown = sorted(set(opts) - set(known))
+    if unknown:
+        raise InputError(f"unknown option(s) {unknown} (known: {', '.join(known)})", where=spec)
+    return opts
+
 
 # scheme -> "module:class"; nothing here is imported until a spec uses it.
 REGISTRY: dict[str, str] = {

@@ -15,13 +15,13 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from servecheck.errors import InputError, TargetError
 from servecheck.prompts import Request
 from servecheck.records import ResponseRecord, Timing
 from servecheck.reference import Reference
-from servecheck.targets import DEFAULT_MAX_TOKENS, Target
+from servecheck.targets import DEFAULT_MAX_TOKENS, Target, spec_options
 from servecheck.targets.http import HttpClient
 
 OPTIONS = ("mode", "template", "api_key_env", "timeout", "concurrency")
@@ -44,11 +44,7 @@ class HFEndpointTarget(Target):
         url = urlsplit(("https:" if tls else "http:") + rest)
         if not url.hostname:
             raise InputError("expected hf-endpoint://HOST[:PORT][/PATH]", where=spec)
-        opts = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        unknown = sorted(set(opts) - set(OPTIONS))
-        if unknown:
-            raise InputError(f"unknown option(s) {unknown} (known: {', '.join(OPTIONS)})",
-                             where=spec)
+        opts = {k: v[-1] for k, v in spec_options(url.query, OPTIONS, spec).items()}
         port = f":{url.port}" if url.port else ""
         return cls(spec, f"{url.scheme}://{url.hostname}{port}", url.path or "/", opts)
 

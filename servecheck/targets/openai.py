@@ -25,13 +25,13 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from servecheck.errors import InputError, TargetError
 from servecheck.prompts import Request
 from servecheck.records import ResponseRecord, Timing
 from servecheck.reference import Reference
-from servecheck.targets import DEFAULT_MAX_TOKENS, Target
+from servecheck.targets import DEFAULT_MAX_TOKENS, Target, spec_options
 from servecheck.targets.http import HttpClient
 
 OPTIONS = ("mode", "model", "template", "api_key_env", "timeout", "concurrency")
@@ -56,11 +56,7 @@ class OpenAITarget(Target):
         url = urlsplit(("https:" if scheme == "https" else "http:") + rest)
         if not url.hostname:
             raise InputError("expected openai://HOST:PORT[/v1] or an http(s):// URL", where=spec)
-        opts = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        unknown = sorted(set(opts) - set(OPTIONS))
-        if unknown:
-            raise InputError(f"unknown option(s) {unknown} (known: {', '.join(OPTIONS)})",
-                             where=spec)
+        opts = {k: v[-1] for k, v in spec_options(url.query, OPTIONS, spec).items()}
         path = url.path.rstrip("/") or "/v1"
         port = f":{url.port}" if url.port else ""
         return cls(spec, f"{url.scheme}://{url.hostname}{port}{path}", opts)

@@ -21,13 +21,13 @@ from abc import abstractmethod
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from servecheck.errors import InputError, TargetError
 from servecheck.prompts import Request
 from servecheck.records import ResponseRecord, Timing
 from servecheck.reference import Reference
-from servecheck.targets import DEFAULT_MAX_TOKENS, Target
+from servecheck.targets import DEFAULT_MAX_TOKENS, Target, spec_options
 from servecheck.targets.http import HttpClient
 from servecheck.targets.trtllm import Answer, Interface, Options, short_error
 
@@ -61,12 +61,7 @@ class TritonBase(Target):
         if not url.hostname or not url.port or not model or "/" in model:
             scheme = spec.partition(":")[0]
             raise InputError(f"expected {scheme}://HOST:PORT/MODEL", where=spec)
-        opts = parse_qs(url.query)
-        unknown = sorted(set(opts) - set(OPTIONS))
-        if unknown:
-            raise InputError(f"unknown option(s) {unknown} (known: {', '.join(OPTIONS)})",
-                             where=spec)
-        return cls(spec, url.hostname, url.port, model, opts)
+        return cls(spec, url.hostname, url.port, model, spec_options(url.query, OPTIONS, spec))
 
     @abstractmethod
     async def model_config(self) -> dict[str, Any]:
