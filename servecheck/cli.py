@@ -13,7 +13,12 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from servecheck.scoring import TokenScores
 
 from rich.console import Console
 from rich.markup import escape
@@ -58,15 +63,15 @@ def run_check(responses: Path, reference: str, numerics: str, console: Console,
     from servecheck.summary import overall, print_table
 
     records = read_records(responses)
-    ctx_score, rank = _scoring_setup()
+    scorer, rank = _scoring_setup()
     if rank:  # another torchrun rank: it scores its share, rank 0 reports
         console = Console(quiet=True)
-    if ctx_score is not None and device in (None, "cuda") and torch_cuda():
+    if scorer is not None and device in (None, "cuda") and _has_cuda():
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
-    ref = Reference(reference, dtype=dtype, device=device or ("cuda" if torch_cuda() else "cpu"))
+    ref = Reference(reference, dtype=dtype, device=device or ("cuda" if _has_cuda() else "cpu"))
     ctx = CheckContext(records, ref, numerics, convention, alpha)
-    if ctx_score is not None:
-        ctx.score_fn = ctx_score
+    if scorer is not None:
+        ctx.score_fn = scorer
     if logit_tolerance is not None:
         ctx.numerics = replace(ctx.numerics, logit=logit_tolerance)
     teacher_force(ctx, console, progress)
@@ -80,13 +85,13 @@ def run_check(responses: Path, reference: str, numerics: str, console: Console,
     return EXIT_PASS if overall(results) == "pass" else EXIT_FAIL
 
 
-def torch_cuda() -> bool:
+def _has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
 
 
-def _scoring_setup() -> tuple[Any, int]:
+def _scoring_setup() -> tuple[Callable[..., list[TokenScores]] | None, int]:
     """Under ``torchrun`` (several processes, one GPU each): join the process group and score
     through ``parallel.score_data_parallel``; returns (that scorer, this rank). Alone: (None, 0)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -101,7 +106,7 @@ def cmd_check(a: argparse.Namespace, console: Console) -> int:
     if not 0 < a.alpha < 1:
         raise InputError(f"--alpha must be in (0, 1), got {a.alpha}")
     convention = Convention(a.top_p_before_temperature, a.top_p_inclusive, a.penalty_scope)
-    if a.device and a.device != "cpu" and not torch_cuda():
+    if a.device and a.device != "cpu" and not _has_cuda():
         raise InputError(f"--device {a.device}: this machine has no CUDA GPU")
     return run_check(a.responses, a.reference, a.numerics, console, a.json, alpha=a.alpha,
                      convention=convention, logit_tolerance=a.logit_tolerance, report=a.report,
