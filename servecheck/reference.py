@@ -132,6 +132,13 @@ class Reference:
         added = [t.content for t in tok.added_tokens_decoder.values() if t.special]
         return list(dict.fromkeys([*tok.all_special_tokens, *added]))
 
+    @cached_property
+    def special_ids(self) -> list[int]:
+        """Ids of the special tokens: atomic, whatever text they spell."""
+        tok = self.tokenizer
+        return sorted({i for i, t in tok.added_tokens_decoder.items() if t.special}
+                      | set(tok.all_special_ids))
+
     def strip_special(self, text: str) -> str:
         for t in self.special_tokens:
             text = text.replace(t, "")

@@ -12,10 +12,23 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
+import numpy as np
+
 from servecheck.records import ResponseRecord
 from servecheck.reference import Reference
 from servecheck.sampling import HF, Convention, Sampling
 from servecheck.scoring import ScoreItem, TokenScores, score
+from servecheck.tokenization import (
+    CANONICAL,
+    MAX_ROUNDS,
+    SEARCHED,
+    SERVER_IDS,
+    TokenBytes,
+    barker,
+    greedy_key,
+    propose,
+    sampled_loglik,
+)
 
 Verdict = Literal["pass", "fail", "skipped"]
 
@@ -65,6 +78,21 @@ class CheckResult:
         return sorted(self.findings, key=lambda f: -f.severity)
 
 
+def departures(chosen: list[int], canonical: list[int], tb: TokenBytes) -> tuple[int, ...]:
+    """Positions in ``chosen`` whose token is not the canonical token at the same byte offset."""
+    at = {}
+    offset = 0
+    for t in canonical:
+        at[offset] = t
+        offset += len(tb(t))
+    out, offset = [], 0
+    for k, t in enumerate(chosen):
+        if at.get(offset) != t:
+            out.append(k)
+        offset += len(tb(t))
+    return tuple(out)
+
+
 def label(record: ResponseRecord, index: int) -> str:
     return record.id or f"#{index}"
 
@@ -85,6 +113,9 @@ class CheckContext:
         with the same items in the same order, so the collective lines up)."""
         self._prompt_ids: dict[int, tuple[list[int], str]] = {}
         self._output_ids: dict[int, tuple[list[int], str]] = {}
+        self.departures: dict[int, tuple[int, ...]] = {}
+        """Per text-only record whose tokenization was searched: the output token positions
+        where the chosen tokens depart from the canonical tokenization."""
 
     @cached_property
     def expected_prompts(self) -> list[str | Exception]:
@@ -124,9 +155,9 @@ class CheckContext:
         r = self.records[i]
         ends = set(self.ref.end_ids)
         if r.output_token_ids is not None:
-            ids, source = list(r.output_token_ids), "server token ids"
+            ids, source = list(r.output_token_ids), SERVER_IDS
         else:
-            ids, source = self.ref.encode(r.output), "reference tokenization of the output text"
+            ids, source = self.ref.encode(r.output), CANONICAL
         for k, t in enumerate(ids):
             if t in ends:
                 return ids[: k + 1], source
@@ -140,7 +171,69 @@ class CheckContext:
             items = [self._item(i) for i in missing]
             for i, s in zip(missing, self.score_fn(self.ref, items, self.convention), strict=True):
                 cache[i] = s
+            self._search_tokens([i for i in missing if self.output_ids(i)[1] == CANONICAL])
         return {i: cache[i] for i in indices}
+
+    @cached_property
+    def token_bytes(self) -> TokenBytes:
+        return TokenBytes(self.ref.tokenizer)
+
+    def _search_tokens(self, idx: list[int]) -> None:
+        """Text-only records: replace the canonical tokens by the most plausible tokenization
+        (``servecheck.tokenization``), rescoring only the records with a proposal."""
+        tb, frozen = self.token_bytes, set(self.ref.special_ids)
+        canonical = {i: self._output_ids[i][0] for i in idx}
+        if any(tb.joined(ids) != self.records[i].output.encode("utf-8")[: len(tb.joined(ids))]
+               for i, ids in canonical.items()):
+            return  # a decoder whose pieces do not join back to the text: canonical it is
+        live = idx
+        for round_ in range(MAX_ROUNDS):
+            proposals = {}
+            for i in live:
+                p = propose(self._output_ids[i][0], self._scores[i].argmax, tb, self.ref.encode,
+                            frozen, self._impossible(i))
+                if p is not None:
+                    proposals[i] = p
+            if not proposals:
+                break
+            order = list(proposals)
+            items = [ScoreItem(self.prompt_ids(i)[0], proposals[i].ids,
+                               Sampling.of(self.records[i].parameters), self._seed(i))
+                     for i in order]
+            live = []
+            for i, s in zip(order, self.score_fn(self.ref, items, self.convention), strict=True):
+                if self._keep(i, s, round_):
+                    self._output_ids[i] = (proposals[i].ids, SEARCHED)
+                    self._scores[i] = s
+                    live.append(i)
+        for i in idx:
+            if self._output_ids[i][1] == SEARCHED:
+                self.departures[i] = departures(self._output_ids[i][0], canonical[i], tb)
+
+    def _impossible(self, i: int) -> np.ndarray:
+        """Tokens no correct server could have produced in this tokenization: outside the
+        support of a sampled record, a hard argmax mismatch in a greedy one."""
+        s = self._scores[i]
+        if "logq" in s.stats:
+            return np.isinf(s.stats["logq"])
+        return (s.token_ids != s.argmax) & (s.margin > self.numerics.logit)
+
+    def _keep(self, i: int, new: TokenScores, round_: int) -> bool:
+        """Whether a proposed tokenization replaces the current one (module docstring of
+        ``servecheck.tokenization``: the argmax path for greedy records, a posterior draw for
+        sampled ones, the server's token count first when its log-probs tell it)."""
+        r, current = self.records[i], self._scores[i]
+        if r.output_logprobs:
+            n = len(r.output_logprobs)
+            off_new, off_current = abs(len(new) - n), abs(len(current) - n)
+            if off_new != off_current:
+                return off_new < off_current
+        if Sampling.of(r.parameters).greedy or "logq" not in new.stats:
+            delta = self.numerics.logit
+            return greedy_key(new.token_ids, new.argmax, new.margin, new.logprob, delta) < \
+                greedy_key(current.token_ids, current.argmax, current.margin, current.logprob, delta)
+        u = float(np.random.default_rng([self._seed(i), round_]).random())
+        return barker(sampled_loglik(new.stats["logq"]), sampled_loglik(current.stats["logq"]), u)
 
     def prefetch(self, advance: Callable[[int], None] | None = None,
                  chunk_tokens: int = 32768) -> None:
@@ -164,11 +257,12 @@ class CheckContext:
             if advance:
                 advance(len(chunk))
 
+    def _seed(self, i: int) -> int:
+        return int.from_bytes(hashlib.sha256(self.labels[i].encode()).digest()[:4], "little")
+
     def _item(self, i: int) -> ScoreItem:
-        r = self.records[i]
-        seed = int.from_bytes(hashlib.sha256(self.labels[i].encode()).digest()[:4], "little")
         return ScoreItem(self.prompt_ids(i)[0], self.output_ids(i)[0],
-                         Sampling.of(r.parameters), seed)
+                         Sampling.of(self.records[i].parameters), self._seed(i))
 
     def sampled(self) -> list[int]:
         return [i for i, r in enumerate(self.records) if not Sampling.of(r.parameters).greedy]
