@@ -34,10 +34,13 @@ def cmd_generate(a: argparse.Namespace, console: Console) -> int:
 
     if a.retries < 0:
         raise InputError(f"--retries must be ≥ 0, got {a.retries}")
-    s = collect(a.prompts, a.target, a.out, show_progress=not a.no_progress, retries=a.retries)
+    s = collect(a.prompts, a.target, a.out, show_progress=not a.no_progress, retries=a.retries,
+                reference=a.reference)
     console.print(f"{a.out}: {s.written} new record(s), {s.skipped} already answered, "
                   f"{s.planned} planned" + (f", {s.retried} transient failure(s) retried"
                                             if s.retried else ""))
+    for note in s.notes:  # once per run, beside the counts, where a user reads the outcome
+        console.print(f"note: {note}", markup=False)
     if s.errors:
         console.print(f"{len(s.errors)} request(s) failed; they are in the file with 'error' set "
                       f"and a rerun retries them:")
@@ -214,6 +217,12 @@ def parser() -> argparse.ArgumentParser:
                         "triton://HOST:PORT/MODEL, triton+grpc://HOST:PORT/MODEL, "
                         "openai://HOST:PORT[/v1], hf-endpoint://HOST:PORT")
     g.add_argument("--out", type=Path, required=True, help="responses file (.json or .jsonl)")
+    g.add_argument("--reference", metavar="PATH|builtin",
+                   help="the served model's checkpoint (local HF folder, or 'builtin' for the "
+                        "built-in model), for targets that template on the client or restore "
+                        "the end marker a server strips; a target's own ?template= wins. No "
+                        "default: completions mode and Triton refuse to run without one, chat "
+                        "mode records outputs as returned and says so")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--retries", type=int, default=3,
                    help="retries of a transient failure (refused, 429, 503), with backoff")

@@ -6,6 +6,11 @@ A failed request becomes a record with ``error`` set: it is reported, and retrie
 Within a run, only a transient failure (refused connection, HTTP 429/503, gRPC UNAVAILABLE) is
 retried, with exponential backoff and jitter, honouring a server's Retry-After; a 4xx or an error
 frame is final at once, since the same request would fail the same way.
+
+``reference`` (``generate --reference``) is the checkpoint a target templates with or takes end
+markers from; it is handed to the target and to nothing else. What a target must tell the user
+about its records (``Target.notes``: an end marker it could not restore) comes back once in the
+summary, for the command to print once, not once a request.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ class CollectSummary:
     errors: list[tuple[str, str]] = field(default_factory=list)
     interrupted: bool = False
     retried: int = 0
+    notes: list[str] = field(default_factory=list)
+    """The target's ``notes()``: what the user must know about how these records were made."""
 
     def error_groups(self) -> list[tuple[str, int, str]]:
         """(message, count, first id), most frequent first: one line per distinct failure."""
@@ -135,15 +142,17 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def collect(prompts: Path, target_spec: str, out: Path, show_progress: bool = True,
-            retries: int = 3) -> CollectSummary:
-    """Run the whole matrix against a target into ``out``; resumable, see the module docstring."""
+            retries: int = 3, reference: str | None = None) -> CollectSummary:
+    """Run the whole matrix against a target into ``out``; resumable, see the module docstring.
+    ``reference``: the checkpoint the user named for the target (None: none; never a default)."""
     requests = expand(prompts)
     done = answered_ids(out)
     todo = [r for r in requests if r.id not in done]
     summary = CollectSummary(planned=len(requests), skipped=len(requests) - len(todo))
     if not todo:
         return summary
-    target = open_target(target_spec)
+    target = open_target(target_spec, reference=reference)
+    summary.notes = target.notes()
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                RateColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())

@@ -20,7 +20,7 @@ def write_outputs(console: Console, ctx: CheckContext, results: list[CheckResult
     if json_out:
         from servecheck.summary import to_json, write_json
 
-        write_json(json_out, to_json(results, meta))
+        write_json(json_out, to_json(results, {**meta, "tokens": ctx.token_sources()}))
         console.print(f"summary written to {json_out}")
     if junit:
         from servecheck.junit import write_junit

@@ -25,7 +25,7 @@ from types import TracebackType
 from pydantic import ValidationError
 
 from servecheck.errors import InputError
-from servecheck.records import ResponseRecord, explain
+from servecheck.records import VARIATION_KEYS, ResponseRecord, explain, variation_mismatch
 
 FSYNC_EVERY_S = 1.0
 
@@ -88,14 +88,29 @@ def read_records(path: Path) -> list[ResponseRecord]:
         if not isinstance(obj, dict):
             raise InputError(f"expected a record object, got {type(obj).__name__}",
                              where=f"{path} {loc}")
+        obj, variation = _split_variation(obj)
         try:
             rec = ResponseRecord.model_validate(obj)
         except ValidationError as e:
             raise explain(e, f"{path} {loc}") from None
+        problem = variation_mismatch(rec.conversations, variation) if variation else None
+        if problem:
+            raise InputError(problem, where=f"{path} {loc}" + (f" (id {rec.id})" if rec.id else ""))
         records[rec.id or f"#{i}"] = rec
     if not records:
         raise InputError("no records", where=str(path))
     return list(records.values())
+
+
+def _split_variation(obj: dict) -> tuple[dict, dict]:
+    """A record with the prompts file's ``prompt`` / ``system_prompt`` in its ``parameters`` (as
+    the original notes write it), and those keys apart, to be checked against its conversation."""
+    params = obj.get("parameters")
+    if not isinstance(params, dict) or not any(k in params for k in VARIATION_KEYS):
+        return obj, {}
+    variation = {k: params[k] for k in VARIATION_KEYS if k in params}
+    rest = {k: v for k, v in params.items() if k not in VARIATION_KEYS}
+    return {**obj, "parameters": rest}, variation
 
 
 def answered_ids(path: Path) -> set[str]:

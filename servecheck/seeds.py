@@ -12,6 +12,7 @@ is the test's p-value; a false alarm happens at most at rate α.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,8 +48,19 @@ def seed_groups(records: list[ResponseRecord]) -> list[list[ResponseRecord]]:
     return [g for g in groups.values() if len({r.parameters.seed for r in g}) >= 3]
 
 
-def seed_test(group: list[ResponseRecord], ref: Reference, convention: Convention = HF
-               ) -> SeedGroup:
+def repeated(group: list[ResponseRecord]) -> list[ResponseRecord]:
+    """One record per text that occurs more than once: the ones whose probability is needed."""
+    by_text: dict[str, list[ResponseRecord]] = defaultdict(list)
+    for r in group:
+        by_text[r.output].append(r)
+    return [same[0] for same in by_text.values() if len(same) > 1]
+
+
+def seed_test(group: list[ResponseRecord], ref: Reference, convention: Convention = HF,
+              text_probability: Callable[[ResponseRecord], float] | None = None) -> SeedGroup:
+    """``text_probability`` gives p(y) of a record's output from scores made elsewhere (the
+    check's shared, batched scores, on the tokens it chose); without it each repeated text is
+    scored here, on its server ids or its canonical tokens."""
     by_text: dict[str, list[ResponseRecord]] = defaultdict(list)
     for r in group:
         by_text[r.output].append(r)
@@ -59,10 +71,13 @@ def seed_test(group: list[ResponseRecord], ref: Reference, convention: Conventio
         if c < 2:
             continue
         r = same[0]
-        prompt = r.prompt_token_ids or ref.encode(r.input or ref.render(r.conversations))
-        output = r.output_token_ids or ref.encode(text)
-        (s,) = score(ref, [ScoreItem(prompt, output, Sampling.of(r.parameters))], convention)
-        p = float(np.exp(np.sum(s.stats["logq"]))) if len(s) else 1.0
+        if text_probability is not None:
+            p = text_probability(r)
+        else:
+            prompt = r.prompt_token_ids or ref.encode(r.input or ref.render(r.conversations))
+            output = r.output_token_ids or ref.encode(text)
+            (s,) = score(ref, [ScoreItem(prompt, output, Sampling.of(r.parameters))], convention)
+            p = float(np.exp(np.sum(s.stats["logq"]))) if len(s) else 1.0
         tails.append(float(stats.binom.sf(c - 2, n - 1, p)))
         if c > most:
             most, p_common = c, p

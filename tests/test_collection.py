@@ -61,7 +61,7 @@ def _ask_through(answers: list[Answer]) -> tuple[object, int, CollectSummary]:
         await runner.setup()
         (port,) = free_ports(1)
         await web.TCPSite(runner, "127.0.0.1", port).start()
-        target = open_target(f"triton://127.0.0.1:{port}/ensemble")
+        target = open_target(f"triton://127.0.0.1:{port}/ensemble", reference="builtin")
         try:
             return await ask(target, request, 3, summary)
         except TargetError as e:
@@ -106,7 +106,7 @@ def test_retries_give_up_with_the_last_error() -> None:
 
 def test_refused_connection_is_transient() -> None:
     (port,) = free_ports(1)
-    target = open_target(f"triton://127.0.0.1:{port}/ensemble")
+    target = open_target(f"triton://127.0.0.1:{port}/ensemble", reference="builtin")
     (request,) = expand_one(temperature=0.5)
 
     async def go() -> None:
@@ -148,7 +148,8 @@ def _generate(out: Path, http: int) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "servecheck.cli", "generate", str(LITE), "--target",
          f"triton://127.0.0.1:{http}/ensemble?concurrency=2", "--out", str(out), "--no-progress",
-         "--retries", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--retries", "1", "--reference", "builtin"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:

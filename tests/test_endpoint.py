@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 
 from servecheck.endpoint.server import write_files
+from servecheck.errors import InputError
 from servecheck.reference import BUILTIN, Reference
 from servecheck.responses import read_records
+from servecheck.targets import open_target
+from servecheck.targets.hf_endpoint import HFEndpointTarget
 from tests.conftest import LITE, ROOT, check_json, run_cli
 from tests.test_triton import free_ports
 
@@ -73,9 +76,12 @@ def endpoint() -> Iterator[str]:
 
 @pytest.mark.parametrize("mode", ["chat", "completions"])
 def test_endpoint_target_passes_check(endpoint: str, mode: str, tmp_path: Path) -> None:
+    """Chat mode needs no reference (the handler templates and keeps its end marker);
+    completions mode templates here, so it is given the served checkpoint by name."""
     out = tmp_path / "r.jsonl"
+    named = ["--reference", "builtin"] if mode == "completions" else []
     assert run_cli("generate", LITE, "--target", f"hf-endpoint://{endpoint}/?mode={mode}",
-                   "--out", out, "--no-progress") == 0
+                   "--out", out, "--no-progress", *named) == 0
     records = read_records(out)
     assert all(r.prompt_token_ids and r.output_token_ids and r.output_logprobs for r in records)
     code, summary = check_json(out, tmp_path, "builtin", "--numerics", "fp32")
@@ -90,3 +96,17 @@ def test_endpoint_bad_request_is_a_final_error(endpoint: str, tmp_path: Path) ->
                    "--out", out, "--no-progress")
     (record,) = read_records(out)
     assert code == 1 and record.error and ("HTTP 405" in record.error or "HTTP 404" in record.error)
+
+
+def test_endpoint_templates_only_with_a_named_reference() -> None:
+    """No built-in fallback: completions mode without a reference is bad input naming the fix;
+    with one (the spec's ?template= winning over --reference) it templates with that one."""
+    with pytest.raises(InputError, match=r"--reference PATH\|builtin.*\?template=PATH\|builtin"):
+        open_target("hf-endpoint://127.0.0.1:9/?mode=completions")
+    chat = open_target("hf-endpoint://127.0.0.1:9/")
+    assert isinstance(chat, HFEndpointTarget) and chat.ref is None
+    named = open_target("hf-endpoint://127.0.0.1:9/?mode=completions", reference="builtin")
+    assert isinstance(named, HFEndpointTarget) and named.ref and named.ref.spec == "builtin"
+    both = open_target("hf-endpoint://127.0.0.1:9/?mode=completions&template=builtin",
+                       reference="/nowhere/at/all")
+    assert isinstance(both, HFEndpointTarget) and both.ref and both.ref.spec == "builtin"

@@ -3,41 +3,75 @@ no prompt text, no token ids. A fake server (aiohttp on 127.0.0.1) stands in for
 double, because no such server runs on this CPU-only machine (vLLM itself is tested for real in
 test_vllm.py). It checks the API key travels as a header and nowhere else, and that ``check``
 says why the template check is skipped rather than guessing.
+
+It also holds the rule that nothing in a record comes from a model the user did not name: a
+ChatML server in chat mode with no ``--reference`` gets its text recorded verbatim (no Gemma
+``<end_of_turn>`` from the built-in model) and one note saying how to restore end markers;
+completions mode, which must template on the client, refuses to run without a reference.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
 
+from servecheck.reference import Reference
+from servecheck.responses import read_records
+from servecheck.targets import open_target
+from servecheck.targets.openai import UNKNOWN_END, OpenAITarget
 from tests.conftest import check_json, check_named, run_cli
 from tests.test_triton import free_ports
 
 KEY = "sk-test-0123456789-secret"
+CHATML_PROMPT = "<|im_start|>user\nWhat does the cat say?<|im_end|>\n<|im_start|>assistant\n"
+"""What a ChatML server (a llama.cpp or vLLM serving a Qwen-style model) would build."""
 
 
-@pytest.fixture()
-def plain_server() -> Iterator[tuple[str, list[dict]]]:
+@contextmanager
+def fake_server(content: str, vllm: bool = False, token_ids: list[int] | None = None
+                ) -> Iterator[tuple[str, list[dict]]]:
+    """An OpenAI-compatible chat server on 127.0.0.1 that answers ``content`` with finish
+    "stop", the end token stripped as real servers do. ``vllm``: it also answers ``GET /version``
+    and returns the prompt text and ``token_ids`` the way vLLM does when asked."""
     seen: list[dict] = []
 
     async def chat(request: web.Request) -> web.Response:
         body = await request.json()
         seen.append({"auth": request.headers.get("Authorization"), "body": body})
-        return web.json_response({"choices": [{"index": 0, "finish_reason": "stop",
-                                               "message": {"role": "assistant",
-                                                           "content": "The cat says meow."}}]})
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": content}}
+        answer: dict[str, Any] = {"choices": [choice]}
+        if vllm and body.get("return_token_ids"):
+            choice["token_ids"] = token_ids
+            answer.update(prompt_text=CHATML_PROMPT, prompt_token_ids=[1, 2, 3])
+        return web.json_response(answer)
 
     async def models(_: web.Request) -> web.Response:
         return web.json_response({"data": [{"id": "served-model"}]})
 
+    async def version(_: web.Request) -> web.Response:
+        return web.json_response({"version": "0.0-fake"})
+
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)
+    if vllm:
+        app.router.add_get("/version", version)
+    with _running(app) as port:
+        yield f"127.0.0.1:{port}", seen
+
+
+@contextmanager
+def _running(app: web.Application) -> Iterator[int]:
+    """``app`` served on a free local port by its own event loop, in a daemon thread."""
     (port,) = free_ports(1)
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app)
@@ -46,11 +80,25 @@ def plain_server() -> Iterator[tuple[str, list[dict]]]:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        yield f"127.0.0.1:{port}", seen
+        yield port
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+@pytest.fixture()
+def plain_server() -> Iterator[tuple[str, list[dict]]]:
+    """A plain (not vLLM) server whose answers read like the built-in Gemma model's."""
+    with fake_server("The cat says meow.") as server:
+        yield server
+
+
+def _prompts(tmp_path: Path, n: int = 1) -> Path:
+    prompts = tmp_path / "p.json"
+    texts = ["What does the cat say?", "Name a colour.", "Count to 3.", "Tell me about the owl."]
+    prompts.write_text(json.dumps({"prompt": texts[:n], "temperature": 0.7}))
+    return prompts
 
 
 def test_key_from_env_only_in_the_header(plain_server, tmp_path: Path,
@@ -62,14 +110,95 @@ def test_key_from_env_only_in_the_header(plain_server, tmp_path: Path,
     prompts.write_text('{"prompt": "What does the cat say?", "temperature": 0.7, "top_k": 5}')
     out = tmp_path / "r.jsonl"
     assert run_cli("generate", prompts, "--target", f"openai://{address}/v1?api_key_env=MY_KEY",
-                   "--out", out, "--no-progress") == 0
+                   "--out", out, "--no-progress", "--reference", "builtin") == 0
     assert seen[0]["auth"] == f"Bearer {KEY}"
     assert seen[0]["body"]["model"] == "served-model" and seen[0]["body"]["top_k"] == 5
     assert "return_prompt_text" not in seen[0]["body"]  # not vLLM: no vLLM-only fields
     text = out.read_text()
     assert KEY not in text and '"input":""' in text  # no prompt seen, none guessed
-    assert text.count("The cat says meow.<end_of_turn>") == 1  # end marker put back on "stop"
+    # --reference reached the target: the named model's end marker is put back on "stop"
+    assert text.count("The cat says meow.<end_of_turn>") == 1
+    (record,) = read_records(out)
+    assert record.sent and record.sent["end_marker"] == "<end_of_turn> restored from the reference builtin"
     _, summary = check_json(out, tmp_path)
     assert KEY not in capsys.readouterr().out + (tmp_path / "summary.json").read_text()
     template = check_named(summary, "template")
     assert template["verdict"] == "skipped" and "mode=completions" in template["summary"]
+
+
+def test_chat_without_reference_records_what_the_server_returned(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A ChatML server, no --reference: no Gemma marker appended, and the user told once."""
+    out = tmp_path / "r.jsonl"
+    with fake_server("Meow, says the cat.") as (address, seen):
+        code = run_cli("generate", _prompts(tmp_path, 4), "--target", f"openai://{address}/v1",
+                       "--out", out, "--no-progress")
+    printed = capsys.readouterr().out
+    assert code == 0 and len(seen) == 4
+    records = read_records(out)
+    assert [r.output for r in records] == ["Meow, says the cat."] * 4  # verbatim
+    assert "<end_of_turn>" not in out.read_text()
+    assert all(r.finish_reason == "stop" and r.sent and r.sent["end_marker"] == UNKNOWN_END
+               for r in records)
+    assert printed.count("note:") == 1  # once per run, not once per request
+    note = printed[printed.index("note:"):]
+    assert "end markers were not restored" in note and "--reference PATH" in note
+    assert "?template=" in note
+
+
+@pytest.mark.parametrize("named", [None, "template", "reference"])
+def test_served_ids_restore_a_marker_only_from_a_named_reference(
+        named: str | None, tmp_path: Path, ref: Reference) -> None:
+    """vLLM returns ids; which id ends a turn is the named checkpoint's to say, or nobody's."""
+    end = ref.end_ids[0]
+    out = tmp_path / "r.jsonl"
+    with fake_server("Meow.", vllm=True, token_ids=[40, 41, end]) as (address, seen):
+        target = f"openai://{address}/v1" + ("?template=builtin" if named == "template" else "")
+        extra = ["--reference", "builtin"] if named == "reference" else []
+        assert run_cli("generate", _prompts(tmp_path), "--target", target, "--out", out,
+                       "--no-progress", *extra) == 0
+    assert seen[0]["body"]["return_token_ids"] is True
+    (record,) = read_records(out)
+    assert record.output_token_ids == [40, 41, end] and record.input == CHATML_PROMPT
+    if named is None:
+        assert record.output == "Meow." and record.sent and record.sent["end_marker"] == UNKNOWN_END
+    else:
+        assert record.output == "Meow." + ref.decode([end])
+        assert record.sent and "from the reference builtin" in record.sent["end_marker"]
+
+
+def test_completions_without_reference_is_bad_input(plain_server, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    address, seen = plain_server
+    out = tmp_path / "r.jsonl"
+    code = run_cli("generate", _prompts(tmp_path), "--target",
+                   f"openai://{address}/v1?mode=completions", "--out", out, "--no-progress")
+    error = capsys.readouterr().err
+    assert code == 2 and not seen and not out.exists()
+    assert "mode=completions templates the prompt here" in error
+    assert "--reference PATH|builtin" in error and "?template=PATH|builtin" in error
+
+
+def test_open_target_passes_the_reference_and_the_option_wins() -> None:
+    chat = open_target("openai://127.0.0.1:9/v1", reference="builtin")
+    assert isinstance(chat, OpenAITarget) and chat.ref and chat.ref.spec == "builtin"
+    assert not chat.notes()
+    bare = open_target("openai://127.0.0.1:9/v1")
+    assert isinstance(bare, OpenAITarget) and bare.ref is None and len(bare.notes()) == 1
+    # ?template= belongs to this target and wins: the bad --reference is never even opened
+    both = open_target("openai://127.0.0.1:9/v1?mode=completions&template=builtin",
+                       reference="/nowhere/at/all")
+    assert isinstance(both, OpenAITarget) and both.ref and both.ref.spec == "builtin"
+
+
+def test_collect_hands_the_reference_to_the_target(tmp_path: Path) -> None:
+    from servecheck.generate import collect
+
+    out = tmp_path / "r.jsonl"
+    with fake_server("Meow.") as (address, _):
+        bare = collect(_prompts(tmp_path), f"openai://{address}/v1", out, show_progress=False)
+        named = collect(_prompts(tmp_path, 2), f"openai://{address}/v1", out, show_progress=False,
+                        reference="builtin")
+    assert len(bare.notes) == 1 and not named.notes and named.written == 1
+    assert [r.output for r in read_records(out)] == ["Meow.", "Meow.<end_of_turn>"]
+

@@ -212,11 +212,22 @@ class CheckContext:
 
     def _impossible(self, i: int) -> np.ndarray:
         """Tokens no correct server could have produced in this tokenization: outside the
-        support of a sampled record, a hard argmax mismatch in a greedy one."""
+        support of a sampled record, a hard argmax mismatch in a greedy one, and, where the
+        served log-probs count other tokens than these, those whose log-prob differs by a nat."""
         s = self._scores[i]
         if "logq" in s.stats:
-            return np.isinf(s.stats["logq"])
-        return (s.token_ids != s.argmax) & (s.margin > self.numerics.logit)
+            out = np.isinf(s.stats["logq"])
+        else:
+            out = (s.token_ids != s.argmax) & (s.margin > self.numerics.logit)
+        served = self.records[i].output_logprobs
+        if served and len(served) != len(s):
+            n = min(len(served), len(s))
+            lp = np.asarray(served[:n], dtype=np.float64)
+            diff = np.abs(lp - s.logprob[:n])
+            if "logq" in s.stats:
+                diff = np.minimum(diff, np.abs(lp - s.stats["logq"][:n]))
+            out[:n] |= diff > 1.0
+        return out
 
     def _keep(self, i: int, new: TokenScores, round_: int) -> bool:
         """Whether a proposed tokenization replaces the current one (module docstring of
@@ -257,6 +268,23 @@ class CheckContext:
             if advance:
                 advance(len(chunk))
 
+    def describe_tokens(self, i: int) -> str:
+        """The record's token source, for people: with where a non-canonical split was chosen."""
+        source = self.output_ids(i)[1]
+        at = self.departures.get(i)
+        return f"{source} (non-canonical at output token(s) {', '.join(map(str, at))})" if at \
+            else source
+
+    def token_sources(self) -> dict[str, Any]:
+        """Per record, which tokens were scored: the JSON summary's ``tokens`` section."""
+        counts: dict[str, int] = {}
+        for i in range(len(self.records)):
+            counts[self.output_ids(i)[1]] = counts.get(self.output_ids(i)[1], 0) + 1
+        return {"sources": counts, "records": [
+            {"record": self.labels[i], "source": self.output_ids(i)[1],
+             **({"non_canonical_at": list(self.departures[i])} if i in self.departures else {})}
+            for i in range(len(self.records))]}
+
     def _seed(self, i: int) -> int:
         return int.from_bytes(hashlib.sha256(self.labels[i].encode()).digest()[:4], "little")
 
@@ -269,6 +297,7 @@ class CheckContext:
 
 
 def run_checks(ctx: CheckContext) -> list[CheckResult]:
+    from servecheck.checks.detokenization import check_detokenization
     from servecheck.checks.distribution import check_distribution
     from servecheck.checks.greedy import check_greedy
     from servecheck.checks.logprobs import check_logprobs
@@ -278,5 +307,6 @@ def run_checks(ctx: CheckContext) -> list[CheckResult]:
     from servecheck.checks.template import check_template
     from servecheck.checks.termination import check_termination
 
-    return [check_records(ctx), check_template(ctx), check_termination(ctx), check_greedy(ctx),
+    return [check_records(ctx), check_template(ctx), check_termination(ctx),
+            check_detokenization(ctx), check_greedy(ctx),
             check_support(ctx), *check_distribution(ctx), check_logprobs(ctx), check_seeds(ctx)]

@@ -28,6 +28,26 @@ fire on an honest server, whatever its numerics; a real mistake of a BOS-sensiti
 orders of magnitude better."""
 MIN_GAIN = 1e-4
 """…and by at least this much in mean |Δ| (below it, both fits are float32 rounding)."""
+BREAK_NATS = 1.0
+"""Served log-probs have stopped lining up with the scored tokens where, from some token on, the
+median |Δ| stays above this (honest bf16 numerics stay below 0.1; a token lost from the text or
+ids from another sequence shift every later comparison by whole nats)."""
+BREAK_RUN = 4
+"""…over at least this many tokens."""
+
+
+def misalignment(served: np.ndarray, scored: int, diff: np.ndarray) -> str | None:
+    """Why a record's served log-probs do not belong to the tokens scored, or None."""
+    if abs(len(served) - scored) > 1:
+        return f"{len(served)} served log-probs for {scored} scored tokens"
+    n = len(diff)
+    for k in range(1, max(1, n - BREAK_RUN + 1)):
+        # a clean start and a broken tail: misaligned, not merely other weights or numerics
+        if diff[k] > 2 * BREAK_NATS and np.median(diff[k:]) > BREAK_NATS and \
+                np.median(diff[:k]) < BREAK_NATS / 4:
+            return (f"from output token {k} on (median |Δ| {np.median(diff[k:]):.2f} nats over "
+                    f"the last {n - k} tokens)")
+    return None
 
 
 def _hypotheses(ctx: CheckContext, prompt: list[int]) -> dict[str, list[int]]:
@@ -81,6 +101,18 @@ def check_logprobs(ctx: CheckContext) -> CheckResult:
         per_record.append((i, raw, post))
     means = {k: float(np.mean(np.concatenate(v))) for k, v in diffs.items()}
     convention = min(means, key=lambda k: means[k])
+    lost = []
+    for i, raw, post in per_record:
+        why = misalignment(np.asarray(ctx.records[i].output_logprobs), len(scores[i]),
+                           raw if convention == "raw" else post)
+        if why:
+            lost.append(Finding(ctx.labels[i], f"served log-probs stop lining up with the scored "
+                                               f"tokens ({ctx.output_ids(i)[1]}): {why}", 5.0))
+    if lost:
+        return CheckResult("logprobs", "fail", (
+            f"{len(lost)}/{len(idx)} records' served log-probs stop lining up with the scored "
+            f"tokens: a token the text lost, or log-probs of another sequence"),
+            {"records": len(idx), "misaligned": len(lost), "convention": convention}, lost)
     pooled = np.concatenate(diffs[convention])
     tol = ctx.numerics.logprob
     details = {"records": len(idx), "tokens": int(pooled.size), "convention": convention,

@@ -4,15 +4,25 @@ file holds no such requests; ``servecheck probe`` sends a purpose-built set."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from servecheck.checks import CheckContext, CheckResult, Finding
-from servecheck.seeds import seed_groups, seed_test
+from servecheck.records import ResponseRecord
+from servecheck.seeds import repeated, seed_groups, seed_test
 
 
 def check_seeds(ctx: CheckContext) -> CheckResult:
     groups = seed_groups(ctx.records)
     if not groups:
         return CheckResult("seeds", "skipped", "no requests that differ only in their seed")
-    results = [seed_test(g, ctx.ref, ctx.convention) for g in groups]
+    index = {id(r): i for i, r in enumerate(ctx.records)}
+    scores = ctx.scores([index[id(r)] for g in groups for r in repeated(g)])  # one batch
+
+    def text_probability(r: ResponseRecord) -> float:
+        s = scores[index[id(r)]]
+        return float(np.exp(np.sum(s.stats["logq"]))) if len(s) else 1.0
+
+    results = [seed_test(g, ctx.ref, ctx.convention, text_probability) for g in groups]
     order = sorted(range(len(results)), key=lambda k: results[k].p_value)
     rejected = [False] * len(results)
     for rank, k in enumerate(order):  # Holm's step-down: family-wise false alarms ≤ alpha

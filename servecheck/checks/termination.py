@@ -21,6 +21,16 @@ def _echo(r: ResponseRecord, prompt: str, ctx: CheckContext) -> bool:
     return len(plain) >= 8 and ctx.ref.strip_special(r.output).lstrip().startswith(plain)
 
 
+def _could_be_cut(r: ResponseRecord, n: int, limit: int) -> bool:
+    """Whether an output with no finish reason may have stopped at max_tokens. With ids, their
+    count says. Without, the count is latent: a model that spells a word letter by letter emits
+    more tokens than the canonical tokenization has, up to one per byte, so only an output of
+    fewer bytes than max_tokens certainly stopped early."""
+    if r.output_token_ids is not None:
+        return n >= limit
+    return len(r.output.encode("utf-8")) >= limit
+
+
 def _problems(i: int, ctx: CheckContext) -> list[tuple[str, str]]:
     r = ctx.records[i]
     expected = ctx.expected_prompts[i]
@@ -45,7 +55,7 @@ def _problems(i: int, ctx: CheckContext) -> list[tuple[str, str]]:
                                           f"{show(r.output, at + len(marker))}"))
         return out
     cut = r.finish_reason == "length" or (r.finish_reason is None and limit is not None
-                                          and n >= limit)
+                                          and _could_be_cut(r, n, limit))
     if not cut:
         marker = ctx.ref.turn_end_marker or (ctx.ref.end_markers or ["<end of turn>"])[0]
         why = f"finish_reason '{r.finish_reason}'" if r.finish_reason else \

@@ -80,6 +80,8 @@ class RecordView:
     conversation: list[tuple[str, str]]
     tokens: list[TokenView]
     output: str
+    token_source: str
+    """Where the scored tokens came from; with the positions of a non-canonical split."""
     sort_key: tuple = field(repr=False, default=())
 
 
@@ -205,7 +207,7 @@ def record_views(ctx: CheckContext, results: list[CheckResult], verdicts: dict[i
             ctx.labels[i], Sampling.of(r.parameters).label(),
             sorted(flagged.get(ctx.labels[i], {})), verdicts[i],
             [(m.role, m.content) for m in r.conversations.contents],
-            heatmap(ctx, i, scores[i]), r.output, key))
+            heatmap(ctx, i, scores[i]), r.output, ctx.describe_tokens(i), key))
     return views, len(order)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from servecheck.checks import CheckContext
 from servecheck.scoring import TokenScores
+from servecheck.tokenization import SERVER_IDS
 
 CONTROL = {"\n": "⏎\n", "\t": "→", "\r": "␍"}
 
@@ -23,8 +24,9 @@ CONTROL = {"\n": "⏎\n", "\t": "→", "\r": "␍"}
 class TokenView:
     text: str
     cls: str
-    """``tok`` plus ``sp`` (special token), ``out`` (outside the support) or ``part`` (a byte of
-    a character that spans several tokens)."""
+    """``tok`` plus ``sp`` (special token), ``out`` (outside the support), ``split`` (where a
+    text-only record's chosen tokenization departs from the canonical one) or ``part`` (a byte
+    of a character that spans several tokens)."""
     color: str
     title: str
 
@@ -76,8 +78,10 @@ def heatmap(ctx: CheckContext, i: int, s: TokenScores) -> list[TokenView]:
     texts = token_texts(tok, ids)
     specials = set(ctx.ref.special_tokens)
     served = ctx.records[i].output_logprobs
-    if ctx.output_ids(i)[1] != "server token ids":
-        served = None  # the server's log-probs belong to its tokens, not to our tokenization
+    source = ctx.output_ids(i)[1]
+    if source != SERVER_IDS and not (served and len(served) == len(ids)):
+        served = None  # the server's log-probs belong to its tokens, not to another tokenization
+    split = set(ctx.departures.get(i, ()))
     logq = s.stats.get("logq")
     pit = s.stats.get("pit")
     views = []
@@ -101,6 +105,10 @@ def heatmap(ctx: CheckContext, i: int, s: TokenScores) -> list[TokenView]:
         if q is not None and q == 0:
             cls += " out"
             lines.append("outside the support of the requested sampling")
+        if k in split:
+            cls += " split"
+            lines.append("the text's canonical tokenization differs here; the reference found "
+                         "this split more plausible")
         if not text:
             cls += " part"
             lines.append("a byte of a character that continues in the next token")

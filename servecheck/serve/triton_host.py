@@ -8,8 +8,12 @@ model is bound three times, with the interfaces users meet in production:
   ``temperature``/``top_p``/penalties, INT32 ``top_k``/``end_id``, UINT64 ``seed`` (or
   ``random_seed``, the name before the 2025 rename: ``--seed-name``), STRING ``stop_words``,
   BOOL ``return_log_probs``/``exclude_input_in_output``/``stream``; outputs ``text_output``,
-  ``output_log_probs``, ``cum_log_probs``;
-- ``tensorrt_llm``: the newer llmapi model's ``sampling_param_*`` names, with ``finish_reason``.
+  ``output_log_probs`` (one per generated token, the end token included, none for an echoed
+  prompt; absent unless ``return_log_probs``), ``cum_log_probs``;
+- ``tensorrt_llm``: the newer llmapi model's ``sampling_param_*`` names, with ``finish_reason``,
+  and the token-level side of TensorRT-LLM's own ``tensorrt_llm`` model: INT32 ``output_ids``
+  (the prompt's ids first when it is echoed) and, in place of ``text_input``, INT32 ``input_ids``,
+  which reach the model as they are (no preprocessing, so no added BOS).
 
 ``exclude_input_in_output`` defaults to false, as in TensorRT-LLM: the prompt is echoed unless
 the client asks otherwise. ``--decoupled`` makes every model decoupled (TensorRT-LLM's streaming
@@ -34,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from servecheck.records import Parameters
+from servecheck.reference import Reference
 from servecheck.targets.hf import HFTarget
 from servecheck.targets.trtllm import ENSEMBLE_NAMES, LLMAPI_NAMES
 
@@ -56,6 +61,7 @@ def _libdir_on_loader_path() -> None:
 
 
 def _values(data: dict, name: str | None) -> list:
+    """An input's values, flattened and decoded; none when the request did not send it."""
     if name is None or name not in data:
         return []
     return [v.decode("utf-8") if isinstance(v, bytes) else v
@@ -67,6 +73,8 @@ class Ask:
     """One request as the engine understands it, whichever names it came under."""
 
     text: str
+    ids: list[int] | None
+    """The prompt as ``input_ids``, when it came as ids (``text`` is then their decoding)."""
     params: Parameters
     exclude: bool
     log_probs: bool
@@ -83,9 +91,25 @@ class Ask:
                        top_p=one("top_p", float), top_k=one("top_k", int),
                        seed=one("seed", int), repetition_penalty=one("repetition_penalty", float))
         end = one("end_id", int)
-        return cls(_values(data, "text_input")[0], p, bool(one("exclude", bool)),
-                   bool(one("log_probs", bool)), [end] if end is not None else None,
+        texts, ids = _values(data, "text_input"), _values(data, "input_ids")
+        if not texts and not ids:
+            raise ValueError("the request has neither text_input nor input_ids")
+        return cls(texts[0] if texts else "", [int(t) for t in ids] if ids else None, p,
+                   bool(one("exclude", bool)), bool(one("log_probs", bool)),
+                   [end] if end is not None else None,
                    [s for s in _values(data, names.get("stop")) if s])
+
+    def engine_text(self, ref: Reference) -> str:
+        """The text to hand the engine: ``input_ids`` decoded, when they survive the round trip
+        through the tokenizer unchanged (the engine tokenizes; ids it would change are refused
+        rather than silently served as other ids)."""
+        if self.ids is None:
+            return self.text
+        text = ref.decode(self.ids)
+        if ref.encode(text) != self.ids:
+            raise ValueError("input_ids are not the tokenizer's own tokenization of their text; "
+                             "this host cannot feed them to the model unchanged")
+        return text
 
 
 class TritonHost:
@@ -112,28 +136,35 @@ class TritonHost:
         if self.ignore_seed:
             ask.params = ask.params.model_copy(update={"seed": 0})
         noise = 1.0 if self.batch_variant and batch > 1 else 0.0
-        (c,) = self.engine.complete([ask.text], ask.params, self.add_special_tokens,
-                                    ask.end_ids, ask.stop or None, noise)
         ref = self.engine.ref
+        text = ask.engine_text(ref)
+        # ids are the engine's input as they are; text goes through preprocessing's tokenizer
+        special = self.add_special_tokens and ask.ids is None
+        (c,) = self.engine.complete([text], ask.params, special, ask.end_ids, ask.stop or None,
+                                    noise)
         finished = c.finished or len(c.output_ids) < (ask.params.max_tokens or 1)
         if self.echo or not ask.exclude:
-            yield {"text": ask.text, "logprobs": []}
+            yield {"text": text, "ids": c.prompt_ids, "logprobs": []}
         shown = ""
         for k in range(len(c.output_ids)):
             if k == self.fail_after:
                 raise RuntimeError(f"injected failure after {k} tokens (--fail-after)")
-            text = ref.decode(c.output_ids[: k + 1])
-            yield {"text": text[len(shown):], "logprobs": c.logprobs[k:k + 1] if ask.log_probs else [],
+            # decoded with special tokens: a finished answer's text ends with its end marker
+            decoded = ref.decode(c.output_ids[: k + 1])
+            yield {"text": decoded[len(shown):], "ids": c.output_ids[k:k + 1],
+                   "logprobs": c.logprobs[k:k + 1] if ask.log_probs else [],
                    "last": k == len(c.output_ids) - 1, "finished": finished}
-            shown = text
+            shown = decoded
 
-    def _tensors(self, text: str, logprobs: list[float], names: dict[str, str], reason: str | None
+    def _tensors(self, piece: dict, names: dict[str, str], reason: str | None
                  ) -> dict[str, np.ndarray]:
-        lp = np.asarray(logprobs, dtype=np.float32)
-        out = {"text_output": np.array([[text.encode("utf-8")]], dtype=object)}
+        """One response's tensors, batched as [1, …]: text, and ids or log-probs by model."""
+        lp = np.asarray(piece["logprobs"], dtype=np.float32)
+        out = {"text_output": np.array([[piece["text"].encode("utf-8")]], dtype=object)}
         if names is LLMAPI_NAMES:
             out["finish_reason"] = np.array([[(reason or "").encode()]], dtype=object)
-        else:
+            out["output_ids"] = np.asarray(piece["ids"], dtype=np.int32).reshape(1, 1, -1)
+        elif lp.size:  # pytriton cannot send an empty tensor: no log-probs, no outputs for them
             out["output_log_probs"] = lp.reshape(1, 1, -1)
             out["cum_log_probs"] = np.array([[lp.sum()]], dtype=np.float32)
         # decoupled models are bound unbatched, so their tensors lose the batch dimension
@@ -142,8 +173,11 @@ class TritonHost:
     def _whole(self, data: dict, names: dict[str, str], batch: int = 1) -> dict[str, np.ndarray]:
         pieces = list(self._pieces(data, names, batch))
         reason = "stop" if pieces and pieces[-1].get("finished") else "length"
-        return self._tensors("".join(p["text"] for p in pieces),
-                             [x for p in pieces for x in p["logprobs"]], names, reason)
+        whole = {key: ("" if key == "text" else []) for key in ("text", "ids", "logprobs")}
+        for piece in pieces:
+            for key in whole:
+                whole[key] += piece[key]
+        return self._tensors(whole, names, reason)
 
     def _infer_with(self, names: dict[str, str]):
         def infer(requests: list) -> list[dict]:
@@ -153,7 +187,7 @@ class TritonHost:
             for r in requests:  # decoupled models are bound unbatched: one request per call
                 for piece in self._pieces(r.data, names):
                     reason = ("stop" if piece.get("finished") else "length") if piece.get("last") else None
-                    yield [self._tensors(piece["text"], piece["logprobs"], names, reason)]
+                    yield [self._tensors(piece, names, reason)]
 
         return stream if self.decoupled else infer
 
@@ -171,14 +205,18 @@ class TritonHost:
     def _signature(self, names: dict[str, str]) -> tuple[list, list]:
         from pytriton.model_config import Tensor
 
-        inputs = [Tensor(name="text_input", dtype=bytes, shape=(1,))]
+        ids = names is LLMAPI_NAMES  # one of text_input and input_ids, as Ask.parse checks
+        inputs = [Tensor(name="text_input", dtype=bytes, shape=(1,), optional=ids)]
+        if ids:
+            inputs.append(Tensor(name="input_ids", dtype=np.int32, shape=(-1,), optional=True))
         for key, name in names.items():
             shape = (-1,) if key == "stop" else (1,)
             inputs.append(Tensor(name=name, dtype=TYPES[key], shape=shape,
                                  optional=key != "max_tokens"))
         outputs = [Tensor(name="text_output", dtype=bytes, shape=(-1,))]
-        if names is LLMAPI_NAMES:
-            outputs.append(Tensor(name="finish_reason", dtype=bytes, shape=(-1,)))
+        if ids:
+            outputs += [Tensor(name="finish_reason", dtype=bytes, shape=(-1,)),
+                        Tensor(name="output_ids", dtype=np.int32, shape=(-1, -1))]
         else:
             outputs += [Tensor(name="output_log_probs", dtype=np.float32, shape=(-1, -1)),
                         Tensor(name="cum_log_probs", dtype=np.float32, shape=(-1,))]

@@ -4,7 +4,10 @@ takes ``{"inputs", "parameters"}`` and answers ``[{"generated_text": …}]``.
 
 ``mode=chat`` (default) sends the conversation and lets the endpoint template it; the handler
 returns the prompt it built and its ids, so the template check runs on what the model saw.
-``mode=completions`` templates here (``?template=``) and sends the string. Token ids, raw
+``mode=completions`` templates here with the chat template of the reference the user names
+(``?template=PATH|builtin`` or ``generate --reference``, the option winning) and sends the
+string; without one it is bad input, never the built-in model's template. Chat mode needs no
+reference: the handler's text keeps its end marker. Token ids, raw
 log-probs and the finish reason are recorded when the handler returns them. The token is read
 from the environment variable named by ``?api_key_env=`` (default ``HF_TOKEN``) and never
 recorded.
@@ -21,32 +24,40 @@ from servecheck.errors import InputError, TargetError
 from servecheck.prompts import Request
 from servecheck.records import ResponseRecord, Timing
 from servecheck.reference import Reference
-from servecheck.targets import DEFAULT_MAX_TOKENS, Target, spec_options
+from servecheck.targets import DEFAULT_MAX_TOKENS, Target, required_reference, spec_options
 from servecheck.targets.http import HttpClient
 
 OPTIONS = ("mode", "template", "api_key_env", "timeout", "concurrency")
 
 
 class HFEndpointTarget(Target):
-    def __init__(self, spec: str, url: str, path: str, opts: dict[str, str]) -> None:
+    takes_reference = True
+
+    def __init__(self, spec: str, url: str, path: str, opts: dict[str, str],
+                 reference: str | None = None) -> None:
         self.spec = spec
         self.path = path
         self.mode = opts.get("mode", "chat")
         if self.mode not in ("chat", "completions"):
             raise InputError(f"mode must be chat or completions, not '{self.mode}'", where=spec)
-        self.ref = Reference(opts.get("template", "builtin"))
+        self.ref: Reference | None = None
+        """Completions mode only: the user's reference, whose chat template builds the prompt."""
+        if self.mode == "completions":
+            self.ref = Reference(required_reference(
+                spec, opts.get("template"), reference,
+                "mode=completions templates the prompt here with the model's chat template"))
         self.http = HttpClient.from_options(spec, url, opts, "HF_TOKEN", concurrency=4)
         self.max_concurrency = self.http.max_connections
 
     @classmethod
-    def from_spec(cls, spec: str, rest: str) -> HFEndpointTarget:
+    def from_spec(cls, spec: str, rest: str, reference: str | None = None) -> HFEndpointTarget:
         tls = spec.startswith("hf-endpoint+https:")
         url = urlsplit(("https:" if tls else "http:") + rest)
         if not url.hostname:
             raise InputError("expected hf-endpoint://HOST[:PORT][/PATH]", where=spec)
         opts = {k: v[-1] for k, v in spec_options(url.query, OPTIONS, spec).items()}
         port = f":{url.port}" if url.port else ""
-        return cls(spec, f"{url.scheme}://{url.hostname}{port}", url.path or "/", opts)
+        return cls(spec, f"{url.scheme}://{url.hostname}{port}", url.path or "/", opts, reference)
 
     async def generate(self, request: Request) -> ResponseRecord:
         started = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -57,7 +68,7 @@ class HFEndpointTarget(Target):
             if getattr(p, name) is not None:
                 params[name] = getattr(p, name)
         sent_prompt = ""
-        if self.mode == "completions":
+        if self.ref is not None:  # completions mode
             sent_prompt = self.ref.render(request.conversation)
             inputs: Any = sent_prompt
         else:

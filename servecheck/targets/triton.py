@@ -1,11 +1,15 @@
 """``triton://HOST:PORT/MODEL``: a TensorRT-LLM model on Triton, over HTTP.
 
 The prompt is templated here, with the chat template of ``?template=PATH|builtin`` (the
-reference checkpoint), and sent as ``text_input``, as Triton users do. What else is sent, and
-under which names, comes from the model's config (``trtllm.Interface``). A decoupled model (or
-``?stream=1``) is read through ``generate_stream`` (Server-Sent Events), any other through
-``generate``. The record keeps what came back verbatim: a prompt echoed because
-``exclude_input_in_output`` was not honoured stays in ``output`` for ``check`` to name. An
+reference checkpoint), and sent as ``text_input``, as Triton users do; a model that declares
+``input_ids`` (the ``tensorrt_llm`` model) is sent the reference tokenization instead, recorded as
+``prompt_token_ids``. What else is sent, and under which names, comes from the model's config
+(``trtllm.Interface``). A decoupled model (or ``?stream=1``) is read through ``generate_stream``
+(Server-Sent Events), any other through ``generate``. The record keeps what came back verbatim:
+``output`` is the server's ``text_output`` (the decoded ``output_ids`` only for a model that
+sends no text), ``output_token_ids`` its ``output_ids`` and ``output_logprobs`` its
+``output_log_probs``, each joined across stream frames; a prompt echoed because
+``exclude_input_in_output`` was not honoured stays in them for ``check`` to name. An
 ``{"error": …}`` body or stream frame, even with HTTP 200, is an error, never an output.
 
 Options: ``template``, ``stream=0|1``, ``end_id=N|auto`` (``auto``: the reference's end-of-turn
@@ -83,14 +87,19 @@ class TritonBase(Target):
         p = request.parameters
         prompt = self.ref.render(request.conversation)
         interface = await self.interface()
-        sent = interface.build(prompt, p, p.max_tokens or DEFAULT_MAX_TOKENS, self.options)
+        prompt_ids = self.ref.encode(prompt) if interface.takes_ids else None
+        sent = interface.build(prompt if prompt_ids is None else prompt_ids, p,
+                               p.max_tokens or DEFAULT_MAX_TOKENS, self.options)
         answer = Answer()
         async for outputs in self.responses(interface, sent, interface.streams(self.options)):
             answer.add(outputs)
         reason = answer.finish_reason if answer.finish_reason in ("stop", "length") else None
+        # the server's own text, so that a detokenizer bug shows against its ids
+        text = answer.text if answer.text is not None else self.ref.decode(answer.ids or [])
         return ResponseRecord(
             id=request.id, conversations=request.conversation, parameters=p, input=prompt,
-            output=answer.text, target=self.spec, output_logprobs=answer.logprobs,
+            output=text, target=self.spec, prompt_token_ids=prompt_ids,
+            output_token_ids=answer.ids, output_logprobs=answer.logprobs or None,
             finish_reason=reason, sent=interface.as_received(sent),
             timing=Timing(started_at=started, latency_s=round(time.perf_counter() - t0, 4)))
 

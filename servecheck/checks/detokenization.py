@@ -1,0 +1,64 @@
+"""Detokenization check: a record's token ids must decode to its output text.
+
+Where a server returns ids, the ids are what the checks score, so a text that says something
+else would go unseen: streamed detokenization dropping a space, a UTF-8 character split across
+tokens and lost, an end marker written out as text, a byte token dropped. The ids are decoded
+byte-exactly (``TokenBytes``) and compared with ``output``; a server that strips the end marker
+from the text and one that puts it back are both right. The finding names the record, the first
+differing character and the token there.
+"""
+
+from __future__ import annotations
+
+from servecheck.checks import CheckContext, CheckResult, Finding
+from servecheck.checks.template import first_difference, show
+
+
+def token_at(ctx: CheckContext, ids: list[int], char: int) -> int:
+    """The output token whose text holds character ``char`` of the decoded ids."""
+    data = b""
+    for k, t in enumerate(ids):
+        data += ctx.token_bytes(t)
+        if len(data.decode("utf-8", "replace")) > char:
+            return k
+    return max(0, len(ids) - 1)
+
+
+def agrees(text: str, from_ids: str, markers: list[str]) -> bool:
+    """Equal, or equal once an end marker the server stripped or put back is allowed for."""
+    if text == from_ids:
+        return True
+    return any(text == from_ids.removesuffix(m) or from_ids == text.removesuffix(m)
+               for m in markers)
+
+
+def check_detokenization(ctx: CheckContext) -> CheckResult:
+    idx = [i for i, r in enumerate(ctx.records) if r.output_token_ids is not None]
+    if not idx:
+        return CheckResult("detokenization", "skipped", "no record carries output token ids")
+    tok = ctx.ref.tokenizer
+    markers = ctx.ref.end_markers
+    findings: list[Finding] = []
+    for i in idx:
+        r = ctx.records[i]
+        ids = list(r.output_token_ids or [])
+        text = ctx.token_bytes.joined(ids).decode("utf-8", "replace")
+        if agrees(r.output, text, markers):
+            continue
+        k = first_difference(r.output, text)
+        at = token_at(ctx, ids, k)
+        token = repr(tok.convert_ids_to_tokens(ids[at])) + f" id {ids[at]}" if ids else "none"
+        served = repr(r.output[k]) if k < len(r.output) else "its end"
+        given = repr(text[k]) if k < len(text) else "their end"
+        findings.append(Finding(ctx.labels[i], (
+            f"text and token ids differ from character {k}: the text has {served} "
+            f"({show(r.output, k)}), the ids give {given} ({show(text, k)}), at output token "
+            f"{at} ({token})"), 1.0))
+    details = {"records": len(idx), "differ": len(findings), "end_markers": markers}
+    if findings:
+        return CheckResult("detokenization", "fail", (
+            f"{len(findings)}/{len(idx)} records' output text is not what their token ids "
+            f"decode to (detokenizer bug: dropped spaces, split UTF-8, an end marker as text?)"),
+            details, findings)
+    return CheckResult("detokenization", "pass",
+                       f"{len(idx)}/{len(idx)} output texts equal their token ids, decoded", details)
