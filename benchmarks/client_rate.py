@@ -117,7 +117,7 @@ def servecheck_rate(http: int, concurrency: int, n: int, work: Path) -> float:
     out = work / f"r-{run}.jsonl"  # a fresh file and fresh ids: nothing is skipped as answered
     t0 = time.perf_counter()
     summary = collect(prompts, f"triton://127.0.0.1:{http}/ensemble?concurrency={concurrency}",
-                      out, show_progress=False, retries=0)
+                      out, show_progress=False, retries=0, reference="builtin")
     elapsed = time.perf_counter() - t0
     assert summary.written == n and not summary.errors, summary.errors[:3]
     return n / elapsed

@@ -289,9 +289,14 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--builtin", action="store_true", help="the built-in model (CPU rate)")
     p.add_argument("--out", type=Path, help="write the JSON document here too")
+    p.add_argument("--text-only", type=int, default=0, metavar="N",
+                   help="only the cost of text-only records: the tokenization search against the "
+                        "canonical path on N honest records (benchmarks/text_only_cost.py)")
     args = p.parse_args()
     budgets = {"token_budget": args.token_budget} if args.token_budget else {}
-    if args.sharded_check:
+    if args.text_only:
+        result = text_only(args)
+    elif args.sharded_check:
         os.environ["SERVECHECK_COMPILE"] = "0"
         result = sharded_check(args)
     elif args.parallel_only:
@@ -363,6 +368,24 @@ def main() -> None:
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
+
+
+def text_only(args: argparse.Namespace) -> dict:
+    """The tokenization search's cost against the canonical path, built-in reference (and the
+    Gemma-3-1B-shaped one on a GPU), on the same honest text-only records."""
+    from text_only_cost import cost, honest_records
+
+    if args.device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    records_ = honest_records(args.text_only)
+    out = {"device": args.device, "torch": torch.__version__,
+           "builtin": cost(Reference("builtin", device=args.device), records_, args.repeat)}
+    if args.device.startswith("cuda"):
+        out["card"] = torch.cuda.get_device_name()
+        os.environ["SERVECHECK_COMPILE"] = "1" if args.compile else "0"
+        out["gemma_1b"] = cost(gemma_1b(args.vocab, args.device, args.logit_scale), records_,
+                               args.repeat)
+    return out
 
 
 def items_in(items: list[ScoreItem], vocab: int) -> list[ScoreItem]:

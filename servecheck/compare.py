@@ -93,12 +93,12 @@ async def _replay(target: Target, requests: list[Request], advance: Callable[[in
 
 
 def replay(spec: str, served: list[ResponseRecord], labels: list[str], console: Console,
-           progress: bool) -> list[ResponseRecord]:
+           progress: bool, reference: str | None = None) -> list[ResponseRecord]:
     """Send each served record's request to the ground truth; ids get the ``~truth`` suffix."""
     from servecheck.progress import bar, spinner
 
     with spinner(console, f"opening the ground truth {spec}…", progress):
-        target = open_target(spec)
+        target = open_target(spec, reference=reference)
     requests = [Request(f"{name}{TRUTH}", r.conversations, r.parameters)
                 for name, r in zip(labels, served, strict=True)]
     try:
@@ -180,7 +180,8 @@ def run_compare(responses: Path, reference: str, target: str | None, sample: int
     ref = Reference(reference)
     served = [records[i].model_copy(update={"id": label(records[i], i)}) for i in chosen]
     truth_spec = target or f"hf:{reference}"
-    truth = replay(truth_spec, served, [r.id or "" for r in served], console, progress)
+    truth = replay(truth_spec, served, [r.id or "" for r in served], console, progress,
+                   reference)
     ctx = CheckContext(served + truth, ref, numerics)
     teacher_force(ctx, console, progress)
     pairs = build_pairs(ctx, served, truth)

@@ -139,7 +139,8 @@ async def batch_invariance(target: Target, ref: Reference, convs: list[Conversat
                        f"{len(bugs)} real", bugs + ties)
 
 
-async def stream_vs_unary(spec: str, max_tokens: int) -> ProbeResult:
+async def stream_vs_unary(spec: str, max_tokens: int, reference: str | None = None
+                          ) -> ProbeResult:
     if not spec.startswith("triton"):
         return ProbeResult("stream", "skipped", "the target has no separate streaming path")
     sep = "&" if "?" in spec else "?"
@@ -147,7 +148,7 @@ async def stream_vs_unary(spec: str, max_tokens: int) -> ProbeResult:
                        max_tokens=max_tokens)
     texts: dict[str, str] = {}
     for name in ("0", "1"):
-        target = open_target(f"{spec}{sep}stream={name}")
+        target = open_target(f"{spec}{sep}stream={name}", reference=reference)
         try:
             texts[name] = (await target.generate(request)).output
         except TargetError as e:
@@ -168,12 +169,12 @@ async def run_probes(spec: str, ref: Reference, convs: list[Conversation] | None
     convs = convs or CONVERSATIONS
     if len(convs) < 2:
         convs = convs + CONVERSATIONS
-    target = open_target(spec)
+    target = open_target(spec, reference=ref.spec)  # the probe's --reference is the served model
     try:
         return [await repeatability(target, convs, repeats, max_tokens),
                 await seeds(target, ref, convs, n_seeds, max_tokens, alpha),
                 await batch_invariance(target, ref, convs, list(levels), max_tokens, numerics),
-                await stream_vs_unary(spec, max_tokens)]
+                await stream_vs_unary(spec, max_tokens, ref.spec)]
     finally:
         await target.aclose()
         target.close()

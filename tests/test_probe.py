@@ -38,7 +38,7 @@ def test_ignored_seed_is_caught_by_probe_and_check(tmp_path: Path) -> None:
     for address in _host(ignore_seed=True):
         code, results = _probe(address, tmp_path)
         assert run_cli("generate", prompts, "--target", f"triton://{address['http']}/ensemble",
-                       "--out", out, "--no-progress") == 0
+                       "--out", out, "--no-progress", "--reference", "builtin") == 0
     assert code == 1 and results["seeds"]["verdict"] == "fail", results["seeds"]
     assert results["repeatability"]["verdict"] == "pass"  # deterministic, just not seeded
     check_code, summary = check_json(out, tmp_path, "builtin", "--numerics", "fp32")

@@ -101,7 +101,8 @@ def vllm() -> Iterator[dict[str, str]]:
 
 def _generate(tmp_path: Path, target: str, name: str, prompts: Path = LITE) -> Path:
     out = tmp_path / name
-    code = run_cli("generate", prompts, "--target", target, "--out", out, "--no-progress")
+    code = run_cli("generate", prompts, "--target", target, "--out", out, "--no-progress",
+                   "--reference", "builtin")
     assert code == 0, [r.error for r in read_records(out) if r.error][:3]
     return out
 

@@ -99,7 +99,8 @@ def label(record: ResponseRecord, index: int) -> str:
 
 class CheckContext:
     def __init__(self, records: list[ResponseRecord], ref: Reference, numerics: str = "bf16",
-                 convention: Convention = HF, alpha: float = 0.01) -> None:
+                 convention: Convention = HF, alpha: float = 0.01, search_tokens: bool = True,
+                 token_choice: Literal["posterior", "max"] = "posterior") -> None:
         self.all_records = records
         self.records = [r for r in records if r.error is None]
         self.labels = [label(r, i) for i, r in enumerate(records) if r.error is None]
@@ -107,6 +108,12 @@ class CheckContext:
         self.numerics = NUMERICS[numerics]
         self.convention = convention
         self.alpha = alpha
+        self.search_tokens = search_tokens
+        """Text-only records scored on their most plausible tokenization (else canonical: the
+        scoring benchmark's baseline)."""
+        self.token_choice = token_choice
+        """How a sampled record's tokenization is chosen: a posterior draw (calibrated), or the
+        most likely one (biased towards "too cold"; kept to measure that bias)."""
         self._scores: dict[int, TokenScores] = {}
         self.score_fn: Callable[..., list[TokenScores]] = score
         """``score``, or ``parallel.score_data_parallel`` under torchrun (every rank calls it
@@ -163,15 +170,17 @@ class CheckContext:
                 return ids[: k + 1], source
         return ids, source
 
-    def scores(self, indices: list[int]) -> dict[int, TokenScores]:
-        """Teacher-forced scores for the records at ``indices`` (cached across checks)."""
+    def scores(self, indices: list[int], search: bool = True) -> dict[int, TokenScores]:
+        """Teacher-forced scores for the records at ``indices`` (cached across checks); with
+        ``search``, text-only ones end on their most plausible tokenization."""
         cache = self._scores
         missing = [i for i in indices if i not in cache]
         if missing:
             items = [self._item(i) for i in missing]
             for i, s in zip(missing, self.score_fn(self.ref, items, self.convention), strict=True):
                 cache[i] = s
-            self._search_tokens([i for i in missing if self.output_ids(i)[1] == CANONICAL])
+            if search and self.search_tokens:
+                self._search_tokens([i for i in missing if self.output_ids(i)[1] == CANONICAL])
         return {i: cache[i] for i in indices}
 
     @cached_property
@@ -183,15 +192,17 @@ class CheckContext:
         (``servecheck.tokenization``), rescoring only the records with a proposal."""
         tb, frozen = self.token_bytes, set(self.ref.special_ids)
         canonical = {i: self._output_ids[i][0] for i in idx}
-        if any(tb.joined(ids) != self.records[i].output.encode("utf-8")[: len(tb.joined(ids))]
-               for i, ids in canonical.items()):
+        if not self._pieces_join(canonical):
             return  # a decoder whose pieces do not join back to the text: canonical it is
         live = idx
         for round_ in range(MAX_ROUNDS):
             proposals = {}
             for i in live:
-                p = propose(self._output_ids[i][0], self._scores[i].argmax, tb, self.ref.encode,
-                            frozen, self._impossible(i))
+                s, impossible = self._scores[i], self._impossible(i)
+                if not impossible.any() and not tb.may_split(s.token_ids, s.argmax):
+                    continue
+                p = propose(self._output_ids[i][0], s.argmax, tb, self.ref.encode, frozen,
+                            impossible)
                 if p is not None:
                     proposals[i] = p
             if not proposals:
@@ -209,6 +220,16 @@ class CheckContext:
         for i in idx:
             if self._output_ids[i][1] == SEARCHED:
                 self.departures[i] = departures(self._output_ids[i][0], canonical[i], tb)
+
+    def _pieces_join(self, canonical: dict[int, list[int]], sample: int = 32) -> bool:
+        """Whether token bytes join back to the output text (checked on a sample: a decoder
+        that does not is wrong for nearly every record)."""
+        tb = self.token_bytes
+        for i in list(canonical)[:sample]:
+            joined = tb.joined(canonical[i])
+            if joined != self.records[i].output.encode("utf-8")[: len(joined)]:
+                return False
+        return True
 
     def _impossible(self, i: int) -> np.ndarray:
         """Tokens no correct server could have produced in this tokenization: outside the
@@ -243,14 +264,17 @@ class CheckContext:
             delta = self.numerics.logit
             return greedy_key(new.token_ids, new.argmax, new.margin, new.logprob, delta) < \
                 greedy_key(current.token_ids, current.argmax, current.margin, current.logprob, delta)
-        u = float(np.random.default_rng([self._seed(i), round_]).random())
-        return barker(sampled_loglik(new.stats["logq"]), sampled_loglik(current.stats["logq"]), u)
+        ll_new, ll_current = sampled_loglik(new.stats["logq"]), sampled_loglik(current.stats["logq"])
+        if self.token_choice == "max":
+            return ll_new > ll_current
+        return barker(ll_new, ll_current, float(np.random.default_rng([self._seed(i), round_]).random()))
 
     def prefetch(self, advance: Callable[[int], None] | None = None,
                  chunk_tokens: int = 32768) -> None:
         """Score every record now, in length-sorted chunks, calling ``advance(records)`` after
         each chunk: the one slow step of ``check`` gets a progress bar, and the checks that
-        follow read the cache."""
+        follow read the cache. The tokenization search runs once over all chunks, so each of
+        its rounds is one batch however many chunks there are."""
         todo = sorted((i for i in range(len(self.records)) if i not in self._scores),
                       key=lambda i: -(len(self.prompt_ids(i)[0]) + len(self.output_ids(i)[0])))
         chunk: list[int] = []
@@ -259,14 +283,16 @@ class CheckContext:
             chunk.append(i)
             size += len(self.prompt_ids(i)[0]) + len(self.output_ids(i)[0])
             if size >= chunk_tokens:
-                self.scores(chunk)
+                self.scores(chunk, search=False)
                 if advance:
                     advance(len(chunk))
                 chunk, size = [], 0
         if chunk:
-            self.scores(chunk)
+            self.scores(chunk, search=False)
             if advance:
                 advance(len(chunk))
+        if self.search_tokens:
+            self._search_tokens([i for i in todo if self.output_ids(i)[1] == CANONICAL])
 
     def describe_tokens(self, i: int) -> str:
         """The record's token source, for people: with where a non-canonical split was chosen."""

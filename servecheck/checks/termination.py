@@ -21,6 +21,12 @@ def _echo(r: ResponseRecord, prompt: str, ctx: CheckContext) -> bool:
     return len(plain) >= 8 and ctx.ref.strip_special(r.output).lstrip().startswith(plain)
 
 
+def marker_unknown(r: ResponseRecord) -> bool:
+    """The target could not restore the end marker a server strips (no reference was named at
+    collection) and said so in ``sent``: a missing marker is then no evidence."""
+    return str((r.sent or {}).get("end_marker", "")).startswith("unknown")
+
+
 def _could_be_cut(r: ResponseRecord, n: int, limit: int) -> bool:
     """Whether an output with no finish reason may have stopped at max_tokens. With ids, their
     count says. Without, the count is latent: a model that spells a word letter by letter emits
@@ -56,7 +62,7 @@ def _problems(i: int, ctx: CheckContext) -> list[tuple[str, str]]:
         return out
     cut = r.finish_reason == "length" or (r.finish_reason is None and limit is not None
                                           and _could_be_cut(r, n, limit))
-    if not cut:
+    if not cut and not marker_unknown(r):
         marker = ctx.ref.turn_end_marker or (ctx.ref.end_markers or ["<end of turn>"])[0]
         why = f"finish_reason '{r.finish_reason}'" if r.finish_reason else \
             f"{n} tokens < max_tokens {limit}" if limit else "no max_tokens"
@@ -74,7 +80,9 @@ def check_termination(ctx: CheckContext) -> CheckResult:
             kinds[kind] += 1
             findings.append(Finding(ctx.labels[i], f"{kind}: {message}", 1.0))
     n = len(ctx.records)
-    details = {"records": n, "end_markers": ctx.ref.end_markers, "kinds": dict(kinds)}
+    unknown = sum(marker_unknown(r) for r in ctx.records)
+    details = {"records": n, "end_markers": ctx.ref.end_markers, "kinds": dict(kinds),
+               "end_marker_unknown": unknown}
     if not n:
         return CheckResult("termination", "skipped", "no records with an output")
     if findings:
@@ -82,6 +90,8 @@ def check_termination(ctx: CheckContext) -> CheckResult:
         summary = f"{bad}/{n} records end wrongly: " + \
             ", ".join(f"{k} ({c})" for k, c in kinds.most_common())
         return CheckResult("termination", "fail", summary, details, findings)
+    note = (f"; {unknown} without a known end marker (collected with no --reference: the server "
+            f"strips it and nothing put it back)") if unknown else ""
     return CheckResult("termination", "pass",
-                       f"{n}/{n} outputs end correctly (markers {', '.join(ctx.ref.end_markers)})",
-                       details)
+                       f"{n}/{n} outputs end correctly (markers {', '.join(ctx.ref.end_markers)})"
+                       f"{note}", details)

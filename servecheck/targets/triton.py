@@ -1,7 +1,8 @@
 """``triton://HOST:PORT/MODEL``: a TensorRT-LLM model on Triton, over HTTP.
 
-The prompt is templated here, with the chat template of ``?template=PATH|builtin`` (the
-reference checkpoint), and sent as ``text_input``, as Triton users do; a model that declares
+The prompt is templated here, with the chat template of the reference the user names
+(``?template=PATH|builtin`` or ``generate --reference``, the option winning; one of them is
+required), and sent as ``text_input``, as Triton users do; a model that declares
 ``input_ids`` (the ``tensorrt_llm`` model) is sent the reference tokenization instead, recorded as
 ``prompt_token_ids``. What else is sent, and under which names, comes from the model's config
 (``trtllm.Interface``). A decoupled model (or ``?stream=1``) is read through ``generate_stream``
@@ -31,7 +32,7 @@ from servecheck.errors import InputError, TargetError
 from servecheck.prompts import Request
 from servecheck.records import ResponseRecord, Timing
 from servecheck.reference import Reference
-from servecheck.targets import DEFAULT_MAX_TOKENS, Target, spec_options
+from servecheck.targets import DEFAULT_MAX_TOKENS, Target, required_reference, spec_options
 from servecheck.targets.http import HttpClient
 from servecheck.targets.trtllm import Answer, Interface, Options, short_error
 
@@ -41,11 +42,14 @@ OPTIONS = ("template", "stream", "end_id", "stop_words", "timeout", "concurrency
 class TritonBase(Target):
     """Everything but the wire: templating, the interface, the record."""
 
-    def __init__(self, spec: str, host: str, port: int, model: str, opts: dict[str, list[str]]
-                 ) -> None:
+    takes_reference = True
+
+    def __init__(self, spec: str, host: str, port: int, model: str, opts: dict[str, list[str]],
+                 reference: str | None = None) -> None:
         self.spec, self.host, self.port, self.model = spec, host, port, model
         single = {k: v[-1] for k, v in opts.items()}
-        self.ref = Reference(single.get("template", "builtin"))
+        self.ref = Reference(required_reference(spec, single.get("template"), reference,
+                                                "Triton is sent a prompt templated here"))
         try:
             end = single.get("end_id")
             end_id = None if end is None else (self.ref.end_ids[-1] if end == "auto" else int(end))
@@ -59,13 +63,14 @@ class TritonBase(Target):
         self._interface: Interface | None = None
 
     @classmethod
-    def from_spec(cls, spec: str, rest: str) -> TritonBase:
+    def from_spec(cls, spec: str, rest: str, reference: str | None = None) -> TritonBase:
         url = urlsplit("http:" + rest)
         model = url.path.strip("/")
         if not url.hostname or not url.port or not model or "/" in model:
             scheme = spec.partition(":")[0]
             raise InputError(f"expected {scheme}://HOST:PORT/MODEL", where=spec)
-        return cls(spec, url.hostname, url.port, model, spec_options(url.query, OPTIONS, spec))
+        return cls(spec, url.hostname, url.port, model, spec_options(url.query, OPTIONS, spec),
+                   reference)
 
     @abstractmethod
     async def model_config(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ an FP32 input turns 0.9 into 0.8999999762, and the record keeps both.
 Token ids come where the deployment has them, because ids are what the checks score and text
 alone leaves the tokenization to be guessed: a model that declares ``input_ids`` is sent the
 reference tokenization of the prompt (the preprocessing that would add a second BOS is then not
-in the path), and one that declares ``output_ids`` has them recorded. The ``ensemble`` and BLS
+in the path), and the ``output_ids`` a model returns are recorded. The ``ensemble`` and BLS
 models have neither; their ``output_log_probs`` (one per generated token) at least tell the
 checks how many tokens the text is.
 """
@@ -74,8 +74,6 @@ class Interface:
     batched: bool
     """``max_batch_size`` > 0: tensors carry a leading batch dimension."""
     decoupled: bool
-    outputs: frozenset[str] = frozenset()
-    """Declared output names: ``output_ids`` says the model answers in token ids."""
 
     @classmethod
     def from_config(cls, model: str, config: dict[str, Any]) -> Interface:
@@ -85,9 +83,8 @@ class Interface:
             raise TargetError(f"model '{model}' has neither text_input nor input_ids: not a "
                               f"TensorRT-LLM model (inputs: {sorted(inputs)})")
         policy = config.get("model_transaction_policy") or {}
-        outputs = frozenset(o["name"] for o in config.get("output", []))
         return cls(model, inputs, int(config.get("max_batch_size") or 0) > 0,
-                   bool(policy.get("decoupled")), outputs)
+                   bool(policy.get("decoupled")))
 
     @property
     def llmapi(self) -> bool:
@@ -97,10 +94,6 @@ class Interface:
     def takes_ids(self) -> bool:
         """The prompt goes as ``input_ids`` (the reference tokenization), not as text."""
         return "input_ids" in self.inputs
-
-    @property
-    def returns_ids(self) -> bool:
-        return "output_ids" in self.outputs
 
     @property
     def names(self) -> dict[str, str]:
