@@ -12,23 +12,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
-import numpy as np
-
+from servecheck.latent import TokenSearch
 from servecheck.records import ResponseRecord
 from servecheck.reference import Reference
 from servecheck.sampling import HF, Convention, Sampling
 from servecheck.scoring import ScoreItem, TokenScores, score
-from servecheck.tokenization import (
-    CANONICAL,
-    MAX_ROUNDS,
-    SEARCHED,
-    SERVER_IDS,
-    TokenBytes,
-    barker,
-    greedy_key,
-    propose,
-    sampled_loglik,
-)
+from servecheck.tokenization import CANONICAL, SERVER_IDS, TokenBytes
 
 Verdict = Literal["pass", "fail", "skipped"]
 
@@ -76,21 +65,6 @@ class CheckResult:
 
     def worst_first(self) -> list[Finding]:
         return sorted(self.findings, key=lambda f: -f.severity)
-
-
-def departures(chosen: list[int], canonical: list[int], tb: TokenBytes) -> tuple[int, ...]:
-    """Positions in ``chosen`` whose token is not the canonical token at the same byte offset."""
-    at = {}
-    offset = 0
-    for t in canonical:
-        at[offset] = t
-        offset += len(tb(t))
-    out, offset = [], 0
-    for k, t in enumerate(chosen):
-        if at.get(offset) != t:
-            out.append(k)
-        offset += len(tb(t))
-    return tuple(out)
 
 
 def label(record: ResponseRecord, index: int) -> str:
@@ -188,86 +162,9 @@ class CheckContext:
         return TokenBytes(self.ref.tokenizer)
 
     def _search_tokens(self, idx: list[int]) -> None:
-        """Text-only records: replace the canonical tokens by the most plausible tokenization
-        (``servecheck.tokenization``), rescoring only the records with a proposal."""
-        tb, frozen = self.token_bytes, set(self.ref.special_ids)
-        canonical = {i: self._output_ids[i][0] for i in idx}
-        if not self._pieces_join(canonical):
-            return  # a decoder whose pieces do not join back to the text: canonical it is
-        live = idx
-        for round_ in range(MAX_ROUNDS):
-            proposals = {}
-            for i in live:
-                s, impossible = self._scores[i], self._impossible(i)
-                if not impossible.any() and not tb.may_split(s.token_ids, s.argmax):
-                    continue
-                p = propose(self._output_ids[i][0], s.argmax, tb, self.ref.encode, frozen,
-                            impossible)
-                if p is not None:
-                    proposals[i] = p
-            if not proposals:
-                break
-            order = list(proposals)
-            items = [ScoreItem(self.prompt_ids(i)[0], proposals[i].ids,
-                               Sampling.of(self.records[i].parameters), self._seed(i))
-                     for i in order]
-            live = []
-            for i, s in zip(order, self.score_fn(self.ref, items, self.convention), strict=True):
-                if self._keep(i, s, round_):
-                    self._output_ids[i] = (proposals[i].ids, SEARCHED)
-                    self._scores[i] = s
-                    live.append(i)
-        for i in idx:
-            if self._output_ids[i][1] == SEARCHED:
-                self.departures[i] = departures(self._output_ids[i][0], canonical[i], tb)
-
-    def _pieces_join(self, canonical: dict[int, list[int]], sample: int = 32) -> bool:
-        """Whether token bytes join back to the output text (checked on a sample: a decoder
-        that does not is wrong for nearly every record)."""
-        tb = self.token_bytes
-        for i in list(canonical)[:sample]:
-            joined = tb.joined(canonical[i])
-            if joined != self.records[i].output.encode("utf-8")[: len(joined)]:
-                return False
-        return True
-
-    def _impossible(self, i: int) -> np.ndarray:
-        """Tokens no correct server could have produced in this tokenization: outside the
-        support of a sampled record, a hard argmax mismatch in a greedy one, and, where the
-        served log-probs count other tokens than these, those whose log-prob differs by a nat."""
-        s = self._scores[i]
-        if "logq" in s.stats:
-            out = np.isinf(s.stats["logq"])
-        else:
-            out = (s.token_ids != s.argmax) & (s.margin > self.numerics.logit)
-        served = self.records[i].output_logprobs
-        if served and len(served) != len(s):
-            n = min(len(served), len(s))
-            lp = np.asarray(served[:n], dtype=np.float64)
-            diff = np.abs(lp - s.logprob[:n])
-            if "logq" in s.stats:
-                diff = np.minimum(diff, np.abs(lp - s.stats["logq"][:n]))
-            out[:n] |= diff > 1.0
-        return out
-
-    def _keep(self, i: int, new: TokenScores, round_: int) -> bool:
-        """Whether a proposed tokenization replaces the current one (module docstring of
-        ``servecheck.tokenization``: the argmax path for greedy records, a posterior draw for
-        sampled ones, the server's token count first when its log-probs tell it)."""
-        r, current = self.records[i], self._scores[i]
-        if r.output_logprobs:
-            n = len(r.output_logprobs)
-            off_new, off_current = abs(len(new) - n), abs(len(current) - n)
-            if off_new != off_current:
-                return off_new < off_current
-        if Sampling.of(r.parameters).greedy or "logq" not in new.stats:
-            delta = self.numerics.logit
-            return greedy_key(new.token_ids, new.argmax, new.margin, new.logprob, delta) < \
-                greedy_key(current.token_ids, current.argmax, current.margin, current.logprob, delta)
-        ll_new, ll_current = sampled_loglik(new.stats["logq"]), sampled_loglik(current.stats["logq"])
-        if self.token_choice == "max":
-            return ll_new > ll_current
-        return barker(ll_new, ll_current, float(np.random.default_rng([self._seed(i), round_]).random()))
+        """Text-only records: the canonical tokens replaced by the most plausible tokenization
+        (``servecheck.latent``), rescoring only the records with a proposal."""
+        self.departures.update(TokenSearch(self).run(idx))
 
     def prefetch(self, advance: Callable[[int], None] | None = None,
                  chunk_tokens: int = 32768) -> None:
@@ -311,12 +208,13 @@ class CheckContext:
              **({"non_canonical_at": list(self.departures[i])} if i in self.departures else {})}
             for i in range(len(self.records))]}
 
-    def _seed(self, i: int) -> int:
+    def seed(self, i: int) -> int:
+        """The seed of record i's PIT uniforms and tokenization draws: from its label, stable."""
         return int.from_bytes(hashlib.sha256(self.labels[i].encode()).digest()[:4], "little")
 
     def _item(self, i: int) -> ScoreItem:
         return ScoreItem(self.prompt_ids(i)[0], self.output_ids(i)[0],
-                         Sampling.of(self.records[i].parameters), self._seed(i))
+                         Sampling.of(self.records[i].parameters), self.seed(i))
 
     def sampled(self) -> list[int]:
         return [i for i, r in enumerate(self.records) if not Sampling.of(r.parameters).greedy]
