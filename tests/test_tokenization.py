@@ -8,6 +8,7 @@ run at α = 0.01 on fixed seeds, so a correct server's set fails by chance at mo
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -67,9 +68,13 @@ def test_capitals_are_not_canonical(capitals: list[ResponseRecord], ref: Referen
 
 
 def test_honest_text_only_set_passes(capitals: list[ResponseRecord], tmp_path: Path) -> None:
+    report = tmp_path / "report.html"
     code, summary = check_json(write_records(tmp_path / "text.json", text_only(capitals)),
-                               tmp_path)
+                               tmp_path, "builtin", "--report", report)
     assert code == 0, [c["summary"] for c in summary["checks"] if c["verdict"] == "fail"]
+    page = report.read_text()
+    assert f"scored tokens: {SEARCHED} (non-canonical at output token(s)" in page
+    assert re.search(r'class="tok[^"]* split[^"]*" style="background:', page)  # a heat-map token
     tokens = summary["tokens"]
     chosen = [r for r in tokens["records"] if r["source"] == SEARCHED]
     assert chosen and all(r["non_canonical_at"] for r in chosen)
