@@ -105,7 +105,7 @@ class TokenSearch:
         else:
             out = (s.token_ids != s.argmax) & (s.margin > self.ctx.numerics.logit)
         served = self.ctx.records[i].output_logprobs
-        if served and len(served) != len(s):
+        if served and len(served) != len(s) and i not in self.ctx.lost_at:
             n = min(len(served), len(s))
             lp = np.asarray(served[:n], dtype=np.float64)
             diff = np.abs(lp - s.logprob[:n])
@@ -120,7 +120,7 @@ class TokenSearch:
         posterior draw (or, to measure its bias, the likelier one) for sampled ones."""
         ctx = self.ctx
         r, current = ctx.records[i], ctx._scores[i]
-        if r.output_logprobs:
+        if r.output_logprobs and i not in ctx.lost_at:  # a truncated text: the count is another
             n = len(r.output_logprobs)
             off_new, off_current = abs(len(new) - n), abs(len(current) - n)
             if off_new != off_current:

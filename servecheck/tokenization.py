@@ -52,6 +52,11 @@ SERVER_IDS = "server token ids"
 CANONICAL = "reference tokenization of the output text"
 SEARCHED = "most plausible tokenization of the output text"
 """Token sources, as the JSON summary and the report name them."""
+LOST = "\ufffd"
+"""What a detokenizer writes for bytes that are no whole UTF-8 character: the bytes are gone, so
+a text-only record is scored only up to the first one (``CheckContext.lost_at``). Leaving out
+what follows conditions the kept tokens on the next one being whole; such tokens are rare
+(a hot sampler's stray byte), so that bias is small next to scoring bytes nobody sampled."""
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 

@@ -267,3 +267,18 @@ def test_served_logprobs_that_stop_lining_up_are_named(capitals: list[ResponseRe
     assert lp.verdict == "fail", lp.summary
     assert [f.record for f in lp.findings] == [victim.id]
     assert "stop lining up" in lp.findings[0].message
+
+
+def test_bytes_lost_in_detokenization_end_the_scoring(capitals: list[ResponseRecord],
+                                                      tmp_path: Path) -> None:
+    """A hot sampler's stray byte token is no whole character; decoding the text replaced it
+    with U+FFFD, so its bytes (and the context of what follows) are unknown. Scoring them would
+    show the reference three tokens nobody sampled; the record is scored up to there instead."""
+    records = text_only([r.model_copy(deep=True) for r in capitals])
+    victim = next(r for r in records if r.parameters.temperature == 1.0 and " " in r.output[5:])
+    at = victim.output.index(" ", 5)
+    victim.output = victim.output[:at] + "\ufffd\ufffd QZXJ QZXJ" + victim.output[at:]
+    code, summary = check_json(write_records(tmp_path / "r.json", records), tmp_path)
+    assert code == 0, [c["summary"] for c in summary["checks"] if c["verdict"] == "fail"]
+    (row,) = [r for r in summary["tokens"]["records"] if "scored_up_to_char" in r]
+    assert row["scored_up_to_char"] == at

@@ -17,7 +17,7 @@ from servecheck.records import ResponseRecord
 from servecheck.reference import Reference
 from servecheck.sampling import HF, Convention, Sampling
 from servecheck.scoring import ScoreItem, TokenScores, score
-from servecheck.tokenization import CANONICAL, SERVER_IDS, TokenBytes
+from servecheck.tokenization import CANONICAL, LOST, SERVER_IDS, TokenBytes
 
 Verdict = Literal["pass", "fail", "skipped"]
 
@@ -94,6 +94,10 @@ class CheckContext:
         with the same items in the same order, so the collective lines up)."""
         self._prompt_ids: dict[int, tuple[list[int], str]] = {}
         self._output_ids: dict[int, tuple[list[int], str]] = {}
+        self.lost_at: dict[int, int] = {}
+        """Per text-only record holding U+FFFD: the character where the server's bytes were lost
+        (a token that was no whole UTF-8 character, replaced when the text was decoded). Its
+        tokens are scored up to there: what follows was conditioned on bytes nobody recorded."""
         self.departures: dict[int, tuple[int, ...]] = {}
         """Per text-only record whose tokenization was searched: the output token positions
         where the chosen tokens depart from the canonical tokenization."""
@@ -138,7 +142,12 @@ class CheckContext:
         if r.output_token_ids is not None:
             ids, source = list(r.output_token_ids), SERVER_IDS
         else:
-            ids, source = self.ref.encode(r.output), CANONICAL
+            text = r.output
+            lost = text.find(LOST)
+            if lost >= 0:  # the server's bytes there are unknown: score what comes before
+                self.lost_at[i] = lost
+                text = text[:lost]
+            ids, source = self.ref.encode(text), CANONICAL
         for k, t in enumerate(ids):
             if t in ends:
                 return ids[: k + 1], source
@@ -195,8 +204,12 @@ class CheckContext:
         """The record's token source, for people: with where a non-canonical split was chosen."""
         source = self.output_ids(i)[1]
         at = self.departures.get(i)
-        return f"{source} (non-canonical at output token(s) {', '.join(map(str, at))})" if at \
-            else source
+        if at:
+            source += f" (non-canonical at output token(s) {', '.join(map(str, at))})"
+        if i in self.lost_at:
+            source += (f"; scored up to character {self.lost_at[i]}, where the text has U+FFFD "
+                       f"for bytes the server's detokenizer lost")
+        return source
 
     def token_sources(self) -> dict[str, Any]:
         """Per record, which tokens were scored: the JSON summary's ``tokens`` section."""
@@ -205,7 +218,8 @@ class CheckContext:
             counts[self.output_ids(i)[1]] = counts.get(self.output_ids(i)[1], 0) + 1
         return {"sources": counts, "records": [
             {"record": self.labels[i], "source": self.output_ids(i)[1],
-             **({"non_canonical_at": list(self.departures[i])} if i in self.departures else {})}
+             **({"non_canonical_at": list(self.departures[i])} if i in self.departures else {}),
+             **({"scored_up_to_char": self.lost_at[i]} if i in self.lost_at else {})}
             for i in range(len(self.records))]}
 
     def seed(self, i: int) -> int:

@@ -36,11 +36,14 @@ BREAK_RUN = 4
 """…over at least this many tokens."""
 
 
-def misalignment(served: np.ndarray, scored: int, diff: np.ndarray, marker_in_text: bool
-                 ) -> str | None:
+def misalignment(served: np.ndarray, scored: int, diff: np.ndarray, marker_in_text: bool,
+                 truncated: bool = False) -> str | None:
     """Why a record's served log-probs do not belong to the tokens scored, or None. One more
-    served value than scored tokens is the end token's, when the text lost its end marker."""
-    if len(served) != scored and not (len(served) == scored + 1 and not marker_in_text):
+    served value than scored tokens is the end token's, when the text lost its end marker; a
+    record scored only up to lost bytes (``truncated``) is compared on what was scored."""
+    count_off = len(served) < scored if truncated else \
+        len(served) != scored and not (len(served) == scored + 1 and not marker_in_text)
+    if count_off:
         return f"{len(served)} served log-probs for {scored} scored tokens"
     n = len(diff)
     for k in range(1, max(1, n - BREAK_RUN + 1)):
@@ -108,7 +111,8 @@ def check_logprobs(ctx: CheckContext) -> CheckResult:
         ends = set(ctx.ref.end_ids)
         why = misalignment(np.asarray(ctx.records[i].output_logprobs), len(scores[i]),
                            raw if convention == "raw" else post,
-                           bool(len(scores[i])) and int(scores[i].token_ids[-1]) in ends)
+                           bool(len(scores[i])) and int(scores[i].token_ids[-1]) in ends,
+                           i in ctx.lost_at)
         if why:
             lost.append(Finding(ctx.labels[i], f"served log-probs stop lining up with the scored "
                                                f"tokens ({ctx.output_ids(i)[1]}): {why}", 5.0))
