@@ -191,7 +191,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="where the reference scores (cuda on a GPU)")
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".cache" / "text-only")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" /
-                    "text_only_honest.json")
+                    "text_only" / "text_only_honest_cpu.json")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     prompts = prompts_file(a.seeds, a.work / f"prompts-{a.seeds}-seeds.json")
