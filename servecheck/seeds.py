@@ -57,8 +57,8 @@ def repeated(group: list[ResponseRecord]) -> list[ResponseRecord]:
 
 
 def seed_test(group: list[ResponseRecord], ref: Reference, convention: Convention = HF,
-              text_probability: Callable[[ResponseRecord], float] | None = None) -> SeedGroup:
-    """``text_probability`` gives p(y) of a record's output from scores made elsewhere (the
+              text_logprob: Callable[[ResponseRecord], float] | None = None) -> SeedGroup:
+    """``text_logprob`` gives log p(y) of a record's output from scores made elsewhere (the
     check's shared, batched scores, on the tokens it chose); without it each repeated text is
     scored here, on its server ids or its canonical tokens."""
     by_text: dict[str, list[ResponseRecord]] = defaultdict(list)
@@ -71,13 +71,19 @@ def seed_test(group: list[ResponseRecord], ref: Reference, convention: Conventio
         if c < 2:
             continue
         r = same[0]
-        if text_probability is not None:
-            p = text_probability(r)
+        if text_logprob is not None:
+            logp = text_logprob(r)
         else:
             prompt = r.prompt_token_ids or ref.encode(r.input or ref.render(r.conversations))
             output = r.output_token_ids or ref.encode(text)
             (s,) = score(ref, [ScoreItem(prompt, output, Sampling.of(r.parameters))], convention)
-            p = float(np.exp(np.sum(s.stats["logq"]))) if len(s) else 1.0
+            logp = float(np.sum(s.stats["logq"])) if len(s) else 0.0
+        if logp == -np.inf:
+            # a token outside the support: no correct sampler could have produced the text at
+            # all, which is the support check's finding (or a boundary tie it forgives), and
+            # says nothing about the seed
+            continue
+        p = float(np.exp(logp))
         tails.append(float(stats.binom.sf(c - 2, n - 1, p)))
         if c > most:
             most, p_common = c, p

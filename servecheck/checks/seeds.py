@@ -18,11 +18,11 @@ def check_seeds(ctx: CheckContext) -> CheckResult:
     index = {id(r): i for i, r in enumerate(ctx.records)}
     scores = ctx.scores([index[id(r)] for g in groups for r in repeated(g)])  # one batch
 
-    def text_probability(r: ResponseRecord) -> float:
+    def text_logprob(r: ResponseRecord) -> float:
         s = scores[index[id(r)]]
-        return float(np.exp(np.sum(s.stats["logq"]))) if len(s) else 1.0
+        return float(np.sum(s.stats["logq"])) if len(s) else 0.0
 
-    results = [seed_test(g, ctx.ref, ctx.convention, text_probability) for g in groups]
+    results = [seed_test(g, ctx.ref, ctx.convention, text_logprob) for g in groups]
     order = sorted(range(len(results)), key=lambda k: results[k].p_value)
     rejected = [False] * len(results)
     for rank, k in enumerate(order):  # Holm's step-down: family-wise false alarms ≤ alpha
