@@ -9,6 +9,10 @@ bf16``, α = 0.01); it "fails" when any check fails.
     python benchmarks/detection_power.py                     # the published table (~1 h, 2 cores)
     python benchmarks/detection_power.py --fa-runs 20 --reps 4 --sizes 50,200   # a quick look
 
+Every run's outputs are checked twice: as collected (ids and log-probs) and stripped to the
+original notes' four fields (text only), so the two tables come from the same outputs.
+``--rep-offset 5000`` draws seed blocks that no threshold was tuned on (docs/validation-power.md).
+
 Results are appended to ``--results`` (JSON Lines) as runs finish, so an interrupted benchmark
 resumes; the summary table is printed and written to ``--table`` (Markdown).
 """
