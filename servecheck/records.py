@@ -99,6 +99,10 @@ class ResponseRecord(BaseModel):
     """Set when the request failed; such records are kept, reported, and retried on resume."""
 
 
+END_MARKER_UNKNOWN = "unknown: not restored, no --reference or ?template= named"
+"""``sent["end_marker"]`` of a record whose target could not put back the end marker a server
+strips (no reference named at collection): a missing marker is then no evidence."""
+
 VARIATION_KEYS = ("prompt", "system_prompt")
 """Keys of a prompts file that the original notes' ``generate_responses.py`` also writes into a
 record's ``parameters`` ("the mixed and matched parameters loaded from prompts.json"). They are

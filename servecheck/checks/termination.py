@@ -11,7 +11,7 @@ from collections import Counter
 
 from servecheck.checks import CheckContext, CheckResult, Finding
 from servecheck.checks.template import show
-from servecheck.records import ResponseRecord
+from servecheck.records import END_MARKER_UNKNOWN, ResponseRecord
 
 
 def _echo(r: ResponseRecord, prompt: str, ctx: CheckContext) -> bool:
@@ -24,7 +24,7 @@ def _echo(r: ResponseRecord, prompt: str, ctx: CheckContext) -> bool:
 def marker_unknown(r: ResponseRecord) -> bool:
     """The target could not restore the end marker a server strips (no reference was named at
     collection) and said so in ``sent``: a missing marker is then no evidence."""
-    return str((r.sent or {}).get("end_marker", "")).startswith("unknown")
+    return (r.sent or {}).get("end_marker") == END_MARKER_UNKNOWN
 
 
 def _could_be_cut(r: ResponseRecord, n: int, limit: int) -> bool:

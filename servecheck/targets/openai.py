@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 from servecheck.errors import InputError, TargetError
 from servecheck.prompts import Request
-from servecheck.records import ResponseRecord, Timing
+from servecheck.records import END_MARKER_UNKNOWN, ResponseRecord, Timing
 from servecheck.reference import Reference
 from servecheck.targets import (
     DEFAULT_MAX_TOKENS,
@@ -50,8 +50,7 @@ from servecheck.targets.http import HttpClient
 
 OPTIONS = ("mode", "model", "template", "api_key_env", "timeout", "concurrency")
 EXTRA = ("top_k", "min_p", "repetition_penalty")
-UNKNOWN_END = "unknown: not restored, no --reference or ?template= named"
-"""``sent["end_marker"]`` of a record whose end marker, if the server stripped one, is not in it."""
+UNKNOWN_END = END_MARKER_UNKNOWN
 
 
 class OpenAITarget(Target):
