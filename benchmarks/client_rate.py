@@ -41,10 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache" / "perf_analyzer"
 sys.path.insert(0, str(ROOT))
 
-from servecheck.generate import collect  # noqa: E402
-from servecheck.records import Conversation, Message  # noqa: E402
-from servecheck.reference import Reference  # noqa: E402
-from servecheck.serve.triton_host import _libdir_on_loader_path  # noqa: E402
+from servecheck.collect.collector import collect  # noqa: E402
+from servecheck.formats.records import Conversation, Message  # noqa: E402
+from servecheck.reference.model import Reference  # noqa: E402
+from servecheck.servers.triton_host import libdir_on_loader_path  # noqa: E402
 from tests.test_triton import free_ports  # noqa: E402
 
 
@@ -78,7 +78,7 @@ def perf_env() -> dict[str, str]:
 
 def echo_server(http: int, grpc: int, metrics: int, block: bool = False):
     """The TensorRT-LLM ensemble's tensors, answered by echoing ``text_input``."""
-    _libdir_on_loader_path()
+    libdir_on_loader_path()
     from pytriton.model_config import ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 

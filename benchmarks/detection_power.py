@@ -27,6 +27,8 @@ from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+import servecheck
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache"
 OTHER_CHECKPOINT = CACHE / "builtin-step400"
@@ -67,8 +69,8 @@ def _init() -> None:
 
 
 def requests_for(n: int, rep: int):
-    from servecheck.prompts import Request, request_id
-    from servecheck.records import Conversation, Message, Parameters
+    from servecheck.formats.prompts import Request, request_id
+    from servecheck.formats.records import Conversation, Message, Parameters
 
     out = []
     for j in range(n):
@@ -97,11 +99,10 @@ def one_run(spec: str, numerics: str, n: int, rep: int) -> dict:
     global _ref
     import torch
 
-    from servecheck.checks import CheckContext, run_checks
-    from servecheck.records import ResponseRecord
-    from servecheck.reference import Reference
-    from servecheck.sampling import Sampling
-    from servecheck.targets.hf import HFTarget
+    from servecheck.collect.targets.hf import HFTarget
+    from servecheck.formats.records import ResponseRecord
+    from servecheck.reference.model import Reference
+    from servecheck.reference.sampling import Sampling
 
     if _ref is None:
         _ref = Reference("builtin")
@@ -117,24 +118,24 @@ def one_run(spec: str, numerics: str, n: int, rep: int) -> dict:
     for group in by_group.values():
         for b in range(0, len(group), 128):
             records += target.generate_batch(group[b:b + 128])
-    results = run_checks(CheckContext(records, _ref, numerics))
+    options = servecheck.CheckOptions(_ref.spec, numerics=numerics)
+    results = servecheck.check(records, options, reference=_ref).results
     # the same outputs as the original notes' response.json holds them: text only
     text_only = [ResponseRecord(conversations=r.conversations, parameters=r.parameters,
                                 input=r.input, output=r.output) for r in records]
-    text_results = run_checks(CheckContext(text_only, _ref, numerics))
+    text_results = servecheck.check(text_only, options, reference=_ref).results
     by_name = {r.name: r for r in results}
-    tests = by_name["fit"].details.get("tests", []) + [
-        g["test"] for g in by_name["temperature"].details.get("groups", {}).values()]
+    tests = by_name["fit"].details.tests() + by_name["temperature"].details.tests()
     return {"spec": spec, "numerics": numerics, "n": n, "rep": rep,
             "seconds": round(time.perf_counter() - t0, 2),
             "failed": [r.name for r in results if r.verdict == "fail"],
             "failed_text_only": [r.name for r in text_results if r.verdict == "fail"],
             "summaries": {r.name: r.summary for r in results if r.verdict == "fail"},
             # every statistical test, so floors and α can be audited without rerunning
-            "tests": [{k: t[k] for k in ("group", "name", "p", "p_adjusted", "effect", "n")}
-                      for t in tests],
-            "support": {k: by_name["support"].details.get(k) for k in ("violations",
-                                                                        "boundary_ties")}}
+            "tests": [{k: getattr(t, k) for k in ("group", "name", "p", "p_adjusted", "effect",
+                                                  "n")} for t in tests],
+            "support": {k: by_name["support"].details.to_json().get(k) for k in ("violations",
+                                                                                  "boundary_ties")}}
 
 
 def ensure_other_checkpoint() -> None:

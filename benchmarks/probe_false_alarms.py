@@ -21,10 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from servecheck.probe import CONVERSATIONS, _request  # noqa: E402
-from servecheck.reference import Reference  # noqa: E402
-from servecheck.seeds import seed_test  # noqa: E402
-from servecheck.targets.hf import HFTarget  # noqa: E402
+import servecheck  # noqa: E402
+from servecheck.checks.seeds import group_test  # noqa: E402
+from servecheck.collect.targets.hf import HFTarget  # noqa: E402
+from servecheck.reference.model import Reference  # noqa: E402
+from servecheck.workflows.probe import CONVERSATIONS, probe_request  # noqa: E402
 
 
 def main() -> None:
@@ -43,11 +44,11 @@ def main() -> None:
         pair = [CONVERSATIONS[(2 * trial + k) % len(CONVERSATIONS)] for k in range(2)]
         ps = []
         for j, conv in enumerate(pair):
-            records = [asyncio.run(target.generate(_request(f"t{trial}-{j}-{s}", conv, temperature=1.0,
+            records = [asyncio.run(target.generate(probe_request(f"t{trial}-{j}-{s}", conv, temperature=1.0,
                                                             seed=1000 * trial + s,
                                                             max_tokens=a.max_tokens)))
                        for s in range(a.seeds)]
-            ps.append(seed_test(records, ref).p_value)
+            ps.append(group_test(servecheck.CheckContext(records, ref), records).p_value)
         p_values.append(min(ps))
         alarms += min(ps) * len(ps) < a.alpha
         print(f"trial {trial}: p = {min(ps):.3g} alarms {alarms}", flush=True)

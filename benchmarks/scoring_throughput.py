@@ -3,7 +3,7 @@
 A Gemma-3-1B-shaped reference with random weights (hidden 1152, 26 layers, 4 heads, 1 KV head,
 head_dim 256, intermediate 6912, vocab 262144, sliding window 512, bf16) scores synthetic records
 of realistic shape (prompts 50-500 tokens, outputs 20-500; greedy, T=0.7 top_p=0.9, T=1, T=1
-top_k=40 in turn) through ``servecheck.scoring.score`` -- the call ``check`` makes, every per-token
+top_k=40 in turn) through ``servecheck.reference.scoring.score`` -- the call ``check`` makes, every per-token
 statistic included. Reported, all in one run on one card:
 
 - scored tokens/s (prompt + output) and peak GPU memory, also at a second vocabulary size;
@@ -34,9 +34,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from servecheck.reference import Reference
-from servecheck.sampling import HF, Sampling
-from servecheck.scoring import _COMPILED, ScoreItem, _batches, _forward, score
+from servecheck.reference.model import Reference
+from servecheck.reference.sampling import HF, Sampling
+from servecheck.reference.scoring import COMPILED_SHAPES, ScoreItem, forward_hidden, plan_batches, score
 
 KINDS = [Sampling(temperature=0.0), Sampling(temperature=0.7, top_p=0.9), Sampling(temperature=1.0),
          Sampling(temperature=1.0, top_k=40)]
@@ -122,9 +122,9 @@ def forward_only(ref: Reference, items: list[ScoreItem], budget: int) -> None:
     lengths = [len(it.prompt_ids) + len(it.output_ids) for it in items]
     order = sorted(range(len(items)), key=lambda i: -lengths[i])
     with torch.inference_mode():
-        for batch in _batches(order, lengths, budget):
+        for batch in plan_batches(order, lengths, budget):
             ids = torch.zeros(len(batch), lengths[batch[0]], dtype=torch.long)
-            _forward(ref, ids.to(ref.device))
+            forward_hidden(ref, ids.to(ref.device))
 
 
 def naive(ref: Reference, batch: int = 16, width: int = 512, repeat: int = 5) -> dict:
@@ -160,8 +160,8 @@ def regenerate(ref: Reference, items: list[ScoreItem], cap: int) -> dict:
 
 def components(ref: Reference, rows: int = 1024) -> dict:
     """Microseconds per row of each step of a logit block, on the model's own hidden states."""
-    from servecheck import fused
-    from servecheck.scoring import _block_stats, _logits
+    from servecheck.reference import fused
+    from servecheck.reference.scoring import block_stats, reference_logits
 
     vocab = ref.model.config.vocab_size
     items = records(8, vocab)
@@ -169,7 +169,7 @@ def components(ref: Reference, rows: int = 1024) -> dict:
         ids = torch.tensor((items[0].prompt_ids + items[0].output_ids)[:rows], device=ref.device)
         hidden = ref.model.get_decoder()(input_ids=ids[None], use_cache=False).last_hidden_state[0]
         h = hidden.repeat(rows // len(hidden) + 1, 1)[:rows]
-        logits = _logits(ref, h)
+        logits = reference_logits(ref, h)
         tok = torch.randint(0, vocab, (rows,), device=ref.device)
         inv = torch.full((rows,), 1 / 0.7, device=ref.device)
         rp = fused.row_pass(logits, tok, inv)
@@ -179,14 +179,15 @@ def components(ref: Reference, rows: int = 1024) -> dict:
         every = torch.arange(rows, device=ref.device)
         kth = (logits.topk(40, dim=1).values[:, -1].float() - rp.m) * inv
         cuts40 = torch.stack([kth, kth, kth, kth], 1)
-        steps = {"lm_head": lambda: _logits(ref, h), "row_pass": lambda: fused.row_pass(logits, tok, inv),
+        steps = {"lm_head": lambda: reference_logits(ref, h),
+                 "row_pass": lambda: fused.row_pass(logits, tok, inv),
                  "topk_56": lambda: logits.topk(56, dim=1), "topk_256": lambda: logits.topk(256, dim=1),
                  "threshold_pass": lambda: fused.threshold_pass(logits, every, rp.m, inv, th),
                  "support_pass_full": lambda: fused.support_pass(logits, rp.m, inv, cuts, dy, True),
                  "support_pass_notemps": lambda: fused.support_pass(logits, rp.m, inv, cuts, dy, False),
                  "support_pass_top40": lambda: fused.support_pass(logits, rp.m, inv, cuts40, dy, True)}
         for s in KINDS:
-            steps[f"block {s.label()}"] = lambda s=s: _block_stats(logits, tok, s, HF, None)
+            steps[f"block {s.label()}"] = lambda s=s: block_stats(logits, tok, s, HF, None)
         for fn in steps.values():
             fn()  # compile the kernels first
         return {k: timed(fn, 5) / rows * 1e6 for k, fn in steps.items()}
@@ -228,7 +229,7 @@ def sharded_check(args: argparse.Namespace) -> dict:
     scores the same as on one GPU."""
     import shutil
 
-    from servecheck.reference import BUILTIN
+    from servecheck.reference.model import BUILTIN
 
     ref = gemma_1b(args.vocab, "cuda:0", args.logit_scale)
     items = records(64, args.vocab)
@@ -249,7 +250,7 @@ def sharded_check(args: argparse.Namespace) -> dict:
 
 
 def parallel_run(args: argparse.Namespace) -> dict:
-    from servecheck.parallel import init_from_torchrun, score_data_parallel
+    from servecheck.reference.parallel import init_from_torchrun, score_data_parallel
 
     rank, world = init_from_torchrun()
     os.environ["SERVECHECK_COMPILE"] = "1" if args.compile else "0"
@@ -353,7 +354,7 @@ def main() -> None:
         if args.baselines:  # plain HF, eager, as the baselines are written
             for layer in ref.model.get_decoder().layers:
                 layer._compiled_call_impl = None
-            _COMPILED.discard(id(ref.model))
+            COMPILED_SHAPES.discard(id(ref.model))
             os.environ["SERVECHECK_COMPILE"] = "0"
             result["naive_hf"] = naive(ref)
             result["generate"] = regenerate(ref, items[:4], args.generate_cap)

@@ -4,7 +4,7 @@
 ``examples/prompts.json`` (the built-in model, HF's sampler, batched and left-padded), stripped to
 the original notes' four fields, and scored exactly as ``check`` scores them
 (``CheckContext.prefetch``): once with every output on its canonical tokenization, once with the
-search on (``servecheck.tokenization``). Both are timed in the same process, interleaved, the
+search on (``servecheck.reference.tokenization``). Both are timed in the same process, interleaved, the
 median of ``repeat`` runs each; the goal is a ratio ≤ 1.5. The same is done for every extra
 reference given (the Gemma-3-1B-shaped one on a GPU), on the same texts.
 """
@@ -17,15 +17,17 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import servecheck
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def honest_records(n: int) -> list:
     """``n`` text-only records (seeds 1, 2, … as needed) from the built-in model."""
-    from servecheck.prompts import expand
-    from servecheck.records import ResponseRecord
-    from servecheck.sampling import Sampling
-    from servecheck.targets.hf import HFTarget
+    from servecheck.collect.targets.hf import HFTarget
+    from servecheck.formats.prompts import expand
+    from servecheck.formats.records import ResponseRecord
+    from servecheck.reference.sampling import Sampling
 
     block = json.loads((ROOT / "servecheck" / "examples" / "prompts.json").read_text())[0]
     per_seed = len(expand_block(block | {"seed": [1]}, expand))
@@ -57,14 +59,13 @@ def expand_block(block: dict, expand) -> list:
 def cost(ref, records: list, repeat: int) -> dict:
     """Seconds of ``prefetch`` canonical and searched (medians), their ratio, and how many
     records the search changed."""
-    from servecheck.checks import CheckContext
 
     times: dict[bool, list[float]] = {False: [], True: []}
     changed = 0
-    CheckContext(records[:32], ref).prefetch()  # warm-up: weights, kernels, caches
+    servecheck.CheckContext(records[:32], ref).prefetch()  # warm-up: weights, kernels, caches
     for _ in range(repeat):
         for search in (False, True):
-            ctx = CheckContext(records, ref, search_tokens=search)
+            ctx = servecheck.CheckContext(records, ref, servecheck.CheckOptions(search_tokens=search))
             t = time.perf_counter()
             ctx.prefetch()
             times[search].append(time.perf_counter() - t)

@@ -38,14 +38,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from servecheck.checks import CheckContext, run_checks  # noqa: E402
+from servecheck import CheckContext, CheckOptions, run_checks  # noqa: E402
 from servecheck.checks.distribution import informative, sampled_groups  # noqa: E402
-from servecheck.prompts import expand  # noqa: E402
-from servecheck.records import ResponseRecord  # noqa: E402
-from servecheck.reference import Reference  # noqa: E402
-from servecheck.responses import ResponseWriter, read_records  # noqa: E402
-from servecheck.sampling import Sampling  # noqa: E402
-from servecheck.targets.hf import HFTarget  # noqa: E402
+from servecheck.collect.targets.hf import HFTarget  # noqa: E402
+from servecheck.formats.prompts import expand  # noqa: E402
+from servecheck.formats.records import ResponseRecord  # noqa: E402
+from servecheck.formats.responses import ResponseWriter, read_records  # noqa: E402
+from servecheck.reference.model import Reference  # noqa: E402
+from servecheck.reference.sampling import Sampling  # noqa: E402
 
 
 def prompts_file(seeds: int, out: Path) -> Path:
@@ -119,8 +119,8 @@ def verdicts(ctx: CheckContext) -> dict:
 
 def group_stats(ctx: CheckContext) -> dict[str, dict[str, float]]:
     """Per sampled group: mean log q per informative token, the PIT mean, the temperature fit."""
-    from servecheck.scoring import TEMPERATURE_FACTORS
-    from servecheck.stats import temperature_fit
+    from servecheck.checks.stats import temperature_fit
+    from servecheck.reference.scoring import TEMPERATURE_FACTORS
 
     out = {}
     for s, idx in sampled_groups(ctx).items():
@@ -160,7 +160,7 @@ def study(name: str, path: Path, ref: Reference) -> dict:
     if has_ids:
         row["tokens"] = tokenization(text, records)
         truth = CheckContext(records, ref)
-        greatest = CheckContext(text_only(records), ref, token_choice="max")
+        greatest = CheckContext(text_only(records), ref, CheckOptions(token_choice="max"))
         greatest.prefetch()
         row["bias"] = {"server ids": group_stats(truth), "posterior draw": group_stats(text),
                        "most likely": group_stats(greatest)}

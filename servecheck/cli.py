@@ -1,4 +1,4 @@
-"""The ``servecheck`` command: generate, check, compare, demo, serve, schema.
+"""The ``servecheck`` command: argument parsing only; each command is a workflow.
 
 Exit codes: 0 every check passed (or the command did its job), 1 a check failed, 2 bad input or
 an error (one message naming the file and field, no traceback), 130 interrupted (what was
@@ -9,135 +9,57 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from servecheck.scoring import TokenScores
 
 from rich.console import Console
-from rich.markup import escape
 
-from servecheck.errors import InputError
-from servecheck.sampling import HF, Convention
-
-EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+from servecheck.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_PASS, InputError
+from servecheck.reference.sampling import Convention
 
 
 def cmd_generate(a: argparse.Namespace, console: Console) -> int:
-    from servecheck.generate import collect
+    from servecheck.workflows.generate import run_generate
 
-    if a.retries < 0:
-        raise InputError(f"--retries must be ≥ 0, got {a.retries}")
-    s = collect(a.prompts, a.target, a.out, show_progress=not a.no_progress, retries=a.retries,
-                reference=a.reference)
-    console.print(f"{a.out}: {s.written} new record(s), {s.skipped} already answered, "
-                  f"{s.planned} planned" + (f", {s.retried} transient failure(s) retried"
-                                            if s.retried else ""))
-    for note in s.notes:  # once per run, beside the counts, where a user reads the outcome
-        console.print(f"note: {note}", markup=False)
-    if s.errors:
-        console.print(f"{len(s.errors)} request(s) failed; they are in the file with 'error' set "
-                      f"and a rerun retries them:")
-    for message, count, rid in s.error_groups()[:10]:
-        console.print(f"  {count} × {message} (first: {rid})", markup=False)
-    if s.interrupted:
-        console.print(f"interrupted: {s.written} record(s) saved in {a.out}; run the same command "
-                      f"again to resume")
-        return EXIT_INTERRUPTED
-    return EXIT_FAIL if s.errors else EXIT_PASS
-
-
-def run_check(responses: Path, reference: str, numerics: str, console: Console,
-              json_out: Path | None = None, title: str | None = None, alpha: float = 0.01,
-              convention: Convention = HF, logit_tolerance: float | None = None,
-              report: Path | None = None, junit: Path | None = None, progress: bool = True,
-              device: str | None = None, dtype: str = "float32") -> int:
-    from servecheck.checks import CheckContext, run_checks
-    from servecheck.outputs import write_outputs
-    from servecheck.progress import teacher_force
-    from servecheck.reference import Reference
-    from servecheck.responses import read_records
-    from servecheck.summary import overall, print_table
-
-    records = read_records(responses)
-    scorer, rank = _scoring_setup()
-    if rank:  # another torchrun rank: it scores its share, rank 0 reports
-        console = Console(quiet=True)
-    if scorer is not None and device in (None, "cuda") and _has_cuda():
-        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
-    ref = Reference(reference, dtype=dtype, device=device or ("cuda" if _has_cuda() else "cpu"))
-    ctx = CheckContext(records, ref, numerics, convention, alpha)
-    if scorer is not None:
-        ctx.score_fn = scorer
-    if logit_tolerance is not None:
-        ctx.numerics = replace(ctx.numerics, logit=logit_tolerance)
-    teacher_force(ctx, console, progress)
-    results = run_checks(ctx)
-    title = title or f"servecheck: {responses} vs {reference}"
-    print_table(results, console, title)
-    meta = {"reference": reference, "responses": str(responses), "records": len(records),
-            "numerics": numerics, "alpha": alpha, "convention": convention.describe()}
-    if not rank:
-        write_outputs(console, ctx, results, meta, title, json_out, report, junit)
-    return EXIT_PASS if overall(results) == "pass" else EXIT_FAIL
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _scoring_setup() -> tuple[Callable[..., list[TokenScores]] | None, int]:
-    """Under ``torchrun`` (several processes, one GPU each): join the process group and score
-    through ``parallel.score_data_parallel``; returns (that scorer, this rank). Alone: (None, 0)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None, 0
-    from servecheck.parallel import init_from_torchrun, score_data_parallel
-
-    rank, _ = init_from_torchrun()
-    return score_data_parallel, rank
+    return run_generate(a.prompts, a.target, a.out, console, reference=a.reference,
+                        retries=a.retries, progress=not a.no_progress)
 
 
 def cmd_check(a: argparse.Namespace, console: Console) -> int:
-    if not 0 < a.alpha < 1:
-        raise InputError(f"--alpha must be in (0, 1), got {a.alpha}")
-    convention = Convention(a.top_p_before_temperature, a.top_p_inclusive, a.penalty_scope)
-    if a.device and a.device != "cpu" and not _has_cuda():
-        raise InputError(f"--device {a.device}: this machine has no CUDA GPU")
-    return run_check(a.responses, a.reference, a.numerics, console, a.json, alpha=a.alpha,
-                     convention=convention, logit_tolerance=a.logit_tolerance, report=a.report,
-                     junit=a.junit, progress=not a.no_progress, device=a.device, dtype=a.dtype)
+    from servecheck.checks.options import CheckOptions
+    from servecheck.workflows.check import Outputs, run_check
+
+    options = CheckOptions(
+        reference=a.reference, numerics=a.numerics, logit_tolerance=a.logit_tolerance,
+        alpha=a.alpha, convention=Convention(a.top_p_before_temperature, a.top_p_inclusive,
+                                             a.penalty_scope),
+        device=a.device, dtype=a.dtype)
+    return run_check(a.responses, options, console, Outputs(a.json, a.report, a.junit),
+                     progress=not a.no_progress)
 
 
 def cmd_compare(a: argparse.Namespace, console: Console) -> int:
-    from servecheck.compare import run_compare
+    from servecheck.workflows.compare import run_compare
 
     return run_compare(a.responses, a.reference, a.target, a.sample, a.seed, a.html, a.numerics,
                        console, progress=not a.no_progress)
 
 
 def cmd_demo(a: argparse.Namespace, console: Console) -> int:
-    from servecheck.demo import run_demo
+    from servecheck.workflows.demo import run_demo
 
     return run_demo(a.out_dir, console)
 
 
 def cmd_serve(a: argparse.Namespace, console: Console) -> int:
     if a.server == "endpoint":
-        from servecheck.endpoint.server import serve
+        from servecheck.servers.endpoint.server import serve
 
         console.print(f"serving {a.model} with the Inference Endpoints handler: POST "
                       f"http://{a.host}:{a.http_port}/ ; Ctrl-C stops")
         serve(a.model, a.host, a.http_port)
         return EXIT_PASS
-    from servecheck.serve.triton_host import TritonHost
+    from servecheck.servers.triton_host import TritonHost
 
     host = TritonHost(a.model, a.host, a.http_port, a.grpc_port, a.metrics_port, a.seed_name,
                       a.add_special_tokens, a.decoupled, a.echo, a.fail_after, a.ignore_seed,
@@ -151,7 +73,7 @@ def cmd_serve(a: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_endpoint_files(a: argparse.Namespace, console: Console) -> int:
-    from servecheck.endpoint.server import write_files
+    from servecheck.servers.endpoint.server import write_files
 
     for path in write_files(a.model, a.out):
         console.print(f"written {path}")
@@ -160,44 +82,15 @@ def cmd_endpoint_files(a: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_probe(a: argparse.Namespace, console: Console) -> int:
-    import asyncio
+    from servecheck.workflows.probe import ProbeOptions, run_probe
 
-    from rich.table import Table
-
-    from servecheck.errors import TargetError
-    from servecheck.probe import run_probes
-    from servecheck.prompts import expand
-    from servecheck.reference import Reference
-
-    convs = None
-    if a.prompts:
-        seen: dict[str, object] = {}
-        for r in expand(a.prompts):
-            seen.setdefault(r.conversation.model_dump_json(), r.conversation)
-        convs = list(seen.values())
-    ref = Reference(a.reference)
-    try:
-        with console.status("probing the server…"):
-            results = asyncio.run(run_probes(a.target, ref, convs, a.repeats, a.seeds,
-                                             tuple(a.levels), a.max_tokens, a.numerics, a.alpha))
-    except TargetError as e:
-        raise InputError(f"the target failed during a probe: {e}", where=a.target) from None
-    table = Table(title=f"servecheck probe: {a.target}")
-    for col in ("probe", "verdict", "evidence"):
-        table.add_column(col)
-    for r in results:
-        colour = {"pass": "green", "fail": "red"}.get(r.verdict, "yellow")
-        lines = [r.summary] + [f"  {e}" for e in r.evidence[:4]]
-        table.add_row(r.name, f"[{colour}]{r.verdict}[/]", escape("\n".join(lines)))
-    console.print(table)
-    if a.json:
-        a.json.write_text(json.dumps([r.__dict__ for r in results], indent=2) + "\n")
-        console.print(f"written {a.json}")
-    return EXIT_FAIL if any(r.verdict == "fail" for r in results) else EXIT_PASS
+    options = ProbeOptions(a.reference, a.repeats, a.seeds, tuple(a.levels), a.max_tokens,
+                           a.numerics, a.alpha)
+    return run_probe(a.target, options, console, a.prompts, a.json)
 
 
 def cmd_schema(a: argparse.Namespace, console: Console) -> int:
-    from servecheck.records import ResponseRecord, Variations
+    from servecheck.formats.records import ResponseRecord, Variations
 
     model = ResponseRecord if a.which == "responses" else Variations
     print(json.dumps(model.model_json_schema(), indent=2))

@@ -28,3 +28,8 @@ class TargetError(Exception):
         self.transient = transient
         self.retry_after = retry_after
         super().__init__(message)
+
+
+EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+"""0 every check passed (or the command did its job), 1 a check failed, 2 bad input or an error
+(an ``InputError``), 130 interrupted (what was collected is on disk; the same command resumes)."""

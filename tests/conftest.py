@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from servecheck.cli import main
-from servecheck.generate import collect
-from servecheck.reference import Reference
-from servecheck.responses import read_records
+from servecheck.collect.collector import collect
+from servecheck.formats.responses import read_records
+from servecheck.reference.model import Reference
 
 ROOT = Path(__file__).resolve().parents[1]
 LITE = ROOT / "examples" / "prompts-lite.json"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from servecheck.records import ResponseRecord
-from servecheck.reference import Reference
+from servecheck.formats.records import ResponseRecord
+from servecheck.reference.model import Reference
 from tests.conftest import check_json, check_named, run_cli, write_records
 
 PROMPTS_SMALL = {"prompt": ["What does the cat say?", "Tell me a story about the dog."],

@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from servecheck.collect.collector import CollectSummary, ask
+from servecheck.collect.targets import open_target
 from servecheck.errors import TargetError
-from servecheck.generate import CollectSummary, ask
-from servecheck.prompts import expand
-from servecheck.responses import read_records
-from servecheck.targets import open_target
+from servecheck.formats.prompts import expand
+from servecheck.formats.responses import read_records
 from tests.conftest import LITE, ROOT
 from tests.test_triton import expand_one, free_ports
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from servecheck.compare import pick
-from servecheck.responses import read_records
+from servecheck.formats.responses import read_records
+from servecheck.workflows.compare import pick
 from tests.conftest import run_cli, write_records
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from servecheck.endpoint.server import write_files
+from servecheck.collect.targets import open_target
+from servecheck.collect.targets.hf_endpoint import HFEndpointTarget
 from servecheck.errors import InputError
-from servecheck.reference import BUILTIN, Reference
-from servecheck.responses import read_records
-from servecheck.targets import open_target
-from servecheck.targets.hf_endpoint import HFEndpointTarget
+from servecheck.formats.responses import read_records
+from servecheck.reference.model import BUILTIN, Reference
+from servecheck.servers.endpoint.server import write_files
 from tests.conftest import LITE, ROOT, check_json, run_cli
 from tests.test_triton import free_ports
 

@@ -10,27 +10,38 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from servecheck.checks import CheckResult, Finding
-from servecheck.junit import write_junit
+from servecheck.checks.distribution import (
+    FitDetails,
+    GroupTemperature,
+    SkippedGroup,
+    TemperatureDetails,
+)
+from servecheck.checks.results import CheckResult, Finding
+from servecheck.checks.stats import StatTest, TemperatureFit
+from servecheck.reference.sampling import Sampling
+from servecheck.report.junit import write_junit
 
 
-def _test(group: str, name: str, failed: bool) -> dict:
-    return {"group": group, "name": name, "p": 1e-9 if failed else 0.4, "p_adjusted": 1e-8
-            if failed else 1.0, "effect": 0.3 if failed else 0.01, "floor": 0.1,
-            "effect_label": "D", "n": 500, "failed": failed}
+def _test(group: str, name: str, failed: bool) -> StatTest:
+    return StatTest(group, name, 1e-9 if failed else 0.4, 0.3 if failed else 0.01, 0.1, "D", 500,
+                    p_adjusted=1e-8 if failed else 1.0, rejected=failed)
+
+
+COMMON = {"alpha": 0.01, "family_size": 3, "floors": {}, "convention": {}, "token_sources": []}
 
 
 def test_cases_per_check_and_group(tmp_path: Path) -> None:
-    fit = CheckResult("fit", "fail", "1 test(s) failed", {
-        "tests": [_test("T=0.7", "PIT uniformity (KS)", True), _test("T=1", "PIT uniformity (KS)",
-                                                                     False)],
-        "skipped_groups": ["T=0.3 (4 informative tokens < 20)"]},
+    fit = CheckResult("fit", "fail", "1 test(s) failed", FitDetails(
+        **COMMON, skipped_groups=[SkippedGroup("T=0.3", 4)],
+        stat_tests=(_test("T=0.7", "PIT uniformity (KS)", True),
+                    _test("T=1", "PIT uniformity (KS)", False))),
         [Finding("T=0.7", "T=0.7: PIT uniformity (KS) p=1e-9", 10.3)])
-    temperature = CheckResult("temperature", "pass", "fine", {"groups": {"T=0.7": {
-        "requested": 0.7, "estimate": 0.71, "low": 0.65, "high": 0.77,
-        "test": _test("T=0.7", "temperature = requested (LR)", False)}}})
-    template = CheckResult("template", "fail", "1/2 records differ", {},
-                           [Finding("r1", "role name 'assistant' \x00\x1b[31m <b>&", 1.0)])
+    temperature = CheckResult("temperature", "pass", "fine", TemperatureDetails(
+        **COMMON, skipped_groups=[], groups={"T=0.7": GroupTemperature(
+            Sampling(temperature=0.7), TemperatureFit(
+                0.71, 0.65, 0.77, _test("T=0.7", "temperature = requested (LR)", False)))}))
+    template = CheckResult("template", "fail", "1/2 records differ",
+                           findings=[Finding("r1", "role name 'assistant' \x00\x1b[31m <b>&", 1.0)])
     greedy = CheckResult("greedy", "skipped", "no greedy records")
     path = tmp_path / "junit.xml"
     write_junit(path, [template, greedy, fit, temperature], {"responses": "r.json",

@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from servecheck.reference import Reference
-from servecheck.responses import read_records
-from servecheck.targets import open_target
-from servecheck.targets.openai import UNKNOWN_END, OpenAITarget
+from servecheck.collect.targets import open_target
+from servecheck.collect.targets.openai import UNKNOWN_END, OpenAITarget
+from servecheck.formats.responses import read_records
+from servecheck.reference.model import Reference
 from tests.conftest import check_json, check_named, run_cli
 from tests.test_triton import free_ports
 
@@ -192,7 +192,7 @@ def test_open_target_passes_the_reference_and_the_option_wins() -> None:
 
 
 def test_collect_hands_the_reference_to_the_target(tmp_path: Path) -> None:
-    from servecheck.generate import collect
+    from servecheck.collect.collector import collect
 
     out = tmp_path / "r.jsonl"
     with fake_server("Meow.") as (address, _):

@@ -1,4 +1,4 @@
-"""Data-parallel scoring (servecheck.parallel) on two CPU processes joined by gloo: every rank gets
+"""Data-parallel scoring (servecheck.reference.parallel) on two CPU processes joined by gloo: every rank gets
 every item's scores, in item order, equal to one process scoring them all."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from servecheck.sampling import Sampling
-from servecheck.scoring import ScoreItem
+from servecheck.reference.sampling import Sampling
+from servecheck.reference.scoring import ScoreItem
 
 
 def _items(vocab: int) -> list[ScoreItem]:
@@ -25,8 +25,8 @@ def _items(vocab: int) -> list[ScoreItem]:
 
 
 def _rank(rank: int, port: int, out: str) -> None:
-    from servecheck.parallel import score_data_parallel
-    from servecheck.reference import Reference
+    from servecheck.reference.model import Reference
+    from servecheck.reference.parallel import score_data_parallel
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -41,7 +41,7 @@ def _rank(rank: int, port: int, out: str) -> None:
 
 
 def test_two_ranks_equal_one_process(ref, tmp_path) -> None:
-    from servecheck.scoring import score
+    from servecheck.reference.scoring import score
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from servecheck.prompts import expand
+from servecheck.formats.prompts import expand
 from tests.conftest import LITE, ROOT, run_cli
 
 

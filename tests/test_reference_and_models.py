@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from servecheck.records import Conversation, Message
-from servecheck.reference import Reference
-from servecheck.scoring import ScoreItem, score
+from servecheck.formats.records import Conversation, Message
+from servecheck.reference.model import Reference
+from servecheck.reference.scoring import ScoreItem, score
 from servecheck.tinymodels.build import Recipe, train
 from tests.conftest import LITE, check_json, check_named, run_cli
 

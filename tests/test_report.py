@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from servecheck.records import Conversation, Message
-from servecheck.reference import Reference
-from servecheck.responses import read_records
+from servecheck.formats.records import Conversation, Message
+from servecheck.formats.responses import read_records
+from servecheck.reference.model import Reference
 from tests.conftest import run_cli, write_records
 
 XSS_SCRIPT = "<script>document.title='pwned'</script>"

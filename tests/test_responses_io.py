@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from servecheck.prompts import expand
-from servecheck.records import Conversation, Message, ResponseRecord
-from servecheck.responses import ResponseWriter, answered_ids, read_records
+from servecheck.formats.prompts import expand
+from servecheck.formats.records import Conversation, Message, ResponseRecord
+from servecheck.formats.responses import ResponseWriter, answered_ids, read_records
 from tests.conftest import LITE, ROOT, run_cli
 
 

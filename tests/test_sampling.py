@@ -17,8 +17,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from servecheck.sampling import HF, Convention, Sampling, boundary_slack, transform
-from servecheck.scoring import _sampled_stats
+from servecheck.reference.sampling import HF, Convention, Sampling, boundary_slack, transform
+from servecheck.reference.scoring import reference_sampled_stats
 
 logit_rows = st.integers(2, 24).flatmap(lambda v: st.lists(
     st.floats(-8, 8, allow_nan=False, width=32), min_size=v, max_size=v))
@@ -101,7 +101,7 @@ def test_token_statistics_match_brute_force(row: list[float], s: Sampling, seed:
     rng = np.random.default_rng(seed)
     y = int(rng.choice(len(row), p=q / q.sum()))
     u = torch.tensor([0.37])
-    got = {k: v[0].item() for k, v in _sampled_stats(z, torch.tensor([y]), s, HF, None, u).items()
+    got = {k: v[0].item() for k, v in reference_sampled_stats(z, torch.tensor([y]), s, HF, None, u).items()
            if v.dim() == 1}
     support = q > 0
     above = sum(q[v] for v in range(len(q)) if q[v] > q[y])
@@ -129,7 +129,7 @@ def test_pit_and_loglik_under_a_correct_sampler() -> None:
         z = torch.randn(40, 50, generator=gen) * 2.5
         q = transform(z, s).exp()
         y = torch.multinomial(q, 1, generator=gen)[:, 0]
-        out = _sampled_stats(z, y, s, HF, None, torch.from_numpy(rng.random(40)).float())
+        out = reference_sampled_stats(z, y, s, HF, None, torch.from_numpy(rng.random(40)).float())
         pits.append(out["pit"].numpy())
         zs.append(float((out["logq"] + out["entropy"]).sum() / out["var"].sum().sqrt()))
     assert stats.kstest(np.concatenate(pits), "uniform").pvalue > 0.01
@@ -139,13 +139,13 @@ def test_pit_and_loglik_under_a_correct_sampler() -> None:
 def test_penalty_scope_decides_whether_prompt_tokens_count() -> None:
     """vLLM-style presence/frequency penalties count generated tokens only; HF's repetition
     penalty counts the prompt too. The scorer builds the counts per convention."""
-    from servecheck.scoring import ScoreItem, _counts
+    from servecheck.reference.scoring import ScoreItem, token_counts
 
     item = ScoreItem(prompt_ids=[1, 1, 2], output_ids=[3, 2, 4], sampling=Sampling(
         repetition_penalty=1.5))
     rows = slice(0, 3)
-    both = _counts(item, rows, 6, Convention(penalty_scope="prompt+output"))
-    output = _counts(item, rows, 6, Convention(penalty_scope="output"))
+    both = token_counts(item, rows, 6, Convention(penalty_scope="prompt+output"))
+    output = token_counts(item, rows, 6, Convention(penalty_scope="output"))
     # before output token 0: the prompt only (or nothing); before token 2: plus tokens 3 and 2
     assert both[0].tolist() == [0, 2, 1, 0, 0, 0] and output[0].tolist() == [0] * 6
     assert both[2].tolist() == [0, 2, 2, 1, 0, 0] and output[2].tolist() == [0, 0, 1, 1, 0, 0]

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from servecheck import fused
-from servecheck.reference import Reference
-from servecheck.sampling import (
+from servecheck.reference import fused
+from servecheck.reference.model import Reference
+from servecheck.reference.sampling import (
     HF,
     NEG_INF,
     Convention,
@@ -27,7 +27,13 @@ from servecheck.sampling import (
     boundary_slack,
     transform,
 )
-from servecheck.scoring import TEMPERATURE_FACTORS, ScoreItem, _counts, _sampled_stats, score
+from servecheck.reference.scoring import (
+    TEMPERATURE_FACTORS,
+    ScoreItem,
+    reference_sampled_stats,
+    score,
+    token_counts,
+)
 
 KEYS = ("logq", "above", "entropy", "var", "top", "pre_nucleus_above", "pit")
 
@@ -99,7 +105,7 @@ def test_fused_statistics_equal_the_definition(s: Sampling, scale: float, candid
     z = _draw(48, 3000, scale, gen)
     tok = _tokens(z, s, gen)
     u = torch.rand(48, generator=gen)
-    assert_close(_sampled_stats(z, tok, s, HF, None, u), reference_stats(z, tok, s, HF, None, u),
+    assert_close(reference_sampled_stats(z, tok, s, HF, None, u), reference_stats(z, tok, s, HF, None, u),
                  atol=2e-5)
 
 
@@ -114,7 +120,7 @@ def test_conventions_and_ties(convention: Convention, monkeypatch: pytest.Monkey
             z = _draw(64, 800, 2.0, gen).bfloat16().float()
             tok = _tokens(z, s, gen)
             u = torch.rand(64, generator=gen)
-            assert_close(_sampled_stats(z, tok, s, convention, None, u),
+            assert_close(reference_sampled_stats(z, tok, s, convention, None, u),
                          reference_stats(z, tok, s, convention, None, u), atol=2e-5)
 
 
@@ -123,11 +129,11 @@ def test_penalties_follow_the_counts() -> None:
     item = ScoreItem(prompt_ids=[1, 2, 3, 3], output_ids=[4, 5, 4, 6, 1, 7], sampling=Sampling(
         temperature=0.8, top_p=0.9, repetition_penalty=1.3, presence_penalty=0.2))
     assert item.sampling is not None
-    counts = _counts(item, slice(0, 6), 50, HF)
+    counts = token_counts(item, slice(0, 6), 50, HF)
     z = _draw(6, 50, 2.0, gen)
     tok = torch.tensor(item.output_ids)
     u = torch.rand(6, generator=gen)
-    assert_close(_sampled_stats(z, tok, item.sampling, HF, counts, u),
+    assert_close(reference_sampled_stats(z, tok, item.sampling, HF, counts, u),
                  reference_stats(z, tok, item.sampling, HF, counts, u), atol=2e-5)
 
 
@@ -142,7 +148,7 @@ def _oracle(ref: Reference, item: ScoreItem) -> tuple[np.ndarray, dict[str, torc
     s = item.sampling
     if s is None or s.greedy:
         return raw, None
-    counts = _counts(item, slice(0, len(tok)), logits.shape[1], HF) if s.penalised else None
+    counts = token_counts(item, slice(0, len(tok)), logits.shape[1], HF) if s.penalised else None
     u = torch.from_numpy(np.random.default_rng(item.seed).random(len(tok))).float()
     return raw, reference_stats(logits, tok, s, HF, counts, u)
 
@@ -181,11 +187,11 @@ def test_keys_order_the_values(dtype: torch.dtype) -> None:
         bits = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16)
     x = bits.view(dtype)
     x = x[~torch.isnan(x)]
-    keys = fused._keys(x)
+    keys = fused.order_keys(x)
     order = torch.argsort(keys)
     assert bool((x[order][1:].float() >= x[order][:-1].float()).all())
-    assert torch.equal(fused._values(keys, dtype), x.float())
-    zeros = fused._keys(torch.tensor([0.0, -0.0], dtype=dtype))
+    assert torch.equal(fused.key_values(keys, dtype), x.float())
+    zeros = fused.order_keys(torch.tensor([0.0, -0.0], dtype=dtype))
     assert zeros.tolist() == [0, 0]
 
 
@@ -211,5 +217,5 @@ def test_bf16_bracket_resolves_in_four_passes(scale: float, monkeypatch: pytest.
               Sampling(temperature=0.9, top_k=300, top_p=0.8)):
         tok = _tokens(z.float(), s, gen)
         u = torch.rand(32, generator=gen)
-        assert_close(_sampled_stats(z, tok, s, HF, None, u),
+        assert_close(reference_sampled_stats(z, tok, s, HF, None, u),
                      reference_stats(z.float(), tok, s, HF, None, u), atol=2e-5)

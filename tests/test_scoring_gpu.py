@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from servecheck.reference import Reference
-from servecheck.sampling import HF, Convention, Sampling
-from servecheck.scoring import ScoreItem, _sampled_stats, score
+from servecheck.reference.model import Reference
+from servecheck.reference.sampling import HF, Convention, Sampling
+from servecheck.reference.scoring import ScoreItem, reference_sampled_stats, score
 from tests.test_scoring_fast import CASES
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -49,8 +49,8 @@ def test_fused_statistics_gpu_equal_cpu(dtype: torch.dtype, scale: float) -> Non
         z = (torch.randn(8, 262144, generator=gen) * scale).to(dtype)
         tok = torch.multinomial(z.float().softmax(-1), 1, generator=gen)[:, 0]
         u = torch.rand(8, generator=gen)
-        cpu = _sampled_stats(z, tok, s, HF, None, u)
-        gpu = _sampled_stats(z.cuda(), tok.cuda(), s, HF, None, u)
+        cpu = reference_sampled_stats(z, tok, s, HF, None, u)
+        gpu = reference_sampled_stats(z.cuda(), tok.cuda(), s, HF, None, u)
         for k, v in _diff(gpu, cpu).items():
             worst[k] = max(worst.get(k, 0.0), v)
     print(f"\nmax |gpu - cpu| {dtype} scale {scale}: " + ", ".join(
@@ -64,8 +64,8 @@ def test_inclusive_convention_gpu_equal_cpu() -> None:
     tok = torch.randint(0, 65536, (16,), generator=gen)
     u = torch.rand(16, generator=gen)
     conv = Convention(top_p_inclusive=True)
-    _diff(_sampled_stats(z.cuda(), tok.cuda(), s, conv, None, u),
-          _sampled_stats(z, tok, s, conv, None, u))
+    _diff(reference_sampled_stats(z.cuda(), tok.cuda(), s, conv, None, u),
+          reference_sampled_stats(z, tok, s, conv, None, u))
 
 
 def test_score_gpu_equals_cpu() -> None:
@@ -102,9 +102,9 @@ def test_score_gpu_equals_cpu() -> None:
 
 
 def test_overlap_runs_in_order_and_raises_worker_errors() -> None:
-    """The statistics worker (servecheck.overlap): calls run in the order submitted, on the side
+    """The statistics worker (servecheck.reference.overlap): calls run in the order submitted, on the side
     stream, and an exception there is raised in the caller."""
-    from servecheck.overlap import Overlap
+    from servecheck.reference.overlap import Overlap
 
     seen: list[tuple[int, bool]] = []
     x = torch.arange(4, device="cuda")
@@ -123,10 +123,10 @@ def test_overlap_runs_in_order_and_raises_worker_errors() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_top_values_equal_topk(dtype: torch.dtype) -> None:
-    """The candidates from the row pass's lane maxima (servecheck._kernels.top_values) are
+    """The candidates from the row pass's lane maxima (servecheck.reference.kernels.top_values) are
     torch.topk's values, ties included; a row with more than ``cap`` values at the floor falls
     back (None)."""
-    from servecheck import _kernels
+    from servecheck.reference import kernels as _kernels
 
     gen = torch.Generator().manual_seed(13)
     z = (torch.randn(64, 262144, generator=gen) * 2).to(dtype).cuda()

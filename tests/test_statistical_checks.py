@@ -1,6 +1,6 @@
 """The statistical checks end to end: real in-process servers, correct and faulty, through `check`.
 
-Each faulty server has one deployment bug (servecheck/targets/faults.py). Runs use fixed seeds; a
+Each faulty server has one deployment bug (servecheck/collect/targets/faults.py). Runs use fixed seeds; a
 correct server's false-alarm rate is ≤ 1% per run (docs/validation-power.md), so with fixed seeds
 these outcomes are fixed, not flaky.
 """
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from servecheck.prompts import Request, request_id
-from servecheck.records import Conversation, Message, Parameters
-from servecheck.targets.hf import HFTarget
+from servecheck.collect.targets.hf import HFTarget
+from servecheck.formats.prompts import Request, request_id
+from servecheck.formats.records import Conversation, Message, Parameters
 from tests.conftest import check_json, check_named, write_records
 
 FLAT = ["Name a color.", "Tell me a story about the fox.", "Pick a number between 1 and 10.",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from servecheck.scoring import TEMPERATURE_FACTORS
-from servecheck.stats import StatTest, holm, temperature_fit
+from servecheck.checks.stats import StatTest, holm, temperature_fit
+from servecheck.reference.scoring import TEMPERATURE_FACTORS
 
 
 def _t(p: float) -> StatTest:

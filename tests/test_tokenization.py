@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from servecheck.checks import CheckContext, run_checks
-from servecheck.prompts import Request, request_id
-from servecheck.records import Conversation, Message, Parameters, ResponseRecord
-from servecheck.reference import Reference
-from servecheck.sampling import Sampling
-from servecheck.targets.hf import HFTarget
-from servecheck.tokenization import SEARCHED, TokenBytes, propose
+from servecheck.checks import run_checks
+from servecheck.checks.context import CheckContext
+from servecheck.checks.options import CheckOptions
+from servecheck.collect.targets.hf import HFTarget
+from servecheck.formats.prompts import Request, request_id
+from servecheck.formats.records import Conversation, Message, Parameters, ResponseRecord
+from servecheck.reference.model import Reference
+from servecheck.reference.sampling import Sampling
+from servecheck.reference.tokenization import SEARCHED, TokenBytes, propose
 from tests.conftest import check_json, check_named, run_cli, write_records
 
 CAPITALS = "Answer in capital letters."
@@ -83,7 +85,7 @@ def test_honest_text_only_set_passes(capitals: list[ResponseRecord], tmp_path: P
 
 def test_canonical_tokens_would_fail_it(capitals: list[ResponseRecord], ref: Reference) -> None:
     """Without the search, the same honest set fails: the test above can fail."""
-    results = run_checks(CheckContext(text_only(capitals), ref, search_tokens=False))
+    results = run_checks(CheckContext(text_only(capitals), ref, CheckOptions(search_tokens=False)))
     failed = {r.name for r in results if r.verdict == "fail"}
     assert failed & {"greedy", "support"}, failed
 
@@ -183,7 +185,7 @@ def test_greedy_is_exact_on_a_real_vocabulary(qwen2_tokenizer: Path, tmp_path: P
     results = {r.name: r for r in run_checks(CheckContext(text_only(records), ref))}
     assert results["greedy"].verdict == "pass", results["greedy"].summary
     canonical = {r.name: r for r in run_checks(CheckContext(text_only(records), ref,
-                                                            search_tokens=False))}
+                                                            CheckOptions(search_tokens=False)))}
     assert canonical["greedy"].verdict == "fail"
 
 

@@ -19,15 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from servecheck.collect.targets import open_target
+from servecheck.collect.targets.triton import TritonBase
+from servecheck.collect.targets.trtllm import Interface
 from servecheck.errors import TargetError
-from servecheck.prompts import Request, expand
-from servecheck.records import ResponseRecord
-from servecheck.reference import Reference
-from servecheck.responses import read_records
-from servecheck.serve.triton_host import TritonHost
-from servecheck.targets import open_target
-from servecheck.targets.triton import TritonBase
-from servecheck.targets.trtllm import Interface
+from servecheck.formats.prompts import Request, expand
+from servecheck.formats.records import ResponseRecord
+from servecheck.formats.responses import read_records
+from servecheck.reference.model import Reference
+from servecheck.servers.triton_host import TritonHost
 from tests.conftest import LITE, check_json, check_named, run_cli
 
 
@@ -319,7 +319,7 @@ def test_stream_errors_are_errors_not_outputs(tmp_path: Path) -> None:
 
 
 def expand_one(**params) -> list:
-    from servecheck.records import Conversation, Message, Parameters
+    from servecheck.formats.records import Conversation, Message, Parameters
 
     conv = Conversation(contents=[Message(role="user", content="Hi.")])
     return [Request(id="x", conversation=conv, parameters=Parameters.model_construct(**params))]

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from servecheck.reference import BUILTIN
-from servecheck.responses import read_records
+from servecheck.formats.responses import read_records
+from servecheck.reference.model import BUILTIN
 from servecheck.tinymodels.build import GEMMA3_TEMPLATE
 from tests.conftest import LITE, check_json, check_named, run_cli
 from tests.test_triton import free_ports
@@ -155,5 +155,5 @@ def test_probes_pass_on_honest_vllm(vllm: dict[str, str], tmp_path: Path) -> Non
                    "--reference", "builtin", "--repeats", "3", "--seeds", "6", "--levels", "4",
                    "--max-tokens", "24", "--numerics", "fp32", "--json", out)
     results = {r["name"]: r for r in json.loads(out.read_text())}
-    assert code == 0, {k: (v["summary"], v["evidence"]) for k, v in results.items()}
+    assert code == 0, {k: (v["summary"], v["findings"]) for k, v in results.items()}
     assert results["stream"]["verdict"] == "skipped"

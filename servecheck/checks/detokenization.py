@@ -10,8 +10,24 @@ differing character and the token there.
 
 from __future__ import annotations
 
-from servecheck.checks import CheckContext, CheckResult, Finding
+from dataclasses import dataclass
+
+from servecheck.checks.context import CheckContext
+from servecheck.checks.results import CheckResult, Details, Finding
 from servecheck.checks.template import first_difference, show
+
+ORDER = 40
+
+
+@dataclass(frozen=True)
+class DetokenizationDetails(Details):
+    records: int
+    """Records with output token ids."""
+    differ: int
+    end_markers: list[str]
+
+    def effect(self) -> str:
+        return f"{self.differ}/{self.records} texts differ from their ids"
 
 
 def token_at(ctx: CheckContext, ids: list[int], char: int) -> int:
@@ -30,6 +46,10 @@ def agrees(text: str, from_ids: str, markers: list[str]) -> bool:
         return True
     return any(text == from_ids.removesuffix(m) or from_ids == text.removesuffix(m)
                for m in markers)
+
+
+def run(ctx: CheckContext) -> list[CheckResult]:
+    return [check_detokenization(ctx)]
 
 
 def check_detokenization(ctx: CheckContext) -> CheckResult:
@@ -54,7 +74,7 @@ def check_detokenization(ctx: CheckContext) -> CheckResult:
             f"text and token ids differ from character {k}: the text has {served} "
             f"({show(r.output, k)}), the ids give {given} ({show(text, k)}), at output token "
             f"{at} ({token})"), 1.0))
-    details = {"records": len(idx), "differ": len(findings), "end_markers": markers}
+    details = DetokenizationDetails(len(idx), len(findings), markers)
     if findings:
         return CheckResult("detokenization", "fail", (
             f"{len(findings)}/{len(idx)} records' output text is not what their token ids "

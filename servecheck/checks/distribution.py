@@ -14,13 +14,26 @@ Positions where q puts all its mass on one token carry no information and are le
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from servecheck.checks import CheckContext, CheckResult, Finding
-from servecheck.sampling import Sampling
-from servecheck.scoring import TEMPERATURE_FACTORS, TokenScores
-from servecheck.stats import StatTest, holm, loglik_z, pit_chi2, pit_ks, temperature_fit
+from servecheck.checks.context import CheckContext
+from servecheck.checks.results import Case, CheckResult, Details, Finding
+from servecheck.checks.stats import (
+    StatTest,
+    TemperatureFit,
+    holm,
+    loglik_z,
+    pit_chi2,
+    pit_ks,
+    temperature_fit,
+)
+from servecheck.reference.sampling import Sampling
+from servecheck.reference.scoring import TEMPERATURE_FACTORS, TokenScores
+
+ORDER = 70
 
 FLOORS = {"ks": 0.1, "chi2": 0.15, "loglik": 0.03, "temperature": 0.1}
 """Practical-effect floors: KS distance D, Cohen's w, nats per token, relative temperature error.
@@ -30,6 +43,112 @@ error are worth a person's time; smaller ones are within what bf16 kernels and c
 correct servers: docs/validation-power.md."""
 MIN_TOKENS = 20
 TRIVIAL = 1 - 1e-6
+
+
+@dataclass(frozen=True)
+class SkippedGroup:
+    group: str
+    tokens: int
+    """Informative tokens the group has (fewer than ``MIN_TOKENS``)."""
+
+    def __str__(self) -> str:
+        return f"{self.group} ({self.tokens} informative tokens < {MIN_TOKENS})"
+
+
+@dataclass(frozen=True)
+class GroupedDetails(Details):
+    """What the fit and temperature checks share: one Holm family over every group's tests."""
+
+    alpha: float
+    family_size: int
+    floors: dict[str, float]
+    skipped_groups: list[SkippedGroup]
+    convention: dict[str, Any]
+    token_sources: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "skipped_groups": [str(g) for g in self.skipped_groups]}
+
+    def effect(self) -> str:
+        tests = self.tests()
+        if not tests:
+            return "—"
+        big = max(tests, key=lambda t: abs(t.effect) / t.floor)
+        return f"{big.effect_label} {big.effect:+.3f} (floor {big.floor:g})"
+
+    def skipped_cases(self) -> list[Case]:
+        return [Case(g.group, "skipped", f"too few informative tokens: {g}")
+                for g in self.skipped_groups]
+
+
+def test_json(t: StatTest) -> dict[str, Any]:
+    return t.__dict__ | {"failed": t.failed}
+
+
+@dataclass(frozen=True)
+class FitDetails(GroupedDetails):
+    stat_tests: tuple[StatTest, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        del out["stat_tests"]
+        return {**out, "tests": [test_json(t) for t in self.stat_tests]}
+
+    def tests(self) -> list[StatTest]:
+        return list(self.stat_tests)
+
+    def cases(self) -> list[Case]:
+        by_group: dict[str, list[StatTest]] = {}
+        for t in self.stat_tests:
+            by_group.setdefault(t.group, []).append(t)
+        return [Case(g, "fail" if any(t.failed for t in ts) else "pass", "; ".join(
+            f"{t.name} p={t.p:.3g} (Holm {t.p_adjusted:.3g}), {t.effect_label}={t.effect:+.4f} "
+            f"(floor {t.floor:g}), n={t.n}" for t in ts), g) for g, ts in by_group.items()
+        ] + self.skipped_cases()
+
+
+@dataclass(frozen=True)
+class GroupTemperature:
+    sampling: Sampling
+    fit: TemperatureFit
+
+    def describe(self) -> str:
+        f = self.fit
+        text = (f"effective temperature {f.estimate:.2f} [{f.low:.2f}, {f.high:.2f}] vs "
+                f"requested {self.sampling.temperature:g}")
+        if f.nucleus:
+            text += f"; served tokens need top_p > {f.nucleus[0]:.3f} (requested {f.nucleus[1]:g})"
+        return text
+
+
+@dataclass(frozen=True)
+class TemperatureDetails(GroupedDetails):
+    groups: dict[str, GroupTemperature] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        rows = {}
+        for g, row in (self.groups or {}).items():
+            f = row.fit
+            rows[g] = {"requested": row.sampling.temperature, "estimate": f.estimate, "low": f.low,
+                       "high": f.high, "test": test_json(f.test)}
+            if f.nucleus:
+                rows[g]["nucleus_needed"], rows[g]["top_p"] = f.nucleus
+        return {**out, "groups": rows}
+
+    def tests(self) -> list[StatTest]:
+        return [row.fit.test for row in (self.groups or {}).values()]
+
+    def cases(self) -> list[Case]:
+        cases = []
+        for g, row in (self.groups or {}).items():
+            f, test = row.fit, row.fit.test
+            cases.append(Case(g, "fail" if test.failed else "pass", (
+                f"effective temperature {f.estimate:.3f} [{f.low:.3f}, {f.high:.3f}] vs "
+                f"requested {row.sampling.temperature:g}; LR p={test.p:.3g} (Holm "
+                f"{test.p_adjusted:.3g}), relative error {test.effect:+.3f} (floor "
+                f"{test.floor:g})"), g))
+        return cases + self.skipped_cases()
 
 
 def informative(s: TokenScores) -> np.ndarray:
@@ -74,8 +193,12 @@ def sampled_groups(ctx: CheckContext) -> dict[Sampling, list[int]]:
     """Sampled records by parameter group: the unit every distribution test pools over."""
     groups: dict[Sampling, list[int]] = defaultdict(list)
     for i in ctx.sampled():
-        groups[Sampling.of(ctx.records[i].parameters)].append(i)
+        groups[ctx.sampling[i]].append(i)
     return dict(groups)
+
+
+def run(ctx: CheckContext) -> list[CheckResult]:
+    return check_distribution(ctx)
 
 
 def check_distribution(ctx: CheckContext) -> list[CheckResult]:
@@ -85,45 +208,44 @@ def check_distribution(ctx: CheckContext) -> list[CheckResult]:
         return [CheckResult("fit", "skipped", reason), CheckResult("temperature", "skipped", reason)]
     scores = ctx.scores([i for idx in groups.values() for i in idx])
     fit_tests: list[StatTest] = []
-    fits = {}
-    skipped: list[str] = []
+    fits: dict[str, GroupTemperature] = {}
+    skipped: list[SkippedGroup] = []
     members: dict[str, list[int]] = {}
     for s, idx in groups.items():
         label = s.label()
         members[label] = idx
         pit = pool(scores, idx, "pit")
         if len(pit) < MIN_TOKENS:
-            skipped.append(f"{label} ({len(pit)} informative tokens < {MIN_TOKENS})")
+            skipped.append(SkippedGroup(label, len(pit)))
             continue
         fit_tests += [pit_ks(pit, label, FLOORS["ks"]), pit_chi2(pit, label, FLOORS["chi2"]),
                       loglik_z(pool(scores, idx, "logq"), pool(scores, idx, "entropy"),
                                pool(scores, idx, "var"), label, FLOORS["loglik"])]
         temp_ll = np.concatenate([scores[i].stats["temp_ll"][informative(scores[i])]
                                   for i in idx])
-        fits[label] = temperature_fit(temp_ll, s.temperature, TEMPERATURE_FACTORS, label,
-                                      FLOORS["temperature"])
-    holm(fit_tests + [f.test for f in fits.values()], ctx.alpha)
-    family = len(fit_tests) + len(fits)
-    sources = sorted({ctx.output_ids(i)[1] for idx in groups.values() for i in idx})
-    common = {"alpha": ctx.alpha, "family_size": family, "floors": FLOORS,
-              "skipped_groups": skipped, "convention": ctx.convention.describe(),
-              "token_sources": sources}
-    for s, idx in groups.items():
-        if s.top_p < 1 and s.label() in fits:
+        fit = temperature_fit(temp_ll, s.temperature, TEMPERATURE_FACTORS, label,
+                              FLOORS["temperature"])
+        if s.top_p < 1:
             # The smallest nucleus that holds every served token: a lower bound on the top_p
             # the server really used (the support check judges it against the request).
             # (tokens already outside top_k/penalties have mass-above 1 and are the support
             # check's business, not evidence about the nucleus)
             above = [scores[i].stats["pre_nucleus_above"] for i in idx]
             need = max(float(a[a < TRIVIAL].max(initial=0.0)) for a in above)
-            fits[s.label()].nucleus = (need, s.top_p)
-    return [_fit_result(ctx, scores, fit_tests, members, common),
-            _temperature_result(ctx, scores, fits, members, common)]
+            fit.nucleus = (need, s.top_p)
+        fits[label] = GroupTemperature(s, fit)
+    holm(fit_tests + [g.fit.test for g in fits.values()], ctx.options.alpha)
+    sources = sorted({ctx.output_ids(i)[1].value for idx in groups.values() for i in idx})
+    common = dict(alpha=ctx.options.alpha, family_size=len(fit_tests) + len(fits), floors=FLOORS,
+                  skipped_groups=skipped, convention=ctx.options.convention.describe(),
+                  token_sources=sources)
+    return [_fit_result(ctx, scores, FitDetails(**common, stat_tests=tuple(fit_tests)), members),
+            _temperature_result(ctx, scores, TemperatureDetails(**common, groups=fits), members)]
 
 
-def _fit_result(ctx: CheckContext, scores: dict[int, TokenScores], tests: list[StatTest],
-                members: dict[str, list[int]], common: dict) -> CheckResult:
-    details = {**common, "tests": [t.__dict__ | {"failed": t.failed} for t in tests]}
+def _fit_result(ctx: CheckContext, scores: dict[int, TokenScores], details: FitDetails,
+                members: dict[str, list[int]]) -> CheckResult:
+    tests = details.tests()
     if not tests:
         return CheckResult("fit", "skipped", "no group with enough informative tokens", details)
     failed = [t for t in tests if t.failed]
@@ -131,15 +253,15 @@ def _fit_result(ctx: CheckContext, scores: dict[int, TokenScores], tests: list[S
     if not failed:
         worst = min(tests, key=lambda t: t.p)
         return CheckResult("fit", "pass", f"{groups} group(s) fit the reference distribution "
-                           f"(smallest p {worst.p:.2g}, Holm α={ctx.alpha})", details)
+                           f"(smallest p {worst.p:.2g}, Holm α={ctx.options.alpha})", details)
     findings = [Finding(t.group, t.describe(), 10.0 + abs(t.effect)) for t in failed]
     for t in failed:
-        if t.name == "log-likelihood z":
+        if t.kind == "loglik":
             findings += _drivers(ctx, scores, members[t.group], np.sign(t.effect))[:20]
     direction = next((("tokens less likely than a correct sampler's (too hot, truncation "
                        "ignored, or other weights)" if t.effect < 0 else
                        "tokens more likely than a correct sampler's (too cold or nucleus too "
-                       "small)") for t in failed if t.name == "log-likelihood z"), "")
+                       "small)") for t in failed if t.kind == "loglik"), "")
     summary = f"{len(failed)} test(s) failed in {len({t.group for t in failed})}/{groups} " \
               f"group(s): " + "; ".join(f"{t.group} {t.name} {t.effect_label}={t.effect:+.3f}"
                                        for t in failed[:3])
@@ -147,29 +269,22 @@ def _fit_result(ctx: CheckContext, scores: dict[int, TokenScores], tests: list[S
                        findings)
 
 
-def _temperature_result(ctx: CheckContext, scores: dict[int, TokenScores], fits: dict,
-                        members: dict[str, list[int]], common: dict) -> CheckResult:
-    rows = {g: {"requested": float(g.split()[0][2:]), "estimate": f.estimate, "low": f.low,
-                "high": f.high, "test": f.test.__dict__ | {"failed": f.test.failed}}
-            for g, f in fits.items()}
-    details = {**common, "groups": rows}
+def _temperature_result(ctx: CheckContext, scores: dict[int, TokenScores],
+                        details: TemperatureDetails, members: dict[str, list[int]]
+                        ) -> CheckResult:
+    fits = details.groups or {}
     if not fits:
         return CheckResult("temperature", "skipped", "no group with enough informative tokens",
                            details)
-    for g, f in fits.items():
-        if f.nucleus:
-            rows[g]["nucleus_needed"], rows[g]["top_p"] = f.nucleus
-    text = {g: f"effective temperature {f.estimate:.2f} [{f.low:.2f}, {f.high:.2f}] vs "
-               f"requested {rows[g]['requested']:g}" + (
-                   f"; served tokens need top_p > {f.nucleus[0]:.3f} (requested {f.nucleus[1]:g})"
-                   if f.nucleus else "") for g, f in fits.items()}
-    failed = [g for g, f in fits.items() if f.test.failed]
+    failed = [g for g, row in fits.items() if row.fit.test.failed]
     if failed:
-        findings = [Finding(g, f"{text[g]} ({fits[g].test.describe()})", 10.0) for g in failed]
+        findings = [Finding(g, f"{fits[g].describe()} ({fits[g].fit.test.describe()})", 10.0)
+                    for g in failed]
         for g in failed:
-            findings += _drivers(ctx, scores, members[g], -1.0 if fits[g].estimate >
-                                 rows[g]["requested"] else 1.0)[:10]
-        return CheckResult("temperature", "fail", "; ".join(f"{g}: {text[g]}" for g in failed),
-                           details, findings)
-    return CheckResult("temperature", "pass", "; ".join(f"{g}: {text[g]}" for g in fits),
-                       details)
+            hot = fits[g].fit.estimate > fits[g].sampling.temperature
+            findings += _drivers(ctx, scores, members[g], -1.0 if hot else 1.0)[:10]
+        return CheckResult("temperature", "fail",
+                           "; ".join(f"{g}: {fits[g].describe()}" for g in failed), details,
+                           findings)
+    return CheckResult("temperature", "pass", "; ".join(f"{g}: {row.describe()}"
+                                                        for g, row in fits.items()), details)

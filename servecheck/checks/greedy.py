@@ -8,10 +8,29 @@ split those); anything further is a hard mismatch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from servecheck.checks import CheckContext, CheckResult, Finding
-from servecheck.scoring import TokenScores
+from servecheck.checks.context import CheckContext
+from servecheck.checks.results import CheckResult, Details, Finding
+from servecheck.reference.scoring import TokenScores
+
+ORDER = 50
+
+
+@dataclass(frozen=True)
+class GreedyDetails(Details):
+    records: int
+    tokens: int
+    hard_mismatches: int
+    near_ties: int
+    tolerance: float
+    numerics: str
+    token_sources: list[str]
+
+    def effect(self) -> str:
+        return f"{self.hard_mismatches}/{self.tokens} tokens non-argmax beyond δ"
 
 
 def greedy_positions(s: TokenScores, delta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -20,13 +39,17 @@ def greedy_positions(s: TokenScores, delta: float) -> tuple[np.ndarray, np.ndarr
     return np.flatnonzero(off & (s.margin > delta)), np.flatnonzero(off & (s.margin <= delta))
 
 
+def run(ctx: CheckContext) -> list[CheckResult]:
+    return [check_greedy(ctx)]
+
+
 def check_greedy(ctx: CheckContext) -> CheckResult:
-    idx = [i for i, r in enumerate(ctx.records) if r.parameters.greedy]
+    idx = ctx.greedy()
     if not idx:
         return CheckResult("greedy", "skipped", "no greedy records (temperature 0 or top_k 1)")
     scores = ctx.scores(idx)
     tok = ctx.ref.tokenizer
-    delta = ctx.numerics.logit
+    delta = ctx.tolerances.logit
     findings: list[Finding] = []
     tokens = hard = ties = 0
     sources = {ctx.output_ids(i)[1] for i in idx} | {ctx.prompt_ids(i)[1] for i in idx}
@@ -44,9 +67,8 @@ def check_greedy(ctx: CheckContext) -> CheckResult:
                 f"{len(hard_pos)} non-argmax token(s); first at output token {k}: served "
                 f"{served!r}, reference argmax {best!r}, logit margin {s.margin[k]:.3f} > δ {delta}",
                 float(s.margin[hard_pos].max())))
-    details = {"records": len(idx), "tokens": tokens, "hard_mismatches": hard,
-               "near_ties": ties, "tolerance": delta, "numerics": ctx.numerics.name,
-               "token_sources": sorted(sources)}
+    details = GreedyDetails(len(idx), tokens, hard, ties, delta, ctx.tolerances.name,
+                            sorted(s.value for s in sources))
     tie_note = f", {ties} near-tie divergence(s) within δ={delta}" if ties else ""
     if hard:
         return CheckResult("greedy", "fail",

@@ -12,11 +12,16 @@ better than the reference prompt is named, even when both fits are within the to
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from typing import Any
+
 import numpy as np
 
-from servecheck.checks import CheckContext, CheckResult, Finding
-from servecheck.sampling import Sampling
-from servecheck.scoring import ScoreItem, score
+from servecheck.checks.context import CheckContext
+from servecheck.checks.results import CheckResult, Details, Finding
+from servecheck.reference.scoring import ScoreItem
+
+ORDER = 80
 
 HYPOTHESES_SAMPLE = 16
 """Records rescored per hypothesis (the worst fitting): enough to be sure, cheap next to the
@@ -34,6 +39,32 @@ median |Δ| stays above this (honest bf16 numerics stay below 0.1; a token lost 
 ids from another sequence shift every later comparison by whole nats)."""
 BREAK_RUN = 4
 """…over at least this many tokens."""
+
+
+@dataclass(frozen=True)
+class LogprobsDetails(Details):
+    records: int
+    convention: str
+    """What the served log-probs are: ``raw`` or ``after sampling transform``."""
+    misaligned: int | None = None
+    """Records whose served log-probs stop lining up with the scored tokens (then nothing else
+    is compared)."""
+    tokens: int | None = None
+    mean_abs_diff: dict[str, float] | None = None
+    """Mean |served - reference| under each convention."""
+    max_abs_diff: float | None = None
+    tolerance: float | None = None
+    prompt_diagnosis: str | None = None
+    """A known prompt mistake the served log-probs fit far better than the reference prompt."""
+    prompt_fit: dict[str, float] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in super().to_json().items() if v is not None}
+
+    def effect(self) -> str:
+        if self.mean_abs_diff is None:
+            return f"{self.misaligned}/{self.records} records misaligned"
+        return f"mean |Δ| {self.mean_abs_diff[self.convention]:.4f} (tolerance {self.tolerance})"
 
 
 def misalignment(served: np.ndarray, scored: int, diff: np.ndarray, marker_in_text: bool,
@@ -76,16 +107,19 @@ def best_alternative(ctx: CheckContext, sample: list[int], raw: bool) -> tuple[s
             alt = _hypotheses(ctx, ctx.prompt_ids(i)[0]).get(name)
             if alt is None:
                 break
-            items.append(ScoreItem(alt, ctx.output_ids(i)[0],
-                                   None if raw else Sampling.of(ctx.records[i].parameters)))
+            items.append(ScoreItem(alt, ctx.output_ids(i)[0], None if raw else ctx.sampling[i]))
             served.append(np.asarray(ctx.records[i].output_logprobs, dtype=np.float64))
         else:
             diffs = [np.abs(lp[: len(s)] - s.stats.get("logq", s.logprob)[: len(lp)])
-                     for lp, s in zip(served, score(ctx.ref, items, ctx.convention), strict=True)]
+                     for lp, s in zip(served, ctx.score_items(items), strict=True)]
             mean = float(np.mean(np.concatenate(diffs)))
             if best is None or mean < best[1]:
                 best = (name, mean)
     return best
+
+
+def run(ctx: CheckContext) -> list[CheckResult]:
+    return [check_logprobs(ctx)]
 
 
 def check_logprobs(ctx: CheckContext) -> CheckResult:
@@ -120,11 +154,11 @@ def check_logprobs(ctx: CheckContext) -> CheckResult:
         return CheckResult("logprobs", "fail", (
             f"{len(lost)}/{len(idx)} records' served log-probs stop lining up with the scored "
             f"tokens: a token the text lost, or log-probs of another sequence"),
-            {"records": len(idx), "misaligned": len(lost), "convention": convention}, lost)
+            LogprobsDetails(len(idx), convention, misaligned=len(lost)), lost)
     pooled = np.concatenate(diffs[convention])
-    tol = ctx.numerics.logprob
-    details = {"records": len(idx), "tokens": int(pooled.size), "convention": convention,
-               "mean_abs_diff": means, "max_abs_diff": float(pooled.max()), "tolerance": tol}
+    tol = ctx.tolerances.logprob
+    details = LogprobsDetails(len(idx), convention, tokens=int(pooled.size), mean_abs_diff=means,
+                              max_abs_diff=float(pooled.max()), tolerance=tol)
     summary = (f"served log-probs are {convention} (mean |Δ| {means[convention]:.4f}, max "
                f"{pooled.max():.4f}, {pooled.size} tokens)")
     per = {i: raw if convention == "raw" else post for i, raw, post in per_record}
@@ -136,8 +170,8 @@ def check_logprobs(ctx: CheckContext) -> CheckResult:
     own = float(np.mean(np.concatenate([per[i] for i in sample]))) if sample else 0.0
     alt = best_alternative(ctx, sample, convention == "raw")
     if alt and alt[1] * EXPLAINS_BETTER < own and own - alt[1] > MIN_GAIN:
-        details["prompt_diagnosis"] = alt[0]
-        details["prompt_fit"] = {"reference prompt": own, alt[0]: alt[1]}
+        details = replace(details, prompt_diagnosis=alt[0],
+                          prompt_fit={"reference prompt": own, alt[0]: alt[1]})
         return CheckResult("logprobs", "fail", (
             f"the served log-probs fit a prompt with {alt[0]} (mean |Δ| {alt[1]:.5f}) far better "
             f"than the reference prompt (mean |Δ| {own:.5f}, {len(sample)} records)"),

@@ -1,41 +1,148 @@
-"""Seed check: requests in the file that differ only in their seed must not coincide more
-often than a correct sampler allows (``servecheck/seeds.py`` has the test). Skipped when the
-file holds no such requests; ``servecheck probe`` sends a purpose-built set."""
+"""Seed check: do requests that differ only in their seed differ as often as chance says?
+
+A server that ignores the seed (or runs every request with seed 0 under concurrency) returns
+one text for many seeds. Identical texts are not proof by themselves: a peaked distribution
+makes them likely. The reference gives the probability p(y) = Π q(y_t) that a correct sampler
+produces exactly the text y, so for a text seen c times among n seeded requests, the chance that
+at least c - 1 of the other n - 1 independent samples equal it is a binomial tail,
+``P(Bin(n - 1, p(y)) ≥ c - 1)``. The smallest tail over the distinct texts, Bonferroni-corrected,
+is the test's p-value; a false alarm happens at most at rate α.
+
+In ``check`` the test runs on the requests of the file that differ only in their seed (skipped
+when there are none); ``servecheck probe`` sends a purpose-built set. Every group is one test of a
+Holm family, so the check's false alarms stay at α whatever the number of groups.
+"""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
+from scipy import stats
 
-from servecheck.checks import CheckContext, CheckResult, Finding
-from servecheck.records import ResponseRecord
-from servecheck.seeds import repeated, seed_groups, seed_test
+from servecheck.checks.context import CheckContext
+from servecheck.checks.results import CheckResult, Details, Finding
+from servecheck.formats.records import ResponseRecord
+from servecheck.reference.sampling import Sampling
+
+ORDER = 90
 
 
-def check_seeds(ctx: CheckContext) -> CheckResult:
-    groups = seed_groups(ctx.records)
-    if not groups:
-        return CheckResult("seeds", "skipped", "no requests that differ only in their seed")
+@dataclass(frozen=True)
+class SeedGroup:
+    label: str
+    """The shared prompt and parameters, shortened."""
+    seeds: int
+    distinct: int
+    most_common: int
+    p_text: float
+    """Reference probability of the most repeated text."""
+    p_value: float
+
+
+def seed_groups(records: list[ResponseRecord]) -> list[list[ResponseRecord]]:
+    """Sampled records that differ only in their seed, groups of at least 3 seeds."""
+    groups: dict[str, list[ResponseRecord]] = defaultdict(list)
+    for r in records:
+        if r.error is None and r.parameters.seed is not None and \
+                not Sampling.of(r.parameters).greedy:
+            key = r.conversations.model_dump_json() + r.parameters.model_copy(
+                update={"seed": None}).model_dump_json()
+            groups[key].append(r)
+    return [g for g in groups.values() if len({r.parameters.seed for r in g}) >= 3]
+
+
+def repeated(group: list[ResponseRecord]) -> list[ResponseRecord]:
+    """One record per text that occurs more than once: the ones whose probability is needed."""
+    by_text: dict[str, list[ResponseRecord]] = defaultdict(list)
+    for r in group:
+        by_text[r.output].append(r)
+    return [same[0] for same in by_text.values() if len(same) > 1]
+
+
+def seed_test(group: list[ResponseRecord], text_logprob: Callable[[ResponseRecord], float]
+              ) -> SeedGroup:
+    """``text_logprob`` gives log p(y) of a record's output, from the shared, batched scores
+    (``CheckContext.scores``, on the tokens the context chose)."""
+    by_text: dict[str, list[ResponseRecord]] = defaultdict(list)
+    for r in group:
+        by_text[r.output].append(r)
+    n = len(group)
+    tails, p_common, most = [], 0.0, 0
+    for same in by_text.values():
+        c = len(same)
+        if c < 2:
+            continue
+        logp = text_logprob(same[0])
+        if logp == -np.inf:
+            # a token outside the support: no correct sampler could have produced the text at
+            # all, which is the support check's finding (or a boundary tie it forgives), and
+            # says nothing about the seed
+            continue
+        p = float(np.exp(logp))
+        tails.append(float(stats.binom.sf(c - 2, n - 1, p)))
+        if c > most:
+            most, p_common = c, p
+    p_value = min(1.0, min(tails) * len(by_text)) if tails else 1.0
+    first = group[0]
+    label = f"{first.conversations.contents[-1].content[:40]!r} T={first.parameters.temperature}"
+    return SeedGroup(label, n, len(by_text), max(most, 1), p_common, p_value)
+
+
+@dataclass(frozen=True)
+class SeedDetails(Details):
+    groups: list[SeedGroup]
+    alpha: float
+
+    def effect(self) -> str:
+        return f"{len(self.groups)} seed group(s)"
+
+
+def holm_rejected(p_values: list[float], alpha: float) -> list[bool]:
+    """Holm's step-down over the groups: family-wise false alarms ≤ alpha."""
+    order = sorted(range(len(p_values)), key=lambda k: p_values[k])
+    rejected = [False] * len(p_values)
+    for rank, k in enumerate(order):
+        if p_values[k] > alpha / (len(p_values) - rank):
+            break
+        rejected[k] = True
+    return rejected
+
+
+def scored_logprob(ctx: CheckContext, records: list[ResponseRecord]
+                   ) -> Callable[[ResponseRecord], float]:
+    """log p(y) of each record's output, its repeated texts scored in one batch by the context."""
     index = {id(r): i for i, r in enumerate(ctx.records)}
-    scores = ctx.scores([index[id(r)] for g in groups for r in repeated(g)])  # one batch
+    scores = ctx.scores([index[id(r)] for r in records])
 
     def text_logprob(r: ResponseRecord) -> float:
         s = scores[index[id(r)]]
         return float(np.sum(s.stats["logq"])) if len(s) else 0.0
 
-    results = [seed_test(g, ctx.ref, ctx.convention, text_logprob) for g in groups]
-    order = sorted(range(len(results)), key=lambda k: results[k].p_value)
-    rejected = [False] * len(results)
-    for rank, k in enumerate(order):  # Holm's step-down: family-wise false alarms ≤ alpha
-        if results[k].p_value > ctx.alpha / (len(results) - rank):
-            break
-        rejected[k] = True
-    details = {"groups": [r.__dict__ for r in results], "alpha": ctx.alpha}
+    return text_logprob
+
+
+def run(ctx: CheckContext) -> list[CheckResult]:
+    groups = seed_groups(ctx.records)
+    if not groups:
+        return [CheckResult("seeds", "skipped", "no requests that differ only in their seed")]
+    text_logprob = scored_logprob(ctx, [r for g in groups for r in repeated(g)])
+    results = [seed_test(g, text_logprob) for g in groups]
+    rejected = holm_rejected([r.p_value for r in results], ctx.options.alpha)
+    details = SeedDetails(results, ctx.options.alpha)
     findings = [Finding(r.label, f"{r.most_common} of {r.seeds} seeds gave the same text, whose "
                                  f"reference probability is {r.p_text:.2e} (p = {r.p_value:.1e}): "
                                  f"the seed looks ignored", 1 - r.p_value)
                 for r, bad in zip(results, rejected, strict=True) if bad]
     if findings:
-        return CheckResult("seeds", "fail", f"{len(findings)}/{len(results)} seed group(s) "
-                           f"repeat one text beyond chance", details, findings)
-    return CheckResult("seeds", "pass", f"{len(results)} seed group(s): texts differ across "
-                       f"seeds as often as a correct sampler's", details)
+        return [CheckResult("seeds", "fail", f"{len(findings)}/{len(results)} seed group(s) "
+                            f"repeat one text beyond chance", details, findings)]
+    return [CheckResult("seeds", "pass", f"{len(results)} seed group(s): texts differ across "
+                        f"seeds as often as a correct sampler's", details)]
+
+
+def group_test(ctx: CheckContext, group: list[ResponseRecord]) -> SeedGroup:
+    """One group's test, its repeated texts scored through ``ctx`` (``servecheck probe``)."""
+    return seed_test(group, scored_logprob(ctx, repeated(group)))

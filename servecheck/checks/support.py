@@ -8,11 +8,33 @@ counted apart, since a server with other kernels may rank it inside.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
-from servecheck.checks import CheckContext, CheckResult, Finding, Numerics
-from servecheck.sampling import RULES, Sampling
-from servecheck.scoring import TokenScores
+from servecheck.checks.context import CheckContext
+from servecheck.checks.options import Numerics
+from servecheck.checks.results import CheckResult, Details, Finding
+from servecheck.reference.sampling import RULES
+from servecheck.reference.scoring import TokenScores
+
+ORDER = 60
+
+
+@dataclass(frozen=True)
+class SupportDetails(Details):
+    records: int
+    tokens: int
+    violations: int
+    boundary_ties: int
+    by_rule: dict[str, int]
+    """Violations per rule (top_k, top_p, min_p)."""
+    tolerance: dict[str, float]
+    convention: dict[str, Any]
+
+    def effect(self) -> str:
+        return f"{self.violations}/{self.tokens} tokens outside the support"
 
 
 def outside_support(s: TokenScores, numerics: Numerics) -> tuple[list[tuple[int, str, float]], int]:
@@ -32,8 +54,12 @@ def outside_support(s: TokenScores, numerics: Numerics) -> tuple[list[tuple[int,
     return violations, ties
 
 
+def run(ctx: CheckContext) -> list[CheckResult]:
+    return [check_support(ctx)]
+
+
 def check_support(ctx: CheckContext) -> CheckResult:
-    sampling = {i: Sampling.of(ctx.records[i].parameters) for i in ctx.sampled()}
+    sampling = {i: ctx.sampling[i] for i in ctx.sampled()}
     idx = [i for i, s in sampling.items() if s.top_k or s.top_p < 1 or s.min_p > 0]
     if not idx:
         return CheckResult("support", "skipped", "no sampled record with top_k, top_p or min_p")
@@ -44,23 +70,22 @@ def check_support(ctx: CheckContext) -> CheckResult:
     by_rule: dict[str, int] = {}
     for i in idx:
         tokens += len(scores[i])
-        outside, record_ties = outside_support(scores[i], ctx.numerics)
+        outside, record_ties = outside_support(scores[i], ctx.tolerances)
         ties += record_ties
         for k, rule, slack in outside:
             violations += 1
             by_rule[rule] = by_rule.get(rule, 0) + 1
-            tol = ctx.numerics.logit if rule == "top_k" else ctx.numerics.mass
+            tol = ctx.tolerances.logit if rule == "top_k" else ctx.tolerances.mass
             unit = "logits" if rule == "top_k" else "probability mass"
             findings.append(Finding(
                 ctx.labels[i],
                 f"output token {k} {tok.convert_ids_to_tokens(int(scores[i].token_ids[k]))!r} "
                 f"is outside {rule} ({sampling[i].label()}) by "
                 f"{slack:.4f} {unit} (tolerance {tol})", slack))
-    details = {"records": len(idx), "tokens": tokens, "violations": violations,
-               "boundary_ties": ties, "by_rule": by_rule,
-               "tolerance": {"top_k_logits": ctx.numerics.logit,
-                             "top_p_min_p_mass": ctx.numerics.mass},
-               "convention": ctx.convention.describe()}
+    details = SupportDetails(len(idx), tokens, violations, ties, by_rule,
+                             {"top_k_logits": ctx.tolerances.logit,
+                              "top_p_min_p_mass": ctx.tolerances.mass},
+                             ctx.options.convention.describe())
     tie_note = f", {ties} boundary tie(s) within tolerance" if ties else ""
     if violations:
         rules = ", ".join(f"{r} ({n})" for r, n in by_rule.items())

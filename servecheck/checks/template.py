@@ -9,10 +9,27 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 
-from servecheck.checks import CheckContext, CheckResult, Finding
-from servecheck.records import Conversation
-from servecheck.reference import Reference
+from servecheck.checks.context import CheckContext
+from servecheck.checks.results import CheckResult, Details, Finding
+from servecheck.formats.records import Conversation
+from servecheck.reference.model import Reference
+
+ORDER = 20
+
+
+@dataclass(frozen=True)
+class TemplateDetails(Details):
+    compared: int
+    """Records whose served prompt is known (input text or prompt ids)."""
+    differ: int
+    kinds: dict[str, int] = field(default_factory=dict)
+    """How many records show each diagnosis."""
+
+    def effect(self) -> str:
+        return f"{self.differ}/{self.compared} prompts differ"
+
 
 ROLE_WORDS = {"user", "model", "assistant", "system", "human", "bot", "gpt", "ai", "developer"}
 
@@ -92,6 +109,10 @@ def _ids_diagnosis(ids: list[int], expected_ids: list[int], ref: Reference) -> t
     return "prompt tokens", f"prompt token ids differ at token {at}: served {got} vs reference {want}"
 
 
+def run(ctx: CheckContext) -> list[CheckResult]:
+    return [check_template(ctx)]
+
+
 def check_template(ctx: CheckContext) -> CheckResult:
     ref = ctx.ref
     findings: list[Finding] = []
@@ -124,13 +145,13 @@ def check_template(ctx: CheckContext) -> CheckResult:
         return CheckResult("template", "skipped", (
             "no record has an input or prompt token ids: the server did not say what prompt it "
             "built (an OpenAI chat endpoint other than vLLM's); to check the template, collect "
-            "with ?mode=completions, which templates on the client"))
+            "with ?mode=completions, which templates on the client"), per_record=True)
     if findings:
         summary = f"{len(findings)}/{len(ctx.records)} records differ from the reference template: " + \
             ", ".join(f"{k} ({n})" for k, n in kinds.most_common())
         return CheckResult("template", "fail", summary,
-                           {"compared": compared, "differ": len(findings), "kinds": dict(kinds)},
-                           findings)
+                           TemplateDetails(compared, len(findings), dict(kinds)), findings,
+                           per_record=True)
     return CheckResult("template", "pass",
                        f"{compared}/{compared} prompts equal the reference template",
-                       {"compared": compared, "differ": 0})
+                       TemplateDetails(compared, 0), per_record=True)

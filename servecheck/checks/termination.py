@@ -8,10 +8,28 @@ and tokenizer), so the check is right for any model family.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 
-from servecheck.checks import CheckContext, CheckResult, Finding
+from servecheck.checks.context import CheckContext
+from servecheck.checks.results import CheckResult, Details, Finding
 from servecheck.checks.template import show
-from servecheck.records import END_MARKER_UNKNOWN, ResponseRecord
+from servecheck.formats.records import END_MARKER_UNKNOWN, ResponseRecord
+
+ORDER = 30
+
+
+@dataclass(frozen=True)
+class TerminationDetails(Details):
+    records: int
+    end_markers: list[str]
+    kinds: dict[str, int] = field(default_factory=dict)
+    end_marker_unknown: int = 0
+    """Records collected with no reference, whose stripped end marker nobody put back."""
+    wrong: int = 0
+    """Records with at least one finding."""
+
+    def effect(self) -> str:
+        return f"{self.wrong}/{self.records} records end wrongly"
 
 
 def _echo(r: ResponseRecord, prompt: str, ctx: CheckContext) -> bool:
@@ -72,6 +90,10 @@ def _problems(i: int, ctx: CheckContext) -> list[tuple[str, str]]:
     return out
 
 
+def run(ctx: CheckContext) -> list[CheckResult]:
+    return [check_termination(ctx)]
+
+
 def check_termination(ctx: CheckContext) -> CheckResult:
     findings: list[Finding] = []
     kinds: Counter[str] = Counter()
@@ -81,17 +103,16 @@ def check_termination(ctx: CheckContext) -> CheckResult:
             findings.append(Finding(ctx.labels[i], f"{kind}: {message}", 1.0))
     n = len(ctx.records)
     unknown = sum(marker_unknown(r) for r in ctx.records)
-    details = {"records": n, "end_markers": ctx.ref.end_markers, "kinds": dict(kinds),
-               "end_marker_unknown": unknown}
+    bad = len({f.record for f in findings})
+    details = TerminationDetails(n, ctx.ref.end_markers, dict(kinds), unknown, bad)
     if not n:
-        return CheckResult("termination", "skipped", "no records with an output")
+        return CheckResult("termination", "skipped", "no records with an output", per_record=True)
     if findings:
-        bad = len({f.record for f in findings})
         summary = f"{bad}/{n} records end wrongly: " + \
             ", ".join(f"{k} ({c})" for k, c in kinds.most_common())
-        return CheckResult("termination", "fail", summary, details, findings)
+        return CheckResult("termination", "fail", summary, details, findings, per_record=True)
     note = (f"; {unknown} without a known end marker (collected with no --reference: the server "
             f"strips it and nothing put it back)") if unknown else ""
     return CheckResult("termination", "pass",
                        f"{n}/{n} outputs end correctly (markers {', '.join(ctx.ref.end_markers)})"
-                       f"{note}", details)
+                       f"{note}", details, per_record=True)

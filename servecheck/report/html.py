@@ -20,17 +20,25 @@ from typing import Any
 import numpy as np
 from markupsafe import Markup
 
-from servecheck.checks import CheckContext, CheckResult
-from servecheck.checks.distribution import informative, pool, sampled_groups
-from servecheck.plausibility import EXPLANATION, RecordVerdict, judge
-from servecheck.report import render, write_page
+from servecheck.checks.context import CheckContext
+from servecheck.checks.distribution import (
+    FitDetails,
+    TemperatureDetails,
+    informative,
+    pool,
+    sampled_groups,
+    test_json,
+)
+from servecheck.checks.plausibility import EXPLANATION, RecordDetails, judge
+from servecheck.checks.results import CheckResult, overall
+from servecheck.checks.stats import StatTest
+from servecheck.checks.stats import temperature_profile as profile
+from servecheck.checks.template import TemplateDetails
+from servecheck.reference.scoring import TEMPERATURE_FACTORS
+from servecheck.report.pages import render, write_page
 from servecheck.report.svg import pit_histogram, qq_plot, temperature_profile
 from servecheck.report.tokens import TokenView, heatmap
 from servecheck.report.visible import Segment, side_by_side
-from servecheck.sampling import Sampling
-from servecheck.scoring import TEMPERATURE_FACTORS
-from servecheck.stats import temperature_profile as profile
-from servecheck.summary import overall
 
 MAX_RECORDS = 300
 """Records shown as heat-maps (worst first); a page with thousands would not open quickly."""
@@ -76,7 +84,8 @@ class RecordView:
     label: str
     group: str
     checks: list[str]
-    verdict: RecordVerdict
+    verdict: CheckResult
+    """The record's own verdict (``checks.plausibility``)."""
     conversation: list[tuple[str, str]]
     tokens: list[TokenView]
     output: str
@@ -85,72 +94,48 @@ class RecordView:
     sort_key: tuple = field(repr=False, default=())
 
 
-def _test_rows(tests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{**t, "verdict": "fail" if t["failed"] else "pass"} for t in tests]
-
-
-def _deterministic_effect(r: CheckResult) -> str:
-    d = r.details
-    counts = {"records": ("errors", "records", "failed requests"),
-              "template": ("differ", "compared", "prompts differ"),
-              "greedy": ("hard_mismatches", "tokens", "tokens non-argmax beyond δ"),
-              "support": ("violations", "tokens", "tokens outside the support")}
-    if r.name in counts and counts[r.name][1] in d:
-        bad, total, what = counts[r.name]
-        return f"{d.get(bad, 0)}/{d[total]} {what}"
-    if r.name == "termination" and "records" in d:
-        return f"{len({f.record for f in r.findings})}/{d['records']} records end wrongly"
-    if r.name == "logprobs" and "mean_abs_diff" in d:
-        return f"mean |Δ| {d['mean_abs_diff'][d['convention']]:.4f} (tolerance {d['tolerance']})"
-    return "—"
+def _test_rows(tests: list[StatTest]) -> list[dict[str, Any]]:
+    return [{**test_json(t), "verdict": "fail" if t.failed else "pass"} for t in tests]
 
 
 def check_rows(results: list[CheckResult]) -> list[CheckRow]:
     rows = []
     for r in results:
-        tests = r.details.get("tests", []) if r.name == "fit" else \
-            [g["test"] for g in r.details.get("groups", {}).values()] if r.name == "temperature" \
-            else []
+        tests = r.details.tests()
         if tests:
-            low = min(tests, key=lambda t: t["p"])
-            big = max(tests, key=lambda t: abs(t["effect"]) / t["floor"])
-            p = f"{low['p']:.2g} (Holm {low['p_adjusted']:.2g}), smallest of {len(tests)}"
-            effect = f"{big['effect_label']} {big['effect']:+.3f} (floor {big['floor']:g})"
+            low = min(tests, key=lambda t: t.p)
+            p = f"{low.p:.2g} (Holm {low.p_adjusted:.2g}), smallest of {len(tests)}"
         else:
-            p, effect = "— (deterministic)", _deterministic_effect(r)
-        rows.append(CheckRow(r.name, r.verdict, r.summary, p, effect, _test_rows(tests),
+            p = "— (deterministic)"
+        rows.append(CheckRow(r.name, r.verdict, r.summary, p, r.details.effect(), _test_rows(tests),
                              [(f.record, f.message) for f in r.worst_first()[:MAX_FINDINGS]],
                              len(r.findings)))
     return rows
 
 
 def group_views(ctx: CheckContext, results: list[CheckResult]) -> list[GroupView]:
-    by_name = {r.name: r for r in results}
-    fit_tests = by_name["fit"].details.get("tests", []) if "fit" in by_name else []
-    temps = by_name["temperature"].details.get("groups", {}) if "temperature" in by_name else {}
+    fit_tests = [t for r in results if isinstance(r.details, FitDetails) for t in r.details.tests()]
+    temps = next((r.details.groups or {} for r in results
+                  if isinstance(r.details, TemperatureDetails)), {})
     views = []
     for s, idx in sampled_groups(ctx).items():
         label = s.label()
         scores = ctx.scores(idx)
         pit = pool(scores, idx, "pit")
-        tests = [t for t in fit_tests if t["group"] == label]
+        tests = [t for t in fit_tests if t.group == label]
         charts: list[Markup] = []
         temperature = "not estimated (too few informative tokens)"
         if len(pit):
             charts += [pit_histogram(pit, f"PIT histogram · {label}"), qq_plot(pit, f"PIT QQ · {label}")]
         if label in temps:
-            g = temps[label]
-            tests.append(g["test"])
+            fit = temps[label].fit
+            tests.append(fit.test)
             temp_ll = np.concatenate([scores[i].stats["temp_ll"][informative(scores[i])]
                                       for i in idx])
             charts.append(temperature_profile(s.temperature * TEMPERATURE_FACTORS, profile(temp_ll),
-                                              s.temperature, g["estimate"], g["low"], g["high"],
+                                              s.temperature, fit.estimate, fit.low, fit.high,
                                               f"temperature · {label}"))
-            temperature = (f"effective {g['estimate']:.2f} [{g['low']:.2f}, {g['high']:.2f}] "
-                           f"vs requested {g['requested']:g}")
-            if "nucleus_needed" in g:
-                temperature += (f"; served tokens need top_p > {g['nucleus_needed']:.3f} "
-                                f"(requested {g['top_p']:g})")
+            temperature = temps[label].describe()
         rows = _test_rows(tests)
         verdict = "fail" if any(t["verdict"] == "fail" for t in rows) else \
             "pass" if rows else "skipped"
@@ -160,7 +145,8 @@ def group_views(ctx: CheckContext, results: list[CheckResult]) -> list[GroupView
 
 def template_diffs(ctx: CheckContext, results: list[CheckResult]) -> list[DiffView]:
     """One side-by-side diff per distinct (served, reference) pair; differing ones first."""
-    messages = {f.record: f.message for r in results if r.name == "template" for f in r.findings}
+    messages = {f.record: f.message for r in results if isinstance(r.details, TemplateDetails)
+                for f in r.findings}
     pairs: dict[tuple[str, str], list[str]] = defaultdict(list)
     for i, r in enumerate(ctx.records):
         expected = ctx.expected_prompts[i]
@@ -183,7 +169,7 @@ def template_diffs(ctx: CheckContext, results: list[CheckResult]) -> list[DiffVi
     return views
 
 
-def record_views(ctx: CheckContext, results: list[CheckResult], verdicts: dict[int, RecordVerdict],
+def record_views(ctx: CheckContext, results: list[CheckResult], verdicts: dict[int, CheckResult],
                  limit: int = MAX_RECORDS) -> tuple[list[RecordView], int]:
     """Records worst first: flagged by a failing check, then implausible alone, then by |z|."""
     failing = {r.name for r in results if r.verdict == "fail"}
@@ -196,15 +182,16 @@ def record_views(ctx: CheckContext, results: list[CheckResult], verdicts: dict[i
         checks = flagged.get(ctx.labels[i], {})
         bad = [c for c in checks if c in failing]
         v = verdicts[i]
-        order.append(((-len(bad), v.verdict == "plausible", -max((checks[c] for c in bad), default=0),
-                       -abs(v.z or 0.0), i), i))
+        z = (v.details.z if isinstance(v.details, RecordDetails) else None) or 0.0
+        order.append(((-len(bad), v.verdict == "pass", -max((checks[c] for c in bad), default=0),
+                       -abs(z), i), i))
     order.sort()
     scores = ctx.scores(list(range(len(ctx.records))))
     views = []
     for key, i in order[:limit]:
         r = ctx.records[i]
         views.append(RecordView(
-            ctx.labels[i], Sampling.of(r.parameters).label(),
+            ctx.labels[i], ctx.sampling[i].label(),
             sorted(flagged.get(ctx.labels[i], {})), verdicts[i],
             [(m.role, m.content) for m in r.conversations.contents],
             heatmap(ctx, i, scores[i]), r.output, ctx.describe_tokens(i), key))
@@ -228,7 +215,7 @@ def build(ctx: CheckContext, results: list[CheckResult], meta: dict[str, Any], t
         "errors": [(r.id or f"#{i}", r.error) for i, r in enumerate(ctx.all_records) if r.error],
         "check_names": sorted({c for v in records for c in v.checks}),
         "group_names": sorted({v.group for v in records}), "explanation": EXPLANATION,
-        "implausible": sum(v.verdict == "implausible" for v in verdicts.values()),
+        "implausible": sum(v.verdict == "fail" for v in verdicts.values()),
     }
 
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from servecheck.checks import CheckContext
-from servecheck.scoring import TokenScores
-from servecheck.tokenization import SERVER_IDS
+from servecheck.checks.context import CheckContext
+from servecheck.reference.scoring import TokenScores
+from servecheck.reference.tokenization import TokenSource
 
 CONTROL = {"\n": "⏎\n", "\t": "→", "\r": "␍"}
 
@@ -79,7 +79,7 @@ def heatmap(ctx: CheckContext, i: int, s: TokenScores) -> list[TokenView]:
     specials = set(ctx.ref.special_tokens)
     served = ctx.records[i].output_logprobs
     source = ctx.output_ids(i)[1]
-    if source != SERVER_IDS and not (served and len(served) == len(ids)):
+    if source is not TokenSource.SERVER_IDS and not (served and len(served) == len(ids)):
         served = None  # the server's log-probs belong to its tokens, not to another tokenization
     split = set(ctx.departures.get(i, ()))
     logq = s.stats.get("logq")

@@ -1,0 +1,31 @@
+"""Records check: every request got an answer. Failed requests are not checked, so say so."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from servecheck.checks.context import CheckContext, label
+from servecheck.checks.results import CheckResult, Details, Finding
+
+ORDER = 10
+
+
+@dataclass(frozen=True)
+class AnsweredDetails(Details):
+    records: int
+    errors: int
+
+    def effect(self) -> str:
+        return f"{self.errors}/{self.records} failed requests"
+
+
+def run(ctx: CheckContext) -> list[CheckResult]:
+    failed = [(label(r, i), r.error) for i, r in enumerate(ctx.all_records) if r.error]
+    n = len(ctx.all_records)
+    details = AnsweredDetails(n, len(failed))
+    if failed:
+        return [CheckResult("records", "fail",
+                            f"{len(failed)}/{n} requests failed and were not checked "
+                            f"(rerun generate to retry them)", details,
+                            [Finding(name, f"error: {e}", 1.0) for name, e in failed])]
+    return [CheckResult("records", "pass", f"{n}/{n} requests answered", details)]

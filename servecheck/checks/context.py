@@ -1,0 +1,218 @@
+"""What the checks of a run share and is costly to make: reference prompts, token ids and
+teacher-forced scores, each computed once and only when a check asks for it.
+
+Every score a check needs goes through ``CheckContext.scores`` (or ``score_items`` for tokens
+that are no record's, such as a prompt rescored under a hypothesis): the one scoring seam. It
+batches, caches across checks, and calls the run's scorer, which under torchrun is the
+data-parallel one, so every rank makes the same calls in the same order and shares the work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from enum import Enum
+from functools import cached_property
+from typing import Any, Protocol
+
+from servecheck.checks.options import CheckOptions, Numerics
+from servecheck.checks.token_search import TokenSearch
+from servecheck.formats.records import ResponseRecord
+from servecheck.reference.model import Reference
+from servecheck.reference.sampling import Convention, Sampling
+from servecheck.reference.scoring import ScoreItem, TokenScores, score
+from servecheck.reference.tokenization import LOST, TokenBytes, TokenSource
+
+
+class Scorer(Protocol):
+    """``reference.scoring.score``, or ``reference.parallel.score_data_parallel`` under torchrun."""
+
+    def __call__(self, ref: Reference, items: Sequence[ScoreItem], convention: Convention
+                 ) -> list[TokenScores]: ...
+
+
+class PromptSource(str, Enum):
+    """What a record's scored prompt tokens are: what the server conditioned on, best known."""
+
+    SERVER_IDS = "server prompt token ids"
+    INPUT_TEXT = "served input text"
+    TEMPLATE = "reference template"
+    NONE = "none"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+def label(record: ResponseRecord, index: int) -> str:
+    """How findings name a record: its id, else its position in the file."""
+    return record.id or f"#{index}"
+
+
+class CheckContext:
+    def __init__(self, records: list[ResponseRecord], ref: Reference,
+                 options: CheckOptions | None = None, scorer: Scorer = score) -> None:
+        self.options = options or CheckOptions(reference=ref.spec)
+        self.tolerances: Numerics = self.options.tolerances
+        self.all_records = records
+        self.records = [r for r in records if r.error is None]
+        self.labels = [label(r, i) for i, r in enumerate(records) if r.error is None]
+        self.sampling = [Sampling.of(r.parameters) for r in self.records]
+        """Each answered record's sampling transform, defaults filled in as a server would."""
+        self.ref = ref
+        self.scorer = scorer
+        self._scores: dict[int, TokenScores] = {}
+        self._prompt_ids: dict[int, tuple[list[int], PromptSource]] = {}
+        self._output_ids: dict[int, tuple[list[int], TokenSource]] = {}
+        self.lost_at: dict[int, int] = {}
+        """Per text-only record holding U+FFFD: the character where the server's bytes were lost
+        (a token that was no whole UTF-8 character, replaced when the text was decoded). Its
+        tokens are scored up to there: what follows was conditioned on bytes nobody recorded."""
+        self.departures: dict[int, tuple[int, ...]] = {}
+        """Per text-only record whose tokenization was searched: the output token positions
+        where the chosen tokens depart from the canonical tokenization."""
+
+    @cached_property
+    def expected_prompts(self) -> list[str | Exception]:
+        """The reference rendering of each record's conversation (or why it cannot be rendered)."""
+        out: list[str | Exception] = []
+        for r in self.records:
+            try:
+                out.append(self.ref.render(r.conversations))
+            except Exception as e:
+                out.append(e)
+        return out
+
+    def prompt_ids(self, i: int) -> tuple[list[int], PromptSource]:
+        """What the server conditioned on: its reported ids, else its input text, tokenized."""
+        if i not in self._prompt_ids:
+            self._prompt_ids[i] = self._find_prompt_ids(i)
+        return self._prompt_ids[i]
+
+    def _find_prompt_ids(self, i: int) -> tuple[list[int], PromptSource]:
+        r = self.records[i]
+        if r.prompt_token_ids:
+            return r.prompt_token_ids, PromptSource.SERVER_IDS
+        if r.input:
+            return self.ref.encode(r.input), PromptSource.INPUT_TEXT
+        expected = self.expected_prompts[i]
+        if isinstance(expected, Exception):
+            return [], PromptSource.NONE
+        return self.ref.encode(expected), PromptSource.TEMPLATE
+
+    def output_ids(self, i: int) -> tuple[list[int], TokenSource]:
+        """The served output tokens up to and including the first end marker."""
+        if i not in self._output_ids:
+            self._output_ids[i] = self._find_output_ids(i)
+        return self._output_ids[i]
+
+    def _find_output_ids(self, i: int) -> tuple[list[int], TokenSource]:
+        r = self.records[i]
+        ends = set(self.ref.end_ids)
+        if r.output_token_ids is not None:
+            ids, source = list(r.output_token_ids), TokenSource.SERVER_IDS
+        else:
+            text = r.output
+            lost = text.find(LOST)
+            if lost >= 0:  # the server's bytes there are unknown: score what comes before
+                self.lost_at[i] = lost
+                text = text[:lost]
+            ids, source = self.ref.encode(text), TokenSource.CANONICAL
+        for k, t in enumerate(ids):
+            if t in ends:
+                return ids[: k + 1], source
+        return ids, source
+
+    def scores(self, indices: list[int], search: bool = True) -> dict[int, TokenScores]:
+        """Teacher-forced scores for the records at ``indices`` (cached across checks); with
+        ``search``, text-only ones end on their most plausible tokenization."""
+        cache = self._scores
+        missing = [i for i in indices if i not in cache]
+        if missing:
+            for i, s in zip(missing, self.score_items([self._item(i) for i in missing]),
+                            strict=True):
+                cache[i] = s
+            if search and self.options.search_tokens:
+                self._search_tokens([i for i in missing if self.output_ids(i)[1] is TokenSource.CANONICAL])
+        return {i: cache[i] for i in indices}
+
+    def score_items(self, items: list[ScoreItem]) -> list[TokenScores]:
+        """Score tokens that are no record's own (a prompt under a hypothesis, a proposed
+        tokenization): one batch through the run's scorer, uncached."""
+        return self.scorer(self.ref, items, self.options.convention) if items else []
+
+    def is_text_only(self, i: int) -> bool:
+        return self.output_ids(i)[1] is not TokenSource.SERVER_IDS
+
+    @cached_property
+    def token_bytes(self) -> TokenBytes:
+        return TokenBytes(self.ref.tokenizer)
+
+    def _search_tokens(self, idx: list[int]) -> None:
+        """Text-only records: the canonical tokens replaced by the most plausible tokenization
+        (``checks.token_search``), rescoring only the records with a proposal."""
+        self.departures.update(TokenSearch(self).run(idx))
+
+    def prefetch(self, advance: Callable[[int], None] | None = None,
+                 chunk_tokens: int = 32768) -> None:
+        """Score every record now, in length-sorted chunks, calling ``advance(records)`` after
+        each chunk: the one slow step of ``check`` gets a progress bar, and the checks that
+        follow read the cache. The tokenization search runs once over all chunks, so each of
+        its rounds is one batch however many chunks there are."""
+        todo = sorted((i for i in range(len(self.records)) if i not in self._scores),
+                      key=lambda i: -(len(self.prompt_ids(i)[0]) + len(self.output_ids(i)[0])))
+        chunk: list[int] = []
+        size = 0
+        for i in todo:
+            chunk.append(i)
+            size += len(self.prompt_ids(i)[0]) + len(self.output_ids(i)[0])
+            if size >= chunk_tokens:
+                self.scores(chunk, search=False)
+                if advance:
+                    advance(len(chunk))
+                chunk, size = [], 0
+        if chunk:
+            self.scores(chunk, search=False)
+            if advance:
+                advance(len(chunk))
+        if self.options.search_tokens:
+            self._search_tokens([i for i in todo if self.output_ids(i)[1] is TokenSource.CANONICAL])
+
+    def describe_tokens(self, i: int) -> str:
+        """The record's token source, for people: with where a non-canonical split was chosen."""
+        source = self.output_ids(i)[1].value
+        at = self.departures.get(i)
+        if at:
+            source += f" (non-canonical at output token(s) {', '.join(map(str, at))})"
+        if i in self.lost_at:
+            source += (f"; scored up to character {self.lost_at[i]}, where the text has U+FFFD "
+                       f"for bytes the server's detokenizer lost")
+        return source
+
+    def token_sources(self) -> dict[str, Any]:
+        """Per record, which tokens were scored: the JSON summary's ``tokens`` section."""
+        counts: dict[str, int] = {}
+        for i in range(len(self.records)):
+            source = self.output_ids(i)[1].value
+            counts[source] = counts.get(source, 0) + 1
+        return {"sources": counts, "records": [
+            {"record": self.labels[i], "source": self.output_ids(i)[1].value,
+             **({"non_canonical_at": list(self.departures[i])} if i in self.departures else {}),
+             **({"scored_up_to_char": self.lost_at[i]} if i in self.lost_at else {})}
+            for i in range(len(self.records))]}
+
+    def seed(self, i: int) -> int:
+        """The seed of record i's PIT uniforms and tokenization draws: from its label, stable."""
+        return int.from_bytes(hashlib.sha256(self.labels[i].encode()).digest()[:4], "little")
+
+    def _item(self, i: int) -> ScoreItem:
+        return ScoreItem(self.prompt_ids(i)[0], self.output_ids(i)[0], self.sampling[i],
+                         self.seed(i))
+
+    def sampled(self) -> list[int]:
+        return [i for i, s in enumerate(self.sampling) if not s.greedy]
+
+    def greedy(self) -> list[int]:
+        return [i for i, s in enumerate(self.sampling) if s.greedy]

@@ -1,0 +1,87 @@
+"""The options of a check run: built once (from the command line or the API), then read only.
+
+Everything that changes a verdict is here, so a run is reproducible from its options and its
+responses file, and nothing reaches in to change a context after it was made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from servecheck.errors import InputError
+from servecheck.reference.sampling import HF, Convention
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """Tolerances set by the server's numerics, for the deterministic checks.
+
+    ``logit``: a non-argmax greedy token (or a token just outside top_k) whose logit is within
+    this of the boundary is a numerical near-tie, not a bug. ``mass``: the same for the top_p and
+    min_p boundaries, in probability. ``logprob``: mean |served - reference| log-prob allowed.
+    Measured on the built-in model, bf16 against the fp32 reference: differences of logit gaps
+    among the top 10 tokens p99 0.08, max 0.20; L1 distance of the distributions p99 0.032, max
+    0.052; the top_p boundary, at temperature 0.7, moved by up to 0.045 in 400 benchmark runs.
+    The bf16 values sit above those maxima; deeper models drift more, so pick the row of
+    the server's numerics, or set your own with ``--logit-tolerance``.
+    """
+
+    name: str
+    logit: float
+    mass: float
+    logprob: float
+
+
+NUMERICS = {n.name: n for n in [Numerics("fp32", 0.01, 1e-3, 0.01),
+                                Numerics("fp16", 0.1, 0.02, 0.05),
+                                Numerics("bf16", 0.25, 0.06, 0.1),
+                                Numerics("fp8", 0.5, 0.15, 0.3)]}
+
+TokenChoice = Literal["posterior", "max"]
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """How to check a responses file. The defaults are the command line's."""
+
+    reference: str = "builtin"
+    """The served model's checkpoint: a local Hugging Face folder, or ``builtin``."""
+    numerics: str = "bf16"
+    """The server's numerics (a row of ``NUMERICS``): the near-tie tolerances."""
+    logit_tolerance: float | None = None
+    """Overrides the numerics row's logit tolerance (greedy and top_k boundary)."""
+    alpha: float = 0.01
+    """Family-wise false-alarm rate of the statistical checks (Holm)."""
+    convention: Convention = field(default=HF)
+    """Where engines differ in the order and edges of sampling."""
+    device: str | None = None
+    """Where the reference scores: None picks cuda when there is one, else cpu."""
+    dtype: str = "float32"
+    search_tokens: bool = True
+    """Text-only records scored on their most plausible tokenization (else canonically: the
+    scoring benchmark's baseline)."""
+    token_choice: TokenChoice = "posterior"
+    """How a sampled record's tokenization is chosen: a posterior draw (calibrated), or the most
+    likely one (biased towards "too cold"; kept to measure that bias)."""
+
+    def __post_init__(self) -> None:
+        if self.numerics not in NUMERICS:
+            raise InputError(f"numerics must be one of {', '.join(NUMERICS)}, got {self.numerics!r}")
+        if not 0 < self.alpha < 1:
+            raise InputError(f"--alpha must be in (0, 1), got {self.alpha}")
+        if self.logit_tolerance is not None and not self.logit_tolerance >= 0:
+            raise InputError(f"--logit-tolerance must be ≥ 0, got {self.logit_tolerance}")
+        if self.token_choice not in ("posterior", "max"):
+            raise InputError(f"token_choice must be 'posterior' or 'max', got {self.token_choice!r}")
+
+    @property
+    def tolerances(self) -> Numerics:
+        """The numerics row, with ``logit_tolerance`` applied."""
+        row = NUMERICS[self.numerics]
+        return row if self.logit_tolerance is None else replace(row, logit=self.logit_tolerance)
+
+    def describe(self) -> dict[str, object]:
+        """What the JSON summary, JUnit and the report record about the run."""
+        return {"reference": self.reference, "numerics": self.numerics, "alpha": self.alpha,
+                "convention": self.convention.describe()}

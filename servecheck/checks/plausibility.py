@@ -1,0 +1,116 @@
+"""Per-record verdict: could a correct server have produced this one output?
+
+The checks judge a run (a group of records pooled, one Holm family); a person looking at one
+output, or at two different outputs side by side (``compare``), wants the same question answered
+for that output alone. The answer uses the checks' own statistics, record by record:
+
+- template and termination: the checks' findings for this record;
+- greedy: every token the reference argmax, except near-ties within δ (``greedy_positions``);
+- sampled: every token inside top_k/top_p/min_p within the numerics tolerance
+  (``outside_support``), and the record's log-likelihood z, Σ(log q(y) + H(q)) / sd over its
+  informative tokens (``record_z``, the fit check's statistic on one output), within ±z*, the
+  two-sided normal bound at α / N for the N sampled records judged (Bonferroni).
+
+One record has few tokens, so this is a screen, not the run's verdict; the z is a normal
+approximation and is rough below a few dozen informative tokens.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import stats as st
+
+from servecheck.checks.context import CheckContext
+from servecheck.checks.distribution import informative, record_z
+from servecheck.checks.greedy import greedy_positions
+from servecheck.checks.results import CheckResult, Details, Finding
+from servecheck.checks.support import outside_support
+
+EXPLANATION = (
+    "plausible = a correct server could have produced this output: its prompt equals the "
+    "reference template, it ends correctly, every greedy token is the reference argmax (near-ties "
+    "within δ allowed), every sampled token lies inside top_k/top_p/min_p (within the numerics "
+    "tolerance), and its log-likelihood z = Σ(log q + H(q)) / sd is within ±z* (two-sided, α/N "
+    "over the N sampled outputs judged). Two different texts can both be plausible: a sampler "
+    "picks one of many likely outputs.")
+
+
+@dataclass(frozen=True)
+class RecordDetails(Details):
+    """A per-record verdict: ``CheckResult.name`` is the record's label, ``summary`` one line of
+    statistics whatever the verdict, and each finding a reason a correct server could not have
+    produced the output."""
+
+    mode: Literal["greedy", "sampled"]
+    z: float | None = None
+    p: float | None = None
+
+
+def word(result: CheckResult) -> str:
+    """How a person reads a record's verdict."""
+    return "plausible" if result.verdict == "pass" else "implausible"
+
+
+def record_findings(results: list[CheckResult]) -> dict[str, list[str]]:
+    """Messages of the per-record checks, by record label."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for r in results:
+        if r.per_record:
+            for f in r.findings:
+                out[f.record].append(f"{r.name}: {f.message}")
+    return out
+
+
+def _verdict(label: str, reasons: list[str], evidence: str, details: RecordDetails) -> CheckResult:
+    return CheckResult(label, "fail" if reasons else "pass", evidence, details,
+                       [Finding(label, r, 1.0) for r in reasons])
+
+
+def judge(ctx: CheckContext, results: list[CheckResult], indices: list[int] | None = None
+          ) -> dict[int, CheckResult]:
+    """A verdict for each record at ``indices`` (default: all), from cached scores."""
+    idx = list(range(len(ctx.records))) if indices is None else indices
+    scores = ctx.scores(idx)
+    by_label = record_findings(results)
+    sampled = [i for i in idx if not ctx.sampling[i].greedy]
+    z_star = float(st.norm.isf(ctx.options.alpha / (2 * max(1, len(sampled)))))
+    delta = ctx.tolerances.logit
+    out: dict[int, CheckResult] = {}
+    for i in idx:
+        s = scores[i]
+        label = ctx.labels[i]
+        reasons = list(by_label.get(label, []))
+        sampling = ctx.sampling[i]
+        if sampling.greedy:
+            hard, ties = greedy_positions(s, delta)
+            evidence = (f"greedy: {len(s) - len(hard) - len(ties)}/{len(s)} tokens are the "
+                        f"reference argmax" + (f", {len(ties)} near-tie(s) within δ={delta}"
+                                               if len(ties) else ""))
+            if len(hard):
+                k = int(hard[0])
+                reasons.append(f"greedy: {len(hard)} non-argmax token(s) beyond δ={delta}, first "
+                               f"at token {k} (logit margin {s.margin[k]:.3f})")
+            out[i] = _verdict(label, reasons, evidence, RecordDetails("greedy"))
+            continue
+        outside, ties = outside_support(s, ctx.tolerances)
+        z = record_z(s)
+        p = float(2 * st.norm.sf(abs(z)))
+        n_inf = int(np.sum(informative(s)))
+        evidence = (f"sampled ({sampling.label()}): log-likelihood z {z:+.2f} (p {p:.2g}, "
+                    f"bound ±{z_star:.2f}) over {n_inf} informative of {len(s)} tokens; "
+                    f"{len(outside)} outside the support" +
+                    (f", {ties} boundary tie(s)" if ties else ""))
+        if outside:
+            k, rule, slack = outside[0]
+            reasons.append(f"support: {len(outside)} token(s) outside the support, first at token "
+                           f"{k} (outside {rule} by {slack:.4f})")
+        if abs(z) > z_star:
+            way = "less" if z < 0 else "more"
+            reasons.append(f"log-likelihood z {z:+.2f} beyond ±{z_star:.2f}: tokens {way} likely "
+                           f"than a correct sampler's")
+        out[i] = _verdict(label, reasons, evidence, RecordDetails("sampled", z, p))
+    return out

@@ -1,0 +1,109 @@
+"""What a check returns: one verdict shape for the checks of a run, the probes of a live server,
+and the verdict on one record.
+
+A result is a verdict, a one-line summary, typed details and findings. The details are each
+check's own dataclass (``Details``): they say how they are written to the JSON summary, which
+statistical tests stand behind the verdict, what the HTML report shows as the effect, and how
+JUnit splits them into test cases. The report, JUnit and the per-record verdict read those hooks;
+none of them switches on a check's name, so a new check is one file plus its tests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from servecheck.checks.stats import StatTest
+
+Verdict = Literal["pass", "fail", "skipped"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    record: str
+    """The record's label (its id, else ``#index``); for a group-level finding, the group."""
+    message: str
+    severity: float = 0.0
+    """Bigger is worse; findings are listed worst first."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One JUnit test case of a check that splits into several (a parameter group each)."""
+
+    name: str
+    verdict: Verdict
+    message: str
+    findings_of: str | None = None
+    """The ``Finding.record`` whose findings belong to this case (a group label)."""
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON values: dataclasses as dicts, tuples as lists, inf and nan as strings."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return jsonable(value.to_json() if isinstance(value, Details) else asdict(value))
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Details:
+    """A check's typed evidence. Subclasses are frozen dataclasses; override what differs."""
+
+    version: ClassVar[int] = 1
+    """Bumped when a subclass's JSON shape changes (written beside it as ``details_version``)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``details`` object of the JSON summary."""
+        return {k: jsonable(v) for k, v in asdict(self).items()}
+
+    def tests(self) -> list[StatTest]:
+        """The statistical tests behind the verdict (none for a deterministic check)."""
+        return []
+
+    def effect(self) -> str:
+        """The size of what was found, for the report's table (statistical checks: their tests)."""
+        return "—"
+
+    def cases(self) -> list[Case]:
+        """JUnit test cases, one per parameter group; empty: one case for the whole check."""
+        return []
+
+
+@dataclass(frozen=True)
+class NoDetails(Details):
+    pass
+
+
+@dataclass
+class CheckResult:
+    name: str
+    verdict: Verdict
+    summary: str
+    details: Details = field(default_factory=NoDetails)
+    findings: list[Finding] = field(default_factory=list)
+    per_record: bool = False
+    """Every finding is about one record (template, termination): it becomes one of that
+    record's reasons in the per-record verdict."""
+
+    def worst_first(self) -> list[Finding]:
+        return sorted(self.findings, key=lambda f: -f.severity)
+
+    def to_json(self, max_findings: int = 100) -> dict[str, Any]:
+        return {"name": self.name, "verdict": self.verdict, "summary": self.summary,
+                "details": self.details.to_json(), "details_version": self.details.version,
+                "findings": [{"record": f.record, "message": f.message}
+                             for f in self.worst_first()[:max_findings]],
+                "findings_total": len(self.findings)}
+
+
+def overall(results: list[CheckResult]) -> Verdict:
+    """A run fails when any check fails; skipped checks do not make it fail."""
+    return "fail" if any(r.verdict == "fail" for r in results) else "pass"

@@ -1,0 +1,147 @@
+"""Statistical verdicts: p-values, effect sizes, Holm's correction and practical-effect floors.
+
+A verdict fails only when the test rejects after Holm's step-down correction over the whole family
+of tests in the run (family-wise false-alarm rate ≤ α) *and* the effect is at least its practical
+floor. The floor is what keeps a correct server whose kernels differ from the reference (bf16 vs
+fp32) from failing as the sample grows: with enough tokens any tiny numerical shift becomes
+"significant", but not large. Floors are calibrated on correct-server runs
+(``benchmarks/detection_power.py``, docs/validation-power.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as st
+
+PIT_BINS = 10
+
+
+@dataclass
+class StatTest:
+    group: str
+    name: str
+    p: float
+    effect: float
+    floor: float
+    effect_label: str
+    n: int
+    kind: str = ""
+    """What is tested, for code to tell the tests apart: ``ks``, ``chi2``, ``loglik``,
+    ``temperature`` (``name`` is for people)."""
+    p_adjusted: float = 1.0
+    rejected: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return self.rejected and abs(self.effect) >= self.floor
+
+    def describe(self) -> str:
+        return (f"{self.group}: {self.name} p={self.p:.2e} (Holm {self.p_adjusted:.2e}), "
+                f"{self.effect_label}={self.effect:+.4f} (floor {self.floor:g}), n={self.n}")
+
+
+def holm(tests: list[StatTest], alpha: float) -> None:
+    """Holm's step-down procedure, in place: family-wise error rate ≤ alpha."""
+    m = len(tests)
+    running = 0.0
+    stop = False
+    for k, t in enumerate(sorted(tests, key=lambda t: t.p)):
+        running = max(running, min(1.0, (m - k) * t.p))
+        t.p_adjusted = running
+        stop = stop or t.p > alpha / (m - k)
+        t.rejected = not stop
+
+
+def pit_ks(pit: np.ndarray, group: str, floor: float) -> StatTest:
+    """Kolmogorov–Smirnov distance of the PIT values from U(0, 1)."""
+    r = st.kstest(pit, "uniform")
+    return StatTest(group, "PIT uniformity (KS)", float(r.pvalue), float(r.statistic), floor, "D",
+                    len(pit), "ks")
+
+
+def pit_chi2(pit: np.ndarray, group: str, floor: float) -> StatTest:
+    """χ² on PIT deciles; effect is Cohen's w = sqrt(χ²/n)."""
+    counts = np.histogram(pit, bins=PIT_BINS, range=(0.0, 1.0))[0]
+    r = st.chisquare(counts)
+    return StatTest(group, "PIT uniformity (χ²)", float(r.pvalue),
+                float(np.sqrt(r.statistic / max(len(pit), 1))), floor, "w", len(pit), "chi2")
+
+
+def loglik_z(logq: np.ndarray, entropy: np.ndarray, var: np.ndarray, group: str, floor: float
+             ) -> StatTest:
+    """Σ log q(y) against its expectation -Σ H(q): a martingale CLT z-score.
+
+    Effect: mean excess log-likelihood per token in nats. Negative: tokens less likely than a
+    correct sampler's (too hot, truncation ignored, other weights); positive: more likely (too
+    cold, nucleus too small).
+    """
+    excess = float(np.sum(logq + entropy))
+    sd = float(np.sqrt(np.sum(var)))
+    z = excess / sd if sd > 0 else 0.0
+    return StatTest(group, "log-likelihood z", float(2 * st.norm.sf(abs(z))), excess / len(logq),
+                    floor, "nats/token", len(logq), "loglik")
+
+
+@dataclass
+class TemperatureFit:
+    estimate: float
+    low: float
+    high: float
+    test: StatTest
+    nucleus: tuple[float, float] | None = None
+    """(smallest top_p that holds every served token, requested top_p), where top_p < 1."""
+
+
+def temperature_profile(temp_ll: np.ndarray) -> np.ndarray:
+    """Total log-likelihood at each grid temperature (a token outside the support costs 1e9)."""
+    return np.where(np.isfinite(temp_ll), temp_ll, -1e9).sum(0)
+
+
+def temperature_fit(temp_ll: np.ndarray, requested: float, factors: np.ndarray, group: str,
+                    floor: float) -> TemperatureFit:
+    """Profile likelihood over the temperature grid: MLE, 95% interval, LR test of the request.
+
+    ``temp_ll[i, g]`` is log q_i(y_i) at temperature ``requested * factors[g]``. The MLE is
+    refined by a parabola through the best grid point and its neighbours, in the inverse
+    temperature: the log-likelihood is concave there (a log-partition function is convex), and
+    that is the grid's own coordinate when it is evenly spaced in 1/factor, as scoring's is.
+    """
+    total = temperature_profile(temp_ll)
+    x = np.log(requested * factors)
+    g = int(np.argmax(total))
+    est = x[g]
+    if 0 < g < len(x) - 1 and total[g - 1] > -1e8 and total[g + 1] > -1e8:
+        y0, y1, y2 = total[g - 1:g + 2]
+        b0, b1, b2 = 1 / factors[g - 1:g + 2]
+        # vertex of the parabola through (b0, y0), (b1, y1), (b2, y2), any spacing
+        num = (b1 - b0) ** 2 * (y1 - y2) - (b1 - b2) ** 2 * (y1 - y0)
+        den = (b1 - b0) * (y1 - y2) - (b1 - b2) * (y1 - y0)
+        curvature = ((y2 - y1) / (b2 - b1) - (y1 - y0) / (b1 - b0)) / (b2 - b0)
+        if den != 0 and curvature < 0:
+            est = np.log(requested / (b1 - 0.5 * num / den))
+    best = float(np.max(total))
+    low, high = _crossings(x, total, g, best - st.chi2.ppf(0.95, 1) / 2)
+    at_request = float(np.interp(np.log(requested), x, total))
+    lr = max(0.0, 2 * (best - at_request))
+    estimate = float(np.exp(est))
+    test = StatTest(group, "temperature = requested (LR)", float(st.chi2.sf(lr, 1)),
+                estimate / requested - 1, floor, "relative error", temp_ll.shape[0],
+                    "temperature")
+    return TemperatureFit(estimate, float(np.exp(min(low, est))), float(np.exp(max(high, est))),
+                          test)
+
+
+def _crossings(x: np.ndarray, y: np.ndarray, peak: int, level: float) -> tuple[float, float]:
+    """Where the profile falls below ``level`` on each side of the peak, linearly interpolated
+    between grid points (the interval is often narrower than one grid step)."""
+    def side(step: int) -> float:
+        i = peak
+        while 0 <= i + step < len(x) and y[i + step] >= level:
+            i += step
+        j = i + step
+        if not 0 <= j < len(x):
+            return float(x[i])
+        return float(x[i] + (y[i] - level) / (y[i] - y[j]) * (x[j] - x[i]))
+    return side(-1), side(+1)

@@ -1,0 +1,136 @@
+"""The search for a text-only record's latent tokens, on the check's shared scores.
+
+``servecheck.reference.tokenization`` says why and what it proposes; this is the loop that runs
+it over a whole check: every record's proposals of a round go to the scorer as one batch
+(``CheckContext.score_items``, so under torchrun the ranks share them too), and only records
+whose last proposal was kept take part in the next round. It reads and writes the
+``CheckContext``'s token and score caches.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from servecheck.reference.scoring import ScoreItem, TokenScores
+from servecheck.reference.tokenization import (
+    MAX_ROUNDS,
+    SEARCHED,
+    TokenBytes,
+    barker,
+    greedy_key,
+    propose,
+    sampled_loglik,
+)
+
+if TYPE_CHECKING:
+    from servecheck.checks.context import CheckContext
+
+SERVED_LOGPROB_NATS = 1.0
+"""Where served log-probs count other tokens than the ones scored, a token whose served and
+reference log-probs differ by more than this marks where the tokenizations part."""
+
+
+def departures(chosen: list[int], canonical: list[int], tb: TokenBytes) -> tuple[int, ...]:
+    """Positions in ``chosen`` whose token is not the canonical token at the same byte offset."""
+    at = {}
+    offset = 0
+    for t in canonical:
+        at[offset] = t
+        offset += len(tb(t))
+    out, offset = [], 0
+    for k, t in enumerate(chosen):
+        if at.get(offset) != t:
+            out.append(k)
+        offset += len(tb(t))
+    return tuple(out)
+
+
+class TokenSearch:
+    def __init__(self, ctx: CheckContext) -> None:
+        self.ctx = ctx
+        self.tb = ctx.token_bytes
+        self.frozen = set(ctx.ref.special_ids)
+
+    def run(self, idx: list[int]) -> dict[int, tuple[int, ...]]:
+        """Search the records at ``idx`` (scored on their canonical tokens); returns, for each
+        one that ends on other tokens, where those depart from the canonical ones."""
+        ctx, tb = self.ctx, self.tb
+        canonical = {i: ctx._output_ids[i][0] for i in idx}
+        if not self._pieces_join(canonical):
+            return {}  # a decoder whose pieces do not join back to the text: canonical it is
+        live = idx
+        for round_ in range(MAX_ROUNDS):
+            proposals = {}
+            for i in live:
+                s, impossible = ctx._scores[i], self.impossible(i)
+                if not impossible.any() and not tb.may_split(s.token_ids, s.argmax):
+                    continue
+                p = propose(ctx._output_ids[i][0], s.argmax, tb, ctx.ref.encode, self.frozen,
+                            impossible)
+                if p is not None:
+                    proposals[i] = p
+            if not proposals:
+                break
+            order = list(proposals)
+            items = [ScoreItem(ctx.prompt_ids(i)[0], proposals[i].ids, ctx.sampling[i],
+                               ctx.seed(i)) for i in order]
+            live = []
+            for i, s in zip(order, ctx.score_items(items), strict=True):
+                if self.keep(i, s, round_):
+                    ctx._output_ids[i] = (proposals[i].ids, SEARCHED)
+                    ctx._scores[i] = s
+                    live.append(i)
+        return {i: departures(ctx._output_ids[i][0], canonical[i], tb) for i in idx
+                if ctx._output_ids[i][1] == SEARCHED}
+
+    def _pieces_join(self, canonical: dict[int, list[int]], sample: int = 32) -> bool:
+        """Whether token bytes join back to the output text (checked on a sample: a decoder
+        that does not is wrong for nearly every record)."""
+        for i in list(canonical)[:sample]:
+            joined = self.tb.joined(canonical[i])
+            if joined != self.ctx.records[i].output.encode("utf-8")[: len(joined)]:
+                return False
+        return True
+
+    def impossible(self, i: int) -> np.ndarray:
+        """Tokens no correct server could have produced in this tokenization: outside the
+        support of a sampled record, a hard argmax mismatch in a greedy one, and, where the
+        served log-probs count other tokens than these, those whose log-prob is far off."""
+        s = self.ctx._scores[i]
+        if "logq" in s.stats:
+            out = np.isinf(s.stats["logq"])
+        else:
+            out = (s.token_ids != s.argmax) & (s.margin > self.ctx.tolerances.logit)
+        served = self.ctx.records[i].output_logprobs
+        if served and len(served) != len(s) and i not in self.ctx.lost_at:
+            n = min(len(served), len(s))
+            lp = np.asarray(served[:n], dtype=np.float64)
+            diff = np.abs(lp - s.logprob[:n])
+            if "logq" in s.stats:
+                diff = np.minimum(diff, np.abs(lp - s.stats["logq"][:n]))
+            out[:n] |= diff > SERVED_LOGPROB_NATS
+        return out
+
+    def keep(self, i: int, new: TokenScores, round_: int) -> bool:
+        """Whether a proposed tokenization replaces the current one: the server's token count
+        first when its log-probs tell it, then the argmax path for greedy records and a
+        posterior draw (or, to measure its bias, the likelier one) for sampled ones."""
+        ctx = self.ctx
+        r, current = ctx.records[i], ctx._scores[i]
+        if r.output_logprobs and i not in ctx.lost_at:  # a truncated text: the count is another
+            n = len(r.output_logprobs)
+            off_new, off_current = abs(len(new) - n), abs(len(current) - n)
+            if off_new != off_current:
+                return off_new < off_current
+        if ctx.sampling[i].greedy or "logq" not in new.stats:
+            delta = ctx.tolerances.logit
+            return greedy_key(new.token_ids, new.argmax, new.margin, new.logprob, delta) < \
+                greedy_key(current.token_ids, current.argmax, current.margin, current.logprob,
+                           delta)
+        ll_new = sampled_loglik(new.stats["logq"])
+        ll_current = sampled_loglik(current.stats["logq"])
+        if ctx.options.token_choice == "max":
+            return ll_new > ll_current
+        return barker(ll_new, ll_current, float(np.random.default_rng([ctx.seed(i), round_]).random()))

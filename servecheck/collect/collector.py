@@ -1,0 +1,166 @@
+"""Collect responses: expand the prompts matrix, skip what is answered, ask the target, append.
+
+Every record is on disk the moment it exists (``ResponseWriter``), so Ctrl-C or a dead server
+loses at most the requests in flight, and the same command run again picks up where it stopped.
+A failed request becomes a record with ``error`` set: it is reported, and retried on the next run.
+Within a run, only a transient failure (refused connection, HTTP 429/503, gRPC UNAVAILABLE) is
+retried, with exponential backoff and jitter, honouring a server's Retry-After; a 4xx or an error
+frame is final at once, since the same request would fail the same way.
+
+``reference`` (``generate --reference``) is the checkpoint a target templates with or takes end
+markers from; it is handed to the target and to nothing else. What a target must tell the user
+about its records (``Target.notes``: an end marker it could not restore) comes back once in the
+summary, for the command to print once, not once a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from servecheck.collect.targets import Target, open_target
+from servecheck.errors import TargetError
+from servecheck.formats.prompts import Request, expand
+from servecheck.formats.records import ResponseRecord
+from servecheck.formats.responses import ResponseWriter, answered_ids
+
+
+@dataclass
+class CollectSummary:
+    planned: int
+    skipped: int
+    written: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    interrupted: bool = False
+    retried: int = 0
+    notes: list[str] = field(default_factory=list)
+    """The target's ``notes()``: what the user must know about how these records were made."""
+
+    def error_groups(self) -> list[tuple[str, int, str]]:
+        """(message, count, first id), most frequent first: one line per distinct failure."""
+        counts = Counter(message for _, message in self.errors)
+        first = {}
+        for rid, message in self.errors:
+            first.setdefault(message, rid)
+        return [(m, n, first[m]) for m, n in counts.most_common()]
+
+
+BACKOFF_S = 0.5
+MAX_WAIT_S = 30.0
+
+
+async def ask(target: Target, request: Request, retries: int, summary: CollectSummary
+              ) -> ResponseRecord:
+    """``target.generate`` with retries of transient failures only."""
+    delay = BACKOFF_S
+    for attempt in range(retries + 1):
+        try:
+            return await target.generate(request)
+        except TargetError as e:
+            if not e.transient or attempt == retries:
+                raise
+            summary.retried += 1
+            wait = e.retry_after if e.retry_after is not None else delay * random.uniform(0.5, 1.0)
+            await asyncio.sleep(min(wait, MAX_WAIT_S))
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:.1f} req/s" if task.speed else "- req/s")
+
+
+def _error_record(request: Request, target: Target, message: str) -> ResponseRecord:
+    return ResponseRecord(id=request.id, conversations=request.conversation,
+                          parameters=request.parameters, target=target.spec, error=message)
+
+
+FLUSH_EVERY_S = 0.05
+"""Records that arrive in a burst are flushed together, at most this long after the first."""
+
+
+async def _collect(todo: list[Request], target: Target, writer: ResponseWriter,
+                   summary: CollectSummary, progress: Progress | None, retries: int) -> None:
+    task_id = progress.add_task("generate", total=len(todo)) if progress else None
+    pending = iter(todo)  # shared by the workers: each request is taken exactly once
+    loop = asyncio.get_running_loop()
+    flush_timer: list[asyncio.TimerHandle] = []
+
+    def flush() -> None:
+        flush_timer.clear()
+        writer.flush()
+
+    async def worker() -> None:
+        for request in pending:
+            try:
+                record = await ask(target, request, retries, summary)
+            except TargetError as e:
+                record = _error_record(request, target, str(e))
+                summary.errors.append((request.id, str(e)))
+            writer.write(record, flush=False)
+            if not flush_timer:
+                flush_timer.append(loop.call_later(FLUSH_EVERY_S, flush))
+            summary.written += 1
+            if progress is not None and task_id is not None:
+                progress.advance(task_id)
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(max(1, target.max_concurrency))))
+    finally:
+        for timer in flush_timer:
+            timer.cancel()
+        writer.flush()
+        await target.aclose()
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """uvloop when installed (Linux): it roughly doubles what one core can send per second."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
+def collect(prompts: Path, target_spec: str, out: Path, show_progress: bool = True,
+            retries: int = 3, reference: str | None = None) -> CollectSummary:
+    """Run the whole matrix against a target into ``out``; resumable, see the module docstring.
+    ``reference``: the checkpoint the user named for the target (None: none; never a default)."""
+    requests = expand(prompts)
+    done = answered_ids(out)
+    todo = [r for r in requests if r.id not in done]
+    summary = CollectSummary(planned=len(requests), skipped=len(requests) - len(todo))
+    if not todo:
+        return summary
+    target = open_target(target_spec, reference=reference)
+    summary.notes = target.notes()
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               RateColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn())
+    try:
+        with ResponseWriter(out) as writer, Progress(*columns, disable=not show_progress) as bar:
+            run_loop(_collect(todo, target, writer, summary, bar, retries))
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        target.close()
+    return summary

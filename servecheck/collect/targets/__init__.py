@@ -1,0 +1,119 @@
+"""Targets: where responses come from. One required method, registered lazily.
+
+A target turns a ``Request`` into a ``ResponseRecord``. Each kind is named by the scheme of its
+spec (``hf:builtin``, later ``triton://…``, ``openai://…``) and lives in its own module, imported
+only when a spec names it, so an optional client library is needed only by those who use it.
+
+A target that templates on the client or puts back an end marker the server stripped needs a
+checkpoint for it, and takes it only from the user: its own ``?template=PATH|builtin`` or
+``generate --reference PATH|builtin``, the option winning. Nothing falls back to the built-in
+model, whose Gemma template and ``<end_of_turn>`` would be wrong for any other model: where a
+target cannot know, it records what the server returned and says so (``Target.notes``), and
+where it cannot work at all (a prompt to template) the missing reference is an ``InputError``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import ClassVar
+from urllib.parse import parse_qs
+
+from servecheck.errors import InputError
+from servecheck.formats.prompts import Request
+from servecheck.formats.records import ResponseRecord
+
+DEFAULT_MAX_TOKENS = 256
+"""Sent when a request names no max_tokens, so every target caps generation the same way."""
+
+
+def spec_options(query: str, known: Iterable[str], spec: str) -> dict[str, list[str]]:
+    """The ``?key=value&…`` options of a target spec, every value of each key in order; an
+    option the target does not know is bad input, named with the ones it does."""
+    opts = parse_qs(query)
+    known = list(known)
+    unknown = sorted(set(opts) - set(known))
+    if unknown:
+        raise InputError(f"unknown option(s) {unknown} (known: {', '.join(known)})", where=spec)
+    return opts
+
+
+def named_reference(template: str | None, reference: str | None) -> str | None:
+    """The checkpoint the user named for a target, or None. The spec's own ``?template=`` wins
+    over ``generate --reference``: it belongs to this one target, while ``--reference`` is the
+    run-wide default that probe and compare may hand to every target they open."""
+    return template if template is not None else reference
+
+
+def required_reference(spec: str, template: str | None, reference: str | None, why: str) -> str:
+    """``named_reference`` for a target that cannot work without one (``why``: what it does with
+    it); none named is bad input that says how to name one, never a silent built-in."""
+    chosen = named_reference(template, reference)
+    if chosen is None:
+        raise InputError(f"{why}, so it needs the reference checkpoint: name it with "
+                         f"'generate --reference PATH|builtin' or the option "
+                         f"'?template=PATH|builtin' (servecheck never assumes the built-in model)",
+                         where=spec)
+    return chosen
+
+
+# scheme -> "module:class"; nothing here is imported until a spec uses it.
+REGISTRY: dict[str, str] = {
+    "hf": "servecheck.collect.targets.hf:HFTarget",
+    "triton": "servecheck.collect.targets.triton:TritonTarget",
+    "triton+grpc": "servecheck.collect.targets.triton_grpc:TritonGrpcTarget",
+    "openai": "servecheck.collect.targets.openai:OpenAITarget",
+    "http": "servecheck.collect.targets.openai:OpenAITarget",
+    "https": "servecheck.collect.targets.openai:OpenAITarget",
+    "hf-endpoint": "servecheck.collect.targets.hf_endpoint:HFEndpointTarget",
+    "hf-endpoint+https": "servecheck.collect.targets.hf_endpoint:HFEndpointTarget",
+}
+
+
+class Target(ABC):
+    """A model behind some interface. Subclasses implement ``generate``; the rest is optional."""
+
+    spec: str
+    max_concurrency: int = 1
+    """How many requests the collector may have in flight at once."""
+    takes_reference: ClassVar[bool] = False
+    """Whether ``from_spec`` takes ``reference=``: True for a target that templates on the client
+    or restores end markers. One that serves a checkpoint itself (``hf:``) has its own and is
+    opened without it, so ``generate --reference`` does not reach it."""
+
+    @classmethod
+    def from_spec(cls, spec: str, rest: str, reference: str | None = None) -> Target:
+        """Open the target ``spec`` names (``rest``: the spec after ``scheme:``). ``reference`` is
+        the checkpoint of ``generate --reference`` (None: the user named none); it is passed only
+        when ``takes_reference`` is set. What ``open_target`` calls; every registered class has it."""
+        raise NotImplementedError(f"{cls.__name__} cannot be opened from a spec")
+
+    @abstractmethod
+    async def generate(self, request: Request) -> ResponseRecord:
+        """Answer one request. Raise ``TargetError`` for a failure of this request only."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release models or other resources (outside the event loop)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections, inside the collector's event loop."""
+
+    def notes(self) -> list[str]:
+        """What the user must know about how this target's records are made (an end marker it
+        cannot restore, say): ``generate`` prints each once per run, rather than once a record."""
+        return []
+
+
+def open_target(spec: str, reference: str | None = None) -> Target:
+    """The target a spec names; ``reference`` (``generate --reference``) goes to those that take
+    one (``Target.takes_reference``), a spec's own ``?template=`` winning over it."""
+    scheme, sep, rest = spec.partition(":")
+    if not sep or scheme not in REGISTRY:
+        known = ", ".join(f"{s}:…" for s in REGISTRY)
+        raise InputError(f"unknown target (known: {known})", where=spec)
+    module, _, name = REGISTRY[scheme].partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    if cls.takes_reference:
+        return cls.from_spec(spec, rest, reference=reference)
+    return cls.from_spec(spec, rest)

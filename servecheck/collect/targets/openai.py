@@ -1,0 +1,194 @@
+"""``openai://HOST:PORT[/v1]`` (or an ``http(s)://`` URL): any OpenAI-compatible server.
+
+vLLM, SGLang, TGI, trtllm-serve and llama.cpp all speak this API. Two modes:
+
+- ``mode=chat`` (default): the conversation is sent and the server templates it. The prompt it
+  built is recovered where the server allows (vLLM: ``return_prompt_text`` and
+  ``return_token_ids``), so the template check still works; where it does not, the record says
+  so and the template check is skipped for it rather than guessed.
+- ``mode=completions``: the prompt is templated here with the chat template of the reference the
+  user names (``?template=PATH|builtin`` or ``generate --reference``, the option winning) and
+  sent raw, as Triton users do. Without one it is bad input: a prompt templated for some other
+  model would test nothing.
+
+``top_k``, ``min_p`` and ``repetition_penalty`` go as the extra body fields servers accept. On a
+vLLM server (detected once, from ``GET /version``) servecheck also asks for token ids
+(``return_token_ids``, ``return_tokens_as_token_ids``) and, in completions mode, sends
+``add_special_tokens: false`` so the templated ``<bos>`` is not doubled.
+
+Servers strip the end token from the text. With a reference, the one the output stopped on is
+put back: the decoded end token when the returned ids end on one, else, without ids, the
+reference's end-of-turn marker on a ``stop`` finish with no stop string; ``sent["end_marker"]``
+then says which reference it came from. Without a reference (chat mode only) nothing is
+appended, since the marker is the served model's and only its checkpoint knows it: the text is
+recorded as the server returned it, ``finish_reason`` as returned, ``sent["end_marker"]`` says
+``unknown``, and ``generate`` prints once how to name the reference (``Target.notes``).
+
+The API key comes from the environment variable named by ``?api_key_env=`` (default
+``OPENAI_API_KEY``); it is sent as a header and never written to a record or a log.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+from servecheck.collect.targets import (
+    DEFAULT_MAX_TOKENS,
+    Target,
+    named_reference,
+    required_reference,
+    spec_options,
+)
+from servecheck.collect.targets.http import HttpClient
+from servecheck.errors import InputError, TargetError
+from servecheck.formats.prompts import Request
+from servecheck.formats.records import END_MARKER_UNKNOWN, ResponseRecord, Timing
+from servecheck.reference.model import Reference
+
+OPTIONS = ("mode", "model", "template", "api_key_env", "timeout", "concurrency")
+EXTRA = ("top_k", "min_p", "repetition_penalty")
+UNKNOWN_END = END_MARKER_UNKNOWN
+
+
+class OpenAITarget(Target):
+    takes_reference = True
+
+    def __init__(self, spec: str, base_url: str, opts: dict[str, str],
+                 reference: str | None = None) -> None:
+        self.spec = spec
+        self.mode = opts.get("mode", "chat")
+        if self.mode not in ("chat", "completions"):
+            raise InputError(f"mode must be chat or completions, not '{self.mode}'", where=spec)
+        self.model = opts.get("model")
+        template = opts.get("template")
+        if self.mode == "completions":
+            chosen: str | None = required_reference(
+                spec, template, reference, "mode=completions templates the prompt here with the "
+                                           "model's chat template")
+        else:
+            chosen = named_reference(template, reference)
+        self.ref: Reference | None = None if chosen is None else Reference(chosen)
+        """The user's reference: the chat template (completions) and the end markers; None in
+        chat mode when none was named, and then no end marker is restored."""
+        self.http = HttpClient.from_options(spec, base_url, opts, "OPENAI_API_KEY", concurrency=8)
+        self.max_concurrency = self.http.max_connections
+        self._vllm: bool | None = None
+
+    @classmethod
+    def from_spec(cls, spec: str, rest: str, reference: str | None = None) -> OpenAITarget:
+        scheme = spec.partition(":")[0]
+        url = urlsplit(("https:" if scheme == "https" else "http:") + rest)
+        if not url.hostname:
+            raise InputError("expected openai://HOST:PORT[/v1] or an http(s):// URL", where=spec)
+        opts = {k: v[-1] for k, v in spec_options(url.query, OPTIONS, spec).items()}
+        path = url.path.rstrip("/") or "/v1"
+        port = f":{url.port}" if url.port else ""
+        return cls(spec, f"{url.scheme}://{url.hostname}{port}{path}", opts, reference)
+
+    async def _setup(self) -> None:
+        if self._vllm is not None:
+            return
+        root = self.http.base_url.removesuffix("/v1")
+        try:
+            version = await HttpClient(root, 30, 1).request("GET", "/version")
+            self._vllm = isinstance(version, dict) and "version" in version
+        except TargetError as e:
+            if e.transient:
+                raise
+            self._vllm = False
+        if self.model is None:
+            models = await self.http.request("GET", "/models")
+            try:
+                self.model = models["data"][0]["id"]
+            except (KeyError, IndexError, TypeError):
+                raise TargetError(f"GET /models named no model: {str(models)[:200]}") from None
+
+    def _body(self, request: Request) -> tuple[dict[str, Any], str]:
+        p = request.parameters
+        body: dict[str, Any] = {"model": self.model, "max_tokens": p.max_tokens or DEFAULT_MAX_TOKENS}
+        for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty",
+                     *EXTRA):
+            if getattr(p, name) is not None:
+                body[name] = getattr(p, name)
+        prompt = ""
+        if self.mode == "completions":
+            assert self.ref is not None  # required in completions mode (__init__)
+            prompt = self.ref.render(request.conversation)
+            body.update(prompt=prompt, logprobs=1)
+        else:
+            body.update(messages=request.conversation.hf_messages(), logprobs=True)
+        if self._vllm:
+            body.update(return_token_ids=True, return_tokens_as_token_ids=True)
+            if self.mode == "completions":
+                body["add_special_tokens"] = False
+            else:
+                body["return_prompt_text"] = True
+        return body, prompt
+
+    async def generate(self, request: Request) -> ResponseRecord:
+        started = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        t0 = time.perf_counter()
+        await self._setup()
+        body, prompt = self._body(request)
+        path = "/completions" if self.mode == "completions" else "/chat/completions"
+        data = await self.http.request("POST", path, body)
+        try:
+            choice = data["choices"][0]
+        except (KeyError, IndexError, TypeError):
+            raise TargetError(f"{path}: no choices in the response: {str(data)[:200]}") from None
+        if self.mode == "completions":
+            text = choice.get("text")
+            logprobs = (choice.get("logprobs") or {}).get("token_logprobs")
+            prompt_ids = choice.get("prompt_token_ids")
+        else:
+            text = (choice.get("message") or {}).get("content")
+            content = (choice.get("logprobs") or {}).get("content") or []
+            logprobs = [c.get("logprob") for c in content] or None
+            prompt = data.get("prompt_text") or ""
+            prompt_ids = data.get("prompt_token_ids")
+        if not isinstance(text, str):
+            raise TargetError(f"{path}: no text in the response: {str(choice)[:200]}")
+        ids = choice.get("token_ids")
+        reason = choice.get("finish_reason")
+        marker = self._end_marker(ids, reason, choice.get("stop_reason"))
+        sent = {k: v for k, v in body.items() if k not in ("prompt", "messages")}
+        if self.ref is None:
+            sent["end_marker"] = UNKNOWN_END
+        elif marker:
+            text += marker
+            sent["end_marker"] = f"{marker} restored from the reference {self.ref.spec}"
+        return ResponseRecord(
+            id=request.id, conversations=request.conversation, parameters=request.parameters,
+            input=prompt, output=text, target=self.spec,
+            finish_reason=reason if reason in ("stop", "length") else None,
+            prompt_token_ids=prompt_ids or None, output_token_ids=ids or None,
+            output_logprobs=logprobs if logprobs and None not in logprobs else None,
+            sent=sent,
+            timing=Timing(started_at=started, latency_s=round(time.perf_counter() - t0, 4)))
+
+    def _end_marker(self, ids: list[int] | None, reason: str | None, stop_reason: Any) -> str:
+        """The end marker the server stripped from the text, to put back, or "". Only the user's
+        reference can say which token ends a turn; without one there is nothing to put back."""
+        if self.ref is None:
+            return ""
+        if ids:
+            last = ids[-1]
+            return self.ref.decode([last]) if last in self.ref.end_ids else ""
+        if reason == "stop" and stop_reason is None and self.ref.turn_end_marker:
+            return self.ref.turn_end_marker
+        return ""
+
+    def notes(self) -> list[str]:
+        if self.ref is not None:
+            return []
+        return [f"{self.spec}: end markers were not restored, because no reference was named: "
+                f"outputs are recorded as the server returned them (servers strip the end token), "
+                f"so 'check' cannot tell a correct end of turn from a missing one. Name the served "
+                f"model's checkpoint with 'generate --reference PATH' or '?template=PATH' to "
+                f"restore them."]
+
+    async def aclose(self) -> None:
+        await self.http.close()

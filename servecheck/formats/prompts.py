@@ -1,0 +1,87 @@
+"""prompts.json → requests: every combination of a block's variation lists is one request."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from servecheck.errors import InputError
+from servecheck.formats.records import Conversation, Message, Parameters, Variations, explain
+
+PARAMETER_FIELDS = [f for f in Parameters.model_fields]
+
+
+@dataclass(frozen=True)
+class Request:
+    id: str
+    conversation: Conversation
+    parameters: Parameters
+
+
+def load_json(path: Path) -> object:
+    if not path.exists():
+        raise InputError("file not found", where=str(path))
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise InputError("file is empty", where=str(path))
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}",
+                         where=str(path)) from None
+
+
+def _conversation(prompt: str | list[Message], system: str | None, where: str) -> Conversation:
+    turns = [Message(role="user", content=prompt)] if isinstance(prompt, str) else list(prompt)
+    if system is not None:
+        if turns[0].role == "system":
+            raise InputError("conversation has a system turn and system_prompt is set too",
+                             where=where)
+        turns.insert(0, Message(role="system", content=system))
+    if turns[-1].role != "user":
+        raise InputError("a conversation must end with a user turn", where=where)
+    return Conversation(contents=turns)
+
+
+def request_id(conversation: Conversation, parameters: Parameters, repeat: int) -> str:
+    """Content-addressed, so a rerun (even of an edited prompts file) skips what is answered."""
+    key = json.dumps([conversation.model_dump(), parameters.model_dump(), repeat], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def expand(path: Path) -> list[Request]:
+    """Read a prompts file (one block or a list of blocks) and expand its matrix."""
+    raw = load_json(path)
+    blocks = raw if isinstance(raw, list) else [raw]
+    if not blocks:
+        raise InputError("no variation blocks (empty list)", where=str(path))
+    requests: list[Request] = []
+    seen: dict[str, int] = {}
+    for b, block in enumerate(blocks):
+        where = f"{path} block {b}" if isinstance(raw, list) else str(path)
+        if not isinstance(block, dict):
+            raise InputError(f"expected an object of variation lists, got {type(block).__name__}",
+                             where=where)
+        try:
+            v = Variations.model_validate(block)
+        except ValidationError as e:
+            raise explain(e, where) from None
+        lists = [v.prompt, v.system_prompt] + [getattr(v, f) for f in PARAMETER_FIELDS]
+        for combo in itertools.product(*lists):
+            prompt, system, *values = combo
+            try:
+                params = Parameters(**dict(zip(PARAMETER_FIELDS, values, strict=True)))
+            except ValidationError as e:
+                raise explain(e, where) from None
+            conv = _conversation(prompt, system, where)
+            base = request_id(conv, params, 0)
+            repeat = seen.get(base, 0)
+            seen[base] = repeat + 1
+            rid = base if repeat == 0 else request_id(conv, params, repeat)
+            requests.append(Request(rid, conv, params))
+    return requests

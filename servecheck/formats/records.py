@@ -1,0 +1,184 @@
+"""Typed, versioned records: what a prompts file asks for and what a responses file holds.
+
+The field names are the original notes' (``conversations.contents[].role/content``,
+``parameters``, ``input``, ``output``) so files exported from a production stack check as they
+are; servecheck's own additions are optional. ``SCHEMA_VERSION`` goes up when a field changes
+meaning; ``docs/formats.md`` documents both formats and ``servecheck schema`` prints the JSON
+Schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from servecheck.errors import InputError
+
+SCHEMA_VERSION = 1
+
+Role = Literal["system", "user", "model"]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    """``model`` is the seed's name for the answering role (HF templates call it ``assistant``)."""
+    content: str
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _assistant_is_model(cls, v: object) -> object:
+        return "model" if v == "assistant" else v
+
+
+class Conversation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    contents: list[Message] = Field(min_length=1)
+
+    def hf_messages(self) -> list[dict[str, str]]:
+        """The conversation as HF chat messages (role ``model`` becomes ``assistant``)."""
+        return [{"role": "assistant" if m.role == "model" else m.role, "content": m.content}
+                for m in self.contents]
+
+
+def is_greedy(temperature: float, top_k: int) -> bool:
+    """Temperature 0 or top_k 1: one right token at every step (the one definition of greedy)."""
+    return temperature == 0 or top_k == 1
+
+
+class Parameters(BaseModel):
+    """Sampling parameters as requested. ``None`` means "not sent": the server's default applies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    """0 means "no top-k", as in vLLM and TensorRT-LLM."""
+    min_p: float | None = Field(None, ge=0, le=1)
+    seed: int | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+    @property
+    def greedy(self) -> bool:
+        """Greedy as requested, a parameter not sent taking the usual default (T 1, no top_k)."""
+        return is_greedy(1.0 if self.temperature is None else self.temperature, self.top_k or 0)
+
+
+class Timing(BaseModel):
+    started_at: str
+    """ISO 8601, UTC."""
+    latency_s: float
+
+
+class ResponseRecord(BaseModel):
+    """One request and what the target answered. Only the seed's four fields are required."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    id: str | None = None
+    """Stable for the same request; a rerun skips ids already answered."""
+    conversations: Conversation
+    parameters: Parameters = Field(default_factory=Parameters)
+    input: str = ""
+    """The templated prompt as the target built or received it: one string, special tokens included."""
+    output: str = ""
+    """Generated text only, ending with the end-of-turn marker when the model finished."""
+    target: str | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+    prompt_token_ids: list[int] | None = None
+    output_token_ids: list[int] | None = None
+    output_logprobs: list[float] | None = None
+    sent: dict[str, Any] | None = None
+    """The request's inputs in the server's own names, each value as the server decodes it (an
+    FP32 input receives 0.8999999762 when 0.9 was asked; ``parameters`` keeps what was asked)."""
+    timing: Timing | None = None
+    error: str | None = None
+    """Set when the request failed; such records are kept, reported, and retried on resume."""
+
+
+END_MARKER_UNKNOWN = "unknown: not restored, no --reference or ?template= named"
+"""``sent["end_marker"]`` of a record whose target could not put back the end marker a server
+strips (no reference named at collection): a missing marker is then no evidence."""
+
+VARIATION_KEYS = ("prompt", "system_prompt")
+"""Keys of a prompts file that the original notes' ``generate_responses.py`` also writes into a
+record's ``parameters`` ("the mixed and matched parameters loaded from prompts.json"). They are
+accepted there and must agree with ``conversations``; the record keeps them nowhere else."""
+
+
+def variation_mismatch(conversation: Conversation, variation: dict[str, Any]) -> str | None:
+    """Why ``parameters.prompt`` / ``parameters.system_prompt`` disagree with the conversation
+    (None when they agree): the problem, naming the field."""
+    turns = conversation.contents
+    system = variation.get("system_prompt")
+    has_system = turns[0].role == "system"
+    if "system_prompt" in variation and system is not None:
+        if not isinstance(system, str):
+            return f"field 'parameters.system_prompt': expected a string or null, got {system!r}"
+        if not has_system or turns[0].content != system:
+            found = repr(turns[0].content[:60]) if has_system else "no system turn"
+            return (f"field 'parameters.system_prompt' ({system[:60]!r}) disagrees with "
+                    f"conversations ({found})")
+    if "prompt" not in variation:
+        return None
+    prompt = variation["prompt"]
+    rest = turns[1:] if has_system and system is not None else turns
+    if isinstance(prompt, str):
+        last = turns[-1]
+        if last.role != "user" or last.content != prompt:
+            return (f"field 'parameters.prompt' ({prompt[:60]!r}) disagrees with conversations "
+                    f"(last turn: {last.role} {last.content[:60]!r})")
+        return None
+    try:
+        asked = Conversation(contents=prompt)
+    except ValidationError:
+        return "field 'parameters.prompt': expected a string or a list of {role, content} turns"
+    if [(m.role, m.content) for m in asked.contents] != [(m.role, m.content) for m in rest]:
+        return "field 'parameters.prompt' (a conversation) disagrees with conversations"
+    return None
+
+
+def _wrap_scalar(v: object) -> object:
+    """A scalar is a list of one; so is a single conversation given as a prompt."""
+    if isinstance(v, list) and not (v and all(isinstance(x, dict) for x in v)):
+        return v
+    return [v]
+
+
+class Variations(BaseModel):
+    """One block of a prompts file: every combination of its lists is one request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: list[str | list[Message]] = Field(min_length=1)
+    """A user message, or a whole conversation (roles alternate, the last one is ``user``)."""
+    system_prompt: list[str | None] = Field([None], min_length=1)
+    temperature: list[float | None] = Field([None], min_length=1)
+    top_p: list[float | None] = Field([None], min_length=1)
+    top_k: list[int | None] = Field([None], min_length=1)
+    min_p: list[float | None] = Field([None], min_length=1)
+    seed: list[int | None] = Field([None], min_length=1)
+    max_tokens: list[int | None] = Field([None], min_length=1)
+    repetition_penalty: list[float | None] = Field([None], min_length=1)
+    presence_penalty: list[float | None] = Field([None], min_length=1)
+    frequency_penalty: list[float | None] = Field([None], min_length=1)
+
+    _wrap = field_validator("*", mode="before")(classmethod(lambda cls, v: _wrap_scalar(v)))
+
+
+def explain(err: ValidationError, where: str) -> InputError:
+    """One readable message from a pydantic error: the first problem, with its field path."""
+    first = err.errors()[0]
+    path = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    if first["type"] == "extra_forbidden":
+        return InputError(f"unknown field '{path}'{more}", where=where)
+    return InputError(f"field '{path}': {first['msg']}{more}", where=where)

@@ -1,0 +1,178 @@
+"""responses.json on disk: appended record by record, read back whatever state it was left in.
+
+A run can die at any moment (Ctrl-C, a killed server, a full disk), so every record is written
+and flushed as soon as it exists, one per line. ``.jsonl`` files are plain JSON Lines. ``.json``
+files are a JSON array written one element per line: the closing ``]`` is added when the run
+ends and removed again when a rerun appends, and a file left without it is still read. Reading
+takes the last record per id, so a retried request replaces its earlier error and nothing is
+counted twice.
+
+Records are flushed to the OS as they are written (the collector batches a burst, flushing at
+most 50 ms after its first record), which is what survives a killed process; ``fsync``
+(surviving a power cut too) runs at most every ``FSYNC_EVERY_S`` and on close, because one per
+record costs more than the request itself against a fast server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+
+from pydantic import ValidationError
+
+from servecheck.errors import InputError
+from servecheck.formats.records import VARIATION_KEYS, ResponseRecord, explain, variation_mismatch
+
+FSYNC_EVERY_S = 1.0
+
+
+def _parse_lines(text: str, path: Path) -> list[tuple[int, dict]]:
+    """Parse a JSONL body or an array written one element per line; tolerate a torn last line."""
+    out: list[tuple[int, dict]] = []
+    lines = text.splitlines()
+    for n, line in enumerate(lines, start=1):
+        s = line.strip().rstrip(",").lstrip(",").strip()
+        if s in ("", "[", "]"):
+            continue
+        try:
+            obj = json.loads(s)
+        except json.JSONDecodeError as e:
+            if n == len(lines):  # the last line of a killed run: drop it, it will be redone
+                continue
+            raise InputError(f"line {n} is not valid JSON ({e.msg})", where=str(path)) from None
+        out.append((n, obj))
+    return out
+
+
+def _drop_torn_tail(path: Path) -> str:
+    """Cut a half-written last line (a run killed mid-write) so appends stay parseable."""
+    text = path.read_text(encoding="utf-8")
+    body, _, last = text.rstrip("\n").rpartition("\n")
+    s = last.strip().strip(",")
+    if s in ("", "[", "]"):
+        return text
+    try:
+        json.loads(s)
+    except json.JSONDecodeError:
+        text = body + "\n" if body else ""
+        path.write_text(text, encoding="utf-8")
+    return text
+
+
+def read_raw(path: Path) -> list[tuple[str, dict]]:
+    """(location, object) pairs from a JSON array or JSON Lines file."""
+    if not path.exists():
+        raise InputError("file not found", where=str(path))
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise InputError("file is empty", where=str(path))
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+            if not isinstance(data, list):
+                raise InputError("expected a list of records", where=str(path))
+            return [(f"record {i}", obj) for i, obj in enumerate(data)]
+        except json.JSONDecodeError:
+            pass  # an array left open by a killed run, or one element per line: parse lines
+    return [(f"line {n}", obj) for n, obj in _parse_lines(text, path)]
+
+
+def read_records(path: Path) -> list[ResponseRecord]:
+    """Validated records, the last one per id kept (ids absent in foreign files: all kept)."""
+    records: dict[str, ResponseRecord] = {}
+    for i, (loc, obj) in enumerate(read_raw(path)):
+        if not isinstance(obj, dict):
+            raise InputError(f"expected a record object, got {type(obj).__name__}",
+                             where=f"{path} {loc}")
+        obj, variation = _split_variation(obj)
+        try:
+            rec = ResponseRecord.model_validate(obj)
+        except ValidationError as e:
+            raise explain(e, f"{path} {loc}") from None
+        problem = variation_mismatch(rec.conversations, variation) if variation else None
+        if problem:
+            raise InputError(problem, where=f"{path} {loc}" + (f" (id {rec.id})" if rec.id else ""))
+        records[rec.id or f"#{i}"] = rec
+    if not records:
+        raise InputError("no records", where=str(path))
+    return list(records.values())
+
+
+def _split_variation(obj: dict) -> tuple[dict, dict]:
+    """A record with the prompts file's ``prompt`` / ``system_prompt`` in its ``parameters`` (as
+    the original notes write it), and those keys apart, to be checked against its conversation."""
+    params = obj.get("parameters")
+    if not isinstance(params, dict) or not any(k in params for k in VARIATION_KEYS):
+        return obj, {}
+    variation = {k: params[k] for k in VARIATION_KEYS if k in params}
+    rest = {k: v for k, v in params.items() if k not in VARIATION_KEYS}
+    return {**obj, "parameters": rest}, variation
+
+
+def answered_ids(path: Path) -> set[str]:
+    """Ids that need no retry: records present and without error."""
+    if not path.exists() or not path.read_text(encoding="utf-8").strip():
+        return set()
+    return {r.id for r in read_records(path) if r.id and r.error is None}
+
+
+class ResponseWriter:
+    """Appends records to ``path`` durably; see the module docstring for the on-disk shape."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.array = path.suffix != ".jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existing = _drop_torn_tail(path) if path.exists() else ""
+        if self.array and existing.strip() and not existing.lstrip().startswith("["):
+            self.array = False  # an existing JSON Lines file keeps its shape
+        if self.array and existing.rstrip().endswith("]"):
+            # Reopen a finished array: drop the closing bracket so records can follow.
+            body = existing.rstrip()[:-1].rstrip()
+            path.write_text(body + "\n", encoding="utf-8")
+            existing = body
+        self._empty = not existing.strip() or existing.strip() == "["
+        self._synced = 0.0
+        self._fh = path.open("a", encoding="utf-8")
+        if self.array and not existing.strip():
+            self._fh.write("[\n")
+
+    def write(self, record: ResponseRecord, flush: bool = True) -> None:
+        """Append one record; ``flush=False`` leaves it to a ``flush()`` the caller schedules."""
+        line = record.model_dump_json(exclude_none=True)
+        prefix = "," if self.array and not self._empty else ""
+        self._fh.write(prefix + line + "\n")
+        self._empty = False
+        if flush:
+            self.flush()
+
+    def flush(self) -> None:
+        """Into the OS: what survives a killed process. fsync at most every FSYNC_EVERY_S."""
+        self._fh.flush()
+        if time.monotonic() - self._synced > FSYNC_EVERY_S:
+            os.fsync(self._fh.fileno())
+            self._synced = time.monotonic()
+
+    def write_all(self, records: Iterable[ResponseRecord]) -> None:
+        for r in records:
+            self.write(r)
+
+    def close(self) -> None:
+        if self._fh.closed:
+            return
+        if self.array:
+            self._fh.write("]\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+
+    def __enter__(self) -> ResponseWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,145 @@
+"""The Hugging Face reference: a local checkpoint (or the built-in one), its tokenizer and template.
+
+Everything the checks know about "correct" comes from here: the chat template (rendered by
+transformers, which runs checkpoint templates in a sandboxed Jinja environment), the end-of-turn
+markers (from the generation config and tokenizer, never hard-coded), and the model for teacher
+forcing. Loading is strictly local: no hub, no network.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from servecheck.errors import InputError
+from servecheck.formats.records import Conversation
+
+BUILTIN = Path(__file__).parents[1] / "tinymodels" / "builtin"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def resolve(spec: str) -> Path:
+    """``builtin`` or a local checkpoint folder; anything else is a clear input error."""
+    path = BUILTIN if spec == "builtin" else Path(spec)
+    if not path.is_dir():
+        raise InputError("not a folder (expected a local Hugging Face checkpoint or 'builtin')",
+                         where=spec)
+    for needed in ("config.json", "tokenizer_config.json"):
+        if not (path / needed).exists():
+            raise InputError(f"not a Hugging Face checkpoint: {needed} missing", where=spec)
+    return path
+
+
+class Reference:
+    """A checkpoint opened for rendering, tokenizing and (lazily) teacher forcing."""
+
+    def __init__(self, spec: str = "builtin", dtype: str = "float32", device: str = "cpu") -> None:
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+        self.spec = spec
+        self.path = resolve(spec)
+        self.dtype = dtype
+        self.device = device
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        except Exception as e:
+            raise InputError(f"cannot load the tokenizer: {e}", where=spec) from None
+        if not self.tokenizer.chat_template:
+            raise InputError("the checkpoint has no chat template", where=spec)
+
+    @cached_property
+    def model(self):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        # "auto" / "balanced": accelerate's device_map spreads a reference over the GPUs (auto
+        # fills the first GPU first, balanced shares the layers out evenly)
+        placement = {"device_map": self.device} if self.device in ("auto", "balanced") else {}
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                self.path, dtype=getattr(torch, self.dtype), local_files_only=True, **placement)
+        except Exception as e:
+            raise InputError(f"cannot load the model weights: {e}", where=self.spec) from None
+        return (model if placement else model.to(self.device)).eval()
+
+    @cached_property
+    def generation_config(self):
+        from transformers import GenerationConfig
+
+        try:
+            return GenerationConfig.from_pretrained(self.path, local_files_only=True)
+        except OSError:
+            return None
+
+    def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
+        """The reference prompt: ``apply_chat_template(..., add_generation_prompt=True)``."""
+        return self.render_messages(conversation.hf_messages(), add_generation_prompt)
+
+    def render_messages(self, messages: list[dict[str, str]], add_generation_prompt: bool = True
+                        ) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def encode(self, text: str) -> list[int]:
+        """Tokens of already-templated text: the template owns the special tokens."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    @cached_property
+    def end_ids(self) -> list[int]:
+        """Token ids that end a turn: generation config first, then the tokenizer's eos."""
+        ids: list[int] = []
+        eos = getattr(self.generation_config, "eos_token_id", None)
+        ids += eos if isinstance(eos, list) else [eos] if eos is not None else []
+        if self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)
+        return list(dict.fromkeys(ids))
+
+    @cached_property
+    def end_markers(self) -> list[str]:
+        """End markers as text, the turn-closing one first (e.g. ``<end_of_turn>`` for Gemma)."""
+        markers = [self.tokenizer.convert_ids_to_tokens(i) for i in self.end_ids]
+        closing = self.turn_end_marker
+        return sorted(markers, key=lambda m: m != closing)
+
+    @cached_property
+    def turn_end_marker(self) -> str | None:
+        """The special token the template writes after an answer, found by rendering one."""
+        probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
+        try:
+            text = self.render_messages(probe, add_generation_prompt=False)
+        except Exception:
+            return None
+        tail = text[text.rfind("ok") + 2:]
+        for token in sorted(self.special_tokens, key=len, reverse=True):
+            if tail.lstrip().startswith(token):
+                return token
+        return None
+
+    @cached_property
+    def special_tokens(self) -> list[str]:
+        tok = self.tokenizer
+        added = [t.content for t in tok.added_tokens_decoder.values() if t.special]
+        return list(dict.fromkeys([*tok.all_special_tokens, *added]))
+
+    @cached_property
+    def special_ids(self) -> list[int]:
+        """Ids of the special tokens: atomic, whatever text they spell."""
+        tok = self.tokenizer
+        return sorted({i for i, t in tok.added_tokens_decoder.items() if t.special}
+                      | set(tok.all_special_ids))
+
+    def strip_special(self, text: str) -> str:
+        for t in self.special_tokens:
+            text = text.replace(t, "")
+        return text

@@ -1,0 +1,36 @@
+"""What ``check`` writes besides the terminal table: the JSON summary, the HTML report, JUnit XML.
+
+Each is optional and independent; the report is imported only when asked for (it pulls in the
+HTML templates and the charts).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from servecheck.checks.context import CheckContext
+from servecheck.checks.results import CheckResult
+
+
+def write_outputs(console: Console, ctx: CheckContext, results: list[CheckResult],
+                  meta: dict[str, Any], title: str, json_out: Path | None = None,
+                  report: Path | None = None, junit: Path | None = None) -> None:
+    if json_out:
+        from servecheck.report.summary import to_json, write_json
+
+        write_json(json_out, to_json(results, {**meta, "tokens": ctx.token_sources()}))
+        console.print(f"summary written to {json_out}")
+    if junit:
+        from servecheck.report.junit import write_junit
+
+        write_junit(junit, results, meta)
+        console.print(f"JUnit XML written to {junit}")
+    if report:
+        from servecheck.report.html import write_report
+
+        with console.status("writing the HTML report…"):
+            write_report(report, ctx, results, meta, title)
+        console.print(f"report written to {report} (open it in a browser)")

@@ -1,1 +1,0 @@
-"""Servers servecheck starts itself: real inference servers hosting a local HF checkpoint."""

@@ -1,0 +1,246 @@
+"""``servecheck probe``: determinism and seed probes against a live server.
+
+What a single response cannot show, how responses relate to each other can: a seed ignored
+(every request run with seed 0), greedy output that changes with load, a seed honoured on one
+path and not another. Each probe sends a small purpose-built set and gives a verdict with
+evidence:
+
+- repeatability: one seeded, sampled request sent ``repeats`` times in a row, then as many times
+  again while other traffic is in flight; every copy must equal the first. Deterministic check.
+- seeds: the same request under ``seeds`` different seeds; the texts must not coincide more often
+  than the reference allows (``seeds.py``, false alarms ≤ α).
+- batch invariance: greedy requests sent one at a time, then all at once at each load level;
+  the tokens must agree. A divergence where the served token is within the numerics tolerance
+  of the reference argmax is a near-tie (numerics), reported but passed; any other is a bug.
+- stream: the same seeded request over the streaming and the unary path gives one text
+  (targets with both paths: Triton).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from servecheck.checks.context import CheckContext
+from servecheck.checks.options import CheckOptions
+from servecheck.checks.results import CheckResult, Details, Finding, NoDetails, Verdict
+from servecheck.checks.seeds import SeedGroup, group_test
+from servecheck.collect.targets import Target, open_target
+from servecheck.errors import EXIT_FAIL, EXIT_PASS, InputError, TargetError
+from servecheck.formats.prompts import Request, expand
+from servecheck.formats.records import Conversation, Message, Parameters, ResponseRecord
+from servecheck.reference.model import Reference
+from servecheck.reference.scoring import ScoreItem
+
+PROMPTS = ["Tell me a story about the fox.", "Name a colour.", "What does the cat say?",
+           "Tell me about the owl.", "Count from 3 to 8.", "Where does the frog live?",
+           "What does the dog like?", "Tell me a story about the bird."]
+
+
+@dataclass(frozen=True)
+class SeedProbeDetails(Details):
+    groups: list[SeedGroup]
+
+
+def _result(name: str, verdict: Verdict, summary: str, evidence: list[str] | None = None,
+            details: Details | None = None) -> CheckResult:
+    """A probe's verdict, in the checks' shape: each line of evidence is a finding of the probe."""
+    return CheckResult(name, verdict, summary, details or NoDetails(),
+                       [Finding(name, e) for e in evidence or []])
+
+
+def conversations(texts: list[str]) -> list[Conversation]:
+    return [Conversation(contents=[Message(role="user", content=t)]) for t in texts]
+
+
+CONVERSATIONS = conversations(PROMPTS)
+
+
+def probe_request(rid: str, conv: Conversation, **params: Any) -> Request:
+    return Request(rid, conv, Parameters(**params))
+
+
+async def _send(target: Target, requests: list[Request], concurrency: int) -> list[ResponseRecord]:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(r: Request) -> ResponseRecord:
+        async with gate:
+            return await target.generate(r)
+
+    return list(await asyncio.gather(*(one(r) for r in requests)))
+
+
+def _first_difference(a: str, b: str) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+async def repeatability(target: Target, convs: list[Conversation], repeats: int,
+                        max_tokens: int) -> CheckResult:
+    base = probe_request("rep", convs[0], temperature=1.0, seed=1234, max_tokens=max_tokens)
+    alone = [await target.generate(replace(base, id=f"rep-{k}")) for k in range(repeats)]
+    traffic = [probe_request(f"other-{k}", convs[(1 + k) % len(convs)], temperature=1.0, seed=k,
+                        max_tokens=max_tokens) for k in range(3 * repeats)]
+    mixed = [replace(base, id=f"rep-busy-{k}") for k in range(repeats)]
+    answers = await _send(target, [x for pair in zip(mixed, traffic[::3], traffic[1::3],
+                                                     traffic[2::3], strict=True) for x in pair],
+                          len(mixed) + len(traffic))
+    busy = [a for a in answers if a.id and a.id.startswith("rep-busy")]
+    reference = alone[0].output
+    evidence = [f"{label} copy {k}: differs from the first at character "
+                f"{_first_difference(reference, r.output)}"
+                for label, group in (("sequential", alone), ("under traffic", busy))
+                for k, r in enumerate(group) if r.output != reference]
+    n = len(alone) + len(busy)
+    verdict = "fail" if evidence else "pass"
+    return _result("repeatability", verdict, f"{n - len(evidence)}/{n} copies of one seeded "
+                       f"request equal the first ({repeats} sequential, {repeats} under traffic)",
+                       evidence)
+
+
+async def seeds(target: Target, ref: Reference, convs: list[Conversation], n: int,
+                max_tokens: int, alpha: float) -> CheckResult:
+    groups = []
+    for j, prompt in enumerate(convs[:2]):
+        requests = [probe_request(f"seed-{j}-{s}", prompt, temperature=1.0, seed=s,
+                             max_tokens=max_tokens) for s in range(n)]
+        groups.append(await _send(target, requests, 1))
+    ctx = CheckContext([r for g in groups for r in g], ref, CheckOptions(ref.spec, alpha=alpha))
+    results = [group_test(ctx, g) for g in groups]
+    bad = [r for r in results if r.p_value * len(results) < alpha]
+    evidence = [f"{r.label}: {r.distinct} distinct texts over {r.seeds} seeds; the most common "
+                f"appears {r.most_common}×, reference probability {r.p_text:.2e}, "
+                f"p = {r.p_value:.1e}" for r in results]
+    return _result("seeds", "fail" if bad else "pass",
+                       f"{len(bad)}/{len(results)} prompt(s) repeat one text across seeds beyond "
+                       f"chance (α = {alpha}, Bonferroni)", evidence,
+                       SeedProbeDetails(results))
+
+
+async def batch_invariance(target: Target, ref: Reference, convs: list[Conversation],
+                           levels: list[int], max_tokens: int, numerics: str) -> CheckResult:
+    requests = [probe_request(f"greedy-{k}", c, temperature=0, max_tokens=max_tokens)
+                for k, c in enumerate(convs)]
+    alone = [await target.generate(r) for r in requests]
+    ctx = CheckContext([], ref, CheckOptions(ref.spec, numerics=numerics))
+    tol = ctx.tolerances.logit
+    diverged: list[tuple[int, str, int, ScoreItem]] = []
+    for level in levels:
+        loaded = await _send(target, requests, level)
+        for a, b in zip(alone, loaded, strict=True):
+            if a.output == b.output:
+                continue
+            ids_a, ids_b = ref.encode(a.output), ref.encode(b.output)
+            at = next((i for i, (x, y) in enumerate(zip(ids_a, ids_b, strict=False)) if x != y),
+                      min(len(ids_a), len(ids_b)))
+            prompt = ref.encode(a.input or ref.render(a.conversations))
+            diverged.append((level, a.id or "", at, ScoreItem(prompt, ids_b[: at + 1])))
+    bugs, ties = [], []
+    for (level, rid, at, _), s in zip(diverged, ctx.score_items([d[3] for d in diverged]),
+                                      strict=True):
+        margin = float(s.margin[at]) if at < len(s) else 0.0
+        note = (f"load {level}, {rid}: token {at} differs, served token's logit is "
+                f"{margin:.3f} below the reference argmax")
+        (ties if margin <= tol else bugs).append(note)
+    n = len(requests) * len(levels)
+    return _result("batch invariance", "fail" if bugs else "pass",
+                       f"{n - len(bugs) - len(ties)}/{n} greedy outputs unchanged under load "
+                       f"{levels}; {len(ties)} near-tie divergence(s) (≤ {tol} logits, numerics), "
+                       f"{len(bugs)} real", bugs + ties)
+
+
+async def stream_vs_unary(spec: str, max_tokens: int, reference: str | None = None
+                          ) -> CheckResult:
+    if not spec.startswith("triton"):
+        return _result("stream", "skipped", "the target has no separate streaming path")
+    sep = "&" if "?" in spec else "?"
+    request = probe_request("stream", CONVERSATIONS[0], temperature=1.0, seed=77,
+                       max_tokens=max_tokens)
+    texts: dict[str, str] = {}
+    for name in ("0", "1"):
+        target = open_target(f"{spec}{sep}stream={name}", reference=reference)
+        try:
+            texts[name] = (await target.generate(request)).output
+        except TargetError as e:
+            return _result("stream", "skipped", f"stream={name} not available: {e}")
+        finally:
+            await target.aclose()
+    same = texts["0"] == texts["1"]
+    return _result("stream", "pass" if same else "fail",
+                       "stream and unary give the same text for one seed" if same else
+                       f"stream and unary differ from character "
+                       f"{_first_difference(texts['0'], texts['1'])} for the same seed")
+
+
+async def run_probes(spec: str, ref: Reference, convs: list[Conversation] | None = None,
+                     repeats: int = 4, n_seeds: int = 8, levels: tuple[int, ...] = (4, 8),
+                     max_tokens: int = 32, numerics: str = "bf16", alpha: float = 0.01
+                     ) -> list[CheckResult]:
+    convs = convs or CONVERSATIONS
+    if len(convs) < 2:
+        convs = convs + CONVERSATIONS
+    target = open_target(spec, reference=ref.spec)  # the probe's --reference is the served model
+    try:
+        return [await repeatability(target, convs, repeats, max_tokens),
+                await seeds(target, ref, convs, n_seeds, max_tokens, alpha),
+                await batch_invariance(target, ref, convs, list(levels), max_tokens, numerics),
+                await stream_vs_unary(spec, max_tokens, ref.spec)]
+    finally:
+        await target.aclose()
+        target.close()
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    reference: str = "builtin"
+    repeats: int = 4
+    seeds: int = 8
+    levels: tuple[int, ...] = (4, 8)
+    max_tokens: int = 32
+    numerics: str = "bf16"
+    alpha: float = 0.01
+
+
+def probe(spec: str, options: ProbeOptions | None = None, prompts: Path | None = None
+          ) -> list[CheckResult]:
+    """Every probe against the live server ``spec`` (the built-in prompts, or those of the
+    prompts file ``prompts``); a target failing mid-probe is an ``InputError``."""
+    options = options or ProbeOptions()
+    convs = None
+    if prompts:
+        seen: dict[str, Conversation] = {}
+        for r in expand(prompts):
+            seen.setdefault(r.conversation.model_dump_json(), r.conversation)
+        convs = list(seen.values())
+    ref = Reference(options.reference)
+    try:
+        return asyncio.run(run_probes(spec, ref, convs, options.repeats, options.seeds,
+                                      options.levels, options.max_tokens, options.numerics,
+                                      options.alpha))
+    except TargetError as e:
+        raise InputError(f"the target failed during a probe: {e}", where=spec) from None
+
+
+def run_probe(spec: str, options: ProbeOptions, console: Console, prompts: Path | None = None,
+              json_out: Path | None = None) -> int:
+    """The ``probe`` command: every probe against ``spec``, a table, the JSON, the exit code."""
+    with console.status("probing the server…"):
+        results = probe(spec, options, prompts)
+    table = Table(title=f"servecheck probe: {spec}")
+    for col in ("probe", "verdict", "evidence"):
+        table.add_column(col)
+    for r in results:
+        colour = {"pass": "green", "fail": "red"}.get(r.verdict, "yellow")
+        lines = [r.summary] + [f"  {f.message}" for f in r.findings[:4]]
+        table.add_row(r.name, f"[{colour}]{r.verdict}[/]", escape("\n".join(lines)))
+    console.print(table)
+    if json_out:
+        json_out.write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
+        console.print(f"written {json_out}")
+    return EXIT_FAIL if any(r.verdict == "fail" for r in results) else EXIT_PASS

@@ -1,0 +1,130 @@
+"""The house: packages by pipeline stage, imports only downwards, no cycle, a tested public API.
+
+Imports are read from the source (``ast``), including those inside functions and under
+``TYPE_CHECKING``, so a lazy import cannot hide an upward dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import servecheck
+
+PACKAGE = Path(servecheck.__file__).parent
+
+LAYERS = {
+    "errors": 0,
+    "formats": 1,
+    "reference": 2, "tinymodels": 2,
+    "collect": 3, "checks": 3,
+    "report": 4,
+    "servers": 5, "workflows": 5,
+    "cli": 6,
+}
+"""A module may import from its own stage and the stages below it. ``collect`` and ``checks``
+are siblings: neither may import the other. ``servecheck/__init__`` (the API) may import all."""
+
+
+def modules() -> dict[str, Path]:
+    return {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in PACKAGE.rglob("*.py")}
+
+
+def _type_only(tree: ast.Module) -> set[int]:
+    """Line numbers of imports under ``if TYPE_CHECKING:`` (annotations only, never run)."""
+    lines = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and \
+                node.test.id == "TYPE_CHECKING":
+            lines.update(n.lineno for b in node.body for n in ast.walk(b) if hasattr(n, "lineno"))
+    return lines
+
+
+def imports(path: Path, known: dict[str, Path], runtime_only: bool = False) -> set[str]:
+    """The servecheck modules ``path`` imports (a ``from M import name`` where ``M.name`` is a
+    module counts as importing that module)."""
+    tree = ast.parse(path.read_text())
+    skip = _type_only(tree) if runtime_only else set()
+    found = set()
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            subs = {f"{node.module}.{a.name}" for a in node.names} & set(known)
+            found.update(subs or {node.module})
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {name for name in found if name in known}
+
+
+def stage(module: str) -> str:
+    return module.split(".")[1]
+
+
+def test_every_module_belongs_to_a_stage() -> None:
+    loose = [m for m in modules() if m != "servecheck" and stage(m) not in LAYERS]
+    assert not loose, f"modules outside the pipeline's packages: {loose}"
+
+
+def test_imports_go_downwards_only() -> None:
+    known = modules()
+    upward = []
+    for module, path in known.items():
+        if module == "servecheck":
+            continue
+        for target in imports(path, known):
+            mine, theirs = stage(module), stage(target) if target != "servecheck" else None
+            if theirs is None or mine == theirs:
+                continue
+            if LAYERS[theirs] >= LAYERS[mine]:
+                upward.append(f"{module} imports {target}")
+    assert not upward, "\n".join(upward)
+
+
+def test_no_import_cycle() -> None:
+    known = modules()
+    graph = {m: imports(p, known, runtime_only=True) - {m, "servecheck"} for m, p in known.items()}
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for t in sorted(graph.get(m, ())):
+            if state.get(t) == 1:
+                pytest.fail("import cycle: " + " → ".join([*path, m, t]))
+            if not state.get(t):
+                visit(t, [*path, m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if not state.get(m):
+            visit(m, [])
+
+
+def test_modules_stay_small() -> None:
+    long = {m: n for m, p in modules().items() if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, f"modules over 400 lines: {long}"
+
+
+def test_public_api_resolves_and_is_lazy() -> None:
+    assert len(set(servecheck.__all__)) == len(servecheck.__all__)
+    for name in servecheck.__all__:
+        assert getattr(servecheck, name) is not None, name
+        assert name in dir(servecheck)
+    with pytest.raises(AttributeError):
+        servecheck.no_such_name  # noqa: B018
+    # importing the package alone must not load torch: a CLI's --help stays instant
+    code = "import sys, servecheck; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_public_api_covers_what_a_user_calls() -> None:
+    wanted = {"collect", "check", "compare", "probe", "open_target", "Target", "ResponseRecord",
+              "Conversation", "Message", "Parameters", "CheckOptions", "CheckResult", "Finding",
+              "Reference", "read_records", "expand", "InputError", "TargetError"}
+    assert wanted <= set(servecheck.__all__)
