@@ -56,22 +56,75 @@ def text_only(path: Path) -> Path:
     return out
 
 
+def code_env(code: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")])}
+
+
+def assert_runs_from(code: Path) -> None:
+    """The child imports the checkout's servecheck, not an installed one."""
+    found = subprocess.run([sys.executable, "-c", "import servecheck; print(servecheck.__file__)"],
+                           env=code_env(code), cwd=code, capture_output=True, text=True, check=True)
+    if not Path(found.stdout.strip()).resolve().is_relative_to(code):
+        raise SystemExit(f"{code}: servecheck imports from {found.stdout.strip()}")
+
+
+PHASES = r"""
+import json, sys, time
+from pathlib import Path
+t0 = time.perf_counter()
+try:  # the stage packages
+    from servecheck.checks import run_checks
+    from servecheck.checks.context import CheckContext
+    from servecheck.formats.responses import read_records
+    from servecheck.reference.model import Reference
+except ImportError:  # the flat layout before them
+    from servecheck.checks import CheckContext, run_checks
+    from servecheck.reference import Reference
+    from servecheck.responses import read_records
+out = {"import_s": time.perf_counter() - t0}
+t = time.perf_counter(); records = read_records(Path(sys.argv[1])); out["read_s"] = time.perf_counter() - t
+device = sys.argv[2] or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+t = time.perf_counter(); ref = Reference("builtin", device=device); ref.model
+out["load_s"] = time.perf_counter() - t
+for rep in range(int(sys.argv[3])):  # the first pass compiles and warms
+    ctx = CheckContext(records, ref)
+    t = time.perf_counter(); ctx.prefetch(); out.setdefault("score_s", []).append(time.perf_counter() - t)
+    t = time.perf_counter(); run_checks(ctx); out.setdefault("checks_s", []).append(time.perf_counter() - t)
+print(json.dumps(out))
+"""
+
+
+def phases(code: Path, responses: Path, device: str | None, reps: int) -> dict:
+    """One process: import, read, load, then ``reps`` × (score every record, run every check)."""
+    args = [str(responses.resolve()), device or "", str(reps)]
+    proc = subprocess.run([sys.executable, "-c", PHASES, *args], env=code_env(code), cwd=code,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{code}: phases failed\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def one_run(code: Path, responses: Path, device: str | None, summary: Path) -> dict:
-    cmd = [sys.executable, "-m", "servecheck.cli", "check", str(responses), "--no-progress",
-           "--json", str(summary)] + (["--device", device] if device else [])
-    env = {**os.environ, "PYTHONPATH": str(code)}
+    cmd = [sys.executable, "-m", "servecheck.cli", "check", str(responses.resolve()),
+           "--no-progress", "--json", str(summary.resolve())] + (["--device", device] if device else [])
+    env = code_env(code)  # and run from the checkout: ``-m`` puts the working directory first
+    summary.unlink(missing_ok=True)
     log = summary.with_suffix(".log")
     t0 = time.perf_counter()
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=code)
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage: its peak RSS
     wall = time.perf_counter() - t0
     code_ = os.waitstatus_to_exitcode(status)
-    if code_ not in (0, 1):
+    if code_ not in (0, 1) or not summary.exists():
         raise SystemExit(f"{code}: exit {code_}\n{log.read_text()[-2000:]}")
     verdicts = {c["name"]: c["verdict"] for c in json.loads(summary.read_text())["checks"]}
     return {"wall_s": round(wall, 2), "max_rss_mib": round(usage.ru_maxrss / 1024),
             "verdicts": verdicts}
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 def main() -> None:
@@ -80,14 +133,35 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", help="passed to check --device (default: check's own choice)")
     ap.add_argument("--responses", type=Path, help="default: the 5,376-record file, built on demand")
+    ap.add_argument("--phases", type=int, default=0, metavar="REPS",
+                    help="instead of whole commands, time the phases in one process per code: "
+                         "import, read, load, then REPS × (score all, run the checks)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "check_time.json")
     a = ap.parse_args()
     codes = dict(c.split("=", 1) for c in a.code)
     ids = a.responses or ensure_file()
     files = {"ids": ids, "text-only": text_only(ids)}
+    for code in codes.values():
+        assert_runs_from(Path(code).resolve())
     runs: dict[str, dict[str, list[dict]]] = {n: {f: [] for f in files} for n in codes}
     work = Path(os.environ.get("TMPDIR", "/tmp")) / "check_time"
     work.mkdir(parents=True, exist_ok=True)
+    if a.phases:
+        found: dict[str, dict[str, list[dict]]] = {n: {f: [] for f in files} for n in codes}
+        for round_ in range(a.rounds):
+            for kind, path in files.items():
+                for name, code in codes.items():
+                    r = phases(Path(code).resolve(), path, a.device, a.phases)
+                    found[name][kind].append(r)
+                    print(f"round {round_} {kind:9s} {name:14s} score "
+                          f"{', '.join(f'{x:.2f}' for x in r['score_s'])} s, checks "
+                          f"{', '.join(f'{x:.2f}' for x in r['checks_s'])} s", flush=True)
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps({"records": sum(1 for _ in ids.open()), "device": a.device,
+                                     "codes": codes, "machine": machine(), "phases": found},
+                                    indent=2) + "\n")
+        print(f"written {a.out}")
+        return
     for round_ in range(a.rounds):
         for kind, path in files.items():
             for name, code in codes.items():
@@ -104,8 +178,7 @@ def main() -> None:
     result = {"records": records, "files": {k: str(v.relative_to(ROOT)) if v.is_relative_to(ROOT)
                                             else str(v) for k, v in files.items()},
               "device": a.device or "default", "rounds": a.rounds, "codes": codes,
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
-                         f"{platform.python_version()}", "results": table}
+              "machine": machine(), "results": table}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     for name, per in table.items():

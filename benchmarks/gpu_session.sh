@@ -8,7 +8,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   && export PYTHONPATH=/tmp/site || exit 1
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-python3 -m pytest -q -s --noconftest -p no:cacheprovider tests/test_scoring_gpu.py 2>&1 | tee "$OUT/gpu_test.log" | tail -12
+python3 -m pytest -q -s --noconftest -p no:cacheprovider tests/reference/test_scoring_gpu.py 2>&1 | tee "$OUT/gpu_test.log" | tail -12
 ARGS=${ARGS:---records 800 --compile --breakdown --components --per-kind --vocab2 0}
 python3 benchmarks/scoring_throughput.py $ARGS --out "$OUT/new.json" > /dev/null 2> "$OUT/new.log" || tail -20 "$OUT/new.log"
 if [ -n "${BASE:-}" ]; then

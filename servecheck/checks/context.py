@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from enum import Enum
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -21,7 +20,7 @@ from servecheck.formats.records import ResponseRecord
 from servecheck.reference.model import Reference
 from servecheck.reference.sampling import Convention, Sampling
 from servecheck.reference.scoring import ScoreItem, TokenScores, score
-from servecheck.reference.tokenization import LOST, TokenBytes, TokenSource
+from servecheck.reference.tokenization import LOST, PromptSource, TokenBytes, TokenSource
 
 
 class Scorer(Protocol):
@@ -29,21 +28,6 @@ class Scorer(Protocol):
 
     def __call__(self, ref: Reference, items: Sequence[ScoreItem], convention: Convention
                  ) -> list[TokenScores]: ...
-
-
-class PromptSource(str, Enum):
-    """What a record's scored prompt tokens are: what the server conditioned on, best known."""
-
-    SERVER_IDS = "server prompt token ids"
-    INPUT_TEXT = "served input text"
-    TEMPLATE = "reference template"
-    NONE = "none"
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
 
 
 def label(record: ResponseRecord, index: int) -> str:
@@ -87,9 +71,7 @@ class CheckContext:
 
     def prompt_ids(self, i: int) -> tuple[list[int], PromptSource]:
         """What the server conditioned on: its reported ids, else its input text, tokenized."""
-        if i not in self._prompt_ids:
-            self._prompt_ids[i] = self._find_prompt_ids(i)
-        return self._prompt_ids[i]
+        return self._prompt_ids.get(i) or self._prompt_ids.setdefault(i, self._find_prompt_ids(i))
 
     def _find_prompt_ids(self, i: int) -> tuple[list[int], PromptSource]:
         r = self.records[i]
@@ -104,9 +86,7 @@ class CheckContext:
 
     def output_ids(self, i: int) -> tuple[list[int], TokenSource]:
         """The served output tokens up to and including the first end marker."""
-        if i not in self._output_ids:
-            self._output_ids[i] = self._find_output_ids(i)
-        return self._output_ids[i]
+        return self._output_ids.get(i) or self._output_ids.setdefault(i, self._find_output_ids(i))
 
     def _find_output_ids(self, i: int) -> tuple[list[int], TokenSource]:
         r = self.records[i]

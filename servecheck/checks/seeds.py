@@ -25,7 +25,6 @@ from scipy import stats
 from servecheck.checks.context import CheckContext
 from servecheck.checks.results import CheckResult, Details, Finding
 from servecheck.formats.records import ResponseRecord
-from servecheck.reference.sampling import Sampling
 
 ORDER = 90
 
@@ -47,7 +46,7 @@ def seed_groups(records: list[ResponseRecord]) -> list[list[ResponseRecord]]:
     groups: dict[str, list[ResponseRecord]] = defaultdict(list)
     for r in records:
         if r.error is None and r.parameters.seed is not None and \
-                not Sampling.of(r.parameters).greedy:
+                not r.parameters.greedy:
             key = r.conversations.model_dump_json() + r.parameters.model_copy(
                 update={"seed": None}).model_dump_json()
             groups[key].append(r)

@@ -17,14 +17,14 @@ statistic is a sum over that set:
   β of ``PROFILE``; one read.
 
 From these sums: log q(y) = d_y - log Σ_S e^d, entropy = log Σ_S e^d - E_q[d], Var_q(log q) =
-Var_q(d), top = 1/Σ_S e^d. Equal to ``transform`` in exact arithmetic (tests/test_scoring_fast.py
-and tests/test_sampling.py check against it, and it against HF's processors); the one semantic
+Var_q(d), top = 1/Σ_S e^d. Equal to ``transform`` in exact arithmetic (tests/reference/test_scoring.py
+and tests/reference/test_sampling.py check against it, and it against HF's processors); the one semantic
 choice is at exact ties on the nucleus boundary, where every tied token is kept (sort order
 decides in HF). When the support lies among the sorted candidates, the temperature profile is
 summed over them instead of the vocabulary.
 
 On CUDA the three passes are Triton kernels (``servecheck.reference.kernels``); elsewhere the same math in
-torch, which tests/test_scoring_gpu.py compares them with. ``SERVECHECK_TRITON=0`` forces the
+torch, which tests/reference/test_scoring_gpu.py compares them with. ``SERVECHECK_TRITON=0`` forces the
 torch path on CUDA too.
 """
 

@@ -49,19 +49,33 @@ import numpy as np
 MAX_ROUNDS = 16
 """Rounds of proposals at most; each fixes every divergence region that the last scoring showed,
 and rescoring only the records whose last proposal was kept, so a round costs what it fixes."""
-class TokenSource(str, Enum):
-    """Where a record's scored output tokens came from; the value is how the JSON summary and
-    the report name it."""
-
-    SERVER_IDS = "server token ids"
-    CANONICAL = "reference tokenization of the output text"
-    SEARCHED = "most plausible tokenization of the output text"
+class Source(str, Enum):
+    """A named value that prints as its value (in f-strings too): how the JSON summary and the
+    report name it."""
 
     def __str__(self) -> str:
         return self.value
 
     def __format__(self, spec: str) -> str:
         return format(self.value, spec)
+
+
+class TokenSource(Source):
+    """Where a record's scored output tokens came from."""
+
+    SERVER_IDS = "server token ids"
+    CANONICAL = "reference tokenization of the output text"
+    SEARCHED = "most plausible tokenization of the output text"
+
+
+class PromptSource(Source):
+    """Where a record's scored prompt tokens came from: what the server conditioned on, best
+    known."""
+
+    SERVER_IDS = "server prompt token ids"
+    INPUT_TEXT = "served input text"
+    TEMPLATE = "reference template"
+    NONE = "none"
 
 
 SERVER_IDS, CANONICAL, SEARCHED = TokenSource.SERVER_IDS, TokenSource.CANONICAL, TokenSource.SEARCHED
