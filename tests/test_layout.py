@@ -110,6 +110,25 @@ def test_modules_stay_small() -> None:
     assert not long, f"modules over 400 lines: {long}"
 
 
+def test_tests_share_helpers_as_fixtures_only() -> None:
+    """A test module imports no other test module and no conftest: shared helpers are fixtures
+    (tests/conftest.py and the packages' own); plain data modules (tests/reference/cases.py) may
+    be imported."""
+    tests = Path(__file__).parent
+    crossed = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            crossed += [f"{path.relative_to(tests)} imports {n}" for n in names
+                        if n.rsplit(".", 1)[-1] == "conftest" or n.rsplit(".", 1)[-1].startswith("test_")]
+    assert not crossed, "\n".join(crossed)
+
+
 def test_public_api_resolves_and_is_lazy() -> None:
     assert len(set(servecheck.__all__)) == len(servecheck.__all__)
     for name in servecheck.__all__:

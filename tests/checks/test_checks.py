@@ -13,14 +13,13 @@ import pytest
 
 from servecheck.formats.records import ResponseRecord
 from servecheck.reference.model import Reference
-from tests.conftest import check_json, check_named, run_cli, write_records
 
 PROMPTS_SMALL = {"prompt": ["What does the cat say?", "Tell me a story about the dog."],
                  "system_prompt": [None, "Be brief."], "temperature": [0, 0.9], "seed": 3,
                  "max_tokens": 40}
 
 
-def test_correct_server_passes(lite_responses: Path, tmp_path: Path) -> None:
+def test_correct_server_passes(lite_responses: Path, tmp_path: Path, check_json, check_named) -> None:
     code, summary = check_json(lite_responses, tmp_path)
     assert code == 0 and summary["verdict"] == "pass"
     assert {c["name"]: c["verdict"] for c in summary["checks"]} == {
@@ -32,7 +31,8 @@ def test_correct_server_passes(lite_responses: Path, tmp_path: Path) -> None:
     assert greedy["records"] == 16 and greedy["tokens"] > 100 and greedy["hard_mismatches"] == 0
 
 
-def test_seed_fields_only_are_enough(lite_records: list[ResponseRecord], tmp_path: Path) -> None:
+def test_seed_fields_only_are_enough(lite_records: list[ResponseRecord], tmp_path: Path,
+                                     check_json, check_named, write_records) -> None:
     """A production export has no ids, token ids or finish reasons: check still works."""
     seed_only = [ResponseRecord(conversations=r.conversations, parameters=r.parameters,
                                 input=r.input, output=r.output) for r in lite_records]
@@ -110,7 +110,7 @@ def _too_long(r: ResponseRecord) -> None:
 ])
 def test_hand_made_fault_fails_with_diagnosis(lite_records: list[ResponseRecord], ref: Reference,
                                               tmp_path: Path, fault: str, check: str,
-                                              expect: str) -> None:
+                                              expect: str, check_json, check_named, write_records) -> None:
     mutate, where = {
         "double BOS": (lambda r: setattr(r, "input", "<bos>" + r.input), lambda r: True),
         "prompt ids double BOS": (_ids_double_bos, lambda r: True),
@@ -138,7 +138,7 @@ def test_hand_made_fault_fails_with_diagnosis(lite_records: list[ResponseRecord]
 
 
 def test_non_argmax_greedy_token_fails(lite_records: list[ResponseRecord], ref: Reference,
-                                       tmp_path: Path) -> None:
+                                       tmp_path: Path, check_json, check_named, write_records) -> None:
     """Swap one greedy token for a token the reference finds far less likely."""
     records = [r.model_copy(deep=True) for r in lite_records]
     victim = next(r for r in records if r.parameters.greedy and len(r.output_token_ids or []) > 3)
@@ -164,7 +164,8 @@ def test_non_argmax_greedy_token_fails(lite_records: list[ResponseRecord], ref: 
     ("strip-end", "termination", "does not end with <end_of_turn>"),
     ("ignore-eos", "termination", "characters after <end_of_turn>"),
 ])
-def test_fault_target_is_caught(tmp_path: Path, fault: str, check: str, expect: str) -> None:
+def test_fault_target_is_caught(tmp_path: Path, fault: str, check: str, expect: str, run_cli,
+                                check_json, check_named) -> None:
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps(PROMPTS_SMALL))
     out = tmp_path / "r.json"
@@ -176,14 +177,15 @@ def test_fault_target_is_caught(tmp_path: Path, fault: str, check: str, expect: 
     assert failed["verdict"] == "fail" and any(expect in f["message"] for f in failed["findings"])
 
 
-def test_check_accepts_json_lines(lite_responses: Path, tmp_path: Path) -> None:
+def test_check_accepts_json_lines(lite_responses: Path, tmp_path: Path, check_json) -> None:
     lines = tmp_path / "r.jsonl"
     lines.write_text("".join(json.dumps(r) + "\n" for r in json.loads(lite_responses.read_text())))
     assert check_json(lines, tmp_path)[0] == 0
 
 
 def test_errored_records_are_reported_not_checked(lite_records: list[ResponseRecord],
-                                                  tmp_path: Path) -> None:
+                                                  tmp_path: Path, check_json, check_named,
+                                                  write_records) -> None:
     records = [r.model_copy(deep=True) for r in lite_records]
     records[0].error, records[0].output = "connection refused", ""
     code, summary = check_json(write_records(tmp_path / "r.json", records), tmp_path)

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
 
-
-def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.slow  # generates and checks both demo servers' responses, writes both reports
+def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str], run_cli) -> None:
     assert run_cli("demo", "--out-dir", tmp_path) == 0
     out = capsys.readouterr().out
     assert "correct server: PASS — as expected" in out

@@ -6,37 +6,48 @@ invariance. Fault switches are the host's (``--ignore-seed``, ``--batch-variant`
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import check_json, check_named, run_cli
-from tests.test_triton import _host
+import pytest
 
 PROBE = ("--reference", "builtin", "--repeats", "3", "--seeds", "6", "--levels", "4", "8",
          "--max-tokens", "24", "--numerics", "fp32")
 
 
-def _probe(address: dict[str, str], tmp_path: Path) -> tuple[int, dict[str, dict]]:
-    out = tmp_path / "probe.json"
-    code = run_cli("probe", "--target", f"triton://{address['http']}/ensemble", *PROBE,
-                   "--json", out)
-    return code, {r["name"]: r for r in json.loads(out.read_text())}
+pytestmark = pytest.mark.slow  # each test starts a real Triton server and probes it
 
 
-def test_correct_server_passes_every_probe(tmp_path: Path) -> None:
-    for address in _host():
-        code, results = _probe(address, tmp_path)
+@pytest.fixture(scope="session")
+def probe(run_cli) -> Callable[[dict[str, str], Path], tuple[int, dict[str, dict]]]:
+    """``probe(address, tmp_path)``: ``servecheck probe`` against a Triton host; the exit code
+    and the results by name."""
+
+    def run(address: dict[str, str], tmp_path: Path) -> tuple[int, dict[str, dict]]:
+        out = tmp_path / "probe.json"
+        code = run_cli("probe", "--target", f"triton://{address['http']}/ensemble", *PROBE,
+                       "--json", out)
+        return code, {r["name"]: r for r in json.loads(out.read_text())}
+
+    return run
+
+
+def test_correct_server_passes_every_probe(tmp_path: Path, triton_host, probe) -> None:
+    with triton_host() as address:
+        code, results = probe(address, tmp_path)
     assert code == 0, {k: (v["summary"], v["findings"]) for k, v in results.items()}
     assert [results[k]["verdict"] for k in ("repeatability", "seeds", "batch invariance", "stream")] \
         == ["pass"] * 4
 
 
-def test_ignored_seed_is_caught_by_probe_and_check(tmp_path: Path) -> None:
+def test_ignored_seed_is_caught_by_probe_and_check(tmp_path: Path, triton_host, probe, run_cli,
+                                                   check_json, check_named) -> None:
     prompts = tmp_path / "p.json"
     prompts.write_text(json.dumps({"prompt": ["Tell me a story about the fox.", "Name a colour."],
                                    "temperature": 1.0, "seed": list(range(6)), "max_tokens": 24}))
     out = tmp_path / "r.jsonl"
-    for address in _host(ignore_seed=True):
-        code, results = _probe(address, tmp_path)
+    with triton_host(ignore_seed=True) as address:
+        code, results = probe(address, tmp_path)
         assert run_cli("generate", prompts, "--target", f"triton://{address['http']}/ensemble",
                        "--out", out, "--no-progress", "--reference", "builtin") == 0
     assert code == 1 and results["seeds"]["verdict"] == "fail", results["seeds"]
@@ -45,9 +56,9 @@ def test_ignored_seed_is_caught_by_probe_and_check(tmp_path: Path) -> None:
     assert check_code == 1 and check_named(summary, "seeds")["verdict"] == "fail"
 
 
-def test_batch_dependent_greedy_output_is_caught(tmp_path: Path) -> None:
-    for address in _host(batch_variant=True):
-        code, results = _probe(address, tmp_path)
+def test_batch_dependent_greedy_output_is_caught(tmp_path: Path, triton_host, probe) -> None:
+    with triton_host(batch_variant=True) as address:
+        code, results = probe(address, tmp_path)
     batch = results["batch invariance"]
     assert code == 1 and batch["verdict"] == "fail", batch
     # a probe reports in the checks' shape: each line of evidence is a finding

@@ -24,7 +24,6 @@ from servecheck.formats.records import Conversation, Message, Parameters, Respon
 from servecheck.reference.model import Reference
 from servecheck.reference.sampling import Sampling
 from servecheck.reference.tokenization import SEARCHED, TokenBytes, propose
-from tests.conftest import check_json, check_named, run_cli, write_records
 
 CAPITALS = "Answer in capital letters."
 
@@ -69,7 +68,8 @@ def test_capitals_are_not_canonical(capitals: list[ResponseRecord], ref: Referen
     assert len(off) >= 3, "no non-canonical output: the set would test nothing"
 
 
-def test_honest_text_only_set_passes(capitals: list[ResponseRecord], tmp_path: Path) -> None:
+def test_honest_text_only_set_passes(capitals: list[ResponseRecord], tmp_path: Path, check_json,
+                                     write_records) -> None:
     report = tmp_path / "report.html"
     code, summary = check_json(write_records(tmp_path / "text.json", text_only(capitals)),
                                tmp_path, "builtin", "--report", report)
@@ -174,6 +174,7 @@ def _random_capitals_model(qwen2_tokenizer: Path, out: Path) -> Path:
     return out
 
 
+@pytest.mark.slow  # builds and runs a model over a 151k vocabulary (11 s)
 def test_greedy_is_exact_on_a_real_vocabulary(qwen2_tokenizer: Path, tmp_path: Path) -> None:
     path = _random_capitals_model(qwen2_tokenizer, tmp_path / "capitals")
     target = HFTarget(str(path))
@@ -189,7 +190,8 @@ def test_greedy_is_exact_on_a_real_vocabulary(qwen2_tokenizer: Path, tmp_path: P
     assert canonical["greedy"].verdict == "fail"
 
 
-def test_ids_that_decode_to_other_text_fail(capitals: list[ResponseRecord], tmp_path: Path) -> None:
+def test_ids_that_decode_to_other_text_fail(capitals: list[ResponseRecord], tmp_path: Path,
+                                            check_json, check_named, write_records) -> None:
     records = [r.model_copy(deep=True) for r in capitals[:12]]
     victim = records[3]
     at = victim.output.find(" ")
@@ -205,8 +207,8 @@ def test_ids_that_decode_to_other_text_fail(capitals: list[ResponseRecord], tmp_
     assert "output token" in message
 
 
-def test_ids_with_a_stripped_end_marker_agree(capitals: list[ResponseRecord], tmp_path: Path
-                                              ) -> None:
+def test_ids_with_a_stripped_end_marker_agree(capitals: list[ResponseRecord], tmp_path: Path,
+                                              check_json, check_named, write_records) -> None:
     records = [r.model_copy(deep=True) for r in capitals[:12]]
     for r in records:
         r.output = r.output.replace("<end_of_turn>", "")
@@ -229,8 +231,8 @@ def _seed_native(records: list[ResponseRecord]) -> list[dict]:
     return out
 
 
-def test_seed_native_parameters_are_accepted(capitals: list[ResponseRecord], tmp_path: Path
-                                             ) -> None:
+def test_seed_native_parameters_are_accepted(capitals: list[ResponseRecord], tmp_path: Path,
+                                             check_json) -> None:
     path = tmp_path / "response.json"
     path.write_text(json.dumps(_seed_native(capitals[:8])))
     code, summary = check_json(path, tmp_path)
@@ -244,7 +246,7 @@ def test_seed_native_parameters_are_accepted(capitals: list[ResponseRecord], tmp
 ])
 def test_inconsistent_seed_native_parameters_are_named(capitals: list[ResponseRecord],
                                                        tmp_path: Path, capsys, field: str,
-                                                       value: object, expect: str) -> None:
+                                                       value: object, expect: str, run_cli) -> None:
     rows = _seed_native(capitals[:8])
     rows[5]["parameters"][field] = value
     path = tmp_path / "response.json"
@@ -272,7 +274,7 @@ def test_served_logprobs_that_stop_lining_up_are_named(capitals: list[ResponseRe
 
 
 def test_bytes_lost_in_detokenization_end_the_scoring(capitals: list[ResponseRecord],
-                                                      tmp_path: Path) -> None:
+                                                      tmp_path: Path, check_json, write_records) -> None:
     """A hot sampler's stray byte token is no whole character; decoding the text replaced it
     with U+FFFD, so its bytes (and the context of what follows) are unknown. Scoring them would
     show the reference three tokens nobody sampled; the record is scored up to there instead."""

@@ -34,6 +34,7 @@ from servecheck.reference.scoring import (
     score,
     token_counts,
 )
+from tests.reference.cases import CASES
 
 KEYS = ("logq", "above", "entropy", "var", "top", "pre_nucleus_above", "pit")
 
@@ -74,12 +75,6 @@ def assert_close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], at
         fin = torch.isfinite(b)
         assert torch.equal(a[~fin], b[~fin]), key
         assert torch.allclose(a[fin], b[fin], atol=atol, rtol=1e-4), (key, (a - b)[fin].abs().max())
-
-
-CASES = [Sampling(temperature=0.7, top_p=0.9), Sampling(temperature=1.0),
-         Sampling(temperature=1.0, top_k=40), Sampling(temperature=0.7, top_k=40, top_p=0.8),
-         Sampling(temperature=1.3, top_p=0.95, min_p=0.02), Sampling(temperature=0.5, min_p=0.1),
-         Sampling(temperature=0.8, top_k=5, top_p=0.5, min_p=0.05)]
 
 
 def _draw(rows: int, vocab: int, scale: float, gen: torch.Generator) -> torch.Tensor:

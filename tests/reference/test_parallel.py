@@ -7,12 +7,15 @@ import os
 import socket
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from servecheck.reference.sampling import Sampling
 from servecheck.reference.scoring import ScoreItem
+
+pytestmark = pytest.mark.slow  # spawned ranks and torchrun, each loading the model
 
 
 def _items(vocab: int) -> list[ScoreItem]:

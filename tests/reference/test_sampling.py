@@ -56,6 +56,7 @@ def _far_from_boundaries(z: torch.Tensor, s: Sampling) -> bool:
 @settings(max_examples=300, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.filter_too_much])
 @given(logit_rows, sampling, st.data())
+@pytest.mark.slow  # 300 hypothesis examples (14 s)
 def test_transform_matches_hf_processors(row: list[float], s: Sampling, data) -> None:
     z = torch.tensor([row])
     context = torch.tensor([data.draw(st.lists(st.integers(0, len(row) - 1), min_size=1,

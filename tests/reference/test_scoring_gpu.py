@@ -17,7 +17,7 @@ import torch
 from servecheck.reference.model import Reference
 from servecheck.reference.sampling import HF, Convention, Sampling
 from servecheck.reference.scoring import ScoreItem, reference_sampled_stats, score
-from tests.test_scoring_fast import CASES
+from tests.reference.cases import CASES
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 TOL = 1e-4

@@ -15,7 +15,6 @@ import pytest
 from servecheck.formats.prompts import expand
 from servecheck.formats.records import Conversation, Message, ResponseRecord
 from servecheck.formats.responses import ResponseWriter, answered_ids, read_records
-from tests.conftest import LITE, ROOT, run_cli
 
 
 def _rec(i: int, error: str | None = None) -> ResponseRecord:
@@ -67,7 +66,8 @@ def test_seed_format_list_is_read(tmp_path: Path) -> None:
     assert r.parameters.top_p == 0.9 and r.id is None
 
 
-def test_generate_resumes_after_sigkill(tmp_path: Path) -> None:
+@pytest.mark.slow  # a generate subprocess, killed, then resumed (12 s)
+def test_generate_resumes_after_sigkill(tmp_path: Path, root: Path, run_cli) -> None:
     """A generate killed mid-run, then rerun: every request answered exactly once."""
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps({
@@ -76,7 +76,7 @@ def test_generate_resumes_after_sigkill(tmp_path: Path) -> None:
     out = tmp_path / "responses.json"
     cmd = [sys.executable, "-m", "servecheck.cli", "generate", str(prompts), "--target",
            "hf:builtin", "--out", str(out), "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline:
         if out.exists() and out.read_text().count('"id"') >= 5:
@@ -99,7 +99,8 @@ def test_generate_resumes_after_sigkill(tmp_path: Path) -> None:
     assert len(raw_ids) == len(set(raw_ids)), "no request was generated twice"
 
 
-def test_sigint_saves_and_exits_130(tmp_path: Path) -> None:
+@pytest.mark.slow  # a generate subprocess, interrupted (10 s)
+def test_sigint_saves_and_exits_130(tmp_path: Path, root: Path) -> None:
     out = tmp_path / "responses.jsonl"
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps({"prompt": "Tell me a story about the owl.",
@@ -107,7 +108,7 @@ def test_sigint_saves_and_exits_130(tmp_path: Path) -> None:
                                    "max_tokens": 40}))
     proc = subprocess.Popen([sys.executable, "-m", "servecheck.cli", "generate", str(prompts),
                              "--target", "hf:builtin", "--out", str(out), "--no-progress"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (out.exists() and out.read_text().count("\n") >= 3):
         time.sleep(0.05)
@@ -119,7 +120,8 @@ def test_sigint_saves_and_exits_130(tmp_path: Path) -> None:
 
 
 def test_rerun_of_finished_run_does_nothing(lite_responses: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_cli("generate", LITE, "--target", "hf:builtin", "--out", lite_responses,
+                                            capsys: pytest.CaptureFixture[str], run_cli,
+                                            lite_prompts: Path) -> None:
+    assert run_cli("generate", lite_prompts, "--target", "hf:builtin", "--out", lite_responses,
                    "--no-progress") == 0
     assert "0 new record(s), 32 already answered" in capsys.readouterr().out

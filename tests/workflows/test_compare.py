@@ -14,7 +14,6 @@ import pytest
 
 from servecheck.formats.responses import read_records
 from servecheck.workflows.compare import pick
-from tests.conftest import run_cli, write_records
 
 
 def test_pick_is_reproducible(lite_responses: Path) -> None:
@@ -29,7 +28,8 @@ def test_pick_is_reproducible(lite_responses: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def compared(lite_responses: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def compared(lite_responses: Path, tmp_path_factory: pytest.TempPathFactory,
+             write_records) -> dict:
     out = tmp_path_factory.mktemp("compare")
     records = read_records(lite_responses)
     sampled = [r for r in records if not r.parameters.greedy
@@ -46,7 +46,7 @@ def compared(lite_responses: Path, tmp_path_factory: pytest.TempPathFactory) -> 
                                                  "--no-progress")}
 
 
-def test_compare_side_by_side(compared: dict, capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_side_by_side(compared: dict, capsys: pytest.CaptureFixture[str], run_cli) -> None:
     code = run_cli(*compared["args"])
     out = capsys.readouterr().out
     assert code == 1, out  # the doubled BOS
@@ -62,7 +62,8 @@ def test_compare_side_by_side(compared: dict, capsys: pytest.CaptureFixture[str]
     assert 'title="token 0: ' in page
 
 
-def test_compare_is_reproducible(compared: dict, capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_is_reproducible(compared: dict, capsys: pytest.CaptureFixture[str],
+                                 run_cli) -> None:
     run_cli(*compared["args"])
     first = capsys.readouterr().out
     run_cli(*compared["args"])
@@ -75,14 +76,14 @@ def test_compare_is_reproducible(compared: dict, capsys: pytest.CaptureFixture[s
     (("--reference", "/nonexistent"), "not a folder"),
 ])
 def test_compare_bad_input(compared: dict, capsys: pytest.CaptureFixture[str], args: tuple,
-                           message: str) -> None:
+                           message: str, run_cli) -> None:
     assert run_cli("compare", compared["path"], *args, "--no-progress") == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
 
 
 def test_compare_all_failed(tmp_path: Path, lite_responses: Path,
-                            capsys: pytest.CaptureFixture[str]) -> None:
+                            capsys: pytest.CaptureFixture[str], run_cli, write_records) -> None:
     records = read_records(lite_responses)[:2]
     for r in records:
         r.error, r.output = "connection refused", ""

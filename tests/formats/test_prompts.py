@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from servecheck.formats.prompts import expand
-from tests.conftest import LITE, ROOT, run_cli
 
 
 def _write(tmp_path: Path, obj: object) -> Path:
@@ -42,12 +41,12 @@ def test_repeated_combinations_get_distinct_ids(tmp_path: Path) -> None:
     assert len(reqs) == 2 and reqs[0].id != reqs[1].id
 
 
-def test_shipped_examples_expand() -> None:
-    assert len(expand(LITE)) == 32
-    assert len(expand(ROOT / "examples" / "prompts.json")) > 500
+def test_shipped_examples_expand(lite_prompts: Path, root: Path) -> None:
+    assert len(expand(lite_prompts)) == 32
+    assert len(expand(root / "examples" / "prompts.json")) > 500
 
 
-def test_schema_command(capsys) -> None:
+def test_schema_command(capsys, run_cli) -> None:
     assert run_cli("schema", "responses") == 0
     schema = json.loads(capsys.readouterr().out)
     assert {"conversations", "parameters", "input", "output", "schema_version"} <= set(

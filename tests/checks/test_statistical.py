@@ -7,6 +7,7 @@ these outcomes are fixed, not flaky.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,6 @@ import pytest
 from servecheck.collect.targets.hf import HFTarget
 from servecheck.formats.prompts import Request, request_id
 from servecheck.formats.records import Conversation, Message, Parameters
-from tests.conftest import check_json, check_named, write_records
 
 FLAT = ["Name a color.", "Tell me a story about the fox.", "Pick a number between 1 and 10.",
         "Name an animal.", "Tell me a story about the bee.", "Where should we go?"]
@@ -29,17 +29,25 @@ def _requests(n: int, **params: float) -> list[Request]:
     return out
 
 
-def _responses(tmp_path: Path, spec: str, n: int = 150, **params: float) -> Path:
-    target = HFTarget.from_spec(spec, spec.partition(":")[2])
-    records = target.generate_batch(_requests(n, **params))
-    return write_records(tmp_path / "r.json", records)
+@pytest.fixture(scope="session")
+def responses(write_records) -> Callable[..., Path]:
+    """``responses(tmp_path, spec, n=150, **params)``: n answers of the in-process server
+    ``spec`` (one of FLAT each, seeds 0…n-1), written to tmp_path/r.json."""
+
+    def write(tmp_path: Path, spec: str, n: int = 150, **params: float) -> Path:
+        target = HFTarget.from_spec(spec, spec.partition(":")[2])
+        records = target.generate_batch(_requests(n, **params))
+        return write_records(tmp_path / "r.json", records)
+
+    return write
 
 
 TIGHT = dict(temperature=0.7, top_p=0.9, top_k=5)
 
 
-def test_correct_server_passes_every_statistical_check(tmp_path: Path) -> None:
-    code, summary = check_json(_responses(tmp_path, "hf:builtin", **TIGHT), tmp_path)
+def test_correct_server_passes_every_statistical_check(tmp_path: Path, check_json, check_named,
+                                                       responses) -> None:
+    code, summary = check_json(responses(tmp_path, "hf:builtin", **TIGHT), tmp_path)
     verdicts = {c["name"]: c["verdict"] for c in summary["checks"]}
     assert code == 0, summary
     assert verdicts["support"] == verdicts["fit"] == verdicts["temperature"] == "pass"
@@ -49,14 +57,14 @@ def test_correct_server_passes_every_statistical_check(tmp_path: Path) -> None:
     assert logprobs["verdict"] == "pass" and logprobs["details"]["convention"] == "raw"
 
 
-def test_bf16_server_passes(tmp_path: Path) -> None:
-    code, summary = check_json(_responses(tmp_path, "hf:builtin?dtype=bfloat16", **TIGHT),
+def test_bf16_server_passes(tmp_path: Path, check_json, responses) -> None:
+    code, summary = check_json(responses(tmp_path, "hf:builtin?dtype=bfloat16", **TIGHT),
                                tmp_path)
     assert code == 0, [c["summary"] for c in summary["checks"] if c["verdict"] == "fail"]
 
 
-def test_temperature_applied_twice_is_named(tmp_path: Path) -> None:
-    path = _responses(tmp_path, "hf:builtin?fault=temperature-twice", 200, temperature=0.7)
+def test_temperature_applied_twice_is_named(tmp_path: Path, check_json, check_named, responses) -> None:
+    path = responses(tmp_path, "hf:builtin?fault=temperature-twice", 200, temperature=0.7)
     code, summary = check_json(path, tmp_path)
     temperature = check_named(summary, "temperature")
     assert code == 1 and temperature["verdict"] == "fail"
@@ -69,8 +77,8 @@ def test_temperature_applied_twice_is_named(tmp_path: Path) -> None:
     assert drivers, "the records that drive the failure are named"
 
 
-def test_temperature_ignored_is_named(tmp_path: Path) -> None:
-    path = _responses(tmp_path, "hf:builtin?fault=temperature-ignored", 200, temperature=0.7)
+def test_temperature_ignored_is_named(tmp_path: Path, check_json, check_named, responses) -> None:
+    path = responses(tmp_path, "hf:builtin?fault=temperature-ignored", 200, temperature=0.7)
     code, summary = check_json(path, tmp_path)
     (group,) = check_named(summary, "temperature")["details"]["groups"].values()
     assert code == 1 and group["low"] > 0.7 and group["low"] <= 1.0 <= group["high"]
@@ -78,15 +86,16 @@ def test_temperature_ignored_is_named(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("fault", "rule"), [("top-p-ignored", "top_p"),
                                              ("top-k-off-by-one", "top_k")])
-def test_truncation_faults_break_the_support(tmp_path: Path, fault: str, rule: str) -> None:
-    path = _responses(tmp_path, f"hf:builtin?fault={fault}", **TIGHT)
+def test_truncation_faults_break_the_support(tmp_path: Path, fault: str, rule: str, check_json,
+                                             check_named, responses) -> None:
+    path = responses(tmp_path, f"hf:builtin?fault={fault}", **TIGHT)
     code, summary = check_json(path, tmp_path, "builtin", "--numerics", "fp32")
     support = check_named(summary, "support")
     assert code == 1 and support["verdict"] == "fail"
     assert f"outside {rule}" in support["findings"][0]["message"]
 
 
-def test_served_logprobs_off_are_caught(tmp_path: Path) -> None:
+def test_served_logprobs_off_are_caught(tmp_path: Path, check_json, check_named, write_records) -> None:
     target = HFTarget()
     records = target.generate_batch(_requests(30, **TIGHT))
     for r in records:

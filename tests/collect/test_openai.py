@@ -13,10 +13,11 @@ completions mode, which must template on the client, refuses to run without a re
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +28,24 @@ from servecheck.collect.targets import open_target
 from servecheck.collect.targets.openai import UNKNOWN_END, OpenAITarget
 from servecheck.formats.responses import read_records
 from servecheck.reference.model import Reference
-from tests.conftest import check_json, check_named, run_cli
-from tests.test_triton import free_ports
 
 KEY = "sk-test-0123456789-secret"
 CHATML_PROMPT = "<|im_start|>user\nWhat does the cat say?<|im_end|>\n<|im_start|>assistant\n"
 """What a ChatML server (a llama.cpp or vLLM serving a Qwen-style model) would build."""
 
 
+FakeServer = Callable[..., AbstractContextManager[tuple[str, list[dict]]]]
+
+
+@pytest.fixture(scope="session")
+def fake_server(free_ports) -> FakeServer:
+    """``with fake_server(content, vllm=False, token_ids=None) as (address, seen):``"""
+    return functools.partial(_fake_server, free_ports)
+
+
 @contextmanager
-def fake_server(content: str, vllm: bool = False, token_ids: list[int] | None = None
-                ) -> Iterator[tuple[str, list[dict]]]:
+def _fake_server(free_ports, content: str, vllm: bool = False, token_ids: list[int] | None = None
+                 ) -> Iterator[tuple[str, list[dict]]]:
     """An OpenAI-compatible chat server on 127.0.0.1 that answers ``content`` with finish
     "stop", the end token stripped as real servers do. ``vllm``: it also answers ``GET /version``
     and returns the prompt text and ``token_ids`` the way vLLM does when asked."""
@@ -65,14 +73,13 @@ def fake_server(content: str, vllm: bool = False, token_ids: list[int] | None = 
     app.router.add_get("/v1/models", models)
     if vllm:
         app.router.add_get("/version", version)
-    with _running(app) as port:
+    with _running(app, free_ports(1)[0]) as port:
         yield f"127.0.0.1:{port}", seen
 
 
 @contextmanager
-def _running(app: web.Application) -> Iterator[int]:
-    """``app`` served on a free local port by its own event loop, in a daemon thread."""
-    (port,) = free_ports(1)
+def _running(app: web.Application, port: int) -> Iterator[int]:
+    """``app`` served on local ``port`` (a free one) by its own event loop, in a daemon thread."""
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
@@ -88,7 +95,7 @@ def _running(app: web.Application) -> Iterator[int]:
 
 
 @pytest.fixture()
-def plain_server() -> Iterator[tuple[str, list[dict]]]:
+def plain_server(fake_server: FakeServer) -> Iterator[tuple[str, list[dict]]]:
     """A plain (not vLLM) server whose answers read like the built-in Gemma model's."""
     with fake_server("The cat says meow.") as server:
         yield server
@@ -103,7 +110,8 @@ def _prompts(tmp_path: Path, n: int = 1) -> Path:
 
 def test_key_from_env_only_in_the_header(plain_server, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture) -> None:
+                                         capsys: pytest.CaptureFixture, run_cli, check_json,
+                                         check_named) -> None:
     address, seen = plain_server
     monkeypatch.setenv("MY_KEY", KEY)
     prompts = tmp_path / "p.json"
@@ -127,7 +135,7 @@ def test_key_from_env_only_in_the_header(plain_server, tmp_path: Path,
 
 
 def test_chat_without_reference_records_what_the_server_returned(
-        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture, fake_server: FakeServer, run_cli) -> None:
     """A ChatML server, no --reference: no Gemma marker appended, and the user told once."""
     out = tmp_path / "r.jsonl"
     with fake_server("Meow, says the cat.") as (address, seen):
@@ -148,7 +156,8 @@ def test_chat_without_reference_records_what_the_server_returned(
 
 @pytest.mark.parametrize("named", [None, "template", "reference"])
 def test_served_ids_restore_a_marker_only_from_a_named_reference(
-        named: str | None, tmp_path: Path, ref: Reference) -> None:
+        named: str | None, tmp_path: Path, ref: Reference, fake_server: FakeServer,
+        run_cli) -> None:
     """vLLM returns ids; which id ends a turn is the named checkpoint's to say, or nobody's."""
     end = ref.end_ids[0]
     out = tmp_path / "r.jsonl"
@@ -168,7 +177,8 @@ def test_served_ids_restore_a_marker_only_from_a_named_reference(
 
 
 def test_completions_without_reference_is_bad_input(plain_server, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture) -> None:
+                                                     capsys: pytest.CaptureFixture,
+                                                     run_cli) -> None:
     address, seen = plain_server
     out = tmp_path / "r.jsonl"
     code = run_cli("generate", _prompts(tmp_path), "--target",
@@ -191,7 +201,8 @@ def test_open_target_passes_the_reference_and_the_option_wins() -> None:
     assert isinstance(both, OpenAITarget) and both.ref and both.ref.spec == "builtin"
 
 
-def test_collect_hands_the_reference_to_the_target(tmp_path: Path) -> None:
+def test_collect_hands_the_reference_to_the_target(tmp_path: Path,
+                                                    fake_server: FakeServer) -> None:
     from servecheck.collect.collector import collect
 
     out = tmp_path / "r.jsonl"

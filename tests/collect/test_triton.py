@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,55 +26,45 @@ from servecheck.formats.prompts import Request, expand
 from servecheck.formats.records import ResponseRecord
 from servecheck.formats.responses import read_records
 from servecheck.reference.model import Reference
-from servecheck.servers.triton_host import TritonHost
-from tests.conftest import LITE, check_json, check_named, run_cli
 
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def _host(**kwargs) -> Iterator[dict[str, str]]:
-    http, grpc, metrics = free_ports(3)
-    host = TritonHost("builtin", "127.0.0.1", http, grpc, metrics, **kwargs)
-    try:
-        host.start()
-        yield {"http": f"127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}"}
-    finally:
-        host.stop()
+Generate = Callable[..., Path]
 
 
 @pytest.fixture(scope="module")
-def triton() -> Iterator[dict[str, str]]:
-    yield from _host(seed_name="seed")
+def triton(triton_host) -> Iterator[dict[str, str]]:
+    with triton_host(seed_name="seed") as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
-def decoupled() -> Iterator[dict[str, str]]:
-    yield from _host(seed_name="random_seed", decoupled=True)
+def decoupled(triton_host) -> Iterator[dict[str, str]]:
+    with triton_host(seed_name="random_seed", decoupled=True) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
-def hf32(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ResponseRecord]:
-    """The reference engine's own answers to LITE by id, its parameters rounded through float32
+def hf32(tmp_path_factory: pytest.TempPathFactory, run_cli, lite_prompts: Path
+         ) -> dict[str, ResponseRecord]:
+    """The reference engine's own answers to the lite prompts by id, its parameters rounded through float32
     as Triton delivers them: what every correct host record must equal, token for token."""
     out = tmp_path_factory.mktemp("hf32") / "r.jsonl"
-    assert run_cli("generate", LITE, "--target", "hf:builtin?round_params=float32", "--out", out,
-                   "--no-progress") == 0
+    assert run_cli("generate", lite_prompts, "--target", "hf:builtin?round_params=float32",
+                   "--out", out, "--no-progress") == 0
     return {r.id: r for r in read_records(out) if r.id}
 
 
-def generate(tmp_path: Path, target: str, prompts: Path = LITE, name: str = "r.json") -> Path:
-    out = tmp_path / name
-    assert run_cli("generate", prompts, "--target", target, "--out", out, "--no-progress",
-                   "--reference", "builtin") == 0
-    return out
+@pytest.fixture(scope="session")
+def generate(run_cli, lite_prompts: Path) -> Generate:
+    """``generate(tmp_path, target, prompts=lite_prompts, name="r.json")``: ``servecheck generate``
+    against ``target``, which must succeed; returns the responses file."""
+
+    def run(tmp_path: Path, target: str, prompts: Path | None = None, name: str = "r.json") -> Path:
+        out = tmp_path / name
+        assert run_cli("generate", prompts or lite_prompts, "--target", target, "--out", out,
+                       "--no-progress", "--reference", "builtin") == 0
+        return out
+
+    return run
 
 
 def assert_one_logprob_per_token(records: list[ResponseRecord], hf32: dict[str, ResponseRecord]
@@ -91,15 +80,24 @@ def assert_one_logprob_per_token(records: list[ResponseRecord], hf32: dict[str, 
     assert any(r.output.endswith("<end_of_turn>") for r in records)  # the end token counts too
 
 
-def assert_passes(out: Path, tmp_path: Path) -> dict:
-    code, summary = check_json(out, tmp_path, "builtin", "--numerics", "fp32")
-    assert code == 0, [c["summary"] for c in summary["checks"] if c["verdict"] == "fail"]
-    return summary
+@pytest.fixture(scope="session")
+def assert_passes(check_json) -> Callable[[Path, Path], dict]:
+    """``assert_passes(out, tmp_path)``: every check passes on ``out`` (fp32 numerics); returns
+    the summary."""
+
+    def passes(out: Path, tmp_path: Path) -> dict:
+        code, summary = check_json(out, tmp_path, "builtin", "--numerics", "fp32")
+        assert code == 0, [c["summary"] for c in summary["checks"] if c["verdict"] == "fail"]
+        return summary
+
+    return passes
 
 
+@pytest.mark.slow  # uses the module's two real Triton servers
 @pytest.mark.parametrize("scheme", ["triton", "triton+grpc"])
 def test_http_and_grpc_pass_check(triton: dict[str, str], hf32: dict[str, ResponseRecord],
-                                  scheme: str, tmp_path: Path) -> None:
+                                  scheme: str, tmp_path: Path, generate: Generate, assert_passes,
+                                  check_named) -> None:
     address = triton["http" if scheme == "triton" else "grpc"]
     out = generate(tmp_path, f"{scheme}://{address}/ensemble")
     assert_one_logprob_per_token(read_records(out), hf32)
@@ -107,9 +105,11 @@ def test_http_and_grpc_pass_check(triton: dict[str, str], hf32: dict[str, Respon
     assert logprobs["verdict"] == "pass" and logprobs["details"]["tokens"] > 100
 
 
+@pytest.mark.slow  # uses the module's two real Triton servers
 @pytest.mark.parametrize("scheme", ["triton", "triton+grpc"])
 def test_decoupled_streams_pass_check(decoupled: dict[str, str], hf32: dict[str, ResponseRecord],
-                                      scheme: str, tmp_path: Path) -> None:
+                                      scheme: str, tmp_path: Path, generate: Generate,
+                                      assert_passes, check_named) -> None:
     """One response per token: the log-probs, one a frame, add up to one per generated token."""
     address = decoupled["http" if scheme == "triton" else "grpc"]
     out = generate(tmp_path, f"{scheme}://{address}/tensorrt_llm_bls")
@@ -135,10 +135,12 @@ def assert_ids_as_the_reference(records: list[ResponseRecord], hf32: dict[str, R
     assert ends and all(r.output_token_ids and r.output_token_ids[-1] in ref.end_ids for r in ends)
 
 
+@pytest.mark.slow  # uses the module's two real Triton servers
 @pytest.mark.parametrize("scheme", ["triton", "triton+grpc"])
 def test_tensorrt_llm_model_records_token_ids(triton: dict[str, str],
                                               hf32: dict[str, ResponseRecord], ref: Reference,
-                                              scheme: str, tmp_path: Path) -> None:
+                                              scheme: str, tmp_path: Path, generate: Generate,
+                                              assert_passes, check_named) -> None:
     address = triton["http" if scheme == "triton" else "grpc"]
     out = generate(tmp_path, f"{scheme}://{address}/tensorrt_llm")
     assert_ids_as_the_reference(read_records(out), hf32, ref)
@@ -147,10 +149,12 @@ def test_tensorrt_llm_model_records_token_ids(triton: dict[str, str],
     assert check_named(summary, "template")["verdict"] == "pass"
 
 
+@pytest.mark.slow  # uses the module's two real Triton servers
 @pytest.mark.parametrize("scheme", ["triton", "triton+grpc"])
 def test_decoupled_tensorrt_llm_accumulates_ids(decoupled: dict[str, str],
                                                 hf32: dict[str, ResponseRecord], ref: Reference,
-                                                scheme: str, tmp_path: Path) -> None:
+                                                scheme: str, tmp_path: Path,
+                                                generate: Generate) -> None:
     """One output id a frame (SSE, gRPC stream) joins into the whole answer, no id lost or
     doubled, the text beside them joined the same way."""
     address = decoupled["http" if scheme == "triton" else "grpc"]
@@ -211,8 +215,9 @@ def test_ids_only_model_gets_text_from_its_ids(hf32: dict[str, ResponseRecord], 
         asyncio.run(stop.generate(request))
 
 
+@pytest.mark.slow  # uses the module's two real Triton servers
 def test_stream_and_unary_agree(triton: dict[str, str], decoupled: dict[str, str],
-                                tmp_path: Path) -> None:
+                                tmp_path: Path, generate: Generate) -> None:
     """Same seed, same text on every path: HTTP, SSE, gRPC unary and gRPC stream."""
     prompts = tmp_path / "p.json"
     prompts.write_text(json.dumps({"prompt": "Tell me a story about the fox.",
@@ -239,6 +244,7 @@ def sse(address: str, path: str, body: dict) -> list[dict]:
                 if line.startswith("data:")]
 
 
+@pytest.mark.slow  # uses the module's two real Triton servers
 def test_echoed_prompt_streams_without_logprobs(decoupled: dict[str, str], ref: Reference) -> None:
     """TensorRT-LLM's default exclude_input_in_output=false on a stream: the prompt's frame has
     its text and no log-prob, each generated token one; unasked, no frame has any (and none
@@ -254,8 +260,9 @@ def test_echoed_prompt_streams_without_logprobs(decoupled: dict[str, str], ref: 
     assert not any("output_log_probs" in f or "error" in f for f in plain)
 
 
+@pytest.mark.slow  # uses the module's two real Triton servers
 def test_seed_is_honoured_under_either_name(triton: dict[str, str], decoupled: dict[str, str],
-                                            tmp_path: Path) -> None:
+                                            tmp_path: Path, generate: Generate) -> None:
     prompts = tmp_path / "p.json"
     prompts.write_text(json.dumps({"prompt": ["Tell me a story about the fox.",
                                               "Tell me a story about the fox."],
@@ -268,7 +275,9 @@ def test_seed_is_honoured_under_either_name(triton: dict[str, str], decoupled: d
         assert records[0].sent is not None and ("seed" if i == 0 else "random_seed") in records[0].sent
 
 
-def test_llmapi_names_and_float32_as_received(triton: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.slow  # uses the module's two real Triton servers
+def test_llmapi_names_and_float32_as_received(triton: dict[str, str], tmp_path: Path,
+                                              generate: Generate) -> None:
     prompts = tmp_path / "p.json"
     prompts.write_text(json.dumps({"prompt": "Tell me about the owl.", "temperature": 0.9,
                                    "top_p": 0.9, "seed": 1, "max_tokens": 30}))
@@ -280,7 +289,9 @@ def test_llmapi_names_and_float32_as_received(triton: dict[str, str], tmp_path: 
     assert record.finish_reason == "stop" and record.output.endswith("<end_of_turn>")
 
 
-def test_end_id_and_stop_words(triton: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.slow  # uses the module's two real Triton servers
+def test_end_id_and_stop_words(triton: dict[str, str], tmp_path: Path,
+                               generate: Generate) -> None:
     prompts = tmp_path / "p.json"
     prompts.write_text(json.dumps({"prompt": "Tell me about the fox.", "temperature": 0,
                                    "max_tokens": 40}))
@@ -293,14 +304,15 @@ def test_end_id_and_stop_words(triton: dict[str, str], tmp_path: Path) -> None:
     assert cut.output.endswith(word) and full.output.startswith(cut.output) and cut.output != full.output
 
 
-def test_stream_errors_are_errors_not_outputs(tmp_path: Path) -> None:
+@pytest.mark.slow  # starts its own Triton server
+def test_stream_errors_are_errors_not_outputs(tmp_path: Path, triton_host, expand_one) -> None:
     """From the real server, over SSE and gRPC streaming: a stream refused at once (a bad
     top_k) and a stream that fails after three tokens (over HTTP: status 200, three good frames,
     then an {"error": …} frame). Both are final errors, never outputs."""
     cases = [({"temperature": 1.0, "top_k": -3}, {"triton": "HTTP 400: .*top_k", "triton+grpc": "top_k"}),
              ({"temperature": 0.0}, {"triton": "error frame after 3 good frame.*injected failure",
                                      "triton+grpc": "injected failure after 3 tokens"})]
-    for address in _host(decoupled=True, fail_after=3):
+    with triton_host(decoupled=True, fail_after=3) as address:
         for params, expected in cases:
             for scheme, pattern in expected.items():
                 where = address["http" if scheme == "triton" else "grpc"]
@@ -318,17 +330,13 @@ def test_stream_errors_are_errors_not_outputs(tmp_path: Path) -> None:
                 assert not e.value.transient
 
 
-def expand_one(**params) -> list:
-    from servecheck.formats.records import Conversation, Message, Parameters
-
-    conv = Conversation(contents=[Message(role="user", content="Hi.")])
-    return [Request(id="x", conversation=conv, parameters=Parameters.model_construct(**params))]
-
-
-def test_double_bos_is_diagnosed_from_served_logprobs(tmp_path: Path) -> None:
+@pytest.mark.slow  # starts its own Triton server
+def test_double_bos_is_diagnosed_from_served_logprobs(tmp_path: Path, triton_host,
+                                                      generate: Generate, check_json,
+                                                      check_named) -> None:
     """Triton preprocessing's default add_special_tokens=True on a templated Gemma prompt: the
     record has no prompt ids, yet the served log-probs show the model saw <bos><bos>."""
-    for address in _host(add_special_tokens=True):
+    with triton_host(add_special_tokens=True) as address:
         out = generate(tmp_path, f"triton://{address['http']}/ensemble")
     code, summary = check_json(out, tmp_path, "builtin", "--numerics", "fp32")
     logprobs = check_named(summary, "logprobs")
@@ -336,13 +344,15 @@ def test_double_bos_is_diagnosed_from_served_logprobs(tmp_path: Path) -> None:
     assert "double BOS" in logprobs["details"]["prompt_diagnosis"]
 
 
-def test_echo_is_detected(tmp_path: Path, ref: Reference) -> None:
+@pytest.mark.slow  # starts its own Triton server
+def test_echo_is_detected(tmp_path: Path, ref: Reference, triton_host, generate: Generate,
+                          check_json, check_named) -> None:
     """A server that ignores exclude_input_in_output: the prompt comes back in the output, and
     from the ids model in the output ids too, kept verbatim (its text and ids still agree)."""
     prompts = tmp_path / "p.json"
     prompts.write_text(json.dumps({"prompt": "Tell me a story about the fox.", "temperature": 0,
                                    "max_tokens": 8}))
-    for address in _host(echo=True):
+    with triton_host(echo=True) as address:
         out = generate(tmp_path, f"triton+grpc://{address['grpc']}/ensemble")
         (echoed,) = read_records(generate(tmp_path, f"triton://{address['http']}/tensorrt_llm",
                                           prompts, "ids.jsonl"))
@@ -358,13 +368,14 @@ def test_echo_is_detected(tmp_path: Path, ref: Reference) -> None:
 
 
 def test_dead_server_is_an_error_record_not_a_crash(tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+                                                    capsys: pytest.CaptureFixture, free_ports,
+                                                    run_cli, lite_prompts: Path) -> None:
     (port,) = free_ports(1)
     out = tmp_path / "r.json"
-    code = run_cli("generate", LITE, "--target", f"triton://127.0.0.1:{port}/ensemble", "--out",
-                   out, "--no-progress", "--retries", "1", "--reference", "builtin")
+    code = run_cli("generate", lite_prompts, "--target", f"triton://127.0.0.1:{port}/ensemble",
+                   "--out", out, "--no-progress", "--retries", "1", "--reference", "builtin")
     assert code == 1
     rows = json.loads(out.read_text())
-    assert len(rows) == len(expand(LITE)) and all("ClientConnectorError" in r["error"] for r in rows)
+    assert len(rows) == len(expand(lite_prompts)) and all("ClientConnectorError" in r["error"] for r in rows)
     printed = capsys.readouterr().out
     assert "32 × " in printed and "retried" in printed  # one grouped line, not 32

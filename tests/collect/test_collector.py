@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -29,8 +30,6 @@ from servecheck.collect.targets import open_target
 from servecheck.errors import TargetError
 from servecheck.formats.prompts import expand
 from servecheck.formats.responses import read_records
-from tests.conftest import LITE, ROOT
-from tests.test_triton import expand_one, free_ports
 
 CONFIG = {"name": "ensemble", "max_batch_size": 8,
           "input": [{"name": n, "data_type": t} for n, t in [
@@ -40,7 +39,13 @@ CONFIG = {"name": "ensemble", "max_batch_size": 8,
 Answer = Callable[[], web.Response]
 
 
-def _ask_through(answers: list[Answer]) -> tuple[object, int, CollectSummary]:
+@pytest.fixture(scope="session")
+def ask_through(free_ports, expand_one) -> Callable[[list[Answer]], tuple[object, int, CollectSummary]]:
+    """``ask_through(answers)``: one request through a fake Triton that gives ``answers``."""
+    return functools.partial(_ask_through, free_ports, expand_one)
+
+
+def _ask_through(free_ports, expand_one, answers: list[Answer]) -> tuple[object, int, CollectSummary]:
     """Ask once through a fake Triton (a real HTTP server on 127.0.0.1) that gives ``answers``
     in turn; returns the record or the error, the number of generate calls, and the summary."""
     calls = 0
@@ -85,26 +90,26 @@ def status(code: int) -> Answer:
 
 
 @pytest.mark.parametrize("code", [429, 503])
-def test_transient_status_is_retried(code: int) -> None:
-    result, calls, summary = _ask_through([status(code), status(code), ok])
+def test_transient_status_is_retried(code: int, ask_through) -> None:
+    result, calls, summary = ask_through([status(code), status(code), ok])
     assert not isinstance(result, Exception) and result.output == "Hello.<end_of_turn>"
     assert calls == 3 and summary.retried == 2
 
 
 @pytest.mark.parametrize("answer", [status(400), status(404), status(500),
                                     lambda: web.json_response({"error": "bad frame"})])
-def test_other_failures_are_not_retried(answer: Answer) -> None:
-    result, calls, summary = _ask_through([answer, ok])
+def test_other_failures_are_not_retried(answer: Answer, ask_through) -> None:
+    result, calls, summary = ask_through([answer, ok])
     assert isinstance(result, TargetError) and not result.transient
     assert calls == 1 and summary.retried == 0
 
 
-def test_retries_give_up_with_the_last_error() -> None:
-    result, calls, _ = _ask_through([status(503)])
+def test_retries_give_up_with_the_last_error(ask_through) -> None:
+    result, calls, _ = ask_through([status(503)])
     assert isinstance(result, TargetError) and "HTTP 503" in str(result) and calls == 4
 
 
-def test_refused_connection_is_transient() -> None:
+def test_refused_connection_is_transient(free_ports, expand_one) -> None:
     (port,) = free_ports(1)
     target = open_target(f"triton://127.0.0.1:{port}/ensemble", reference="builtin")
     (request,) = expand_one(temperature=0.5)
@@ -120,11 +125,11 @@ def test_refused_connection_is_transient() -> None:
     assert e.value.transient
 
 
-def _serve(http: int, grpc: int, metrics: int) -> subprocess.Popen:
+def _serve(root: Path, http: int, grpc: int, metrics: int) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "servecheck.cli", "serve", "triton", "--http-port", str(http),
          "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
@@ -144,12 +149,12 @@ def _kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     proc.wait(timeout=60)
 
 
-def _generate(out: Path, http: int) -> subprocess.Popen:
+def _generate(root: Path, prompts: Path, out: Path, http: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "servecheck.cli", "generate", str(LITE), "--target",
+        [sys.executable, "-m", "servecheck.cli", "generate", str(prompts), "--target",
          f"triton://127.0.0.1:{http}/ensemble?concurrency=2", "--out", str(out), "--no-progress",
          "--retries", "1", "--reference", "builtin"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -161,12 +166,14 @@ def _wait_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120
     raise AssertionError(f"{path} did not reach {n} lines")
 
 
-def test_server_killed_then_ctrl_c_then_resume(tmp_path: Path) -> None:
+@pytest.mark.slow  # three Triton generations, a server start and a kill
+def test_server_killed_then_ctrl_c_then_resume(tmp_path: Path, free_ports, root: Path,
+                                               lite_prompts: Path) -> None:
     ports = free_ports(3)
     out = tmp_path / "r.jsonl"
-    server = _serve(*ports)
+    server = _serve(root, *ports)
     try:
-        run = _generate(out, ports[0])
+        run = _generate(root, lite_prompts, out, ports[0])
         _wait_lines(out, 6, run)
         _kill(server)  # the server dies mid-run: in-flight and later requests fail
         stdout, _ = run.communicate(timeout=120)
@@ -176,14 +183,14 @@ def test_server_killed_then_ctrl_c_then_resume(tmp_path: Path) -> None:
         assert 6 <= len(good) < 32 and len(first) == 32
         assert "failed" in stdout and "×" in stdout
 
-        server = _serve(*ports)
-        run = _generate(out, ports[0])
+        server = _serve(root, *ports)
+        run = _generate(root, lite_prompts, out, ports[0])
         _wait_lines(out, len(first) + 3, run)
         run.send_signal(signal.SIGINT)  # Ctrl-C: exit 130, records kept
         run.communicate(timeout=60)
         assert run.returncode == 130
 
-        run = _generate(out, ports[0])
+        run = _generate(root, lite_prompts, out, ports[0])
         stdout, stderr = run.communicate(timeout=300)
         assert run.returncode == 0, stdout + stderr
     finally:
@@ -192,6 +199,6 @@ def test_server_killed_then_ctrl_c_then_resume(tmp_path: Path) -> None:
     answered = [r["id"] for r in lines if not r.get("error")]
     assert len(answered) == len(set(answered)) == 32  # nothing answered twice, nothing lost
     final = read_records(out)
-    assert sorted(r.id for r in final) == sorted(r.id for r in expand(LITE))
+    assert sorted(r.id for r in final) == sorted(r.id for r in expand(lite_prompts))
     assert all(r.error is None and r.output for r in final)
     assert all(good[r.id] == r.output for r in final if r.id in good)  # kept, not redone

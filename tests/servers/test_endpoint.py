@@ -21,8 +21,6 @@ from servecheck.errors import InputError
 from servecheck.formats.responses import read_records
 from servecheck.reference.model import BUILTIN, Reference
 from servecheck.servers.endpoint.server import write_files
-from tests.conftest import LITE, ROOT, check_json, run_cli
-from tests.test_triton import free_ports
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +52,10 @@ def test_handler_contract_and_seed(handler, ref: Reference) -> None:
 
 
 @pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
+def endpoint(free_ports, root: Path) -> Iterator[str]:
     (port,) = free_ports(1)
     proc = subprocess.Popen([sys.executable, "-m", "servecheck.cli", "serve", "endpoint",
-                             "--http-port", str(port)], cwd=ROOT, start_new_session=True,
+                             "--http-port", str(port)], cwd=root, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -74,13 +72,15 @@ def endpoint() -> Iterator[str]:
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow  # starts the endpoint server
 @pytest.mark.parametrize("mode", ["chat", "completions"])
-def test_endpoint_target_passes_check(endpoint: str, mode: str, tmp_path: Path) -> None:
+def test_endpoint_target_passes_check(endpoint: str, mode: str, tmp_path: Path, run_cli,
+                                      check_json, lite_prompts: Path) -> None:
     """Chat mode needs no reference (the handler templates and keeps its end marker);
     completions mode templates here, so it is given the served checkpoint by name."""
     out = tmp_path / "r.jsonl"
     named = ["--reference", "builtin"] if mode == "completions" else []
-    assert run_cli("generate", LITE, "--target", f"hf-endpoint://{endpoint}/?mode={mode}",
+    assert run_cli("generate", lite_prompts, "--target", f"hf-endpoint://{endpoint}/?mode={mode}",
                    "--out", out, "--no-progress", *named) == 0
     records = read_records(out)
     assert all(r.prompt_token_ids and r.output_token_ids and r.output_logprobs for r in records)
@@ -88,7 +88,8 @@ def test_endpoint_target_passes_check(endpoint: str, mode: str, tmp_path: Path) 
     assert code == 0, [c["summary"] for c in summary["checks"] if c["verdict"] == "fail"]
 
 
-def test_endpoint_bad_request_is_a_final_error(endpoint: str, tmp_path: Path) -> None:
+@pytest.mark.slow  # starts the endpoint server
+def test_endpoint_bad_request_is_a_final_error(endpoint: str, tmp_path: Path, run_cli) -> None:
     prompts = tmp_path / "p.json"
     prompts.write_text('{"prompt": "Hi.", "temperature": 0.5, "top_p": 0.5, "max_tokens": 4}')
     out = tmp_path / "r.jsonl"

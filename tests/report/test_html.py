@@ -20,7 +20,6 @@ import pytest
 from servecheck.formats.records import Conversation, Message
 from servecheck.formats.responses import read_records
 from servecheck.reference.model import Reference
-from tests.conftest import run_cli, write_records
 
 XSS_SCRIPT = "<script>document.title='pwned'</script>"
 XSS_IMG = '<img src=x onerror="document.body.dataset.pwned=1">'
@@ -33,7 +32,8 @@ needs_browser = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def run(lite_responses: Path, ref: Reference, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def run(lite_responses: Path, ref: Reference, tmp_path_factory: pytest.TempPathFactory,
+        write_records, run_cli) -> dict:
     out = tmp_path_factory.mktemp("report")
     records = read_records(lite_responses)
     base = next(r for r in records if r.parameters.greedy and len(r.conversations.contents) == 1)

@@ -14,7 +14,6 @@ from servecheck.formats.records import Conversation, Message
 from servecheck.reference.model import Reference
 from servecheck.reference.scoring import ScoreItem, score
 from servecheck.tinymodels.build import Recipe, train
-from tests.conftest import LITE, check_json, check_named, run_cli
 
 
 def _conv(*turns: tuple[str, str]) -> Conversation:
@@ -40,7 +39,8 @@ def test_end_markers_come_from_the_checkpoint(ref: Reference) -> None:
     assert ref.turn_end_marker == "<end_of_turn>"
 
 
-def test_template_rejecting_a_conversation_is_reported(lite_records, tmp_path: Path) -> None:
+def test_template_rejecting_a_conversation_is_reported(lite_records, tmp_path: Path, check_json,
+                                                       check_named) -> None:
     bad = lite_records[0].model_copy(deep=True)
     bad.conversations = _conv(("user", "a"), ("user", "b"))  # Gemma's template demands alternation
     path = tmp_path / "r.json"
@@ -137,6 +137,7 @@ def llama_chatml(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow  # trains the Llama/ChatML model (15 s)
 def test_scorer_matches_full_forward_llama(llama_chatml: Path) -> None:
     ref = Reference(str(llama_chatml))
     prompt = ref.encode(ref.render(_conv(("user", "Name a color."))))
@@ -145,24 +146,27 @@ def test_scorer_matches_full_forward_llama(llama_chatml: Path) -> None:
     _check_scores_against_full_logits(ref, items)
 
 
-def test_other_family_checks_end_to_end(llama_chatml: Path, tmp_path: Path) -> None:
+@pytest.mark.slow  # trains the Llama/ChatML model, generates twice
+def test_other_family_checks_end_to_end(llama_chatml: Path, tmp_path: Path, run_cli, check_json,
+                                        check_named, lite_prompts: Path) -> None:
     ref = Reference(str(llama_chatml))
     assert ref.end_markers == ["<|im_end|>"] and ref.tokenizer.bos_token is None
     out = tmp_path / "r.json"
-    assert run_cli("generate", LITE, "--target", f"hf:{llama_chatml}", "--out", out,
+    assert run_cli("generate", lite_prompts, "--target", f"hf:{llama_chatml}", "--out", out,
                    "--no-progress") == 0
     code, summary = check_json(out, tmp_path, str(llama_chatml))
     assert code == 0, summary
     assert check_named(summary, "greedy")["details"]["tokens"] > 0
     # and a template fault is still named on this family
     bad = tmp_path / "bad.json"
-    assert run_cli("generate", LITE, "--target", f"hf:{llama_chatml}?fault=drop-system",
+    assert run_cli("generate", lite_prompts, "--target", f"hf:{llama_chatml}?fault=drop-system",
                    "--out", bad, "--no-progress") == 0
     code, summary = check_json(bad, tmp_path, str(llama_chatml))
     assert code == 1
     assert "system prompt dropped" in check_named(summary, "template")["summary"]
 
 
+@pytest.mark.slow  # trains two tiny models
 def test_build_is_deterministic(tmp_path: Path) -> None:
     recipe = Recipe(steps=4, hidden=64, layers=2, intermediate=128, vocab_size=512, chats=200)
     digests = []
