@@ -3,14 +3,16 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TORCH ?= 2.13.0
 
 .PHONY: install demo test test-fast lint clean rebuild-builtin browser vllm
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first and pinned, so nothing can pull a multi-GB CUDA build instead.
-	$(BIN)/pip install --quiet torch==2.13.0
+	# torch first and pinned (here only: the library asks for a range), so nothing can pull a
+	# multi-GB CUDA build instead: on these machines 2.13.0 is a local CPU wheel.
+	$(BIN)/pip install --quiet torch==$(TORCH)
 	$(BIN)/pip install --quiet -e '.[dev,triton]'
 	touch $(STAMP)
 
