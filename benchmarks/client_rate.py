@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -41,11 +40,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache" / "perf_analyzer"
 sys.path.insert(0, str(ROOT))
 
+from tests.test_triton import free_ports  # noqa: E402
+
 from servecheck.collect.collector import collect  # noqa: E402
 from servecheck.formats.records import Conversation, Message  # noqa: E402
 from servecheck.reference.model import Reference  # noqa: E402
-from servecheck.servers.triton_host import libdir_on_loader_path  # noqa: E402
-from tests.test_triton import free_ports  # noqa: E402
+from servecheck.servers.triton_host import libdir_on_loader_path, wait_ready  # noqa: E402
 
 
 def setup() -> Path:
@@ -150,13 +150,8 @@ def start_pinned_server(ports: list[int], core: int) -> subprocess.Popen:
                             preexec_fn=lambda: os.sched_setaffinity(0, {core}),
                             start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/v2/models/ensemble/ready", timeout=2):
-                return proc
-        except OSError:
-            time.sleep(0.5)
+    if wait_ready(ports[0], proc, 120):
+        return proc
     os.killpg(proc.pid, signal.SIGKILL)
     raise RuntimeError("the echo server did not start")
 

@@ -31,7 +31,10 @@ Binds 127.0.0.1 unless told otherwise.
 from __future__ import annotations
 
 import os
+import subprocess
 import sysconfig
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -246,3 +249,21 @@ class TritonHost:
         if self._triton is not None:
             self._triton.stop()
             self._triton = None
+
+
+def wait_ready(http_port: int, proc: subprocess.Popen, timeout: float, host: str = "127.0.0.1",
+               model: str = "ensemble") -> bool:
+    """Poll a Triton server started as ``proc`` until ``model`` is ready: True
+    when it is, False when ``proc`` exits or ``timeout`` seconds pass (the caller decides what a
+    start-up failure means: a failed test, a benchmark that stops)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{http_port}/v2/models/{model}/ready",
+                                        timeout=2):
+                return True
+        except OSError:
+            if proc.poll() is not None:
+                return False
+        time.sleep(0.5)
+    return False

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from servecheck.collect.targets import open_target
 from servecheck.errors import TargetError
 from servecheck.formats.prompts import expand
 from servecheck.formats.responses import read_records
+from servecheck.servers.triton_host import wait_ready
 
 CONFIG = {"name": "ensemble", "max_batch_size": 8,
           "input": [{"name": n, "data_type": t} for n, t in [
@@ -130,15 +130,9 @@ def _serve(root: Path, http: int, grpc: int, metrics: int) -> subprocess.Popen:
         [sys.executable, "-m", "servecheck.cli", "serve", "triton", "--http-port", str(http),
          "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
         cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/models/ensemble/ready", timeout=2):
-                return proc
-        except OSError:
-            pass
-        assert proc.poll() is None, "the Triton host exited during start-up"
-        time.sleep(0.5)
+    if wait_ready(http, proc, 180):
+        return proc
+    assert proc.poll() is None, "the Triton host exited during start-up"
     _kill(proc)
     raise AssertionError("the Triton host did not become ready in 180 s")
 
