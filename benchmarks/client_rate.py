@@ -40,12 +40,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache" / "perf_analyzer"
 sys.path.insert(0, str(ROOT))
 
-from tests.test_triton import free_ports  # noqa: E402
 
 from servecheck.collect.collector import collect  # noqa: E402
 from servecheck.formats.records import Conversation, Message  # noqa: E402
 from servecheck.reference.model import Reference  # noqa: E402
-from servecheck.servers.triton_host import libdir_on_loader_path, wait_ready  # noqa: E402
+from servecheck.servers.triton_host import free_ports, libdir_on_loader_path, wait_ready  # noqa: E402
 
 
 def setup() -> Path:

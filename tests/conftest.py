@@ -10,7 +10,6 @@ imports from another one or from this file.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -106,17 +105,9 @@ def check_named() -> Callable[[dict, str], dict]:
 @pytest.fixture(scope="session")
 def free_ports() -> Callable[[int], list[int]]:
     """``free_ports(n)``: n distinct local ports that were free a moment ago."""
+    from servecheck.servers.triton_host import free_ports as find
 
-    def ports(n: int) -> list[int]:
-        socks = [socket.socket() for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        found = [s.getsockname()[1] for s in socks]
-        for s in socks:
-            s.close()
-        return found
-
-    return ports
+    return find
 
 
 @pytest.fixture(scope="session")

@@ -147,3 +147,28 @@ def test_public_api_covers_what_a_user_calls() -> None:
               "Conversation", "Message", "Parameters", "CheckOptions", "CheckResult", "Finding",
               "Reference", "read_records", "expand", "InputError", "TargetError"}
     assert wanted <= set(servecheck.__all__)
+
+
+def test_benchmarks_import_public_names_that_exist() -> None:
+    """Benchmarks run rarely, so a moved or renamed name would go unseen until then: every
+    ``servecheck`` import in them (inside functions too) must resolve, none may be private, and
+    none may reach into the tests."""
+    import importlib.util
+
+    problems = []
+    for path in sorted((PACKAGE.parent / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or not node.module:
+                continue
+            if node.module.split(".")[0] == "tests":
+                problems.append(f"{path.name}: imports {node.module}")
+            if node.module.split(".")[0] != "servecheck":
+                continue
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                if alias.name.startswith("_"):
+                    problems.append(f"{path.name}: private {node.module}.{alias.name}")
+                elif not hasattr(module, alias.name) and \
+                        importlib.util.find_spec(f"{node.module}.{alias.name}") is None:
+                    problems.append(f"{path.name}: {node.module}.{alias.name} does not exist")
+    assert not problems, "\n".join(problems)

@@ -31,6 +31,7 @@ Binds 127.0.0.1 unless told otherwise.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sysconfig
 import time
@@ -267,3 +268,16 @@ def wait_ready(http_port: int, proc: subprocess.Popen, timeout: float, host: str
                 return False
         time.sleep(0.5)
     return False
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports of ``host`` that were free a moment ago (for a server's HTTP, gRPC
+    and metrics ports, where the defaults may be taken)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
