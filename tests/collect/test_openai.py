@@ -213,3 +213,57 @@ def test_collect_hands_the_reference_to_the_target(tmp_path: Path,
     assert len(bare.notes) == 1 and not named.notes and named.written == 1
     assert [r.output for r in read_records(out)] == ["Meow.", "Meow.<end_of_turn>"]
 
+
+
+KEY = "sk-test-0123456789abcdefSECRET"
+
+
+@contextmanager
+def _rejecting_server(free_ports) -> Iterator[str]:
+    """A server that refuses every chat request with 401 and quotes the key back, as OpenAI's
+    does ("Incorrect API key provided: …"), once bare and once with its ``Bearer`` prefix."""
+
+    async def chat(request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        message = f"Incorrect API key provided: {auth.removeprefix('Bearer ')} (header: {auth})"
+        return web.json_response({"error": {"message": message}}, status=401)
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": "served-model"}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/v1/models", models)
+    with _running(app, free_ports(1)[0]) as port:
+        yield f"127.0.0.1:{port}"
+
+
+def test_a_key_the_server_quotes_back_reaches_no_output(
+        free_ports, run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The key is cut out where the server's message enters servecheck, so it is in no record,
+    no console line and none of the files ``check`` writes."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    out = tmp_path / "r.jsonl"
+    files = [out, tmp_path / "s.json", tmp_path / "j.xml", tmp_path / "report.html"]
+    with _rejecting_server(free_ports) as address:
+        assert run_cli("generate", _prompts(tmp_path, 2), "--target", f"openai://{address}/v1",
+                       "--out", out, "--retries", "0", "--no-progress") == 1
+    assert run_cli("check", out, "--json", files[1], "--junit", files[2], "--report", files[3],
+                   "--no-progress") == 1
+    console = capsys.readouterr()
+    assert "HTTP 401" in out.read_text() and "[redacted]" in out.read_text()
+    for path in files:
+        assert KEY not in path.read_text(), path.name
+    assert KEY not in console.out + console.err
+    assert KEY[:12] not in "".join(p.read_text() for p in files)  # not even in part
+
+
+def test_redact_cuts_secrets_and_bearer_tokens() -> None:
+    from servecheck.collect.targets.http import redact
+
+    assert redact(f"bad key {KEY}!", [KEY]) == "bad key [redacted]!"
+    assert redact("Authorization: Bearer abc.def-123 rejected") == \
+        "Authorization: Bearer [redacted] rejected"
+    assert redact("the word key stays", ["key"][:0]) == "the word key stays"
+    assert redact("a b c", ["a"]) == "a b c"  # too short to be a key: left alone

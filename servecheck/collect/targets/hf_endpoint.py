@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from servecheck.collect.targets import DEFAULT_MAX_TOKENS, Target, required_reference, spec_options
 from servecheck.collect.targets.http import HttpClient
-from servecheck.errors import InputError, TargetError
+from servecheck.errors import InputError
 from servecheck.formats.prompts import Request
 from servecheck.formats.records import ResponseRecord, Timing
 from servecheck.reference.model import Reference
@@ -76,8 +76,8 @@ class HFEndpointTarget(Target):
         data = await self.http.request("POST", self.path, {"inputs": inputs, "parameters": params})
         answer = data[0] if isinstance(data, list) and data else data
         if not isinstance(answer, dict) or not isinstance(answer.get("generated_text"), str):
-            raise TargetError(f"{self.path}: expected [{{\"generated_text\": …}}], got "
-                              f"{str(data)[:200]}")
+            raise self.http.error(f"{self.path}: expected [{{\"generated_text\": …}}], got "
+                                  f"{str(data)[:200]}")
         reason = answer.get("finish_reason")
         return ResponseRecord(
             id=request.id, conversations=request.conversation, parameters=p,

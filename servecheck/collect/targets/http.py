@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Mapping
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -21,6 +22,19 @@ from servecheck.errors import InputError, TargetError
 
 TRANSIENT_STATUS = (429, 503)
 CONNECT_TIMEOUT_S = 10.0
+REDACTED = "[redacted]"
+_BEARER = re.compile(r"(Bearer\s+)\S+", re.IGNORECASE)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every secret replaced, and any ``Bearer <token>`` too. A server that
+    rejects a key often quotes it back ("Incorrect API key provided: sk-…"); its message becomes
+    a record's ``error``, and from there the console, the JSON summary, JUnit and the report, so
+    the key is cut out here, where the message first enters servecheck."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:  # a key of 1-3 characters would blank ordinary words
+            text = text.replace(secret, REDACTED)
+    return _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
 
 
 def error_message(body: str) -> str:
@@ -40,13 +54,15 @@ def error_message(body: str) -> str:
 class HttpClient:
     def __init__(self, base_url: str, read_timeout: float, max_connections: int,
                  headers: Mapping[str, str] | None = None,
-                 shorten=lambda message: message[:500]) -> None:
+                 shorten=lambda message: message[:500], secrets: Iterable[str] = ()) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S,
                                              sock_read=read_timeout)
         self.max_connections = max_connections
         self.headers = dict(headers or {})
         self.shorten = shorten
+        self.secrets = tuple(s for s in secrets if s)
+        """What no error message may carry (the API key); see ``redact``."""
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
@@ -61,7 +77,14 @@ class HttpClient:
         except ValueError as e:
             raise InputError(f"bad option value ({e})", where=spec) from None
         return cls(base_url, timeout, max_connections,
-                   headers={"Authorization": f"Bearer {key}"} if key else None)
+                   headers={"Authorization": f"Bearer {key}"} if key else None,
+                   secrets=[key] if key else [])
+
+    def error(self, message: str, transient: bool = False,
+              retry_after: float | None = None) -> TargetError:
+        """A failure of one request, its message cleared of secrets."""
+        return TargetError(redact(message, self.secrets), transient=transient,
+                           retry_after=retry_after)
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -73,10 +96,10 @@ class HttpClient:
     def _failure(self, path: str, e: Exception) -> TargetError:
         where = f"{self.base_url}{path}"
         if isinstance(e, asyncio.TimeoutError):
-            return TargetError(f"{where}: timed out (connect {self.timeout.connect:g} s, read "
-                               f"{self.timeout.sock_read:g} s)")
+            return self.error(f"{where}: timed out (connect {self.timeout.connect:g} s, read "
+                              f"{self.timeout.sock_read:g} s)")
         transient = isinstance(e, aiohttp.ClientConnectorError | aiohttp.ServerDisconnectedError)
-        return TargetError(f"{where}: {type(e).__name__}: {e}", transient=transient)
+        return self.error(f"{where}: {type(e).__name__}: {e}", transient=transient)
 
     async def _status_error(self, path: str, r: aiohttp.ClientResponse) -> TargetError:
         body = (await r.read()).decode("utf-8", "replace")
@@ -84,9 +107,10 @@ class HttpClient:
             retry_after = float(r.headers.get("Retry-After", ""))
         except ValueError:
             retry_after = None
-        return TargetError(f"{self.base_url}{path}: HTTP {r.status}: "
-                           f"{self.shorten(error_message(body))}",
-                           transient=r.status in TRANSIENT_STATUS, retry_after=retry_after)
+        # redacted before shortening, so a key cut in half at the limit cannot survive
+        message = redact(error_message(body), self.secrets)
+        return self.error(f"{self.base_url}{path}: HTTP {r.status}: {self.shorten(message)}",
+                          transient=r.status in TRANSIENT_STATUS, retry_after=retry_after)
 
     async def request(self, method: str, path: str, body: Any = None) -> Any:
         """One JSON request, one JSON answer; any status but 200 is an error."""
@@ -97,7 +121,7 @@ class HttpClient:
                 text = (await r.read()).decode("utf-8", "replace")
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             raise self._failure(path, e) from None
-        return parse_json(path, text)
+        return self.parse(path, text)
 
     async def events(self, path: str, body: Any) -> AsyncIterator[Any]:
         """POST, then each Server-Sent Event's ``data:`` as JSON (``[DONE]`` ends the stream)."""
@@ -112,7 +136,7 @@ class HttpClient:
                     data = line[5:].strip()
                     if data == "[DONE]":
                         return
-                    yield parse_json(path, data)
+                    yield self.parse(path, data)
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             raise self._failure(path, e) from None
 
@@ -122,8 +146,8 @@ class HttpClient:
             self._session = None
 
 
-def parse_json(path: str, text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        raise TargetError(f"{path}: not JSON: {text[:200]!r}") from None
+    def parse(self, path: str, text: str) -> Any:
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise self.error(f"{path}: not JSON: {redact(text, self.secrets)[:200]!r}") from None

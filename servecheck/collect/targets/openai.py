@@ -104,7 +104,7 @@ class OpenAITarget(Target):
             try:
                 self.model = models["data"][0]["id"]
             except (KeyError, IndexError, TypeError):
-                raise TargetError(f"GET /models named no model: {str(models)[:200]}") from None
+                raise self.http.error(f"GET /models named no model: {str(models)[:200]}") from None
 
     def _body(self, request: Request) -> tuple[dict[str, Any], str]:
         p = request.parameters
@@ -138,7 +138,7 @@ class OpenAITarget(Target):
         try:
             choice = data["choices"][0]
         except (KeyError, IndexError, TypeError):
-            raise TargetError(f"{path}: no choices in the response: {str(data)[:200]}") from None
+            raise self.http.error(f"{path}: no choices in the response: {str(data)[:200]}") from None
         if self.mode == "completions":
             text = choice.get("text")
             logprobs = (choice.get("logprobs") or {}).get("token_logprobs")
@@ -150,7 +150,7 @@ class OpenAITarget(Target):
             prompt = data.get("prompt_text") or ""
             prompt_ids = data.get("prompt_token_ids")
         if not isinstance(text, str):
-            raise TargetError(f"{path}: no text in the response: {str(choice)[:200]}")
+            raise self.http.error(f"{path}: no text in the response: {str(choice)[:200]}")
         ids = choice.get("token_ids")
         reason = choice.get("finish_reason")
         marker = self._end_marker(ids, reason, choice.get("stop_reason"))
