@@ -6,6 +6,31 @@ with no traceback; everything else is a bug in servecheck and keeps its tracebac
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
+REDACTED = "[redacted]"
+_TOKEN_SHAPES = re.compile(
+    r"(?P<bearer>Bearer\s+)\S+"  # an Authorization value
+    r"|\bsk-[A-Za-z0-9_\-]{8,}"   # OpenAI-style keys
+    r"|\bhf_[A-Za-z0-9]{8,}",     # Hugging Face tokens
+    re.IGNORECASE)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every secret and every token-shaped string replaced.
+
+    A server that rejects a key often quotes it back ("Incorrect API key provided: sk-…"). Its
+    message becomes a record's ``error``, and from there reaches the console, the JSON summary,
+    JUnit and the report. So it is cut out where the message first enters servecheck: every
+    ``TargetError`` is redacted when it is made. ``secrets`` are the values known to be secret
+    (the key read from the environment). A value under 4 characters is skipped, since it would
+    blank ordinary words."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, REDACTED)
+    return _TOKEN_SHAPES.sub(lambda m: (m.group("bearer") or "") + REDACTED, text)
+
 
 class InputError(Exception):
     """Bad input from the user: a file, a field, a target, a reference path."""
@@ -24,10 +49,10 @@ class TargetError(Exception):
     """
 
     def __init__(self, message: str, *, transient: bool = False,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, secrets: Iterable[str] = ()) -> None:
         self.transient = transient
         self.retry_after = retry_after
-        super().__init__(message)
+        super().__init__(redact(message, secrets))
 
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -36,7 +36,7 @@ from rich.progress import (
 from rich.text import Text
 
 from servecheck.collect.targets import Target, open_target
-from servecheck.errors import TargetError
+from servecheck.errors import TargetError, redact
 from servecheck.formats.prompts import Request, expand
 from servecheck.formats.records import ResponseRecord
 from servecheck.formats.responses import ResponseWriter, answered_ids
@@ -90,7 +90,8 @@ class RateColumn(ProgressColumn):
 
 def _error_record(request: Request, target: Target, message: str) -> ResponseRecord:
     return ResponseRecord(id=request.id, conversations=request.conversation,
-                          parameters=request.parameters, target=target.spec, error=message)
+                          parameters=request.parameters, target=target.spec,
+                          error=redact(message))
 
 
 FLUSH_EVERY_S = 0.05

@@ -260,10 +260,14 @@ def test_a_key_the_server_quotes_back_reaches_no_output(
 
 
 def test_redact_cuts_secrets_and_bearer_tokens() -> None:
-    from servecheck.collect.targets.http import redact
+    from servecheck.errors import redact
 
     assert redact(f"bad key {KEY}!", [KEY]) == "bad key [redacted]!"
     assert redact("Authorization: Bearer abc.def-123 rejected") == \
         "Authorization: Bearer [redacted] rejected"
     assert redact("the word key stays", ["key"][:0]) == "the word key stays"
     assert redact("a b c", ["a"]) == "a b c"  # too short to be a key: left alone
+    # token shapes go whatever their source: a key from another variable, a token in a trace
+    assert redact("tried sk-proj-AbCdEf0123456789 and hf_AbCdEf0123456789xyz") == \
+        "tried [redacted] and [redacted]"
+    assert redact("a risk-free task-based plan") == "a risk-free task-based plan"

@@ -12,29 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import aiohttp
 
-from servecheck.errors import InputError, TargetError
+from servecheck.errors import InputError, TargetError, redact
 
 TRANSIENT_STATUS = (429, 503)
 CONNECT_TIMEOUT_S = 10.0
-REDACTED = "[redacted]"
-_BEARER = re.compile(r"(Bearer\s+)\S+", re.IGNORECASE)
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with every secret replaced, and any ``Bearer <token>`` too. A server that
-    rejects a key often quotes it back ("Incorrect API key provided: sk-…"); its message becomes
-    a record's ``error``, and from there the console, the JSON summary, JUnit and the report, so
-    the key is cut out here, where the message first enters servecheck."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:  # a key of 1-3 characters would blank ordinary words
-            text = text.replace(secret, REDACTED)
-    return _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
 
 
 def error_message(body: str) -> str:
@@ -82,9 +68,9 @@ class HttpClient:
 
     def error(self, message: str, transient: bool = False,
               retry_after: float | None = None) -> TargetError:
-        """A failure of one request, its message cleared of secrets."""
-        return TargetError(redact(message, self.secrets), transient=transient,
-                           retry_after=retry_after)
+        """A failure of one request, its message cleared of this client's secrets."""
+        return TargetError(message, transient=transient, retry_after=retry_after,
+                           secrets=self.secrets)
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
