@@ -97,6 +97,26 @@ def cmd_schema(a: argparse.Namespace, console: Console) -> int:
     return EXIT_PASS
 
 
+def port(text: str) -> int:
+    """A TCP port: a whole number from 1 to 65535 (argparse turns a refusal into exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a port is a whole number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is from 1 to 65535, got {value}")
+    return value
+
+
+def output_file(text: str) -> Path:
+    """A file to write: not an existing directory (checked before any work starts, so a long
+    run cannot fail at its last step)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; name a file to write")
+    return path
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="servecheck", description=(
         "Check that the model behind an inference server is the model you think it is: "
@@ -109,7 +129,8 @@ def parser() -> argparse.ArgumentParser:
                    help="where to send requests: hf:PATH|builtin (?fault=… for a known bug), "
                         "triton://HOST:PORT/MODEL, triton+grpc://HOST:PORT/MODEL, "
                         "openai://HOST:PORT[/v1], hf-endpoint://HOST:PORT")
-    g.add_argument("--out", type=Path, required=True, help="responses file (.json or .jsonl)")
+    g.add_argument("--out", type=output_file, required=True,
+                   help="responses file (.json or .jsonl)")
     g.add_argument("--reference", metavar="PATH|builtin",
                    help="the served model's checkpoint (local HF folder, or 'builtin' for the "
                         "built-in model), for targets that template on the client or restore "
@@ -124,9 +145,9 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="check a responses file against a reference checkpoint")
     c.add_argument("responses", type=Path, help="responses file: JSON list or JSON Lines")
     c.add_argument("--reference", default="builtin", help="local HF checkpoint folder or 'builtin'")
-    c.add_argument("--json", type=Path, help="write the JSON summary here")
-    c.add_argument("--report", type=Path, help="write a self-contained HTML report here")
-    c.add_argument("--junit", type=Path, help="write JUnit XML here (one test case per check "
+    c.add_argument("--json", type=output_file, help="write the JSON summary here")
+    c.add_argument("--report", type=output_file, help="write a self-contained HTML report here")
+    c.add_argument("--junit", type=output_file, help="write JUnit XML here (one test case per check "
                                               "and parameter group), for CI")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     c.add_argument("--numerics", default="bf16", choices=["fp32", "fp16", "bf16", "fp8"],
@@ -156,7 +177,7 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--target", help="the ground truth (default: hf:<reference>, in process)")
     k.add_argument("--sample", type=int, default=5, help="how many records (default 5)")
     k.add_argument("--seed", type=int, default=0, help="seed of the random pick (default 0)")
-    k.add_argument("--html", type=Path, help="write the side-by-side HTML page here")
+    k.add_argument("--html", type=output_file, help="write the side-by-side HTML page here")
     k.add_argument("--numerics", default="bf16", choices=["fp32", "fp16", "bf16", "fp8"],
                    help="the server's numerics; sets the tolerances (default bf16)")
     k.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -172,9 +193,9 @@ def parser() -> argparse.ArgumentParser:
                         "Inference Endpoints handler behind a local HTTP server")
     v.add_argument("--model", default="builtin", help="local HF checkpoint folder or 'builtin'")
     v.add_argument("--host", default="127.0.0.1")
-    v.add_argument("--http-port", type=int, default=8000)
-    v.add_argument("--grpc-port", type=int, default=8001)
-    v.add_argument("--metrics-port", type=int, default=8002)
+    v.add_argument("--http-port", type=port, default=8000)
+    v.add_argument("--grpc-port", type=port, default=8001)
+    v.add_argument("--metrics-port", type=port, default=8002)
     v.add_argument("--seed-name", choices=["seed", "random_seed"], default="seed",
                    help="the seed input's name (random_seed before TensorRT-LLM's 2025 rename)")
     v.add_argument("--add-special-tokens", action="store_true",
@@ -201,7 +222,7 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-tokens", type=int, default=32)
     pr.add_argument("--numerics", default="bf16", choices=["fp32", "fp16", "bf16", "fp8"])
     pr.add_argument("--alpha", type=float, default=0.01)
-    pr.add_argument("--json", type=Path, help="write the results here")
+    pr.add_argument("--json", type=output_file, help="write the results here")
     pr.set_defaults(func=cmd_probe)
 
     e = sub.add_parser("endpoint-files",

@@ -90,3 +90,89 @@ def test_reference_not_a_checkpoint(tmp_path: Path, lite_responses: Path,
     assert "not a Hugging Face checkpoint: config.json missing" in capsys.readouterr().err
     assert run_cli("check", lite_responses, "--reference", tmp_path / "missing") == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+# Regression cases of issue 15: inputs that once ended in a traceback with exit 1.
+
+def _no_traceback(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_prompts_file_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[str], run_cli) -> None:
+    p = tmp_path / "prompts.json"
+    p.write_bytes(b'{"prompt": ["caf\xe9"]}')  # Latin-1, as an old editor saves it
+    assert run_cli("generate", p, "--target", "hf:builtin", "--out", tmp_path / "r.json") == 2
+    err = _no_traceback(capsys)
+    assert "prompts.json: not UTF-8: byte 0xe9 at offset 16 (line 1)" in err
+
+
+def test_responses_file_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[str], run_cli) -> None:
+    p = tmp_path / "r.jsonl"
+    p.write_bytes(b'{"conversations": {"contents": []}, "output": "\xff"}\n')
+    assert run_cli("check", p) == 2
+    assert "r.jsonl: not UTF-8" in _no_traceback(capsys)
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    from servecheck.formats.prompts import expand
+
+    p = tmp_path / "prompts.json"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps({"prompt": ["hi"], "seed": [1, 2]}).encode())
+    assert len(expand(p)) == 2
+
+
+def test_a_directory_where_a_file_is_expected(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              run_cli, lite_prompts: Path) -> None:
+    assert run_cli("generate", tmp_path, "--target", "hf:builtin", "--out", tmp_path / "r") == 2
+    assert "is a directory, not a file" in _no_traceback(capsys)
+    for args in (["generate", lite_prompts, "--target", "hf:builtin", "--out", tmp_path],
+                 ["check", lite_prompts, "--report", tmp_path],
+                 ["check", lite_prompts, "--json", tmp_path]):
+        with pytest.raises(SystemExit) as stop:  # argparse: before any work starts
+            run_cli(*args)
+        assert stop.value.code == 2
+        assert "is a directory; name a file to write" in _no_traceback(capsys)
+
+
+@pytest.mark.parametrize(("prompts", "expect"), [
+    ({"prompt": "hi", "seed": 2**70}, "field 'seed"),
+    ({"prompt": "hi", "seed": -1}, "field 'seed"),
+    ({"prompt": [[]]}, "at least one turn"),
+    ({"prompt": [[{"role": "model", "content": "a"}, {"role": "user", "content": "b"}]]},
+     "must start with a user turn"),
+    ({"prompt": [[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]]},
+     "turns 0 and 1 are both 'user'"),
+    ({"prompt": [[{"role": "user", "content": "a"}, {"role": "system", "content": "b"},
+                  {"role": "user", "content": "c"}]]}, "a system turn may only come first"),
+])
+def test_bad_values_and_conversations(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      prompts: object, expect: str, run_cli) -> None:
+    assert _generate(run_cli, tmp_path, prompts) == 2
+    err = _no_traceback(capsys)
+    assert expect in err and "prompts.json" in err
+
+
+@pytest.mark.parametrize("value", ["99999", "0", "abc"])
+def test_bad_port(value: str, capsys: pytest.CaptureFixture[str], run_cli) -> None:
+    with pytest.raises(SystemExit) as stop:
+        run_cli("serve", "triton", "--http-port", value)
+    assert stop.value.code == 2
+    assert "a port is" in _no_traceback(capsys)
+
+
+@pytest.mark.parametrize(("field", "ids", "expect"), [
+    ("output_token_ids", [5, 10**6], "output_token_ids[1] = 1000000 is not an id"),
+    ("prompt_token_ids", [-3], "prompt_token_ids[0] = -3 is not an id"),
+])
+def test_token_ids_outside_the_vocabulary(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          field: str, ids: list[int], expect: str,
+                                          run_cli) -> None:
+    p = tmp_path / "r.jsonl"
+    p.write_text(json.dumps({"id": "r7", "conversations": {"contents": [
+        {"role": "user", "content": "hi"}]}, "parameters": {"temperature": 0}, "output": "x",
+        field: ids}) + "\n")
+    assert run_cli("check", p, "--no-progress") == 2
+    err = _no_traceback(capsys)
+    assert "record r7" in err and expect in err

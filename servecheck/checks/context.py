@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from servecheck.checks.options import CheckOptions, Numerics
 from servecheck.checks.token_search import TokenSearch
+from servecheck.errors import InputError
 from servecheck.formats.records import ResponseRecord
 from servecheck.reference.model import Reference
 from servecheck.reference.sampling import Convention, Sampling
@@ -46,6 +47,7 @@ class CheckContext:
         self.sampling = [Sampling.of(r.parameters) for r in self.records]
         """Each answered record's sampling transform, defaults filled in as a server would."""
         self.ref = ref
+        self._check_ids()
         self.scorer = scorer
         self._scores: dict[int, TokenScores] = {}
         self._prompt_ids: dict[int, tuple[list[int], PromptSource]] = {}
@@ -57,6 +59,19 @@ class CheckContext:
         self.departures: dict[int, tuple[int, ...]] = {}
         """Per text-only record whose tokenization was searched: the output token positions
         where the chosen tokens depart from the canonical tokenization."""
+
+    def _check_ids(self) -> None:
+        """Token ids a server reported must be ids of the reference's vocabulary: one outside it
+        is bad input (another model's file, or a wrong ``--reference``), named before any work."""
+        vocab = self.ref.vocab_size
+        for label_, r in zip(self.labels, self.records, strict=True):
+            for name in ("prompt_token_ids", "output_token_ids"):
+                ids = getattr(r, name) or []
+                bad = next((k for k, t in enumerate(ids) if not 0 <= t < vocab), None)
+                if bad is not None:
+                    raise InputError(f"{name}[{bad}] = {ids[bad]} is not an id of the reference's "
+                                     f"vocabulary (0…{vocab - 1}): ids of another model, or the "
+                                     f"wrong --reference", where=f"record {label_}")
 
     @cached_property
     def expected_prompts(self) -> list[str | Exception]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from servecheck.errors import InputError
-from servecheck.formats.records import Conversation, Message, Parameters, Variations, explain
+from servecheck.formats.records import Conversation, Message, Parameters, Variations, explain, read_text
 
 PARAMETER_FIELDS = [f for f in Parameters.model_fields]
 
@@ -24,9 +24,7 @@ class Request:
 
 
 def load_json(path: Path) -> object:
-    if not path.exists():
-        raise InputError("file not found", where=str(path))
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if not text.strip():
         raise InputError("file is empty", where=str(path))
     try:
@@ -38,6 +36,8 @@ def load_json(path: Path) -> object:
 
 def _conversation(prompt: str | list[Message], system: str | None, where: str) -> Conversation:
     turns = [Message(role="user", content=prompt)] if isinstance(prompt, str) else list(prompt)
+    if not turns:
+        raise InputError("a conversation must have at least one turn (got [])", where=where)
     if system is not None:
         if turns[0].role == "system":
             raise InputError("conversation has a system turn and system_prompt is set too",
@@ -45,6 +45,16 @@ def _conversation(prompt: str | list[Message], system: str | None, where: str) -
         turns.insert(0, Message(role="system", content=system))
     if turns[-1].role != "user":
         raise InputError("a conversation must end with a user turn", where=where)
+    chat = [m.role for m in turns if m.role != "system"]
+    if any(m.role == "system" for m in turns[1:]):
+        raise InputError("a system turn may only come first", where=where)
+    if chat[0] != "user":
+        raise InputError(f"a conversation must start with a user turn (after any system turn), "
+                         f"not {chat[0]!r}", where=where)
+    for k in range(1, len(chat)):
+        if chat[k] == chat[k - 1]:
+            raise InputError(f"turns must alternate user/model: turns {k - 1} and {k} are both "
+                             f"{chat[k]!r}", where=where)
     return Conversation(contents=turns)
 
 

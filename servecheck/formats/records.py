@@ -9,6 +9,7 @@ Schema.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -44,6 +45,23 @@ class Conversation(BaseModel):
                 for m in self.contents]
 
 
+def read_text(path: Path) -> str:
+    """A prompts or responses file's text: it must exist, be a file and be UTF-8 (a byte-order
+    mark is allowed and dropped, as editors on Windows write one)."""
+    if not path.exists():
+        raise InputError("file not found", where=str(path))
+    if not path.is_file():
+        raise InputError("is a directory, not a file" if path.is_dir() else "not a regular file",
+                         where=str(path))
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise InputError(f"not UTF-8: byte 0x{data[e.start]:02x} at offset {e.start} (line "
+                         f"{line}); save the file as UTF-8", where=str(path)) from None
+
+
 def is_greedy(temperature: float, top_k: int) -> bool:
     """Temperature 0 or top_k 1: one right token at every step (the one definition of greedy)."""
     return temperature == 0 or top_k == 1
@@ -59,7 +77,8 @@ class Parameters(BaseModel):
     top_k: int | None = Field(None, ge=0)
     """0 means "no top-k", as in vLLM and TensorRT-LLM."""
     min_p: float | None = Field(None, ge=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    """What every engine takes: a signed 64-bit seed, not negative."""
     max_tokens: int | None = Field(None, ge=1)
     repetition_penalty: float | None = Field(None, gt=0)
     presence_penalty: float | None = None

@@ -25,7 +25,13 @@ from types import TracebackType
 from pydantic import ValidationError
 
 from servecheck.errors import InputError
-from servecheck.formats.records import VARIATION_KEYS, ResponseRecord, explain, variation_mismatch
+from servecheck.formats.records import (
+    VARIATION_KEYS,
+    ResponseRecord,
+    explain,
+    read_text,
+    variation_mismatch,
+)
 
 FSYNC_EVERY_S = 1.0
 
@@ -50,7 +56,7 @@ def _parse_lines(text: str, path: Path) -> list[tuple[int, dict]]:
 
 def _drop_torn_tail(path: Path) -> str:
     """Cut a half-written last line (a run killed mid-write) so appends stay parseable."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     body, _, last = text.rstrip("\n").rpartition("\n")
     s = last.strip().strip(",")
     if s in ("", "[", "]"):
@@ -65,9 +71,7 @@ def _drop_torn_tail(path: Path) -> str:
 
 def read_raw(path: Path) -> list[tuple[str, dict]]:
     """(location, object) pairs from a JSON array or JSON Lines file."""
-    if not path.exists():
-        raise InputError("file not found", where=str(path))
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if not text.strip():
         raise InputError("file is empty", where=str(path))
     if text.lstrip().startswith("["):

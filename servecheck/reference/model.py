@@ -56,6 +56,15 @@ class Reference:
             raise InputError("the checkpoint has no chat template", where=spec)
 
     @cached_property
+    def vocab_size(self) -> int:
+        """How many token ids the model has (its embedding rows; at least the tokenizer's)."""
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(self.path, local_files_only=True)
+        config = getattr(config, "text_config", None) or config
+        return max(len(self.tokenizer), int(getattr(config, "vocab_size", 0) or 0))
+
+    @cached_property
     def model(self):
         import torch
         from transformers import AutoModelForCausalLM
