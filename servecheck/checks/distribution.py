@@ -81,7 +81,7 @@ class GroupedDetails(Details):
                 for g in self.skipped_groups]
 
 
-def test_json(t: StatTest) -> dict[str, Any]:
+def stat_test_json(t: StatTest) -> dict[str, Any]:
     return t.__dict__ | {"failed": t.failed}
 
 
@@ -92,7 +92,7 @@ class FitDetails(GroupedDetails):
     def to_json(self) -> dict[str, Any]:
         out = super().to_json()
         del out["stat_tests"]
-        return {**out, "tests": [test_json(t) for t in self.stat_tests]}
+        return {**out, "tests": [stat_test_json(t) for t in self.stat_tests]}
 
     def tests(self) -> list[StatTest]:
         return list(self.stat_tests)
@@ -131,7 +131,7 @@ class TemperatureDetails(GroupedDetails):
         for g, row in (self.groups or {}).items():
             f = row.fit
             rows[g] = {"requested": row.sampling.temperature, "estimate": f.estimate, "low": f.low,
-                       "high": f.high, "test": test_json(f.test)}
+                       "high": f.high, "test": stat_test_json(f.test)}
             if f.nucleus:
                 rows[g]["nucleus_needed"], rows[g]["top_p"] = f.nucleus
         return {**out, "groups": rows}

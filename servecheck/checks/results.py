@@ -10,8 +10,7 @@ none of them switches on a check's name, so a new check is one file plus its tes
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
@@ -40,19 +39,6 @@ class Case:
     """The ``Finding.record`` whose findings belong to this case (a group label)."""
 
 
-def jsonable(value: Any) -> Any:
-    """Plain JSON values: dataclasses as dicts, tuples as lists, inf and nan as strings."""
-    if is_dataclass(value) and not isinstance(value, type):
-        return jsonable(value.to_json() if isinstance(value, Details) else asdict(value))
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
 @dataclass(frozen=True)
 class Details:
     """A check's typed evidence. Subclasses are frozen dataclasses; override what differs."""
@@ -62,7 +48,7 @@ class Details:
 
     def to_json(self) -> dict[str, Any]:
         """The ``details`` object of the JSON summary."""
-        return {k: jsonable(v) for k, v in asdict(self).items()}
+        return asdict(self)
 
     def tests(self) -> list[StatTest]:
         """The statistical tests behind the verdict (none for a deterministic check)."""

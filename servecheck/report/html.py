@@ -27,7 +27,7 @@ from servecheck.checks.distribution import (
     informative,
     pool,
     sampled_groups,
-    test_json,
+    stat_test_json,
 )
 from servecheck.checks.plausibility import EXPLANATION, RecordDetails, judge
 from servecheck.checks.results import CheckResult, overall
@@ -95,7 +95,7 @@ class RecordView:
 
 
 def _test_rows(tests: list[StatTest]) -> list[dict[str, Any]]:
-    return [{**test_json(t), "verdict": "fail" if t.failed else "pass"} for t in tests]
+    return [{**stat_test_json(t), "verdict": "fail" if t.failed else "pass"} for t in tests]
 
 
 def check_rows(results: list[CheckResult]) -> list[CheckRow]:

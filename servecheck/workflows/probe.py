@@ -31,7 +31,7 @@ from rich.table import Table
 from servecheck.checks.context import CheckContext
 from servecheck.checks.options import CheckOptions
 from servecheck.checks.results import CheckResult, Details, Finding, NoDetails, Verdict
-from servecheck.checks.seeds import SeedGroup, group_test
+from servecheck.checks.seeds import SeedDetails, group_test
 from servecheck.collect.targets import Target, open_target
 from servecheck.errors import EXIT_FAIL, EXIT_PASS, InputError, TargetError
 from servecheck.formats.prompts import Request, expand
@@ -42,11 +42,6 @@ from servecheck.reference.scoring import ScoreItem
 PROMPTS = ["Tell me a story about the fox.", "Name a colour.", "What does the cat say?",
            "Tell me about the owl.", "Count from 3 to 8.", "Where does the frog live?",
            "What does the dog like?", "Tell me a story about the bird."]
-
-
-@dataclass(frozen=True)
-class SeedProbeDetails(Details):
-    groups: list[SeedGroup]
 
 
 def _result(name: str, verdict: Verdict, summary: str, evidence: list[str] | None = None,
@@ -120,7 +115,7 @@ async def seeds(target: Target, ref: Reference, convs: list[Conversation], n: in
     return _result("seeds", "fail" if bad else "pass",
                        f"{len(bad)}/{len(results)} prompt(s) repeat one text across seeds beyond "
                        f"chance (α = {alpha}, Bonferroni)", evidence,
-                       SeedProbeDetails(results))
+                       SeedDetails(results, alpha))
 
 
 async def batch_invariance(target: Target, ref: Reference, convs: list[Conversation],
