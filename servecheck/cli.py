@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 
@@ -35,14 +38,15 @@ def cmd_check(a: argparse.Namespace, console: Console) -> int:
                                              a.penalty_scope),
         device=a.device, dtype=a.dtype)
     return run_check(a.responses, options, console, Outputs(a.json, a.report, a.junit),
-                     progress=not a.no_progress)
+                     progress=not a.no_progress, max_record_bytes=int(a.max_record_mb * 2**20))
 
 
 def cmd_compare(a: argparse.Namespace, console: Console) -> int:
     from servecheck.workflows.compare import run_compare
 
     return run_compare(a.responses, a.reference, a.target, a.sample, a.seed, a.html, a.numerics,
-                       console, progress=not a.no_progress)
+                       console, progress=not a.no_progress,
+                       max_record_bytes=int(a.max_record_mb * 2**20))
 
 
 def cmd_demo(a: argparse.Namespace, console: Console) -> int:
@@ -51,14 +55,16 @@ def cmd_demo(a: argparse.Namespace, console: Console) -> int:
     return run_demo(a.out_dir, console)
 
 
-def cmd_serve(a: argparse.Namespace, console: Console) -> int:
-    if a.server == "endpoint":
-        from servecheck.servers.endpoint.server import serve
+def cmd_serve_endpoint(a: argparse.Namespace, console: Console) -> int:
+    from servecheck.servers.endpoint.server import serve
 
-        console.print(f"serving {a.model} with the Inference Endpoints handler: POST "
-                      f"http://{a.host}:{a.http_port}/ ; Ctrl-C stops")
-        serve(a.model, a.host, a.http_port)
-        return EXIT_PASS
+    console.print(f"serving {a.model} with the Inference Endpoints handler: POST "
+                  f"http://{a.host}:{a.http_port}/ ; Ctrl-C stops")
+    serve(a.model, a.host, a.http_port)
+    return EXIT_PASS
+
+
+def cmd_serve_triton(a: argparse.Namespace, console: Console) -> int:
     from servecheck.servers.triton_host import TritonHost
 
     host = TritonHost(a.model, a.host, a.http_port, a.grpc_port, a.metrics_port, a.seed_name,
@@ -97,6 +103,10 @@ def cmd_schema(a: argparse.Namespace, console: Console) -> int:
     return EXIT_PASS
 
 
+REFERENCE_HELP = ("the served model's checkpoint: a local HF folder, or 'builtin' for the built-in "
+                  "model (an explicit choice: checking against the wrong model passes nothing)")
+
+
 def port(text: str) -> int:
     """A TCP port: a whole number from 1 to 65535 (argparse turns a refusal into exit 2)."""
     try:
@@ -117,11 +127,51 @@ def output_file(text: str) -> Path:
     return path
 
 
+def bounded(kind: type, low: float | None = None, high: float | None = None,
+            open_low: bool = False, open_high: bool = False):
+    """An argparse type: a finite ``kind`` within bounds (no NaN, no inf, no 'abc')."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}"
+                                             f", got {text!r}") from None
+        too_low = low is not None and (value < low or (open_low and value == low))
+        too_high = high is not None and (value > high or (open_high and value == high))
+        if not math.isfinite(value) or too_low or too_high:
+            sign = {(False, False): "≥", (True, False): ">"}
+            bounds = [f"{sign[open_low, False]} {low}" if low is not None else "",
+                      f"{'<' if open_high else '≤'} {high}" if high is not None else ""]
+            raise argparse.ArgumentTypeError(f"expected a {'whole number' if kind is int else 'number'} "
+                                             f"{' and '.join(b for b in bounds if b)}, got {text!r}")
+        return value
+    return parse
+
+
+PROBABILITY = bounded(float, 0, 1, open_low=True, open_high=True)
+COUNT = bounded(int, 1)
+EXIT_CODES = """exit codes:
+  0    every check passed (or the command did its job)
+  1    a check failed
+  2    bad input or an error: one line naming the file, record and field
+  130  interrupted: what was collected is kept; run the same command again to resume
+"""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default, except where there is none to show (a flag, an unset option)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="servecheck", description=(
+    p = Subparser(prog="servecheck", description=(
         "Check that the model behind an inference server is the model you think it is: "
         "chat template, termination and output distribution against a Hugging Face reference."))
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Subparser)
 
     g = sub.add_parser("generate", help="expand a prompts file and collect responses")
     g.add_argument("prompts", type=Path, help="prompts.json: lists of variations")
@@ -138,30 +188,32 @@ def parser() -> argparse.ArgumentParser:
                         "default: completions mode and Triton refuse to run without one, chat "
                         "mode records outputs as returned and says so")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--retries", type=int, default=3,
-                   help="retries of a transient failure (refused, 429, 503), with backoff")
+    g.add_argument("--retries", type=bounded(int, 0), default=3,
+                   help="retries of a transient failure (see the README's list), with backoff")
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("check", help="check a responses file against a reference checkpoint")
     c.add_argument("responses", type=Path, help="responses file: JSON list or JSON Lines")
-    c.add_argument("--reference", default="builtin", help="local HF checkpoint folder or 'builtin'")
+    c.add_argument("--reference", required=True, metavar="PATH|builtin", help=REFERENCE_HELP)
     c.add_argument("--json", type=output_file, help="write the JSON summary here")
     c.add_argument("--report", type=output_file, help="write a self-contained HTML report here")
     c.add_argument("--junit", type=output_file, help="write JUnit XML here (one test case per check "
                                               "and parameter group), for CI")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     c.add_argument("--numerics", default="bf16", choices=["fp32", "fp16", "bf16", "fp8"],
-                   help="the server's numerics; sets the greedy near-tie tolerance (default bf16)")
-    c.add_argument("--logit-tolerance", type=float,
+                   help="the server's numerics; sets the greedy near-tie tolerance")
+    c.add_argument("--logit-tolerance", type=bounded(float, 0),
                    help="override the near-tie tolerance in logits (greedy and top_k boundary)")
-    c.add_argument("--alpha", type=float, default=0.01,
+    c.add_argument("--alpha", type=PROBABILITY, default=0.01,
                    help="family-wise false-alarm rate of the statistical checks (Holm)")
     c.add_argument("--device", help="where the reference scores: cpu, cuda, cuda:N, or auto / "
                                     "balanced (spread over the GPUs by accelerate); default cuda "
                                     "when there is one. Under torchrun each rank uses its own GPU")
     c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="the reference's weights and activations (default float32)")
-    conv = c.add_argument_group("sampling convention (where engines differ; default: HF)")
+                   help="the reference's weights and activations")
+    c.add_argument("--max-record-mb", type=bounded(float, 0, open_low=True), default=16,
+                   help="refuse a record larger than this (memory stays bounded)")
+    conv = c.add_argument_group("sampling convention (where engines differ; unset: HF's)")
     conv.add_argument("--top-p-before-temperature", action="store_true",
                       help="the nucleus is chosen on temperature-1 probabilities")
     conv.add_argument("--top-p-inclusive", action="store_true",
@@ -173,55 +225,69 @@ def parser() -> argparse.ArgumentParser:
     k = sub.add_parser("compare", help="replay a few served requests on a ground truth and show "
                                        "both outputs side by side, each with its verdict")
     k.add_argument("responses", type=Path, help="responses file: JSON list or JSON Lines")
-    k.add_argument("--reference", default="builtin", help="local HF checkpoint folder or 'builtin'")
+    k.add_argument("--reference", required=True, metavar="PATH|builtin", help=REFERENCE_HELP)
     k.add_argument("--target", help="the ground truth (default: hf:<reference>, in process)")
-    k.add_argument("--sample", type=int, default=5, help="how many records (default 5)")
-    k.add_argument("--seed", type=int, default=0, help="seed of the random pick (default 0)")
+    k.add_argument("--sample", type=COUNT, default=5, help="how many records")
+    k.add_argument("--seed", type=bounded(int, 0), default=0, help="seed of the random pick")
     k.add_argument("--html", type=output_file, help="write the side-by-side HTML page here")
     k.add_argument("--numerics", default="bf16", choices=["fp32", "fp16", "bf16", "fp8"],
-                   help="the server's numerics; sets the tolerances (default bf16)")
+                   help="the server's numerics; sets the tolerances")
+    k.add_argument("--max-record-mb", type=bounded(float, 0, open_low=True), default=16,
+                   help="refuse a record larger than this (memory stays bounded)")
     k.add_argument("--no-progress", action="store_true", help="no progress bars")
     k.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("demo", help="a correct and a faulty server on the built-in model, checked")
-    d.add_argument("--out-dir", type=Path, default=Path("demo-out"))
+    d.add_argument("--out-dir", type=Path, default=Path("demo-out"),
+                   help="where the demo writes its prompts, responses and reports")
     d.set_defaults(func=cmd_demo)
 
     v = sub.add_parser("serve", help="serve a checkpoint on a real inference server")
-    v.add_argument("server", choices=["triton", "endpoint"],
-                   help="triton: a real Triton server, TensorRT-LLM interface; endpoint: the HF "
-                        "Inference Endpoints handler behind a local HTTP server")
-    v.add_argument("--model", default="builtin", help="local HF checkpoint folder or 'builtin'")
-    v.add_argument("--host", default="127.0.0.1")
-    v.add_argument("--http-port", type=port, default=8000)
-    v.add_argument("--grpc-port", type=port, default=8001)
-    v.add_argument("--metrics-port", type=port, default=8002)
-    v.add_argument("--seed-name", choices=["seed", "random_seed"], default="seed",
+    servers = v.add_subparsers(dest="server", required=True, metavar="{triton,endpoint}")
+    t = servers.add_parser("triton", help="a real Triton server with the TensorRT-LLM interface "
+                                          "(ensemble, tensorrt_llm_bls, tensorrt_llm)")
+    t.add_argument("--model", default="builtin", help="local HF checkpoint folder or 'builtin'")
+    t.add_argument("--host", default="127.0.0.1", help="address to bind")
+    t.add_argument("--http-port", type=port, default=8000, help="HTTP/REST port")
+    t.add_argument("--grpc-port", type=port, default=8001, help="gRPC port")
+    t.add_argument("--metrics-port", type=port, default=8002,
+                   help="Prometheus metrics port (when taken, servecheck says so before start)")
+    t.add_argument("--seed-name", choices=["seed", "random_seed"], default="seed",
                    help="the seed input's name (random_seed before TensorRT-LLM's 2025 rename)")
-    v.add_argument("--add-special-tokens", action="store_true",
+    t.add_argument("--add-special-tokens", action="store_true",
                    help="tokenize text_input with special tokens added (double BOS on Gemma)")
-    v.add_argument("--decoupled", action="store_true",
+    t.add_argument("--decoupled", action="store_true",
                    help="decoupled models: one response per token (generate_stream, gRPC stream)")
-    v.add_argument("--echo", action="store_true",
+    t.add_argument("--echo", action="store_true",
                    help="a fault: return the prompt even when exclude_input_in_output is set")
-    v.add_argument("--fail-after", type=int, metavar="N",
+    t.add_argument("--fail-after", type=int, metavar="N",
                    help="a fault: raise after N tokens (an error frame inside a stream)")
-    v.add_argument("--ignore-seed", action="store_true", help="a fault: every request gets seed 0")
-    v.add_argument("--batch-variant", action="store_true",
+    t.add_argument("--ignore-seed", action="store_true", help="a fault: every request gets seed 0")
+    t.add_argument("--batch-variant", action="store_true",
                    help="a fault: greedy output changes when requests share a batch")
-    v.set_defaults(func=cmd_serve)
+    t.set_defaults(func=cmd_serve_triton)
+    n = servers.add_parser("endpoint", help="the HF Inference Endpoints handler behind a local "
+                                            "HTTP server (POST / with inputs and parameters)")
+    n.add_argument("--model", default="builtin", help="local HF checkpoint folder or 'builtin'")
+    n.add_argument("--host", default="127.0.0.1", help="address to bind")
+    n.add_argument("--http-port", type=port, default=8080, help="HTTP port")
+    n.set_defaults(func=cmd_serve_endpoint)
 
     pr = sub.add_parser("probe", help="determinism and seed probes against a live server")
     pr.add_argument("prompts", type=Path, nargs="?", help="prompts file (default: built-in prompts)")
     pr.add_argument("--target", required=True, help="the server, as for generate")
-    pr.add_argument("--reference", default="builtin", help="local HF checkpoint folder or 'builtin'")
-    pr.add_argument("--repeats", type=int, default=4, help="copies of the repeated request")
-    pr.add_argument("--seeds", type=int, default=8, help="seeds per prompt in the seed probe")
-    pr.add_argument("--levels", type=int, nargs="+", default=[4, 8],
+    pr.add_argument("--reference", required=True, metavar="PATH|builtin", help=REFERENCE_HELP)
+    pr.add_argument("--repeats", type=bounded(int, 2), default=4,
+                    help="copies of the repeated request")
+    pr.add_argument("--seeds", type=bounded(int, 2), default=8,
+                    help="seeds per prompt in the seed probe")
+    pr.add_argument("--levels", type=bounded(int, 2), nargs="+", default=[4, 8],
                     help="concurrency levels of the batch-invariance probe")
-    pr.add_argument("--max-tokens", type=int, default=32)
-    pr.add_argument("--numerics", default="bf16", choices=["fp32", "fp16", "bf16", "fp8"])
-    pr.add_argument("--alpha", type=float, default=0.01)
+    pr.add_argument("--max-tokens", type=COUNT, default=32, help="tokens per probe request")
+    pr.add_argument("--numerics", default="bf16", choices=["fp32", "fp16", "bf16", "fp8"],
+                    help="the server's numerics; sets the tolerances")
+    pr.add_argument("--alpha", type=PROBABILITY, default=0.01,
+                    help="family-wise false-alarm rate of the probes")
     pr.add_argument("--json", type=output_file, help="write the results here")
     pr.set_defaults(func=cmd_probe)
 
@@ -232,13 +298,42 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_endpoint_files)
 
     s = sub.add_parser("schema", help="print the JSON Schema of a file format")
-    s.add_argument("which", choices=["responses", "prompts"])
+    s.add_argument("which", choices=["responses", "prompts"], help="which file format")
     s.set_defaults(func=cmd_schema)
     return p
 
 
+class Subparser(argparse.ArgumentParser):
+    """Every subcommand shows its defaults and the exit codes, and a refused argument is one
+    line (``servecheck check: error: argument --alpha: …``), as every other bad input is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("epilog", EXIT_CODES)
+        super().__init__(*args, **kwargs)
+
+
+class StderrLines(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time (a test's capture, a redirected run)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"servecheck: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
+def warnings_to_stderr() -> None:
+    """servecheck's warnings (a torn last line, …) as one ``servecheck: warning:`` line each."""
+    log = logging.getLogger("servecheck")
+    if not any(isinstance(h, StderrLines) for h in log.handlers):
+        log.addHandler(StderrLines())
+        log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    warnings_to_stderr()
     console = Console(highlight=False, soft_wrap=True)
     try:
         return args.func(args, console)

@@ -73,7 +73,10 @@ def run_cli() -> RunCli:
     """``run_cli(*args)``: the ``servecheck`` entry point in this process; returns the exit code."""
 
     def run(*args: str | Path) -> int:
-        return main([str(a) for a in args])
+        try:
+            return main([str(a) for a in args])
+        except SystemExit as e:  # argparse refusing an argument: exit 2, as on the command line
+            return int(e.code or 0)
 
     return run
 

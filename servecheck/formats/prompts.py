@@ -78,7 +78,7 @@ def expand(path: Path) -> list[Request]:
             raise InputError(f"expected an object of variation lists, got {type(block).__name__}",
                              where=where)
         try:
-            v = Variations.model_validate(block)
+            v = Variations.model_validate(block, strict=True)
         except ValidationError as e:
             raise explain(e, where) from None
         lists = [v.prompt, v.system_prompt] + [getattr(v, f) for f in PARAMETER_FIELDS]

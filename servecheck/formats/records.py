@@ -9,14 +9,18 @@ Schema.
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from servecheck.errors import InputError
 
 SCHEMA_VERSION = 1
+LOGPROB_SLACK = 1e-4
+"""How far above 0 a served log-probability may round (float32 log-softmax of a sure token)."""
 
 Role = Literal["system", "user", "model"]
 
@@ -68,9 +72,10 @@ def is_greedy(temperature: float, top_k: int) -> bool:
 
 
 class Parameters(BaseModel):
-    """Sampling parameters as requested. ``None`` means "not sent": the server's default applies."""
+    """Sampling parameters as requested. ``None`` means "not sent": the server's default applies.
+    Infinity and NaN are refused: JSON readers accept them, and a server would get nonsense."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     temperature: float | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
@@ -101,7 +106,8 @@ class ResponseRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = Field(SCHEMA_VERSION, ge=1, le=SCHEMA_VERSION)
+    """A file from a newer servecheck is refused rather than half understood."""
     id: str | None = None
     """Stable for the same request; a rerun skips ids already answered."""
     conversations: Conversation
@@ -121,6 +127,26 @@ class ResponseRecord(BaseModel):
     timing: Timing | None = None
     error: str | None = None
     """Set when the request failed; such records are kept, reported, and retried on resume."""
+
+    @field_validator("output_logprobs")
+    @classmethod
+    def _log_probabilities(cls, v: list[float] | None) -> list[float] | None:
+        """A log-probability is at most 0; NaN or a positive value is a broken export, not
+        evidence about the server (minus infinity is evidence: a token it called impossible)."""
+        for k, x in enumerate(v or []):
+            if math.isnan(x) or x > LOGPROB_SLACK:
+                raise ValueError(f"output_logprobs[{k}] = {x} is not a log-probability (≤ 0)")
+        return v
+
+    @model_validator(mode="after")
+    def _ids_and_logprobs_line_up(self) -> ResponseRecord:
+        """Ids and log-probs of one output come one per token; a server may report one extra
+        log-prob (the end token's, its id left out), never more."""
+        ids, lps = self.output_token_ids, self.output_logprobs
+        if ids is not None and lps is not None and not 0 <= len(lps) - len(ids) <= 1 and lps:
+            raise ValueError(f"output_logprobs has {len(lps)} values for {len(ids)} "
+                             f"output_token_ids: they must be one per token")
+        return self
 
 
 END_MARKER_UNKNOWN = "unknown: not restored, no --reference or ?template= named"
@@ -175,7 +201,7 @@ def _wrap_scalar(v: object) -> object:
 class Variations(BaseModel):
     """One block of a prompts file: every combination of its lists is one request."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     prompt: list[str | list[Message]] = Field(min_length=1)
     """A user message, or a whole conversation (roles alternate, the last one is ``user``)."""
@@ -193,11 +219,40 @@ class Variations(BaseModel):
     _wrap = field_validator("*", mode="before")(classmethod(lambda cls, v: _wrap_scalar(v)))
 
 
+UNION_TAGS = {"str", "int", "float", "bool", "none", "dict", "list"}
+
+
+def _field_path(loc: tuple) -> str:
+    """A pydantic error location as the file's field path: union members' tags
+    (``str``, ``list[Message]``) are pydantic's, not the user's."""
+    parts = [str(p) for p in loc if not (isinstance(p, str) and (p in UNION_TAGS or "[" in p
+                                                                 or p.startswith("function-")))]
+    return ".".join(parts) or "(top level)"
+
+
 def explain(err: ValidationError, where: str) -> InputError:
-    """One readable message from a pydantic error: the first problem, with its field path."""
-    first = err.errors()[0]
-    path = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    """One readable message from a pydantic error. Of several (a union tried every member), the
+    deepest is the one that names what the user got wrong: ``prompt.0.0.role``, not ``prompt.0``."""
+    errors = err.errors()
+    first = max(errors, key=lambda e: len(e["loc"]))
+    path = _field_path(first["loc"])
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     if first["type"] == "extra_forbidden":
         return InputError(f"unknown field '{path}'{more}", where=where)
-    return InputError(f"field '{path}': {first['msg']}{more}", where=where)
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "literal_error" and path.endswith("role"):
+        msg += " ('assistant' is read as 'model')"
+    got = first.get("input")
+    shown = "" if isinstance(got, dict | list) or "input" not in first else \
+        f", got {json.dumps(got)[:60]}" if _jsonable(got) else f", got {got!r:.60}"
+    if path == "(top level)":
+        return InputError(f"{msg}{more}", where=where)
+    return InputError(f"field '{path}': {msg}{shown}{more}", where=where)
+
+
+def _jsonable(value: object) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True

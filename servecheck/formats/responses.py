@@ -16,6 +16,7 @@ record costs more than the request itself against a fast server.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -34,24 +35,48 @@ from servecheck.formats.records import (
 )
 
 FSYNC_EVERY_S = 1.0
+MAX_RECORD_BYTES = 16 * 2**20
+"""A record beyond this is refused by name: one 50 MB record once drove ``check`` to 13 GB."""
+
+log = logging.getLogger("servecheck")
 
 
-def _parse_lines(text: str, path: Path) -> list[tuple[int, dict]]:
-    """Parse a JSONL body or an array written one element per line; tolerate a torn last line."""
-    out: list[tuple[int, dict]] = []
+def _torn(line: str, last: bool, ends_with_newline: bool) -> bool:
+    """A record a killed writer left half written: the file's last line, without its newline,
+    and the start of a record. Anything else that fails to parse is damage the user must see."""
+    s = line.strip().lstrip(",").lstrip()
+    return last and not ends_with_newline and s.startswith("{")
+
+
+def _parse_lines(text: str, path: Path, max_bytes: int) -> list[tuple[int, object]]:
+    """Parse a JSONL body or an array written one element per line. A torn last line is left
+    out with a warning naming it; any other line that is not JSON is an error naming it."""
+    out: list[tuple[int, object]] = []
     lines = text.splitlines()
     for n, line in enumerate(lines, start=1):
         s = line.strip().rstrip(",").lstrip(",").strip()
         if s in ("", "[", "]"):
             continue
+        if len(s) > max_bytes:  # characters ≤ bytes: a cheap bound before the exact one
+            _refuse_size(len(s.encode("utf-8")), max_bytes, f"{path} line {n}")
         try:
             obj = json.loads(s)
         except json.JSONDecodeError as e:
-            if n == len(lines):  # the last line of a killed run: drop it, it will be redone
+            if _torn(line, n == len(lines), text.endswith("\n")):
+                log.warning("%s line %d is cut short (a run killed mid-write?): left out; a rerun "
+                            "of generate redoes it", path, n)
                 continue
-            raise InputError(f"line {n} is not valid JSON ({e.msg})", where=str(path)) from None
+            what = "cut short" if e.pos >= len(s) else f"{e.msg} at column {e.colno}"
+            raise InputError(f"line {n} is not valid JSON ({what}): {s[:40]!r}",
+                             where=str(path)) from None
         out.append((n, obj))
     return out
+
+
+def _refuse_size(size: int, max_bytes: int, where: str) -> None:
+    raise InputError(f"a record of {size / 2**20:.1f} MiB is over the {max_bytes / 2**20:.1f} MiB "
+                     f"limit (a whole document in one output?); raise --max-record-mb to read it",
+                     where=where)
 
 
 def _drop_torn_tail(path: Path) -> str:
@@ -64,37 +89,52 @@ def _drop_torn_tail(path: Path) -> str:
     try:
         json.loads(s)
     except json.JSONDecodeError:
+        if not _torn(last, True, text.endswith("\n")):
+            raise InputError(f"line {body.count(chr(10)) + 2 if body else 1} is not valid JSON; "
+                             f"fix or move the file before appending to it",
+                             where=str(path)) from None
         text = body + "\n" if body else ""
         path.write_text(text, encoding="utf-8")
     return text
 
 
-def read_raw(path: Path) -> list[tuple[str, dict]]:
+def read_raw(path: Path, max_bytes: int = MAX_RECORD_BYTES) -> list[tuple[str, object]]:
     """(location, object) pairs from a JSON array or JSON Lines file."""
     text = read_text(path)
     if not text.strip():
         raise InputError("file is empty", where=str(path))
-    if text.lstrip().startswith("["):
+    head = text.lstrip()[:1]
+    if head not in ("[", "{"):
+        raise InputError(f"not JSON: it starts with {text.lstrip()[:20]!r} (expected a JSON "
+                         f"list of records or JSON Lines)", where=str(path))
+    if head == "[":
         try:
             data = json.loads(text)
+        except json.JSONDecodeError as e:
+            if "\n" not in text.strip():  # one line: no record boundary to recover at
+                what = "cut short" if e.pos >= len(text.rstrip()) else e.msg
+                raise InputError(f"not valid JSON ({what}, line {e.lineno} column {e.colno})",
+                                 where=str(path)) from None
+        else:  # an array left open by a killed run, or one element per line: parse lines
             if not isinstance(data, list):
                 raise InputError("expected a list of records", where=str(path))
+            for i, obj in enumerate(data):
+                if len(text) > max_bytes and len(size := json.dumps(obj)) > max_bytes:
+                    _refuse_size(len(size.encode("utf-8")), max_bytes, f"{path} record {i}")
             return [(f"record {i}", obj) for i, obj in enumerate(data)]
-        except json.JSONDecodeError:
-            pass  # an array left open by a killed run, or one element per line: parse lines
-    return [(f"line {n}", obj) for n, obj in _parse_lines(text, path)]
+    return [(f"line {n}", obj) for n, obj in _parse_lines(text, path, max_bytes)]
 
 
-def read_records(path: Path) -> list[ResponseRecord]:
+def read_records(path: Path, max_record_bytes: int = MAX_RECORD_BYTES) -> list[ResponseRecord]:
     """Validated records, the last one per id kept (ids absent in foreign files: all kept)."""
     records: dict[str, ResponseRecord] = {}
-    for i, (loc, obj) in enumerate(read_raw(path)):
+    for i, (loc, obj) in enumerate(read_raw(path, max_record_bytes)):
         if not isinstance(obj, dict):
             raise InputError(f"expected a record object, got {type(obj).__name__}",
                              where=f"{path} {loc}")
         obj, variation = _split_variation(obj)
         try:
-            rec = ResponseRecord.model_validate(obj)
+            rec = ResponseRecord.model_validate(obj, strict=True)
         except ValidationError as e:
             raise explain(e, f"{path} {loc}") from None
         problem = variation_mismatch(rec.conversations, variation) if variation else None
@@ -102,7 +142,8 @@ def read_records(path: Path) -> list[ResponseRecord]:
             raise InputError(problem, where=f"{path} {loc}" + (f" (id {rec.id})" if rec.id else ""))
         records[rec.id or f"#{i}"] = rec
     if not records:
-        raise InputError("no records", where=str(path))
+        raise InputError("no records: the file holds only brackets and blank lines",
+                         where=str(path))
     return list(records.values())
 
 

@@ -21,6 +21,7 @@ from servecheck.checks.options import CheckOptions
 from servecheck.checks.results import CheckResult, Verdict, overall
 from servecheck.errors import EXIT_FAIL, EXIT_PASS, InputError
 from servecheck.formats.records import ResponseRecord
+from servecheck.formats.responses import MAX_RECORD_BYTES, read_records
 from servecheck.reference.model import Reference
 from servecheck.reference.scoring import score
 from servecheck.workflows.progress import bar, spinner
@@ -75,15 +76,17 @@ def teacher_force(ctx: CheckContext, console: Console, enabled: bool = True) -> 
 
 def check(responses: Path | list[ResponseRecord], options: CheckOptions | None = None,
           console: Console | None = None, progress: bool = False,
-          reference: Reference | None = None) -> CheckRun:
+          reference: Reference | None = None,
+          max_record_bytes: int = MAX_RECORD_BYTES) -> CheckRun:
     """Every check of ``responses`` (a responses file, or records) against the reference.
 
     ``reference``: a reference already loaded (for ``options.reference``), to check many files
-    without loading it again; by default it is loaded from the options."""
-    from servecheck.formats.responses import read_records
+    without loading it again; by default it is loaded from the options. A record in the file
+    over ``max_record_bytes`` is refused by name (memory stays bounded)."""
 
     options = options or CheckOptions()
-    records = read_records(responses) if isinstance(responses, Path) else list(responses)
+    records = read_records(responses, max_record_bytes) if isinstance(responses, Path) \
+        else list(responses)
     scorer, rank = _scorer()
     device = options.device
     if device and device != "cpu" and not _has_cuda():
@@ -98,12 +101,13 @@ def check(responses: Path | list[ResponseRecord], options: CheckOptions | None =
 
 
 def run_check(responses: Path, options: CheckOptions, console: Console,
-              outputs: Outputs = Outputs(), progress: bool = True) -> int:
+              outputs: Outputs = Outputs(), progress: bool = True,
+              max_record_bytes: int = MAX_RECORD_BYTES) -> int:
     """The ``check`` command: the table, the files asked for, and the exit code."""
     from servecheck.report.outputs import write_outputs
     from servecheck.report.table import print_table
 
-    run = check(responses, options, console, progress)
+    run = check(responses, options, console, progress, max_record_bytes=max_record_bytes)
     if run.rank:  # another torchrun rank: it scored its share, rank 0 reports
         return EXIT_PASS if run.verdict == "pass" else EXIT_FAIL
     title = outputs.title or f"servecheck: {responses} vs {options.reference}"

@@ -33,6 +33,7 @@ from servecheck.collect.targets import Target, open_target
 from servecheck.errors import EXIT_FAIL, EXIT_PASS, InputError, TargetError
 from servecheck.formats.prompts import Request
 from servecheck.formats.records import ResponseRecord
+from servecheck.formats.responses import MAX_RECORD_BYTES, read_records
 from servecheck.reference.model import Reference
 from servecheck.report.html import DiffView
 from servecheck.report.tokens import TokenView, heatmap
@@ -174,14 +175,15 @@ def verdict_counts(pairs: list[Pair], side: str) -> tuple[int, int]:
 
 def compare(responses: Path | list[ResponseRecord], reference: str = "builtin",
             truth: str | None = None, sample: int = 5, seed: int = 0, numerics: str = "bf16",
-            console: Console | None = None, progress: bool = False) -> list[Pair]:
+            console: Console | None = None, progress: bool = False,
+            max_record_bytes: int = MAX_RECORD_BYTES) -> list[Pair]:
     """``sample`` records of ``responses``, replayed on ``truth`` (default ``hf:<reference>``,
     in process), each output judged on its own: the pairs ``compare`` shows."""
-    from servecheck.formats.responses import read_records
     from servecheck.workflows.check import teacher_force
 
     console = console or Console(quiet=True)
-    records = read_records(responses) if isinstance(responses, Path) else list(responses)
+    records = read_records(responses, max_record_bytes) if isinstance(responses, Path) \
+        else list(responses)
     chosen = pick(records, sample, seed)
     ref = Reference(reference)
     served = [records[i].model_copy(update={"id": label(records[i], i)}) for i in chosen]
@@ -194,10 +196,12 @@ def compare(responses: Path | list[ResponseRecord], reference: str = "builtin",
 
 
 def run_compare(responses: Path, reference: str, target: str | None, sample: int, seed: int,
-                html: Path | None, numerics: str, console: Console, progress: bool = True) -> int:
+                html: Path | None, numerics: str, console: Console, progress: bool = True,
+                max_record_bytes: int = MAX_RECORD_BYTES) -> int:
     """The ``compare`` command; 0 when every served output in the sample is plausible, else 1."""
     truth_spec = target or f"hf:{reference}"
-    pairs = compare(responses, reference, target, sample, seed, numerics, console, progress)
+    pairs = compare(responses, reference, target, sample, seed, numerics, console, progress,
+                    max_record_bytes)
     console.print(f"{len(pairs)} record(s) of {responses} (seed {seed}) replayed on {truth_spec}")
     print_pairs(pairs, truth_spec, console)
     ok_served, n_served = verdict_counts(pairs, "served")

@@ -249,8 +249,8 @@ def test_a_key_the_server_quotes_back_reaches_no_output(
     with _rejecting_server(free_ports) as address:
         assert run_cli("generate", _prompts(tmp_path, 2), "--target", f"openai://{address}/v1",
                        "--out", out, "--retries", "0", "--no-progress") == 1
-    assert run_cli("check", out, "--json", files[1], "--junit", files[2], "--report", files[3],
-                   "--no-progress") == 1
+    assert run_cli("check", out, "--reference", "builtin", "--json", files[1], "--junit",
+                   files[2], "--report", files[3], "--no-progress") == 1
     console = capsys.readouterr()
     assert "HTTP 401" in out.read_text() and "[redacted]" in out.read_text()
     for path in files:

@@ -71,13 +71,13 @@ def test_compare_is_reproducible(compared: dict, capsys: pytest.CaptureFixture[s
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--sample", "0"), "--sample must be ≥ 1"),
+    (("--sample", "0"), "argument --sample: expected a whole number ≥ 1"),
     (("--target", "nope:x"), "unknown target"),
     (("--reference", "/nonexistent"), "not a folder"),
 ])
 def test_compare_bad_input(compared: dict, capsys: pytest.CaptureFixture[str], args: tuple,
                            message: str, run_cli) -> None:
-    assert run_cli("compare", compared["path"], *args, "--no-progress") == 2
+    assert run_cli("compare", compared["path"], "--reference", "builtin", *args, "--no-progress") == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
 
@@ -88,5 +88,5 @@ def test_compare_all_failed(tmp_path: Path, lite_responses: Path,
     for r in records:
         r.error, r.output = "connection refused", ""
     path = write_records(tmp_path / "failed.json", records)
-    assert run_cli("compare", path, "--no-progress") == 2
+    assert run_cli("compare", path, "--reference", "builtin", "--no-progress") == 2
     assert "no answered record to compare" in capsys.readouterr().err
