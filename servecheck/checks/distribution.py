@@ -73,7 +73,8 @@ class GroupedDetails(Details):
         tests = self.tests()
         if not tests:
             return "—"
-        big = max(tests, key=lambda t: abs(t.effect) / t.floor)
+        # a failing check shows what failed, not a bigger but inconclusive effect
+        big = max([t for t in tests if t.failed] or tests, key=lambda t: abs(t.effect) / t.floor)
         return f"{big.effect_label} {big.effect:+.3f} (floor {big.floor:g})"
 
     def skipped_cases(self) -> list[Case]:

@@ -2,7 +2,8 @@
 
 Everything the page shows is computed here from the checks' results and the context's cached
 scores (nothing is scored twice); ``templates/report.html.j2`` only lays it out. The page shows,
-top to bottom: the verdict of every check with its p-value and effect size; per parameter group
+top to bottom: the verdict of every check with its p-value and effect size, and in words why an
+effect beside a floor or tolerance passed or failed (``why.py``); per parameter group
 the PIT histogram, the QQ plot and the temperature profile (effective vs requested); the
 template diff, served vs reference; and every output as a token heat-map, worst records first,
 with search and filters by check and group.
@@ -23,6 +24,7 @@ from markupsafe import Markup
 from servecheck.checks.context import CheckContext
 from servecheck.checks.distribution import (
     FitDetails,
+    GroupedDetails,
     TemperatureDetails,
     informative,
     pool,
@@ -39,6 +41,7 @@ from servecheck.report.pages import render, write_page
 from servecheck.report.svg import pit_histogram, qq_plot, temperature_profile
 from servecheck.report.tokens import TokenView, heatmap
 from servecheck.report.visible import Segment, side_by_side
+from servecheck.report.why import check_reason, stat_reason
 
 MAX_RECORDS = 300
 """Records shown as heat-maps (worst first); a page with thousands would not open quickly."""
@@ -53,6 +56,8 @@ class CheckRow:
     summary: str
     p: str
     effect: str
+    why: str | None
+    """The verdict in words, where the effect is judged against a floor or tolerance."""
     tests: list[dict[str, Any]]
     findings: list[tuple[str, str]]
     findings_total: int
@@ -94,8 +99,9 @@ class RecordView:
     sort_key: tuple = field(repr=False, default=())
 
 
-def _test_rows(tests: list[StatTest]) -> list[dict[str, Any]]:
-    return [{**stat_test_json(t), "verdict": "fail" if t.failed else "pass"} for t in tests]
+def _test_rows(tests: list[StatTest], alpha: float, family: int | None) -> list[dict[str, Any]]:
+    return [{**stat_test_json(t), "verdict": "fail" if t.failed else "pass",
+             "why": stat_reason(t, alpha, family)} for t in tests]
 
 
 def check_rows(results: list[CheckResult]) -> list[CheckRow]:
@@ -107,7 +113,10 @@ def check_rows(results: list[CheckResult]) -> list[CheckRow]:
             p = f"{low.p:.2g} (Holm {low.p_adjusted:.2g}), smallest of {len(tests)}"
         else:
             p = "— (deterministic)"
-        rows.append(CheckRow(r.name, r.verdict, r.summary, p, r.details.effect(), _test_rows(tests),
+        d = r.details
+        alpha, family = (d.alpha, d.family_size) if isinstance(d, GroupedDetails) else (0.0, None)
+        rows.append(CheckRow(r.name, r.verdict, r.summary, p, d.effect(), check_reason(r),
+                             _test_rows(tests, alpha, family),
                              [(f.record, f.message) for f in r.worst_first()[:MAX_FINDINGS]],
                              len(r.findings)))
     return rows
@@ -117,6 +126,8 @@ def group_views(ctx: CheckContext, results: list[CheckResult]) -> list[GroupView
     fit_tests = [t for r in results if isinstance(r.details, FitDetails) for t in r.details.tests()]
     temps = next((r.details.groups or {} for r in results
                   if isinstance(r.details, TemperatureDetails)), {})
+    family = next((r.details for r in results if isinstance(r.details, GroupedDetails)), None)
+    alpha, size = (family.alpha, family.family_size) if family else (0.0, None)
     views = []
     for s, idx in sampled_groups(ctx).items():
         label = s.label()
@@ -136,7 +147,7 @@ def group_views(ctx: CheckContext, results: list[CheckResult]) -> list[GroupView
                                               s.temperature, fit.estimate, fit.low, fit.high,
                                               f"temperature · {label}"))
             temperature = temps[label].describe()
-        rows = _test_rows(tests)
+        rows = _test_rows(tests, alpha, size)
         verdict = "fail" if any(t["verdict"] == "fail" for t in rows) else \
             "pass" if rows else "skipped"
         views.append(GroupView(label, len(idx), len(pit), verdict, charts, rows, temperature))

@@ -44,8 +44,8 @@ def run(lite_responses: Path, ref: Reference, tmp_path_factory: pytest.TempPathF
         "output_token_ids": None, "output_logprobs": None})
     path = write_records(out / "responses.json", [*records, evil])
     html, junit, summary = out / "report.html", out / "junit.xml", out / "summary.json"
-    code = run_cli("check", path, "--report", html, "--junit", junit, "--json", summary,
-                   "--no-progress")
+    code = run_cli("check", path, "--reference", "builtin", "--report", html, "--junit", junit,
+                   "--json", summary, "--no-progress")
     return {"code": code, "html": html, "junit": junit, "dir": out}
 
 
