@@ -43,14 +43,18 @@ class InputError(Exception):
 class TargetError(Exception):
     """A target failed on one request (server down, timeout, error frame); the run goes on.
 
-    ``transient`` marks what a retry may cure (connection refused, HTTP 429 or 503, gRPC
-    UNAVAILABLE); ``retry_after`` is the server's own hint in seconds, when it gave one. A 4xx or
-    an error frame is never transient: the same request would fail the same way.
+    ``transient`` marks what a retry may cure (connection refused or reset, a name that does
+    not resolve, HTTP 429 or 503, gRPC UNAVAILABLE or RESOURCE_EXHAUSTED); ``retry_after`` is
+    the server's own hint in seconds, when it gave one. A 4xx or an error frame is never
+    transient: the same request would fail the same way.
     """
 
-    def __init__(self, message: str, *, transient: bool = False,
+    def __init__(self, message: str, *, transient: bool = False, gone: bool = False,
                  retry_after: float | None = None, secrets: Iterable[str] = ()) -> None:
-        self.transient = transient
+        self.transient = transient or gone
+        self.gone = gone
+        """The server could not be reached at all (refused, reset, a name that does not
+        resolve, gRPC UNAVAILABLE): what the collector's circuit breaker counts."""
         self.retry_after = retry_after
         super().__init__(redact(message, secrets))
 

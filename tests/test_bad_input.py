@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -172,3 +174,17 @@ def test_token_ids_outside_the_vocabulary(tmp_path: Path, capsys: pytest.Capture
     assert run_cli("check", p, "--reference", "builtin", "--no-progress") == 2
     err = _no_traceback(capsys)
     assert "record r7" in err and expect in err
+
+
+@pytest.mark.slow  # 224 commands in one process (about 20 s)
+def test_every_bad_input_in_the_table_holds(root: Path, tmp_path: Path) -> None:
+    """``benchmarks/bad_inputs.py``: every case exits 2, with no traceback, naming where. The
+    script writes the table into a scratch file here; ``docs/bad-inputs.md`` is its committed
+    run."""
+    out = tmp_path / "bad-inputs.md"
+    run = subprocess.run([sys.executable, "benchmarks/bad_inputs.py", "--check", "--out", str(out)],
+                         cwd=root, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr[-4000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and
+            line.count("|") >= 6 and "bad input" not in line]
+    assert len(rows) >= 150 and not any("| **no** |" in row for row in rows)

@@ -48,6 +48,7 @@ class CheckContext:
         """Each answered record's sampling transform, defaults filled in as a server would."""
         self.ref = ref
         self._check_ids()
+        self.expected_prompts  # noqa: B018 - renders every conversation now: a refusal is bad input
         self.scorer = scorer
         self._scores: dict[int, TokenScores] = {}
         self._prompt_ids: dict[int, tuple[list[int], PromptSource]] = {}
@@ -74,14 +75,18 @@ class CheckContext:
                                      f"wrong --reference", where=f"record {label_}")
 
     @cached_property
-    def expected_prompts(self) -> list[str | Exception]:
-        """The reference rendering of each record's conversation (or why it cannot be rendered)."""
-        out: list[str | Exception] = []
-        for r in self.records:
+    def expected_prompts(self) -> list[str]:
+        """The reference rendering of each record's conversation. One the reference's template
+        refuses (a ``raise_exception`` for roles it does not take) cannot be checked against
+        this reference at all: bad input, named by record, not a server failure."""
+        out: list[str] = []
+        for label_, r in zip(self.labels, self.records, strict=True):
             try:
                 out.append(self.ref.render(r.conversations))
             except Exception as e:
-                out.append(e)
+                raise InputError(f"the reference's chat template refuses this conversation "
+                                 f"({type(e).__name__}: {str(e)[:200]}); it cannot be checked "
+                                 f"against this reference", where=f"record {label_}") from None
         return out
 
     def prompt_ids(self, i: int) -> tuple[list[int], PromptSource]:
@@ -94,10 +99,7 @@ class CheckContext:
             return r.prompt_token_ids, PromptSource.SERVER_IDS
         if r.input:
             return self.ref.encode(r.input), PromptSource.INPUT_TEXT
-        expected = self.expected_prompts[i]
-        if isinstance(expected, Exception):
-            return [], PromptSource.NONE
-        return self.ref.encode(expected), PromptSource.TEMPLATE
+        return self.ref.encode(self.expected_prompts[i]), PromptSource.TEMPLATE
 
     def output_ids(self, i: int) -> tuple[list[int], TokenSource]:
         """The served output tokens up to and including the first end marker."""

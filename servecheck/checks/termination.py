@@ -57,8 +57,7 @@ def _could_be_cut(r: ResponseRecord, n: int, limit: int) -> bool:
 
 def _problems(i: int, ctx: CheckContext) -> list[tuple[str, str]]:
     r = ctx.records[i]
-    expected = ctx.expected_prompts[i]
-    prompt = r.input or (expected if isinstance(expected, str) else "")
+    prompt = r.input or ctx.expected_prompts[i]
     out: list[tuple[str, str]] = []
     if _echo(r, prompt, ctx):
         out.append(("prompt echo", "the output starts with the prompt (prompt echoed; "

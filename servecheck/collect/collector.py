@@ -36,10 +36,10 @@ from rich.progress import (
 from rich.text import Text
 
 from servecheck.collect.targets import Target, open_target
-from servecheck.errors import TargetError, redact
+from servecheck.errors import InputError, TargetError, redact
 from servecheck.formats.prompts import Request, expand
 from servecheck.formats.records import ResponseRecord
-from servecheck.formats.responses import ResponseWriter, answered_ids
+from servecheck.formats.responses import ResponseWriter, compact, read_records
 
 
 @dataclass
@@ -52,6 +52,13 @@ class CollectSummary:
     retried: int = 0
     notes: list[str] = field(default_factory=list)
     """The target's ``notes()``: what the user must know about how these records were made."""
+    gone: str | None = None
+    """Set when the server was plainly unreachable: the circuit breaker's reason, and the run
+    stopped there (what was answered is kept; the same command resumes)."""
+    unreachable: int = 0
+    """Failed requests that found the server unreachable (``TargetError.gone``)."""
+    compacted: int = 0
+    """Superseded error records dropped when the finished file was rewritten."""
 
     def error_groups(self) -> list[tuple[str, int, str]]:
         """(message, count, first id), most frequent first: one line per distinct failure."""
@@ -64,6 +71,9 @@ class CollectSummary:
 
 BACKOFF_S = 0.5
 MAX_WAIT_S = 30.0
+BREAKER_AFTER = 5
+"""Requests in a row that found the server unreachable, after their retries, before the run
+stops: one dead server once cost 979 requests × 3 retries, five minutes for nothing."""
 
 
 async def ask(target: Target, request: Request, retries: int, summary: CollectSummary
@@ -109,13 +119,24 @@ async def _collect(todo: list[Request], target: Target, writer: ResponseWriter,
         flush_timer.clear()
         writer.flush()
 
+    unreachable_in_a_row = 0
+
     async def worker() -> None:
+        nonlocal unreachable_in_a_row
         for request in pending:
+            if summary.gone:
+                return
             try:
                 record = await ask(target, request, retries, summary)
+                unreachable_in_a_row = 0
             except TargetError as e:
                 record = _error_record(request, target, str(e))
                 summary.errors.append((request.id, str(e)))
+                unreachable_in_a_row = unreachable_in_a_row + 1 if e.gone else 0
+                summary.unreachable += e.gone
+                if unreachable_in_a_row >= BREAKER_AFTER and not summary.gone:
+                    summary.gone = (f"{unreachable_in_a_row} requests in a row found the server "
+                                    f"unreachable ({str(e)[:300]})")
             writer.write(record, flush=False)
             if not flush_timer:
                 flush_timer.append(loop.call_later(FLUSH_EVERY_S, flush))
@@ -147,13 +168,24 @@ def collect(prompts: Path, target_spec: str, out: Path, show_progress: bool = Tr
     """Run the whole matrix against a target into ``out``; resumable, see the module docstring.
     ``reference``: the checkpoint the user named for the target (None: none; never a default)."""
     requests = expand(prompts)
-    done = answered_ids(out)
+    target = open_target(target_spec, reference=reference)  # a bad spec is named even when
+    try:                                                    # there is nothing left to ask
+        return _collect_into(requests, target, out, show_progress, retries)
+    finally:
+        target.close()
+
+
+def _collect_into(requests: list[Request], target: Target, out: Path, show_progress: bool,
+                  retries: int) -> CollectSummary:
+    existing = read_records(out) if out.exists() and out.stat().st_size else []
+    _same_target(existing, target.spec, out)
+    done = {r.id for r in existing if r.id and r.error is None}
     todo = [r for r in requests if r.id not in done]
     summary = CollectSummary(planned=len(requests), skipped=len(requests) - len(todo))
-    if not todo:
-        return summary
-    target = open_target(target_spec, reference=reference)
     summary.notes = target.notes()
+    if not todo:
+        summary.compacted = compact(out)
+        return summary
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                RateColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
@@ -162,6 +194,19 @@ def collect(prompts: Path, target_spec: str, out: Path, show_progress: bool = Tr
             run_loop(_collect(todo, target, writer, summary, bar, retries))
     except KeyboardInterrupt:
         summary.interrupted = True
-    finally:
-        target.close()
+        return summary
+    if summary.errors and not summary.gone and summary.unreachable == summary.written:
+        summary.gone = f"every request found the server unreachable ({summary.errors[0][1][:300]})"
+    if not summary.gone:
+        summary.compacted = compact(out)
     return summary
+
+
+def _same_target(existing: list[ResponseRecord], spec: str, out: Path) -> None:
+    """A rerun appends to a file; records of another server in it would be checked as if this
+    one had answered them. So the target must be the one the file's records name."""
+    others = sorted({r.target for r in existing if r.target and r.target != spec})
+    if others:
+        raise InputError(f"holds records from another target ({', '.join(others[:3])}); this run "
+                         f"asks {spec}. Name another --out for this target, or remove the file "
+                         f"to start over", where=str(out))

@@ -158,6 +158,29 @@ def _split_variation(obj: dict) -> tuple[dict, dict]:
     return {**obj, "parameters": rest}, variation
 
 
+def compact(path: Path) -> int:
+    """Rewrite a finished file without the records a retry superseded (an error, then its
+    answer), so plain JSON readers see each request once. Atomic: a new file beside it, fsynced,
+    then renamed over it; a crash leaves the old file or the new one, never half of either.
+    Returns how many records were dropped."""
+    if not path.exists():
+        return 0
+    raw = read_raw(path)
+    records = read_records(path)
+    dropped = len(raw) - len(records)
+    if dropped <= 0:
+        return 0
+    array = read_text(path).lstrip().startswith("[")
+    tmp = path.with_name(f".{path.name}.compacting")
+    with tmp.open("w", encoding="utf-8") as fh:
+        lines = [r.model_dump_json(exclude_none=True) for r in records]
+        fh.write("[\n" + ",\n".join(lines) + "\n]\n" if array else "\n".join(lines) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return dropped
+
+
 def answered_ids(path: Path) -> set[str]:
     """Ids that need no retry: records present and without error."""
     if not path.exists() or not path.read_text(encoding="utf-8").strip():

@@ -54,6 +54,21 @@ class Reference:
             raise InputError(f"cannot load the tokenizer: {e}", where=spec) from None
         if not self.tokenizer.chat_template:
             raise InputError("the checkpoint has no chat template", where=spec)
+        self._try_template()
+
+    def _try_template(self) -> None:
+        """Render one plain turn now: a template that is broken, or that the sandbox stops
+        (a hostile one), is the reference's fault and must say so before any work, never
+        surface later as every record "differing from the reference"."""
+        try:
+            rendered = self.render_messages([{"role": "user", "content": "ping"}])
+        except Exception as e:  # jinja2 syntax, sandbox SecurityError, a raise_exception(), …
+            raise InputError(f"the chat template does not render a one-turn conversation "
+                             f"({type(e).__name__}: {str(e)[:200]}): fix the template in the "
+                             f"checkpoint", where=self.spec) from None
+        if not isinstance(rendered, str) or "ping" not in rendered:
+            raise InputError("the chat template renders a one-turn conversation without its "
+                             "message: fix the template in the checkpoint", where=self.spec)
 
     @cached_property
     def vocab_size(self) -> int:

@@ -75,7 +75,6 @@ class PromptSource(Source):
     SERVER_IDS = "server prompt token ids"
     INPUT_TEXT = "served input text"
     TEMPLATE = "reference template"
-    NONE = "none"
 
 
 SERVER_IDS, CANONICAL, SEARCHED = TokenSource.SERVER_IDS, TokenSource.CANONICAL, TokenSource.SEARCHED

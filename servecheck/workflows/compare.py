@@ -190,6 +190,10 @@ def compare(responses: Path | list[ResponseRecord], reference: str = "builtin",
     truth_spec = truth or f"hf:{reference}"
     replayed = replay(truth_spec, served, [r.id or "" for r in served], console, progress,
                       reference)
+    failed = [r for r in replayed if r.error]
+    if failed and len(failed) == len(replayed):
+        raise InputError(f"the ground truth answered none of the {len(replayed)} request(s): "
+                         f"{failed[0].error}", where=truth_spec)
     ctx = CheckContext(served + replayed, ref, CheckOptions(reference, numerics=numerics))
     teacher_force(ctx, console, progress)
     return build_pairs(ctx, served, replayed)

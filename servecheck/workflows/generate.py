@@ -18,7 +18,7 @@ from servecheck.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, InputError
 def run_generate(prompts: Path, target: str, out: Path, console: Console,
                  reference: str | None = None, retries: int = 3, progress: bool = True) -> int:
     if retries < 0:
-        raise InputError(f"--retries must be ≥ 0, got {retries}")
+        raise InputError(f"retries must be ≥ 0, got {retries}")
     s = collect(prompts, target, out, show_progress=progress, retries=retries,
                 reference=reference)
     console.print(f"{out}: {s.written} new record(s), {s.skipped} already answered, "
@@ -31,8 +31,15 @@ def run_generate(prompts: Path, target: str, out: Path, console: Console,
                       f"and a rerun retries them:")
     for message, count, rid in s.error_groups()[:10]:
         console.print(f"  {count} × {message} (first: {rid})", markup=False)
+    if s.compacted:
+        console.print(f"{out}: rewritten without {s.compacted} superseded error record(s)")
     if s.interrupted:
         console.print(f"interrupted: {s.written} record(s) saved in {out}; run the same command "
                       f"again to resume")
         return EXIT_INTERRUPTED
+    if s.gone:
+        answered = s.written - len(s.errors)
+        raise InputError(f"stopped early, the server is gone: {s.gone}; {answered} answered "
+                         f"record(s) of this run are kept in {out}; start the server and run the "
+                         f"same command again to resume", where=target)
     return EXIT_FAIL if s.errors else EXIT_PASS

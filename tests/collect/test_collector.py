@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from servecheck.collect.collector import CollectSummary, ask
+from servecheck.collect.collector import BREAKER_AFTER, CollectSummary, ask
 from servecheck.collect.targets import open_target
 from servecheck.errors import TargetError
 from servecheck.formats.prompts import expand
@@ -169,12 +169,16 @@ def test_server_killed_then_ctrl_c_then_resume(tmp_path: Path, free_ports, root:
     try:
         run = _generate(root, lite_prompts, out, ports[0])
         _wait_lines(out, 6, run)
-        _kill(server)  # the server dies mid-run: in-flight and later requests fail
-        stdout, _ = run.communicate(timeout=120)
-        assert run.returncode == 1, stdout
+        _kill(server)  # the server dies mid-run: the circuit breaker stops the run
+        killed = time.monotonic()
+        stdout, stderr = run.communicate(timeout=120)
+        assert run.returncode == 2, stdout + stderr
+        assert time.monotonic() - killed < 30  # not 32 requests × retries with backoff
+        assert "stopped early, the server is gone" in stderr and stderr.count("\n") == 1
         first = [json.loads(line) for line in out.read_text().splitlines()]
         good = {r["id"]: r["output"] for r in first if not r.get("error")}
-        assert 6 <= len(good) < 32 and len(first) == 32
+        errors = [r for r in first if r.get("error")]
+        assert 6 <= len(good) < 32 and BREAKER_AFTER <= len(errors) < 32 - len(good)
         assert "failed" in stdout and "×" in stdout
 
         server = _serve(root, *ports)
@@ -192,6 +196,7 @@ def test_server_killed_then_ctrl_c_then_resume(tmp_path: Path, free_ports, root:
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     answered = [r["id"] for r in lines if not r.get("error")]
     assert len(answered) == len(set(answered)) == 32  # nothing answered twice, nothing lost
+    assert len(lines) == 32  # compacted on completion: the superseded error records are gone
     final = read_records(out)
     assert sorted(r.id for r in final) == sorted(r.id for r in expand(lite_prompts))
     assert all(r.error is None and r.output for r in final)

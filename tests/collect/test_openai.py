@@ -29,7 +29,7 @@ from servecheck.collect.targets.openai import UNKNOWN_END, OpenAITarget
 from servecheck.formats.responses import read_records
 from servecheck.reference.model import Reference
 
-KEY = "sk-test-0123456789-secret"
+KEY = "sk-test-0123456789abcdefSECRET"
 CHATML_PROMPT = "<|im_start|>user\nWhat does the cat say?<|im_end|>\n<|im_start|>assistant\n"
 """What a ChatML server (a llama.cpp or vLLM serving a Qwen-style model) would build."""
 
@@ -215,7 +215,6 @@ def test_collect_hands_the_reference_to_the_target(tmp_path: Path,
 
 
 
-KEY = "sk-test-0123456789abcdefSECRET"
 
 
 @contextmanager

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from servecheck.errors import InputError
 from servecheck.formats.records import Conversation, Message
 from servecheck.reference.model import Reference
 from servecheck.reference.scoring import ScoreItem, score
@@ -39,16 +40,18 @@ def test_end_markers_come_from_the_checkpoint(ref: Reference) -> None:
     assert ref.turn_end_marker == "<end_of_turn>"
 
 
-def test_template_rejecting_a_conversation_is_reported(lite_records, tmp_path: Path, check_json,
-                                                       check_named) -> None:
+def test_template_rejecting_a_conversation_is_bad_input(lite_records, tmp_path: Path, run_cli,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A conversation the reference's own template refuses cannot be checked against it: exit 2
+    naming the record, never a template failure blamed on the server."""
     bad = lite_records[0].model_copy(deep=True)
     bad.conversations = _conv(("user", "a"), ("user", "b"))  # Gemma's template demands alternation
     path = tmp_path / "r.json"
     path.write_text(json.dumps([bad.model_dump(exclude_none=True)]))
-    code, summary = check_json(path, tmp_path)
-    assert code == 1
-    (finding,) = check_named(summary, "template")["findings"]
-    assert "rejects this conversation" in finding["message"] and "alternate" in finding["message"]
+    assert run_cli("check", path, "--reference", "builtin", "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert "chat template refuses this conversation" in err and "alternate" in err
+    assert f"record {bad.id}" in err and "Traceback" not in err
 
 
 def test_checkpoint_templates_run_sandboxed(tmp_path: Path) -> None:
@@ -59,11 +62,23 @@ def test_checkpoint_templates_run_sandboxed(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     (ckpt / "chat_template.jinja").write_text(
         "{{ cycler.__init__.__globals__.os.system('touch " + str(marker) + "') }}")
-    hostile = Reference(str(ckpt))
-    with pytest.raises(Exception) as info:
-        hostile.render(_conv(("user", "hi")))
-    assert "unsafe" in str(info.value).lower() or "undefined" in str(info.value).lower()
+    with pytest.raises(InputError) as info:  # tried when the reference opens: a reference error
+        Reference(str(ckpt))
+    message = str(info.value)
+    assert "chat template does not render" in message and str(ckpt) in message
+    assert "unsafe" in message.lower() or "undefined" in message.lower()
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("template", ["{% for m in messages %}{{ m.content }", "{{ 1 / 0 }}",
+                                      "{{ raise_exception('no') }}", "constant"])
+def test_a_broken_reference_template_is_a_reference_error(tmp_path: Path, template: str) -> None:
+    ckpt = tmp_path / "broken"
+    Reference("builtin").tokenizer.save_pretrained(ckpt)
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "chat_template.jinja").write_text(template)
+    with pytest.raises(InputError, match="chat template"):
+        Reference(str(ckpt))
 
 
 def test_builtin_greedy_answers_are_coherent(ref: Reference) -> None:

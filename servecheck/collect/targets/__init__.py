@@ -18,7 +18,7 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import ClassVar
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from servecheck.errors import InputError
 from servecheck.formats.prompts import Request
@@ -31,8 +31,12 @@ DEFAULT_MAX_TOKENS = 256
 def spec_options(query: str, known: Iterable[str], spec: str) -> dict[str, list[str]]:
     """The ``?key=value&…`` options of a target spec, every value of each key in order; an
     option the target does not know is bad input, named with the ones it does."""
-    opts = parse_qs(query)
     known = list(known)
+    bare = [part for part in query.split("&") if part and not part.partition("=")[2]]
+    if bare:
+        raise InputError(f"option(s) {bare} without a value: write key=value (known: "
+                         f"{', '.join(known)})", where=spec)
+    opts = parse_qs(query)
     unknown = sorted(set(opts) - set(known))
     if unknown:
         raise InputError(f"unknown option(s) {unknown} (known: {', '.join(known)})", where=spec)
@@ -114,6 +118,22 @@ def open_target(spec: str, reference: str | None = None) -> Target:
         raise InputError(f"unknown target (known: {known})", where=spec)
     module, _, name = REGISTRY[scheme].partition(":")
     cls = getattr(importlib.import_module(module), name)
+    _check_port(rest, spec)
     if cls.takes_reference:
         return cls.from_spec(spec, rest, reference=reference)
     return cls.from_spec(spec, rest)
+
+
+def _check_port(rest: str, spec: str) -> None:
+    """urllib raises a bare ValueError on ``:99999`` or ``:abc`` when a target reads its port;
+    named here, once, for every URL-shaped spec."""
+    if not rest.startswith("//"):
+        return
+    try:
+        ok = urlsplit("http:" + rest).port != 0  # parses and range-checks the port
+    except ValueError:
+        ok = False
+    if not ok:
+        port = urlsplit("http:" + rest).netloc.rpartition(":")[2]
+        raise InputError(f"the port must be a whole number from 1 to 65535, got {port!r}",
+                         where=spec)

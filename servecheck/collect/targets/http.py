@@ -62,14 +62,18 @@ class HttpClient:
             timeout = float(opts.get("timeout", 600))
         except ValueError as e:
             raise InputError(f"bad option value ({e})", where=spec) from None
+        if not 1 <= max_connections <= 4096 or not 0 < timeout < 1e6:
+            raise InputError(f"bad option value: concurrency must be 1…4096 (got "
+                             f"{max_connections}) and timeout a number of seconds > 0 (got "
+                             f"{timeout:g})", where=spec)
         return cls(base_url, timeout, max_connections,
                    headers={"Authorization": f"Bearer {key}"} if key else None,
                    secrets=[key] if key else [])
 
-    def error(self, message: str, transient: bool = False,
+    def error(self, message: str, transient: bool = False, gone: bool = False,
               retry_after: float | None = None) -> TargetError:
         """A failure of one request, its message cleared of this client's secrets."""
-        return TargetError(message, transient=transient, retry_after=retry_after,
+        return TargetError(message, transient=transient, gone=gone, retry_after=retry_after,
                            secrets=self.secrets)
 
     def session(self) -> aiohttp.ClientSession:
@@ -84,8 +88,11 @@ class HttpClient:
         if isinstance(e, asyncio.TimeoutError):
             return self.error(f"{where}: timed out (connect {self.timeout.connect:g} s, read "
                               f"{self.timeout.sock_read:g} s)")
-        transient = isinstance(e, aiohttp.ClientConnectorError | aiohttp.ServerDisconnectedError)
-        return self.error(f"{where}: {type(e).__name__}: {e}", transient=transient)
+        # refused, reset, disconnected, or a name that does not resolve (ClientConnectorError
+        # covers DNS; ClientOSError a reset): the server is unreachable, for now or for good
+        gone = isinstance(e, aiohttp.ClientConnectorError | aiohttp.ServerDisconnectedError
+                          | aiohttp.ClientOSError)
+        return self.error(f"{where}: {type(e).__name__}: {e}", gone=gone)
 
     async def _status_error(self, path: str, r: aiohttp.ClientResponse) -> TargetError:
         body = (await r.read()).decode("utf-8", "replace")

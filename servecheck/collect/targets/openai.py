@@ -92,13 +92,16 @@ class OpenAITarget(Target):
         if self._vllm is not None:
             return
         root = self.http.base_url.removesuffix("/v1")
+        probe = HttpClient(root, 30, 1, secrets=self.http.secrets)
         try:
-            version = await HttpClient(root, 30, 1).request("GET", "/version")
+            version = await probe.request("GET", "/version")
             self._vllm = isinstance(version, dict) and "version" in version
         except TargetError as e:
             if e.transient:
                 raise
             self._vllm = False
+        finally:
+            await probe.close()
         if self.model is None:
             models = await self.http.request("GET", "/models")
             try:

@@ -59,6 +59,10 @@ class TritonBase(Target):
             self.max_concurrency = int(single.get("concurrency", 8))
         except (KeyError, ValueError) as e:
             raise InputError(f"bad option value ({e})", where=spec) from None
+        if not 1 <= self.max_concurrency <= 4096 or not 0 < self.read_timeout < 1e6:
+            raise InputError(f"bad option value: concurrency must be 1…4096 (got "
+                             f"{self.max_concurrency}) and timeout a number of seconds > 0 (got "
+                             f"{self.read_timeout:g})", where=spec)
         self.options = Options(end_id, tuple(opts.get("stop_words", [])), stream)
         self._interface: Interface | None = None
 

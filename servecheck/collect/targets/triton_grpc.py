@@ -22,7 +22,7 @@ def _error(where: str, e: Exception) -> TargetError:
     status = str(getattr(e, "status", lambda: "")() or "")
     message = getattr(e, "message", lambda: str(e))() or str(e)
     return TargetError(f"{where}: {status or type(e).__name__}: {short_error(message)}",
-                       transient=status in TRANSIENT)
+                       transient=status in TRANSIENT, gone=status == "StatusCode.UNAVAILABLE")
 
 
 class TritonGrpcTarget(TritonBase):

@@ -1,0 +1,132 @@
+"""Every bad input in ``bad_input_cases.py``, run through the real command line in this process;
+the table of what held goes to ``docs/bad-inputs.md``.
+
+A case *holds* when the command exits 2, prints no traceback, and its message names where the
+problem is (the substring the case states). ``--check`` exits 1 when any case does not hold: that
+is how ``tests/test_bad_input.py`` runs it.
+
+    python benchmarks/bad_inputs.py [--out docs/bad-inputs.md] [--check] [-k SUBSTRING]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import platform
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from bad_input_cases import Case, all_cases
+
+from servecheck.cli import main
+
+CASE_TIMEOUT_S = 120
+
+
+@dataclass
+class Outcome:
+    case: Case
+    code: int | str
+    message: str
+    seconds: float
+
+    @property
+    def held(self) -> bool:
+        return self.code == 2 and "Traceback" not in self.message and \
+            self.case.where.lower() in self.message.lower()
+
+
+class CaseTimeout(Exception):
+    pass
+
+
+def _alarm(signum: int, frame: object) -> None:
+    raise CaseTimeout
+
+
+def run(case: Case) -> Outcome:
+    """One case in a fresh folder: its exit code, and what it printed to stderr."""
+    err = io.StringIO()
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        signal.signal(signal.SIGALRM, _alarm)
+        signal.alarm(CASE_TIMEOUT_S)
+        try:
+            argv = case.build(Path(tmp))
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+                try:
+                    code: int | str = main(argv)
+                except SystemExit as e:  # argparse's refusal
+                    code = int(e.code or 0)
+        except CaseTimeout:
+            code = f"timeout {CASE_TIMEOUT_S} s"
+        except BaseException:
+            code = "traceback"
+            err.write(traceback.format_exc())
+        finally:
+            signal.alarm(0)
+    return Outcome(case, code, err.getvalue().strip(), time.monotonic() - start)
+
+
+def table(outcomes: list[Outcome], seconds: float) -> str:
+    held = sum(o.held for o in outcomes)
+    by_command = Counter(o.case.command for o in outcomes)
+    held_by = Counter(o.case.command for o in outcomes if o.held)
+    lines = [
+        "# Bad input: what was tried, what held",
+        "",
+        "Built by `benchmarks/bad_inputs.py` (cases in `benchmarks/bad_input_cases.py`), run by",
+        "`tests/test_bad_input.py::test_every_bad_input_in_the_table_holds`. A case holds when",
+        "the command exits 2 with no traceback and its one-line message names where the problem",
+        "is: the file, the line or record, the field or the flag.",
+        "",
+        f"Machine: {platform.machine()}, {platform.system()}, Python {platform.python_version()};"
+        f" {len(outcomes)} cases in {seconds:.0f} s.",
+        "",
+        "| command | tried | held |",
+        "|---|---:|---:|",
+        *(f"| {c} | {n} | {held_by[c]} |" for c, n in sorted(by_command.items())),
+        f"| **all** | **{len(outcomes)}** | **{held}** |",
+        "",
+        "| command | bad input | exit | held | message |",
+        "|---|---|---|---|---|",
+    ]
+    for o in outcomes:
+        message = o.message.splitlines()[-1] if o.message else ""
+        message = message.replace("|", "\\|")[:160]
+        lines.append(f"| {o.case.command} | {o.case.name} | {o.code} | "
+                     f"{'yes' if o.held else '**no**'} | {message} |")
+    return "\n".join(lines) + "\n"
+
+
+def main_() -> int:
+    a = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    a.add_argument("--out", type=Path, default=Path(__file__).parent.parent / "docs/bad-inputs.md")
+    a.add_argument("--check", action="store_true", help="exit 1 when a case does not hold")
+    a.add_argument("-k", default="", help="only cases whose name holds this")
+    args = a.parse_args()
+    cases = [c for c in all_cases() if args.k in f"{c.command} {c.name}"]
+    start = time.monotonic()
+    outcomes = []
+    for case in cases:
+        outcome = run(case)
+        outcomes.append(outcome)
+        if not outcome.held:
+            print(f"NOT HELD {case.command}: {case.name}: exit {outcome.code}: "
+                  f"{outcome.message[-600:]}", file=sys.stderr)
+    if not args.k:
+        args.out.write_text(table(outcomes, time.monotonic() - start))
+    held = sum(o.held for o in outcomes)
+    print(f"{held}/{len(outcomes)} bad inputs held ({time.monotonic() - start:.0f} s)")
+    return 1 if args.check and held < len(outcomes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_())
