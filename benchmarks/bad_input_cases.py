@@ -389,6 +389,8 @@ def check_cases() -> list[Case]:
             d, jsonl(record(), big), "--max-record-mb", "1"), "line 2"),
         Case("check", "record over the size limit (array)", lambda d: check(
             d, [record(), big], "--max-record-mb", "1", name="r.json"), "record 1"),
+        Case("check", "record beyond the reference's context", lambda d: check(
+            d, jsonl(record(), record(id="r2", output="word " * 3000))), "record r2"),
         Case("check", "the same record twice with one bad", lambda d: check(
             d, jsonl(record(), params(temperature="hot"))), "line 2"),
         Case("check", "responses missing", lambda d: [

@@ -188,3 +188,24 @@ def test_every_bad_input_in_the_table_holds(root: Path, tmp_path: Path) -> None:
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and
             line.count("|") >= 6 and "bad input" not in line]
     assert len(rows) >= 150 and not any("| **no** |" in row for row in rows)
+
+
+@pytest.mark.slow  # starts check three times and interrupts it
+@pytest.mark.parametrize("after_s", [0.5, 3.0, 8.0])  # imports, loading, teacher forcing
+def test_ctrl_c_stops_check_at_every_stage(after_s: float, root: Path, tmp_path: Path,
+                                           lite_records) -> None:
+    import signal
+    import time
+
+    records = [r.model_copy(update={"id": f"{r.id}-{k}"}) for k in range(40) for r in lite_records]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(r.model_dump_json(exclude_none=True) + "\n" for r in records))
+    proc = subprocess.Popen([sys.executable, "-m", "servecheck.cli", "check", str(path),
+                             "--reference", "builtin", "--no-progress"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(after_s)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - sent < 10, "Ctrl-C took effect late"
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err

@@ -205,8 +205,13 @@ class CheckContext:
         return int.from_bytes(hashlib.sha256(self.labels[i].encode()).digest()[:4], "little")
 
     def _item(self, i: int) -> ScoreItem:
-        return ScoreItem(self.prompt_ids(i)[0], self.output_ids(i)[0], self.sampling[i],
-                         self.seed(i))
+        prompt, output = self.prompt_ids(i)[0], self.output_ids(i)[0]
+        limit = self.ref.context_length
+        if limit and len(prompt) + len(output) > limit:  # memory and meaning both end here
+            raise InputError(f"prompt and output are {len(prompt)} + {len(output)} tokens, beyond "
+                             f"the reference's context of {limit}: a record of another model, or "
+                             f"a server that ran past its context", where=f"record {self.labels[i]}")
+        return ScoreItem(prompt, output, self.sampling[i], self.seed(i))
 
     def sampled(self) -> list[int]:
         return [i for i, s in enumerate(self.sampling) if not s.greedy]

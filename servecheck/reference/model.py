@@ -80,6 +80,16 @@ class Reference:
         return max(len(self.tokenizer), int(getattr(config, "vocab_size", 0) or 0))
 
     @cached_property
+    def context_length(self) -> int | None:
+        """The most positions the model takes (``max_position_embeddings``), when it says."""
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(self.path, local_files_only=True)
+        config = getattr(config, "text_config", None) or config
+        value = getattr(config, "max_position_embeddings", None)
+        return int(value) if value else None
+
+    @cached_property
     def model(self):
         import torch
         from transformers import AutoModelForCausalLM
