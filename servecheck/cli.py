@@ -13,12 +13,12 @@ import logging
 import math
 import sys
 from pathlib import Path
-from typing import NoReturn
-
-from rich.console import Console
+from typing import TYPE_CHECKING, NoReturn
 
 from servecheck.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_PASS, InputError
-from servecheck.reference.sampling import Convention
+
+if TYPE_CHECKING:  # rich and torch load inside main: --help stays instant, and a Ctrl-C
+    from rich.console import Console  # while they load is caught like any other
 
 
 def cmd_generate(a: argparse.Namespace, console: Console) -> int:
@@ -30,6 +30,7 @@ def cmd_generate(a: argparse.Namespace, console: Console) -> int:
 
 def cmd_check(a: argparse.Namespace, console: Console) -> int:
     from servecheck.checks.options import CheckOptions
+    from servecheck.reference.sampling import Convention
     from servecheck.workflows.check import Outputs, run_check
 
     options = CheckOptions(
@@ -56,7 +57,12 @@ def cmd_demo(a: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_serve_endpoint(a: argparse.Namespace, console: Console) -> int:
+    from servecheck.reference.model import Reference
     from servecheck.servers.endpoint.server import serve
+    from servecheck.servers.supervise import check_ports
+
+    check_ports(a.host, {"--http-port": a.http_port})  # one line now, not a traceback later
+    Reference(a.model)  # the checkpoint opens and its template renders, before serving
 
     console.print(f"serving {a.model} with the Inference Endpoints handler: POST "
                   f"http://{a.host}:{a.http_port}/ ; Ctrl-C stops")
@@ -65,17 +71,25 @@ def cmd_serve_endpoint(a: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_serve_triton(a: argparse.Namespace, console: Console) -> int:
-    from servecheck.servers.triton_host import TritonHost
+    # the ports first (a clash is one line, at once), then the server in a supervised child so
+    # that no tritonserver or backend stub outlives this command, even after kill -9
+    from servecheck.servers.supervise import check_ports, run_supervised
 
-    host = TritonHost(a.model, a.host, a.http_port, a.grpc_port, a.metrics_port, a.seed_name,
-                      a.add_special_tokens, a.decoupled, a.echo, a.fail_after, a.ignore_seed,
-                      a.batch_variant)
-    console.print(f"serving {a.model} on Triton: http://{a.host}:{a.http_port}, grpc "
+    check_ports(a.host, {"--http-port": a.http_port, "--grpc-port": a.grpc_port,
+                         "--metrics-port": a.metrics_port})
+    console.print(f"starting {a.model} on Triton: http://{a.host}:{a.http_port}, grpc "
                   f"{a.host}:{a.grpc_port}; models ensemble, tensorrt_llm_bls (TensorRT-LLM "
                   f"names), tensorrt_llm (llmapi names){', decoupled' if a.decoupled else ''}; "
                   f"Ctrl-C stops")
-    host.serve_forever()
-    return EXIT_PASS
+    code = run_supervised("servecheck.servers.triton_host:serve_child", dict(
+        model=a.model, host=a.host, http_port=a.http_port, grpc_port=a.grpc_port,
+        metrics_port=a.metrics_port, seed_name=a.seed_name,
+        add_special_tokens=a.add_special_tokens, decoupled=a.decoupled, echo=a.echo,
+        fail_after=a.fail_after, ignore_seed=a.ignore_seed, batch_variant=a.batch_variant),
+        leftovers="servecheck.servers.triton_host:remove_leftovers")
+    if code == EXIT_INTERRUPTED:
+        print("servecheck: interrupted", file=sys.stderr)
+    return code
 
 
 def cmd_endpoint_files(a: argparse.Namespace, console: Console) -> int:
@@ -282,7 +296,7 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--seeds", type=bounded(int, 2), default=8,
                     help="seeds per prompt in the seed probe")
     pr.add_argument("--levels", type=bounded(int, 2), nargs="+", default=[4, 8],
-                    help="concurrency levels of the batch-invariance probe")
+                    help="concurrency levels of the batch-invariance probe (default: 4 8)")
     pr.add_argument("--max-tokens", type=COUNT, default=32, help="tokens per probe request")
     pr.add_argument("--numerics", default="bf16", choices=["fp32", "fp16", "bf16", "fp8"],
                     help="the server's numerics; sets the tolerances")
@@ -334,9 +348,10 @@ def warnings_to_stderr() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     warnings_to_stderr()
-    console = Console(highlight=False, soft_wrap=True)
     try:
-        return args.func(args, console)
+        from rich.console import Console
+
+        return args.func(args, Console(highlight=False, soft_wrap=True))
     except InputError as e:
         print(f"servecheck: error: {e}", file=sys.stderr)  # one unwrapped line, for grep and CI
         return EXIT_INPUT

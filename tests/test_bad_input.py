@@ -209,3 +209,18 @@ def test_ctrl_c_stops_check_at_every_stage(after_s: float, root: Path, tmp_path:
     _, err = proc.communicate(timeout=60)
     assert time.monotonic() - sent < 10, "Ctrl-C took effect late"
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+
+
+def test_a_torn_last_line_is_a_warning_with_its_number(tmp_path: Path, lite_records, run_cli,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """What a run killed mid-write leaves: the last record half written, no newline. check reads
+    the rest and says which line it left out; anything else broken is an error."""
+    lines = [r.model_dump_json(exclude_none=True) for r in lite_records[:6]]
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(lines[:5]) + "\n" + lines[5][:40])
+    assert run_cli("check", path, "--reference", "builtin", "--no-progress") in (0, 1)
+    err = capsys.readouterr().err
+    assert f"servecheck: warning: {path} line 6 is cut short" in err and "Traceback" not in err
+    path.write_text("\n".join(lines[:5]) + "\n" + lines[5][:40] + "\n")  # newline: not a tear
+    assert run_cli("check", path, "--reference", "builtin", "--no-progress") == 2
+    assert "line 6 is not valid JSON" in capsys.readouterr().err

@@ -30,7 +30,7 @@ def load_json(path: Path) -> object:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise InputError(f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}",
+        raise InputError(f"not valid JSON ({e.msg}): line {e.lineno}, column {e.colno}",
                          where=str(path)) from None
 
 

@@ -25,12 +25,17 @@ raises after N tokens, so a stream carries good frames and then an error frame;
 ``--ignore-seed`` runs every request with seed 0; ``--batch-variant`` adds a logit of noise to
 requests that share a batch (greedy output that changes under load).
 
-Binds 127.0.0.1 unless told otherwise.
+Binds 127.0.0.1 unless told otherwise. Its ports are checked before the start, and it only talks
+to the server it started: pytriton would wait 120 s for a server that died at start-up, load its
+models into whichever server answered on the port meanwhile, and unload them there on exit. The
+``serve triton`` command runs it under ``servecheck.servers.supervise`` (``serve_child``), so that
+no part of it outlives the command.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sysconfig
@@ -38,13 +43,20 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from servecheck.collect.targets.hf import HFTarget
 from servecheck.collect.targets.trtllm import ENSEMBLE_NAMES, LLMAPI_NAMES
+from servecheck.errors import InputError
 from servecheck.formats.records import Parameters
 from servecheck.reference.model import Reference
+from servecheck.servers.supervise import check_ports, children, listening_holders
+
+if TYPE_CHECKING:
+    from pytriton.triton import Triton
 
 TRTLLM_MODELS = ("ensemble", "tensorrt_llm_bls")
 LLMAPI_MODEL = "tensorrt_llm"
@@ -53,6 +65,7 @@ TYPES = {"max_tokens": np.int32, "temperature": np.float32, "top_p": np.float32,
          "presence_penalty": np.float32, "frequency_penalty": np.float32, "exclude": np.bool_,
          "stream": np.bool_, "log_probs": np.bool_, "end_id": np.int32, "stop": bytes,
          "finish_reason": np.bool_}
+START_TIMEOUT_S = 120.0
 
 
 def libdir_on_loader_path() -> None:
@@ -121,10 +134,12 @@ class TritonHost:
                  grpc_port: int = 8001, metrics_port: int = 8002, seed_name: str = "seed",
                  add_special_tokens: bool = False, decoupled: bool = False, echo: bool = False,
                  fail_after: int | None = None, ignore_seed: bool = False,
-                 batch_variant: bool = False) -> None:
+                 batch_variant: bool = False, workspace: Path | None = None) -> None:
         self.engine = HFTarget(model)
         self.address = dict(host=host, http_port=http_port, grpc_port=grpc_port,
                             metrics_port=metrics_port)
+        self.workspace = workspace
+        """pytriton's folder (binaries, model store); None: a fresh one in ~/.cache/pytriton."""
         self.names = {**ENSEMBLE_NAMES, "seed": seed_name}
         self.add_special_tokens = add_special_tokens
         self.decoupled = decoupled
@@ -195,16 +210,56 @@ class TritonHost:
 
         return stream if self.decoupled else infer
 
+    def ports(self) -> dict[str, int]:
+        """The ports by the ``serve triton`` flag that sets them, the name an error gives."""
+        a = self.address
+        return {"--http-port": a["http_port"], "--grpc-port": a["grpc_port"],
+                "--metrics-port": a["metrics_port"]}
+
     def start(self) -> None:
-        """Start the server in the background; returns once the models are ready."""
+        """Start the server in the background; returns once the models are ready (and leaves
+        nothing running when it raises)."""
         self._bind()
-        assert self._triton is not None
-        self._triton.run()
+        try:
+            self._launch()
+        except BaseException:
+            self.stop()
+            raise
 
     def serve_forever(self) -> None:
+        """Serve until a KeyboardInterrupt (Ctrl-C, or the supervisor's stop request); a server
+        that stops by itself is an error, not a finished job."""
         self._bind()
+        try:
+            self._launch()
+            while self._triton is not None and self._triton.is_alive():
+                time.sleep(0.5)
+        finally:
+            self.stop()
+        raise SystemExit("servecheck: error: the Triton server stopped by itself (its log is above)")
+
+    def _launch(self) -> None:
+        """Start tritonserver and connect only once it holds all its ports: until then whatever
+        answers on them may be another server (one that took a port after the check), and
+        pytriton's connect would wait 120 s for a server that already exited."""
         assert self._triton is not None
-        self._triton.serve()
+        me = os.getpid()
+        before = set(children(me))
+        self._triton._run_server()  # pytriton's start without its connect
+        ports = list(self.ports().values())
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            ours = [pid for pid in children(me) if pid not in before]
+            if not ours:
+                raise InputError("the Triton server exited during start-up (its log is above); "
+                                 "was one of its ports taken meanwhile?")
+            if all(listening_holders(port, ours) for port in ports):
+                break
+            if time.monotonic() > deadline:
+                raise InputError(f"the Triton server did not open its ports in "
+                                 f"{START_TIMEOUT_S:.0f} s (its log is above)")
+            time.sleep(0.1)
+        self._triton.connect()
 
     def _signature(self, names: dict[str, str]) -> tuple[list, list]:
         from pytriton.model_config import Tensor
@@ -227,11 +282,12 @@ class TritonHost:
         return inputs, outputs
 
     def _bind(self) -> None:
+        a = self.address
+        check_ports(a["host"], self.ports())
         libdir_on_loader_path()
         from pytriton.model_config import DynamicBatcher, ModelConfig
         from pytriton.triton import Triton, TritonConfig
 
-        a = self.address
         config = TritonConfig(http_address=a["host"], http_port=a["http_port"],
                               grpc_address=a["host"], grpc_port=a["grpc_port"],
                               metrics_address=a["host"], metrics_port=a["metrics_port"],
@@ -240,7 +296,8 @@ class TritonHost:
         batcher = DynamicBatcher(max_queue_delay_microseconds=20_000 if self.batch_variant else 0)
         model_config = (ModelConfig(batching=False, decoupled=True) if self.decoupled
                         else ModelConfig(max_batch_size=8, batcher=batcher))
-        self._triton = Triton(config=config)
+        self._triton = Triton(config=config, workspace=self.workspace)
+        _no_remote_unload(self._triton)
         for name, names in [(m, self.names) for m in TRTLLM_MODELS] + [(LLMAPI_MODEL, LLMAPI_NAMES)]:
             inputs, outputs = self._signature(names)
             self._triton.bind(name, self._infer_with(names), inputs, outputs,
@@ -250,6 +307,42 @@ class TritonHost:
         if self._triton is not None:
             self._triton.stop()
             self._triton = None
+
+
+def _no_remote_unload(triton: Triton) -> None:
+    """pytriton's stop ends tritonserver first and then unloads the models over HTTP from
+    whatever answers on the port: never this server, which is gone by then, only another one
+    that owns the port. So its models are cleaned up on this side only."""
+    manager = triton._model_manager
+
+    def clean() -> None:
+        for model in manager.models:
+            model.clean()
+
+    manager.clean = clean
+
+
+def serve_child(scratch: Path, **kwargs) -> None:
+    """``servecheck serve triton``'s server, run by ``supervise.run_supervised`` in a process of
+    its own; its workspace goes in the supervisor's scratch folder, removed whatever happens."""
+    TritonHost(**kwargs, workspace=scratch / "workspace").serve_forever()
+
+
+def remove_leftovers(pid: int, scratch: Path) -> None:
+    """What a killed server leaves outside its workspace (a graceful stop removes it): the Python
+    backend's shared memory, 4 MiB a region, which pytriton names after the process ``pid`` that
+    ran it; and tritonserver's copy of each model in /tmp/folderXXXXXX, whose config names the
+    workspace inside ``scratch``."""
+    for path in Path("/dev/shm").glob(f"pytrtion{pid}-*"):
+        path.unlink(missing_ok=True)
+    mark = f'"{scratch}/'.encode()
+    for folder in Path("/tmp").glob("folder??????"):
+        try:
+            ours = mark in (folder / "config.pbtxt").read_bytes()
+        except OSError:
+            continue
+        if ours:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def wait_ready(http_port: int, proc: subprocess.Popen, timeout: float, host: str = "127.0.0.1",

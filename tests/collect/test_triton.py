@@ -374,8 +374,10 @@ def test_dead_server_is_an_error_record_not_a_crash(tmp_path: Path,
     out = tmp_path / "r.json"
     code = run_cli("generate", lite_prompts, "--target", f"triton://127.0.0.1:{port}/ensemble",
                    "--out", out, "--no-progress", "--retries", "1", "--reference", "builtin")
-    assert code == 1
-    rows = json.loads(out.read_text())
-    assert len(rows) == len(expand(lite_prompts)) and all("ClientConnectorError" in r["error"] for r in rows)
-    printed = capsys.readouterr().out
-    assert "32 × " in printed and "retried" in printed  # one grouped line, not 32
+    assert code == 2  # the circuit breaker: the server is plainly gone
+    rows = json.loads(out.read_text())  # the file is closed as valid JSON
+    assert 5 <= len(rows) < len(expand(lite_prompts))
+    assert all("ClientConnectorError" in r["error"] for r in rows)
+    captured = capsys.readouterr()
+    assert f"{len(rows)} × " in captured.out and "retried" in captured.out  # one grouped line
+    assert "stopped early, the server is gone" in captured.err
