@@ -48,6 +48,7 @@ class CheckContext:
         """Each answered record's sampling transform, defaults filled in as a server would."""
         self.ref = ref
         self._check_ids()
+        self._check_lengths()
         self.expected_prompts  # noqa: B018 - renders every conversation now: a refusal is bad input
         self.scorer = scorer
         self._scores: dict[int, TokenScores] = {}
@@ -73,6 +74,22 @@ class CheckContext:
                     raise InputError(f"{name}[{bad}] = {ids[bad]} is not an id of the reference's "
                                      f"vocabulary (0…{vocab - 1}): ids of another model, or the "
                                      f"wrong --reference", where=f"record {label_}")
+
+    def _check_lengths(self) -> None:
+        """A record that cannot fit the reference's context is refused before it is tokenized:
+        by its ids where it has them, else by the fewest tokens its text can be."""
+        limit = self.ref.context_length
+        if not limit:
+            return
+        per_token = self.ref.longest_token_chars
+        for label_, r in zip(self.labels, self.records, strict=True):
+            prompt = len(r.prompt_token_ids) if r.prompt_token_ids else len(r.input) // per_token
+            output = len(r.output_token_ids) if r.output_token_ids else len(r.output) // per_token
+            if prompt + output > limit:
+                raise InputError(f"prompt and output are at least {prompt} + {output} tokens, "
+                                 f"beyond the reference's context of {limit}: a record of another "
+                                 f"model, or a server that ran past its context",
+                                 where=f"record {label_}")
 
     @cached_property
     def expected_prompts(self) -> list[str]:
