@@ -106,6 +106,7 @@ def phases(code: Path, responses: Path, device: str | None, reps: int) -> dict:
 
 def one_run(code: Path, responses: Path, device: str | None, summary: Path) -> dict:
     cmd = [sys.executable, "-m", "servecheck.cli", "check", str(responses.resolve()),
+           "--reference", "builtin",
            "--no-progress", "--json", str(summary.resolve())] + (["--device", device] if device else [])
     env = code_env(code)  # and run from the checkout: ``-m`` puts the working directory first
     summary.unlink(missing_ok=True)

@@ -39,7 +39,8 @@ def cmd_check(a: argparse.Namespace, console: Console) -> int:
                                              a.penalty_scope),
         device=a.device, dtype=a.dtype)
     return run_check(a.responses, options, console, Outputs(a.json, a.report, a.junit),
-                     progress=not a.no_progress, max_record_bytes=int(a.max_record_mb * 2**20))
+                     progress=not a.no_progress, max_record_bytes=int(a.max_record_mb * 2**20),
+                     inconclusive_ok=a.inconclusive_ok)
 
 
 def cmd_compare(a: argparse.Namespace, console: Console) -> int:
@@ -168,6 +169,7 @@ EXIT_CODES = """exit codes:
   0    every check passed (or the command did its job)
   1    a check failed
   2    bad input or an error: one line naming the file, record and field
+  3    inconclusive: a check had too few records to decide (check --inconclusive-ok: 0)
   130  interrupted: what was collected is kept; run the same command again to resume
 """
 
@@ -227,6 +229,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the reference's weights and activations")
     c.add_argument("--max-record-mb", type=bounded(float, 0, open_low=True), default=16,
                    help="refuse a record larger than this (memory stays bounded)")
+    c.add_argument("--inconclusive-ok", action="store_true",
+                   help="exit 0, not 3, when a check had too few records to decide")
     conv = c.add_argument_group("sampling convention (where engines differ; unset: HF's)")
     conv.add_argument("--top-p-before-temperature", action="store_true",
                       help="the nucleus is chosen on temperature-1 probabilities")

@@ -59,6 +59,6 @@ class TargetError(Exception):
         super().__init__(redact(message, secrets))
 
 
-EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 """0 every check passed (or the command did its job), 1 a check failed, 2 bad input or an error
 (an ``InputError``), 130 interrupted (what was collected is on disk; the same command resumes)."""

@@ -78,7 +78,7 @@ class GroupedDetails(Details):
         return f"{big.effect_label} {big.effect:+.3f} (floor {big.floor:g})"
 
     def skipped_cases(self) -> list[Case]:
-        return [Case(g.group, "skipped", f"too few informative tokens: {g}")
+        return [Case(g.group, "inconclusive", f"too few informative tokens: {g}")
                 for g in self.skipped_groups]
 
 
@@ -248,7 +248,8 @@ def _fit_result(ctx: CheckContext, scores: dict[int, TokenScores], details: FitD
                 members: dict[str, list[int]]) -> CheckResult:
     tests = details.tests()
     if not tests:
-        return CheckResult("fit", "skipped", "no group with enough informative tokens", details)
+        return CheckResult("fit", "inconclusive", "no group with enough informative tokens "
+                           "to test (too few sampled records)", details)
     failed = [t for t in tests if t.failed]
     groups = len({t.group for t in tests})
     if not failed:
@@ -275,8 +276,8 @@ def _temperature_result(ctx: CheckContext, scores: dict[int, TokenScores],
                         ) -> CheckResult:
     fits = details.groups or {}
     if not fits:
-        return CheckResult("temperature", "skipped", "no group with enough informative tokens",
-                           details)
+        return CheckResult("temperature", "inconclusive", "no group with enough informative "
+                           "tokens to test (too few sampled records)", details)
     failed = [g for g, row in fits.items() if row.fit.test.failed]
     if failed:
         findings = [Finding(g, f"{fits[g].describe()} ({fits[g].fit.test.describe()})", 10.0)

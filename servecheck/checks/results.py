@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 if TYPE_CHECKING:
     from servecheck.checks.stats import StatTest
 
-Verdict = Literal["pass", "fail", "skipped"]
+Verdict = Literal["pass", "fail", "inconclusive", "skipped"]
+"""``inconclusive``: the check applies to these records but they are too few to decide (not a
+pass: the run exits 3); ``skipped``: nothing in the records for the check to look at."""
 
 
 @dataclass(frozen=True)
@@ -91,5 +93,8 @@ class CheckResult:
 
 
 def overall(results: list[CheckResult]) -> Verdict:
-    """A run fails when any check fails; skipped checks do not make it fail."""
-    return "fail" if any(r.verdict == "fail" for r in results) else "pass"
+    """A run fails when any check fails; else it is inconclusive when a check could not decide;
+    else it passes (a skipped check had nothing to look at, so it cannot make a run fail)."""
+    verdicts = {r.verdict for r in results}
+    return "fail" if "fail" in verdicts else "inconclusive" if "inconclusive" in verdicts \
+        else "pass"

@@ -9,8 +9,9 @@ at least c - 1 of the other n - 1 independent samples equal it is a binomial tai
 is the test's p-value; a false alarm happens at most at rate α.
 
 In ``check`` the test runs on the requests of the file that differ only in their seed (skipped
-when there are none); ``servecheck probe`` sends a purpose-built set. Every group is one test of a
-Holm family, so the check's false alarms stay at α whatever the number of groups.
+when there are none), two seeds being enough; ``servecheck probe`` sends a purpose-built set.
+Every group is one test of a Holm family, and so is Fisher's combination of all of them, so the
+check's false alarms stay at α whatever the number of groups.
 """
 
 from __future__ import annotations
@@ -41,16 +42,32 @@ class SeedGroup:
     p_value: float
 
 
+MIN_SEEDS = 2
+"""Two seeds suffice: a pair that repeats a text of reference probability p happens by chance
+with probability p, and many pairs add up (the pooled test)."""
+
+
 def seed_groups(records: list[ResponseRecord]) -> list[list[ResponseRecord]]:
-    """Sampled records that differ only in their seed, groups of at least 3 seeds."""
-    groups: dict[str, list[ResponseRecord]] = defaultdict(list)
+    """Sampled records that differ only in their seed, one record per seed: an identical
+    request repeated (same seed too) is one draw, and a seeded engine rightly answers it with
+    one text, so counting it twice would call the seed ignored. Groups of ≥ ``MIN_SEEDS``."""
+    groups: dict[str, dict[int, ResponseRecord]] = defaultdict(dict)
     for r in records:
         if r.error is None and r.parameters.seed is not None and \
                 not r.parameters.greedy:
             key = r.conversations.model_dump_json() + r.parameters.model_copy(
                 update={"seed": None}).model_dump_json()
-            groups[key].append(r)
-    return [g for g in groups.values() if len({r.parameters.seed for r in g}) >= 3]
+            groups[key].setdefault(r.parameters.seed, r)
+    return [list(g.values()) for g in groups.values() if len(g) >= MIN_SEEDS]
+
+
+def pooled_p(p_values: list[float]) -> float:
+    """Fisher's combination of the groups' p-values (each valid on its own, 1 where no text
+    repeats): pairs that each repeat a fairly likely text add up to evidence no single pair
+    gives."""
+    if len(p_values) < 2:
+        return 1.0
+    return float(stats.combine_pvalues(np.clip(p_values, 1e-300, 1.0), method="fisher").pvalue)
 
 
 def repeated(group: list[ResponseRecord]) -> list[ResponseRecord]:
@@ -94,6 +111,8 @@ def seed_test(group: list[ResponseRecord], text_logprob: Callable[[ResponseRecor
 class SeedDetails(Details):
     groups: list[SeedGroup]
     alpha: float
+    pooled_p: float = 1.0
+    """Fisher's combination over the groups: one more member of the Holm family."""
 
     def effect(self) -> str:
         return f"{len(self.groups)} seed group(s)"
@@ -129,12 +148,19 @@ def run(ctx: CheckContext) -> list[CheckResult]:
         return [CheckResult("seeds", "skipped", "no requests that differ only in their seed")]
     text_logprob = scored_logprob(ctx, [r for g in groups for r in repeated(g)])
     results = [seed_test(g, text_logprob) for g in groups]
-    rejected = holm_rejected([r.p_value for r in results], ctx.options.alpha)
-    details = SeedDetails(results, ctx.options.alpha)
+    pooled = pooled_p([r.p_value for r in results])
+    *rejected, pooled_rejected = holm_rejected([r.p_value for r in results] + [pooled],
+                                               ctx.options.alpha)
+    details = SeedDetails(results, ctx.options.alpha, pooled)
     findings = [Finding(r.label, f"{r.most_common} of {r.seeds} seeds gave the same text, whose "
                                  f"reference probability is {r.p_text:.2e} (p = {r.p_value:.1e}): "
                                  f"the seed looks ignored", 1 - r.p_value)
                 for r, bad in zip(results, rejected, strict=True) if bad]
+    if pooled_rejected:
+        repeats = sum(r.distinct < r.seeds for r in results)
+        findings.append(Finding("all seed groups", f"{repeats} of {len(results)} groups repeat a "
+                                f"text across seeds, more than chance allows together (Fisher "
+                                f"p = {pooled:.1e}): the seed looks ignored", 1 - pooled))
     if findings:
         return [CheckResult("seeds", "fail", f"{len(findings)}/{len(results)} seed group(s) "
                             f"repeat one text beyond chance", details, findings)]

@@ -34,8 +34,9 @@ def _case(suite: ET.Element, name: str, classname: str, verdict: str, message: s
     if verdict == "fail":
         failure = ET.SubElement(case, "failure", {"message": clean(message), "type": "servecheck"})
         failure.text = clean(detail or message)
-    elif verdict == "skipped":
-        ET.SubElement(case, "skipped", {"message": clean(message)})
+    elif verdict in ("skipped", "inconclusive"):  # JUnit has no "inconclusive": said in words
+        prefix = "inconclusive: " if verdict == "inconclusive" else ""
+        ET.SubElement(case, "skipped", {"message": clean(prefix + message)})
     else:
         ET.SubElement(case, "system-out").text = clean(message)
 
@@ -69,7 +70,7 @@ def to_junit(results: list[CheckResult], meta: dict[str, Any]) -> ET.ElementTree
         value = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
         ET.SubElement(props, "property", {"name": k, "value": clean(value)})
     for r in results:
-        if r.verdict != "skipped" and _group_cases(suite, r):
+        if r.verdict not in ("skipped", "inconclusive") and _group_cases(suite, r):
             continue
         _case(suite, r.name, f"servecheck.{r.name}", r.verdict, r.summary, _findings(r))
     cases = suite.findall("testcase")

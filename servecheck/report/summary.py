@@ -3,7 +3,7 @@
 Shape (documented in docs/formats.md)::
 
     {"schema_version": 1, "verdict": "pass" | "fail", "reference": ..., "responses": ...,
-     "records": N, "checks": [{"name", "verdict": "pass" | "fail" | "skipped", "summary",
+     "records": N, "checks": [{"name", "verdict": "pass" | "fail" | "inconclusive" | "skipped", "summary",
      "details": {...}, "details_version": 1, "findings": [{"record", "message"}, ...],
      "findings_total": N}], "tokens": {...}}
 

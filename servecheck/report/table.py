@@ -8,7 +8,8 @@ from rich.table import Table
 
 from servecheck.checks.results import CheckResult, overall
 
-STYLE = {"pass": "bold green", "fail": "bold red", "skipped": "dim"}
+STYLE = {"pass": "bold green", "fail": "bold red", "inconclusive": "bold yellow",
+         "skipped": "dim"}
 
 
 def _short(text: str, width: int) -> str:

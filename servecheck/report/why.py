@@ -180,6 +180,6 @@ _REASONS: list[tuple[type, Callable[[CheckResult, Any], str | None]]] = [
 def check_reason(r: CheckResult) -> str | None:
     """A check's verdict in words, where its effect is judged against a floor or tolerance;
     None for a skipped check and for checks whose effect is a plain count of what went wrong."""
-    if r.verdict == "skipped":
+    if r.verdict in ("skipped", "inconclusive"):
         return None
     return next((f(r, r.details) for kind, f in _REASONS if isinstance(r.details, kind)), None)

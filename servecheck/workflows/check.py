@@ -19,7 +19,7 @@ from servecheck.checks import run_checks
 from servecheck.checks.context import CheckContext, Scorer
 from servecheck.checks.options import CheckOptions
 from servecheck.checks.results import CheckResult, Verdict, overall
-from servecheck.errors import EXIT_FAIL, EXIT_PASS, InputError
+from servecheck.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS, InputError
 from servecheck.formats.records import ResponseRecord
 from servecheck.formats.responses import MAX_RECORD_BYTES, read_records
 from servecheck.reference.model import Reference
@@ -102,18 +102,31 @@ def check(responses: Path | list[ResponseRecord], options: CheckOptions | None =
 
 def run_check(responses: Path, options: CheckOptions, console: Console,
               outputs: Outputs = Outputs(), progress: bool = True,
-              max_record_bytes: int = MAX_RECORD_BYTES) -> int:
-    """The ``check`` command: the table, the files asked for, and the exit code."""
+              max_record_bytes: int = MAX_RECORD_BYTES, inconclusive_ok: bool = False) -> int:
+    """The ``check`` command: the table, the files asked for, and the exit code (3 when a
+    check could not decide, unless ``inconclusive_ok``)."""
     from servecheck.report.outputs import write_outputs
     from servecheck.report.table import print_table
 
     run = check(responses, options, console, progress, max_record_bytes=max_record_bytes)
     if run.rank:  # another torchrun rank: it scored its share, rank 0 reports
-        return EXIT_PASS if run.verdict == "pass" else EXIT_FAIL
+        return exit_code(run.verdict, inconclusive_ok)
     title = outputs.title or f"servecheck: {responses} vs {options.reference}"
     print_table(run.results, console, title)
     meta = {"reference": options.reference, "responses": str(responses),
             "records": len(run.context.all_records), **options.describe()}
     write_outputs(console, run.context, run.results, meta, title, outputs.json, outputs.report,
                   outputs.junit)
-    return EXIT_PASS if run.verdict == "pass" else EXIT_FAIL
+    if run.verdict == "inconclusive":
+        console.print("inconclusive: a check had too few records to decide (exit 3; "
+                      "--inconclusive-ok makes it 0)" if not inconclusive_ok else
+                      "inconclusive: a check had too few records to decide (--inconclusive-ok: "
+                      "exit 0)")
+    return exit_code(run.verdict, inconclusive_ok)
+
+
+def exit_code(verdict: Verdict, inconclusive_ok: bool = False) -> int:
+    """0 pass, 1 fail, 3 inconclusive (0 with ``inconclusive_ok``, the old behaviour)."""
+    if verdict == "inconclusive":
+        return EXIT_PASS if inconclusive_ok else EXIT_INCONCLUSIVE
+    return EXIT_PASS if verdict == "pass" else EXIT_FAIL

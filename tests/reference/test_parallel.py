@@ -72,11 +72,13 @@ def test_check_under_torchrun_equals_one_process(lite_responses, tmp_path) -> No
     from servecheck.cli import main
 
     one = tmp_path / "one.json"
-    code = main(["check", str(lite_responses), "--json", str(one), "--no-progress"])
+    code = main(["check", str(lite_responses), "--reference", "builtin", "--json", str(one),
+                 "--no-progress"])
     two = tmp_path / "two.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                           "--nproc-per-node=2", "-m", "servecheck.cli", "check", str(lite_responses),
+                          "--reference", "builtin",
                           "--json", str(two), "--no-progress"], capture_output=True, text=True,
                          env=env, timeout=600, cwd=tmp_path)
     assert run.returncode == code, run.stderr[-2000:]

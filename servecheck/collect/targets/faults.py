@@ -23,7 +23,9 @@ SAMPLING_FAULTS = {
     "repetition-penalty": "a repetition penalty of 1.3 silently applied",
 }
 WEIGHT_FAULTS = {"int8": 8, "int4": 4}
-FAULTS = TEMPLATE_FAULTS | set(SAMPLING_FAULTS) | set(WEIGHT_FAULTS)
+SEED_FAULTS = {"seed-ignored"}
+"""Every request sampled with seed 0, whatever it asked: one text for every seed."""
+FAULTS = TEMPLATE_FAULTS | set(SAMPLING_FAULTS) | set(WEIGHT_FAULTS) | SEED_FAULTS
 
 
 def faulty_sampling(s: Sampling, fault: str) -> Sampling:

@@ -14,7 +14,8 @@ demo, the tests and the benchmarks have a faulty server whose fault is known:
   ``ignore-eos`` (generation runs past the end of turn);
 - sampling: ``temperature-ignored``, ``temperature-twice``, ``top-p-ignored``,
   ``top-k-off-by-one``, ``nucleus-boundary``, ``repetition-penalty``;
-- weights: ``int8``, ``int4`` (weight-only round-to-nearest quantisation).
+- weights: ``int8``, ``int4`` (weight-only round-to-nearest quantisation);
+- seeds: ``seed-ignored`` (every request sampled with seed 0).
 
 ``?dtype=bfloat16`` runs the model in bf16, ``?round_params=float32`` sends sampling parameters
 through float32 as Triton does (0.9 → 0.8999999762): correct servers with other numerics.
@@ -152,7 +153,8 @@ class HFTarget(Target):
         enc = tok(prompts, add_special_tokens=add_special_tokens, return_tensors="pt",
                   padding=True)
         width = enc["input_ids"].shape[1]
-        torch.manual_seed(p.seed if p.seed is not None else 0)
+        seed_ignored = "seed-ignored" in self.faults
+        torch.manual_seed(p.seed if p.seed is not None and not seed_ignored else 0)
         kwargs = self._generate_kwargs(sent)
         ends = end_ids or self.ref.end_ids
         if end_ids and kwargs["eos_token_id"] is not None:
