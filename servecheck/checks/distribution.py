@@ -115,8 +115,8 @@ class GroupTemperature:
 
     def describe(self) -> str:
         f = self.fit
-        text = (f"effective temperature {f.estimate:.2f} [{f.low:.2f}, {f.high:.2f}] vs "
-                f"requested {self.sampling.temperature:g}")
+        text = (f"effective temperature {f.estimate:.2f} [{f.low:.2f}, {f.high:.2f}] "
+                f"({100 * f.level:.4g}% simultaneous) vs requested {self.sampling.temperature:g}")
         if f.nucleus:
             text += f"; served tokens need top_p > {f.nucleus[0]:.3f} (requested {f.nucleus[1]:g})"
         return text
@@ -132,7 +132,7 @@ class TemperatureDetails(GroupedDetails):
         for g, row in (self.groups or {}).items():
             f = row.fit
             rows[g] = {"requested": row.sampling.temperature, "estimate": f.estimate, "low": f.low,
-                       "high": f.high, "test": stat_test_json(f.test)}
+                       "high": f.high, "level": f.level, "test": stat_test_json(f.test)}
             if f.nucleus:
                 rows[g]["nucleus_needed"], rows[g]["top_p"] = f.nucleus
         return {**out, "groups": rows}
@@ -212,6 +212,10 @@ def check_distribution(ctx: CheckContext) -> list[CheckResult]:
     fits: dict[str, GroupTemperature] = {}
     skipped: list[SkippedGroup] = []
     members: dict[str, list[int]] = {}
+    # intervals at the family's own level (Bonferroni over its 4 tests a group), so that one
+    # excluding the request on a correct server is as rare as a false alarm
+    tested = sum(len(pool(scores, idx, "pit")) >= MIN_TOKENS for idx in groups.values())
+    level = 1 - ctx.options.alpha / max(1, 4 * tested)
     for s, idx in groups.items():
         label = s.label()
         members[label] = idx
@@ -225,7 +229,7 @@ def check_distribution(ctx: CheckContext) -> list[CheckResult]:
         temp_ll = np.concatenate([scores[i].stats["temp_ll"][informative(scores[i])]
                                   for i in idx])
         fit = temperature_fit(temp_ll, s.temperature, TEMPERATURE_FACTORS, label,
-                              FLOORS["temperature"])
+                              FLOORS["temperature"], level)
         if s.top_p < 1:
             # The smallest nucleus that holds every served token: a lower bound on the top_p
             # the server really used (the support check judges it against the request).

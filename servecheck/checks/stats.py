@@ -92,6 +92,9 @@ class TemperatureFit:
     test: StatTest
     nucleus: tuple[float, float] | None = None
     """(smallest top_p that holds every served token, requested top_p), where top_p < 1."""
+    level: float = 0.95
+    """The interval's coverage: simultaneous over the check's family (1 − α/m), so that an
+    interval excluding the request goes with a failed test, not with a pass."""
 
 
 def temperature_profile(temp_ll: np.ndarray) -> np.ndarray:
@@ -100,7 +103,7 @@ def temperature_profile(temp_ll: np.ndarray) -> np.ndarray:
 
 
 def temperature_fit(temp_ll: np.ndarray, requested: float, factors: np.ndarray, group: str,
-                    floor: float) -> TemperatureFit:
+                    floor: float, level: float = 0.95) -> TemperatureFit:
     """Profile likelihood over the temperature grid: MLE, 95% interval, LR test of the request.
 
     ``temp_ll[i, g]`` is log q_i(y_i) at temperature ``requested * factors[g]``. The MLE is
@@ -122,7 +125,7 @@ def temperature_fit(temp_ll: np.ndarray, requested: float, factors: np.ndarray, 
         if den != 0 and curvature < 0:
             est = np.log(requested / (b1 - 0.5 * num / den))
     best = float(np.max(total))
-    low, high = _crossings(x, total, g, best - st.chi2.ppf(0.95, 1) / 2)
+    low, high = _crossings(x, total, g, best - st.chi2.ppf(level, 1) / 2)
     at_request = float(np.interp(np.log(requested), x, total))
     lr = max(0.0, 2 * (best - at_request))
     estimate = float(np.exp(est))
@@ -130,7 +133,7 @@ def temperature_fit(temp_ll: np.ndarray, requested: float, factors: np.ndarray, 
                 estimate / requested - 1, floor, "relative error", temp_ll.shape[0],
                     "temperature")
     return TemperatureFit(estimate, float(np.exp(min(low, est))), float(np.exp(max(high, est))),
-                          test)
+                          test, level=level)
 
 
 def _crossings(x: np.ndarray, y: np.ndarray, peak: int, level: float) -> tuple[float, float]:

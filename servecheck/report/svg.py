@@ -8,7 +8,7 @@ for the HTML template only because it was built here.
   (PIT piles up near 1), a too-cold one tokens it ranks high (near 0).
 - ``qq_plot``: sorted PIT against uniform quantiles, with the 95% KS band.
 - ``temperature_profile``: total log-likelihood over the temperature grid, the requested and the
-  effective temperature with its 95% interval.
+  effective temperature with its simultaneous interval (the check's own level, 1 − α/m).
 
 Sizing: a chart has a ``viewBox`` and ``width="100%"``, so it fills its grid cell; the report's
 CSS never makes a cell narrower than ``W`` px on a laptop screen, so the font sizes below (in

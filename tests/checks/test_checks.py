@@ -29,6 +29,10 @@ def test_correct_server_passes(lite_responses: Path, tmp_path: Path, check_json,
         "seeds": "skipped"}  # every lite request has seed 1234: no seed groups
     greedy = check_named(summary, "greedy")["details"]
     assert greedy["records"] == 16 and greedy["tokens"] > 100 and greedy["hard_mismatches"] == 0
+    # the temperature intervals are at the check's own simultaneous level: on a correct server
+    # they hold the requested temperature (a pointwise 95% interval once excluded it and passed)
+    for group, row in check_named(summary, "temperature")["details"]["groups"].items():
+        assert row["low"] <= row["requested"] <= row["high"], group
 
 
 def test_seed_fields_only_are_enough(lite_records: list[ResponseRecord], tmp_path: Path,
