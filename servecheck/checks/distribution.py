@@ -119,6 +119,9 @@ class GroupTemperature:
                 f"({100 * f.level:.4g}% simultaneous) vs requested {self.sampling.temperature:g}")
         if f.nucleus:
             text += f"; served tokens need top_p > {f.nucleus[0]:.3f} (requested {f.nucleus[1]:g})"
+        if f.detectable is not None:
+            text += (f"; these tokens would have caught a temperature off by ≥ "
+                     f"{100 * f.detectable:.0f}% with 95% power")
         return text
 
 
@@ -132,7 +135,8 @@ class TemperatureDetails(GroupedDetails):
         for g, row in (self.groups or {}).items():
             f = row.fit
             rows[g] = {"requested": row.sampling.temperature, "estimate": f.estimate, "low": f.low,
-                       "high": f.high, "level": f.level, "test": stat_test_json(f.test)}
+                       "high": f.high, "level": f.level,
+                       "detectable_relative_error": f.detectable, "test": stat_test_json(f.test)}
             if f.nucleus:
                 rows[g]["nucleus_needed"], rows[g]["top_p"] = f.nucleus
         return {**out, "groups": rows}

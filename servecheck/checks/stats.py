@@ -95,6 +95,9 @@ class TemperatureFit:
     level: float = 0.95
     """The interval's coverage: simultaneous over the check's family (1 − α/m), so that an
     interval excluding the request goes with a failed test, not with a pass."""
+    detectable: float | None = None
+    """The smallest relative temperature error these tokens would have caught with 95% power
+    at the family's level (never below the floor); None where the profile has no curvature."""
 
 
 def temperature_profile(temp_ll: np.ndarray) -> np.ndarray:
@@ -129,11 +132,31 @@ def temperature_fit(temp_ll: np.ndarray, requested: float, factors: np.ndarray, 
     at_request = float(np.interp(np.log(requested), x, total))
     lr = max(0.0, 2 * (best - at_request))
     estimate = float(np.exp(est))
+    detectable = _detectable(x, total, g, level, floor)
     test = StatTest(group, "temperature = requested (LR)", float(st.chi2.sf(lr, 1)),
                 estimate / requested - 1, floor, "relative error", temp_ll.shape[0],
                     "temperature")
     return TemperatureFit(estimate, float(np.exp(min(low, est))), float(np.exp(max(high, est))),
-                          test, level=level)
+                          test, level=level, detectable=detectable)
+
+
+POWER = 0.95
+
+
+def _detectable(x: np.ndarray, total: np.ndarray, g: int, level: float, floor: float
+                ) -> float | None:
+    """Power planning from the profile's curvature at its peak (the observed information of
+    log T): an error δ in log T is caught with probability ``POWER`` by a two-sided test at
+    1 − ``level`` when |δ| ≥ (z_{level/2} + z_power) · SE. Reported as a relative error."""
+    if not 0 < g < len(x) - 1 or min(total[g - 1:g + 2]) < -1e8:
+        return None
+    (x0, x1, x2), (y0, y1, y2) = x[g - 1:g + 2], total[g - 1:g + 2]
+    d2 = 2 * ((y2 - y1) / (x2 - x1) - (y1 - y0) / (x1 - x0)) / (x2 - x0)
+    if not d2 < 0:
+        return None
+    se = 1 / np.sqrt(-d2)
+    z = st.norm.ppf(1 - (1 - level) / 2) + st.norm.ppf(POWER)
+    return float(max(floor, np.expm1(z * se)))
 
 
 def _crossings(x: np.ndarray, y: np.ndarray, peak: int, level: float) -> tuple[float, float]:
