@@ -207,7 +207,9 @@ def test_ctrl_c_stops_check_at_every_stage(after_s: float, root: Path, tmp_path:
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert time.monotonic() - sent < 10, "Ctrl-C took effect late"
+    # a signal during a C extension's import (torch._C, seconds on a cold CI disk) lands when
+    # that import returns: late by as much, never lost
+    assert time.monotonic() - sent < 30, "Ctrl-C took effect late"
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
 
 
