@@ -362,6 +362,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("servecheck: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as e:
+        if not _caused_by_ctrl_c(e):
+            raise
+        print("servecheck: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _caused_by_ctrl_c(e: BaseException) -> bool:
+    """A Ctrl-C that lands inside a library's import (torch's, transformers') can come out as
+    that library's own error, with the KeyboardInterrupt as its cause: still a Ctrl-C."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 if __name__ == "__main__":
