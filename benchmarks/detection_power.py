@@ -43,6 +43,11 @@ GROUPS = [(0.45, dict(temperature=0.7, top_p=0.9, top_k=5)),
           (0.10, dict(temperature=0.0))]
 """The request mix: a tight group (every truncation on, temperature below 1), a hot plain group,
 and some greedy requests. Temperature faults are invisible at T = 1, so neither group is at 1."""
+REALISTIC = [(0.1125, dict(temperature=t, top_p=p, top_k=k)) for t in (0.7, 1.0)
+             for p in (0.9, 1.0) for k in (0, 40)] + [(0.10, dict(temperature=0.0))]
+"""The settings deployments run (``--mix realistic``): T 0.7 and 1.0 crossed with top_p 0.9 and
+1.0 and top_k 0 and 40, and 10% greedy."""
+MIXES = {"hot": GROUPS, "realistic": REALISTIC}
 
 # name -> (target spec, --numerics the run is checked with)
 CORRECT = {"fp32, batched (left-padded, mixed lengths)": ("hf:builtin", "bf16"),
@@ -53,7 +58,8 @@ CORRECT = {"fp32, batched (left-padded, mixed lengths)": ("hf:builtin", "bf16"),
 FAULTY = {f: (f"hf:builtin?fault={f}", "bf16") for f in [
     "temperature-ignored", "temperature-twice", "top-p-ignored", "top-k-off-by-one",
     "nucleus-boundary", "repetition-penalty", "ignore-eos", "int8", "int4",
-    "double-bos", "assistant-role", "drop-system"]}
+    "double-bos", "assistant-role", "drop-system", "min-p-default", "top-k-40", "top-k-50",
+    "temperature-10pct", "presence-penalty", "frequency-penalty"]}
 FAULTY["top-k-off-by-one, checked with --numerics fp32"] = ("hf:builtin?fault=top-k-off-by-one",
                                                             "fp32")
 FAULTY["other checkpoint (same run, step 400 of 800)"] = (f"hf:{OTHER_CHECKPOINT}", "bf16")
@@ -68,14 +74,14 @@ def _init() -> None:
     torch.set_num_threads(1)
 
 
-def requests_for(n: int, rep: int):
+def requests_for(n: int, rep: int, mix: str = "hot"):
     from servecheck.formats.prompts import Request, request_id
     from servecheck.formats.records import Conversation, Message, Parameters
 
     out = []
     for j in range(n):
         share = j / n
-        params = next(p for cut, p in _cumulative() if share < cut)
+        params = next(p for cut, p in _cumulative(MIXES[mix]) if share < cut)
         k = rep * 7919 + j
         turns = [Message(role="user", content=PROMPTS[k % len(PROMPTS)])]
         system = SYSTEMS[(k // len(PROMPTS)) % len(SYSTEMS)]
@@ -87,14 +93,22 @@ def requests_for(n: int, rep: int):
     return out
 
 
-def _cumulative():
+def _cumulative(groups):
     total = 0.0
-    for share, params in GROUPS:
+    for share, params in groups:
         total += share
         yield total, params
 
 
-def one_run(spec: str, numerics: str, n: int, rep: int) -> dict:
+def _diagnosis(results) -> dict | None:
+    """The sampler check's named setting, where it failed."""
+    best = next((r.details.best() for r in results if r.name == "sampler" and
+                 r.verdict == "fail"), None)
+    return {"setting": best.setting, "estimate": best.estimate, "scope": best.scope,
+            "text": best.describe()} if best else None
+
+
+def one_run(spec: str, numerics: str, n: int, rep: int, mix: str = "hot") -> dict:
     """Generate n requests from ``spec`` and check them; return the verdicts."""
     global _ref
     import torch
@@ -111,7 +125,7 @@ def one_run(spec: str, numerics: str, n: int, rep: int) -> dict:
     target = _targets[spec]
     t0 = time.perf_counter()
     by_group = defaultdict(list)
-    for r in requests_for(n, rep):
+    for r in requests_for(n, rep, mix):
         by_group[Sampling.of(r.parameters)].append(r)
     records = []
     torch.manual_seed(rep)
@@ -126,7 +140,8 @@ def one_run(spec: str, numerics: str, n: int, rep: int) -> dict:
     text_results = servecheck.check(text_only, options, reference=_ref).results
     by_name = {r.name: r for r in results}
     tests = by_name["fit"].details.tests() + by_name["temperature"].details.tests()
-    return {"spec": spec, "numerics": numerics, "n": n, "rep": rep,
+    return {"spec": spec, "numerics": numerics, "n": n, "rep": rep, "mix": mix,
+            "diagnosis": _diagnosis(results), "diagnosis_text_only": _diagnosis(text_results),
             "seconds": round(time.perf_counter() - t0, 2),
             "failed": [r.name for r in results if r.verdict == "fail"],
             "failed_text_only": [r.name for r in text_results if r.verdict == "fail"],
@@ -136,6 +151,10 @@ def one_run(spec: str, numerics: str, n: int, rep: int) -> dict:
                                                   "n")} for t in tests],
             "support": {k: by_name["support"].details.to_json().get(k) for k in ("violations",
                                                                                   "boundary_ties")}}
+
+
+def _key(row: dict) -> tuple:
+    return row["spec"], row["numerics"], row["n"], row["rep"], row.get("mix", "hot")
 
 
 def ensure_other_checkpoint() -> None:
@@ -200,6 +219,9 @@ def main() -> None:
     ap.add_argument("--rep-offset", type=int, default=0,
                     help="first seed block of the runs: the published table's thresholds were "
                          "tuned on blocks 0-99 and 1000-1019, so held-out runs start at 5000")
+    ap.add_argument("--mix", choices=sorted(MIXES), default="hot",
+                    help="the request mix (realistic: T 0.7/1.0 × top_p 0.9/1.0 × top_k 0/40)")
+    ap.add_argument("--only", default="", help="comma-separated server names or faults to run")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" /
                     "detection_power.jsonl")
@@ -213,11 +235,14 @@ def main() -> None:
     rows = []
     if a.results.exists():
         rows = [json.loads(line) for line in a.results.read_text().splitlines() if line.strip()]
-        done = {(r["spec"], r["numerics"], r["n"], r["rep"]) for r in rows}
-    jobs = [(spec, num, a.fa_size, a.rep_offset + rep) for spec, num in CORRECT.values()
-            for rep in range(a.fa_runs)]
-    jobs += [(spec, num, n, a.rep_offset + 1000 + rep) for spec, num in FAULTY.values()
-             for n in sizes for rep in range(a.reps)]
+        done = {_key(r) for r in rows}
+    only = [w for w in a.only.split(",") if w]
+    def wanted(name: str, spec: str) -> bool:
+        return not only or any(w == name or spec.endswith(f"fault={w}") for w in only)
+    jobs = [(spec, num, a.fa_size, a.rep_offset + rep, a.mix) for name, (spec, num) in
+            CORRECT.items() if wanted(name, spec) for rep in range(a.fa_runs)]
+    jobs += [(spec, num, n, a.rep_offset + 1000 + rep, a.mix) for name, (spec, num) in
+             FAULTY.items() if wanted(name, spec) for n in sizes for rep in range(a.reps)]
     todo = [j for j in jobs if j not in done]
     print(f"{len(jobs)} runs, {len(todo)} to do, {a.workers} worker(s)")
     t0 = time.time()
@@ -231,7 +256,7 @@ def main() -> None:
             if k % 20 == 0:
                 print(f"{k}/{len(todo)} runs, {time.time() - t0:.0f}s", flush=True)
     keep = set(jobs)
-    kept = [r for r in rows if (r["spec"], r["numerics"], r["n"], r["rep"]) in keep]
+    kept = [r for r in rows if _key(r) in keep]
     all_sizes = sorted({a.fa_size, *sizes})
     parts = []
     for key, what in (("failed", "with token ids and log-probs"),

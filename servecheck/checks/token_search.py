@@ -67,19 +67,25 @@ class TokenSearch:
                 s, impossible = ctx._scores[i], self.impossible(i)
                 if not impossible.any() and not tb.may_split(s.token_ids, s.argmax):
                     continue
-                p = propose(ctx._output_ids[i][0], s.argmax, tb, ctx.ref.encode, self.frozen,
-                            impossible)
-                if p is not None:
-                    proposals[i] = p
+                found = [propose(ctx._output_ids[i][0], s.argmax, tb, ctx.ref.encode,
+                                 self.frozen, impossible, merge) for merge in (False, True)]
+                found = [p for k, p in enumerate(found) if p is not None and
+                         (k == 0 or found[0] is None or p.ids != found[0].ids)]
+                if found:
+                    proposals[i] = found
             if not proposals:
                 break
-            order = list(proposals)
-            items = [ScoreItem(ctx.prompt_ids(i)[0], proposals[i].ids, ctx.sampling[i],
-                               ctx.seed(i)) for i in order]
+            order = [(i, p) for i in proposals for p in proposals[i]]
+            items = [ScoreItem(ctx.prompt_ids(i)[0], p.ids, ctx.sampling[i], ctx.seed(i))
+                     for i, p in order]
+            best: dict[int, tuple[TokenScores, list[int]]] = {}
+            for (i, p), s in zip(order, ctx.score_items(items), strict=True):
+                if i not in best or self.better(i, s, best[i][0]):
+                    best[i] = (s, p.ids)
             live = []
-            for i, s in zip(order, ctx.score_items(items), strict=True):
+            for i, (s, ids) in best.items():
                 if self.keep(i, s, round_):
-                    ctx._output_ids[i] = (proposals[i].ids, SEARCHED)
+                    ctx._output_ids[i] = (ids, SEARCHED)
                     ctx._scores[i] = s
                     live.append(i)
         return {i: departures(ctx._output_ids[i][0], canonical[i], tb) for i in idx
@@ -112,6 +118,17 @@ class TokenSearch:
                 diff = np.minimum(diff, np.abs(lp - s.stats["logq"][:n]))
             out[:n] |= diff > SERVED_LOGPROB_NATS
         return out
+
+    def better(self, i: int, a: TokenScores, b: TokenScores) -> bool:
+        """Of two proposals for one record, whether ``a`` is the one to put to ``keep``: fewer
+        impossible tokens, then the likelier (a choice only between the two ways of splitting
+        at one place, never against the current tokens, which ``keep`` draws for)."""
+        def key(s: TokenScores) -> tuple[int, float]:
+            if "logq" in s.stats:
+                return int(np.isinf(s.stats["logq"]).sum()), -sampled_loglik(s.stats["logq"])
+            return greedy_key(s.token_ids, s.argmax, s.margin, s.logprob,
+                              self.ctx.tolerances.logit)
+        return key(a) < key(b)
 
     def keep(self, i: int, new: TokenScores, round_: int) -> bool:
         """Whether a proposed tokenization replaces the current one: the server's token count

@@ -338,7 +338,8 @@ def sampled_stats(z: torch.Tensor, s: Sampling, rp: RowPass, convention: Convent
     out = {"logq": torch.where(inside, dy - c, neg), "above": torch.where(inside, a0 / s0, one),
            "entropy": c - mean, "var": (m2 / s0 - mean * mean).clamp(min=0), "top": 1 / s0,
            "pre_nucleus_above": torch.where(dy >= cuts[:, 1], a_pre / s0_pre, one),
-           "temp_ll": torch.where(inside[:, None], temp_ll, neg[:, None])}
+           "temp_ll": torch.where(inside[:, None], temp_ll, neg[:, None]),
+           "support_cut": cuts[:, 0], "norm": s0}
     if not convention.top_p_before_temperature:
         out["rule"], out["slack"] = _explain(s, convention, inside, dy, cut_k, a_k / s0_k, s0_kp)
     return out

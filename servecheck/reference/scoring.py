@@ -31,6 +31,7 @@ from servecheck.reference.fused import PROFILE, row_pass, sampled_stats
 from servecheck.reference.model import Reference
 from servecheck.reference.overlap import Overlap
 from servecheck.reference.sampling import HF, Convention, Sampling, apply_penalties, boundary_slack
+from servecheck.reference.tails import TAIL_KEYS, context_windows, tail_stats
 
 TEMPERATURE_FACTORS = 1 / (PROFILE[0] + PROFILE[1] * np.arange(PROFILE[2]))[::-1]
 """Grid for the temperature profile likelihood, as multiples of the requested temperature: 64
@@ -108,9 +109,11 @@ def token_counts(item: ScoreItem, rows: slice, vocab: int, convention: Conventio
 
 
 def block_stats(logits: torch.Tensor, tok: torch.Tensor, s: Sampling | None,
-                 convention: Convention, counts: torch.Tensor | None
+                 convention: Convention, counts: torch.Tensor | None,
+                 windows: tuple[torch.Tensor, torch.Tensor] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Raw [R, 4] and, with a sampling, [R, len(STAT_KEYS) + 64] statistics of one logit block."""
+    """Raw [R, 4] and, with a sampling, [R, len(STAT_KEYS) + 64 + len(TAIL_KEYS)] statistics of
+    one logit block (``windows``: the rows' penalty contexts, ``tails.context_windows``)."""
     sampled = s is not None and s.temperature > 0
     inv_t = torch.full((len(tok),), 1.0 / s.temperature if sampled else 1.0,  # type: ignore[union-attr]
                        device=logits.device, dtype=torch.float32)
@@ -130,18 +133,23 @@ def block_stats(logits: torch.Tensor, tok: torch.Tensor, s: Sampling | None,
             r, sl = boundary_slack(logits[out].float(), tok[out], s, convention,
                                    None if counts is None else counts[out])
             st["rule"][out], st["slack"][out] = r.float(), sl
-    return rp.raw(), torch.cat([torch.stack([st[k] for k in STAT_KEYS], 1), st["temp_ll"]], 1)
+    tails = tail_stats(z, tok, rq.m, inv_t, st["support_cut"], st["norm"], windows)
+    return rp.raw(), torch.cat([torch.stack([st[k] for k in STAT_KEYS], 1), st["temp_ll"], tails], 1)
 
 
 def reference_sampled_stats(logits: torch.Tensor, tok: torch.Tensor, s: Sampling, convention: Convention,
-                   counts: torch.Tensor | None, uniforms: torch.Tensor) -> dict[str, torch.Tensor]:
+                   counts: torch.Tensor | None, uniforms: torch.Tensor,
+                   windows: tuple[torch.Tensor, torch.Tensor] | None = None
+                   ) -> dict[str, torch.Tensor]:
     """The statistics of one block as a dict (``TokenScores.stats`` for these rows)."""
-    _, block = block_stats(logits, tok, s, convention, counts)
+    _, block = block_stats(logits, tok, s, convention, counts, windows)
     assert block is not None
     out = {k: block[:, j] for j, k in enumerate(STAT_KEYS)}
     out["rule"] = out["rule"].long()
     out["pit"] = out["above"] + uniforms.to(block.device) * out["logq"].exp()
-    out["temp_ll"] = block[:, len(STAT_KEYS):]
+    n = len(STAT_KEYS) + len(TEMPERATURE_FACTORS)
+    out["temp_ll"] = block[:, len(STAT_KEYS):n]
+    out.update({k: block[:, n + j] for j, k in enumerate(TAIL_KEYS)})
     return out
 
 
@@ -197,9 +205,16 @@ class _Blocks:
                     self._penalised(s, flat[_to(pos, dev)], _to(tok, dev), _to(dst, dev), i)
                 continue
             pos, dst, tok = (_to(np.concatenate([x[k] for x in parts]), dev) for k in range(3))
-            self.pending.setdefault(s, []).append((flat[pos], tok, dst))
+            waiting = (flat[pos], tok, dst)
+            if s is not None:  # sampled rows carry their penalty contexts
+                wins = [self._windows(i, np.arange(len(x[2]))) for x in parts for i in [x[3]]]
+                waiting += tuple(_to(np.concatenate([w[k] for w in wins]), dev) for k in range(2))
+            self.pending.setdefault(s, []).append(waiting)
             if sum(len(x[1]) for x in self.pending[s]) >= self.step:
                 self._run(s, final=False)
+
+    def _windows(self, i: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return context_windows(self.items[i].prompt_ids, self.items[i].output_ids, positions)
 
     def flush(self) -> None:
         for s in list(self.pending):
@@ -207,27 +222,32 @@ class _Blocks:
 
     def _run(self, s: Sampling | None, final: bool) -> None:
         waiting = self.pending.pop(s)
-        h, tok, dst = (torch.cat([x[k] for x in waiting]) for k in range(3))
-        n = len(tok)
+        cols = [torch.cat([x[k] for x in waiting]) for k in range(len(waiting[0]))]
+        n = len(cols[1])
         blocks = -(-n // self.step)
         size = -(-n // blocks)  # even blocks: no small tail block leaving the GPU idle
         end = n if final else (n // self.step) * self.step
         size = size if final else self.step
         for a in range(0, end, size):
-            self._block(s, h[a:a + size], tok[a:a + size], dst[a:a + size], None)
+            h, tok, dst, *wins = (c[a:a + size] for c in cols)
+            self._block(s, h, tok, dst, None, (wins[0], wins[1]) if wins else None)
         if end < n:
-            self.pending[s] = [(h[end:], tok[end:], dst[end:])]
+            self.pending[s] = [tuple(c[end:] for c in cols)]
 
     def _penalised(self, s: Sampling, h: torch.Tensor, tok: torch.Tensor, dst: torch.Tensor,
                    i: int) -> None:
         for a in range(0, len(tok), self.step):
             b = min(a + self.step, len(tok))
             counts = token_counts(self.items[i], slice(a, b), self.vocab, self.convention, h.device)
-            self._block(s, h[a:b], tok[a:b], dst[a:b], counts)
+            wins = self._windows(i, np.arange(a, b))
+            self._block(s, h[a:b], tok[a:b], dst[a:b], counts,
+                        (_to(wins[0], h.device), _to(wins[1], h.device)))
 
     def _block(self, s: Sampling | None, h: torch.Tensor, tok: torch.Tensor, dst: torch.Tensor,
-               counts: torch.Tensor | None) -> None:
-        r, x = block_stats(reference_logits(self.ref, h), tok, s, self.convention, counts)
+               counts: torch.Tensor | None,
+               windows: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        r, x = block_stats(reference_logits(self.ref, h), tok, s, self.convention, counts,
+                           windows)
         self.raw[dst] = r
         if x is not None:
             self.extra[dst] = x
@@ -291,8 +311,8 @@ def score_rows(ref: Reference, items: Sequence[ScoreItem], convention: Conventio
                token_budget: int | None = None, logit_budget: int | None = None,
                sampled: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``score``'s numbers as two tensors on the scoring device, one row per output token in item
-    order: raw [rows, 4] (log-prob, argmax, margin, rank) and extra [rows, 8 + 64] (``STAT_KEYS``
-    then ``temp_ll``; NaN for unsampled items; no columns unless ``sampled``, which defaults to
+    order: raw [rows, 4] (log-prob, argmax, margin, rank) and extra [rows, 8 + 64 + 25]
+    (``STAT_KEYS``, ``temp_ll``, then ``TAIL_KEYS``; NaN for unsampled items; no columns unless ``sampled``, which defaults to
     whether any item is sampled)."""
     dev = ref.model.get_output_embeddings().weight.device  # where the statistics are computed
     cuda = dev.type == "cuda"
@@ -308,7 +328,8 @@ def score_rows(ref: Reference, items: Sequence[ScoreItem], convention: Conventio
     pad = ref.tokenizer.pad_token_id or 0
     first = ref.model.get_input_embeddings().weight.device  # differs from dev under a device_map
     raw = torch.zeros(total, 4, device=dev)
-    extra = torch.full((total, len(STAT_KEYS) + len(TEMPERATURE_FACTORS) if sampled else 0),
+    extra = torch.full((total, len(STAT_KEYS) + len(TEMPERATURE_FACTORS) + len(TAIL_KEYS)
+                        if sampled else 0),
                        math.nan, device=dev)
     blocks = _Blocks(ref, items, convention, logit_budget, raw, extra)
     # batch i's statistics run (on the worker) while the decoder runs batch i+1
@@ -340,7 +361,9 @@ def unpack(items: Sequence[ScoreItem], raw: np.ndarray, extra: np.ndarray) -> li
             if it.sampling is not None and not it.sampling.greedy:
                 u[a:b] = np.random.default_rng(it.seed).random(b - a)
         cols["pit"] = cols["above"] + u * np.exp(cols["logq"])
-        cols["temp_ll"] = extra[:, len(STAT_KEYS):]
+        n = len(STAT_KEYS) + len(TEMPERATURE_FACTORS)
+        cols["temp_ll"] = extra[:, len(STAT_KEYS):n]
+        cols.update({k: extra[:, n + j] for j, k in enumerate(TAIL_KEYS)})
     argmax, rank = raw[:, 1].astype(np.int64), raw[:, 3].astype(np.int64)
     out = []
     for it, a, b in zip(items, ends[:-1], ends[1:], strict=True):

@@ -212,7 +212,7 @@ class Proposal:
 
 
 def propose(ids: list[int], argmax: np.ndarray, tb: TokenBytes, encode_text,
-            frozen: set[int], impossible: np.ndarray) -> Proposal | None:
+            frozen: set[int], impossible: np.ndarray, merge: bool = False) -> Proposal | None:
     """Every place where the argmax is another split of the same bytes, split at once.
 
     Where a token is ``impossible`` (outside the support of a sampled record, or a hard greedy
@@ -224,7 +224,11 @@ def propose(ids: list[int], argmax: np.ndarray, tb: TokenBytes, encode_text,
     A token split into exactly its own bytes (``LL`` → ``L``, ``L``) is split the same way where
     it repeats right after, since the scores there saw the old context: a run of 18 ``LL`` takes
     one round, not 18. ``frozen`` token ids are never split or merged (special tokens:
-    ``<end_of_turn>`` is one token whatever the text looks like)."""
+    ``<end_of_turn>`` is one token whatever the text looks like).
+
+    With ``merge``, the bytes an impossible token's prefix leaves over join the next token where
+    that makes fewer tokens ("MS" "ad" → "M" "Sad"); without, they stay apart ("LL" "U" → "L"
+    "L" "U"). Which one the server did, only the scores tell: the search tries both."""
     pieces = [tb(t) for t in ids]
     starts = np.cumsum([0, *map(len, pieces)]).tolist()
     text = b"".join(pieces)
@@ -240,9 +244,10 @@ def propose(ids: list[int], argmax: np.ndarray, tb: TokenBytes, encode_text,
             continue
         a = int(argmax[i])
         at = starts[i]
+        forced = False
         if impossible[i] and not departures and not (a != ids[i] and text.startswith(tb(a), at)):
             a = tb.shorter(pieces[i]) if ids[i] not in frozen else None
-            a = ids[i] if a is None else a
+            a, forced = (ids[i], False) if a is None else (a, True)
         if a != ids[i] and ids[i] not in frozen and a not in frozen:
             ab = tb(a)
             if ab and ab != pieces[i] and text.startswith(ab, at):
@@ -250,6 +255,13 @@ def propose(ids: list[int], argmax: np.ndarray, tb: TokenBytes, encode_text,
                 j = next(k for k in range(i + 1, len(ids) + 1) if starts[k] >= end)
                 if not any(ids[k] in frozen for k in range(i, j)):
                     rest = tb.encode(text[end:starts[j]], encode_text)
+                    if merge and forced and rest is not None and j < len(ids) and \
+                            ids[j] not in frozen:
+                        # the cut-off bytes may belong to the next token ("MS" "ad" served
+                        # as "M" "Sad"): where they merge with it into fewer tokens, they do
+                        merged = tb.encode(text[end:starts[j + 1]], encode_text)
+                        if merged is not None and len(merged) < len(rest) + 1:
+                            rest, j = merged, j + 1
                     if rest is not None:
                         departures.append(len(out))
                         out += [a, *rest]

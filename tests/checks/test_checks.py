@@ -25,7 +25,7 @@ def test_correct_server_passes(lite_responses: Path, tmp_path: Path, check_json,
     assert {c["name"]: c["verdict"] for c in summary["checks"]} == {
         "records": "pass", "template": "pass", "termination": "pass", "detokenization": "pass",
         "greedy": "pass",
-        "support": "pass", "fit": "pass", "temperature": "pass", "logprobs": "pass",
+        "support": "pass", "fit": "pass", "temperature": "pass", "sampler": "pass", "logprobs": "pass",
         "seeds": "skipped"}  # every lite request has seed 1234: no seed groups
     greedy = check_named(summary, "greedy")["details"]
     assert greedy["records"] == 16 and greedy["tokens"] > 100 and greedy["hard_mismatches"] == 0

@@ -95,14 +95,14 @@ def test_junit_parses_back(run: dict) -> None:
     assert suite is not None
     cases = {c.get("name"): c for c in suite.iter("testcase")}
     assert {"records", "template", "termination", "detokenization", "greedy", "support",
-            "logprobs", "seeds",
+            "logprobs", "seeds", "sampler",
             "fit[T=0.8]", "fit[T=0.8 top_p=0.9]", "temperature[T=0.8]",
             "temperature[T=0.8 top_p=0.9]"} == set(cases)
     failure = cases["greedy"].find("failure")
     assert failure is not None and "hard mismatch" in failure.get("message", "")
     assert "[evil]" in (failure.text or "")
     assert cases["fit[T=0.8]"].find("failure") is None
-    assert int(suite.get("tests", 0)) == 12  # with detokenization
+    assert int(suite.get("tests", 0)) == 13  # with detokenization and the sampler
     assert int(suite.get("failures", 0)) == 2  # greedy, and termination (longer than max_tokens)
 
 

@@ -21,6 +21,12 @@ SAMPLING_FAULTS = {
     "top-k-off-by-one": "top_k + 1 tokens kept",
     "nucleus-boundary": "the token that crosses top_p is dropped from the nucleus",
     "repetition-penalty": "a repetition penalty of 1.3 silently applied",
+    "min-p-default": "min_p 0.05 applied where none was requested (llama.cpp's default)",
+    "top-k-40": "top_k 40 applied where 0 (off) was requested (llama.cpp's default)",
+    "top-k-50": "top_k 50 applied where 0 (off) was requested (transformers' default)",
+    "temperature-10pct": "every temperature 10% above the one requested",
+    "presence-penalty": "a presence penalty of 0.3 silently applied",
+    "frequency-penalty": "a frequency penalty of 0.3 silently applied",
 }
 WEIGHT_FAULTS = {"int8": 8, "int4": 4}
 SEED_FAULTS = {"seed-ignored"}
@@ -40,6 +46,16 @@ def faulty_sampling(s: Sampling, fault: str) -> Sampling:
         return replace(s, top_k=s.top_k + 1)
     if fault == "repetition-penalty":
         return replace(s, repetition_penalty=1.3)
+    if fault == "min-p-default" and not s.min_p:
+        return replace(s, min_p=0.05)
+    if fault in ("top-k-40", "top-k-50") and not s.top_k:
+        return replace(s, top_k=int(fault[-2:]))
+    if fault == "temperature-10pct":
+        return replace(s, temperature=s.temperature * 1.1)
+    if fault == "presence-penalty":
+        return replace(s, presence_penalty=0.3)
+    if fault == "frequency-penalty":
+        return replace(s, frequency_penalty=0.3)
     return s
 
 

@@ -1,0 +1,154 @@
+"""The alternatives to the requested sampler, each tested against the request on pooled tokens.
+
+Each function takes the pooled per-token statistics of the records an alternative applies to
+(``reference.tails``) and returns an ``Alternative``: a test of the request against it, the
+alternative's log-likelihood gain (how well it explains the tokens, for naming the best one), the
+setting's estimate, and what the tokens could have detected.
+
+- **Truncations** (a top_k, min_p or top_p the request did not ask for). Under the request a
+  share ``λ = Σ mass removed`` of the tokens should land where the truncation cuts; with it on,
+  none do. The count there is Poisson-binomial with mean λ, and Poisson's lower tail bounds its
+  own (a Poisson-binomial is more concentrated), so ``P(N ≤ n)`` is a conservative p-value. The
+  effect is the deficit 1 − n/λ, floored at a half: a truncation removes it all, numerics none.
+- **Penalties** (presence, frequency, repetition). The score of log q(y) in the penalty at 0 has
+  mean 0 under the request and variance the Fisher information; a one-step estimate is
+  score/information.
+- **Temperature** pooled over groups as a scale (T = c·requested, every group's profile summed)
+  and as an offset (T = requested + b, each group's profile read at its own factor).
+
+Every test counts tokens at 1/deff (``checks.shared_seeds``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import special
+from scipy import stats as st
+
+from servecheck.checks.stats import StatTest, temperature_fit, temperature_profile
+
+DEFICIT_FLOOR = 0.5
+"""A truncation fails only when at least half the tokens it would cut are missing."""
+PENALTY_FLOORS = {"presence_penalty": 0.1, "frequency_penalty": 0.1, "repetition_penalty": 0.05}
+TEMPERATURE_FLOOR = 0.05
+"""Pooled over every group: a 5% temperature error (the per-group check's floor is 10%)."""
+OUTLIER_NATS = float(np.log(1e3))
+"""A token a truncation forbids costs it this much in the gain (a 1-in-1000 slip), not ∞:
+a truncating server's numerics can put a token just past the reference's boundary."""
+POWER = 0.95
+
+
+@dataclass
+class Alternative:
+    setting: str
+    """The sampler setting, as engines name it: ``min_p``, ``top_k``, ``top_p``,
+    ``temperature``, ``presence_penalty``, ``frequency_penalty``, ``repetition_penalty``."""
+    grid_value: float
+    """The alternative's value (a truncation's grid point; 0 for penalties and temperature)."""
+    test: StatTest
+    gain: float
+    """Log-likelihood of the tokens under the alternative minus under the request (≥ 0 when it
+    explains them better); only for naming the best of the failing ones."""
+    estimate: float
+    """The setting the tokens point to (a truncation's: the tightest one they allow)."""
+    scope: str = ""
+    """Penalties: which tokens were counted (``output`` or ``prompt+output``)."""
+
+    def describe(self) -> str:
+        """What the server did, in the words of its settings."""
+        e = self.estimate
+        if self.setting == "min_p":
+            return f"served as if min_p ≈ {e:.2g} were on"
+        if self.setting == "top_k":
+            return f"top_k ≈ {int(e)} applied where the request asked for more (or 0, off)"
+        if self.setting == "top_p":
+            return f"served as if top_p ≈ {e:.2f} were on"
+        if self.setting == "temperature":
+            return f"temperature ≈ requested × {e:.2f}"
+        if self.setting == "temperature offset":
+            return f"temperature ≈ requested {e:+.2f}"
+        name = self.setting.replace("_", " ")
+        return f"{name} ≈ {e:.2f} ({self.scope} tokens counted)"
+
+
+def _alpha_z(alpha: float, family: int) -> float:
+    return float(st.norm.ppf(1 - alpha / (2 * max(1, family))) + st.norm.ppf(POWER))
+
+
+def truncation(setting: str, grid_value: float, removed: np.ndarray, outside: np.ndarray,
+               place: np.ndarray, deff: float, tightest: float) -> Alternative:
+    """``removed[i]``: the q-mass the truncation would remove at token i; ``outside[i]``: the
+    served token is where it cuts; ``place``: each token's own measure of how tight the
+    truncation could be (q/max q for min_p, rank for top_k, mass above for top_p)."""
+    lam = float(removed.sum())
+    n = int(outside.sum())
+    p = float(special.gammaincc(n / deff + 1, lam / deff)) if lam > 0 else 1.0
+    deficit = 1 - n / lam if lam > 0 else 0.0
+    inside = ~outside
+    gain = float(-np.log1p(-np.minimum(removed[inside], 1 - 1e-12)).sum() - n * OUTLIER_NATS)
+    test = StatTest(f"{setting} {grid_value:g}", f"{setting} = {grid_value:g} not applied "
+                    f"(tail count)", p, deficit, DEFICIT_FLOOR, "missing share of the tail",
+                    len(removed), f"sampler:{setting}")
+    return Alternative(setting, grid_value, test, gain, tightest)
+
+
+def truncation_detectable(lam: float, deff: float, alpha: float, family: int) -> bool:
+    """Would this truncation, fully applied, have failed: e^(-λ/deff) below the family's level."""
+    return lam / deff > np.log(max(1, family) / alpha)
+
+
+def penalty(setting: str, scope: str, score: np.ndarray, info: np.ndarray, deff: float
+            ) -> tuple[Alternative, float]:
+    """Score test of a penalty at 0; returns it and the information (for the power statement).
+    ``score`` > 0 means the served tokens avoid the context's tokens more than q says."""
+    u, i = float(score.sum()), float(info.sum())
+    z = u / np.sqrt(i * deff) if i > 0 else 0.0
+    estimate = u / i if i > 0 else 0.0
+    effect = estimate
+    if setting == "repetition_penalty":
+        estimate = 1 + estimate
+    test = StatTest(f"{setting} ({scope})", f"{setting.replace('_', ' ')} = requested "
+                    f"(score, {scope})", float(2 * st.norm.sf(abs(z))), effect,
+                    PENALTY_FLOORS[setting], "estimated extra penalty", len(score),
+                    f"sampler:{setting}")
+    return Alternative(setting, 0.0, test, u * u / (2 * i) if i > 0 else 0.0, estimate, scope), i
+
+
+def penalty_detectable(info: float, deff: float, alpha: float, family: int, floor: float
+                       ) -> float | None:
+    if info <= 0:
+        return None
+    return max(floor, _alpha_z(alpha, family) / np.sqrt(info / deff))
+
+
+def temperature_scale(temp_ll: np.ndarray, factors: np.ndarray, deff: float, level: float
+                      ) -> tuple[Alternative, float | None]:
+    """One temperature factor for every group (a server that scales T by mistake)."""
+    fit = temperature_fit(temp_ll / deff, 1.0, factors, "all groups", TEMPERATURE_FLOOR, level)
+    fit.test.name, fit.test.kind = "temperature = requested × c (LR, pooled)", \
+        "sampler:temperature"
+    total = temperature_profile(temp_ll)
+    gain = float(total.max() - np.interp(0.0, np.log(factors), total))
+    return Alternative("temperature", 0.0, fit.test, gain, fit.estimate), fit.detectable
+
+
+def temperature_offset(profiles: list[np.ndarray], temperatures: list[float],
+                       factors: np.ndarray, deff: float) -> Alternative:
+    """T = requested + b for every group: each group's profile (summed over its tokens, at
+    ``factors`` × its temperature) read at factor 1 + b/T_g, summed; LR against b = 0."""
+    x = np.log(factors)
+    bs = np.linspace(-0.6, 0.6, 241)
+    total = np.zeros_like(bs)
+    for prof, t in zip(profiles, temperatures, strict=True):
+        f = 1 + bs / t
+        ok = (f >= factors[0]) & (f <= factors[-1])
+        total += np.where(ok, np.interp(np.log(np.where(ok, f, 1.0)), x, prof), -1e12)
+    g = int(np.argmax(total))
+    at_zero = float(total[np.argmin(np.abs(bs))])
+    lr = max(0.0, 2 * (float(total[g]) - at_zero)) / deff
+    test = StatTest("all groups", "temperature = requested + b (LR, pooled)",
+                    float(st.chi2.sf(lr, 1)), float(bs[g]), TEMPERATURE_FLOOR,
+                    "temperature offset", len(profiles), "sampler:temperature offset")
+    return Alternative("temperature offset", 0.0, test, lr / 2 * deff, float(bs[g]))

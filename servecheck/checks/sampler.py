@@ -1,0 +1,214 @@
+"""The effective sampler: which setting, if any, explains the served tokens better than the request?
+
+The original notes answered "which setting is off" by printing SamplingConfig inside the server.
+This check answers it from the tokens: every alternative a deployment ships by mistake (a min_p
+or top_k default, a nucleus nobody asked for, a temperature scaled or shifted, a presence,
+frequency or repetition penalty applied server-side) is tested against the request on the tokens
+of every group it would act on alike (``checks.alternatives``). All tests form one Holm family at
+α; a test fails only beyond its practical floor. A failure names the alternative that explains
+the tokens best, in the setting's own words ("served as if min_p ≈ 0.05 were on"), and every
+verdict says what these records could have caught with 95% power.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from servecheck.checks import alternatives as alt
+from servecheck.checks.context import CheckContext
+from servecheck.checks.distribution import informative, sampled_groups, stat_test_json
+from servecheck.checks.results import CheckResult, Details, Finding
+from servecheck.checks.shared_seeds import SeedDesign, seed_design
+from servecheck.checks.stats import StatTest, holm
+from servecheck.reference.scoring import TEMPERATURE_FACTORS, TokenScores
+from servecheck.reference.tails import K_GRID, MIN_P_GRID, TOP_P_GRID
+
+ORDER = 75
+MIN_TOKENS = 100
+"""Informative sampled tokens below which the check is inconclusive."""
+PENALTY_SCORES = ("presence_penalty", "frequency_penalty", "repetition_penalty")
+
+
+@dataclass(frozen=True)
+class SamplerDetails(Details):
+    alpha: float
+    tokens: int
+    groups: int
+    design: SeedDesign
+    alternatives: tuple[alt.Alternative, ...] = ()
+    detectable: dict[str, float | None] = field(default_factory=dict)
+    """The smallest fault of each kind these tokens would have caught with 95% power."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "tokens": self.tokens, "groups": self.groups,
+                "family_size": len(self.alternatives), "seed_design": self.design.to_json(),
+                "detectable": self.detectable,
+                "alternatives": [{"setting": a.setting, "grid_value": a.grid_value,
+                                  "estimate": a.estimate, "scope": a.scope, "gain": a.gain,
+                                  "diagnosis": a.describe(), "test": stat_test_json(a.test)}
+                                 for a in self.alternatives]}
+
+    def tests(self) -> list[StatTest]:
+        return [a.test for a in self.alternatives]
+
+    def effect(self) -> str:
+        best = self.best()
+        return best.describe() if best else "—"
+
+    def best(self) -> alt.Alternative | None:
+        failed = [a for a in self.alternatives if a.test.failed]
+        return max(failed, key=lambda a: a.gain) if failed else None
+
+
+def power_statement(d: dict[str, float | None]) -> str:
+    parts = []
+    if d.get("temperature") is not None:
+        parts.append(f"a temperature off by ≥ {100 * d['temperature']:.0f}%")
+    if d.get("min_p") is not None:
+        parts.append(f"a min_p ≥ {d['min_p']:g}")
+    if d.get("top_k") is not None:
+        parts.append(f"a top_k ≤ {d['top_k']:g}")
+    if d.get("top_p") is not None:
+        parts.append(f"a top_p ≤ {d['top_p']:g}")
+    for name in PENALTY_SCORES:
+        if d.get(name) is not None:
+            parts.append(f"a {name.replace('_', ' ')} ≥ {d[name]:.2f}" if name !=
+                         "repetition_penalty" else f"a repetition penalty ≥ {1 + d[name]:.2f}")
+    return ("these records would have caught " + ", ".join(parts) + " with 95% power"
+            if parts else "these records could not have caught a sampler fault")
+
+
+class Pooled:
+    """The informative sampled tokens of every group, with each token's requested sampling."""
+
+    def __init__(self, scores: dict[int, TokenScores], sampling: dict[int, Any]) -> None:
+        keep = {i: informative(s) for i, s in scores.items()}
+        self.stats = {k: np.concatenate([s.stats[k][keep[i]] for i, s in scores.items()])
+                      for k in next(iter(scores.values())).stats}
+        def per_token(attr: str) -> np.ndarray:
+            return np.concatenate([np.full(int(keep[i].sum()), getattr(sampling[i], attr),
+                                           dtype=float) for i in scores])
+        self.temperature, self.top_k = per_token("temperature"), per_token("top_k")
+        self.top_p, self.min_p = per_token("top_p"), per_token("min_p")
+
+    def __len__(self) -> int:
+        return len(self.temperature)
+
+
+def run(ctx: CheckContext) -> list[CheckResult]:
+    groups = sampled_groups(ctx)
+    if not groups:
+        return [CheckResult("sampler", "skipped", "no sampled records (temperature > 0)")]
+    idx = [i for members in groups.values() for i in members]
+    scores = ctx.scores(idx)
+    design = seed_design(ctx, scores)
+    pooled = Pooled(scores, {i: ctx.sampling[i] for i in idx})
+    if len(pooled) < MIN_TOKENS:
+        return [CheckResult("sampler", "inconclusive", f"{len(pooled)} informative sampled "
+                            f"tokens (< {MIN_TOKENS}): too few to estimate the sampler",
+                            SamplerDetails(ctx.options.alpha, len(pooled), len(groups), design))]
+    found, info, lams = _alternatives(pooled, design.deff, ctx.options.alpha)
+    holm([a.test for a in found], ctx.options.alpha)
+    detectable = _detectable(found, info, lams, design.deff, ctx.options.alpha)
+    details = SamplerDetails(ctx.options.alpha, len(pooled), len(groups), design, tuple(found),
+                             detectable)
+    power = power_statement(detectable)
+    shared = f"; {design.describe()}" if design.shared else ""
+    best = details.best()
+    if best is None:
+        return [CheckResult("sampler", "pass", f"no sampler setting explains the {len(pooled)} "
+                            f"tokens better than the request; {power}{shared}", details)]
+    failed = sorted((a for a in found if a.test.failed), key=lambda a: -a.gain)
+    findings = [Finding(a.test.group, f"{a.describe()}: {a.test.describe()}", 10 + a.gain)
+                for a in failed]
+    others = f" (also failing: {', '.join(a.test.group for a in failed[1:4])})" \
+        if len(failed) > 1 else ""
+    return [CheckResult("sampler", "fail", f"{best.describe()}: {_evidence(best)}{others}"
+                        f"{shared}", details, findings)]
+
+
+def _evidence(a: alt.Alternative) -> str:
+    t = a.test
+    if t.effect_label.startswith("missing"):
+        return (f"{100 * t.effect:.0f}% of the tokens a correct sampler puts where it would cut "
+                f"are missing (p={t.p:.2g}, Holm {t.p_adjusted:.2g}, {t.n} tokens)")
+    return f"{t.name} p={t.p:.2g} (Holm {t.p_adjusted:.2g}), {t.effect_label} {t.effect:+.3f}"
+
+
+def _alternatives(x: Pooled, deff: float, alpha: float
+                  ) -> tuple[list[alt.Alternative], dict[str, float], dict[str, float]]:
+    s = x.stats
+    found: list[alt.Alternative] = []
+    lams: dict[str, float] = {}
+    ratio = np.exp(s["logq"]) / s["top"]  # q(y) / max q
+    for k in K_GRID:
+        use = ((x.top_k == 0) | (x.top_k > k)) & np.isfinite(s[f"beyond_k{k}"])
+        if use.sum() >= MIN_TOKENS:
+            rank = s["rank_q"][use]
+            found.append(alt.truncation("top_k", k, s[f"beyond_k{k}"][use], rank >= k, rank,
+                                        deff, float(rank.max() + 1)))
+            lams[f"top_k {k:g}"] = float(s[f"beyond_k{k}"][use].sum())
+    for c in MIN_P_GRID:
+        use = (x.min_p < c) & np.isfinite(s[f"below_min_p{c:g}"])
+        if use.sum() >= MIN_TOKENS:
+            r = ratio[use]
+            found.append(alt.truncation("min_p", c, s[f"below_min_p{c:g}"][use], r < c, r, deff,
+                                        float(r.min())))
+            lams[f"min_p {c:g}"] = float(s[f"below_min_p{c:g}"][use].sum())
+    for p in TOP_P_GRID:
+        use = (x.top_p > p) & np.isfinite(s[f"beyond_top_p{p:g}"])
+        if use.sum() >= MIN_TOKENS:
+            above = s["above"][use]
+            found.append(alt.truncation("top_p", p, s[f"beyond_top_p{p:g}"][use], above >= p,
+                                        above, deff, float(above.max())))
+            lams[f"top_p {p:g}"] = float(s[f"beyond_top_p{p:g}"][use].sum())
+    # the interval at about the family's own level (it has some 20 members)
+    scale, detectable_t = alt.temperature_scale(s["temp_ll"], TEMPERATURE_FACTORS, deff,
+                                                level=1 - alpha / 20)
+    found.append(scale)
+    info: dict[str, float] = {"temperature": detectable_t if detectable_t is not None else -1}
+    temps = sorted(set(x.temperature.tolist()))
+    if len(temps) > 1:
+        profiles = [np.where(np.isfinite(s["temp_ll"][x.temperature == t]),
+                             s["temp_ll"][x.temperature == t], -1e9).sum(0) for t in temps]
+        found.append(alt.temperature_offset(profiles, temps, TEMPERATURE_FACTORS, deff))
+    t = x.temperature
+    for scope in ("out", "all"):
+        if not np.isfinite(s[f"{scope}_seen"]).all():
+            continue
+        seen_y = (s[f"{scope}_count_y"] > 0).astype(float)
+        seen, count, rep = s[f"{scope}_seen"], s[f"{scope}_count"], s[f"{scope}_rep"]
+        words = "output" if scope == "out" else "prompt+output"
+        for setting, score, fisher in (
+                ("presence_penalty", (seen - seen_y) / t, seen * (1 - seen) / t ** 2),
+                ("frequency_penalty", (count - s[f"{scope}_count_y"]) / t,
+                 (s[f"{scope}_count2"] - count ** 2) / t ** 2),
+                ("repetition_penalty", (rep - s["abs_zy"] * seen_y) / t,
+                 (s[f"{scope}_rep2"] - rep ** 2) / t ** 2)):
+            a, i = alt.penalty(setting, words, score, np.clip(fisher, 0, None), deff)
+            found.append(a)
+            info[f"{setting} {words}"] = i
+    return found, info, lams
+
+
+def _detectable(found: list[alt.Alternative], info: dict[str, float], lams: dict[str, float],
+                deff: float, alpha: float) -> dict[str, float | None]:
+    m = len(found)
+    out: dict[str, float | None] = {"temperature": info["temperature"]
+                                    if info["temperature"] >= 0 else None}
+    def caught(prefix: str) -> list[float]:
+        return [float(k.split()[1]) for k, lam in lams.items() if k.startswith(prefix)
+                and alt.truncation_detectable(lam, deff, alpha, m)]
+    min_p, top_k, top_p = caught("min_p"), caught("top_k"), caught("top_p")
+    out["min_p"] = min(min_p) if min_p else None
+    out["top_k"] = max(top_k) if top_k else None
+    out["top_p"] = max(top_p) if top_p else None
+    for setting in PENALTY_SCORES:
+        values = [alt.penalty_detectable(i, deff, alpha, m, alt.PENALTY_FLOORS[setting])
+                  for key, i in info.items() if key.startswith(setting)]
+        values = [v for v in values if v is not None]
+        out[setting] = min(values) if values else None
+    return out
