@@ -14,13 +14,14 @@ Positions where q puts all its mass on one token carry no information and are le
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from servecheck.checks.context import CheckContext
 from servecheck.checks.results import Case, CheckResult, Details, Finding
+from servecheck.checks.shared_seeds import distinct_draws, seed_design
 from servecheck.checks.stats import (
     StatTest,
     TemperatureFit,
@@ -65,6 +66,8 @@ class GroupedDetails(Details):
     skipped_groups: list[SkippedGroup]
     convention: dict[str, Any]
     token_sources: list[str]
+    seed_design: dict[str, Any] = field(default_factory=dict)
+    """``checks.shared_seeds.SeedDesign.to_json``: whether seeds are shared and at what cost."""
 
     def to_json(self) -> dict[str, Any]:
         return {**super().to_json(), "skipped_groups": [str(g) for g in self.skipped_groups]}
@@ -197,7 +200,7 @@ def _drivers(ctx: CheckContext, scores: dict[int, TokenScores], idx: list[int], 
 def sampled_groups(ctx: CheckContext) -> dict[Sampling, list[int]]:
     """Sampled records by parameter group: the unit every distribution test pools over."""
     groups: dict[Sampling, list[int]] = defaultdict(list)
-    for i in ctx.sampled():
+    for i in distinct_draws(ctx, ctx.sampled()):
         groups[ctx.sampling[i]].append(i)
     return dict(groups)
 
@@ -212,6 +215,7 @@ def check_distribution(ctx: CheckContext) -> list[CheckResult]:
         reason = "no sampled records (temperature > 0)"
         return [CheckResult("fit", "skipped", reason), CheckResult("temperature", "skipped", reason)]
     scores = ctx.scores([i for idx in groups.values() for i in idx])
+    deff = (design := seed_design(ctx, scores)).deff
     fit_tests: list[StatTest] = []
     fits: dict[str, GroupTemperature] = {}
     skipped: list[SkippedGroup] = []
@@ -227,12 +231,13 @@ def check_distribution(ctx: CheckContext) -> list[CheckResult]:
         if len(pit) < MIN_TOKENS:
             skipped.append(SkippedGroup(label, len(pit)))
             continue
-        fit_tests += [pit_ks(pit, label, FLOORS["ks"]), pit_chi2(pit, label, FLOORS["chi2"]),
+        fit_tests += [pit_ks(pit, label, FLOORS["ks"], deff),
+                      pit_chi2(pit, label, FLOORS["chi2"], deff),
                       loglik_z(pool(scores, idx, "logq"), pool(scores, idx, "entropy"),
-                               pool(scores, idx, "var"), label, FLOORS["loglik"])]
+                               pool(scores, idx, "var"), label, FLOORS["loglik"], deff)]
         temp_ll = np.concatenate([scores[i].stats["temp_ll"][informative(scores[i])]
                                   for i in idx])
-        fit = temperature_fit(temp_ll, s.temperature, TEMPERATURE_FACTORS, label,
+        fit = temperature_fit(temp_ll / deff, s.temperature, TEMPERATURE_FACTORS, label,
                               FLOORS["temperature"], level)
         if s.top_p < 1:
             # The smallest nucleus that holds every served token: a lower bound on the top_p
@@ -247,7 +252,7 @@ def check_distribution(ctx: CheckContext) -> list[CheckResult]:
     sources = sorted({ctx.output_ids(i)[1].value for idx in groups.values() for i in idx})
     common = dict(alpha=ctx.options.alpha, family_size=len(fit_tests) + len(fits), floors=FLOORS,
                   skipped_groups=skipped, convention=ctx.options.convention.describe(),
-                  token_sources=sources)
+                  token_sources=sources, seed_design=design.to_json())
     return [_fit_result(ctx, scores, FitDetails(**common, stat_tests=tuple(fit_tests)), members),
             _temperature_result(ctx, scores, TemperatureDetails(**common, groups=fits), members)]
 

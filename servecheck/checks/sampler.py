@@ -29,6 +29,9 @@ from servecheck.reference.tails import K_GRID, MIN_P_GRID, TOP_P_GRID
 ORDER = 75
 MIN_TOKENS = 100
 """Informative sampled tokens below which the check is inconclusive."""
+SLIP = 0.002
+"""A truncation's estimate is the tightest one all but this share of the tokens allow: a text-only
+record's tokenization or a boundary tie can put a token or two past where the server cut."""
 PENALTY_SCORES = ("presence_penalty", "frequency_penalty", "repetition_penalty")
 
 
@@ -149,21 +152,21 @@ def _alternatives(x: Pooled, deff: float, alpha: float
         if use.sum() >= MIN_TOKENS:
             rank = s["rank_q"][use]
             found.append(alt.truncation("top_k", k, s[f"beyond_k{k}"][use], rank >= k, rank,
-                                        deff, float(rank.max() + 1)))
+                                        deff, float(np.quantile(rank, 1 - SLIP) + 1)))
             lams[f"top_k {k:g}"] = float(s[f"beyond_k{k}"][use].sum())
     for c in MIN_P_GRID:
         use = (x.min_p < c) & np.isfinite(s[f"below_min_p{c:g}"])
         if use.sum() >= MIN_TOKENS:
             r = ratio[use]
             found.append(alt.truncation("min_p", c, s[f"below_min_p{c:g}"][use], r < c, r, deff,
-                                        float(r.min())))
+                                        float(np.quantile(r, SLIP))))
             lams[f"min_p {c:g}"] = float(s[f"below_min_p{c:g}"][use].sum())
     for p in TOP_P_GRID:
         use = (x.top_p > p) & np.isfinite(s[f"beyond_top_p{p:g}"])
         if use.sum() >= MIN_TOKENS:
             above = s["above"][use]
             found.append(alt.truncation("top_p", p, s[f"beyond_top_p{p:g}"][use], above >= p,
-                                        above, deff, float(above.max())))
+                                        above, deff, float(np.quantile(above, 1 - SLIP))))
             lams[f"top_p {p:g}"] = float(s[f"beyond_top_p{p:g}"][use].sum())
     # the interval at about the family's own level (it has some 20 members)
     scale, detectable_t = alt.temperature_scale(s["temp_ll"], TEMPERATURE_FACTORS, deff,

@@ -54,23 +54,27 @@ def holm(tests: list[StatTest], alpha: float) -> None:
         t.rejected = not stop
 
 
-def pit_ks(pit: np.ndarray, group: str, floor: float) -> StatTest:
-    """Kolmogorov–Smirnov distance of the PIT values from U(0, 1)."""
+def pit_ks(pit: np.ndarray, group: str, floor: float, deff: float = 1.0) -> StatTest:
+    """Kolmogorov–Smirnov distance of the PIT values from U(0, 1); with a design effect
+    (``checks.shared_seeds``) the p-value is that of n/deff independent values."""
     r = st.kstest(pit, "uniform")
-    return StatTest(group, "PIT uniformity (KS)", float(r.pvalue), float(r.statistic), floor, "D",
+    p = float(r.pvalue) if deff <= 1 else float(st.kstwo.sf(r.statistic,
+                                                            max(1, int(len(pit) / deff))))
+    return StatTest(group, "PIT uniformity (KS)", p, float(r.statistic), floor, "D",
                     len(pit), "ks")
 
 
-def pit_chi2(pit: np.ndarray, group: str, floor: float) -> StatTest:
-    """χ² on PIT deciles; effect is Cohen's w = sqrt(χ²/n)."""
+def pit_chi2(pit: np.ndarray, group: str, floor: float, deff: float = 1.0) -> StatTest:
+    """χ² on PIT deciles (divided by the design effect); effect is Cohen's w = sqrt(χ²/n)."""
     counts = np.histogram(pit, bins=PIT_BINS, range=(0.0, 1.0))[0]
     r = st.chisquare(counts)
-    return StatTest(group, "PIT uniformity (χ²)", float(r.pvalue),
+    return StatTest(group, "PIT uniformity (χ²)", float(st.chi2.sf(r.statistic / deff,
+                                                                   PIT_BINS - 1)),
                 float(np.sqrt(r.statistic / max(len(pit), 1))), floor, "w", len(pit), "chi2")
 
 
-def loglik_z(logq: np.ndarray, entropy: np.ndarray, var: np.ndarray, group: str, floor: float
-             ) -> StatTest:
+def loglik_z(logq: np.ndarray, entropy: np.ndarray, var: np.ndarray, group: str, floor: float,
+             deff: float = 1.0) -> StatTest:
     """Σ log q(y) against its expectation -Σ H(q): a martingale CLT z-score.
 
     Effect: mean excess log-likelihood per token in nats. Negative: tokens less likely than a
@@ -78,7 +82,7 @@ def loglik_z(logq: np.ndarray, entropy: np.ndarray, var: np.ndarray, group: str,
     cold, nucleus too small).
     """
     excess = float(np.sum(logq + entropy))
-    sd = float(np.sqrt(np.sum(var)))
+    sd = float(np.sqrt(np.sum(var) * deff))
     z = excess / sd if sd > 0 else 0.0
     return StatTest(group, "log-likelihood z", float(2 * st.norm.sf(abs(z))), excess / len(logq),
                     floor, "nats/token", len(logq), "loglik")

@@ -312,8 +312,8 @@ def score_rows(ref: Reference, items: Sequence[ScoreItem], convention: Conventio
                sampled: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``score``'s numbers as two tensors on the scoring device, one row per output token in item
     order: raw [rows, 4] (log-prob, argmax, margin, rank) and extra [rows, 8 + 64 + 25]
-    (``STAT_KEYS``, ``temp_ll``, then ``TAIL_KEYS``; NaN for unsampled items; no columns unless ``sampled``, which defaults to
-    whether any item is sampled)."""
+    (``STAT_KEYS``, ``temp_ll``, then ``TAIL_KEYS``; NaN for unsampled items; no columns unless
+    ``sampled``, which defaults to whether any item is sampled)."""
     dev = ref.model.get_output_embeddings().weight.device  # where the statistics are computed
     cuda = dev.type == "cuda"
     token_budget = token_budget or (32768 if cuda else 8192)

@@ -69,7 +69,7 @@ def tail_stats(z: torch.Tensor, tok: torch.Tensor, m: torch.Tensor, inv_t: torch
     """[R, len(TAIL_KEYS)] for rows z of (penalised) logits: ``m`` their max, ``cut`` the support
     {d ≥ cut} of q in d = (z - m)/T, ``s0`` = Σ_S e^d (q = e^d/s0 there); ``windows`` the
     ``context_windows`` of the rows (NaN columns without them)."""
-    rows, vocab = z.shape
+    vocab = z.shape[1]
     k = min(vocab, TAIL_CANDIDATES)
     cand = (z.topk(k, dim=1).values.float() - m[:, None]) * inv_t[:, None]
     inside = cand >= cut[:, None]
