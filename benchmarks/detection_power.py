@@ -221,7 +221,7 @@ def main() -> None:
                          "tuned on blocks 0-99 and 1000-1019, so held-out runs start at 5000")
     ap.add_argument("--mix", choices=sorted(MIXES), default="hot",
                     help="the request mix (realistic: T 0.7/1.0 × top_p 0.9/1.0 × top_k 0/40)")
-    ap.add_argument("--only", default="", help="comma-separated server names or faults to run")
+    ap.add_argument("--only", default="", help="server names or faults to run, separated by ;")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" /
                     "detection_power.jsonl")
@@ -236,7 +236,7 @@ def main() -> None:
     if a.results.exists():
         rows = [json.loads(line) for line in a.results.read_text().splitlines() if line.strip()]
         done = {_key(r) for r in rows}
-    only = [w for w in a.only.split(",") if w]
+    only = [w.strip() for w in a.only.split(";") if w.strip()]
     def wanted(name: str, spec: str) -> bool:
         return not only or any(w == name or spec.endswith(f"fault={w}") for w in only)
     jobs = [(spec, num, a.fa_size, a.rep_offset + rep, a.mix) for name, (spec, num) in

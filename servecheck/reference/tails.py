@@ -16,10 +16,10 @@ tokens of q at every position:
   a window of the last ``WINDOW`` tokens: the output so far (``out``, vLLM's presence and
   frequency scope) and prompt and output together (``all``, HF's and vLLM's repetition scope).
 
-Sums over the sorted top ``TAIL_CANDIDATES`` of q; a truncation's mass that needs more of them is
-NaN and that row leaves the test (a choice made from q alone, never from the served token, so the
-test stays exact). Plain torch on every device: a top-k and a gather per row, small beside the
-fused passes.
+Sums over the sorted top ``TAIL_CANDIDATES`` of q, except min_p's, which is one
+``fused.threshold_pass`` over the row (a Triton kernel on CUDA): its kept set can be thousands of
+tokens. A top_p mass that needs more candidates is NaN and that row leaves the test (a choice made
+from q alone, never from the served token, so the test stays exact).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import math
 
 import numpy as np
 import torch
+
+from servecheck.reference.fused import threshold_pass
 
 K_GRID = (20, 40, 50, 64, 100)
 """top_k defaults engines ship (llama.cpp 40, transformers' GenerationConfig 50) and neighbours."""
@@ -80,9 +82,12 @@ def tail_stats(z: torch.Tensor, tok: torch.Tensor, m: torch.Tensor, inv_t: torch
     cols = []
     for kk in K_GRID:  # exact: k ≤ TAIL_CANDIDATES
         cols.append((1 - cum[:, min(kk, k) - 1]).clamp(min=0) if kk < vocab else torch.zeros_like(cut))
-    for c in MIN_P_GRID:
-        known = covered | (cand[:, -1] < math.log(c))
-        cols.append(torch.where(known, (1 - (q * (cand >= math.log(c))).sum(1)).clamp(min=0), nan))
+    # min_p's kept set can hold thousands of tokens at a flat position: summed over the row
+    floors = torch.stack([torch.maximum(cut, torch.full_like(cut, math.log(c)))
+                          for c in MIN_P_GRID], 1)
+    th = m[:, None] + floors / inv_t[:, None] - 1e-4  # ">" in the pass; the cut token is kept
+    kept = threshold_pass(z, torch.arange(len(m), device=z.device), m, inv_t, th)
+    cols += list((1 - kept / s0[:, None]).clamp(min=0).unbind(1))
     above = cum - q
     for p in TOP_P_GRID:
         known = covered | (above[:, -1] >= p)
