@@ -43,6 +43,12 @@ error are worth a person's time; smaller ones are within what bf16 kernels and c
 (KS D reached 0.078 by chance at n = 700 tokens in 400 correct-server runs). Calibrated on
 correct servers: docs/validation-power.md."""
 MIN_TOKENS = 20
+MIN_LOGLIK_TOKENS = 400
+"""The log-likelihood z needs this many tokens: log q(y) has a long lower tail (a rare token costs
+many nats), so over ~100 tokens the normal approximation is too thin on the "too hot" side and
+correct servers failed it (2 of 100 runs of 8 groups of ~110 tokens, held-out seeds 20000–20099);
+at ≥ 400 it held (0 of 400 runs at ~700 tokens a group). The PIT tests cover smaller groups, and
+the sampler check pools every group."""
 TRIVIAL = 1 - 1e-6
 
 
@@ -232,9 +238,10 @@ def check_distribution(ctx: CheckContext) -> list[CheckResult]:
             skipped.append(SkippedGroup(label, len(pit)))
             continue
         fit_tests += [pit_ks(pit, label, FLOORS["ks"], deff),
-                      pit_chi2(pit, label, FLOORS["chi2"], deff),
-                      loglik_z(pool(scores, idx, "logq"), pool(scores, idx, "entropy"),
-                               pool(scores, idx, "var"), label, FLOORS["loglik"], deff)]
+                      pit_chi2(pit, label, FLOORS["chi2"], deff)]
+        if len(pit) >= MIN_LOGLIK_TOKENS:
+            fit_tests.append(loglik_z(pool(scores, idx, "logq"), pool(scores, idx, "entropy"),
+                                      pool(scores, idx, "var"), label, FLOORS["loglik"], deff))
         temp_ll = np.concatenate([scores[i].stats["temp_ll"][informative(scores[i])]
                                   for i in idx])
         fit = temperature_fit(temp_ll / deff, s.temperature, TEMPERATURE_FACTORS, label,
