@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 from scipy.stats import beta
 
@@ -23,7 +24,7 @@ NAMED = {"min-p-default": {"min_p"}, "top-k-40": {"top_k"}, "top-k-50": {"top_k"
 
 
 def main(path: str) -> None:
-    rows = [json.loads(line) for line in open(path) if line.strip()]
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     by = defaultdict(list)
     for r in rows:
         by[r["spec"]].append(r)
