@@ -373,4 +373,5 @@ def _point_mass(rp: RowPass, n_factors: int) -> dict[str, torch.Tensor]:
     above = torch.where(hit, zero, one)
     return {"logq": lq, "above": above, "entropy": zero, "var": zero, "top": one,
             "pre_nucleus_above": above, "temp_ll": lq[:, None].expand(-1, n_factors),
+            "support_cut": zero, "norm": one,  # the support {d ≥ 0}: the argmax, Σe^d = 1
             "rule": zero, "slack": torch.where(hit, zero, torch.full_like(zero, math.inf))}
