@@ -133,15 +133,20 @@ def one_run(spec: str, numerics: str, n: int, rep: int, mix: str = "hot") -> dic
         for b in range(0, len(group), 128):
             records += target.generate_batch(group[b:b + 128])
     options = servecheck.CheckOptions(_ref.spec, numerics=numerics)
-    results = servecheck.check(records, options, reference=_ref).results
+    run = servecheck.check(records, options, reference=_ref)
+    results = run.results
     # the same outputs as the original notes' response.json holds them: text only
     text_only = [ResponseRecord(conversations=r.conversations, parameters=r.parameters,
                                 input=r.input, output=r.output) for r in records]
-    text_results = servecheck.check(text_only, options, reference=_ref).results
+    text_run = servecheck.check(text_only, options, reference=_ref)
+    text_results = text_run.results
     by_name = {r.name: r for r in results}
     tests = by_name["fit"].details.tests() + by_name["temperature"].details.tests()
     return {"spec": spec, "numerics": numerics, "n": n, "rep": rep, "mix": mix,
             "diagnosis": _diagnosis(results), "diagnosis_text_only": _diagnosis(text_results),
+            "convention": run.convention.chosen.name if run.convention else None,
+            "convention_text_only": text_run.convention.chosen.name if text_run.convention
+            else None,
             "seconds": round(time.perf_counter() - t0, 2),
             "failed": [r.name for r in results if r.verdict == "fail"],
             "failed_text_only": [r.name for r in text_results if r.verdict == "fail"],

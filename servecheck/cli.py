@@ -29,15 +29,13 @@ def cmd_generate(a: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_check(a: argparse.Namespace, console: Console) -> int:
-    from servecheck.checks.options import CheckOptions
-    from servecheck.reference.sampling import Convention
+    from servecheck.checks.options import CheckOptions, given_convention
     from servecheck.workflows.check import Outputs, run_check
 
     options = CheckOptions(
         reference=a.reference, numerics=a.numerics, logit_tolerance=a.logit_tolerance,
-        alpha=a.alpha, convention=Convention(a.top_p_before_temperature, a.top_p_inclusive,
-                                             a.penalty_scope),
-        device=a.device, dtype=a.dtype)
+        alpha=a.alpha, device=a.device, dtype=a.dtype, convention=given_convention(
+            a.sampler_order, a.top_p_before_temperature, a.top_p_inclusive, a.penalty_scope))
     return run_check(a.responses, options, console, Outputs(a.json, a.report, a.junit),
                      progress=not a.no_progress, max_record_bytes=int(a.max_record_mb * 2**20),
                      inconclusive_ok=a.inconclusive_ok)
@@ -231,13 +229,20 @@ def parser() -> argparse.ArgumentParser:
                    help="refuse a record larger than this (memory stays bounded)")
     c.add_argument("--inconclusive-ok", action="store_true",
                    help="exit 0, not 3, when a check had too few records to decide")
-    conv = c.add_argument_group("sampling convention (where engines differ; unset: HF's)")
+    conv = c.add_argument_group("sampling convention (where engines differ; unset: found from "
+                                "the records, see the README's table)")
+    conv.add_argument("--sampler-order", choices=["find", "hf", "llama.cpp"], default="find",
+                      help="hf: temperature, then top_k/top_p/min_p (transformers, vLLM, SGLang, "
+                           "TGI, TensorRT-LLM); llama.cpp: top_k/top_p/min_p on T=1 "
+                           "probabilities, then temperature; find (default): the one the "
+                           "records fit")
     conv.add_argument("--top-p-before-temperature", action="store_true",
                       help="the nucleus is chosen on temperature-1 probabilities")
     conv.add_argument("--top-p-inclusive", action="store_true",
                       help="a token whose mass-above equals top_p exactly is kept")
     conv.add_argument("--penalty-scope", choices=["prompt+output", "output"],
-                      default="prompt+output", help="which tokens penalties count")
+                      help="which tokens penalties count (default: found; prompt+output where "
+                           "the records cannot tell)")
     c.set_defaults(func=cmd_check)
 
     k = sub.add_parser("compare", help="replay a few served requests on a ground truth and show "

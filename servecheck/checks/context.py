@@ -19,7 +19,7 @@ from servecheck.checks.token_search import TokenSearch
 from servecheck.errors import InputError
 from servecheck.formats.records import ResponseRecord
 from servecheck.reference.model import Reference
-from servecheck.reference.sampling import Convention, Sampling
+from servecheck.reference.sampling import HF, Convention, Sampling
 from servecheck.reference.scoring import ScoreItem, TokenScores, score
 from servecheck.reference.tokenization import LOST, PromptSource, TokenBytes, TokenSource
 
@@ -47,6 +47,10 @@ class CheckContext:
         self.sampling = [Sampling.of(r.parameters) for r in self.records]
         """Each answered record's sampling transform, defaults filled in as a server would."""
         self.ref = ref
+        self.convention: Convention = self.options.convention or HF
+        """The sampling convention every score is made under; where the options leave it
+        unset, ``check`` puts the one the records show (``checks.conventions``) before
+        anything is scored."""
         self._check_ids()
         self._check_lengths()
         self.expected_prompts  # noqa: B018 - renders every conversation now: a refusal is bad input
@@ -155,7 +159,7 @@ class CheckContext:
     def score_items(self, items: list[ScoreItem]) -> list[TokenScores]:
         """Score tokens that are no record's own (a prompt under a hypothesis, a proposed
         tokenization): one batch through the run's scorer, uncached."""
-        return self.scorer(self.ref, items, self.options.convention) if items else []
+        return self.scorer(self.ref, items, self.convention) if items else []
 
     def is_text_only(self, i: int) -> bool:
         return self.output_ids(i)[1] is not TokenSource.SERVER_IDS

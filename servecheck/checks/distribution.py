@@ -258,7 +258,7 @@ def check_distribution(ctx: CheckContext) -> list[CheckResult]:
     holm(fit_tests + [g.fit.test for g in fits.values()], ctx.options.alpha)
     sources = sorted({ctx.output_ids(i)[1].value for idx in groups.values() for i in idx})
     common = dict(alpha=ctx.options.alpha, family_size=len(fit_tests) + len(fits), floors=FLOORS,
-                  skipped_groups=skipped, convention=ctx.options.convention.describe(),
+                  skipped_groups=skipped, convention=ctx.convention.describe(),
                   token_sources=sources, seed_design=design.to_json())
     return [_fit_result(ctx, scores, FitDetails(**common, stat_tests=tuple(fit_tests)), members),
             _temperature_result(ctx, scores, TemperatureDetails(**common, groups=fits), members)]

@@ -6,11 +6,11 @@ responses file, and nothing reaches in to change a context after it was made.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from servecheck.errors import InputError
-from servecheck.reference.sampling import HF, Convention
+from servecheck.reference.sampling import HF, ORDERS, Convention
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,9 @@ class CheckOptions:
     """Overrides the numerics row's logit tolerance (greedy and top_k boundary)."""
     alpha: float = 0.01
     """Family-wise false-alarm rate of the statistical checks (Holm)."""
-    convention: Convention = field(default=HF)
-    """Where engines differ in the order and edges of sampling."""
+    convention: Convention | None = None
+    """Where engines differ in the order and edges of sampling; None: found from the records
+    (``checks.conventions``)."""
     device: str | None = None
     """Where the reference scores: None picks cuda when there is one, else cpu."""
     dtype: str = "float32"
@@ -84,4 +85,16 @@ class CheckOptions:
     def describe(self) -> dict[str, object]:
         """What the JSON summary, JUnit and the report record about the run."""
         return {"reference": self.reference, "numerics": self.numerics, "alpha": self.alpha,
-                "convention": self.convention.describe()}
+                "convention": self.convention.describe() if self.convention else "found"}
+
+
+def given_convention(order: str, top_p_before_temperature: bool = False,
+                     top_p_inclusive: bool = False, penalty_scope: str | None = None
+                     ) -> Convention | None:
+    """The convention ``check``'s flags fix, or None (``--sampler-order find`` and no finer
+    flag): found from the records."""
+    if order == "find" and not (top_p_before_temperature or top_p_inclusive or penalty_scope):
+        return None
+    base = ORDERS.get(order, HF)
+    return Convention(top_p_before_temperature or base.top_p_before_temperature, top_p_inclusive,
+                      penalty_scope or base.penalty_scope, base.min_p_before_temperature)

@@ -85,7 +85,7 @@ def check_support(ctx: CheckContext) -> CheckResult:
     details = SupportDetails(len(idx), tokens, violations, ties, by_rule,
                              {"top_k_logits": ctx.tolerances.logit,
                               "top_p_min_p_mass": ctx.tolerances.mass},
-                             ctx.options.convention.describe())
+                             ctx.convention.describe())
     tie_note = f", {ties} boundary tie(s) within tolerance" if ties else ""
     if violations:
         rules = ", ".join(f"{r} ({n})" for r, n in by_rule.items())

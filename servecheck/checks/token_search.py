@@ -27,6 +27,13 @@ from servecheck.reference.tokenization import (
 if TYPE_CHECKING:
     from servecheck.checks.context import CheckContext
 
+IMPLAUSIBLE_LOGQ = -11.5
+"""A sampled token of requested probability below e^-11.5 ≈ 1e-5 is put to the search as if it
+were impossible: a correct server draws one rarely, but a canonical ``LL`` where the server drew
+``L`` ``L`` looks exactly like that (q ≈ 1e-9 in a capital-letters answer at T = 0.7, where the
+argmax after ``U`` is no prefix of it, so nothing else proposed a split). Barker's rule still
+decides, so a token the server did draw stays where its split is no likelier."""
+
 SERVED_LOGPROB_NATS = 1.0
 """Where served log-probs count other tokens than the ones scored, a token whose served and
 reference log-probs differ by more than this marks where the tokenizations part."""
@@ -64,7 +71,7 @@ class TokenSearch:
         for round_ in range(MAX_ROUNDS):
             proposals = {}
             for i in live:
-                s, impossible = ctx._scores[i], self.impossible(i)
+                s, impossible = ctx._scores[i], self.suspect(i)
                 if not impossible.any() and not tb.may_split(s.token_ids, s.argmax):
                     continue
                 found = [propose(ctx._output_ids[i][0], s.argmax, tb, ctx.ref.encode,
@@ -100,13 +107,14 @@ class TokenSearch:
                 return False
         return True
 
-    def impossible(self, i: int) -> np.ndarray:
-        """Tokens no correct server could have produced in this tokenization: outside the
-        support of a sampled record, a hard argmax mismatch in a greedy one, and, where the
-        served log-probs count other tokens than these, those whose log-prob is far off."""
+    def suspect(self, i: int) -> np.ndarray:
+        """Tokens a correct server could hardly have produced in this tokenization: outside
+        the support of a sampled record or below ``IMPLAUSIBLE_LOGQ``, a hard argmax mismatch in
+        a greedy one, and, where the served log-probs count other tokens than these, those whose
+        log-prob is far off."""
         s = self.ctx._scores[i]
         if "logq" in s.stats:
-            out = np.isinf(s.stats["logq"])
+            out = ~(s.stats["logq"] >= IMPLAUSIBLE_LOGQ)
         else:
             out = (s.token_ids != s.argmax) & (s.margin > self.ctx.tolerances.logit)
         served = self.ctx.records[i].output_logprobs

@@ -290,7 +290,7 @@ def sampled_stats(z: torch.Tensor, s: Sampling, rp: RowPass, convention: Convent
     their ``row_pass`` at inv_t = 1/T: the keys of ``scoring.TokenScores.stats`` less ``pit``
     (the caller draws the uniforms); ``temp_ll`` in order of increasing factor 1/β.
     ``rule``/``slack`` are those of ``sampling.boundary_slack``, from the same sums; absent
-    under ``top_p_before_temperature`` (the caller asks ``boundary_slack``)."""
+    where top_p or min_p come before temperature (the caller asks ``boundary_slack``)."""
     rows, vocab = z.shape
     if s.greedy:
         return _point_mass(rp, PROFILE[2])
@@ -309,11 +309,17 @@ def sampled_stats(z: torch.Tensor, s: Sampling, rp: RowPass, convention: Convent
     # rows whose support lies among sorted candidates: sum the temperature profile there
     small = cand is not None and bool(complete.all())
     cut_min = torch.full_like(neg, math.log(s.min_p) if s.min_p > 0 else -math.inf)
+    if convention.min_p_before_temperature:
+        cut_min = cut_min * inv_t  # p₁(y)/p₁(max) ≥ min_p, in d = log p_T(y)/p_T(max)
     cut_kp = cut_k
     if s.top_p < 1.0:
-        if convention.top_p_before_temperature:
-            cut_p = nucleus_cut(z, rp.m, torch.ones_like(inv_t), neg, rp.s1, rp.zmin, s.top_p,
-                                convention.top_p_inclusive, lanes=rp.lanes)[0] * inv_t
+        if convention.top_p_before_temperature:  # the nucleus of the top_k set, at T = 1
+            total1 = rp.s1
+            if cand is not None:
+                held = (zcand.float() - rp.m[:, None]).exp() * (cand >= cut_k[:, None])
+                total1 = torch.where(complete, held.sum(1), torch.full_like(total, math.nan))
+            cut_p = nucleus_cut(z, rp.m, torch.ones_like(inv_t), zfloor, total1, rp.zmin,
+                                s.top_p, convention.top_p_inclusive, zcand, rp.lanes)[0] * inv_t
         else:
             cut_p, pcand, resolved = nucleus_cut(z, rp.m, inv_t, zfloor, total, rp.zmin, s.top_p,
                                                  convention.top_p_inclusive, zcand, rp.lanes)
@@ -340,7 +346,7 @@ def sampled_stats(z: torch.Tensor, s: Sampling, rp: RowPass, convention: Convent
            "pre_nucleus_above": torch.where(dy >= cuts[:, 1], a_pre / s0_pre, one),
            "temp_ll": torch.where(inside[:, None], temp_ll, neg[:, None]),
            "support_cut": cuts[:, 0], "norm": s0}
-    if not convention.top_p_before_temperature:
+    if not (convention.top_p_before_temperature or convention.min_p_before_temperature):
         out["rule"], out["slack"] = _explain(s, convention, inside, dy, cut_k, a_k / s0_k, s0_kp)
     return out
 

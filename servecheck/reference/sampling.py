@@ -5,7 +5,9 @@ temperature, top_k (ties with the k-th kept), top_p (a token stays while the mas
 above it is < top_p), min_p (relative to the top probability). Engines differ in places, and each
 difference is a named field of ``Convention`` so the report can say what was assumed:
 
-- ``top_p_before_temperature``: the nucleus is chosen on temperature-1 probabilities;
+- ``top_p_before_temperature``: the nucleus is chosen on temperature-1 probabilities (of the
+  top_k set, as llama.cpp chains them);
+- ``min_p_before_temperature``: min_p compares temperature-1 probabilities (llama.cpp);
 - ``top_p_inclusive``: a token whose mass-above equals top_p exactly is kept;
 - ``penalty_scope``: repetition/presence/frequency penalties count prompt tokens too
   (``prompt+output``, HF and vLLM's repetition penalty) or generated tokens only (``output``).
@@ -27,14 +29,35 @@ class Convention:
     top_p_before_temperature: bool = False
     top_p_inclusive: bool = False
     penalty_scope: str = "prompt+output"
+    min_p_before_temperature: bool = False
+
+    @property
+    def name(self) -> str:
+        """How people call this order: the engine family that runs it."""
+        before = (self.top_p_before_temperature, self.min_p_before_temperature)
+        order = {(False, False): "HF order", (True, True): "llama.cpp order"}.get(
+            before, "top_p " + ("before" if before[0] else "after") + " and min_p " +
+            ("before" if before[1] else "after") + " temperature")
+        scope = "" if self.penalty_scope == "prompt+output" else ", penalties on output tokens"
+        edge = ", inclusive top_p" if self.top_p_inclusive else ""
+        return order + scope + edge
 
     def describe(self) -> dict[str, object]:
-        return {"order": "penalties, temperature, top_k, top_p, min_p"
-                if not self.top_p_before_temperature else
-                "penalties, top_p (on T=1 probabilities), temperature, top_k, min_p", **asdict(self)}
+        before = [n for n, on in (("top_p", self.top_p_before_temperature),
+                                  ("min_p", self.min_p_before_temperature)) if on]
+        order = "penalties, temperature, top_k, top_p, min_p"
+        if before:
+            order = (f"penalties, top_k, top_p, min_p ({' and '.join(before)} on T=1 "
+                     f"probabilities), temperature")
+        return {"name": self.name, "order": order, **asdict(self)}
 
 
 HF = Convention()
+"""transformers, vLLM, SGLang, TGI and TensorRT-LLM: temperature first, then the truncations."""
+LLAMA_CPP = Convention(top_p_before_temperature=True, min_p_before_temperature=True)
+"""llama.cpp's default chain: top_k, top_p and min_p on temperature-1 probabilities, then
+temperature."""
+ORDERS = {"hf": HF, "llama.cpp": LLAMA_CPP}
 
 
 @dataclass(frozen=True)
@@ -123,16 +146,18 @@ def transform(logits: torch.Tensor, s: Sampling, convention: Convention = HF,
         out = torch.full_like(z, NEG_INF)
         return out.scatter(-1, z.argmax(dim=-1, keepdim=True), 0.0)
     keep = torch.ones_like(z, dtype=torch.bool)
-    if s.top_p < 1.0 and convention.top_p_before_temperature:
-        keep &= _nucleus_mask(z, s.top_p, convention.top_p_inclusive)
-    z = z / s.temperature
-    if s.top_k:
+    if s.top_k:  # top_k commutes with temperature: either order keeps the same set
         kth = z.topk(min(s.top_k, z.shape[-1]), dim=-1).values[..., -1:]
         keep &= z >= kth
+    if s.top_p < 1.0 and convention.top_p_before_temperature:
+        keep &= _nucleus_mask(z.masked_fill(~keep, NEG_INF), s.top_p, convention.top_p_inclusive)
+    z1 = z
+    z = z / s.temperature
     if s.top_p < 1.0 and not convention.top_p_before_temperature:
         keep &= _nucleus_mask(z.masked_fill(~keep, NEG_INF), s.top_p, convention.top_p_inclusive)
-    if s.min_p > 0:
-        probs = z.masked_fill(~keep, NEG_INF).softmax(dim=-1)
+    if s.min_p > 0:  # relative to the top token, which every rule keeps: last, in either order
+        basis = z1 if convention.min_p_before_temperature else z
+        probs = basis.masked_fill(~keep, NEG_INF).softmax(dim=-1)
         keep &= probs >= s.min_p * probs.amax(dim=-1, keepdim=True)
     return z.masked_fill(~keep, NEG_INF).log_softmax(dim=-1)
 
@@ -162,7 +187,7 @@ def boundary_slack(logits: torch.Tensor, token: torch.Tensor, s: Sampling,
         keep &= zt >= kth
         out = (tz < kth)[:, 0]
         rule[out], slack[out] = 1, ((kth - tz)[:, 0] * t)[out]
-    basis = z if convention.top_p_before_temperature else zt.masked_fill(~keep, NEG_INF)
+    basis = (z if convention.top_p_before_temperature else zt).masked_fill(~keep, NEG_INF)
     if s.top_p < 1.0:
         p = basis.softmax(-1)
         above = (p * (basis > basis.gather(-1, token[:, None]))).sum(-1)
@@ -170,7 +195,7 @@ def boundary_slack(logits: torch.Tensor, token: torch.Tensor, s: Sampling,
         rule[out], slack[out] = 2, (above - s.top_p)[out]
         keep &= _nucleus_mask(basis, s.top_p, convention.top_p_inclusive)
     if s.min_p > 0:
-        p = zt.masked_fill(~keep, NEG_INF).softmax(-1)
+        p = (z if convention.min_p_before_temperature else zt).masked_fill(~keep, NEG_INF).softmax(-1)
         floor = s.min_p * p.amax(-1)
         py = p.gather(-1, token[:, None])[:, 0]
         out = (rule == 0) & (py < floor)

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from servecheck.checks import run_checks
 from servecheck.checks.context import CheckContext, Scorer
+from servecheck.checks.conventions import ConventionFit, find_convention
 from servecheck.checks.options import CheckOptions
 from servecheck.checks.results import CheckResult, Verdict, overall
 from servecheck.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS, InputError
@@ -43,6 +44,8 @@ class CheckRun:
     results: list[CheckResult]
     rank: int = 0
     """This process's torchrun rank (0 alone): only rank 0 reports."""
+    convention: ConventionFit | None = None
+    """The sampling convention scored under, and how it was chosen."""
 
     @property
     def verdict(self) -> Verdict:
@@ -96,8 +99,17 @@ def check(responses: Path | list[ResponseRecord], options: CheckOptions | None =
     ref = reference or Reference(options.reference, dtype=options.dtype,
                                  device=device or ("cuda" if _has_cuda() else "cpu"))
     ctx = CheckContext(records, ref, options, scorer)
-    teacher_force(ctx, console or Console(quiet=True), progress and console is not None)
-    return CheckRun(ctx, run_checks(ctx), rank)
+    show = progress and console is not None
+    console = console or Console(quiet=True)
+    fit = ConventionFit(options.convention, False) if options.convention else None
+    if fit is None:
+        with spinner(console, f"loading the reference model ({ref.spec})…", show):
+            ref.model  # noqa: B018 - cached property: loads the weights now, under the spinner
+        with spinner(console, "finding the sampling order…", show):
+            fit = find_convention(ctx)
+        ctx.convention = fit.chosen
+    teacher_force(ctx, console, show)
+    return CheckRun(ctx, run_checks(ctx), rank, fit)
 
 
 def run_check(responses: Path, options: CheckOptions, console: Console,
@@ -115,6 +127,9 @@ def run_check(responses: Path, options: CheckOptions, console: Console,
     print_table(run.results, console, title)
     meta = {"reference": options.reference, "responses": str(responses),
             "records": len(run.context.all_records), **options.describe()}
+    if run.convention:
+        meta["convention"] = run.convention.to_json()
+        console.print(f"sampling convention: {run.convention.describe()}")
     write_outputs(console, run.context, run.results, meta, title, outputs.json, outputs.report,
                   outputs.junit)
     if run.verdict == "inconclusive":

@@ -17,7 +17,14 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from servecheck.reference.sampling import HF, Convention, Sampling, boundary_slack, transform
+from servecheck.reference.sampling import (
+    HF,
+    LLAMA_CPP,
+    Convention,
+    Sampling,
+    boundary_slack,
+    transform,
+)
 from servecheck.reference.scoring import reference_sampled_stats
 
 logit_rows = st.integers(2, 24).flatmap(lambda v: st.lists(
@@ -81,6 +88,14 @@ def test_conventions_differ_where_they_should() -> None:
     before = transform(z, hot, Convention(top_p_before_temperature=True))
     after = transform(z, hot, Convention())
     assert torch.isfinite(before[0]).sum() == 2 and torch.isfinite(after[0]).sum() == 3
+    # min_p 0.5 of the top: at T=1, 0.3/0.5 = 0.6 keeps two tokens; at T=0.5, 0.36 keeps one
+    cold = Sampling(temperature=0.5, min_p=0.5)
+    assert torch.isfinite(transform(z, cold, LLAMA_CPP)[0]).sum() == 2
+    assert torch.isfinite(transform(z, cold, HF)[0]).sum() == 1
+    # llama.cpp chains top_p after top_k: in the top 2 renormalised, 0.625 lies above the
+    # second (≥ 0.6, cut); over all three at T=1 only 0.5 does (kept)
+    assert torch.isfinite(transform(z, Sampling(0.5, top_k=2, top_p=0.6), LLAMA_CPP)[0]).sum() == 1
+    assert torch.isfinite(transform(z, Sampling(0.5, top_p=0.6), LLAMA_CPP)[0]).sum() == 2
 
 
 def test_boundary_slack_names_the_rule() -> None:

@@ -20,6 +20,7 @@ from servecheck.reference import fused
 from servecheck.reference.model import Reference
 from servecheck.reference.sampling import (
     HF,
+    LLAMA_CPP,
     NEG_INF,
     Convention,
     Sampling,
@@ -105,13 +106,17 @@ def test_fused_statistics_equal_the_definition(s: Sampling, scale: float, candid
 
 
 @pytest.mark.parametrize("convention", [Convention(top_p_before_temperature=True),
-                                        Convention(top_p_inclusive=True)], ids=["before", "incl"])
+                                        Convention(top_p_inclusive=True), LLAMA_CPP,
+                                        Convention(min_p_before_temperature=True)],
+                         ids=["before", "incl", "llama.cpp", "min_p-before"])
 def test_conventions_and_ties(convention: Convention, monkeypatch: pytest.MonkeyPatch) -> None:
     """bf16-rounded logits tie often, at the top_k and at the nucleus boundary alike."""
     gen = torch.Generator().manual_seed(3)
     for candidates in (256, 4):
         monkeypatch.setattr(fused, "CANDIDATES", candidates)
-        for s in (Sampling(temperature=1.5, top_p=0.7), Sampling(temperature=0.9, top_k=20, top_p=0.6)):
+        for s in (Sampling(temperature=1.5, top_p=0.7), Sampling(temperature=0.9, top_k=20, top_p=0.6),
+                  Sampling(temperature=0.7, top_k=30, top_p=0.9, min_p=0.05),
+                  Sampling(temperature=1.4, min_p=0.1)):
             z = _draw(64, 800, 2.0, gen).bfloat16().float()
             tok = _tokens(z, s, gen)
             u = torch.rand(64, generator=gen)

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import torch
 
-from servecheck.reference.sampling import HF, NEG_INF, Sampling, transform
+from servecheck.reference.sampling import HF, NEG_INF, Convention, Sampling, transform
 
 TEMPLATE_FAULTS = {"double-bos", "assistant-role", "drop-system", "echo", "strip-end", "ignore-eos"}
 SAMPLING_FAULTS = {
@@ -66,9 +66,12 @@ class FaultySampler:
     come from exactly the distribution this processor returns.
     """
 
-    def __init__(self, s: Sampling, faults: frozenset[str]) -> None:
+    def __init__(self, s: Sampling, faults: frozenset[str], convention: Convention = HF) -> None:
         self.s = s
         self.faults = faults
+        self.convention = convention
+        """The order a correct engine of another family samples in (``?order=llama.cpp``): no
+        fault at all, the hf target's stand-in for that engine."""
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         s = self.s
@@ -80,7 +83,7 @@ class FaultySampler:
                 1, input_ids, torch.ones_like(input_ids, dtype=scores.dtype))
         if "nucleus-boundary" in self.faults and s.top_p < 1 and not s.greedy:
             return _nucleus_without_crossing_token(scores, s)
-        return transform(scores, s, HF, counts)
+        return transform(scores, s, self.convention, counts)
 
 
 def _nucleus_without_crossing_token(scores: torch.Tensor, s: Sampling) -> torch.Tensor:

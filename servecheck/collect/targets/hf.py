@@ -19,6 +19,8 @@ demo, the tests and the benchmarks have a faulty server whose fault is known:
 
 ``?dtype=bfloat16`` runs the model in bf16, ``?round_params=float32`` sends sampling parameters
 through float32 as Triton does (0.9 → 0.8999999762): correct servers with other numerics.
+``?order=llama.cpp`` samples in llama.cpp's order (top_k, top_p and min_p on temperature-1
+probabilities, then temperature): a correct server of another engine family.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from servecheck.errors import InputError, TargetError
 from servecheck.formats.prompts import Request
 from servecheck.formats.records import Parameters, ResponseRecord, Timing
 from servecheck.reference.model import Reference
-from servecheck.reference.sampling import Sampling
+from servecheck.reference.sampling import HF, ORDERS, Sampling
 
 
 @dataclass
@@ -65,8 +67,8 @@ def _round_float32(p: Parameters) -> Parameters:
 
 class HFTarget(Target):
     def __init__(self, model: str = "builtin", faults: frozenset[str] = frozenset(),
-                 dtype: str = "float32", spec: str | None = None, round_params: bool = False
-                 ) -> None:
+                 dtype: str = "float32", spec: str | None = None, round_params: bool = False,
+                 order: str = "hf") -> None:
         unknown = faults - FAULTS
         if unknown:
             raise InputError(f"unknown fault {sorted(unknown)} (known: {sorted(FAULTS)})",
@@ -77,20 +79,24 @@ class HFTarget(Target):
         self.faults = faults
         self.ref = Reference(model, dtype=dtype)
         self.round_params = round_params
+        if order not in ORDERS:
+            raise InputError(f"order must be one of {', '.join(ORDERS)}, got {order!r}",
+                             where=spec or model)
+        self.convention = ORDERS[order]
         for f in faults & set(WEIGHT_FAULTS):
             quantize_weights(self.ref.model, WEIGHT_FAULTS[f])
 
     @classmethod
     def from_spec(cls, spec: str, rest: str) -> HFTarget:
         path, _, query = rest.partition("?")
-        opts = {k: v[-1] for k, v in spec_options(query, ("fault", "dtype", "round_params"),
+        opts = {k: v[-1] for k, v in spec_options(query, ("fault", "dtype", "round_params", "order"),
                                                   spec).items()}
         faults = frozenset(f for f in opts.get("fault", "").split(",") if f)
         rounding = opts.get("round_params")
         if rounding not in (None, "float32"):
             raise InputError("round_params takes only 'float32'", where=spec)
         return cls(path or "builtin", faults, opts.get("dtype", "float32"), spec,
-                   rounding == "float32")
+                   rounding == "float32", opts.get("order", "hf"))
 
     def template(self, request: Request) -> str:
         messages = request.conversation.hf_messages()
@@ -119,12 +125,12 @@ class HFTarget(Target):
             output_logits=True, return_dict_in_generate=True)
         if p.greedy:
             return kwargs
-        if self.faults & set(SAMPLING_FAULTS):
+        if self.faults & set(SAMPLING_FAULTS) or self.convention != HF:
             # HF's warpers off; the faulty sampler returns the whole distribution.
             from transformers import LogitsProcessorList
 
             kwargs.update(temperature=1.0, top_p=1.0, top_k=0, logits_processor=LogitsProcessorList(
-                [FaultySampler(Sampling.of(p), self.faults)]))
+                [FaultySampler(Sampling.of(p), self.faults, self.convention)]))
             return kwargs
         kwargs.update(temperature=p.temperature if p.temperature is not None else 1.0,
                       top_p=p.top_p if p.top_p is not None else 1.0, top_k=p.top_k or 0,

@@ -1,0 +1,164 @@
+"""The sampling convention, found from the records rather than guessed.
+
+Engines agree on what temperature, top_k, top_p and min_p mean, and disagree on their order:
+transformers, vLLM, SGLang, TGI and TensorRT-LLM scale by the temperature first; llama.cpp
+truncates on temperature-1 probabilities and scales last. Penalties count the prompt's tokens in
+some engines and only generated ones in others. Checked under the wrong one, a correct llama.cpp
+server at T = 0.7, top_p = 0.9 draws tokens "outside the nucleus", and a correct HF server at
+T = 1.3 looks truncated.
+
+The orders differ only on some records (sampled, T ≠ 1 with top_p or min_p; penalised, for the
+scope). Those are scored under each candidate convention, and a candidate replaces the default
+only where its likelihood beats the default's by ``MARGIN_NATS``. That is a likelihood-ratio
+test with a known level: if the default is the truth, a ratio of e^10 or more has probability at
+most e^-10 (Markov's inequality on the ratio, whose mean is 1), whatever the records. A clear
+support violation (beyond the numerics tolerance, as the support check counts it) costs
+``VIOLATION_NATS``, so a convention that makes served tokens impossible loses; a boundary tie
+costs ``TIE_NATS``. The log-likelihoods are compared on the tokens inside every candidate's
+support. Where the conventions hardly differ on the data, the default stays and little
+rides on it. The user can fix the convention instead (``check --sampler-order``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from itertools import product
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from servecheck.checks.support import outside_support
+from servecheck.reference.sampling import HF, LLAMA_CPP, Convention
+from servecheck.reference.tokenization import TokenSource
+
+if TYPE_CHECKING:
+    from servecheck.checks.context import CheckContext
+
+MARGIN_NATS = 10.0
+VIOLATION_NATS = 1000.0
+TIE_NATS = 3.0
+"""A token just outside a convention's support (within the numerics tolerance) is not
+impossible under it, since other kernels may rank it inside, but it is unlikely: e^-3, about
+1 in 20. Free, it would favour the convention with the smallest support, whose boundary every
+other convention's extra tokens sit on (a llama.cpp nucleus at T = 0.7 adds 1% of mass just
+outside HF's)."""
+MAX_RECORDS = 512
+"""Records scored per candidate at most (spread over the file): enough to tell the orders apart
+wherever they differ, and a bounded cost on a million-record file."""
+
+
+@dataclass(frozen=True)
+class CandidateFit:
+    convention: Convention
+    loglik: float
+    """Σ log q of the served tokens inside every candidate's support (the same tokens for
+    all, so that a convention cannot gain by leaving a token out)."""
+    violations: int
+    """Tokens outside the support beyond the numerics tolerance."""
+    ties: int
+    """Tokens outside the support within the numerics tolerance."""
+
+    @property
+    def score(self) -> float:
+        return self.loglik - VIOLATION_NATS * self.violations - TIE_NATS * self.ties
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.convention.name, "loglik": round(self.loglik, 3),
+                "violations": self.violations, "boundary_ties": self.ties}
+
+
+@dataclass(frozen=True)
+class ConventionFit:
+    """Which convention the check uses, and the evidence for it."""
+
+    chosen: Convention
+    found: bool
+    """Chosen from the records (else fixed by the user)."""
+    records: int = 0
+    """Records on which the candidates differ, scored under each."""
+    tokens: int = 0
+    candidates: list[CandidateFit] = field(default_factory=list)
+
+    def describe(self) -> str:
+        if not self.found:
+            return f"{self.chosen.name} (as given)"
+        if len(self.candidates) < 2:
+            return f"{self.chosen.name} (the default: no record tells the engines' orders apart)"
+        default = self.candidates[0]
+        chosen = next(c for c in self.candidates if c.convention == self.chosen)
+        if chosen is not default:
+            return (f"{self.chosen.name}, found from {self.records} records: it fits "
+                    f"{chosen.score - default.score:.1f} nats better than "
+                    f"{default.convention.name}{_outside(default)}")
+        other = max(self.candidates[1:], key=lambda c: c.score)
+        gain = other.score - default.score
+        return f"{self.chosen.name}, found from {self.records} records" + (
+            f" ({other.convention.name} fits better by only {gain:.1f} nats, < {MARGIN_NATS:g})"
+            if gain > 0 else f": it fits {-gain:.1f} nats better than "
+                             f"{other.convention.name}{_outside(other)}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.chosen.describe(), "found": self.found, "records": self.records,
+                "tokens": self.tokens, "candidates": [c.to_json() for c in self.candidates],
+                "why": self.describe()}
+
+
+def _outside(c: CandidateFit) -> str:
+    n = c.violations + c.ties
+    return f", which puts {n} served token(s) outside the support" if n else ""
+
+
+def telling_records(ctx: CheckContext) -> tuple[list[int], list[int]]:
+    """(records whose support or q depend on the order, records that are penalised)."""
+    order, scope = [], []
+    for i, s in enumerate(ctx.sampling):
+        if s.greedy:
+            continue
+        if abs(s.temperature - 1.0) > 1e-6 and (s.top_p < 1.0 or s.min_p > 0):
+            order.append(i)
+        if s.penalised:
+            scope.append(i)
+    return order, scope
+
+
+def candidates(order: bool, scope: bool, base: Convention = HF) -> list[Convention]:
+    """The default first, then every combination the telling records can distinguish."""
+    orders = [base, replace(base, top_p_before_temperature=LLAMA_CPP.top_p_before_temperature,
+                            min_p_before_temperature=LLAMA_CPP.min_p_before_temperature)] \
+        if order else [base]
+    scopes = ["prompt+output", "output"] if scope else [base.penalty_scope]
+    return [replace(o, penalty_scope=p) for o, p in product(orders, scopes)]
+
+
+def _spread(idx: list[int], n: int) -> list[int]:
+    if len(idx) <= n:
+        return idx
+    return [idx[k] for k in np.linspace(0, len(idx) - 1, n).round().astype(int).tolist()]
+
+
+def find_convention(ctx: CheckContext) -> ConventionFit:
+    """Score the telling records under each candidate; keep the default unless another fits
+    better by ``MARGIN_NATS``. The chosen candidate's scores of records with server ids are
+    kept (a text-only record is scored again after its tokenization search)."""
+    order, scope = telling_records(ctx)
+    options = candidates(bool(order), bool(scope))
+    if len(options) < 2:
+        return ConventionFit(HF, True)
+    idx = _spread(sorted(set(order) | set(scope)), MAX_RECORDS)
+    items = [ctx._item(i) for i in idx]
+    scored = [ctx.scorer(ctx.ref, items, c) for c in options]
+    logq = [[s.stats["logq"] for s in scores] for scores in scored]
+    common = [np.all([np.isfinite(lq[r]) for lq in logq], axis=0) for r in range(len(idx))]
+    fits = []
+    for c, scores, lq in zip(options, scored, logq, strict=True):
+        clear = [outside_support(s, ctx.tolerances)[0] for s in scores]
+        violations = sum(map(len, clear))
+        ties = sum(int(np.isinf(q).sum()) for q in lq) - violations
+        ll = sum(float(q[keep].sum()) for q, keep in zip(lq, common, strict=True))
+        fits.append(CandidateFit(c, ll, violations, ties))
+    best = max(range(len(fits)), key=lambda k: fits[k].score)
+    chosen = best if fits[best].score - fits[0].score > MARGIN_NATS else 0
+    for i, s in zip(idx, scored[chosen], strict=True):
+        if ctx.output_ids(i)[1] is TokenSource.SERVER_IDS:
+            ctx._scores[i] = s
+    return ConventionFit(options[chosen], True, len(idx), sum(len(s) for s in scored[0]), fits)
