@@ -54,7 +54,9 @@ CORRECT = {"fp32, batched (left-padded, mixed lengths)": ("hf:builtin", "bf16"),
            "bf16 weights and activations": ("hf:builtin?dtype=bfloat16", "bf16"),
            "parameters rounded to float32 (0.9 → 0.8999999762)":
                ("hf:builtin?round_params=float32", "bf16"),
-           "fp32, batched, checked with --numerics fp32": ("hf:builtin", "fp32")}
+           "fp32, batched, checked with --numerics fp32": ("hf:builtin", "fp32"),
+           "llama.cpp's order (top_p, min_p on T=1 probabilities, then temperature)":
+               ("hf:builtin?order=llama.cpp", "bf16")}
 FAULTY = {f: (f"hf:builtin?fault={f}", "bf16") for f in [
     "temperature-ignored", "temperature-twice", "top-p-ignored", "top-k-off-by-one",
     "nucleus-boundary", "repetition-penalty", "ignore-eos", "int8", "int4",
@@ -234,7 +236,6 @@ def main() -> None:
                     "detection_power.md")
     a = ap.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
-    ensure_other_checkpoint()
     a.results.parent.mkdir(parents=True, exist_ok=True)
     done = set()
     rows = []
@@ -249,6 +250,8 @@ def main() -> None:
     jobs += [(spec, num, n, a.rep_offset + 1000 + rep, a.mix) for name, (spec, num) in
              FAULTY.items() if wanted(name, spec) for n in sizes for rep in range(a.reps)]
     todo = [j for j in jobs if j not in done]
+    if any(j[0] == f"hf:{OTHER_CHECKPOINT}" for j in todo):
+        ensure_other_checkpoint()
     print(f"{len(jobs)} runs, {len(todo)} to do, {a.workers} worker(s)")
     t0 = time.time()
     with ProcessPoolExecutor(a.workers, initializer=_init) as pool, a.results.open("a") as fh:
