@@ -229,7 +229,8 @@ def check_distribution(ctx: CheckContext) -> list[CheckResult]:
     # intervals at the family's own level (Bonferroni over its 4 tests a group), so that one
     # excluding the request on a correct server is as rare as a false alarm
     tested = sum(len(pool(scores, idx, "pit")) >= MIN_TOKENS for idx in groups.values())
-    level = 1 - ctx.options.alpha / max(1, 4 * tested)
+    alpha = ctx.options.check_alpha("fit")
+    level = 1 - alpha / max(1, 4 * tested)
     for s, idx in groups.items():
         label = s.label()
         members[label] = idx
@@ -255,9 +256,9 @@ def check_distribution(ctx: CheckContext) -> list[CheckResult]:
             need = max(float(a[a < TRIVIAL].max(initial=0.0)) for a in above)
             fit.nucleus = (need, s.top_p)
         fits[label] = GroupTemperature(s, fit)
-    holm(fit_tests + [g.fit.test for g in fits.values()], ctx.options.alpha)
+    holm(fit_tests + [g.fit.test for g in fits.values()], alpha)
     sources = sorted({ctx.output_ids(i)[1].value for idx in groups.values() for i in idx})
-    common = dict(alpha=ctx.options.alpha, family_size=len(fit_tests) + len(fits), floors=FLOORS,
+    common = dict(alpha=alpha, family_size=len(fit_tests) + len(fits), floors=FLOORS,
                   skipped_groups=skipped, convention=ctx.convention.describe(),
                   token_sources=sources, seed_design=design.to_json())
     return [_fit_result(ctx, scores, FitDetails(**common, stat_tests=tuple(fit_tests)), members),
@@ -275,7 +276,7 @@ def _fit_result(ctx: CheckContext, scores: dict[int, TokenScores], details: FitD
     if not failed:
         worst = min(tests, key=lambda t: t.p)
         return CheckResult("fit", "pass", f"{groups} group(s) fit the reference distribution "
-                           f"(smallest p {worst.p:.2g}, Holm α={ctx.options.alpha})", details)
+                           f"(smallest p {worst.p:.2g}, Holm α={details.alpha:.4g})", details)
     findings = [Finding(t.group, t.describe(), 10.0 + abs(t.effect)) for t in failed]
     for t in failed:
         if t.kind == "loglik":

@@ -77,7 +77,8 @@ def judge(ctx: CheckContext, results: list[CheckResult], indices: list[int] | No
     scores = ctx.scores(idx)
     by_label = record_findings(results)
     sampled = [i for i in idx if not ctx.sampling[i].greedy]
-    z_star = float(st.norm.isf(ctx.options.alpha / (2 * max(1, len(sampled)))))
+    alpha = ctx.options.check_alpha("plausibility")
+    z_star = float(st.norm.isf(alpha / (2 * max(1, len(sampled)))))
     delta = ctx.tolerances.logit
     out: dict[int, CheckResult] = {}
     for i in idx:

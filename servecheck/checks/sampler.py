@@ -103,6 +103,7 @@ class Pooled:
 
 def run(ctx: CheckContext) -> list[CheckResult]:
     groups = sampled_groups(ctx)
+    alpha = ctx.options.check_alpha("sampler")
     if not groups:
         return [CheckResult("sampler", "skipped", "no sampled records (temperature > 0)")]
     idx = [i for members in groups.values() for i in members]
@@ -112,11 +113,11 @@ def run(ctx: CheckContext) -> list[CheckResult]:
     if len(pooled) < MIN_TOKENS:
         return [CheckResult("sampler", "inconclusive", f"{len(pooled)} informative sampled "
                             f"tokens (< {MIN_TOKENS}): too few to estimate the sampler",
-                            SamplerDetails(ctx.options.alpha, len(pooled), len(groups), design))]
-    found, info, lams = _alternatives(pooled, design.deff, ctx.options.alpha)
-    holm([a.test for a in found], ctx.options.alpha)
-    detectable = _detectable(found, info, lams, design.deff, ctx.options.alpha)
-    details = SamplerDetails(ctx.options.alpha, len(pooled), len(groups), design, tuple(found),
+                            SamplerDetails(alpha, len(pooled), len(groups), design))]
+    found, info, lams = _alternatives(pooled, design.deff, alpha)
+    holm([a.test for a in found], alpha)
+    detectable = _detectable(found, info, lams, design.deff, alpha)
+    details = SamplerDetails(alpha, len(pooled), len(groups), design, tuple(found),
                              detectable)
     power = power_statement(detectable)
     shared = f"; {design.describe()}" if design.shared else ""

@@ -146,12 +146,13 @@ def run(ctx: CheckContext) -> list[CheckResult]:
     groups = seed_groups(ctx.records)
     if not groups:
         return [CheckResult("seeds", "skipped", "no requests that differ only in their seed")]
+    alpha = ctx.options.check_alpha("seeds")
     text_logprob = scored_logprob(ctx, [r for g in groups for r in repeated(g)])
     results = [seed_test(g, text_logprob) for g in groups]
     pooled = pooled_p([r.p_value for r in results])
     *rejected, pooled_rejected = holm_rejected([r.p_value for r in results] + [pooled],
-                                               ctx.options.alpha)
-    details = SeedDetails(results, ctx.options.alpha, pooled)
+                                               alpha)
+    details = SeedDetails(results, alpha, pooled)
     findings = [Finding(r.label, f"{r.most_common} of {r.seeds} seeds gave the same text, whose "
                                  f"reference probability is {r.p_text:.2e} (p = {r.p_value:.1e}): "
                                  f"the seed looks ignored", 1 - r.p_value)

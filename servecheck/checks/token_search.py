@@ -34,6 +34,14 @@ were impossible: a correct server draws one rarely, but a canonical ``LL`` where
 argmax after ``U`` is no prefix of it, so nothing else proposed a split). Barker's rule still
 decides, so a token the server did draw stays where its split is no likelier."""
 
+VARIANTS = [(merge, rank, fine, back) for back in (False, True) for rank in (0, 1, 2)
+            for merge, fine in ((False, False), (True, False), (False, True))]
+"""How a suspect token's bytes may be re-split (``tokenization.propose``): from it or from the
+token before, the longest, second and third longest other token the text starts with there,
+with the rest canonical, merged into the next token, or one character a token. Only records
+with a suspect token try them all (a few in a hundred); they are scored in the round's one
+batch, and ``better`` picks one to put to ``keep``."""
+
 SERVED_LOGPROB_NATS = 1.0
 """Where served log-probs count other tokens than the ones scored, a token whose served and
 reference log-probs differ by more than this marks where the tokenizations part."""
@@ -74,12 +82,14 @@ class TokenSearch:
                 s, impossible = ctx._scores[i], self.suspect(i)
                 if not impossible.any() and not tb.may_split(s.token_ids, s.argmax):
                     continue
-                found = [propose(ctx._output_ids[i][0], s.argmax, tb, ctx.ref.encode,
-                                 self.frozen, impossible, merge) for merge in (False, True)]
-                found = [p for k, p in enumerate(found) if p is not None and
-                         (k == 0 or found[0] is None or p.ids != found[0].ids)]
+                found = {}
+                for variant in VARIANTS if impossible.any() else VARIANTS[:1]:
+                    p = propose(ctx._output_ids[i][0], s.argmax, tb, ctx.ref.encode,
+                                self.frozen, impossible, *variant)
+                    if p is not None:
+                        found.setdefault(tuple(p.ids), p)
                 if found:
-                    proposals[i] = found
+                    proposals[i] = list(found.values())
             if not proposals:
                 break
             order = [(i, p) for i in proposals for p in proposals[i]]

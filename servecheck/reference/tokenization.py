@@ -113,6 +113,7 @@ class TokenBytes:
         self._cache: dict[int, bytes] = {}
         self._ids: dict[bytes, int] | None = None
         self._pairs: dict[int, bool] = {}
+        self._longest: int | None = None
 
     def __call__(self, token: int) -> bytes:
         hit = self._cache.get(token)
@@ -170,13 +171,31 @@ class TokenBytes:
         """The token for one raw byte (``<0xNN>`` or a byte-level single byte), if any."""
         return self.lookup(bytes([byte]))
 
-    def shorter(self, piece: bytes) -> int | None:
-        """The longest token that is a proper prefix of ``piece``: ``L`` for ``LL``."""
-        for n in range(len(piece) - 1, 0, -1):
-            tid = self.lookup(piece[:n])
-            if tid is not None:
-                return tid
+    def starting(self, text: bytes, at: int, other_than: int, rank: int = 0, longer_than: int = 0
+                 ) -> int | None:
+        """The longest token other than ``other_than`` that spells a prefix of ``text[at:]``,
+        or with ``rank`` r the (r+1)-th longest: for a canonical ``ELL`` ``AC``, ``ELLA`` if
+        there is one, then ``EL``, then ``E``; for `` RIVE`` ``ROG``, `` RIVER``. Only tokens
+        of more than ``longer_than`` bytes count."""
+        if self._longest is None:
+            self.lookup(b"")
+            self._longest = max(map(len, self._ids or {b"": 0}))
+        for n in range(min(self._longest, len(text) - at), longer_than, -1):
+            tid = self.lookup(text[at:at + n])
+            if tid is not None and tid != other_than:
+                if not rank:
+                    return tid
+                rank -= 1
         return None
+
+    def characters(self, data: bytes) -> list[int] | None:
+        """One token per character of ``data`` (``L`` ``L`` for ``LL``), where each has one."""
+        try:
+            chars = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        out = [self.lookup(c.encode("utf-8")) for c in chars]
+        return None if any(t is None for t in out) else [int(t) for t in out if t is not None]
 
     def encode(self, data: bytes, encode_text) -> list[int] | None:
         """Canonical tokens of ``data``; bytes of a character cut in two become byte tokens.
@@ -212,11 +231,13 @@ class Proposal:
 
 
 def propose(ids: list[int], argmax: np.ndarray, tb: TokenBytes, encode_text,
-            frozen: set[int], impossible: np.ndarray, merge: bool = False) -> Proposal | None:
+            frozen: set[int], impossible: np.ndarray, merge: bool = False, rank: int = 0,
+            fine: bool = False, back: bool = False) -> Proposal | None:
     """Every place where the argmax is another split of the same bytes, split at once.
 
     Where a token is ``impossible`` (outside the support of a sampled record, or a hard greedy
-    mismatch) and the argmax is no split of it, its longest proper prefix is proposed instead:
+    mismatch) and the argmax is no split of it, the longest other token that the text starts
+    with there is proposed instead (a prefix of it, or a longer one):
     a sampled ``L`` need not be the argmax to be the token the server drew. Only the first such
     place is split per round: the scores after a split saw the old context, and a token that was
     impossible there (``AT`` after ``LL``) may be the right one after ``L``, ``L``.
@@ -228,7 +249,13 @@ def propose(ids: list[int], argmax: np.ndarray, tb: TokenBytes, encode_text,
 
     With ``merge``, the bytes an impossible token's prefix leaves over join the next token where
     that makes fewer tokens ("MS" "ad" → "M" "Sad"); without, they stay apart ("LL" "U" → "L"
-    "L" "U"). Which one the server did, only the scores tell: the search tries both."""
+    "L" "U"). Which one the server did, only the scores tell: the search tries both. ``rank``
+    takes another token that the text starts with there (``EL`` or ``E`` for ``ELL``; a longer
+    `` RIVER`` for `` RIVE`` ``ROG``), and ``fine`` spells the left-over
+    bytes one character a token (``E`` ``L`` ``L``): a served split two tokens away from the
+    canonical one is reached in one round, where a step through ``EL`` ``L``, no likelier than
+    ``ELL``, would be refused. ``back`` re-splits from the token before the suspect one, with a
+    longer token that reaches into it (``w`` ``er`` → ``wer``)."""
     pieces = [tb(t) for t in ids]
     starts = np.cumsum([0, *map(len, pieces)]).tolist()
     text = b"".join(pieces)
@@ -245,9 +272,16 @@ def propose(ids: list[int], argmax: np.ndarray, tb: TokenBytes, encode_text,
         a = int(argmax[i])
         at = starts[i]
         forced = False
-        if impossible[i] and not departures and not (a != ids[i] and text.startswith(tb(a), at)):
-            a = tb.shorter(pieces[i]) if ids[i] not in frozen else None
-            a, forced = (ids[i], False) if a is None else (a, True)
+        if impossible[i] and not departures and ids[i] not in frozen:
+            split = a != ids[i] and text.startswith(tb(a), at)  # the argmax is a prefix of it
+            b = a if split and not rank else tb.starting(text, at, ids[i], rank)
+            a, forced = (a, False) if b is None else (b, True)
+            if back and i and ids[i - 1] not in frozen:  # the token before reaches into it
+                b = tb.starting(text, starts[i - 1], ids[i - 1], rank, len(pieces[i - 1]))
+                if b is not None:
+                    i, a, forced = i - 1, b, True
+                    at = starts[i]
+                    out.pop()
         if a != ids[i] and ids[i] not in frozen and a not in frozen:
             ab = tb(a)
             if ab and ab != pieces[i] and text.startswith(ab, at):
@@ -255,6 +289,8 @@ def propose(ids: list[int], argmax: np.ndarray, tb: TokenBytes, encode_text,
                 j = next(k for k in range(i + 1, len(ids) + 1) if starts[k] >= end)
                 if not any(ids[k] in frozen for k in range(i, j)):
                     rest = tb.encode(text[end:starts[j]], encode_text)
+                    if fine and forced:
+                        rest = tb.characters(text[end:starts[j]]) or rest
                     if merge and forced and rest is not None and j < len(ids) and \
                             ids[j] not in frozen:
                         # the cut-off bytes may belong to the next token ("MS" "ad" served
