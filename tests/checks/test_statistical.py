@@ -64,7 +64,8 @@ def test_bf16_server_passes(tmp_path: Path, check_json, responses) -> None:
 
 
 def test_temperature_applied_twice_is_named(tmp_path: Path, check_json, check_named, responses) -> None:
-    path = responses(tmp_path, "hf:builtin?fault=temperature-twice", 200, temperature=0.7)
+    # 400: at 200 the check's share of α (0.45%) leaves 0.49 inside the interval [0.46, 0.71]
+    path = responses(tmp_path, "hf:builtin?fault=temperature-twice", 400, temperature=0.7)
     code, summary = check_json(path, tmp_path)
     temperature = check_named(summary, "temperature")
     assert code == 1 and temperature["verdict"] == "fail"

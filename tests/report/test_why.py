@@ -191,17 +191,23 @@ def _tests_of(summary: dict) -> list[dict]:
     return tests
 
 
+def _fit_alpha(summary: dict) -> float:
+    return next(c for c in summary["checks"] if c["name"] == "fit")["details"]["alpha"]
+
+
 def test_lite_report_explains_every_test(lite_report: Path) -> None:
     summary = json.loads(lite_report.with_name("summary.json").read_text())
     words = _words(lite_report.read_text(encoding="utf-8"))
     tests = _tests_of(summary)
+    alpha = _fit_alpha(summary)  # the fit family's share of the run's α = 0.01
+    assert alpha < 0.01
     cases = {("beyond" if abs(t["effect"]) >= t["floor"] else "within", t["rejected"])
              for t in tests}
     assert {("within", False), ("beyond", False)} <= cases  # the lite run has both
     for t in tests:
-        assert _expected(t, 0.01, 8) in words, _expected(t, 0.01, 8)
+        assert _expected(t, alpha, 8) in words, _expected(t, alpha, 8)
     # KS and χ² in each of 2 groups: the log-likelihood z needs ≥ 400 tokens a group
-    assert "PASS: none of the 4 test(s) is both significant after Holm (α = 0.01)" in words
+    assert f"PASS: none of the 4 test(s) is both significant after Holm (α = {alpha:g})" in words
     assert "PASS: every one of the 172 served tokens is the reference's argmax" in words
     assert "PASS: the served log-probs (raw) differ from the reference's by a mean |Δ|" in words
 
@@ -238,21 +244,23 @@ def served_report(tmp_path_factory: pytest.TempPathFactory, write_records, run_c
 
 
 def test_significant_but_small_passes_with_its_reason(served_report) -> None:
-    """A correct server checked at α = 0.9: chance rejections, with effects within the floor
-    (seeds fixed, so the outcome is too)."""
-    code, words, summary = served_report("hf:builtin", 150, "--alpha", "0.9")
+    """A correct server checked at α = 0.99 (the fit family's share: 0.45): chance
+    rejections, with effects within the floor (seeds fixed, so the outcome is too)."""
+    code, words, summary = served_report("hf:builtin", 250, "--alpha", "0.99")
     small = [t for t in _tests_of(summary) if t["rejected"] and abs(t["effect"]) < t["floor"]]
     assert code == 0 and small, "expected a significant test within its floor"
+    alpha = _fit_alpha(summary)
     for t in small:
-        assert _expected(t, 0.9, 4) in words, _expected(t, 0.9, 4)
+        assert _expected(t, alpha, 4) in words, _expected(t, alpha, 4)
     assert "significant but within the floor:" in words
 
 
 def test_temperature_applied_twice_fails_with_its_reason(served_report) -> None:
-    code, words, summary = served_report("hf:builtin?fault=temperature-twice", 200)
+    code, words, summary = served_report("hf:builtin?fault=temperature-twice", 400)
     failed = [t for t in _tests_of(summary) if t["failed"]]
     assert code == 1 and any(t["kind"] == "temperature" for t in failed)
+    alpha = _fit_alpha(summary)
     for t in failed:
-        assert _expected(t, 0.01, 4) in words, _expected(t, 0.01, 4)
-    assert re.search(r"FAIL: \d of \d test\(s\) significant after Holm \(α = 0.01\) and "
-                     r"beyond their floor", words)
+        assert _expected(t, alpha, 4) in words, _expected(t, alpha, 4)
+    assert re.search(rf"FAIL: \d of \d test\(s\) significant after Holm \(α = {alpha:g}\) "
+                     r"and beyond their floor", words)
