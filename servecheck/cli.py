@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from servecheck.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_PASS, InputError
+from servecheck.workflows.plan import add_arguments as add_plan_arguments
 
 if TYPE_CHECKING:  # rich and torch load inside main: --help stays instant, and a Ctrl-C
     from rich.console import Console  # while they load is caught like any other
@@ -314,6 +315,7 @@ def parser() -> argparse.ArgumentParser:
                     help="family-wise false-alarm rate of the probes")
     pr.add_argument("--json", type=output_file, help="write the results here")
     pr.set_defaults(func=cmd_probe)
+    add_plan_arguments(sub)
 
     e = sub.add_parser("endpoint-files",
                        help="write handler.py and requirements.txt for an HF Inference Endpoint")

@@ -73,7 +73,8 @@ class Alternative:
         return f"{name} ≈ {e:.2f} ({self.scope} tokens counted)"
 
 
-def _alpha_z(alpha: float, family: int) -> float:
+def detection_z(alpha: float, family: int) -> float:
+    """z of a two-sided test at Holm's first step (α/m) plus z of 95% power."""
     return float(st.norm.ppf(1 - alpha / (2 * max(1, family))) + st.norm.ppf(POWER))
 
 
@@ -120,7 +121,7 @@ def penalty_detectable(info: float, deff: float, alpha: float, family: int, floo
                        ) -> float | None:
     if info <= 0:
         return None
-    return max(floor, _alpha_z(alpha, family) / np.sqrt(info / deff))
+    return max(floor, detection_z(alpha, family) / np.sqrt(info / deff))
 
 
 def temperature_scale(temp_ll: np.ndarray, factors: np.ndarray, deff: float, level: float

@@ -44,11 +44,18 @@ class SamplerDetails(Details):
     alternatives: tuple[alt.Alternative, ...] = ()
     detectable: dict[str, float | None] = field(default_factory=dict)
     """The smallest fault of each kind these tokens would have caught with 95% power."""
+    tail_mass: dict[str, float] = field(default_factory=dict)
+    """Per truncation (``"min_p 0.05"``): λ, the tokens a correct sampler puts where it cuts.
+    It grows with the records, which is how ``servecheck plan`` scales a pilot run."""
+    information: dict[str, float] = field(default_factory=dict)
+    """Per penalty and scope: the Fisher information of its score test; ``temperature``: the
+    detectable relative error itself (-1: none)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "tokens": self.tokens, "groups": self.groups,
                 "family_size": len(self.alternatives), "seed_design": self.design.to_json(),
-                "detectable": self.detectable,
+                "detectable": self.detectable, "tail_mass": self.tail_mass,
+                "information": self.information,
                 "alternatives": [{"setting": a.setting, "grid_value": a.grid_value,
                                   "estimate": a.estimate, "scope": a.scope, "gain": a.gain,
                                   "diagnosis": a.describe(), "test": stat_test_json(a.test)}
@@ -118,7 +125,7 @@ def run(ctx: CheckContext) -> list[CheckResult]:
     holm([a.test for a in found], alpha)
     detectable = _detectable(found, info, lams, design.deff, alpha)
     details = SamplerDetails(alpha, len(pooled), len(groups), design, tuple(found),
-                             detectable)
+                             detectable, lams, info)
     power = power_statement(detectable)
     shared = f"; {design.describe()}" if design.shared else ""
     best = details.best()
