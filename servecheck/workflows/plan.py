@@ -60,8 +60,10 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="how many requests of a pilot's mix catch faults of given "
                                     "sizes with 95%% power")
     p.add_argument("responses", type=Path, help="a pilot responses file of the mix you will run")
-    p.add_argument("--reference", required=True, metavar="PATH|builtin")
-    p.add_argument("--alpha", type=float, default=0.01, help="the run's false-alarm rate")
+    p.add_argument("--reference", required=True, metavar="PATH|builtin",
+                   help="the served model's checkpoint, as for check")
+    p.add_argument("--alpha", type=float, default=0.01,
+                   help="the run's false-alarm rate, as for check (default: 0.01)")
     for name, size in DEFAULT_FAULTS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=size,
                        help=f"fault size to plan for (default {size:g})")
