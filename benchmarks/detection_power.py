@@ -146,9 +146,8 @@ def one_run(spec: str, numerics: str, n: int, rep: int, mix: str = "hot") -> dic
     tests = by_name["fit"].details.tests() + by_name["temperature"].details.tests()
     return {"spec": spec, "numerics": numerics, "n": n, "rep": rep, "mix": mix,
             "diagnosis": _diagnosis(results), "diagnosis_text_only": _diagnosis(text_results),
-            "convention": run.convention.chosen.name if run.convention else None,
-            "convention_text_only": text_run.convention.chosen.name if text_run.convention
-            else None,
+            "convention": run.convention.chosen.name,
+            "convention_text_only": text_run.convention.chosen.name,
             "seconds": round(time.perf_counter() - t0, 2),
             "failed": [r.name for r in results if r.verdict == "fail"],
             "failed_text_only": [r.name for r in text_results if r.verdict == "fail"],

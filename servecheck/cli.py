@@ -221,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
                    help="override the near-tie tolerance in logits (greedy and top_k boundary)")
     c.add_argument("--alpha", type=PROBABILITY, default=0.01,
                    help="the run's false-alarm rate over all statistical checks (each gets "
-                        "an equal share, Holm within)")
+                        "a fixed share, Holm within)")
     c.add_argument("--device", help="where the reference scores: cpu, cuda, cuda:N, or auto / "
                                     "balanced (spread over the GPUs by accelerate); default cuda "
                                     "when there is one. Under torchrun each rank uses its own GPU")

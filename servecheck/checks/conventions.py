@@ -121,12 +121,11 @@ def telling_records(ctx: CheckContext) -> tuple[list[int], list[int]]:
     return order, scope
 
 
-def candidates(order: bool, scope: bool, base: Convention = HF) -> list[Convention]:
-    """The default first, then every combination the telling records can distinguish."""
-    orders = [base, replace(base, top_p_before_temperature=LLAMA_CPP.top_p_before_temperature,
-                            min_p_before_temperature=LLAMA_CPP.min_p_before_temperature)] \
-        if order else [base]
-    scopes = ["prompt+output", "output"] if scope else [base.penalty_scope]
+def candidates(order: bool, scope: bool) -> list[Convention]:
+    """HF's convention (the default) first, then every combination the telling records can
+    distinguish."""
+    orders = [HF, LLAMA_CPP] if order else [HF]
+    scopes = ["prompt+output", "output"] if scope else [HF.penalty_scope]
     return [replace(o, penalty_scope=p) for o, p in product(orders, scopes)]
 
 

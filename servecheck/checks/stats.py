@@ -73,14 +73,14 @@ def pit_ks(pit: np.ndarray, group: str, floor: float, deff: float = 1.0) -> Stat
 def pit_chi2(pit: np.ndarray, group: str, floor: float, deff: float = 1.0) -> StatTest:
     """χ² on PIT deciles (divided by the design effect); effect is Cohen's w = sqrt(χ²/n)."""
     counts = np.histogram(pit, bins=PIT_BINS, range=(0.0, 1.0))[0]
-    x = float(st.chisquare(counts).statistic) / deff
-    n = len(pit)
+    stat = float(st.chisquare(counts).statistic)
+    x, n = stat / deff, len(pit)
     if 0 < n < EXACT_CHI2_BELOW:
         null = chi2_null(n)  # (1 + hits) / (1 + draws): a valid p-value, never 0
         p = (1 + len(null) - int(np.searchsorted(null, x - 1e-9))) / (1 + len(null))
     else:
         p = float(st.chi2.sf(x, PIT_BINS - 1))
-    return StatTest(group, "PIT uniformity (χ²)", p, float(np.sqrt(x * deff / max(n, 1))), floor,
+    return StatTest(group, "PIT uniformity (χ²)", p, float(np.sqrt(stat / max(n, 1))), floor,
                     "w", n, "chi2")
 
 

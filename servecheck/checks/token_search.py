@@ -79,13 +79,13 @@ class TokenSearch:
         for round_ in range(MAX_ROUNDS):
             proposals = {}
             for i in live:
-                s, impossible = ctx._scores[i], self.suspect(i)
-                if not impossible.any() and not tb.may_split(s.token_ids, s.argmax):
+                s, suspect = ctx._scores[i], self.suspect(i)
+                if not suspect.any() and not tb.may_split(s.token_ids, s.argmax):
                     continue
                 found = {}
-                for variant in VARIANTS if impossible.any() else VARIANTS[:1]:
+                for variant in VARIANTS if suspect.any() else VARIANTS[:1]:
                     p = propose(ctx._output_ids[i][0], s.argmax, tb, ctx.ref.encode,
-                                self.frozen, impossible, *variant)
+                                self.frozen, suspect, *variant)
                     if p is not None:
                         found.setdefault(tuple(p.ids), p)
                 if found:

@@ -178,8 +178,8 @@ class TokenBytes:
         there is one, then ``EL``, then ``E``; for `` RIVE`` ``ROG``, `` RIVER``. Only tokens
         of more than ``longer_than`` bytes count."""
         if self._longest is None:
-            self.lookup(b"")
-            self._longest = max(map(len, self._ids or {b"": 0}))
+            self.lookup(b"")  # builds the spelling table
+            self._longest = max(map(len, self._ids or ()), default=0)
         for n in range(min(self._longest, len(text) - at), longer_than, -1):
             tid = self.lookup(text[at:at + n])
             if tid is not None and tid != other_than:
@@ -194,8 +194,13 @@ class TokenBytes:
             chars = data.decode("utf-8")
         except UnicodeDecodeError:
             return None
-        out = [self.lookup(c.encode("utf-8")) for c in chars]
-        return None if any(t is None for t in out) else [int(t) for t in out if t is not None]
+        out = []
+        for c in chars:
+            tid = self.lookup(c.encode("utf-8"))
+            if tid is None:
+                return None
+            out.append(tid)
+        return out
 
     def encode(self, data: bytes, encode_text) -> list[int] | None:
         """Canonical tokens of ``data``; bytes of a character cut in two become byte tokens.

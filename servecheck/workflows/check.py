@@ -42,10 +42,10 @@ class Outputs:
 class CheckRun:
     context: CheckContext
     results: list[CheckResult]
+    convention: ConventionFit
+    """The sampling convention scored under, and how it was chosen."""
     rank: int = 0
     """This process's torchrun rank (0 alone): only rank 0 reports."""
-    convention: ConventionFit | None = None
-    """The sampling convention scored under, and how it was chosen."""
 
     @property
     def verdict(self) -> Verdict:
@@ -69,12 +69,21 @@ def _scorer() -> tuple[Scorer, int]:
     return score_data_parallel, rank
 
 
-def teacher_force(ctx: CheckContext, console: Console, enabled: bool = True) -> None:
-    """Load the reference model and score every record, with a spinner and a bar."""
+def teacher_force(ctx: CheckContext, console: Console, enabled: bool = True) -> ConventionFit:
+    """Load the reference model, find the sampling order where the options leave it unset,
+    and score every record under it, with spinners and a bar."""
     with spinner(console, f"loading the reference model ({ctx.ref.spec})…", enabled):
         ctx.ref.model  # noqa: B018 - cached property: loads the weights now, under the spinner
+    given = ctx.options.convention
+    if given:
+        fit = ConventionFit(given, False)
+    else:
+        with spinner(console, "finding the sampling order…", enabled):
+            fit = find_convention(ctx)
+        ctx.convention = fit.chosen
     with bar(console, "teacher forcing", len(ctx.records), enabled) as advance:
         ctx.prefetch(advance)
+    return fit
 
 
 def check(responses: Path | list[ResponseRecord], options: CheckOptions | None = None,
@@ -99,17 +108,8 @@ def check(responses: Path | list[ResponseRecord], options: CheckOptions | None =
     ref = reference or Reference(options.reference, dtype=options.dtype,
                                  device=device or ("cuda" if _has_cuda() else "cpu"))
     ctx = CheckContext(records, ref, options, scorer)
-    show = progress and console is not None
-    console = console or Console(quiet=True)
-    fit = ConventionFit(options.convention, False) if options.convention else None
-    if fit is None:
-        with spinner(console, f"loading the reference model ({ref.spec})…", show):
-            ref.model  # noqa: B018 - cached property: loads the weights now, under the spinner
-        with spinner(console, "finding the sampling order…", show):
-            fit = find_convention(ctx)
-        ctx.convention = fit.chosen
-    teacher_force(ctx, console, show)
-    return CheckRun(ctx, run_checks(ctx), rank, fit)
+    fit = teacher_force(ctx, console or Console(quiet=True), progress and console is not None)
+    return CheckRun(ctx, run_checks(ctx), fit, rank)
 
 
 def run_check(responses: Path, options: CheckOptions, console: Console,
@@ -126,10 +126,9 @@ def run_check(responses: Path, options: CheckOptions, console: Console,
     title = outputs.title or f"servecheck: {responses} vs {options.reference}"
     print_table(run.results, console, title)
     meta = {"reference": options.reference, "responses": str(responses),
-            "records": len(run.context.all_records), **options.describe()}
-    if run.convention:
-        meta["convention"] = run.convention.to_json()
-        console.print(f"sampling convention: {run.convention.describe()}")
+            "records": len(run.context.all_records), **options.describe(),
+            "convention": run.convention.to_json()}
+    console.print(f"sampling convention: {run.convention.describe()}")
     write_outputs(console, run.context, run.results, meta, title, outputs.json, outputs.report,
                   outputs.junit)
     if run.verdict == "inconclusive":
