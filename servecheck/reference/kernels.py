@@ -15,6 +15,8 @@ Imported only when a CUDA tensor is scored and Triton is installed.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -230,12 +232,14 @@ def threshold_pass(z: torch.Tensor, rows: torch.Tensor, m: torch.Tensor, inv_t: 
                    th: torch.Tensor) -> torch.Tensor:
     vocab = z.shape[1]
     nt = th.shape[1]
-    g = torch.empty(len(rows), nt, device=z.device, dtype=torch.float32)
+    padded = 1 << max(0, nt - 1).bit_length()  # tl.arange needs a power of two: 3 min_p cuts → 4
+    th = torch.nn.functional.pad(th.float(), (0, padded - nt), value=math.inf)  # sums nothing
+    g = torch.empty(len(rows), padded, device=z.device, dtype=torch.float32)
     if len(rows):
         _threshold_pass[(len(rows),)](z, z.stride(0), vocab, rows.long().contiguous(), m.contiguous(),
-                                      inv_t.contiguous(), th.float().contiguous(), g, NT=nt,
+                                      inv_t.contiguous(), th.contiguous(), g, NT=padded,
                                       BLOCK=256, num_warps=4)
-    return g
+    return g[:, :nt]
 
 
 NA, NB = 8, 8
