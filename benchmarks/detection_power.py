@@ -68,12 +68,16 @@ FAULTY["other checkpoint (same run, step 400 of 800)"] = (f"hf:{OTHER_CHECKPOINT
 
 _targets: dict = {}
 _ref = None
+_reference = "builtin"
 
 
-def _init() -> None:
+def _init(reference: str = "builtin") -> None:
+    """A worker: one thread, and the reference every run is checked against."""
+    global _reference
     import torch
 
     torch.set_num_threads(1)
+    _reference = reference
 
 
 def requests_for(n: int, rep: int, mix: str = "hot"):
@@ -121,7 +125,7 @@ def one_run(spec: str, numerics: str, n: int, rep: int, mix: str = "hot") -> dic
     from servecheck.reference.sampling import Sampling
 
     if _ref is None:
-        _ref = Reference("builtin")
+        _ref = Reference(_reference)
     if spec not in _targets:
         _targets[spec] = HFTarget.from_spec(spec, spec.partition(":")[2])
     target = _targets[spec]
@@ -227,6 +231,9 @@ def main() -> None:
                          "tuned on blocks 0-99 and 1000-1019, so held-out runs start at 5000")
     ap.add_argument("--mix", choices=sorted(MIXES), default="hot",
                     help="the request mix (realistic: T 0.7/1.0 × top_p 0.9/1.0 × top_k 0/40)")
+    ap.add_argument("--model", default="builtin",
+                    help="the model every server runs and the reference (a path: the second "
+                         "architecture, e.g. a llama-chatml build)")
     ap.add_argument("--only", default="", help="server names or faults to run, separated by ;")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" /
@@ -242,6 +249,10 @@ def main() -> None:
         rows = [json.loads(line) for line in a.results.read_text().splitlines() if line.strip()]
         done = {_key(r) for r in rows}
     only = [w.strip() for w in a.only.split(";") if w.strip()]
+    if a.model != "builtin":
+        for servers in (CORRECT, FAULTY):
+            servers.update({name: (spec.replace("hf:builtin", f"hf:{a.model}"), num)
+                            for name, (spec, num) in servers.items()})
     def wanted(name: str, spec: str) -> bool:
         return not only or any(w == name or spec.endswith(f"fault={w}") for w in only)
     jobs = [(spec, num, a.fa_size, a.rep_offset + rep, a.mix) for name, (spec, num) in
@@ -253,7 +264,8 @@ def main() -> None:
         ensure_other_checkpoint()
     print(f"{len(jobs)} runs, {len(todo)} to do, {a.workers} worker(s)")
     t0 = time.time()
-    with ProcessPoolExecutor(a.workers, initializer=_init) as pool, a.results.open("a") as fh:
+    pool = ProcessPoolExecutor(a.workers, initializer=_init, initargs=(a.model,))
+    with pool, a.results.open("a") as fh:
         futures = [pool.submit(one_run, *j) for j in todo]
         for k, fut in enumerate(as_completed(futures), 1):
             row = fut.result()

@@ -16,6 +16,9 @@ from servecheck.errors import InputError
 from servecheck.formats.records import Conversation
 
 BUILTIN = Path(__file__).parents[1] / "tinymodels" / "builtin"
+BUILTIN_TOOLS = Path(__file__).parents[1] / "tinymodels" / "builtin-tools"
+"""The second built-in model: Qwen3, a Hermes-style template with tools and thinking."""
+BUILTINS = {"builtin": BUILTIN, "builtin-tools": BUILTIN_TOOLS}
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -24,10 +27,12 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def resolve(spec: str) -> Path:
-    """``builtin`` or a local checkpoint folder; anything else is a clear input error."""
-    path = BUILTIN if spec == "builtin" else Path(spec)
+    """``builtin``, ``builtin-tools`` or a local checkpoint folder; anything else is a clear
+    input error."""
+    path = BUILTINS.get(spec) or Path(spec)
     if not path.is_dir():
-        raise InputError("not a folder (expected a local Hugging Face checkpoint or 'builtin')",
+        raise InputError("not a folder (expected a local Hugging Face checkpoint, 'builtin' or "
+                         "'builtin-tools')",
                          where=spec)
     for needed in ("config.json", "tokenizer_config.json"):
         if not (path / needed).exists():

@@ -3,10 +3,13 @@
 No weights can be downloaded, so the built-in reference (``builtin``) is made here: a Gemma 3
 text model (``Gemma3ForCausalLM``) with Gemma's special tokens and its exact chat template,
 trained for a few minutes on 2 CPU cores on the synthetic chats of ``corpus.py``. The same code
-builds a second model of another family (Llama with a ChatML template and no BOS) so the tests
-can show that nothing in servecheck is Gemma-specific.
+builds a model of another family (Llama with a ChatML template and no BOS) so the tests can show
+that nothing in servecheck is Gemma-specific, and the second built-in model, ``builtin-tools``: a
+Qwen3 with a Hermes-style template that calls functions and thinks (``tool_corpus.py``), for the
+tool, reasoning and stop-string checks.
 
     python -m servecheck.tinymodels.build --out servecheck/tinymodels/builtin     # rebuild
+    python -m servecheck.tinymodels.build --arch qwen3-tools --out servecheck/tinymodels/builtin-tools
     python -m servecheck.tinymodels.build --arch llama-chatml --steps 60 --out /tmp/llama
 
 Training is deterministic (seeded data order and init, deterministic kernels, fixed thread
@@ -24,9 +27,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from servecheck.tinymodels import corpus
+from servecheck.tinymodels import corpus, tool_corpus
+
+TEMPLATES = Path(__file__).parent / "templates"
+TOOL_TOKENS = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>",
+               "</tool_response>"]
+"""Whole tokens of the tools model, not special (a server that skips special tokens keeps them,
+as Qwen's tokenizers do, so its tool and reasoning parsers see them)."""
 
 # The Gemma 3 instruction-tuned template (tokenizer_config.json of google/gemma-3-*-it), with its
 # BOS, system-into-first-user-turn merge, ``model`` role and strict alternation.
@@ -105,6 +114,7 @@ def build_tokenizer(recipe: Recipe):
     from transformers import PreTrainedTokenizerFast
 
     gemma = recipe.arch == "gemma3"
+    tools = recipe.arch == "qwen3-tools"
     specials = (["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"] if gemma
                 else ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
@@ -113,7 +123,10 @@ def build_tokenizer(recipe: Recipe):
     trainer = trainers.BpeTrainer(vocab_size=recipe.vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    tok.train_from_iterator(corpus.tokenizer_text(recipe.seed), trainer=trainer)
+    text = (tool_corpus.tokenizer_text if tools else corpus.tokenizer_text)(recipe.seed)
+    tok.train_from_iterator(text, trainer=trainer)
+    if tools:
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_TOKENS])
     if gemma:
         # Like Gemma's own tokenizer, a plain encode prepends <bos>: templated text must be
         # tokenized with add_special_tokens=False, or it gets two (the bug servecheck finds).
@@ -127,7 +140,8 @@ def build_tokenizer(recipe: Recipe):
         hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
                                      pad_token="<|endoftext|>",
                                      additional_special_tokens=["<|im_start|>"])
-        hf.chat_template = CHATML_TEMPLATE
+        hf.chat_template = ((TEMPLATES / "hermes_tools.jinja").read_text() if tools
+                            else CHATML_TEMPLATE)
     hf.model_max_length = 1024
     return hf
 
@@ -151,6 +165,17 @@ def build_model(recipe: Recipe, tokenizer):
             bos_token_id=tokenizer.bos_token_id, eos_token_id=[tokenizer.eos_token_id, eot],
             pad_token_id=tokenizer.pad_token_id, dtype="float32")
         return Gemma3ForCausalLM(cfg)
+    if recipe.arch == "qwen3-tools":
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+
+        cfg = Qwen3Config(
+            vocab_size=vocab, hidden_size=recipe.hidden, intermediate_size=recipe.intermediate,
+            num_hidden_layers=recipe.layers, num_attention_heads=recipe.heads,
+            num_key_value_heads=recipe.kv_heads, head_dim=recipe.head_dim,
+            max_position_embeddings=1024, bos_token_id=None,
+            eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, dtype="float32")
+        return Qwen3ForCausalLM(cfg)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
@@ -163,24 +188,36 @@ def build_model(recipe: Recipe, tokenizer):
     return LlamaForCausalLM(cfg)
 
 
-def encode_chat(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+def encode_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None,
+                thinking: bool = True) -> tuple[list[int], list[int]]:
     """Token ids of a rendered chat and a 0/1 mask of the answer tokens (with their end marker).
 
     The whole chat is encoded at once and answers are located by character offsets, so the
-    training tokens are exactly the ones a server produces for the same text.
+    training tokens are exactly the ones a server produces for the same text. An answer is
+    trained on only where the rendered chat continues its own generation prompt: a template
+    that drops earlier turns' reasoning renders those turns differently from how they were made.
     """
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    def render(turns: list[dict], prompt: bool = False) -> str:
+        return tokenizer.apply_chat_template(turns, tools=tools, tokenize=False,
+                                             add_generation_prompt=prompt,
+                                             enable_thinking=thinking)
+
+    text = render(messages)
     spans = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        start = len(tokenizer.apply_chat_template(messages[:i], tokenize=False,
-                                                  add_generation_prompt=True))
-        end = len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False).rstrip("\n"))
-        spans.append((start, end))
+        prompt = render(messages[:i], prompt=True)
+        end = len(render(messages[: i + 1]).rstrip("\n"))
+        if text.startswith(prompt):
+            spans.append((len(prompt), end))
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     mask = [int(any(s <= a < e for s, e in spans)) for a, _ in enc["offset_mapping"]]
     return enc["input_ids"], mask
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items) - size + 1, size)]
 
 
 def train(recipe: Recipe, out: Path, log_every: int = 50) -> dict:
@@ -188,7 +225,11 @@ def train(recipe: Recipe, out: Path, log_every: int = 50) -> dict:
     torch.use_deterministic_algorithms(True)
     tokenizer = build_tokenizer(recipe)
     model = build_model(recipe, tokenizer)
-    data = [encode_chat(tokenizer, c) for c in corpus.corpus(recipe.chats, recipe.seed + 1)]
+    if recipe.arch == "qwen3-tools":
+        data = [encode_chat(tokenizer, *c) for c in tool_corpus.tool_corpus(recipe.chats,
+                                                                           recipe.seed + 1)]
+    else:
+        data = [encode_chat(tokenizer, c) for c in corpus.corpus(recipe.chats, recipe.seed + 1)]
     order = random.Random(recipe.seed + 2)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, recipe.steps // 20)
@@ -201,8 +242,13 @@ def train(recipe: Recipe, out: Path, log_every: int = 50) -> dict:
 
     model.train()
     t0, loss_ema = time.time(), None
+    # Tool chats run from 30 to 480 tokens: batches of like lengths pad less (3x faster). The
+    # plain corpus keeps uniform batches, so the shipped builtin rebuilds to the same weights.
+    buckets = ([] if recipe.arch != "qwen3-tools" else
+               _chunks(sorted(data, key=lambda d: len(d[0])), recipe.batch))
     for step in range(recipe.steps):
-        batch = [data[order.randrange(len(data))] for _ in range(recipe.batch)]
+        batch = (buckets[order.randrange(len(buckets))] if buckets else
+                 [data[order.randrange(len(data))] for _ in range(recipe.batch)])
         width = max(len(ids) for ids, _ in batch)
         ids = torch.full((len(batch), width), tokenizer.pad_token_id)
         labels = torch.full((len(batch), width), -100)
@@ -237,7 +283,7 @@ def train(recipe: Recipe, out: Path, log_every: int = 50) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--arch", choices=["gemma3", "llama-chatml"], default="gemma3")
+    p.add_argument("--arch", choices=["gemma3", "llama-chatml", "qwen3-tools"], default="gemma3")
     p.add_argument("--steps", type=int, default=Recipe.steps)
     p.add_argument("--seed", type=int, default=Recipe.seed)
     p.add_argument("--small", action="store_true", help="a smaller net, for fast test fixtures")
