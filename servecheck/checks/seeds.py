@@ -51,13 +51,14 @@ def seed_groups(records: list[ResponseRecord]) -> list[list[ResponseRecord]]:
     """Sampled records that differ only in their seed, one record per seed: an identical
     request repeated (same seed too) is one draw, and a seeded engine rightly answers it with
     one text, so counting it twice would call the seed ignored. Groups of ≥ ``MIN_SEEDS``."""
-    groups: dict[str, dict[int, ResponseRecord]] = defaultdict(dict)
+    groups: dict[str, dict[tuple[int, int | None], ResponseRecord]] = defaultdict(dict)
     for r in records:
         if r.error is None and r.parameters.seed is not None and \
                 not r.parameters.greedy:
             key = r.conversations.model_dump_json() + r.parameters.model_copy(
                 update={"seed": None}).model_dump_json()
-            groups[key].setdefault(r.parameters.seed, r)
+            # the n choices of one seeded request must be independent draws too
+            groups[key].setdefault((r.parameters.seed, r.choice), r)
     return [list(g.values()) for g in groups.values() if len(g) >= MIN_SEEDS]
 
 
@@ -153,10 +154,10 @@ def run(ctx: CheckContext) -> list[CheckResult]:
     *rejected, pooled_rejected = holm_rejected([r.p_value for r in results] + [pooled],
                                                alpha)
     details = SeedDetails(results, alpha, pooled)
-    findings = [Finding(r.label, f"{r.most_common} of {r.seeds} seeds gave the same text, whose "
-                                 f"reference probability is {r.p_text:.2e} (p = {r.p_value:.1e}): "
-                                 f"the seed looks ignored", 1 - r.p_value)
-                for r, bad in zip(results, rejected, strict=True) if bad]
+    findings = [Finding(r.label, f"{r.most_common} of {r.seeds} {_draws(g)} gave the same text, "
+                                 f"whose reference probability is {r.p_text:.2e} (p = "
+                                 f"{r.p_value:.1e}): {_meaning(g)}", 1 - r.p_value)
+                for g, r, bad in zip(groups, results, rejected, strict=True) if bad]
     if pooled_rejected:
         repeats = sum(r.distinct < r.seeds for r in results)
         findings.append(Finding("all seed groups", f"{repeats} of {len(results)} groups repeat a "
@@ -167,6 +168,18 @@ def run(ctx: CheckContext) -> list[CheckResult]:
                             f"repeat one text beyond chance", details, findings)]
     return [CheckResult("seeds", "pass", f"{len(results)} seed group(s): texts differ across "
                         f"seeds as often as a correct sampler's", details)]
+
+
+def _draws(group: list[ResponseRecord]) -> str:
+    return "choices" if len({r.parameters.seed for r in group}) == 1 else "seeds"
+
+
+def _meaning(group: list[ResponseRecord]) -> str:
+    """What a repeat means: one seed's n choices copied, or the seed ignored."""
+    if _draws(group) == "choices":
+        return ("the n choices of one request are copies, not independent samples (each choice "
+                "needs its own random stream)")
+    return "the seed looks ignored"
 
 
 def group_test(ctx: CheckContext, group: list[ResponseRecord]) -> SeedGroup:

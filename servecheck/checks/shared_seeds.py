@@ -43,7 +43,8 @@ def distinct_draws(ctx: CheckContext, indices: list[int]) -> list[int]:
         if r.parameters.seed is None:
             out.append(i)
             continue
-        key = r.conversations.model_dump_json() + r.parameters.model_dump_json()
+        key = r.conversations.model_dump_json() + r.parameters.model_dump_json() + \
+            str(r.choice)  # the n choices of one request are separate draws
         if key not in seen:
             seen.add(key)
             out.append(i)

@@ -7,6 +7,7 @@ known way and seeing whether the reference comes out; the first repair that work
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -74,6 +75,9 @@ def diagnose(served: str, conv: Conversation, ref: Reference, expected: str) -> 
             f"missing generation prompt: the prompt should end with {header!r}")
     if served.startswith(expected):
         return "extra text", f"extra text after the generation prompt: {show(served, len(expected))}"
+    found = _request_fields_diagnosis(served, conv, ref)
+    if found:
+        return found
     messages = conv.hf_messages()
     system = next((m["content"] for m in messages if m["role"] == "system"), None)
     if system is not None:
@@ -96,6 +100,55 @@ def diagnose(served: str, conv: Conversation, ref: Reference, expected: str) -> 
         return "special tokens", (f"special tokens differ at char {at}: served {show(served, at)}"
                                   f" vs reference {show(expected, at)}")
     return "differs", f"differs at char {at}: served {show(served, at)} vs reference {show(expected, at)}"
+
+
+def _variants(conv: Conversation) -> list[tuple[str, str, list[dict], dict]]:
+    """(kind, message, messages, template kwargs): the request rendered the ways servers get its
+    newer fields wrong (tools, template kwargs, tool turns, earlier reasoning)."""
+    messages, kwargs = conv.hf_messages(), conv.template_kwargs()
+    out = []
+    if conv.tools:
+        rest = {k: v for k, v in kwargs.items() if k != "tools"}
+        out.append(("tools dropped", "tools dropped: the prompt has none of the request's "
+                    f"{len(conv.tools)} tool(s)", messages, rest))
+        for order in itertools.islice(itertools.permutations(conv.tools), 1, 24):
+            out.append(("tools reordered", "tools reordered: the prompt lists them as "
+                        + ", ".join(t["function"]["name"] for t in order), messages,
+                        {**rest, "tools": list(order)}))
+    if conv.chat_template_kwargs:
+        out.append(("template kwargs not applied", f"chat_template_kwargs "
+                    f"{conv.chat_template_kwargs} did not reach the template",
+                    messages, {k: v for k, v in kwargs.items() if k == "tools"}))
+    if any(m["role"] == "tool" for m in messages):
+        as_user = [{"role": "user", "content": m["content"]} if m["role"] == "tool" else m
+                   for m in messages]
+        out.append(("tool result role", "tool results sent as plain user turns, not in the "
+                    "template's tool-result form", as_user, kwargs))
+    if any("reasoning_content" in m for m in messages):
+        dropped = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in messages]
+        out.append(("reasoning dropped", "earlier turns' reasoning_content dropped, where the "
+                    "template keeps it", dropped, kwargs))
+        kept = [{**m, "content": f"{m['reasoning_content']}{m['content'] or ''}"}
+                if "reasoning_content" in m else m for m in dropped]
+        out.append(("reasoning kept", "earlier turns' reasoning kept in the prompt, where the "
+                    "template drops it", kept, kwargs))
+    return out
+
+
+def _request_fields_diagnosis(served: str, conv: Conversation, ref: Reference
+                              ) -> tuple[str, str] | None:
+    for kind, message, messages, kwargs in _variants(conv):
+        try:
+            if ref.render_messages(messages, **kwargs) == served:
+                return kind, message
+        except Exception:  # a variant the template refuses is not what the server built
+            continue
+    reasons = [m["reasoning_content"] for m in conv.hf_messages() if m.get("reasoning_content")]
+    if any(r.strip() in served for r in reasons) and not all(r.strip() in ref.render(conv)
+                                                            for r in reasons):
+        return "reasoning kept", ("earlier turns' reasoning is in the prompt, where the template "
+                                  "drops it")
+    return None
 
 
 def _ids_diagnosis(ids: list[int], expected_ids: list[int], ref: Reference) -> tuple[str, str]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from servecheck.checks.context import CheckContext
 from servecheck.checks.results import CheckResult, Details, Finding
+from servecheck.checks.stops import ended_on_stop
 from servecheck.checks.template import show
 from servecheck.formats.records import END_MARKER_UNKNOWN, ResponseRecord
 
@@ -78,7 +79,8 @@ def _problems(i: int, ctx: CheckContext) -> list[tuple[str, str]]:
                                           f"{show(r.output, at + len(marker))}"))
         return out
     cut = r.finish_reason == "length" or (r.finish_reason is None and limit is not None
-                                          and _could_be_cut(r, n, limit))
+                                          and _could_be_cut(r, n, limit)) \
+        or ended_on_stop(r, ctx.ref.end_markers)  # cut at a stop string: the stop check's
     if not cut and not marker_unknown(r):
         marker = ctx.ref.turn_end_marker or (ctx.ref.end_markers or ["<end of turn>"])[0]
         why = f"finish_reason '{r.finish_reason}'" if r.finish_reason else \

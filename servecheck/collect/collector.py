@@ -77,7 +77,7 @@ stops: one dead server once cost 979 requests × 3 retries, five minutes for not
 
 
 async def ask(target: Target, request: Request, retries: int, summary: CollectSummary
-              ) -> ResponseRecord:
+              ) -> ResponseRecord | list[ResponseRecord]:
     """``target.generate`` with retries of transient failures only."""
     delay = BACKOFF_S
     for attempt in range(retries + 1):
@@ -127,17 +127,18 @@ async def _collect(todo: list[Request], target: Target, writer: ResponseWriter,
             if summary.gone:
                 return
             try:
-                record = await ask(target, request, retries, summary)
+                answer = await ask(target, request, retries, summary)
                 unreachable_in_a_row = 0
             except TargetError as e:
-                record = _error_record(request, target, str(e))
+                answer = _error_record(request, target, str(e))
                 summary.errors.append((request.id, str(e)))
                 unreachable_in_a_row = unreachable_in_a_row + 1 if e.gone else 0
                 summary.unreachable += e.gone
                 if unreachable_in_a_row >= BREAKER_AFTER and not summary.gone:
                     summary.gone = (f"{unreachable_in_a_row} requests in a row found the server "
                                     f"unreachable ({str(e)[:300]})")
-            writer.write(record, flush=False)
+            for record in answer if isinstance(answer, list) else [answer]:
+                writer.write(record, flush=False)
             if not flush_timer:
                 flush_timer.append(loop.call_later(FLUSH_EVERY_S, flush))
             summary.written += 1

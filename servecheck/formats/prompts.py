@@ -11,7 +11,15 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from servecheck.errors import InputError
-from servecheck.formats.records import Conversation, Message, Parameters, Variations, explain, read_text
+from servecheck.formats.records import (
+    Conversation,
+    Message,
+    Parameters,
+    Variations,
+    explain,
+    read_text,
+    stable_dump,
+)
 
 PARAMETER_FIELDS = [f for f in Parameters.model_fields]
 
@@ -34,7 +42,8 @@ def load_json(path: Path) -> object:
                          where=str(path)) from None
 
 
-def _conversation(prompt: str | list[Message], system: str | None, where: str) -> Conversation:
+def _conversation(prompt: str | list[Message], system: str | None, where: str,
+                  tools: list | None = None, kwargs: dict | None = None) -> Conversation:
     turns = [Message(role="user", content=prompt)] if isinstance(prompt, str) else list(prompt)
     if not turns:
         raise InputError("a conversation must have at least one turn (got [])", where=where)
@@ -43,8 +52,9 @@ def _conversation(prompt: str | list[Message], system: str | None, where: str) -
             raise InputError("conversation has a system turn and system_prompt is set too",
                              where=where)
         turns.insert(0, Message(role="system", content=system))
-    if turns[-1].role != "user":
-        raise InputError("a conversation must end with a user turn", where=where)
+    if turns[-1].role not in ("user", "tool"):
+        raise InputError("a conversation must end with a user turn (or a tool result)",
+                         where=where)
     chat = [m.role for m in turns if m.role != "system"]
     if any(m.role == "system" for m in turns[1:]):
         raise InputError("a system turn may only come first", where=where)
@@ -52,15 +62,29 @@ def _conversation(prompt: str | list[Message], system: str | None, where: str) -
         raise InputError(f"a conversation must start with a user turn (after any system turn), "
                          f"not {chat[0]!r}", where=where)
     for k in range(1, len(chat)):
-        if chat[k] == chat[k - 1]:
+        if chat[k] == chat[k - 1] != "tool":
             raise InputError(f"turns must alternate user/model: turns {k - 1} and {k} are both "
                              f"{chat[k]!r}", where=where)
-    return Conversation(contents=turns)
+    for k, m in enumerate(turns):
+        if m.role == "tool" and (k == 0 or turns[k - 1].role not in ("model", "tool")
+                                 or not _calls_before(turns, k)):
+            raise InputError(f"turn {k}: a tool turn must follow a model turn with tool_calls",
+                             where=where)
+    try:
+        return Conversation(contents=turns, tools=tools, chat_template_kwargs=kwargs)
+    except ValidationError as e:
+        raise explain(e, where) from None
+
+
+def _calls_before(turns: list[Message], k: int) -> bool:
+    while k > 0 and turns[k - 1].role == "tool":
+        k -= 1
+    return k > 0 and bool(turns[k - 1].tool_calls)
 
 
 def request_id(conversation: Conversation, parameters: Parameters, repeat: int) -> str:
     """Content-addressed, so a rerun (even of an edited prompts file) skips what is answered."""
-    key = json.dumps([conversation.model_dump(), parameters.model_dump(), repeat], sort_keys=True)
+    key = json.dumps([stable_dump(conversation), stable_dump(parameters), repeat], sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -81,14 +105,15 @@ def expand(path: Path) -> list[Request]:
             v = Variations.model_validate(block, strict=True)
         except ValidationError as e:
             raise explain(e, where) from None
-        lists = [v.prompt, v.system_prompt] + [getattr(v, f) for f in PARAMETER_FIELDS]
+        lists = [v.prompt, v.system_prompt, v.tools, v.chat_template_kwargs]
+        lists += [getattr(v, f) for f in PARAMETER_FIELDS]
         for combo in itertools.product(*lists):
-            prompt, system, *values = combo
+            prompt, system, tools, kwargs, *values = combo
             try:
                 params = Parameters(**dict(zip(PARAMETER_FIELDS, values, strict=True)))
             except ValidationError as e:
                 raise explain(e, where) from None
-            conv = _conversation(prompt, system, where)
+            conv = _conversation(prompt, system, where, tools, kwargs)
             base = request_id(conv, params, 0)
             repeat = seen.get(base, 0)
             seen[base] = repeat + 1

@@ -17,36 +17,101 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from servecheck.errors import InputError
+from servecheck.formats.tools import ToolCall, Usage, check_tools
 
 SCHEMA_VERSION = 1
 LOGPROB_SLACK = 1e-4
 """How far above 0 a served log-probability may round (float32 log-softmax of a sure token)."""
 
-Role = Literal["system", "user", "model"]
+Role = Literal["system", "user", "model", "tool"]
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Role
-    """``model`` is the seed's name for the answering role (HF templates call it ``assistant``)."""
-    content: str
+    """``model`` is the seed's name for the answering role (HF templates call it ``assistant``);
+    ``tool`` turns carry a function's result."""
+    content: str | None
+    """None only on a ``model`` turn that is all tool calls, as the API allows."""
+    tool_calls: list[ToolCall] | None = None
+    """The calls a ``model`` turn made (an agent loop's history)."""
+    tool_call_id: str | None = None
+    """Which call a ``tool`` turn answers."""
+    reasoning_content: str | None = None
+    """A ``model`` turn's thinking, sent back as history; the template decides whether it is
+    kept (the template check names a server that keeps or drops it against the template)."""
 
     @field_validator("role", mode="before")
     @classmethod
     def _assistant_is_model(cls, v: object) -> object:
         return "model" if v == "assistant" else v
 
+    @model_validator(mode="after")
+    def _fields_fit_the_role(self) -> Message:
+        if self.content is None and not (self.role == "model" and self.tool_calls):
+            raise ValueError("content may be null only on a model turn with tool_calls")
+        if self.tool_calls is not None and self.role != "model":
+            raise ValueError(f"tool_calls belong on a model turn, not {self.role!r}")
+        if self.reasoning_content is not None and self.role != "model":
+            raise ValueError(f"reasoning_content belongs on a model turn, not {self.role!r}")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError(f"tool_call_id belongs on a tool turn, not {self.role!r}")
+        return self
+
+    def hf_message(self) -> dict[str, Any]:
+        """This turn as HF chat templates take it (role ``model`` becomes ``assistant``)."""
+        out: dict[str, Any] = {"role": "assistant" if self.role == "model" else self.role,
+                               "content": self.content}
+        if self.tool_calls is not None:
+            out["tool_calls"] = [c.for_template() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.reasoning_content is not None:
+            out["reasoning_content"] = self.reasoning_content
+        return out
+
+
+NEW_FIELDS = ("tool_calls", "tool_call_id", "reasoning_content", "tools", "chat_template_kwargs",
+              "stop", "n", "tool_choice")
+"""Fields added after the first records were written: left out of a dump while unset, so the
+content-addressed ids of older requests do not change (formats/prompts.request_id)."""
+
 
 class Conversation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     contents: list[Message] = Field(min_length=1)
+    tools: list[dict[str, Any]] | None = None
+    """OpenAI function schemas offered with the request; the template renders them."""
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Extra template variables the request sets (``enable_thinking``, ``reasoning_effort``)."""
 
-    def hf_messages(self) -> list[dict[str, str]]:
+    _tools = field_validator("tools")(classmethod(lambda cls, v: check_tools(v)))
+
+    def hf_messages(self) -> list[dict[str, Any]]:
         """The conversation as HF chat messages (role ``model`` becomes ``assistant``)."""
-        return [{"role": "assistant" if m.role == "model" else m.role, "content": m.content}
-                for m in self.contents]
+        return [m.hf_message() for m in self.contents]
+
+    def template_kwargs(self) -> dict[str, Any]:
+        """What ``apply_chat_template`` gets besides the messages: tools and the request's
+        template variables."""
+        out: dict[str, Any] = dict(self.chat_template_kwargs or {})
+        if self.tools:
+            out["tools"] = self.tools
+        return out
+
+
+def stable_dump(model: BaseModel) -> dict[str, Any]:
+    """A model's dump without the newer fields that are unset (see ``NEW_FIELDS``)."""
+    def prune(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: prune(v) for k, v in value.items() if not (k in NEW_FIELDS and v is None)}
+        if isinstance(value, list):
+            return [prune(v) for v in value]
+        return value
+
+    return prune(model.model_dump())
 
 
 def read_text(path: Path) -> str:
@@ -88,6 +153,31 @@ class Parameters(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0)
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    stop: list[str] | None = None
+    """OpenAI semantics: the text ends before the first occurrence of any of them."""
+    n: int | None = Field(None, ge=1, le=128)
+    """Choices per request; each comes back as its own record (``ResponseRecord.choice``)."""
+    tool_choice: str | dict[str, Any] | None = None
+    """``auto``, ``none``, ``required`` or ``{"type": "function", "function": {"name": …}}``."""
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_is_a_list(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("stop")
+    @classmethod
+    def _stops_not_empty(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and any(s == "" for s in v):
+            raise ValueError("a stop string must not be empty")
+        return v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _known_choice(cls, v: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if isinstance(v, str) and v not in ("auto", "none", "required"):
+            raise ValueError(f"tool_choice must be auto, none, required or a function, not {v!r}")
+        return v
 
     @property
     def greedy(self) -> bool:
@@ -117,7 +207,17 @@ class ResponseRecord(BaseModel):
     output: str = ""
     """Generated text only, ending with the end-of-turn marker when the model finished."""
     target: str | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
+    choice: int | None = Field(None, ge=0)
+    """Which of a request's ``n`` choices this is (records of one id differ only here)."""
+    content: str | None = None
+    """The server's ``content`` where its parsers split the output (tool calls and reasoning
+    taken out); ``output`` stays the raw generated text, markup included."""
+    reasoning_content: str | None = None
+    """The thinking the server's reasoning parser took out of the output."""
+    tool_calls: list[ToolCall] | None = None
+    """The calls the server's tool parser found in the output."""
+    usage: Usage | None = None
     prompt_token_ids: list[int] | None = None
     output_token_ids: list[int] | None = None
     output_logprobs: list[float] | None = None
@@ -215,8 +315,31 @@ class Variations(BaseModel):
     repetition_penalty: list[float | None] = Field([None], min_length=1)
     presence_penalty: list[float | None] = Field([None], min_length=1)
     frequency_penalty: list[float | None] = Field([None], min_length=1)
+    stop: list[list[str] | None] = Field([None], min_length=1)
+    """A string or a flat list of strings is one stop set; a list of sets (or nulls) varies it."""
+    n: list[int | None] = Field([None], min_length=1)
+    tool_choice: list[str | dict[str, Any] | None] = Field([None], min_length=1)
+    tools: list[list[dict[str, Any]] | None] = Field([None], min_length=1)
+    """One tool list, or a list of tool lists (and nulls) to vary it."""
+    chat_template_kwargs: list[dict[str, Any] | None] = Field([None], min_length=1)
 
-    _wrap = field_validator("*", mode="before")(classmethod(lambda cls, v: _wrap_scalar(v)))
+    _wrap = field_validator(
+        "prompt", "system_prompt", "temperature", "top_p", "top_k", "min_p", "seed", "max_tokens",
+        "repetition_penalty", "presence_penalty", "frequency_penalty", "n", "tools",
+        mode="before")(classmethod(lambda cls, v: _wrap_scalar(v)))
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_set(cls, v: object) -> object:
+        if v is None or isinstance(v, str) or (isinstance(v, list) and v and
+                                               all(isinstance(x, str) for x in v)):
+            return [[v] if isinstance(v, str) else v]
+        return [[x] if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
+
+    @field_validator("chat_template_kwargs", "tool_choice", mode="before")
+    @classmethod
+    def _one_mapping(cls, v: object) -> object:
+        return v if isinstance(v, list) else [v]
 
 
 UNION_TAGS = {"str", "int", "float", "bool", "none", "dict", "list"}

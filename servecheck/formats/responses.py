@@ -126,8 +126,9 @@ def read_raw(path: Path, max_bytes: int = MAX_RECORD_BYTES) -> list[tuple[str, o
 
 
 def read_records(path: Path, max_record_bytes: int = MAX_RECORD_BYTES) -> list[ResponseRecord]:
-    """Validated records, the last one per id kept (ids absent in foreign files: all kept)."""
-    records: dict[str, ResponseRecord] = {}
+    """Validated records, the last answer per id kept (ids absent in foreign files: all kept).
+    An answer is one record, or the records of its ``n`` choices (``choice`` 0, 1, …)."""
+    records: dict[str, dict[int | None, ResponseRecord]] = {}
     for i, (loc, obj) in enumerate(read_raw(path, max_record_bytes)):
         if not isinstance(obj, dict):
             raise InputError(f"expected a record object, got {type(obj).__name__}",
@@ -140,11 +141,16 @@ def read_records(path: Path, max_record_bytes: int = MAX_RECORD_BYTES) -> list[R
         problem = variation_mismatch(rec.conversations, variation) if variation else None
         if problem:
             raise InputError(problem, where=f"{path} {loc}" + (f" (id {rec.id})" if rec.id else ""))
-        records[rec.id or f"#{i}"] = rec
+        key = rec.id or f"#{i}"
+        answer = records.get(key, {})
+        if rec.choice is None or None in answer or rec.choice in answer:
+            answer = {}  # a new answer: it supersedes the one before (an error, a retry)
+        answer[rec.choice] = rec
+        records[key] = answer
     if not records:
         raise InputError("no records: the file holds only brackets and blank lines",
                          where=str(path))
-    return list(records.values())
+    return [rec for answer in records.values() for rec in answer.values()]
 
 
 def _split_variation(obj: dict) -> tuple[dict, dict]:

@@ -126,13 +126,15 @@ class Reference:
             return None
 
     def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
-        """The reference prompt: ``apply_chat_template(..., add_generation_prompt=True)``."""
-        return self.render_messages(conversation.hf_messages(), add_generation_prompt)
+        """The reference prompt: ``apply_chat_template(messages, tools=…,
+        add_generation_prompt=True, **chat_template_kwargs)``."""
+        return self.render_messages(conversation.hf_messages(), add_generation_prompt,
+                                    **conversation.template_kwargs())
 
-    def render_messages(self, messages: list[dict[str, str]], add_generation_prompt: bool = True
-                        ) -> str:
+    def render_messages(self, messages: list[dict], add_generation_prompt: bool = True,
+                        **kwargs) -> str:
         return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs)
 
     def encode(self, text: str) -> list[int]:
         """Tokens of already-templated text: the template owns the special tokens."""

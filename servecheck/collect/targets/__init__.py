@@ -94,8 +94,9 @@ class Target(ABC):
         raise NotImplementedError(f"{cls.__name__} cannot be opened from a spec")
 
     @abstractmethod
-    async def generate(self, request: Request) -> ResponseRecord:
-        """Answer one request. Raise ``TargetError`` for a failure of this request only."""
+    async def generate(self, request: Request) -> ResponseRecord | list[ResponseRecord]:
+        """Answer one request: a record, or one per choice when it asks for ``n``. Raise
+        ``TargetError`` for a failure of this request only."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release models or other resources (outside the event loop)."""

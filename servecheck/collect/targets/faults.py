@@ -31,7 +31,20 @@ SAMPLING_FAULTS = {
 WEIGHT_FAULTS = {"int8": 8, "int4": 4}
 SEED_FAULTS = {"seed-ignored"}
 """Every request sampled with seed 0, whatever it asked: one text for every seed."""
-FAULTS = TEMPLATE_FAULTS | set(SAMPLING_FAULTS) | set(WEIGHT_FAULTS) | SEED_FAULTS
+SERVING_FAULTS = {
+    "tools-dropped": "the request's tools left out of the prompt",
+    "thinking-ignored": "chat_template_kwargs (enable_thinking …) not passed to the template",
+    "stop-ignored": "stop strings never applied",
+    "stop-leaked": "the stop string left at the end of the text",
+    "usage-off-by-one": "usage.completion_tokens one more than the tokens generated",
+    "identical-choices": "every one of n choices a copy of the first",
+    "arguments-reescaped": "tool-call arguments JSON-encoded twice by the parser",
+    "call-lost": "the tool parser drops the last call of a turn",
+    "answer-as-reasoning": "the reasoning parser returns the whole output as reasoning",
+}
+"""What an OpenAI-compatible server's own code does wrong after generation (serving.py)."""
+FAULTS = (TEMPLATE_FAULTS | set(SAMPLING_FAULTS) | set(WEIGHT_FAULTS) | SEED_FAULTS
+          | set(SERVING_FAULTS))
 
 
 def faulty_sampling(s: Sampling, fault: str) -> Sampling:

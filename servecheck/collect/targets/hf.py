@@ -15,7 +15,10 @@ demo, the tests and the benchmarks have a faulty server whose fault is known:
 - sampling: ``temperature-ignored``, ``temperature-twice``, ``top-p-ignored``,
   ``top-k-off-by-one``, ``nucleus-boundary``, ``repetition-penalty``;
 - weights: ``int8``, ``int4`` (weight-only round-to-nearest quantisation);
-- seeds: ``seed-ignored`` (every request sampled with seed 0).
+- seeds: ``seed-ignored`` (every request sampled with seed 0);
+- after generation (``serving.py``): ``tools-dropped``, ``thinking-ignored``, ``stop-ignored``,
+  ``stop-leaked``, ``usage-off-by-one``, ``identical-choices``, ``arguments-reescaped``,
+  ``call-lost``, ``answer-as-reasoning``.
 
 ``?dtype=bfloat16`` runs the model in bf16, ``?round_params=float32`` sends sampling parameters
 through float32 as Triton does (0.9 → 0.8999999762): correct servers with other numerics.
@@ -33,7 +36,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from servecheck.collect.targets import DEFAULT_MAX_TOKENS, Target, spec_options
+from servecheck.collect.targets import DEFAULT_MAX_TOKENS, Target, serving, spec_options
 from servecheck.collect.targets.faults import (
     FAULTS,
     SAMPLING_FAULTS,
@@ -45,6 +48,7 @@ from servecheck.collect.targets.faults import (
 from servecheck.errors import InputError, TargetError
 from servecheck.formats.prompts import Request
 from servecheck.formats.records import Parameters, ResponseRecord, Timing
+from servecheck.reference.markup import markup_of
 from servecheck.reference.model import Reference
 from servecheck.reference.sampling import HF, ORDERS, Sampling
 
@@ -102,7 +106,12 @@ class HFTarget(Target):
         messages = request.conversation.hf_messages()
         if "drop-system" in self.faults:
             messages = [m for m in messages if m["role"] != "system"]
-        text = self.ref.render_messages(messages)
+        kwargs = request.conversation.template_kwargs()
+        if "tools-dropped" in self.faults:
+            kwargs.pop("tools", None)
+        if "thinking-ignored" in self.faults:
+            kwargs = {k: v for k, v in kwargs.items() if k == "tools"}
+        text = self.ref.render_messages(messages, **kwargs)
         if "assistant-role" in self.faults:
             text = self._rename_answer_role(messages, text)
         return text
@@ -194,31 +203,55 @@ class HFTarget(Target):
         started = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         t0 = time.perf_counter()
         p = requests[0].parameters
-        if any(Sampling.of(r.parameters) != Sampling.of(p) or r.parameters.max_tokens !=
-               p.max_tokens for r in requests):
+        if any(Sampling.of(r.parameters) != Sampling.of(p) or (r.parameters.max_tokens, r.parameters.stop,
+               r.parameters.n) != (p.max_tokens, p.stop, p.n) for r in requests):
             raise ValueError("generate_batch needs requests with the same sampling parameters")
-        prompts = [self.template(r) for r in requests]
-        completions = self.complete(prompts, p, add_special_tokens="double-bos" in self.faults)
+        rows = [(r, k) for r in requests for k in range(serving.choices(p))]
+        prompts = [self.template(r) for r, _ in rows]
+        stops = None if "stop-ignored" in self.faults else p.stop
+        completions = self.complete(prompts, p, add_special_tokens="double-bos" in self.faults,
+                                    stop_strings=stops)
+        if "identical-choices" in self.faults:
+            completions = [completions[i - k] for i, (_, k) in enumerate(rows)]
         latency = round((time.perf_counter() - t0) / len(requests), 4)
-        hidden = bool(self.faults & {"echo", "strip-end"})  # ids would contradict the text
         records = []
-        for request, prompt, c in zip(requests, prompts, completions, strict=True):
-            text = self.ref.decode(c.output_ids)
-            if "strip-end" in self.faults:
-                text = self.ref.strip_special(text)
-            if "echo" in self.faults:
-                text = self.ref.tokenizer.decode(c.prompt_ids, skip_special_tokens=True) + text
-            records.append(ResponseRecord(
-                id=request.id, conversations=request.conversation, parameters=request.parameters,
-                input=prompt, output=text, target=self.spec,
-                finish_reason="stop" if c.finished else "length", prompt_token_ids=c.prompt_ids,
-                output_token_ids=None if hidden else c.output_ids,
-                output_logprobs=None if hidden else c.logprobs,
-                timing=Timing(started_at=started, latency_s=latency)))
+        for (request, k), prompt, c in zip(rows, prompts, completions, strict=True):
+            records.append(self._record(request, k, prompt, c, started, latency))
         return records
 
-    def _generate_sync(self, request: Request) -> ResponseRecord:
-        return self.generate_batch([request])[0]
+    def _record(self, request: Request, choice: int, prompt: str, c: Completion, started: str,
+                latency: float) -> ResponseRecord:
+        """One choice as an OpenAI-compatible server returns it (stop strings cut, parsers run,
+        usage counted: ``serving.py``)."""
+        hidden = bool(self.faults & {"echo", "strip-end"})  # ids would contradict the text
+        text = self.ref.decode(c.output_ids)
+        text, stopped = serving.cut_at_stop(text, request.parameters.stop, self.faults)
+        ids, logprobs = c.output_ids, c.logprobs
+        if stopped:  # the ids that spell the text kept; a token across the cut loses them all
+            keep = next((n for n in range(len(ids), -1, -1)
+                         if self.ref.decode(ids[:n]) == text), None)
+            hidden = hidden or keep is None
+            ids, logprobs = ids[:keep or 0], logprobs[:keep or 0]
+        if "strip-end" in self.faults:
+            text = self.ref.strip_special(text)
+        if "echo" in self.faults:
+            text = self.ref.tokenizer.decode(c.prompt_ids, skip_special_tokens=True) + text
+        parts = serving.parsed_fields(text, request.conversation, markup_of(self.ref),
+                                      self.faults)
+        reason = "stop" if c.finished or stopped else "length"
+        return ResponseRecord(
+            id=request.id, conversations=request.conversation, parameters=request.parameters,
+            input=prompt, output=text, target=self.spec,
+            finish_reason="tool_calls" if parts.get("tool_calls") and reason == "stop" else reason,
+            choice=choice if request.parameters.n else None,
+            prompt_token_ids=c.prompt_ids, output_token_ids=None if hidden else ids,
+            output_logprobs=None if hidden else logprobs,
+            usage=serving.usage(c.prompt_ids, c.output_ids, self.faults), **parts,
+            timing=Timing(started_at=started, latency_s=latency))
 
-    async def generate(self, request: Request) -> ResponseRecord:
+    def _generate_sync(self, request: Request) -> ResponseRecord | list[ResponseRecord]:
+        records = self.generate_batch([request])
+        return records if request.parameters.n else records[0]
+
+    async def generate(self, request: Request) -> ResponseRecord | list[ResponseRecord]:
         return await asyncio.to_thread(self._generate_sync, request)

@@ -30,6 +30,7 @@ The API key comes from the environment variable named by ``?api_key_env=`` (defa
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -43,14 +44,27 @@ from servecheck.collect.targets import (
     spec_options,
 )
 from servecheck.collect.targets.http import HttpClient
+from servecheck.collect.targets.parsed import raw_output, split_fields, usage_of
 from servecheck.errors import InputError, TargetError
 from servecheck.formats.prompts import Request
-from servecheck.formats.records import END_MARKER_UNKNOWN, ResponseRecord, Timing
+from servecheck.formats.records import END_MARKER_UNKNOWN, Conversation, ResponseRecord, Timing
 from servecheck.reference.model import Reference
 
 OPTIONS = ("mode", "model", "template", "api_key_env", "timeout", "concurrency")
 EXTRA = ("top_k", "min_p", "repetition_penalty")
 UNKNOWN_END = END_MARKER_UNKNOWN
+
+
+def api_messages(conversation: Conversation) -> list[dict[str, Any]]:
+    """The conversation in the API's form: a tool call's arguments as a JSON string, with an id."""
+    out = conversation.hf_messages()
+    for m, turn in zip(out, conversation.contents, strict=True):
+        if turn.tool_calls is not None:
+            m["tool_calls"] = [{"id": c.id or f"call_{k}", "type": "function", "function": {
+                "name": c.function.name, "arguments": c.function.arguments if isinstance(
+                    c.function.arguments, str) else json.dumps(c.function.arguments)}}
+                for k, c in enumerate(turn.tool_calls)]
+    return out
 
 
 class OpenAITarget(Target):
@@ -116,13 +130,21 @@ class OpenAITarget(Target):
                      *EXTRA):
             if getattr(p, name) is not None:
                 body[name] = getattr(p, name)
+        for name in ("stop", "n", "tool_choice"):
+            if getattr(p, name) is not None:
+                body[name] = getattr(p, name)
+        conv = request.conversation
         prompt = ""
+        if self.mode == "chat" and conv.tools:
+            body["tools"] = conv.tools
+        if self.mode == "chat" and conv.chat_template_kwargs:
+            body["chat_template_kwargs"] = conv.chat_template_kwargs
         if self.mode == "completions":
             assert self.ref is not None  # required in completions mode (__init__)
             prompt = self.ref.render(request.conversation)
             body.update(prompt=prompt, logprobs=1)
         else:
-            body.update(messages=request.conversation.hf_messages(), logprobs=True)
+            body.update(messages=api_messages(request.conversation), logprobs=True)
         if self._vllm:
             body.update(return_token_ids=True, return_tokens_as_token_ids=True)
             if self.mode == "completions":
@@ -131,46 +153,61 @@ class OpenAITarget(Target):
                 body["return_prompt_text"] = True
         return body, prompt
 
-    async def generate(self, request: Request) -> ResponseRecord:
+    async def generate(self, request: Request) -> ResponseRecord | list[ResponseRecord]:
         started = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         t0 = time.perf_counter()
         await self._setup()
         body, prompt = self._body(request)
         path = "/completions" if self.mode == "completions" else "/chat/completions"
         data = await self.http.request("POST", path, body)
-        try:
-            choice = data["choices"][0]
-        except (KeyError, IndexError, TypeError):
-            raise self.http.error(f"{path}: no choices in the response: {str(data)[:200]}") from None
+        choices = data.get("choices") if isinstance(data, dict) else None
+        wanted = request.parameters.n or 1
+        if not isinstance(choices, list) or len(choices) < wanted:
+            raise self.http.error(f"{path}: {wanted} choice(s) asked, the response has "
+                                  f"{len(choices) if isinstance(choices, list) else 'none'}: "
+                                  f"{str(data)[:200]}")
+        timing = Timing(started_at=started, latency_s=round(time.perf_counter() - t0, 4))
+        records = [self._record(request, body, prompt, data, sorted(
+            choices, key=lambda c: c.get("index", 0))[k], timing, path) for k in range(wanted)]
+        return records if request.parameters.n else records[0]
+
+    def _record(self, request: Request, body: dict[str, Any], prompt: str, data: dict[str, Any],
+                choice: dict[str, Any], timing: Timing, path: str) -> ResponseRecord:
+        message = choice.get("message") or {}
+        parts = split_fields(message) if self.mode == "chat" else {}
         if self.mode == "completions":
             text = choice.get("text")
             logprobs = (choice.get("logprobs") or {}).get("token_logprobs")
             prompt_ids = choice.get("prompt_token_ids")
         else:
-            text = (choice.get("message") or {}).get("content")
+            text = message.get("content")
             content = (choice.get("logprobs") or {}).get("content") or []
             logprobs = [c.get("logprob") for c in content] or None
             prompt = data.get("prompt_text") or ""
             prompt_ids = data.get("prompt_token_ids")
+        ids = choice.get("token_ids")
+        sent = {k: v for k, v in body.items() if k not in ("prompt", "messages", "tools")}
+        if parts and self.ref is not None:  # the parsers split the output: the raw text is wanted
+            text, how = raw_output(parts, ids, self.ref)
+            sent["output"] = how
         if not isinstance(text, str):
             raise self.http.error(f"{path}: no text in the response: {str(choice)[:200]}")
-        ids = choice.get("token_ids")
         reason = choice.get("finish_reason")
         marker = self._end_marker(ids, reason, choice.get("stop_reason"))
-        sent = {k: v for k, v in body.items() if k not in ("prompt", "messages")}
         if self.ref is None:
             sent["end_marker"] = UNKNOWN_END
-        elif marker:
+        elif marker and not text.endswith(marker):
             text += marker
             sent["end_marker"] = f"{marker} restored from the reference {self.ref.spec}"
         return ResponseRecord(
             id=request.id, conversations=request.conversation, parameters=request.parameters,
             input=prompt, output=text, target=self.spec,
-            finish_reason=reason if reason in ("stop", "length") else None,
+            finish_reason=reason if reason in ("stop", "length", "tool_calls") else None,
+            choice=choice.get("index", 0) if request.parameters.n else None,
             prompt_token_ids=prompt_ids or None, output_token_ids=ids or None,
             output_logprobs=logprobs if logprobs and None not in logprobs else None,
-            sent=sent,
-            timing=Timing(started_at=started, latency_s=round(time.perf_counter() - t0, 4)))
+            usage=usage_of(data) if not request.parameters.n or request.parameters.n == 1 else None,
+            sent=sent, timing=timing, **parts)
 
     def _end_marker(self, ids: list[int] | None, reason: str | None, stop_reason: Any) -> str:
         """The end marker the server stripped from the text, to put back, or "". Only the user's

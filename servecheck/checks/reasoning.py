@@ -1,0 +1,109 @@
+"""Reasoning check: thinking switched off when asked, and the server's reasoning/content split.
+
+The thinking text is part of the raw output, so the other checks teacher-force it with the
+answer. Here, with the reference template's thinking markers (``reference/markup.py``):
+
+- a request whose ``chat_template_kwargs`` switch thinking off (``enable_thinking: false``) must
+  get no thinking: a server that drops the kwargs lets the model think (the template check names
+  the prompt it built);
+- where the server split the output (``reasoning_content`` / ``content``, a reasoning parser),
+  the split must be the template's: not the answer returned as reasoning, not thinking left in
+  the content, not reasoning lost.
+
+Both are the server's own code, not numerics: any mismatch fails.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from servecheck.checks.context import CheckContext
+from servecheck.checks.results import CheckResult, Details, Finding
+from servecheck.formats.records import ResponseRecord
+from servecheck.reference.markup import Markup, Parsed, markup_of
+
+ORDER = 33
+
+
+@dataclass(frozen=True)
+class ReasoningDetails(Details):
+    records: int
+    thinking: int
+    """Records whose raw output thinks."""
+    off_requested: int
+    """Records that asked for no thinking."""
+    kinds: dict[str, int] = field(default_factory=dict)
+
+    def effect(self) -> str:
+        return f"{sum(self.kinds.values())}/{self.records} records wrong"
+
+
+def thinking_off(r: ResponseRecord) -> bool:
+    kwargs = r.conversations.chat_template_kwargs or {}
+    return kwargs.get("enable_thinking") is False or kwargs.get("thinking") is False
+
+
+def split_problem(r: ResponseRecord, parsed: Parsed, markup: Markup) -> tuple[str, str] | None:
+    """(kind, message) where the server's reasoning/content split is not the template's."""
+    served_reasoning = (r.reasoning_content or "").strip()
+    served_content = (r.content or "").strip()
+    want_reasoning = (parsed.reasoning or "").strip()
+    want_content = parsed.content.strip()
+    opener, closer = (markup.think_open or "").strip(), (markup.think_close or "").strip()
+    if served_reasoning == want_reasoning and (served_content == want_content or r.tool_calls):
+        return None
+    whole = markup.strip_end(r.output).strip()
+    if not served_content and (served_reasoning == whole or
+                               (want_content and want_content in served_reasoning)):
+        return "answer as reasoning", (f"the answer came back as reasoning_content and content is "
+                                       f"empty (the parser missed {closer!r}?)")
+    if want_reasoning and not served_reasoning and (closer in served_content
+                                                     or opener in served_content):
+        return "thinking left in content", ("content still holds the thinking block: the "
+                                            "reasoning parser did not run or missed its markers")
+    if want_reasoning and not served_reasoning:
+        return "reasoning lost", "the output thinks, but reasoning_content is empty"
+    if served_reasoning != want_reasoning:
+        return "reasoning differs", (f"reasoning_content {served_reasoning[:40]!r} ≠ the "
+                                     f"output's {want_reasoning[:40]!r}")
+    return "content differs", f"content {served_content[:40]!r} ≠ the output's {want_content[:40]!r}"
+
+
+def run(ctx: CheckContext) -> list[CheckResult]:
+    markup = markup_of(ctx.ref)
+    split = [i for i, r in enumerate(ctx.records)
+             if r.reasoning_content is not None or (r.content is not None and markup.has_thinking)]
+    off = [i for i, r in enumerate(ctx.records) if thinking_off(r)]
+    if not split and not off:
+        return [CheckResult("reasoning", "skipped", "no record asked for thinking off or came "
+                            "back split into reasoning and content")]
+    if not markup.has_thinking:
+        return [CheckResult("reasoning", "skipped", "the reference template has no thinking "
+                            "block, so thinking in the outputs cannot be found")]
+    kinds: Counter[str] = Counter()
+    findings: list[Finding] = []
+    thinking = 0
+    for i in sorted(set(split) | set(off)):
+        r = ctx.records[i]
+        parsed = markup.parse(r.output)
+        thinks = bool((parsed.reasoning or "").strip())
+        thinking += thinks
+        problem = None
+        if i in off and thinks:
+            problem = "thought when told not to", (
+                f"enable_thinking=false was sent, yet the output thinks "
+                f"({len(parsed.reasoning or '')} characters): the flag did not reach the template")
+        elif i in split:
+            problem = split_problem(r, parsed, markup)
+        if problem:
+            kinds[problem[0]] += 1
+            findings.append(Finding(ctx.labels[i], f"{problem[0]}: {problem[1]}", 1.0))
+    n = len(set(split) | set(off))
+    details = ReasoningDetails(n, thinking, len(off), dict(kinds))
+    if findings:
+        return [CheckResult("reasoning", "fail", f"{len(findings)}/{n} records: " + ", ".join(
+            f"{k} ({c})" for k, c in kinds.most_common()), details, findings, per_record=True)]
+    return [CheckResult("reasoning", "pass",
+                        f"{n} records: thinking as the template writes it ({thinking} think, "
+                        f"{len(off)} asked not to)", details, per_record=True)]

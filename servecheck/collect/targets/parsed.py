@@ -1,0 +1,60 @@
+"""An OpenAI answer whose parsers split the output: the parts as returned, and the raw text.
+
+With ``--reasoning-parser`` and a tool parser on, a server returns ``reasoning_content`` (vLLM
+also ``reasoning``), ``content`` without the call markup, and ``tool_calls``. The record keeps
+all three as returned, for the reasoning and tool-call checks to judge, and its ``output`` must
+still be the raw generated text, because that is what is teacher-forced. With the server's
+token ids it is their decoding; without, it is rebuilt from the parts with the reference
+template's markup (``sent["output"]`` says which), which is exact for templates that write calls
+as JSON between markers and approximate for others.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from servecheck.formats.tools import ToolCall, Usage
+from servecheck.reference.markup import markup_of
+from servecheck.reference.model import Reference
+
+
+def split_fields(message: dict[str, Any]) -> dict[str, Any]:
+    """``content``, ``reasoning_content`` and ``tool_calls`` where a parser produced them; empty
+    where the message is plain text (no parser ran, nothing to judge)."""
+    reasoning = message.get("reasoning_content", message.get("reasoning"))
+    calls = message.get("tool_calls") or None
+    if reasoning is None and calls is None:
+        return {}
+    out: dict[str, Any] = {"content": message.get("content"), "reasoning_content": reasoning}
+    if calls is not None:
+        out["tool_calls"] = [ToolCall.model_validate(
+            {k: c.get(k) for k in ("id", "type", "function") if c.get(k) is not None})
+            for c in calls]
+    return out
+
+
+def raw_output(parts: dict[str, Any], ids: list[int] | None, ref: Reference) -> tuple[str, str]:
+    """(raw text, how it was found)."""
+    if ids:
+        return ref.decode(ids), "decoded from the server's token ids (its parsers split the text)"
+    markup = markup_of(ref)
+    text = ""
+    reasoning = parts.get("reasoning_content")
+    if reasoning is not None and markup.has_thinking:
+        text += f"{markup.think_open}{reasoning}{markup.think_close}"
+    text += parts.get("content") or ""
+    for k, call in enumerate(parts.get("tool_calls") or []):
+        body = json.dumps({markup.name_key: call.function.name,
+                           markup.arguments_key: call.parsed_arguments()}, ensure_ascii=False)
+        text += ("\n" if (text and k == 0 and parts.get("content")) or k else "") + \
+            f"{markup.call_open or ''}{body}{markup.call_close or ''}"
+    return text, "rebuilt from the parsed fields with the reference template's markup"
+
+
+def usage_of(data: dict[str, Any]) -> Usage | None:
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    details = usage.get("completion_tokens_details") or {}
+    return Usage.model_validate({**usage, "reasoning_tokens": details.get("reasoning_tokens")})
