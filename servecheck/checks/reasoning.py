@@ -48,6 +48,9 @@ def split_problem(r: ResponseRecord, parsed: Parsed, markup: Markup) -> tuple[st
     """(kind, message) where the server's reasoning/content split is not the template's."""
     served_reasoning = (r.reasoning_content or "").strip()
     served_content = (r.content or "").strip()
+    opener_call = (markup.call_open or "").strip()
+    if opener_call and opener_call in served_content:  # calls are the tool-call check's
+        served_content = served_content[: served_content.find(opener_call)].strip()
     want_reasoning = (parsed.reasoning or "").strip()
     want_content = parsed.content.strip()
     opener, closer = (markup.think_open or "").strip(), (markup.think_close or "").strip()

@@ -171,14 +171,30 @@ def run(ctx: CheckContext) -> list[CheckResult]:
 
 
 def _draws(group: list[ResponseRecord]) -> str:
-    return "choices" if len({r.parameters.seed for r in group}) == 1 else "seeds"
+    """``choices`` where the repeats are one seed's n choices, else ``seeds``."""
+    by_text: dict[str, list[ResponseRecord]] = defaultdict(list)
+    for r in group:
+        by_text[r.output].append(r)
+    same = max(by_text.values(), key=len)
+    copies = len({r.parameters.seed for r in same}) == 1 and len({r.choice for r in same}) > 1
+    return "choices" if copies else "seeds"
 
 
 def _meaning(group: list[ResponseRecord]) -> str:
-    """What a repeat means: one seed's n choices copied, or the seed ignored."""
+    """What a repeat means: one seed's n choices copied, choices seeded s, s+1, … (so requests
+    with nearby seeds share samples), or the seed ignored."""
     if _draws(group) == "choices":
         return ("the n choices of one request are copies, not independent samples (each choice "
                 "needs its own random stream)")
+    by_text: dict[str, list[ResponseRecord]] = defaultdict(list)
+    for r in group:
+        by_text[r.output].append(r)
+    same = max(by_text.values(), key=len)
+    if all(r.choice is not None and r.parameters.seed is not None for r in same) and \
+            len({r.parameters.seed + (r.choice or 0) for r in same}) == 1:
+        return ("choice k of seed s repeats choice 0 of seed s + k: the server seeds the n "
+                "choices s, s+1, …, so requests whose seeds are closer than n share samples "
+                "(space the seeds at least n apart)")
     return "the seed looks ignored"
 
 

@@ -81,6 +81,11 @@ def _problems(i: int, ctx: CheckContext) -> list[tuple[str, str]]:
     cut = r.finish_reason == "length" or (r.finish_reason is None and limit is not None
                                           and _could_be_cut(r, n, limit)) \
         or ended_on_stop(r, ctx.ref.end_markers)  # cut at a stop string: the stop check's
+    if r.finish_reason == "tool_calls" and limit is not None and n >= limit:
+        out.append(("length reported as tool_calls", f"{n} tokens = max_tokens {limit}, cut before "
+                    f"the end of turn, yet finish_reason is 'tool_calls': a client takes the "
+                    f"calls as complete"))
+        return out
     if not cut and not marker_unknown(r):
         marker = ctx.ref.turn_end_marker or (ctx.ref.end_markers or ["<end of turn>"])[0]
         why = f"finish_reason '{r.finish_reason}'" if r.finish_reason else \

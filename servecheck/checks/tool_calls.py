@@ -75,7 +75,7 @@ def parser_problem(r: ResponseRecord, raw: list[RawCall], markup: Markup) -> tup
     served = r.tool_calls or []
     written = [c.call for c in raw if c.call is not None]
     opener = (markup.call_open or "").strip()
-    if r.content and opener and opener in r.content:
+    if r.content and opener and opener in r.content and len(served) < len(written):
         return "markup left in content", (f"content still holds {opener!r} markup: the parser did "
                                           f"not take the call out ({len(written)} call(s) written)")
     if len(served) < len(written):

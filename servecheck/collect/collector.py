@@ -196,6 +196,7 @@ def _collect_into(requests: list[Request], target: Target, out: Path, show_progr
     except KeyboardInterrupt:
         summary.interrupted = True
         return summary
+    summary.notes = target.notes()  # again: some are known only once the server answered
     if summary.errors and not summary.gone and summary.unreachable == summary.written:
         summary.gone = f"every request found the server unreachable ({summary.errors[0][1][:300]})"
     if not summary.gone:

@@ -11,6 +11,7 @@ with search and filters by check and group.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,6 +37,8 @@ from servecheck.checks.results import CheckResult, overall
 from servecheck.checks.stats import StatTest
 from servecheck.checks.stats import temperature_profile as profile
 from servecheck.checks.template import TemplateDetails
+from servecheck.formats.records import Message
+from servecheck.reference.markup import markup_of
 from servecheck.reference.scoring import TEMPERATURE_FACTORS
 from servecheck.report.pages import render, write_page
 from servecheck.report.svg import pit_histogram, qq_plot, temperature_profile
@@ -97,6 +100,46 @@ class RecordView:
     token_source: str
     """Where the scored tokens came from; with the positions of a non-canonical split."""
     sort_key: tuple = field(repr=False, default=())
+    thinking: str | None = None
+    """The output's thinking block (the template's markers), shown apart from the answer."""
+    calls: list[CallView] = field(default_factory=list)
+    tools: list[str] = field(default_factory=list)
+    """Names of the functions the request offered."""
+
+
+@dataclass
+class CallView:
+    """One tool call as the model wrote it, its arguments checked against the schema."""
+
+    name: str
+    arguments: str
+    problem: str | None
+    """None: valid JSON, a known function, arguments that satisfy its schema."""
+
+
+def call_views(ctx: CheckContext, i: int) -> tuple[str | None, list[CallView]]:
+    from servecheck.checks.tool_calls import structure_problem
+
+    r = ctx.records[i]
+    markup = markup_of(ctx.ref)
+    if not (markup.has_thinking or (markup.has_calls and r.conversations.tools)):
+        return None, []
+    parsed = markup.parse(r.output)
+    calls = []
+    for c in parsed.calls:
+        problem = structure_problem(c, r.conversations.tools or [])
+        args = json.dumps(c.call.parsed_arguments(), indent=1, ensure_ascii=False) if c.call \
+            else c.text
+        calls.append(CallView(c.call.function.name if c.call else "?", args,
+                              problem[1] if problem else None))
+    return parsed.reasoning or None, calls
+
+
+def turn_text(m: Message) -> str:
+    """A turn as the report shows it: its text, then its calls as ``name(arguments)``."""
+    calls = [f"→ {c.function.name}({json.dumps(c.parsed_arguments(), ensure_ascii=False)})"
+             for c in m.tool_calls or []]
+    return "\n".join([m.content or "", *calls]).strip()
 
 
 def _test_rows(tests: list[StatTest], alpha: float, family: int | None) -> list[dict[str, Any]]:
@@ -201,11 +244,13 @@ def record_views(ctx: CheckContext, results: list[CheckResult], verdicts: dict[i
     views = []
     for key, i in order[:limit]:
         r = ctx.records[i]
+        thinking, calls = call_views(ctx, i)
         views.append(RecordView(
             ctx.labels[i], ctx.sampling[i].label(),
             sorted(flagged.get(ctx.labels[i], {})), verdicts[i],
-            [(m.role, m.content) for m in r.conversations.contents],
-            heatmap(ctx, i, scores[i]), r.output, ctx.describe_tokens(i), key))
+            [(m.role, turn_text(m)) for m in r.conversations.contents],
+            heatmap(ctx, i, scores[i]), r.output, ctx.describe_tokens(i), key, thinking, calls,
+            [t["function"]["name"] for t in r.conversations.tools or []]))
     return views, len(order)
 
 

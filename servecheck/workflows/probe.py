@@ -12,8 +12,8 @@ evidence:
 - batch invariance: greedy requests sent one at a time, then all at once at each load level;
   the tokens must agree. A divergence where the served token is within the numerics tolerance
   of the reference argmax is a near-tie (numerics), reported but passed; any other is a bug.
-- stream: the same seeded request over the streaming and the unary path gives one text
-  (targets with both paths: Triton).
+- stream: the same seeded requests over the streaming and the unary path give one answer (text,
+  tool calls, finish reason; ``stream_parity.py``), for Triton and OpenAI targets.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from servecheck.formats.prompts import Request, expand
 from servecheck.formats.records import Conversation, Message, Parameters, ResponseRecord
 from servecheck.reference.model import Reference
 from servecheck.reference.scoring import ScoreItem
+from servecheck.workflows.stream_parity import stream_vs_unary
 
 PROMPTS = ["Tell me a story about the fox.", "Name a colour.", "What does the cat say?",
            "Tell me about the owl.", "Count from 3 to 8.", "Where does the frog live?",
@@ -148,29 +149,6 @@ async def batch_invariance(target: Target, ref: Reference, convs: list[Conversat
                        f"{n - len(bugs) - len(ties)}/{n} greedy outputs unchanged under load "
                        f"{levels}; {len(ties)} near-tie divergence(s) (≤ {tol} logits, numerics), "
                        f"{len(bugs)} real", bugs + ties)
-
-
-async def stream_vs_unary(spec: str, max_tokens: int, reference: str | None = None
-                          ) -> CheckResult:
-    if not spec.startswith("triton"):
-        return _result("stream", "skipped", "the target has no separate streaming path")
-    sep = "&" if "?" in spec else "?"
-    request = probe_request("stream", CONVERSATIONS[0], temperature=1.0, seed=77,
-                       max_tokens=max_tokens)
-    texts: dict[str, str] = {}
-    for name in ("0", "1"):
-        target = open_target(f"{spec}{sep}stream={name}", reference=reference)
-        try:
-            texts[name] = (await target.generate(request)).output
-        except TargetError as e:
-            return _result("stream", "skipped", f"stream={name} not available: {e}")
-        finally:
-            await target.aclose()
-    same = texts["0"] == texts["1"]
-    return _result("stream", "pass" if same else "fail",
-                       "stream and unary give the same text for one seed" if same else
-                       f"stream and unary differ from character "
-                       f"{_first_difference(texts['0'], texts['1'])} for the same seed")
 
 
 async def run_probes(spec: str, ref: Reference, convs: list[Conversation] | None = None,

@@ -44,16 +44,19 @@ def fake_server(free_ports) -> FakeServer:
 
 
 @contextmanager
-def _fake_server(free_ports, content: str, vllm: bool = False, token_ids: list[int] | None = None
+def _fake_server(free_ports, content: str, vllm: bool = False, token_ids: list[int] | None = None,
+                 info: dict[str, dict] | None = None, frames: list[dict] | None = None
                  ) -> Iterator[tuple[str, list[dict]]]:
     """An OpenAI-compatible chat server on 127.0.0.1 that answers ``content`` with finish
     "stop", the end token stripped as real servers do. ``vllm``: it also answers ``GET /version``
     and returns the prompt text and ``token_ids`` the way vLLM does when asked."""
     seen: list[dict] = []
 
-    async def chat(request: web.Request) -> web.Response:
+    async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         seen.append({"auth": request.headers.get("Authorization"), "body": body})
+        if body.get("stream"):
+            return await _sse(request, frames or [])
         choice: dict[str, Any] = {"index": 0, "finish_reason": "stop",
                                   "message": {"role": "assistant", "content": content}}
         answer: dict[str, Any] = {"choices": [choice]}
@@ -68,13 +71,35 @@ def _fake_server(free_ports, content: str, vllm: bool = False, token_ids: list[i
     async def version(_: web.Request) -> web.Response:
         return web.json_response({"version": "0.0-fake"})
 
+    def answer_info(path: str, body: dict):
+        async def handler(_: web.Request) -> web.Response:
+            seen.append({"get": path})
+            return web.json_response(body)
+        return handler
+
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)
     if vllm:
         app.router.add_get("/version", version)
+    for path, body in (info or {}).items():  # another engine's info endpoint
+        app.router.add_get(path, answer_info(path, body))
     with _running(app, free_ports(1)[0]) as port:
         yield f"127.0.0.1:{port}", seen
+
+
+async def _sse(request: web.Request, frames: list[dict]) -> web.StreamResponse:
+    """``frames`` as Server-Sent Events, then ``[DONE]``."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for frame in frames:
+        await response.write(f"data: {json.dumps(frame)}\n\n".encode())
+    await response.write(b"data: [DONE]\n\n")
+    return response
+
+
+def _delta(text: str, finish: str | None = None) -> dict:
+    return {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
 
 
 @contextmanager
@@ -148,7 +173,8 @@ def test_chat_without_reference_records_what_the_server_returned(
     assert "<end_of_turn>" not in out.read_text()
     assert all(r.finish_reason == "stop" and r.sent and r.sent["end_marker"] == UNKNOWN_END
                for r in records)
-    assert printed.count("note:") == 1  # once per run, not once per request
+    assert printed.count("end markers were not restored") == 1  # once per run, not per request
+    assert printed.count("did not say which engine it is") == 1
     note = printed[printed.index("note:"):]
     assert "end markers were not restored" in note and "--reference PATH" in note
     assert "?template=" in note
@@ -210,7 +236,8 @@ def test_collect_hands_the_reference_to_the_target(tmp_path: Path,
         bare = collect(_prompts(tmp_path), f"openai://{address}/v1", out, show_progress=False)
         named = collect(_prompts(tmp_path, 2), f"openai://{address}/v1", out, show_progress=False,
                         reference="builtin")
-    assert len(bare.notes) == 1 and not named.notes and named.written == 1
+    markers = [[n for n in s.notes if "end markers" in n] for s in (bare, named)]
+    assert len(markers[0]) == 1 and not markers[1] and named.written == 1
     assert [r.output for r in read_records(out)] == ["Meow.", "Meow.<end_of_turn>"]
 
 
@@ -270,3 +297,70 @@ def test_redact_cuts_secrets_and_bearer_tokens() -> None:
     assert redact("tried sk-proj-AbCdEf0123456789 and hf_AbCdEf0123456789xyz") == \
         "tried [redacted] and [redacted]"
     assert redact("a risk-free task-based plan") == "a risk-free task-based plan"
+
+
+def test_llama_cpp_reads_its_own_names(fake_server: FakeServer, tmp_path: Path, run_cli) -> None:
+    """llama.cpp (found from GET /props) reads repeat_penalty and drops repetition_penalty, and
+    returns log-probs only with top_logprobs: both are sent its way, and the record says so."""
+    prompts = tmp_path / "p.json"
+    prompts.write_text('{"prompt": "What does the cat say?", "temperature": 0.7, '
+                       '"repetition_penalty": 1.1, "seed": 3}')
+    out = tmp_path / "r.jsonl"
+    with fake_server("The cat says meow.", info={"/props": {"build_info": "b1"}}) as (address, seen):
+        assert run_cli("generate", prompts, "--target", f"openai://{address}/v1", "--out", out,
+                       "--no-progress", "--reference", "builtin") == 0
+    body = next(s["body"] for s in seen if "body" in s)
+    assert body["repeat_penalty"] == 1.1 and "repetition_penalty" not in body
+    assert body["top_logprobs"] == 1
+    (record,) = read_records(out)
+    assert record.sent["server"] == "llama.cpp"
+    assert set(record.sent["server_defaults"]) == {"top_p", "top_k", "min_p", "presence_penalty",
+                                                   "frequency_penalty"}
+
+
+def test_tgi_refuses_what_it_cannot_take(fake_server: FakeServer, tmp_path: Path, run_cli,
+                                         capsys: pytest.CaptureFixture) -> None:
+    """TGI's Messages API has no top_k: a request that sets it is refused, not sent to be
+    silently dropped."""
+    prompts = tmp_path / "p.json"
+    prompts.write_text('{"prompt": "What does the cat say?", "temperature": 0.7, "top_k": 5}')
+    with fake_server("The cat says meow.", info={"/info": {"model_id": "m"}}) as (address, seen):
+        code = run_cli("generate", prompts, "--target", f"openai://{address}/v1", "--out",
+                       tmp_path / "r.jsonl", "--no-progress", "--reference", "builtin")
+    assert code == 2 and not any("body" in s for s in seen)
+    assert "TGI has no way to take top_k" in capsys.readouterr().err
+
+
+def test_the_server_is_probed_once(fake_server: FakeServer, tmp_path: Path, run_cli) -> None:
+    """Concurrent first requests share one probe (each used to open its own client, and left
+    'Unclosed client session' warnings behind)."""
+    with fake_server("The cat says meow.", info={"/version": {"version": "x"}}) as (address, seen):
+        assert run_cli("generate", _prompts(tmp_path, 4), "--target", f"openai://{address}/v1",
+                       "--out", tmp_path / "r.jsonl", "--no-progress", "--reference",
+                       "builtin") == 0
+    assert [s["get"] for s in seen if "get" in s] == ["/version"]
+
+
+def test_a_stream_is_joined_and_an_error_frame_is_an_error(fake_server: FakeServer, tmp_path: Path,
+                                                           run_cli) -> None:
+    """?stream=1 joins the deltas (a character split across two chunks comes out whole) and the
+    usage chunk; an error frame mid-stream makes the request an error record, never an output."""
+    prompts = _prompts(tmp_path)
+    frames = [_delta("The cat "), _delta("says mé"), _delta("ow.", "stop"),
+              {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 6}}]
+    out = tmp_path / "r.jsonl"
+    with fake_server("unused", frames=frames) as (address, seen):
+        assert run_cli("generate", prompts, "--target", f"openai://{address}/v1?stream=1",
+                       "--out", out, "--no-progress", "--reference", "builtin") == 0
+    assert seen[-1]["body"]["stream"] is True
+    (record,) = read_records(out)
+    assert record.output == "The cat says méow.<end_of_turn>" and record.finish_reason == "stop"
+    assert record.usage is not None and record.usage.completion_tokens == 6
+    broken = [_delta("The cat "), {"error": {"message": "engine died"}}]
+    bad = tmp_path / "bad.jsonl"
+    with fake_server("unused", frames=broken) as (address, _):
+        assert run_cli("generate", prompts, "--target", f"openai://{address}/v1?stream=1",
+                       "--out", bad, "--no-progress", "--reference", "builtin") == 1
+    (record,) = read_records(bad)
+    assert record.output == "" and "error frame in the stream after 8 characters" in record.error
+    assert "engine died" in record.error

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from servecheck.formats.responses import read_records
-from servecheck.reference.model import BUILTIN
+from servecheck.reference.model import BUILTIN, BUILTIN_TOOLS
 from servecheck.tinymodels.build import GEMMA3_TEMPLATE
 
 VENV = Path(os.environ.get("SERVECHECK_VLLM_VENV",
@@ -33,14 +33,15 @@ START_TIMEOUT_S = 900
 pytestmark = pytest.mark.slow  # three vLLM servers start (a minute or more), then generate
 
 
-def _start(port: int, dtype: str, work: Path, *extra: str) -> subprocess.Popen:
+def _start(port: int, dtype: str, work: Path, *extra: str, model: Path = BUILTIN,
+           name: str = "builtin") -> subprocess.Popen:
     env = dict(os.environ, VLLM_TARGET_DEVICE="cpu", VLLM_CPU_KVCACHE_SPACE="1",
                HF_HUB_OFFLINE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_NO_USAGE_STATS="1",
                VLLM_CACHE_ROOT=str(work / "cache"), VLLM_LOGGING_LEVEL="WARNING")
     log = (work / f"vllm-{port}.log").open("w")
     return subprocess.Popen(
-        [str(PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(BUILTIN),
-         "--served-model-name", "builtin", "--host", "127.0.0.1", "--port", str(port),
+        [str(PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+         "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port),
          "--dtype", dtype, "--max-model-len", "512", "--seed", "0", "--enforce-eager",
          "--distributed-executor-backend", "uni", *extra],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=work)
@@ -83,7 +84,7 @@ def vllm(free_ports) -> Iterator[dict[str, str]]:
     work = Path(tempfile.mkdtemp(prefix="servecheck-vllm-"))
     template = work / "assistant-role.jinja"
     template.write_text(GEMMA3_TEMPLATE.replace("model", "assistant"))
-    ports = free_ports(3)
+    ports = free_ports(4)
     procs: dict[str, tuple[subprocess.Popen, int]] = {}
     try:
         procs["fp32"] = (_start(ports[0], "float32", work), ports[0])
@@ -91,6 +92,11 @@ def vllm(free_ports) -> Iterator[dict[str, str]]:
         procs["faulty"] = (_start(ports[2], "float32", work, "--chat-template", str(template),
                                   "--override-generation-config",
                                   json.dumps({"repetition_penalty": 1.5})), ports[2])
+        # the second built-in model with vLLM's own Hermes tool parser and Qwen3 reasoning parser
+        procs["tools"] = (_start(ports[3], "float32", work, "--enable-auto-tool-choice",
+                                 "--tool-call-parser", "hermes", "--reasoning-parser", "qwen3",
+                                 model=BUILTIN_TOOLS,
+                                 name="builtin-tools"), ports[3])
         _wait(procs, work)
         yield {name: f"127.0.0.1:{port}" for name, (_, port) in procs.items()}
     finally:
@@ -164,4 +170,52 @@ def test_probes_pass_on_honest_vllm(vllm: dict[str, str], tmp_path: Path, run_cl
                    "--max-tokens", "24", "--numerics", "fp32", "--json", out)
     results = {r["name"]: r for r in json.loads(out.read_text())}
     assert code == 0, {k: (v["summary"], v["findings"]) for k, v in results.items()}
-    assert results["stream"]["verdict"] == "skipped"
+    assert results["stream"]["verdict"] == "pass"  # streamed and unary agree, stop strings too
+
+
+def test_tools_and_thinking_through_vllm_parsers(vllm: dict[str, str], root: Path, tmp_path: Path,
+                                                 run_cli, check_json) -> None:
+    """vLLM's hermes and qwen3 parsers split what the model wrote; every check agrees with them
+    on examples/prompts-tools.json (tools, thinking on and off, stop strings, n = 3)."""
+    out = tmp_path / "tools.jsonl"
+    code = run_cli("generate", root / "examples" / "prompts-tools.json", "--target",
+                   f"openai://{vllm['tools']}/v1", "--reference", "builtin-tools", "--out", out,
+                   "--no-progress")
+    assert code == 0, [r.error for r in read_records(out) if r.error][:3]
+    records = read_records(out)
+    assert any(r.tool_calls for r in records) and any(r.reasoning_content for r in records)
+    assert sum(r.choice is not None for r in records) == 12
+    code, summary = check_json(out, tmp_path, "builtin-tools", "--numerics", "fp32")
+    assert code == 0, _failures(summary)
+    verdicts = {c["name"]: c["verdict"] for c in summary["checks"]}
+    assert all(verdicts[n] == "pass" for n in ("tool calls", "reasoning", "stop strings", "usage"))
+
+
+def test_stream_and_unary_agree_through_vllm(vllm: dict[str, str]) -> None:
+    """The same seeded requests streamed and unary (a plain one, a stop string spanning tokens,
+    one with tools): one text, the same calls, the same finish reason."""
+    import asyncio
+
+    from servecheck.workflows.stream_parity import stream_vs_unary
+
+    result = asyncio.run(stream_vs_unary(f"openai://{vllm['tools']}/v1", 40, "builtin-tools"))
+    assert result.verdict == "pass", [f.message for f in result.findings]
+    assert "tools" in result.summary and "stop" in result.summary
+
+
+def test_vllm_seeds_n_choices_from_the_request_seed(vllm: dict[str, str], tmp_path: Path,
+                                                    run_cli, check_json) -> None:
+    """vLLM seeds choice k of a request with seed s + k: two requests whose seeds are 1 apart
+    share samples, and the seeds check says exactly that (seen against vLLM 0.32)."""
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps({"prompt": ["Tell me a story about the cat.",
+                                              "Tell me a story about the fox."],
+                                   "chat_template_kwargs": {"enable_thinking": False},
+                                   "n": 3, "temperature": 1.0, "seed": [4, 5], "max_tokens": 40}))
+    out = tmp_path / "n.jsonl"
+    assert run_cli("generate", prompts, "--target", f"openai://{vllm['tools']}/v1", "--reference",
+                   "builtin-tools", "--out", out, "--no-progress") == 0
+    code, summary = check_json(out, tmp_path, "builtin-tools", "--numerics", "fp32")
+    seeds = next(c for c in summary["checks"] if c["name"] == "seeds")
+    assert code == 1 and seeds["verdict"] == "fail"
+    assert all("seed s + k" in f["message"] for f in seeds["findings"] if "groups" not in f["record"])

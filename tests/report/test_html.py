@@ -41,7 +41,7 @@ def run(lite_responses: Path, ref: Reference, tmp_path_factory: pytest.TempPathF
     evil = base.model_copy(update={
         "id": "evil", "conversations": conv, "input": ref.render(conv),
         "output": f"Sure: {XSS_SCRIPT} {XSS_IMG}<end_of_turn>", "prompt_token_ids": None,
-        "output_token_ids": None, "output_logprobs": None})
+        "output_token_ids": None, "output_logprobs": None, "usage": None})
     path = write_records(out / "responses.json", [*records, evil])
     html, junit, summary = out / "report.html", out / "junit.xml", out / "summary.json"
     code = run_cli("check", path, "--reference", "builtin", "--report", html, "--junit", junit,
@@ -95,14 +95,15 @@ def test_junit_parses_back(run: dict) -> None:
     assert suite is not None
     cases = {c.get("name"): c for c in suite.iter("testcase")}
     assert {"records", "template", "termination", "detokenization", "greedy", "support",
-            "logprobs", "seeds", "sampler",
+            "logprobs", "seeds", "sampler", "tool calls", "reasoning", "stop strings", "usage",
             "fit[T=0.8]", "fit[T=0.8 top_p=0.9]", "temperature[T=0.8]",
             "temperature[T=0.8 top_p=0.9]"} == set(cases)
     failure = cases["greedy"].find("failure")
     assert failure is not None and "hard mismatch" in failure.get("message", "")
     assert "[evil]" in (failure.text or "")
     assert cases["fit[T=0.8]"].find("failure") is None
-    assert int(suite.get("tests", 0)) == 13  # with detokenization and the sampler
+    assert int(suite.get("tests", 0)) == 17  # with detokenization, the sampler, and the four
+    # checks of tools, reasoning, stop strings and usage (skipped or passed on plain chats)
     assert int(suite.get("failures", 0)) == 2  # greedy, and termination (longer than max_tokens)
 
 

@@ -30,6 +30,7 @@ The API key comes from the environment variable named by ``?api_key_env=`` (defa
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import datetime, timezone
@@ -43,15 +44,18 @@ from servecheck.collect.targets import (
     required_reference,
     spec_options,
 )
+from servecheck.collect.targets.dialects import EXTRA, UNKNOWN, Dialect, detect
 from servecheck.collect.targets.http import HttpClient
-from servecheck.collect.targets.parsed import raw_output, split_fields, usage_of
-from servecheck.errors import InputError, TargetError
+from servecheck.collect.targets.parsed import raw_output, spelling, split_fields, usage_of
+from servecheck.collect.targets.streamed import joined
+from servecheck.errors import InputError
 from servecheck.formats.prompts import Request
 from servecheck.formats.records import END_MARKER_UNKNOWN, Conversation, ResponseRecord, Timing
 from servecheck.reference.model import Reference
 
-OPTIONS = ("mode", "model", "template", "api_key_env", "timeout", "concurrency")
-EXTRA = ("top_k", "min_p", "repetition_penalty")
+OPTIONS = ("mode", "model", "template", "api_key_env", "timeout", "concurrency", "stream")
+SETTINGS = ("temperature", "top_p", "top_k", "min_p", "seed", "repetition_penalty",
+            "presence_penalty", "frequency_penalty")
 UNKNOWN_END = END_MARKER_UNKNOWN
 
 
@@ -77,6 +81,11 @@ class OpenAITarget(Target):
         if self.mode not in ("chat", "completions"):
             raise InputError(f"mode must be chat or completions, not '{self.mode}'", where=spec)
         self.model = opts.get("model")
+        stream = opts.get("stream", "0")
+        if stream not in ("0", "1"):
+            raise InputError(f"stream must be 0 or 1, not '{stream}'", where=spec)
+        self.stream = stream == "1"
+        """Read the answer as a Server-Sent Events stream (``streamed.py``)."""
         template = opts.get("template")
         if self.mode == "completions":
             chosen: str | None = required_reference(
@@ -89,7 +98,9 @@ class OpenAITarget(Target):
         chat mode when none was named, and then no end marker is restored."""
         self.http = HttpClient.from_options(spec, base_url, opts, "OPENAI_API_KEY", concurrency=8)
         self.max_concurrency = self.http.max_connections
-        self._vllm: bool | None = None
+        self.dialect: Dialect | None = None
+        """The server found at the first request (``dialects.detect``), once for all requests."""
+        self._setup_lock = asyncio.Lock()
 
     @classmethod
     def from_spec(cls, spec: str, rest: str, reference: str | None = None) -> OpenAITarget:
@@ -103,19 +114,12 @@ class OpenAITarget(Target):
         return cls(spec, f"{url.scheme}://{url.hostname}{port}{path}", opts, reference)
 
     async def _setup(self) -> None:
-        if self._vllm is not None:
-            return
-        root = self.http.base_url.removesuffix("/v1")
-        probe = HttpClient(root, 30, 1, secrets=self.http.secrets)
-        try:
-            version = await probe.request("GET", "/version")
-            self._vllm = isinstance(version, dict) and "version" in version
-        except TargetError as e:
-            if e.transient:
-                raise
-            self._vllm = False
-        finally:
-            await probe.close()
+        async with self._setup_lock:  # concurrent first requests: one probe, one client
+            if self.dialect is None:
+                await self._find_server()
+
+    async def _find_server(self) -> None:
+        self.dialect = await detect(self.http.base_url.removesuffix("/v1"), self.http.secrets)
         if self.model is None:
             models = await self.http.request("GET", "/models")
             try:
@@ -125,11 +129,13 @@ class OpenAITarget(Target):
 
     def _body(self, request: Request) -> tuple[dict[str, Any], str]:
         p = request.parameters
+        dialect = self.dialect or UNKNOWN
+        dialect.refuse({k: getattr(p, k) for k in EXTRA}, where=f"{self.spec} ({request.id})")
         body: dict[str, Any] = {"model": self.model, "max_tokens": p.max_tokens or DEFAULT_MAX_TOKENS}
         for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty",
                      *EXTRA):
             if getattr(p, name) is not None:
-                body[name] = getattr(p, name)
+                body[dialect.body_name(name)] = getattr(p, name)
         for name in ("stop", "n", "tool_choice"):
             if getattr(p, name) is not None:
                 body[name] = getattr(p, name)
@@ -144,8 +150,9 @@ class OpenAITarget(Target):
             prompt = self.ref.render(request.conversation)
             body.update(prompt=prompt, logprobs=1)
         else:
-            body.update(messages=api_messages(request.conversation), logprobs=True)
-        if self._vllm:
+            body.update(messages=api_messages(request.conversation), logprobs=True,
+                        **dialect.logprob_fields)
+        if dialect.token_ids:
             body.update(return_token_ids=True, return_tokens_as_token_ids=True)
             if self.mode == "completions":
                 body["add_special_tokens"] = False
@@ -159,7 +166,11 @@ class OpenAITarget(Target):
         await self._setup()
         body, prompt = self._body(request)
         path = "/completions" if self.mode == "completions" else "/chat/completions"
-        data = await self.http.request("POST", path, body)
+        if self.stream:
+            body.update(stream=True, stream_options={"include_usage": True})
+            data = await joined(self.http.events(path, body), self.mode == "chat", path)
+        else:
+            data = await self.http.request("POST", path, body)
         choices = data.get("choices") if isinstance(data, dict) else None
         wanted = request.parameters.n or 1
         if not isinstance(choices, list) or len(choices) < wanted:
@@ -187,11 +198,19 @@ class OpenAITarget(Target):
             prompt_ids = data.get("prompt_token_ids")
         ids = choice.get("token_ids")
         sent = {k: v for k, v in body.items() if k not in ("prompt", "messages", "tools")}
+        sent["server"] = (self.dialect or UNKNOWN).name
+        unset = [k for k in SETTINGS if getattr(request.parameters, k) is None]
+        if unset:
+            sent["server_defaults"] = unset  # not sent: whatever the server defaults to ran
         if parts and self.ref is not None:  # the parsers split the output: the raw text is wanted
-            text, how = raw_output(parts, ids, self.ref)
+            text, ids, how = raw_output(parts, ids, self.ref, request.parameters.stop)
+            logprobs = logprobs[: len(ids)] if ids and logprobs else None
             sent["output"] = how
         if not isinstance(text, str):
             raise self.http.error(f"{path}: no text in the response: {str(choice)[:200]}")
+        if ids and request.parameters.stop and self.ref is not None and not parts:
+            ids = spelling(ids, text, self.ref)  # a stop string cut from the text, not the ids
+            logprobs = logprobs[: len(ids)] if ids and logprobs else None
         reason = choice.get("finish_reason")
         marker = self._end_marker(ids, reason, choice.get("stop_reason"))
         if self.ref is None:
@@ -222,10 +241,16 @@ class OpenAITarget(Target):
         return ""
 
     def notes(self) -> list[str]:
+        out = []
+        if self.dialect is not None and not self.dialect.identified:
+            out.append(f"{self.spec}: the server did not say which engine it is (no vLLM, "
+                       f"llama.cpp, TGI or SGLang info endpoint answered); top_k, min_p and "
+                       f"repetition_penalty went as extra body fields, which it may ignore. "
+                       f"The sampler check shows a setting that was not applied.")
         if self.ref is not None:
-            return []
-        return [f"{self.spec}: end markers were not restored, because no reference was named: "
-                f"outputs are recorded as the server returned them (servers strip the end token), "
+            return out
+        return [*out, f"{self.spec}: end markers were not restored, because no reference was "
+                f"named: outputs are recorded as the server returned them (servers strip the end token), "
                 f"so 'check' cannot tell a correct end of turn from a missing one. Name the served "
                 f"model's checkpoint with 'generate --reference PATH' or '?template=PATH' to "
                 f"restore them."]

@@ -34,10 +34,20 @@ def split_fields(message: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def raw_output(parts: dict[str, Any], ids: list[int] | None, ref: Reference) -> tuple[str, str]:
-    """(raw text, how it was found)."""
+def raw_output(parts: dict[str, Any], ids: list[int] | None, ref: Reference,
+               stops: list[str] | None = None) -> tuple[str, list[int] | None, str]:
+    """(raw text, the ids that spell it, how it was found). Engines return every generated id,
+    the stop string's too, and cut the text: the decoded ids are cut the same way, and only the
+    ids that spell the cut text kept (none where a token straddles the cut)."""
     if ids:
-        return ref.decode(ids), "decoded from the server's token ids (its parsers split the text)"
+        text = ref.decode(ids)
+        hits = [text.find(s) for s in stops or [] if s in text]
+        ended = any(text.endswith(m) for m in ref.end_markers)
+        if hits and not ended:
+            text = text[: min(hits)]
+            return text, spelling(ids, text, ref), "decoded from the server's token ids (its " \
+                "parsers split the text), cut at the stop string as the server cut it"
+        return text, ids, "decoded from the server's token ids (its parsers split the text)"
     markup = markup_of(ref)
     text = ""
     reasoning = parts.get("reasoning_content")
@@ -49,7 +59,18 @@ def raw_output(parts: dict[str, Any], ids: list[int] | None, ref: Reference) -> 
                            markup.arguments_key: call.parsed_arguments()}, ensure_ascii=False)
         text += ("\n" if (text and k == 0 and parts.get("content")) or k else "") + \
             f"{markup.call_open or ''}{body}{markup.call_close or ''}"
-    return text, "rebuilt from the parsed fields with the reference template's markup"
+    return text, ids, "rebuilt from the parsed fields with the reference template's markup"
+
+
+def spelling(ids: list[int], text: str, ref: Reference) -> list[int] | None:
+    """The longest prefix of ``ids`` that decodes to ``text``: engines return the ids of a stop
+    string they cut from the text. None when a token straddles the cut (the text is then
+    scored as text only)."""
+    decoded = ref.decode(ids)
+    if decoded == text or (decoded.startswith(text) and decoded[len(text):] in ref.end_markers):
+        return ids  # all of it, or the text less the end token the server strips
+    return next((ids[:n] for n in range(len(ids) - 1, -1, -1) if ref.decode(ids[:n]) == text),
+                None)
 
 
 def usage_of(data: dict[str, Any]) -> Usage | None:
