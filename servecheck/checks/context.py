@@ -42,8 +42,13 @@ class CheckContext:
         self.options = options or CheckOptions(reference=ref.spec)
         self.tolerances: Numerics = self.options.tolerances
         self.all_records = records
-        self.records = [r for r in records if r.error is None]
-        self.labels = [label(r, i) for i, r in enumerate(records) if r.error is None]
+        checked = [(r, label(r, i)) for i, r in enumerate(records)
+                   if r.error is None and not r.parameters.constrained]
+        self.records = [r for r, _ in checked]
+        self.labels = [name for _, name in checked]
+        self.constrained = sum(r.error is None and r.parameters.constrained for r in records)
+        """Records decoded under a grammar (``tool_choice`` required or a named function): the
+        reference knows no grammar, so no check can judge their tokens; they are counted."""
         self.sampling = [Sampling.of(r.parameters) for r in self.records]
         """Each answered record's sampling transform, defaults filled in as a server would."""
         self.ref = ref

@@ -35,7 +35,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from servecheck.collect.targets import Target, open_target
+from servecheck.collect.targets import Target, open_target, refuse_unsupported
 from servecheck.errors import InputError, TargetError, redact
 from servecheck.formats.prompts import Request, expand
 from servecheck.formats.records import ResponseRecord
@@ -182,6 +182,7 @@ def _collect_into(requests: list[Request], target: Target, out: Path, show_progr
     _same_target(existing, target.spec, out)
     done = {r.id for r in existing if r.id and r.error is None}
     todo = [r for r in requests if r.id not in done]
+    refuse_unsupported(todo, target)
     summary = CollectSummary(planned=len(requests), skipped=len(requests) - len(todo))
     summary.notes = target.notes()
     if not todo:

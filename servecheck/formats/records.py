@@ -180,6 +180,12 @@ class Parameters(BaseModel):
         return v
 
     @property
+    def constrained(self) -> bool:
+        """Decoded under a grammar: ``tool_choice`` ``required`` or a named function makes an
+        engine force a call (vLLM: structured outputs), which no reference reproduces."""
+        return self.tool_choice == "required" or isinstance(self.tool_choice, dict)
+
+    @property
     def greedy(self) -> bool:
         """Greedy as requested, a parameter not sent taking the usual default (T 1, no top_k)."""
         return is_greedy(1.0 if self.temperature is None else self.temperature, self.top_k or 0)

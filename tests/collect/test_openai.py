@@ -364,3 +364,34 @@ def test_a_stream_is_joined_and_an_error_frame_is_an_error(fake_server: FakeServ
     (record,) = read_records(bad)
     assert record.output == "" and "error frame in the stream after 8 characters" in record.error
     assert "engine died" in record.error
+
+
+def test_a_streamed_stop_string_that_leaks_is_caught(fake_server: FakeServer, tmp_path: Path,
+                                                     run_cli, check_json, check_named) -> None:
+    """A test double for what vLLM cannot be made to do: a stream that lets a stop string
+    spanning two chunks (". " + "Then") through. The stop-string check names it."""
+    prompts = tmp_path / "p.json"
+    prompts.write_text('{"prompt": "Tell me a story about the cat.", "temperature": 0.7, '
+                       '"seed": 1, "stop": ". T"}')
+    frames = [_delta("The quiet cat runs to the lake."), _delta(" Then it runs home.", "stop")]
+    out = tmp_path / "r.jsonl"
+    with fake_server("unused", frames=frames) as (address, _):
+        assert run_cli("generate", prompts, "--target", f"openai://{address}/v1?stream=1",
+                       "--out", out, "--no-progress", "--reference", "builtin") == 0
+    code, summary = check_json(out, tmp_path)
+    stops = check_named(summary, "stop strings")
+    assert code == 1 and stops["verdict"] == "fail"
+    assert "generated past a stop" in stops["findings"][0]["message"]
+
+
+def test_a_field_the_target_cannot_send_is_refused_before_sending(tmp_path: Path, run_cli,
+                                                                  capsys: pytest.CaptureFixture
+                                                                  ) -> None:
+    """hf-endpoint in chat mode sends bare messages: tools would be dropped, so a request with
+    tools is bad input, named before any connection (the port here has no server)."""
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps({"prompt": "Add 1 and 2.", "tools": [{"type": "function",
+                                   "function": {"name": "add", "parameters": {"type": "object"}}}]}))
+    code = run_cli("generate", prompts, "--target", "hf-endpoint://127.0.0.1:9", "--out",
+                   tmp_path / "r.jsonl", "--no-progress")
+    assert code == 2 and "does not send tools" in capsys.readouterr().err

@@ -86,6 +86,11 @@ class Target(ABC):
     or restores end markers. One that serves a checkpoint itself (``hf:``) has its own and is
     opened without it, so ``generate --reference`` does not reach it."""
 
+    takes: ClassVar[frozenset[str]] = frozenset({"tools", "chat_template_kwargs"})
+    """The newer request fields this target sends (``REQUEST_FIELDS``). A request that sets one
+    it does not take is refused before anything is sent, never sent without it. Tools and
+    template variables reach any target that templates with the reference."""
+
     @classmethod
     def from_spec(cls, spec: str, rest: str, reference: str | None = None) -> Target:
         """Open the target ``spec`` names (``rest``: the spec after ``scheme:``). ``reference`` is
@@ -108,6 +113,28 @@ class Target(ABC):
         """What the user must know about how this target's records are made (an end marker it
         cannot restore, say): ``generate`` prints each once per run, rather than once a record."""
         return []
+
+
+REQUEST_FIELDS = ("tools", "chat_template_kwargs", "stop", "n", "tool_choice")
+
+
+def request_fields(request: Request) -> set[str]:
+    """The newer fields a request sets."""
+    conv, p = request.conversation, request.parameters
+    values = {"tools": conv.tools, "chat_template_kwargs": conv.chat_template_kwargs,
+              "stop": p.stop, "n": p.n, "tool_choice": p.tool_choice}
+    return {k for k, v in values.items() if v is not None}
+
+
+def refuse_unsupported(requests: list[Request], target: Target) -> None:
+    """Bad input, before any request is sent, when a request sets a field the target cannot."""
+    for request in requests:
+        missing = sorted(request_fields(request) - target.takes)
+        if missing:
+            raise InputError(f"{type(target).__name__} does not send {', '.join(missing)} "
+                             f"(request {request.id}): it would answer as if unset; leave "
+                             f"{'it' if len(missing) == 1 else 'them'} out of the prompts file "
+                             f"for this target", where=target.spec)
 
 
 def open_target(spec: str, reference: str | None = None) -> Target:

@@ -70,6 +70,7 @@ def _round_float32(p: Parameters) -> Parameters:
 
 
 class HFTarget(Target):
+    takes = frozenset({"tools", "chat_template_kwargs", "stop", "n"})
     def __init__(self, model: str = "builtin", faults: frozenset[str] = frozenset(),
                  dtype: str = "float32", spec: str | None = None, round_params: bool = False,
                  order: str = "hf") -> None:

@@ -59,6 +59,12 @@ class HFEndpointTarget(Target):
         port = f":{url.port}" if url.port else ""
         return cls(spec, f"{url.scheme}://{url.hostname}{port}", url.path or "/", opts, reference)
 
+    @property
+    def takes(self) -> frozenset[str]:  # type: ignore[override]
+        """Tools and template variables only where the prompt is templated here (completions);
+        in chat mode the endpoint's own handler templates the bare messages."""
+        return frozenset({"tools", "chat_template_kwargs"}) if self.ref is not None else frozenset()
+
     async def generate(self, request: Request) -> ResponseRecord:
         started = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         t0 = time.perf_counter()

@@ -24,6 +24,11 @@ appended, since the marker is the served model's and only its checkpoint knows i
 recorded as the server returned it, ``finish_reason`` as returned, ``sent["end_marker"]`` says
 ``unknown``, and ``generate`` prints once how to name the reference (``Target.notes``).
 
+``?stream=1`` reads each answer as a Server-Sent Events stream (``streamed.py``), for the
+stream probe and for checking what a streaming client gets. The server's own dialect (names,
+refusals) is found once (``dialects.py``). With reasoning and tool parsers on, the record's
+``output`` is the raw generated text (``parsed.py``) and the parts are kept beside it.
+
 The API key comes from the environment variable named by ``?api_key_env=`` (default
 ``OPENAI_API_KEY``); it is sent as a header and never written to a record or a log.
 """
@@ -73,6 +78,7 @@ def api_messages(conversation: Conversation) -> list[dict[str, Any]]:
 
 class OpenAITarget(Target):
     takes_reference = True
+    takes = frozenset({"tools", "chat_template_kwargs", "stop", "n", "tool_choice"})
 
     def __init__(self, spec: str, base_url: str, opts: dict[str, str],
                  reference: str | None = None) -> None:
