@@ -165,27 +165,18 @@ def build_model(recipe: Recipe, tokenizer):
             bos_token_id=tokenizer.bos_token_id, eos_token_id=[tokenizer.eos_token_id, eot],
             pad_token_id=tokenizer.pad_token_id, dtype="float32")
         return Gemma3ForCausalLM(cfg)
-    if recipe.arch == "qwen3-tools":
-        from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-        cfg = Qwen3Config(
-            vocab_size=vocab, hidden_size=recipe.hidden, intermediate_size=recipe.intermediate,
-            num_hidden_layers=recipe.layers, num_attention_heads=recipe.heads,
-            num_key_value_heads=recipe.kv_heads, head_dim=recipe.head_dim,
-            max_position_embeddings=1024, bos_token_id=None,
-            eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-            pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, dtype="float32")
-        return Qwen3ForCausalLM(cfg)
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
+    chatml = dict(  # the ChatML families: no BOS, <|im_end|> ends a turn, tied embeddings
         vocab_size=vocab, hidden_size=recipe.hidden, intermediate_size=recipe.intermediate,
         num_hidden_layers=recipe.layers, num_attention_heads=recipe.heads,
         num_key_value_heads=recipe.kv_heads, head_dim=recipe.head_dim,
         max_position_embeddings=1024, bos_token_id=None,
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, dtype="float32")
-    return LlamaForCausalLM(cfg)
+    if recipe.arch == "qwen3-tools":
+        return Qwen3ForCausalLM(Qwen3Config(**chatml))
+    return LlamaForCausalLM(LlamaConfig(**chatml))
 
 
 def encode_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None,

@@ -85,3 +85,19 @@ def test_reference_prompt_has_tools_and_kwargs():
     prompt = ref.render(conv)
     assert '"name": "add"' in prompt and prompt.endswith("<think>\n\n</think>\n\n")
     assert Parameters(stop=". ").stop == [". "]
+
+
+def test_grammar_decoded_records_are_counted_not_judged(run_cli, check_json, tools_prompts: Path,
+                                                        tmp_path: Path, write_records):
+    """tool_choice required (or a named function) makes engines decode under a grammar the
+    reference does not apply: such records are set aside and said to be, never failed."""
+    out = _generate(run_cli, tools_prompts, "hf:builtin-tools", tmp_path / "r.jsonl")
+    records = read_records(out)
+    forced = [r.model_copy(update={"parameters": r.parameters.model_copy(
+        update={"tool_choice": "required"}), "output": "[{\"name\": \"add\"}]<|im_end|>",
+        "output_token_ids": None, "output_logprobs": None, "tool_calls": None, "usage": None})
+        if r.conversations.tools else r for r in records]
+    code, summary = check_json(write_records(tmp_path / "forced.json", forced), tmp_path,
+                               "builtin-tools")
+    answered = next(c for c in summary["checks"] if c["name"] == "records")
+    assert code == 0 and "not checked: decoded under a grammar" in answered["summary"]
