@@ -35,7 +35,7 @@ def cmd_check(a: argparse.Namespace, console: Console) -> int:
 
     options = CheckOptions(
         reference=a.reference, numerics=a.numerics, logit_tolerance=a.logit_tolerance,
-        alpha=a.alpha, device=a.device, dtype=a.dtype, convention=given_convention(
+        alpha=a.alpha, device=a.device, dtype=a.dtype, dask=a.dask, convention=given_convention(
             a.sampler_order, a.top_p_before_temperature, a.top_p_inclusive, a.penalty_scope))
     return run_check(a.responses, options, console, Outputs(a.json, a.report, a.junit),
                      progress=not a.no_progress, max_record_bytes=int(a.max_record_mb * 2**20),
@@ -208,7 +208,8 @@ def parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("check", help="check a responses file against a reference checkpoint")
-    c.add_argument("responses", type=Path, help="responses file: JSON list or JSON Lines")
+    c.add_argument("responses", type=Path, help="responses: a JSON list or JSON Lines file, or a "
+                   "directory or quoted glob of shards (.jsonl[.gz], .json, .parquet)")
     c.add_argument("--reference", required=True, metavar="PATH|builtin", help=REFERENCE_HELP)
     c.add_argument("--json", type=output_file, help="write the JSON summary here")
     c.add_argument("--report", type=output_file, help="write a self-contained HTML report here")
@@ -227,6 +228,8 @@ def parser() -> argparse.ArgumentParser:
                                     "when there is one. Under torchrun each rank uses its own GPU")
     c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="the reference's weights and activations")
+    c.add_argument("--dask", metavar="ADDRESS|local[:N]", help="score on a Dask cluster: its "
+                   "scheduler's address, or local:N worker processes (default: no cluster)")
     c.add_argument("--max-record-mb", type=bounded(float, 0, open_low=True), default=16,
                    help="refuse a record larger than this (memory stays bounded)")
     c.add_argument("--inconclusive-ok", action="store_true",

@@ -68,6 +68,8 @@ class CheckOptions:
     device: str | None = None
     """Where the reference scores: None picks cuda when there is one, else cpu."""
     dtype: str = "float32"
+    dask: str | None = None
+    """Score on a Dask cluster (its scheduler's address, or ``local[:N]``); None: here."""
     search_tokens: bool = True
     """Text-only records scored on their most plausible tokenization (else canonically: the
     scoring benchmark's baseline)."""

@@ -32,7 +32,7 @@ class Message(BaseModel):
     role: Role
     """``model`` is the seed's name for the answering role (HF templates call it ``assistant``);
     ``tool`` turns carry a function's result."""
-    content: str | None
+    content: str | None = None
     """None only on a ``model`` turn that is all tool calls, as the API allows."""
     tool_calls: list[ToolCall] | None = None
     """The calls a ``model`` turn made (an agent loop's history)."""

@@ -33,6 +33,7 @@ from servecheck.formats.records import (
     read_text,
     variation_mismatch,
 )
+from servecheck.formats.shards import is_sharded, parquet_rows, shard_paths, shard_text
 
 FSYNC_EVERY_S = 1.0
 MAX_RECORD_BYTES = 16 * 2**20
@@ -99,8 +100,11 @@ def _drop_torn_tail(path: Path) -> str:
 
 
 def read_raw(path: Path, max_bytes: int = MAX_RECORD_BYTES) -> list[tuple[str, object]]:
-    """(location, object) pairs from a JSON array or JSON Lines file."""
-    text = read_text(path)
+    """(location, object) pairs from a JSON array or JSON Lines file (gzipped where it ends in
+    ``.gz``), or the rows of a Parquet shard."""
+    if path.name.endswith(".parquet"):
+        return parquet_rows(path)
+    text = shard_text(path) if path.name.endswith(".gz") else read_text(path)
     if not text.strip():
         raise InputError("file is empty", where=str(path))
     head = text.lstrip()[:1]
@@ -129,18 +133,20 @@ def read_records(path: Path, max_record_bytes: int = MAX_RECORD_BYTES) -> list[R
     """Validated records, the last answer per id kept (ids absent in foreign files: all kept).
     An answer is one record, or the records of its ``n`` choices (``choice`` 0, 1, …)."""
     records: dict[str, dict[int | None, ResponseRecord]] = {}
-    for i, (loc, obj) in enumerate(read_raw(path, max_record_bytes)):
+    located = [(shard, loc, obj) for shard in (shard_paths(path) if is_sharded(path) else [path])
+               for loc, obj in read_raw(shard, max_record_bytes)]
+    for i, (shard, loc, obj) in enumerate(located):
         if not isinstance(obj, dict):
             raise InputError(f"expected a record object, got {type(obj).__name__}",
-                             where=f"{path} {loc}")
+                             where=f"{shard} {loc}")
         obj, variation = _split_variation(obj)
         try:
             rec = ResponseRecord.model_validate(obj, strict=True)
         except ValidationError as e:
-            raise explain(e, f"{path} {loc}") from None
+            raise explain(e, f"{shard} {loc}") from None
         problem = variation_mismatch(rec.conversations, variation) if variation else None
         if problem:
-            raise InputError(problem, where=f"{path} {loc}" + (f" (id {rec.id})" if rec.id else ""))
+            raise InputError(problem, where=f"{shard} {loc}" + (f" (id {rec.id})" if rec.id else ""))
         key = rec.id or f"#{i}"
         answer = records.get(key, {})
         if rec.choice is None or None in answer or rec.choice in answer:

@@ -72,8 +72,9 @@ def _scorer() -> tuple[Scorer, int]:
 def teacher_force(ctx: CheckContext, console: Console, enabled: bool = True) -> ConventionFit:
     """Load the reference model, find the sampling order where the options leave it unset,
     and score every record under it, with spinners and a bar."""
-    with spinner(console, f"loading the reference model ({ctx.ref.spec})…", enabled):
-        ctx.ref.model  # noqa: B018 - cached property: loads the weights now, under the spinner
+    if not getattr(ctx.scorer, "remote", False):  # a cluster's workers load their own
+        with spinner(console, f"loading the reference model ({ctx.ref.spec})…", enabled):
+            ctx.ref.model  # noqa: B018 - cached property: loads the weights now, under the spinner
     given = ctx.options.convention
     if given:
         fit = ConventionFit(given, False)
@@ -107,9 +108,18 @@ def check(responses: Path | list[ResponseRecord], options: CheckOptions | None =
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
     ref = reference or Reference(options.reference, dtype=options.dtype,
                                  device=device or ("cuda" if _has_cuda() else "cpu"))
-    ctx = CheckContext(records, ref, options, scorer)
-    fit = teacher_force(ctx, console or Console(quiet=True), progress and console is not None)
-    return CheckRun(ctx, run_checks(ctx), fit, rank)
+    cluster = None
+    if options.dask:
+        from servecheck.reference.dask_scoring import DaskScorer, open_client
+
+        scorer = cluster = DaskScorer(open_client(options.dask), options.dtype, device or "cpu")
+    try:
+        ctx = CheckContext(records, ref, options, scorer)
+        fit = teacher_force(ctx, console or Console(quiet=True), progress and console is not None)
+        return CheckRun(ctx, run_checks(ctx), fit, rank)
+    finally:
+        if cluster is not None:
+            cluster.close()
 
 
 def run_check(responses: Path, options: CheckOptions, console: Console,

@@ -1,0 +1,74 @@
+"""Responses in shards: a directory or a glob of JSON Lines, gzipped JSON Lines and Parquet read
+as one set, equal to the same records in one file; bad input names the shard and the line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from servecheck.errors import InputError
+from servecheck.formats.responses import read_records
+
+
+def _lines(records) -> list[str]:
+    return [r.model_dump_json(exclude_none=True) for r in records]
+
+
+@pytest.fixture()
+def shards(lite_responses: Path, tmp_path: Path) -> tuple[Path, list]:
+    records = read_records(lite_responses)
+    third = len(records) // 3
+    out = tmp_path / "logs"
+    out.mkdir()
+    lines = _lines(records)
+    (out / "a.jsonl").write_text("\n".join(lines[:third]) + "\n")
+    (out / "b.jsonl.gz").write_bytes(gzip.compress(("\n".join(lines[third:2 * third]) + "\n").encode()))
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in lines[2 * third:]]
+    pq.write_table(pa.Table.from_pylist(rows), out / "c.parquet")
+    (out / "notes.txt").write_text("not a shard")
+    return out, records
+
+
+def test_a_directory_of_shards_reads_as_one_file(shards) -> None:
+    folder, records = shards
+    assert _lines(read_records(folder)) == _lines(records)
+    assert _lines(read_records(folder / "*.jsonl*")) == _lines(records[: len(records) // 3 * 2])
+
+
+def test_bad_input_names_the_shard_and_line(shards) -> None:
+    folder, _ = shards
+    with gzip.open(folder / "b.jsonl.gz", "at") as fh:
+        fh.write('{"conversations": {"contents": [{"role": "robot", "content": "x"}]}}\n')
+    with pytest.raises(InputError) as e:
+        read_records(folder)
+    where = e.value.where or ""
+    assert "b.jsonl.gz line" in where and "role" in str(e.value)
+
+
+def test_no_shards_is_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no responses shards"):
+        read_records(tmp_path)
+    with pytest.raises(InputError, match="no file matches"):
+        read_records(tmp_path / "*.jsonl")
+
+
+def test_check_on_shards_equals_check_on_the_file(shards, lite_responses: Path, tmp_path: Path,
+                                                  check_json) -> None:
+    folder, _ = shards
+    (folder / "notes.txt").unlink()
+    one_dir, many_dir = tmp_path / "one", tmp_path / "many"
+    one_dir.mkdir()
+    many_dir.mkdir()
+    code_one, one = check_json(lite_responses, one_dir)
+    code_many, many = check_json(folder, many_dir)
+
+    def verdicts(summary: dict) -> list:
+        return [(c["name"], c["verdict"], c["summary"]) for c in summary["checks"]]
+
+    assert code_one == code_many == 0 and verdicts(one) == verdicts(many)
