@@ -18,7 +18,6 @@ import gzip
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -44,20 +43,19 @@ def prepare(n: int, work: Path) -> dict[str, Path]:
 
 
 def run(path: Path, summary: Path, dask: int | None) -> dict:
-    cmd = [sys.executable, "-m", "servecheck.cli", "check", str(path), "--reference", "builtin",
-           "--json", str(summary), "--no-progress"]
+    rss = summary.with_suffix(".rss")
+    cmd = ["/usr/bin/time", "-f", "%M", "-o", str(rss), sys.executable, "-m", "servecheck.cli",
+           "check", str(path), "--reference", "builtin", "--json", str(summary), "--no-progress"]
     if dask:
         cmd += ["--dask", f"local:{dask}"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if done.returncode not in (0, 1):
         raise SystemExit(done.stderr[-2000:])
     doc = json.loads(summary.read_text())
     return {"wall_s": round(wall, 2), "exit": done.returncode,
-            "peak_rss_mb_driver": round(max(peak, before) / 1024, 1),
+            "peak_rss_mb_driver": round(int(rss.read_text().split()[-1]) / 1024, 1),
             "verdicts": [(c["name"], c["verdict"]) for c in doc["checks"]]}
 
 

@@ -59,6 +59,8 @@ class CheckContext:
         self._check_ids()
         self._check_lengths()
         self.expected_prompts  # noqa: B018 - renders every conversation now: a refusal is bad input
+        self.ref.encode_many([*self.expected_prompts, *(r.input for r in self.records if r.input),
+                              *(r.output for r in self.records if r.output_token_ids is None)])
         self.scorer = scorer
         self._scores: dict[int, TokenScores] = {}
         self._prompt_ids: dict[int, tuple[list[int], PromptSource]] = {}
@@ -106,9 +108,14 @@ class CheckContext:
         refuses (a ``raise_exception`` for roles it does not take) cannot be checked against
         this reference at all: bad input, named by record, not a server failure."""
         out: list[str] = []
+        rendered: dict[str, str] = {}  # one rendering per distinct conversation
         for label_, r in zip(self.labels, self.records, strict=True):
+            key = r.conversations.model_dump_json()
+            if key in rendered:
+                out.append(rendered[key])
+                continue
             try:
-                out.append(self.ref.render(r.conversations))
+                out.append(rendered.setdefault(key, self.ref.render(r.conversations)))
             except Exception as e:
                 raise InputError(f"the reference's chat template refuses this conversation "
                                  f"({type(e).__name__}: {str(e)[:200]}); it cannot be checked "
@@ -178,7 +185,7 @@ class CheckContext:
         (``checks.token_search``), rescoring only the records with a proposal."""
         self.departures.update(TokenSearch(self).run(idx))
 
-    def prefetch(self, advance: Callable[[int], None] | None = None,
+    def prefetch(self, advance: Callable[..., None] | None = None,
                  chunk_tokens: int = 32768) -> None:
         """Score every record now, in length-sorted chunks, calling ``advance(records)`` after
         each chunk: the one slow step of ``check`` gets a progress bar, and the checks that
@@ -194,12 +201,12 @@ class CheckContext:
             if size >= chunk_tokens:
                 self.scores(chunk, search=False)
                 if advance:
-                    advance(len(chunk))
+                    advance(len(chunk), tokens=size)
                 chunk, size = [], 0
         if chunk:
             self.scores(chunk, search=False)
             if advance:
-                advance(len(chunk))
+                advance(len(chunk), tokens=size)
         if self.options.search_tokens:
             self._search_tokens([i for i in todo if self.output_ids(i)[1] is TokenSource.CANONICAL])
 

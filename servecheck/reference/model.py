@@ -19,6 +19,8 @@ BUILTIN = Path(__file__).parents[1] / "tinymodels" / "builtin"
 BUILTIN_TOOLS = Path(__file__).parents[1] / "tinymodels" / "builtin-tools"
 """The second built-in model: Qwen3, a Hermes-style template with tools and thinking."""
 BUILTINS = {"builtin": BUILTIN, "builtin-tools": BUILTIN_TOOLS}
+ENCODE_CACHE = 200_000
+"""Texts whose tokens are kept (a bound on memory: past it, texts are tokenized each time)."""
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -50,6 +52,7 @@ class Reference:
         hf_logging.disable_progress_bar()
 
         self.spec = spec
+        self._encoded: dict[str, tuple[int, ...]] = {}
         self.path = resolve(spec)
         self.dtype = dtype
         self.device = device
@@ -137,8 +140,25 @@ class Reference:
             messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs)
 
     def encode(self, text: str) -> list[int]:
-        """Tokens of already-templated text: the template owns the special tokens."""
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """Tokens of already-templated text: the template owns the special tokens. Cached: a
+        prompts matrix repeats each prompt once per seed and setting."""
+        cached = self._encoded.get(text)
+        if cached is None:
+            cached = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if len(self._encoded) < ENCODE_CACHE:
+                self._encoded[text] = cached
+        return list(cached)
+
+    def encode_many(self, texts: list[str]) -> None:
+        """Tokenize the texts not yet cached in one batch call (the Rust tokenizer's threads),
+        so that per-record ``encode`` calls afterwards are lookups."""
+        todo = list(dict.fromkeys(t for t in texts if t not in self._encoded))
+        for at in range(0, len(todo), 4096):
+            chunk = todo[at:at + 4096]
+            ids = self.tokenizer(chunk, add_special_tokens=False)["input_ids"]
+            for text, tokens in zip(chunk, ids, strict=True):
+                if len(self._encoded) < ENCODE_CACHE:
+                    self._encoded[text] = tuple(tokens)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)

@@ -16,22 +16,44 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
+
+
+class RatesColumn(ProgressColumn):
+    """Records/s, and tokens/s where the caller counts tokens: at scale, the figure to watch."""
+
+    def render(self, task: Task) -> Text:
+        elapsed = task.elapsed or 0.0
+        if elapsed <= 0 or not task.completed:
+            return Text("")
+        tokens = task.fields.get("tokens", 0)
+        rates = f"{task.completed / elapsed:,.0f} rec/s"
+        return Text(rates + (f" · {tokens / elapsed:,.0f} tok/s" if tokens else ""))
 
 
 @contextmanager
 def bar(console: Console, description: str, total: int, enabled: bool = True
-        ) -> Iterator[Callable[[int], None]]:
-    """A progress bar for ``total`` units; yields ``advance(n)``. Transient: it leaves the
-    screen for the results once done."""
+        ) -> Iterator[Callable[..., None]]:
+    """A progress bar for ``total`` units; yields ``advance(n, tokens=0)``. Transient: it leaves
+    the screen for the results once done."""
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+               RatesColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not enabled, transient=True) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)
+        task = progress.add_task(description, total=total, tokens=0)
+
+        counted = [0]
+
+        def advance(n: int = 1, tokens: int = 0) -> None:
+            counted[0] += tokens
+            progress.update(task, advance=n, tokens=counted[0])
+
+        yield advance
 
 
 def spinner(console: Console, text: str, enabled: bool = True):
