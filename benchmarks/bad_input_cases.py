@@ -396,7 +396,7 @@ def check_cases() -> list[Case]:
         Case("check", "responses missing", lambda d: [
             "check", str(d / "nope.jsonl"), "--reference", "builtin"], "file not found"),
         Case("check", "responses is a directory", lambda d: [
-            "check", str(d), "--reference", "builtin"], "is a directory"),
+            "check", str(d), "--reference", "builtin"], "no responses shards"),
         Case("check", "--reference missing", lambda d: [
             "check", str(write(d, "r.jsonl", jsonl(record())))], "--reference"),
         Case("check", "--reference no such folder", lambda d: [

@@ -14,7 +14,15 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from servecheck.errors import InputError
 from servecheck.formats.tools import ToolCall, Usage, check_tools
@@ -32,7 +40,7 @@ class Message(BaseModel):
     role: Role
     """``model`` is the seed's name for the answering role (HF templates call it ``assistant``);
     ``tool`` turns carry a function's result."""
-    content: str | None = None
+    content: str | None = Field(None, validate_default=True)
     """None only on a ``model`` turn that is all tool calls, as the API allows."""
     tool_calls: list[ToolCall] | None = None
     """The calls a ``model`` turn made (an agent loop's history)."""
@@ -46,6 +54,14 @@ class Message(BaseModel):
     @classmethod
     def _assistant_is_model(cls, v: object) -> object:
         return "model" if v == "assistant" else v
+
+    @field_validator("content")
+    @classmethod
+    def _text_unless_calling(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None and info.data.get("role") not in ("model", None):
+            raise ValueError(f"Field required: a {info.data['role']} turn needs its text (only a "
+                             f"model turn that calls tools may have none)")
+        return v
 
     @model_validator(mode="after")
     def _fields_fit_the_role(self) -> Message:
