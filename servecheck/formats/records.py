@@ -178,15 +178,11 @@ class Parameters(BaseModel):
 
     @field_validator("stop", mode="before")
     @classmethod
-    def _one_stop_is_a_list(cls, v: object) -> object:
-        return [v] if isinstance(v, str) else v
-
-    @field_validator("stop")
-    @classmethod
-    def _stops_not_empty(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and any(s == "" for s in v):
+    def _stop_list(cls, v: object) -> object:
+        """One stop string is a list of one; an empty one would end every text at once."""
+        if v == "" or (isinstance(v, list) and "" in v):
             raise ValueError("a stop string must not be empty")
-        return v
+        return [v] if isinstance(v, str) else v
 
     @field_validator("tool_choice")
     @classmethod
