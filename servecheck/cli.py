@@ -10,12 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from servecheck.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_PASS, InputError
+from servecheck.workflows.arguments import (
+    COUNT,
+    PROBABILITY,
+    REFERENCE_HELP,
+    bounded,
+    output_file,
+    port,
+)
 from servecheck.workflows.plan import add_arguments as add_plan_arguments
 
 if TYPE_CHECKING:  # rich and torch load inside main: --help stays instant, and a Ctrl-C
@@ -31,7 +38,9 @@ def cmd_generate(a: argparse.Namespace, console: Console) -> int:
 
 def cmd_check(a: argparse.Namespace, console: Console) -> int:
     from servecheck.checks.options import CheckOptions, given_convention
-    from servecheck.workflows.check import Outputs, run_check
+    from servecheck.workflows.check import Outputs
+    from servecheck.workflows.check_command import run_check
+    from servecheck.workflows.chunked import Chunking
 
     options = CheckOptions(
         reference=a.reference, numerics=a.numerics, logit_tolerance=a.logit_tolerance,
@@ -39,7 +48,8 @@ def cmd_check(a: argparse.Namespace, console: Console) -> int:
             a.sampler_order, a.top_p_before_temperature, a.top_p_inclusive, a.penalty_scope))
     return run_check(a.responses, options, console, Outputs(a.json, a.report, a.junit),
                      progress=not a.no_progress, max_record_bytes=int(a.max_record_mb * 2**20),
-                     inconclusive_ok=a.inconclusive_ok)
+                     inconclusive_ok=a.inconclusive_ok,
+                     chunking=Chunking(a.records_per_chunk, a.state, not a.fresh))
 
 
 def cmd_compare(a: argparse.Namespace, console: Console) -> int:
@@ -117,53 +127,6 @@ def cmd_schema(a: argparse.Namespace, console: Console) -> int:
     return EXIT_PASS
 
 
-REFERENCE_HELP = ("the served model's checkpoint: a local HF folder, or 'builtin' for the built-in "
-                  "model (an explicit choice: checking against the wrong model passes nothing)")
-
-
-def port(text: str) -> int:
-    """A TCP port: a whole number from 1 to 65535 (argparse turns a refusal into exit 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a port is a whole number, got {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is from 1 to 65535, got {value}")
-    return value
-
-
-def output_file(text: str) -> Path:
-    """A file to write: not an existing directory (checked before any work starts, so a long
-    run cannot fail at its last step)."""
-    path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a directory; name a file to write")
-    return path
-
-
-def bounded(kind: type, low: float | None = None, high: float | None = None,
-            open_low: bool = False, open_high: bool = False):
-    """An argparse type: a finite ``kind`` within bounds (no NaN, no inf, no 'abc')."""
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}"
-                                             f", got {text!r}") from None
-        too_low = low is not None and (value < low or (open_low and value == low))
-        too_high = high is not None and (value > high or (open_high and value == high))
-        if not math.isfinite(value) or too_low or too_high:
-            sign = {(False, False): "≥", (True, False): ">"}
-            bounds = [f"{sign[open_low, False]} {low}" if low is not None else "",
-                      f"{'<' if open_high else '≤'} {high}" if high is not None else ""]
-            raise argparse.ArgumentTypeError(f"expected a {'whole number' if kind is int else 'number'} "
-                                             f"{' and '.join(b for b in bounds if b)}, got {text!r}")
-        return value
-    return parse
-
-
-PROBABILITY = bounded(float, 0, 1, open_low=True, open_high=True)
-COUNT = bounded(int, 1)
 EXIT_CODES = """exit codes:
   0    every check passed (or the command did its job)
   1    a check failed
@@ -234,6 +197,13 @@ def parser() -> argparse.ArgumentParser:
                    help="refuse a record larger than this (memory stays bounded)")
     c.add_argument("--inconclusive-ok", action="store_true",
                    help="exit 0, not 3, when a check had too few records to decide")
+    c.add_argument("--records-per-chunk", type=COUNT, default=20_000,
+                   help="a larger set is checked in chunks of this many records (memory stays "
+                        "bounded), each at α/chunks, its verdicts saved so that a rerun resumes")
+    c.add_argument("--state", type=Path, help="where a chunked run saves each chunk's verdicts "
+                   "(default: under $SERVECHECK_STATE or ~/.cache/servecheck/check-state)")
+    c.add_argument("--fresh", action="store_true",
+                   help="check every chunk again rather than resume from saved verdicts")
     conv = c.add_argument_group("sampling convention (where engines differ; unset: found from "
                                 "the records, see the README's table)")
     conv.add_argument("--sampler-order", choices=["find", "hf", "llama.cpp"], default="find",

@@ -10,6 +10,7 @@ imports from another one or from this file.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -25,6 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 RunCli = Callable[..., int]
 CheckJson = Callable[..., tuple[int, dict]]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _check_state_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Chunked runs save their verdicts under a temporary directory, not the user's cache."""
+    os.environ["SERVECHECK_STATE"] = str(tmp_path_factory.mktemp("check-state"))
 
 
 @pytest.fixture(scope="session")

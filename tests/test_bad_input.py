@@ -74,7 +74,7 @@ def test_bad_target(tmp_path: Path, capsys: pytest.CaptureFixture[str], target: 
      "field 'input'"),
     ('[{"conversations": {"contents": [{"role": "user", "content": "hi"}]},'
      ' "parameters": {"temperature": 0, "beam": 4}}]', "unknown field 'parameters.beam'"),
-    ('{"a": 1}\n{"b": 2\n{"c": 3}\n', "line 2 is not valid JSON"),
+    ('{"b": 2\n{"c": 3}\n', "line 1 is not valid JSON"),
 ])
 def test_bad_responses_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str,
                             expect: str, run_cli) -> None:

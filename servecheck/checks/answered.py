@@ -20,7 +20,7 @@ class AnsweredDetails(Details):
 
 
 def run(ctx: CheckContext) -> list[CheckResult]:
-    failed = [(label(r, i), r.error) for i, r in enumerate(ctx.all_records) if r.error]
+    failed = [(label(r, ctx.first_index + i), r.error) for i, r in enumerate(ctx.all_records) if r.error]
     n = len(ctx.all_records)
     details = AnsweredDetails(n, len(failed))
     if failed:

@@ -38,11 +38,15 @@ def label(record: ResponseRecord, index: int) -> str:
 
 class CheckContext:
     def __init__(self, records: list[ResponseRecord], ref: Reference,
-                 options: CheckOptions | None = None, scorer: Scorer = score) -> None:
+                 options: CheckOptions | None = None, scorer: Scorer = score,
+                 first_index: int = 0) -> None:
+        self.first_index = first_index
+        """Where these records start in the responses set (a chunk of a larger one): records
+        without an id are named by their position in the set."""
         self.options = options or CheckOptions(reference=ref.spec)
         self.tolerances: Numerics = self.options.tolerances
         self.all_records = records
-        checked = [(r, label(r, i)) for i, r in enumerate(records)
+        checked = [(r, label(r, first_index + i)) for i, r in enumerate(records)
                    if r.error is None and not r.parameters.constrained]
         self.records = [r for r, _ in checked]
         self.labels = [name for _, name in checked]

@@ -80,6 +80,8 @@ class CheckResult:
     per_record: bool = False
     """Every finding is about one record (template, termination): it becomes one of that
     record's reasons in the per-record verdict."""
+    findings_total: int | None = None
+    """How many findings there were, where only the worst are kept (a chunked run)."""
 
     def worst_first(self) -> list[Finding]:
         return sorted(self.findings, key=lambda f: -f.severity)
@@ -89,7 +91,7 @@ class CheckResult:
                 "details": self.details.to_json(), "details_version": self.details.version,
                 "findings": [{"record": f.record, "message": f.message}
                              for f in self.worst_first()[:max_findings]],
-                "findings_total": len(self.findings)}
+                "findings_total": self.findings_total or len(self.findings)}
 
 
 def overall(results: list[CheckResult]) -> Verdict:

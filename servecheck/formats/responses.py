@@ -15,11 +15,12 @@ record costs more than the request itself against a fast server.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -50,28 +51,35 @@ def _torn(line: str, last: bool, ends_with_newline: bool) -> bool:
 
 
 def _parse_lines(text: str, path: Path, max_bytes: int) -> list[tuple[int, object]]:
-    """Parse a JSONL body or an array written one element per line. A torn last line is left
-    out with a warning naming it; any other line that is not JSON is an error naming it."""
-    out: list[tuple[int, object]] = []
-    lines = text.splitlines()
-    for n, line in enumerate(lines, start=1):
+    return list(parse_lines(io.StringIO(text), path, max_bytes))
+
+
+def parse_lines(lines: Iterable[str], path: Path, max_bytes: int, warn: bool = True
+                ) -> Iterator[tuple[int, object]]:
+    """Parse a JSONL body or an array written one element per line, from its lines as read
+    (each with its newline, the last perhaps without). A torn last line is left out with a
+    warning naming it; any other line that is not JSON is an error naming it."""
+    it = iter(lines)
+    line = next(it, None)
+    n = 0
+    while line is not None:
+        n += 1
+        following = next(it, None)
         s = line.strip().rstrip(",").lstrip(",").strip()
-        if s in ("", "[", "]"):
-            continue
-        if len(s) > max_bytes:  # characters ≤ bytes: a cheap bound before the exact one
-            _refuse_size(len(s.encode("utf-8")), max_bytes, f"{path} line {n}")
-        try:
-            obj = json.loads(s)
-        except json.JSONDecodeError as e:
-            if _torn(line, n == len(lines), text.endswith("\n")):
-                log.warning("%s line %d is cut short (a run killed mid-write?): left out; a rerun "
-                            "of generate redoes it", path, n)
-                continue
-            what = "cut short" if e.pos >= len(s) else f"{e.msg} at column {e.colno}"
-            raise InputError(f"line {n} is not valid JSON ({what}): {s[:40]!r}",
-                             where=str(path)) from None
-        out.append((n, obj))
-    return out
+        if s not in ("", "[", "]"):
+            if len(s) > max_bytes:  # characters ≤ bytes: a cheap bound before the exact one
+                _refuse_size(len(s.encode("utf-8")), max_bytes, f"{path} line {n}")
+            try:
+                yield n, json.loads(s)
+            except json.JSONDecodeError as e:
+                if not _torn(line, following is None, line.endswith("\n")):
+                    what = "cut short" if e.pos >= len(s) else f"{e.msg} at column {e.colno}"
+                    raise InputError(f"line {n} is not valid JSON ({what}): {s[:40]!r}",
+                                     where=str(path)) from None
+                if warn:
+                    log.warning("%s line %d is cut short (a run killed mid-write?): left out; a "
+                                "rerun of generate redoes it", path, n)
+        line = following
 
 
 def _refuse_size(size: int, max_bytes: int, where: str) -> None:
@@ -136,20 +144,10 @@ def read_records(path: Path, max_record_bytes: int = MAX_RECORD_BYTES) -> list[R
     located = [(shard, loc, obj) for shard in (shard_paths(path) if is_sharded(path) else [path])
                for loc, obj in read_raw(shard, max_record_bytes)]
     for i, (shard, loc, obj) in enumerate(located):
-        if not isinstance(obj, dict):
-            raise InputError(f"expected a record object, got {type(obj).__name__}",
-                             where=f"{shard} {loc}")
-        obj, variation = _split_variation(obj)
-        try:
-            rec = ResponseRecord.model_validate(obj, strict=True)
-        except ValidationError as e:
-            raise explain(e, f"{shard} {loc}") from None
-        problem = variation_mismatch(rec.conversations, variation) if variation else None
-        if problem:
-            raise InputError(problem, where=f"{shard} {loc}" + (f" (id {rec.id})" if rec.id else ""))
+        rec = validate_record(obj, f"{shard} {loc}")
         key = rec.id or f"#{i}"
         answer = records.get(key, {})
-        if rec.choice is None or None in answer or rec.choice in answer:
+        if supersedes(answer, rec.choice):
             answer = {}  # a new answer: it supersedes the one before (an error, a retry)
         answer[rec.choice] = rec
         records[key] = answer
@@ -157,6 +155,27 @@ def read_records(path: Path, max_record_bytes: int = MAX_RECORD_BYTES) -> list[R
         raise InputError("no records: the file holds only brackets and blank lines",
                          where=str(path))
     return [rec for answer in records.values() for rec in answer.values()]
+
+
+def validate_record(obj: object, where: str) -> ResponseRecord:
+    """One record object as read, validated; bad input names ``where`` (shard and line)."""
+    if not isinstance(obj, dict):
+        raise InputError(f"expected a record object, got {type(obj).__name__}", where=where)
+    obj, variation = _split_variation(obj)
+    try:
+        rec = ResponseRecord.model_validate(obj, strict=True)
+    except ValidationError as e:
+        raise explain(e, where) from None
+    problem = variation_mismatch(rec.conversations, variation) if variation else None
+    if problem:
+        raise InputError(problem, where=where + (f" (id {rec.id})" if rec.id else ""))
+    return rec
+
+
+def supersedes(answer: dict[int | None, object], choice: int | None) -> bool:
+    """Whether a record of ``choice`` starts a new answer to its request (an error, then a
+    retry), rather than adding a choice to the answer so far."""
+    return choice is None or None in answer or choice in answer
 
 
 def _split_variation(obj: dict) -> tuple[dict, dict]:

@@ -160,6 +160,11 @@ class Reference:
                 if len(self._encoded) < ENCODE_CACHE:
                     self._encoded[text] = tuple(tokens)
 
+    def forget_encodings(self) -> None:
+        """Drop the cached tokens (between the chunks of a large run: the next chunk's texts
+        are others, and the cache has a bound)."""
+        self._encoded.clear()
+
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 

@@ -1,7 +1,8 @@
 """What ``check`` writes besides the terminal table: the JSON summary, the HTML report, JUnit XML.
 
 Each is optional and independent; the report is imported only when asked for (it pulls in the
-HTML templates and the charts).
+HTML templates and the charts). The summary and JUnit need only the results; the report also
+needs the records and their scores (a chunked run writes it for one chunk, while it is held).
 """
 
 from __future__ import annotations
@@ -18,19 +19,30 @@ from servecheck.checks.results import CheckResult
 def write_outputs(console: Console, ctx: CheckContext, results: list[CheckResult],
                   meta: dict[str, Any], title: str, json_out: Path | None = None,
                   report: Path | None = None, junit: Path | None = None) -> None:
+    write_result_files(console, results, {**meta, "tokens": ctx.token_sources()}, json_out, junit)
+    if report:
+        write_html(console, report, ctx, results, meta, title)
+
+
+def write_result_files(console: Console, results: list[CheckResult], meta: dict[str, Any],
+                       json_out: Path | None = None, junit: Path | None = None) -> None:
+    """The JSON summary and JUnit XML, each where asked for."""
     if json_out:
         from servecheck.report.summary import to_json, write_json
 
-        write_json(json_out, to_json(results, {**meta, "tokens": ctx.token_sources()}))
+        write_json(json_out, to_json(results, meta))
         console.print(f"summary written to {json_out}")
     if junit:
         from servecheck.report.junit import write_junit
 
-        write_junit(junit, results, meta)
+        write_junit(junit, results, {k: v for k, v in meta.items() if k != "tokens"})
         console.print(f"JUnit XML written to {junit}")
-    if report:
-        from servecheck.report.html import write_report
 
-        with console.status("writing the HTML report…"):
-            write_report(report, ctx, results, meta, title)
-        console.print(f"report written to {report} (open it in a browser)")
+
+def write_html(console: Console, report: Path, ctx: CheckContext, results: list[CheckResult],
+               meta: dict[str, Any], title: str) -> None:
+    from servecheck.report.html import write_report
+
+    with console.status("writing the HTML report…"):
+        write_report(report, ctx, results, meta, title)
+    console.print(f"report written to {report} (open it in a browser)")

@@ -20,7 +20,7 @@ from servecheck.checks.context import CheckContext, Scorer
 from servecheck.checks.conventions import ConventionFit, find_convention
 from servecheck.checks.options import CheckOptions
 from servecheck.checks.results import CheckResult, Verdict, overall
-from servecheck.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS, InputError
+from servecheck.errors import InputError
 from servecheck.formats.records import ResponseRecord
 from servecheck.formats.responses import MAX_RECORD_BYTES, read_records
 from servecheck.reference.model import Reference
@@ -87,19 +87,23 @@ def teacher_force(ctx: CheckContext, console: Console, enabled: bool = True) -> 
     return fit
 
 
-def check(responses: Path | list[ResponseRecord], options: CheckOptions | None = None,
-          console: Console | None = None, progress: bool = False,
-          reference: Reference | None = None,
-          max_record_bytes: int = MAX_RECORD_BYTES) -> CheckRun:
-    """Every check of ``responses`` (a responses file, or records) against the reference.
+@dataclass
+class Engine:
+    """Where a run scores: the reference, the scorer (here, torchrun's ranks or a Dask cluster)
+    and this process's rank; opened once for all the chunks of a large run."""
 
-    ``reference``: a reference already loaded (for ``options.reference``), to check many files
-    without loading it again; by default it is loaded from the options. A record in the file
-    over ``max_record_bytes`` is refused by name (memory stays bounded)."""
+    ref: Reference
+    scorer: Scorer
+    rank: int = 0
+    cluster: object | None = None
 
-    options = options or CheckOptions()
-    records = read_records(responses, max_record_bytes) if isinstance(responses, Path) \
-        else list(responses)
+    def close(self) -> None:
+        if self.cluster is not None:
+            self.cluster.close()  # type: ignore[attr-defined]
+
+
+def open_engine(options: CheckOptions, reference: Reference | None = None) -> Engine:
+    """The reference on its device and the scorer the options and the environment ask for."""
     scorer, rank = _scorer()
     device = options.device
     if device and device != "cpu" and not _has_cuda():
@@ -108,49 +112,36 @@ def check(responses: Path | list[ResponseRecord], options: CheckOptions | None =
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
     ref = reference or Reference(options.reference, dtype=options.dtype,
                                  device=device or ("cuda" if _has_cuda() else "cpu"))
-    cluster = None
-    if options.dask:
-        from servecheck.reference.dask_scoring import DaskScorer, open_client
+    if not options.dask:
+        return Engine(ref, scorer, rank)
+    from servecheck.reference.dask_scoring import DaskScorer, open_client
 
-        scorer = cluster = DaskScorer(open_client(options.dask), options.dtype, device or "cpu")
+    cluster = DaskScorer(open_client(options.dask), options.dtype, device or "cpu")
+    return Engine(ref, cluster, rank, cluster)
+
+
+def check(responses: Path | list[ResponseRecord], options: CheckOptions | None = None,
+          console: Console | None = None, progress: bool = False,
+          reference: Reference | None = None,
+          max_record_bytes: int = MAX_RECORD_BYTES, engine: Engine | None = None,
+          first_index: int = 0) -> CheckRun:
+    """Every check of ``responses`` (a responses file, or records) against the reference.
+
+    ``reference``: a reference already loaded (for ``options.reference``), to check many files
+    without loading it again; by default it is loaded from the options. A record in the file
+    over ``max_record_bytes`` is refused by name (memory stays bounded). ``engine``: one opened
+    by the caller and left open (the chunks of one run); ``first_index``: where these records
+    start in a larger set, for naming records without an id."""
+
+    options = options or CheckOptions()
+    records = read_records(responses, max_record_bytes) if isinstance(responses, Path) \
+        else list(responses)
+    own = engine is None
+    engine = engine or open_engine(options, reference)
     try:
-        ctx = CheckContext(records, ref, options, scorer)
+        ctx = CheckContext(records, engine.ref, options, engine.scorer, first_index)
         fit = teacher_force(ctx, console or Console(quiet=True), progress and console is not None)
-        return CheckRun(ctx, run_checks(ctx), fit, rank)
+        return CheckRun(ctx, run_checks(ctx), fit, engine.rank)
     finally:
-        if cluster is not None:
-            cluster.close()
-
-
-def run_check(responses: Path, options: CheckOptions, console: Console,
-              outputs: Outputs = Outputs(), progress: bool = True,
-              max_record_bytes: int = MAX_RECORD_BYTES, inconclusive_ok: bool = False) -> int:
-    """The ``check`` command: the table, the files asked for, and the exit code (3 when a
-    check could not decide, unless ``inconclusive_ok``)."""
-    from servecheck.report.outputs import write_outputs
-    from servecheck.report.table import print_table
-
-    run = check(responses, options, console, progress, max_record_bytes=max_record_bytes)
-    if run.rank:  # another torchrun rank: it scored its share, rank 0 reports
-        return exit_code(run.verdict, inconclusive_ok)
-    title = outputs.title or f"servecheck: {responses} vs {options.reference}"
-    print_table(run.results, console, title)
-    meta = {"reference": options.reference, "responses": str(responses),
-            "records": len(run.context.all_records), **options.describe(),
-            "convention": run.convention.to_json()}
-    console.print(f"sampling convention: {run.convention.describe()}")
-    write_outputs(console, run.context, run.results, meta, title, outputs.json, outputs.report,
-                  outputs.junit)
-    if run.verdict == "inconclusive":
-        console.print("inconclusive: a check had too few records to decide (exit 3; "
-                      "--inconclusive-ok makes it 0)" if not inconclusive_ok else
-                      "inconclusive: a check had too few records to decide (--inconclusive-ok: "
-                      "exit 0)")
-    return exit_code(run.verdict, inconclusive_ok)
-
-
-def exit_code(verdict: Verdict, inconclusive_ok: bool = False) -> int:
-    """0 pass, 1 fail, 3 inconclusive (0 with ``inconclusive_ok``, the old behaviour)."""
-    if verdict == "inconclusive":
-        return EXIT_PASS if inconclusive_ok else EXIT_INCONCLUSIVE
-    return EXIT_PASS if verdict == "pass" else EXIT_FAIL
+        if own:
+            engine.close()

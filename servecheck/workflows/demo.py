@@ -16,7 +16,8 @@ from rich.console import Console
 from servecheck.checks.options import CheckOptions
 from servecheck.collect.collector import collect
 from servecheck.errors import EXIT_FAIL, EXIT_PASS
-from servecheck.workflows.check import Outputs, run_check
+from servecheck.workflows.check import Outputs
+from servecheck.workflows.check_command import run_check
 
 LITE_PROMPTS = Path(__file__).parents[1] / "examples" / "prompts-lite.json"
 SERVERS = [("correct", "hf:builtin", "pass"),

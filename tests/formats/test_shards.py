@@ -72,3 +72,41 @@ def test_check_on_shards_equals_check_on_the_file(shards, lite_responses: Path, 
         return [(c["name"], c["verdict"], c["summary"]) for c in summary["checks"]]
 
     assert code_one == code_many == 0 and verdicts(one) == verdicts(many)
+
+
+def test_the_stream_yields_what_read_records_holds(shards) -> None:
+    """The two-pass reader (bounded memory) keeps the same records as the one that holds them
+    all, and counts them before the second pass."""
+    from servecheck.formats.stream import index, records
+
+    folder, held = shards
+    found = index(folder)
+    assert found.records == len(held)
+    assert sorted(_lines(records(found))) == sorted(_lines(read_records(folder)))
+
+
+def test_a_retry_in_a_later_shard_supersedes_the_error_in_an_earlier_one(lite_records,
+                                                                         tmp_path: Path) -> None:
+    from servecheck.formats.stream import index, records
+
+    first, second = lite_records[0], lite_records[1]
+    failed = first.model_copy(update={"error": "HTTP 503", "output": ""})
+    out = tmp_path / "logs"
+    out.mkdir()
+    (out / "1.jsonl").write_text("\n".join(_lines([failed, second])) + "\n")
+    (out / "2.jsonl.gz").write_bytes(gzip.compress((_lines([first])[0] + "\n").encode()))
+    found = index(out)
+    assert (found.read, found.records, found.superseded) == (3, 2, {0})
+    kept = list(records(found))
+    assert [r.id for r in kept] == [second.id, first.id] and kept[1].error is None
+
+
+def test_bad_input_deep_in_a_stream_is_named_before_any_record_is_yielded(lite_records,
+                                                                          tmp_path: Path) -> None:
+    from servecheck.formats.stream import index
+
+    lines = [*_lines(lite_records), '{"conversations": 3}']
+    (tmp_path / "big.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError) as e:
+        index(tmp_path / "big.jsonl")
+    assert f"line {len(lines)}" in str(e.value) and "conversations" in str(e.value)

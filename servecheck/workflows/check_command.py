@@ -1,0 +1,67 @@
+"""The ``check`` command: a responses set checked (in chunks when it is large), the table, the
+files asked for, and the exit code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from servecheck.checks.options import CheckOptions
+from servecheck.checks.results import Verdict
+from servecheck.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS
+from servecheck.formats.responses import MAX_RECORD_BYTES
+from servecheck.workflows.check import CheckRun, Outputs
+from servecheck.workflows.chunked import Chunking, SetRun, check_set
+
+
+def run_check(responses: Path, options: CheckOptions, console: Console,
+              outputs: Outputs | None = None, progress: bool = True,
+              max_record_bytes: int = MAX_RECORD_BYTES, inconclusive_ok: bool = False,
+              chunking: Chunking | None = None) -> int:
+    """The ``check`` command: the table, the files asked for, and the exit code (3 when a
+    check could not decide, unless ``inconclusive_ok``)."""
+    from servecheck.report.outputs import write_html, write_result_files
+    from servecheck.report.table import print_table
+
+    outputs = outputs or Outputs()
+    title = outputs.title or f"servecheck: {responses} vs {options.reference}"
+
+    def meta_of(records: int, run: CheckRun | SetRun) -> dict[str, Any]:
+        return {"reference": options.reference, "responses": str(responses), "records": records,
+                **options.describe(), "convention": run.convention.to_json()}
+
+    def report(path: Path, run: CheckRun, chunk: int | None) -> None:
+        first, n = run.context.first_index, len(run.context.all_records)
+        piece = "" if chunk is None else \
+            f" (chunk {chunk + 1}: records {first}–{first + n - 1}; the JSON summary covers all)"
+        write_html(console, path, run.context, run.results, meta_of(n, run), title + piece)
+
+    done: SetRun = check_set(responses, options, console, progress, max_record_bytes,
+                             chunking or Chunking(), outputs.report, report)
+    if done.rank:  # another torchrun rank: it scored its share, rank 0 reports
+        return exit_code(done.verdict, inconclusive_ok)
+    print_table(done.results, console, title)
+    meta = meta_of(done.records, done)
+    if done.chunks > 1:
+        meta.update(chunks=done.chunks, alpha_per_chunk=options.alpha / done.chunks,
+                    resumed_chunks=done.resumed)
+    console.print(f"sampling convention: {done.convention.describe()}")
+    write_result_files(console, done.results, {**meta, "tokens": done.tokens}, outputs.json,
+                       outputs.junit)
+    if outputs.report and done.whole is not None:
+        write_html(console, outputs.report, done.whole.context, done.results, meta, title)
+    if done.verdict == "inconclusive":
+        console.print("inconclusive: a check had too few records to decide (exit 3; "
+                      "--inconclusive-ok makes it 0)" if not inconclusive_ok else
+                      "inconclusive: a check had too few records to decide (--inconclusive-ok: "
+                      "exit 0)")
+    return exit_code(done.verdict, inconclusive_ok)
+
+
+def exit_code(verdict: Verdict | str, inconclusive_ok: bool = False) -> int:
+    """0 pass, 1 fail, 3 inconclusive (0 with ``inconclusive_ok``, the old behaviour)."""
+    if verdict == "inconclusive":
+        return EXIT_PASS if inconclusive_ok else EXIT_INCONCLUSIVE
+    return EXIT_PASS if verdict == "pass" else EXIT_FAIL

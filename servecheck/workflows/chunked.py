@@ -1,0 +1,223 @@
+"""A responses set of any size, checked in chunks: bounded memory, and a rerun resumes.
+
+A day of gateway logs does not fit one process's memory once scored (each output token carries
+some hundred statistics). So the set is streamed (``formats.stream``): a first pass validates
+every record, then chunks of ``records_per_chunk`` records are checked one after another, each
+as a run of its own at ``α / k`` (``checks.combine`` merges the verdicts), and freed. Each
+chunk's verdicts are saved as it finishes, keyed by a digest of its records and the options, so
+a check stopped by Ctrl-C, a lost machine or a crash resumes at the first chunk not yet saved,
+not from zero. A set that fits one chunk is checked exactly as before, in one piece.
+
+The saved state is pickled ``CheckResult`` objects in a directory of servecheck's own (by
+default under ``~/.cache/servecheck/check-state``): load it only from a directory you trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from servecheck import __version__
+from servecheck.checks.combine import combine, slim
+from servecheck.checks.conventions import ConventionFit
+from servecheck.checks.options import CheckOptions
+from servecheck.checks.results import CheckResult, overall
+from servecheck.formats.records import ResponseRecord
+from servecheck.formats.responses import MAX_RECORD_BYTES, read_records
+from servecheck.formats.stream import StreamIndex, fingerprint, index, records
+from servecheck.workflows.check import CheckRun, check, open_engine
+from servecheck.workflows.progress import spinner
+
+RECORDS_PER_CHUNK = 20_000
+"""Records scored and held at once: with ~60 tokens per record, about 1 GB of statistics."""
+
+
+@dataclass(frozen=True)
+class Chunking:
+    records_per_chunk: int = RECORDS_PER_CHUNK
+    state: Path | None = None
+    """Where chunks' verdicts are saved; None: under ``$SERVECHECK_STATE`` (default
+    ``~/.cache/servecheck/check-state``), one directory per responses set and options."""
+    resume: bool = True
+    """Reuse saved chunks (False: check every chunk again, overwriting what was saved)."""
+
+
+@dataclass
+class SetRun:
+    """A whole responses set's results, chunked or not."""
+
+    results: list[CheckResult]
+    convention: ConventionFit
+    records: int
+    chunks: int
+    tokens: dict[str, Any]
+    rank: int = 0
+    report_chunk: int | None = None
+    """The chunk the HTML report shows (None: the report covers the whole set)."""
+    resumed: int = 0
+    """Chunks taken from an earlier run's saved state."""
+    state: Path | None = None
+    whole: CheckRun | None = None
+    """The run itself where the set was checked in one piece (its records and scores held)."""
+
+    @property
+    def verdict(self) -> str:
+        return overall(self.results)
+
+
+def state_dir(path: Path, options: CheckOptions, chunking: Chunking) -> Path:
+    """One directory per responses set (its resolved path), options and chunk size."""
+    if chunking.state:
+        return chunking.state
+    base = Path(os.environ.get("SERVECHECK_STATE") or
+                Path.home() / ".cache" / "servecheck" / "check-state")
+    scoring = replace(options, device=None, dask=None)  # where it scores changes no verdict
+    key = f"{path.resolve()}|{scoring!r}|{chunking.records_per_chunk}|{__version__}"
+    return base / hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Saved:
+    fingerprint: str
+    first: int
+    records: int
+    results: list[CheckResult]
+    convention: ConventionFit
+    tokens: dict[str, int]
+
+
+def _load(directory: Path, chunk: int, digest: str) -> Saved | None:
+    file = directory / f"chunk-{chunk:05d}.pkl"
+    try:
+        saved = pickle.loads(file.read_bytes())
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, TypeError):
+        return None  # absent, half written before a crash, or from another version
+    return saved if isinstance(saved, Saved) and saved.fingerprint == digest else None
+
+
+def _save(directory: Path, chunk: int, saved: Saved) -> None:
+    """Atomically: a crash leaves the old file or the new one, never half of either."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".chunk-{chunk:05d}.tmp"
+    tmp.write_bytes(pickle.dumps(saved))
+    os.replace(tmp, directory / f"chunk-{chunk:05d}.pkl")
+
+
+def _chunks(found: StreamIndex, size: int, max_bytes: int) -> Iterator[list[ResponseRecord]]:
+    stream = records(found, max_bytes)
+    while batch := list(itertools.islice(stream, size)):
+        yield batch
+
+
+def _sources(run: CheckRun) -> dict[str, int]:
+    return run.context.token_sources()["sources"]
+
+
+def check_set(path: Path, options: CheckOptions, console: Console, progress: bool = True,
+              max_record_bytes: int = MAX_RECORD_BYTES, chunking: Chunking = Chunking(),
+              report: Path | None = None, write_report: Any = None) -> SetRun:
+    """Check a responses file or shard set. In chunks, ``write_report(path, run, chunk)``
+    (when given with ``report``) writes the HTML report of one chunk while it is in memory;
+    in one piece the caller has the run (``SetRun.whole``) to write it from."""
+    with spinner(console, f"reading {path}…", progress):
+        found = index(path, max_record_bytes)
+    size = chunking.records_per_chunk
+    k = -(-found.records // size)
+    if k == 1:  # the whole set at once: exactly the in-memory run
+        run = check(read_records(path, max_record_bytes), options, console, progress)
+        return SetRun(run.results, run.convention, found.records, 1,
+                      run.context.token_sources(), run.rank, whole=run)
+    return _check_chunks(found, options, console, progress, max_record_bytes, chunking, k,
+                         report, write_report)
+
+
+def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, progress: bool,
+                  max_bytes: int, chunking: Chunking, k: int, report: Path | None,
+                  write_report: Any) -> SetRun:
+    size = chunking.records_per_chunk
+    engine = open_engine(options)
+    # under torchrun every rank must take the same chunks: no saved state to disagree about
+    directory = state_dir(found.path, options, chunking) if not engine.rank and \
+        int(os.environ.get("WORLD_SIZE", "1")) <= 1 else None
+    alpha = options.alpha / k
+    console.print(f"{found.records} records in {k} chunks of up to {size}: each checked at "
+                  f"α/{k} = {alpha:.2g}" + (f"; verdicts saved in {directory}" if directory else ""))
+    fit: ConventionFit | None = None
+    pieces: list[tuple[int, int, list[CheckResult]]] = []
+    tokens: dict[str, int] = {}
+    resumed = 0
+    report_chunk: int | None = None
+    reported_here = False
+    try:
+        for j, batch in enumerate(_chunks(found, size, max_bytes)):
+            first, digest = j * size, fingerprint(batch)
+            saved = _load(directory, j, digest) if directory and chunking.resume else None
+            if saved is None:
+                chunk_options = replace(options, alpha=alpha,
+                                        convention=options.convention or (fit and fit.chosen))
+                console.print(f"chunk {j + 1}/{k}: records {first}–{first + len(batch) - 1}")
+                run = check(batch, chunk_options, console, progress, engine=engine,
+                            first_index=first)
+                saved = Saved(digest, first, len(batch), [slim(r) for r in run.results],
+                              fit or run.convention, _sources(run))
+                if directory:
+                    _save(directory, j, saved)
+                failing = overall(saved.results) == "fail"
+                if report and write_report and (report_chunk is None or (
+                        failing and not _fails(pieces))):
+                    write_report(report, run, j)
+                    report_chunk, reported_here = j, True
+                del run
+                engine.ref.forget_encodings()
+            else:
+                resumed += 1
+            fit = fit or saved.convention
+            pieces.append((saved.first, saved.records, saved.results))
+            for source, n in saved.tokens.items():
+                tokens[source] = tokens.get(source, 0) + n
+    except KeyboardInterrupt:
+        if directory:
+            console.print(f"interrupted after {len(pieces)} of {k} chunks: the same command "
+                          f"resumes from chunk {len(pieces) + 1} ({directory})")
+        raise
+    finally:
+        engine.close()
+    if resumed:
+        console.print(f"resumed: {resumed} of {k} chunks were checked by an earlier run")
+    assert fit is not None
+    results = combine(pieces, alpha)
+    if report and write_report and not reported_here:
+        report_chunk = _report_earlier_chunk(found, options, console, pieces, size, max_bytes,
+                                             alpha, fit, report, write_report)
+    return SetRun(results, fit, found.records, k, {"sources": tokens}, engine.rank,
+                  report_chunk, resumed, directory)
+
+
+def _fails(pieces: list[tuple[int, int, list[CheckResult]]]) -> bool:
+    return any(overall(results) == "fail" for _, _, results in pieces)
+
+
+def _report_earlier_chunk(found: StreamIndex, options: CheckOptions, console: Console,
+                          pieces: list[tuple[int, int, list[CheckResult]]], size: int,
+                          max_bytes: int, alpha: float, fit: ConventionFit, report: Path,
+                          write_report: Any) -> int:
+    """Every chunk came from saved state: check again the one the report shows (the first
+    failing, else the first), since its records are no longer in memory."""
+    j = next((n for n, (_, _, r) in enumerate(pieces) if overall(r) == "fail"), 0)
+    batch = next(itertools.islice(_chunks(found, size, max_bytes), j, None))
+    console.print(f"checking chunk {j + 1} again for the HTML report")
+    run = check(batch, replace(options, alpha=alpha, convention=options.convention or fit.chosen),
+                console, False, first_index=j * size)
+    write_report(report, run, j)
+    return j
+
+
+__all__ = ["RECORDS_PER_CHUNK", "Chunking", "SetRun", "check_set", "state_dir"]
