@@ -214,6 +214,11 @@ class CheckContext:
         if self.options.search_tokens:
             self._search_tokens([i for i in todo if self.output_ids(i)[1] is TokenSource.CANONICAL])
 
+    def total_tokens(self) -> int:
+        """Prompt and output tokens of every checked record: the teacher-forcing work."""
+        return sum(len(self.prompt_ids(i)[0]) + len(self.output_ids(i)[0])
+                   for i in range(len(self.records)))
+
     def describe_tokens(self, i: int) -> str:
         """The record's token source, for people: with where a non-canonical split was chosen."""
         source = self.output_ids(i)[1].value

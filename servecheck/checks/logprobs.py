@@ -77,10 +77,18 @@ def misalignment(served: np.ndarray, scored: int, diff: np.ndarray, marker_in_te
     if count_off:
         return f"{len(served)} served log-probs for {scored} scored tokens"
     n = len(diff)
-    for k in range(1, max(1, n - BREAK_RUN + 1)):
-        # a clean start and a broken tail: misaligned, not merely other weights or numerics
-        if diff[k] > 2 * BREAK_NATS and np.median(diff[k:]) > BREAK_NATS and \
-                np.median(diff[:k]) < BREAK_NATS / 4:
+    # a clean start and a broken tail: misaligned, not merely other weights or numerics. A
+    # median above (below) a bound needs at least half the values above (below) it, so counts
+    # (cumulative sums, all k at once) pick the candidates and medians confirm them: the first
+    # break exactly as a scan over k would find it, without a median per token.
+    ks = np.arange(1, max(1, n - BREAK_RUN + 1))
+    if not len(ks):
+        return None
+    low = np.concatenate([[0], np.cumsum(diff < BREAK_NATS / 4)])[ks]  # below, in diff[:k]
+    high = np.cumsum((diff > BREAK_NATS)[::-1])[::-1][ks]  # above, in diff[k:]
+    maybe = (diff[ks] > 2 * BREAK_NATS) & (2 * low >= ks) & (2 * high >= n - ks)
+    for k in ks[maybe]:
+        if np.median(diff[k:]) > BREAK_NATS and np.median(diff[:k]) < BREAK_NATS / 4:
             return (f"from output token {k} on (median |Δ| {np.median(diff[k:]):.2f} nats over "
                     f"the last {n - k} tokens)")
     return None

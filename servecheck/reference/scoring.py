@@ -254,6 +254,26 @@ class _Blocks:
 
 
 COMPILED_SHAPES: set[int] = set()
+COMPILE_FROM_TOKENS = 10_000_000
+"""Compiling the layers costs ~25 s once per process and speeds scoring from ~130k to ~200k
+tokens/s on one H200 (1B shape), which repays it past ~9M tokens; below, a cold run is faster
+eager (docs/performance.md, "Scale")."""
+_PLANNED: dict[str, int] = {}
+
+
+def plan_compile(tokens: int) -> None:
+    """Tell the scorer how many tokens this process is about to score (the most it was told
+    wins): with ``SERVECHECK_COMPILE`` unset, layers are compiled only when that repays."""
+    _PLANNED["tokens"] = max(_PLANNED.get("tokens", 0), tokens)
+
+
+def _compiling(ids: torch.Tensor) -> bool:
+    """``SERVECHECK_COMPILE``: 1 always, 0 never, unset: when the planned tokens repay it (no
+    plan, as for a caller of ``score`` alone: always)."""
+    mode = os.environ.get("SERVECHECK_COMPILE", "")
+    if not ids.is_cuda or mode == "0":
+        return False
+    return mode == "1" or _PLANNED.get("tokens", COMPILE_FROM_TOKENS) >= COMPILE_FROM_TOKENS
 
 
 def compile_layers(ref: Reference) -> None:
@@ -270,15 +290,15 @@ def compile_layers(ref: Reference) -> None:
 
 
 def forward_hidden(ref: Reference, ids: torch.Tensor) -> torch.Tensor:
-    """Last hidden states; compiled layers on CUDA unless SERVECHECK_COMPILE=0, and eager again
-    if compiling fails (an old compiler, a model it cannot trace).
+    """Last hidden states; compiled layers on CUDA where that repays (``_compiling``), and eager
+    again if compiling fails (an old compiler, a model it cannot trace).
 
     cuDNN's attention is left out: it builds a graph on the CPU for every new batch shape (2.7 ms
     a layer, measured), and every batch here has a new shape; flash attention needs none."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     decoder = ref.model.get_decoder()
-    if ids.is_cuda and os.environ.get("SERVECHECK_COMPILE", "1") != "0":
+    if _compiling(ids):
         compile_layers(ref)
     backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
     try:

@@ -24,7 +24,7 @@ from servecheck.errors import InputError
 from servecheck.formats.records import ResponseRecord
 from servecheck.formats.responses import MAX_RECORD_BYTES, read_records
 from servecheck.reference.model import Reference
-from servecheck.reference.scoring import score
+from servecheck.reference.scoring import plan_compile, score
 from servecheck.workflows.progress import bar, spinner
 
 
@@ -82,6 +82,7 @@ def teacher_force(ctx: CheckContext, console: Console, enabled: bool = True) -> 
         with spinner(console, "finding the sampling order…", enabled):
             fit = find_convention(ctx)
         ctx.convention = fit.chosen
+    plan_compile(ctx.total_tokens())
     with bar(console, "teacher forcing", len(ctx.records), enabled) as advance:
         ctx.prefetch(advance)
     return fit

@@ -33,6 +33,7 @@ from servecheck.checks.results import CheckResult, overall
 from servecheck.formats.records import ResponseRecord
 from servecheck.formats.responses import MAX_RECORD_BYTES, read_records
 from servecheck.formats.stream import StreamIndex, fingerprint, index, records
+from servecheck.reference.scoring import plan_compile
 from servecheck.workflows.check import CheckRun, check, open_engine
 from servecheck.workflows.progress import spinner
 
@@ -168,6 +169,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
                             first_index=first)
                 saved = Saved(digest, first, len(batch), [slim(r) for r in run.results],
                               fit or run.convention, _sources(run))
+                plan_compile(run.context.total_tokens() * (k - j - 1))  # what is left to score
                 if directory:
                     _save(directory, j, saved)
                 failing = overall(saved.results) == "fail"
