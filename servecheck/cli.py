@@ -191,8 +191,9 @@ def parser() -> argparse.ArgumentParser:
                                     "when there is one. Under torchrun each rank uses its own GPU")
     c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="the reference's weights and activations")
-    c.add_argument("--dask", metavar="ADDRESS|local[:N]", help="score on a Dask cluster: its "
-                   "scheduler's address, or local:N worker processes (default: no cluster)")
+    c.add_argument("--dask", metavar="ADDRESS|local[:N]|local-gpu[:N]", help="score on a Dask "
+                   "cluster: its scheduler's address, local:N CPU worker processes, or local-gpu "
+                   "(one worker per GPU) (default: no cluster)")
     c.add_argument("--max-record-mb", type=bounded(float, 0, open_low=True), default=16,
                    help="refuse a record larger than this (memory stays bounded)")
     c.add_argument("--inconclusive-ok", action="store_true",

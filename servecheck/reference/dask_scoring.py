@@ -47,13 +47,40 @@ def score_partition(spec: str, dtype: str, device: str, items: list[ScoreItem],
     return score(_references[key], items, convention)
 
 
+def gpu_cluster(count: int | None = None):
+    """A local cluster of one worker process per GPU, each seeing only its own card
+    (``CUDA_VISIBLE_DEVICES``), bound to 127.0.0.1. This is what dask-cuda's
+    ``LocalCUDACluster`` does for this use; dask-cuda itself needs numba, llvmlite and pandas
+    (~60 MB of wheels, over what the GPU machines here take), so a real cluster's GPU workers
+    come from ``dask cuda worker`` (docs/cluster.md) and the local one from here."""
+    import torch
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    gpus = torch.cuda.device_count()
+    if not gpus:
+        raise InputError("--dask local-gpu: this machine has no CUDA GPU", where="--dask")
+    n = min(count or gpus, gpus)
+    workers = {i: {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1",
+                                             "env": {"CUDA_VISIBLE_DEVICES": str(i)}}}
+               for i in range(n)}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
+    return SpecCluster(workers=workers, scheduler=scheduler)
+
+
 def open_client(address: str):
-    """A client of the cluster at ``address``, or of a new local one (``local`` or ``local:N``)."""
+    """A client of the cluster at ``address``, or of a new local one: ``local[:N]`` (N CPU
+    worker processes) or ``local-gpu[:N]`` (one worker per GPU, N of them at most)."""
     try:
         from distributed import Client, LocalCluster
     except ImportError:
         raise InputError("--dask needs Dask: pip install 'servecheck[dask]'",
                          where="--dask") from None
+    if address == "local-gpu" or address.startswith("local-gpu:"):
+        count = address.partition(":")[2]
+        if count and (not count.isdigit() or int(count) < 1):
+            raise InputError(f"expected local-gpu or local-gpu:N (N GPUs), got {address!r}",
+                             where="--dask")
+        return Client(gpu_cluster(int(count) if count else None))
     if address == "local" or address.startswith("local:"):
         count = address.partition(":")[2] or "2"
         if not count.isdigit() or int(count) < 1:

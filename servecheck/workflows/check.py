@@ -117,7 +117,9 @@ def open_engine(options: CheckOptions, reference: Reference | None = None) -> En
         return Engine(ref, scorer, rank)
     from servecheck.reference.dask_scoring import DaskScorer, open_client
 
-    cluster = DaskScorer(open_client(options.dask), options.dtype, device or "cpu")
+    on_gpus = options.dask.startswith("local-gpu")  # each worker sees its one card as cuda
+    cluster = DaskScorer(open_client(options.dask), options.dtype,
+                         "cuda" if on_gpus else device or "cpu")
     return Engine(ref, cluster, rank, cluster)
 
 

@@ -1,0 +1,166 @@
+"""``servecheck check`` from a cold command line on one GPU: wall time from process start to
+exit (reading, loading the checkpoint, teacher forcing, the checks, the JSON and the HTML report),
+the GPU's busy fraction over the run, and the CPU seconds, for this code against an older copy.
+
+The reference is a Gemma-3-1B-shaped checkpoint of random weights (bf16) with the built-in
+tokenizer and template, written to disk first so that each run loads it as a user's would. The
+records are the 5,376 honest ones of ``check_time.py`` repeated with new ids to each size, as
+JSON Lines. The busy fraction is the mean of ``nvidia-smi``'s utilization (the share of time a
+kernel was running) sampled every 100 ms while the command ran. Random weights disagree with
+every served token, so most checks fail: what is compared is the time and that both codes give
+the same verdicts.
+
+    python benchmarks/gpu_cold_cli.py --sizes 1000,10000 --code before=OLD --code after=. \\
+        --dask-gpu 10000 --out /tmp/out/gpu_cold_cli.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT / "benchmarks" / ".cache" / "text-only" / "hf-8.jsonl"
+BUILTIN = ROOT / "servecheck" / "tinymodels" / "builtin"
+
+
+def checkpoint(folder: Path) -> Path:
+    """The 1B-shaped model of random weights, saved with the built-in tokenizer and template."""
+    import torch
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+    if (folder / "model.safetensors").exists() or list(folder.glob("*.safetensors*")):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+                 "generation_config.json"):
+        shutil.copy(BUILTIN / name, folder / name)
+    small = json.loads((BUILTIN / "config.json").read_text())
+    cfg = Gemma3TextConfig(vocab_size=small["vocab_size"], hidden_size=1152,
+                           intermediate_size=6912, num_hidden_layers=26, num_attention_heads=4,
+                           num_key_value_heads=1, head_dim=256, sliding_window=512,
+                           max_position_embeddings=32768, query_pre_attn_scalar=256,
+                           tie_word_embeddings=True, bos_token_id=small.get("bos_token_id"),
+                           eos_token_id=small.get("eos_token_id"),
+                           pad_token_id=small.get("pad_token_id"))
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(9.0)  # logits ×10: a trained model's entropy range
+    model.save_pretrained(folder)
+    return folder
+
+
+def records_file(n: int, work: Path) -> Path:
+    out = work / f"records-{n}.jsonl"
+    if out.exists():
+        return out
+    base = [json.loads(line) for line in SOURCE.read_text().splitlines() if line.strip()]
+    with out.open("w") as fh:
+        for i in range(n):
+            rec, k = dict(base[i % len(base)]), i // len(base)
+            rec["id"] = f"{rec.get('id', i)}~{k}"
+            fh.write(json.dumps(rec) + "\n")
+    return out
+
+
+class GpuSampler:
+    """``nvidia-smi`` utilization every 100 ms in the background."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        if not shutil.which("nvidia-smi"):
+            self.proc = None
+            return
+        self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu",
+                                      "--format=csv,noheader,nounits", "-lms", "100"],
+                                     stdout=subprocess.PIPE, text=True)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                self.values.append(float(line.split(",")[0]))
+
+    def stop(self) -> dict:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait()
+        v = self.values
+        return {"gpu_busy_mean": round(sum(v) / len(v) / 100, 3) if v else None,
+                "gpu_samples": len(v)}
+
+
+def cold(code: Path, path: Path, ckpt: Path, out: Path, extra: list[str]) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]),
+           "SERVECHECK_STATE": str(out / "state")}
+    cmd = [sys.executable, "-m", "servecheck.cli", "check", str(path), "--reference", str(ckpt),
+           "--dtype", "bfloat16", "--no-progress", "--json", str(out / "s.json"), "--report",
+           str(out / "r.html"), *extra]
+    (out / "s.json").unlink(missing_ok=True)
+    shutil.rmtree(out / "state", ignore_errors=True)  # every run from zero
+    sampler = GpuSampler()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=code, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    gpu = sampler.stop()
+    exit_ = os.waitstatus_to_exitcode(status)
+    if exit_ not in (0, 1, 3):
+        return {"error": f"exit {exit_}: {proc.stderr.read()[-1500:]}", "wall_s": round(wall, 2)}
+    doc = json.loads((out / "s.json").read_text())
+    return {"wall_s": round(wall, 2), "exit": exit_, **gpu,
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "chunks": doc.get("chunks", 1),
+            "verdicts": [(c["name"], c["verdict"]) for c in doc["checks"]]}
+
+
+def main() -> None:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="1000,10000")
+    ap.add_argument("--code", action="append", default=[], metavar="NAME=DIR")
+    ap.add_argument("--dask-gpu", default="", help="sizes also run with --dask local-gpu (last code)")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/servecheck-cold"))
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_cold_cli.json")
+    a = ap.parse_args()
+    codes = {k: Path(v).resolve() for k, v in (c.split("=", 1) for c in a.code)} or {"after": ROOT}
+    a.work.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    ckpt = checkpoint(a.work / "gemma-1b-shape")
+    built = time.perf_counter() - t
+    rows = []
+    for n in (int(s) for s in a.sizes.split(",") if s):
+        path = records_file(n, a.work)
+        runs = [(name, code, []) for name, code in codes.items()]
+        if str(n) in a.dask_gpu.split(","):
+            name, code = list(codes.items())[-1]
+            runs.append((f"{name}, --dask local-gpu", code, ["--dask", "local-gpu"]))
+        for name, code, extra in runs:
+            row = {"code": name, "records": n, **cold(code, path, ckpt, a.work, extra)}
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "verdicts"}), flush=True)
+        same = {json.dumps(r.get("verdicts")) for r in rows if r["records"] == n}
+        print(f"{n} records: verdicts {'agree' if len(same) == 1 else 'DIFFER'}", flush=True)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps({"device": torch.cuda.get_device_name() if torch.cuda.is_available()
+                                 else "none", "torch": torch.__version__, "cpus": os.cpu_count(),
+                                 "checkpoint_build_s": round(built, 1), "rows": rows}, indent=1))
+    print(f"written {a.out}")
+
+
+if __name__ == "__main__":
+    main()
