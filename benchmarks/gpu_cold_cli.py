@@ -102,9 +102,14 @@ class GpuSampler:
                 "gpu_samples": len(v)}
 
 
-def cold(code: Path, path: Path, ckpt: Path, out: Path, extra: list[str]) -> dict:
+def cold(code: Path, path: Path, ckpt: Path, out: Path, extra: list[str],
+         caches: Path) -> dict:
+    """One ``check`` in a new process; ``caches``: where its bytecode and Triton kernels are
+    kept (an empty folder: a machine's first run)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]),
-           "SERVECHECK_STATE": str(out / "state")}
+           "SERVECHECK_STATE": str(out / "state"), "SERVECHECK_TIMINGS": str(out / "t.json"),
+           "PYTHONPYCACHEPREFIX": str(caches / "pyc"), "TRITON_CACHE_DIR": str(caches / "triton")}
+    (out / "t.json").unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "servecheck.cli", "check", str(path), "--reference", str(ckpt),
            "--dtype", "bfloat16", "--no-progress", "--json", str(out / "s.json"), "--report",
            str(out / "r.html"), *extra]
@@ -121,9 +126,12 @@ def cold(code: Path, path: Path, ckpt: Path, out: Path, extra: list[str]) -> dic
     if exit_ not in (0, 1, 3):
         return {"error": f"exit {exit_}: {proc.stderr.read()[-1500:]}", "wall_s": round(wall, 2)}
     doc = json.loads((out / "s.json").read_text())
-    return {"wall_s": round(wall, 2), "exit": exit_, **gpu,
+    timings = out / "t.json"
+    phases = json.loads(timings.read_text()) if timings.exists() else {}
+    return {"wall_s": round(wall, 2), "exit": exit_, **gpu, "phases_s": phases,
+            "startup_and_imports_s": round(wall - sum(phases.values()), 2) if phases else None,
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "chunks": doc.get("chunks", 1),
+            "chunks": doc.get("chunks", 1),
             "verdicts": [(c["name"], c["verdict"]) for c in doc["checks"]]}
 
 
@@ -134,6 +142,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--code", action="append", default=[], metavar="NAME=DIR")
     ap.add_argument("--dask-gpu", default="", help="sizes also run with --dask local-gpu (last code)")
+    ap.add_argument("--first-run", help="records of one run with empty caches first (last code)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/servecheck-cold"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_cold_cli.json")
     a = ap.parse_args()
@@ -143,6 +152,16 @@ def main() -> None:
     ckpt = checkpoint(a.work / "gemma-1b-shape")
     built = time.perf_counter() - t
     rows = []
+    warm = a.work / "caches"
+    if a.first_run:  # a machine's first run: no bytecode, no compiled kernels
+        n = int(a.first_run)
+        name, code = list(codes.items())[-1]
+        fresh = a.work / f"fresh-{time.time_ns()}"
+        rows.append({"code": f"{name}, first run on the machine", "records": n,
+                     **cold(code, records_file(n, a.work), ckpt, a.work, [], fresh)})
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "verdicts"}), flush=True)
+    for code in codes.values():  # bytecode and kernels cached, as after any first run
+        cold(code, records_file(200, a.work), ckpt, a.work, [], warm)
     for n in (int(s) for s in a.sizes.split(",") if s):
         path = records_file(n, a.work)
         runs = [(name, code, []) for name, code in codes.items()]
@@ -150,10 +169,11 @@ def main() -> None:
             name, code = list(codes.items())[-1]
             runs.append((f"{name}, --dask local-gpu", code, ["--dask", "local-gpu"]))
         for name, code, extra in runs:
-            row = {"code": name, "records": n, **cold(code, path, ckpt, a.work, extra)}
+            row = {"code": name, "records": n, **cold(code, path, ckpt, a.work, extra, warm)}
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "verdicts"}), flush=True)
-        same = {json.dumps(r.get("verdicts")) for r in rows if r["records"] == n}
+        same = {json.dumps(r.get("verdicts")) for r in rows if r["records"] == n
+                and "first run" not in r["code"]}
         print(f"{n} records: verdicts {'agree' if len(same) == 1 else 'DIFFER'}", flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"device": torch.cuda.get_device_name() if torch.cuda.is_available()

@@ -140,21 +140,26 @@ def read_raw(path: Path, max_bytes: int = MAX_RECORD_BYTES) -> list[tuple[str, o
 def read_records(path: Path, max_record_bytes: int = MAX_RECORD_BYTES) -> list[ResponseRecord]:
     """Validated records, the last answer per id kept (ids absent in foreign files: all kept).
     An answer is one record, or the records of its ``n`` choices (``choice`` 0, 1, …)."""
-    records: dict[str, dict[int | None, ResponseRecord]] = {}
     located = [(shard, loc, obj) for shard in (shard_paths(path) if is_sharded(path) else [path])
                for loc, obj in read_raw(shard, max_record_bytes)]
-    for i, (shard, loc, obj) in enumerate(located):
-        rec = validate_record(obj, f"{shard} {loc}")
+    kept = latest(validate_record(obj, f"{shard} {loc}") for shard, loc, obj in located)
+    if not kept:
+        raise InputError("no records: the file holds only brackets and blank lines",
+                         where=str(path))
+    return kept
+
+
+def latest(records: Iterable[ResponseRecord]) -> list[ResponseRecord]:
+    """The last answer per id, in the order each id first appeared."""
+    answers: dict[str, dict[int | None, ResponseRecord]] = {}
+    for i, rec in enumerate(records):
         key = rec.id or f"#{i}"
-        answer = records.get(key, {})
+        answer = answers.get(key, {})
         if supersedes(answer, rec.choice):
             answer = {}  # a new answer: it supersedes the one before (an error, a retry)
         answer[rec.choice] = rec
-        records[key] = answer
-    if not records:
-        raise InputError("no records: the file holds only brackets and blank lines",
-                         where=str(path))
-    return [rec for answer in records.values() for rec in answer.values()]
+        answers[key] = answer
+    return [rec for answer in answers.values() for rec in answer.values()]
 
 
 def validate_record(obj: object, where: str) -> ResponseRecord:

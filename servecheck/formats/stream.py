@@ -114,6 +114,9 @@ class StreamIndex:
     """Records read, superseded ones included."""
     superseded: set[int] = field(default_factory=set)
     """Positions (in reading order) of records a later answer to the same request replaced."""
+    held: list[ResponseRecord] | None = None
+    """Every record as validated, where the set was small enough to keep (``index``'s
+    ``keep``): a set checked in one piece is then read once."""
 
     @property
     def records(self) -> int:
@@ -121,17 +124,22 @@ class StreamIndex:
         return self.read - len(self.superseded)
 
 
-def index(path: Path, max_bytes: int = MAX_RECORD_BYTES) -> StreamIndex:
+def index(path: Path, max_bytes: int = MAX_RECORD_BYTES, keep: int = 0) -> StreamIndex:
     """Validate every record of a responses file or shard set, keeping per request id only the
-    positions of its current answer (ids hashed: ~100 bytes per request, not the record)."""
+    positions of its current answer (ids hashed: ~100 bytes per request, not the record), and
+    the records themselves while there are at most ``keep`` of them."""
     shards = shard_paths(path) if is_sharded(path) else [path]
-    found = StreamIndex(path, shards)
+    found = StreamIndex(path, shards, held=[] if keep else None)
     current: dict[int, list[tuple[int | None, int]]] = {}
     for shard in shards:
         for loc, obj in raw_stream(shard, max_bytes):
             rec = validate_record(obj, f"{shard} {loc}")
             position = found.read
             found.read += 1
+            if found.held is not None:
+                found.held.append(rec)
+                if len(found.held) > keep:
+                    found.held = None  # too many to hold: the second pass streams them
             if rec.id is None:
                 continue  # no id: nothing can supersede it
             key = hash(rec.id)

@@ -25,7 +25,7 @@ from servecheck.formats.records import ResponseRecord
 from servecheck.formats.responses import MAX_RECORD_BYTES, read_records
 from servecheck.reference.model import Reference
 from servecheck.reference.scoring import plan_compile, score
-from servecheck.workflows.progress import bar, spinner
+from servecheck.workflows.progress import bar, spinner, timed
 
 
 @dataclass(frozen=True)
@@ -73,17 +73,19 @@ def teacher_force(ctx: CheckContext, console: Console, enabled: bool = True) -> 
     """Load the reference model, find the sampling order where the options leave it unset,
     and score every record under it, with spinners and a bar."""
     if not getattr(ctx.scorer, "remote", False):  # a cluster's workers load their own
-        with spinner(console, f"loading the reference model ({ctx.ref.spec})…", enabled):
+        with spinner(console, f"loading the reference model ({ctx.ref.spec})…", enabled), \
+                timed("load the reference"):
             ctx.ref.model  # noqa: B018 - cached property: loads the weights now, under the spinner
+    plan_compile(ctx.total_tokens())  # before the first scoring call: the order search scores
     given = ctx.options.convention
     if given:
         fit = ConventionFit(given, False)
     else:
-        with spinner(console, "finding the sampling order…", enabled):
+        with spinner(console, "finding the sampling order…", enabled), timed("sampling order"):
             fit = find_convention(ctx)
         ctx.convention = fit.chosen
-    plan_compile(ctx.total_tokens())
-    with bar(console, "teacher forcing", len(ctx.records), enabled) as advance:
+    with bar(console, "teacher forcing", len(ctx.records), enabled) as advance, \
+            timed("teacher forcing"):
         ctx.prefetch(advance)
     return fit
 
@@ -142,9 +144,12 @@ def check(responses: Path | list[ResponseRecord], options: CheckOptions | None =
     own = engine is None
     engine = engine or open_engine(options, reference)
     try:
-        ctx = CheckContext(records, engine.ref, options, engine.scorer, first_index)
+        with timed("context (render, tokenize)"):
+            ctx = CheckContext(records, engine.ref, options, engine.scorer, first_index)
         fit = teacher_force(ctx, console or Console(quiet=True), progress and console is not None)
-        return CheckRun(ctx, run_checks(ctx), fit, engine.rank)
+        with timed("checks"):
+            results = run_checks(ctx)
+        return CheckRun(ctx, results, fit, engine.rank)
     finally:
         if own:
             engine.close()

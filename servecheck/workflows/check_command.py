@@ -14,6 +14,7 @@ from servecheck.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS
 from servecheck.formats.responses import MAX_RECORD_BYTES
 from servecheck.workflows.check import CheckRun, Outputs
 from servecheck.workflows.chunked import Chunking, SetRun, check_set
+from servecheck.workflows.progress import timed, write_timings
 
 
 def run_check(responses: Path, options: CheckOptions, console: Console,
@@ -48,10 +49,12 @@ def run_check(responses: Path, options: CheckOptions, console: Console,
         meta.update(chunks=done.chunks, alpha_per_chunk=options.alpha / done.chunks,
                     resumed_chunks=done.resumed)
     console.print(f"sampling convention: {done.convention.describe()}")
-    write_result_files(console, done.results, {**meta, "tokens": done.tokens}, outputs.json,
-                       outputs.junit)
-    if outputs.report and done.whole is not None:
-        write_html(console, outputs.report, done.whole.context, done.results, meta, title)
+    with timed("outputs (JSON, JUnit, HTML)"):
+        write_result_files(console, done.results, {**meta, "tokens": done.tokens}, outputs.json,
+                           outputs.junit)
+        if outputs.report and done.whole is not None:
+            write_html(console, outputs.report, done.whole.context, done.results, meta, title)
+    write_timings()
     if done.verdict == "inconclusive":
         console.print("inconclusive: a check had too few records to decide (exit 3; "
                       "--inconclusive-ok makes it 0)" if not inconclusive_ok else

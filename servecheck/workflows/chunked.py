@@ -31,11 +31,11 @@ from servecheck.checks.conventions import ConventionFit
 from servecheck.checks.options import CheckOptions
 from servecheck.checks.results import CheckResult, overall
 from servecheck.formats.records import ResponseRecord
-from servecheck.formats.responses import MAX_RECORD_BYTES, read_records
+from servecheck.formats.responses import MAX_RECORD_BYTES, latest, read_records
 from servecheck.formats.stream import StreamIndex, fingerprint, index, records
 from servecheck.reference.scoring import plan_compile
 from servecheck.workflows.check import CheckRun, check, open_engine
-from servecheck.workflows.progress import spinner
+from servecheck.workflows.progress import spinner, timed
 
 RECORDS_PER_CHUNK = 20_000
 """Records scored and held at once: with ~60 tokens per record, about 1 GB of statistics."""
@@ -114,7 +114,11 @@ def _save(directory: Path, chunk: int, saved: Saved) -> None:
 
 def _chunks(found: StreamIndex, size: int, max_bytes: int) -> Iterator[list[ResponseRecord]]:
     stream = records(found, max_bytes)
-    while batch := list(itertools.islice(stream, size)):
+    while True:
+        with timed("read and validate"):
+            batch = list(itertools.islice(stream, size))
+        if not batch:
+            return
         yield batch
 
 
@@ -128,12 +132,15 @@ def check_set(path: Path, options: CheckOptions, console: Console, progress: boo
     """Check a responses file or shard set. In chunks, ``write_report(path, run, chunk)``
     (when given with ``report``) writes the HTML report of one chunk while it is in memory;
     in one piece the caller has the run (``SetRun.whole``) to write it from."""
-    with spinner(console, f"reading {path}…", progress):
-        found = index(path, max_record_bytes)
     size = chunking.records_per_chunk
+    with spinner(console, f"reading {path}…", progress), timed("read and validate"):
+        found = index(path, max_record_bytes, keep=size)
     k = -(-found.records // size)
     if k == 1:  # the whole set at once: exactly the in-memory run
-        run = check(read_records(path, max_record_bytes), options, console, progress)
+        with timed("read and validate"):
+            held = latest(found.held) if found.held is not None else \
+                read_records(path, max_record_bytes)
+        run = check(held, options, console, progress)
         return SetRun(run.results, run.convention, found.records, 1,
                       run.context.token_sources(), run.rank, whole=run)
     return _check_chunks(found, options, console, progress, max_record_bytes, chunking, k,
@@ -159,8 +166,9 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     reported_here = False
     try:
         for j, batch in enumerate(_chunks(found, size, max_bytes)):
-            first, digest = j * size, fingerprint(batch)
-            saved = _load(directory, j, digest) if directory and chunking.resume else None
+            with timed("saved verdicts (digest, load, save)"):
+                first, digest = j * size, fingerprint(batch)
+                saved = _load(directory, j, digest) if directory and chunking.resume else None
             if saved is None:
                 chunk_options = replace(options, alpha=alpha,
                                         convention=options.convention or (fit and fit.chosen))
@@ -171,14 +179,17 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
                               fit or run.convention, _sources(run))
                 plan_compile(run.context.total_tokens() * (k - j - 1))  # what is left to score
                 if directory:
-                    _save(directory, j, saved)
+                    with timed("saved verdicts (digest, load, save)"):
+                        _save(directory, j, saved)
                 failing = overall(saved.results) == "fail"
                 if report and write_report and (report_chunk is None or (
                         failing and not _fails(pieces))):
-                    write_report(report, run, j)
+                    with timed("outputs (JSON, JUnit, HTML)"):
+                        write_report(report, run, j)
                     report_chunk, reported_here = j, True
-                del run
-                engine.ref.forget_encodings()
+                with timed("free the chunk"):
+                    del run
+                    engine.ref.forget_encodings()
             else:
                 resumed += 1
             fit = fit or saved.convention

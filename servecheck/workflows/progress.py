@@ -4,12 +4,20 @@ replaying requests.
 A person waiting more than a second or two wants to see that something moves and how long is
 left; CI logs want nothing animated. Both come from rich: a bar on a terminal, nothing when
 ``enabled`` is false (``--no-progress``) or the console is not interactive.
+
+Where the time of a run goes (reading, loading, teacher forcing, the checks, the outputs) is
+summed per phase by ``timed``; with ``SERVECHECK_TIMINGS=FILE`` the command writes the sums there
+as JSON, for the benchmarks and for anyone asking why a run is slow.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import (
@@ -60,3 +68,23 @@ def spinner(console: Console, text: str, enabled: bool = True):
     """A status line for a step whose length is unknown (loading weights)."""
     return console.status(text) if enabled else nullcontext()
 
+
+
+PHASES: dict[str, float] = {}
+"""Seconds per phase of this process's runs, summed (``timed``)."""
+
+
+@contextmanager
+def timed(phase: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        PHASES[phase] = PHASES.get(phase, 0.0) + time.perf_counter() - start
+
+
+def write_timings() -> None:
+    """The phases' sums to ``$SERVECHECK_TIMINGS``, where it is set."""
+    target = os.environ.get("SERVECHECK_TIMINGS")
+    if target:
+        Path(target).write_text(json.dumps({k: round(v, 3) for k, v in PHASES.items()}))

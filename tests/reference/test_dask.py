@@ -67,3 +67,19 @@ def test_a_lost_worker_is_retried_without_double_counting(ref, tmp_path: Path) -
     assert [len(s) for s in got] == [len(s) for s in want]
     np.testing.assert_allclose(np.concatenate([s.logprob for s in got]),
                                np.concatenate([s.logprob for s in want]), atol=1e-5)
+
+
+def test_local_gpu_workers_need_a_gpu() -> None:
+    """``--dask local-gpu`` on a machine without CUDA: bad input naming the flag, before any
+    worker starts (the one-worker-per-GPU run itself is measured on the device machine)."""
+    import torch
+
+    from servecheck.errors import InputError
+    from servecheck.reference.dask_scoring import open_client
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(InputError, match="no CUDA GPU"):
+        open_client("local-gpu")
+    with pytest.raises(InputError, match="local-gpu:N"):
+        open_client("local-gpu:x")
