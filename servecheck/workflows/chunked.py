@@ -163,11 +163,11 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     tokens: dict[str, int] = {}
     resumed = 0
     report_chunk: int | None = None
-    reported_here = False
     try:
         for j, batch in enumerate(_chunks(found, size, max_bytes)):
             with timed("saved verdicts (digest, load, save)"):
-                first, digest = j * size, fingerprint(batch)
+                # the records, and α/k: a set grown to more chunks is judged at a smaller level
+                first, digest = j * size, f"{fingerprint(batch)}/{k}"
                 saved = _load(directory, j, digest) if directory and chunking.resume else None
             if saved is None:
                 chunk_options = replace(options, alpha=alpha,
@@ -182,11 +182,11 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
                     with timed("saved verdicts (digest, load, save)"):
                         _save(directory, j, saved)
                 failing = overall(saved.results) == "fail"
-                if report and write_report and (report_chunk is None or (
-                        failing and not _fails(pieces))):
+                # the report shows the first failing chunk, else the first: write it while held
+                if report and write_report and not _fails(pieces) and (failing or not j):
                     with timed("outputs (JSON, JUnit, HTML)"):
                         write_report(report, run, j)
-                    report_chunk, reported_here = j, True
+                    report_chunk = j
                 with timed("free the chunk"):
                     del run
                     engine.ref.forget_encodings()
@@ -207,9 +207,10 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
         console.print(f"resumed: {resumed} of {k} chunks were checked by an earlier run")
     assert fit is not None
     results = combine(pieces, alpha)
-    if report and write_report and not reported_here:
-        report_chunk = _report_earlier_chunk(found, options, console, pieces, size, max_bytes,
-                                             alpha, fit, report, write_report)
+    target = next((n for n, (_, _, r) in enumerate(pieces) if overall(r) == "fail"), 0)
+    if report and write_report and report_chunk != target:  # its chunk came from saved state
+        report_chunk = _report_chunk(found, options, console, target, size, max_bytes, alpha,
+                                     fit, report, write_report)
     return SetRun(results, fit, found.records, k, {"sources": tokens}, engine.rank,
                   report_chunk, resumed, directory)
 
@@ -218,13 +219,11 @@ def _fails(pieces: list[tuple[int, int, list[CheckResult]]]) -> bool:
     return any(overall(results) == "fail" for _, _, results in pieces)
 
 
-def _report_earlier_chunk(found: StreamIndex, options: CheckOptions, console: Console,
-                          pieces: list[tuple[int, int, list[CheckResult]]], size: int,
-                          max_bytes: int, alpha: float, fit: ConventionFit, report: Path,
-                          write_report: Any) -> int:
-    """Every chunk came from saved state: check again the one the report shows (the first
-    failing, else the first), since its records are no longer in memory."""
-    j = next((n for n, (_, _, r) in enumerate(pieces) if overall(r) == "fail"), 0)
+def _report_chunk(found: StreamIndex, options: CheckOptions, console: Console, j: int,
+                  size: int, max_bytes: int, alpha: float, fit: ConventionFit, report: Path,
+                  write_report: Any) -> int:
+    """The chunk the report shows was taken from saved state: check it again for the report,
+    since its records are no longer in memory."""
     batch = next(itertools.islice(_chunks(found, size, max_bytes), j, None))
     console.print(f"checking chunk {j + 1} again for the HTML report")
     run = check(batch, replace(options, alpha=alpha, convention=options.convention or fit.chosen),

@@ -45,7 +45,9 @@ def test_a_fault_is_found_in_chunks_and_its_records_are_named_across_the_set(
     out = tmp_path / "dropped.jsonl"
     collect(lite_prompts, "hf:builtin?fault=drop-system", out, show_progress=False)
     code, whole = check_json(out, tmp_path)
-    code_chunked, chunked = check_json(out, tmp_path, "builtin", "--records-per-chunk", "10")
+    report = tmp_path / "report.html"
+    code_chunked, chunked = check_json(out, tmp_path, "builtin", "--records-per-chunk", "10",
+                                       "--report", report)
     assert code == code_chunked == 1
     template = check_named(chunked, "template")
     assert template["verdict"] == "fail" and "of 4 chunks" in template["summary"]
@@ -53,6 +55,8 @@ def test_a_fault_is_found_in_chunks_and_its_records_are_named_across_the_set(
     named = {f["record"] for f in check_named(whole, "template")["findings"]}
     assert {f["record"] for f in template["findings"]} == named  # ids, whatever the chunk
     assert [c["verdict"] for c in template["details"]["chunks"]] == ["fail"] * 4
+    page = report.read_text()  # the report shows the first failing chunk, and says so
+    assert "chunk 1: records 0–9" in page and "the JSON summary covers all" in page
 
 
 def _cli(*args: str | Path, env: dict) -> subprocess.Popen:
@@ -79,10 +83,13 @@ def test_a_run_stopped_by_ctrl_c_resumes_from_its_saved_chunks(lite_responses: P
     assert 1 <= saved < len(records), "the run was not stopped part way"
     assert f"resumes from chunk {saved + 1}" in said
 
-    again = _cli(lite_responses, *args, "--state", state, "--json", tmp_path / "b.json", env=env)
+    again = _cli(lite_responses, *args, "--state", state, "--json", tmp_path / "b.json",
+                 "--report", tmp_path / "b.html", env=env)
     said = again.communicate(timeout=300)[0]
     assert again.returncode in (0, 1, 3), said
     assert f"resumed: {saved} of {len(records)} chunks" in said
+    # the report's chunk (the first: nothing fails) was checked by the first run: checked again
+    assert "checking chunk 1 again for the HTML report" in said and (tmp_path / "b.html").exists()
     redone = re.findall(r"^chunk \d+/\d+: records", said, re.MULTILINE)
     assert len(redone) == len(records) - saved  # no saved chunk checked again
 
