@@ -33,11 +33,14 @@ from servecheck.collect.targets import Target, open_target
 from servecheck.errors import EXIT_FAIL, EXIT_PASS, InputError, TargetError
 from servecheck.formats.prompts import Request
 from servecheck.formats.records import ResponseRecord
-from servecheck.formats.responses import MAX_RECORD_BYTES, read_records
+from servecheck.formats.responses import MAX_RECORD_BYTES, latest
+from servecheck.formats.stream import index
+from servecheck.formats.stream import records as stream
 from servecheck.reference.model import Reference
 from servecheck.report.html import DiffView
 from servecheck.report.tokens import TokenView, heatmap
 from servecheck.report.visible import side_by_side
+from servecheck.workflows.chunked import RECORDS_PER_CHUNK
 
 TRUTH = "~truth"
 """Suffix of a ground-truth record's id: its label must differ from the served one's."""
@@ -72,6 +75,26 @@ def pick(records: list[ResponseRecord], k: int, seed: int) -> list[int]:
     if not answered:
         raise InputError("no answered record to compare (every record has 'error' set)")
     return sorted(random.Random(seed).sample(answered, min(k, len(answered))))
+
+
+def sampled(path: Path, k: int, seed: int, max_bytes: int = MAX_RECORD_BYTES
+            ) -> list[ResponseRecord]:
+    """``pick``'s records of a responses file or shard set, each named by its id (else its
+    position). A set too large to hold (a day of logs) is streamed: one pass finds the answered
+    records, the next keeps the chosen ones, so memory holds positions, not records."""
+    found = index(path, max_bytes, keep=RECORDS_PER_CHUNK)
+    if found.held is not None:
+        records = latest(found.held)
+        return [records[i].model_copy(update={"id": label(records[i], i)})
+                for i in pick(records, k, seed)]
+    if k < 1:
+        raise InputError(f"--sample must be ≥ 1, got {k}")
+    answered = [n for n, r in enumerate(stream(found, max_bytes)) if r.error is None]
+    if not answered:
+        raise InputError("no answered record to compare (every record has 'error' set)")
+    chosen = set(random.Random(seed).sample(answered, min(k, len(answered))))
+    return [r.model_copy(update={"id": label(r, n)}) for n, r in enumerate(stream(found, max_bytes))
+            if n in chosen]
 
 
 async def _replay(target: Target, requests: list[Request], advance: Callable[[int], None]
@@ -182,11 +205,13 @@ def compare(responses: Path | list[ResponseRecord], reference: str = "builtin",
     from servecheck.workflows.check import teacher_force
 
     console = console or Console(quiet=True)
-    records = read_records(responses, max_record_bytes) if isinstance(responses, Path) \
-        else list(responses)
-    chosen = pick(records, sample, seed)
+    if isinstance(responses, Path):
+        served = sampled(responses, sample, seed, max_record_bytes)
+    else:
+        records = list(responses)
+        served = [records[i].model_copy(update={"id": label(records[i], i)})
+                  for i in pick(records, sample, seed)]
     ref = Reference(reference)
-    served = [records[i].model_copy(update={"id": label(records[i], i)}) for i in chosen]
     truth_spec = truth or f"hf:{reference}"
     replayed = replay(truth_spec, served, [r.id or "" for r in served], console, progress,
                       reference)

@@ -90,3 +90,14 @@ def test_compare_all_failed(tmp_path: Path, lite_responses: Path,
     path = write_records(tmp_path / "failed.json", records)
     assert run_cli("compare", path, "--reference", "builtin", "--no-progress") == 2
     assert "no answered record to compare" in capsys.readouterr().err
+
+
+def test_a_set_too_large_to_hold_is_sampled_from_the_stream(lite_responses: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the chunk size ``compare`` keeps positions, not records, and picks the same records
+    (a file without retries streams in the order it is held)."""
+    import servecheck.workflows.compare as compare_module
+
+    held = [r.id for r in compare_module.sampled(lite_responses, 5, seed=3)]
+    monkeypatch.setattr(compare_module, "RECORDS_PER_CHUNK", 4)
+    assert [r.id for r in compare_module.sampled(lite_responses, 5, seed=3)] == held
