@@ -71,6 +71,8 @@ class ChunkedDetails(Details):
 
 
 def _worst(chunks: tuple[ChunkVerdict, ...]) -> ChunkVerdict | None:
+    """The chunk a merged result quotes: the first failing, else the first undecided, else the
+    first passing one."""
     for verdict in ("fail", "inconclusive", "pass"):
         hit = next((c for c in chunks if c.result.verdict == verdict), None)
         if hit:
@@ -96,13 +98,12 @@ def combine(per_chunk: list[tuple[int, int, list[CheckResult]]], alpha_per_chunk
     for k, (first, n, results) in enumerate(per_chunk):
         for r in results:
             names.setdefault(r.name, []).append(ChunkVerdict(k, first, n, r))
-    return [_merge(name, tuple(chunks), len(per_chunk), alpha_per_chunk)
-            for name, chunks in names.items()]
+    return [_merge(name, tuple(chunks), alpha_per_chunk) for name, chunks in names.items()]
 
 
-def _merge(name: str, chunks: tuple[ChunkVerdict, ...], total: int, alpha: float
-           ) -> CheckResult:
+def _merge(name: str, chunks: tuple[ChunkVerdict, ...], alpha: float) -> CheckResult:
     verdicts = [c.result.verdict for c in chunks]
+    total = len(chunks)
     verdict = _verdict(verdicts)
     worst = _worst(chunks)
     assert worst is not None
@@ -112,12 +113,16 @@ def _merge(name: str, chunks: tuple[ChunkVerdict, ...], total: int, alpha: float
         summary = f"fails in {failing} of {total} chunks; chunk {worst.chunk + 1} ({where}): " \
                   f"{worst.result.summary}"
     elif verdict == "pass":
+        worst = next(c for c in chunks if c.result.verdict == "pass")  # quote a passing chunk
         undecided = verdicts.count("inconclusive")
         summary = f"passes in {verdicts.count('pass')} of {total} chunks" + \
                   (f" ({undecided} too small to decide)" if undecided else "") + \
                   f"; chunk {worst.chunk + 1}: {worst.result.summary}"
+    elif verdict == "inconclusive":
+        summary = f"too few records to decide in {verdicts.count('inconclusive')} of {total} " \
+                  f"chunks, passed in none; chunk {worst.chunk + 1}: {worst.result.summary}"
     else:
-        summary = f"{verdict} in every chunk; chunk {worst.chunk + 1}: {worst.result.summary}"
+        summary = f"skipped in every chunk; chunk {worst.chunk + 1}: {worst.result.summary}"
     findings = [f for c in chunks for f in c.result.findings]
     total_findings = sum(c.result.findings_total or len(c.result.findings) for c in chunks)
     findings = sorted(findings, key=lambda f: -f.severity)[:KEEP_FINDINGS]

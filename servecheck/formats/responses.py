@@ -151,9 +151,9 @@ def read_records(path: Path, max_record_bytes: int = MAX_RECORD_BYTES) -> list[R
 
 def latest(records: Iterable[ResponseRecord]) -> list[ResponseRecord]:
     """The last answer per id, in the order each id first appeared."""
-    answers: dict[str, dict[int | None, ResponseRecord]] = {}
+    answers: dict[str | int, dict[int | None, ResponseRecord]] = {}
     for i, rec in enumerate(records):
-        key = rec.id or f"#{i}"
+        key = rec.id or i  # no id: its own answer (an int never equals an id, not even "#3")
         answer = answers.get(key, {})
         if supersedes(answer, rec.choice):
             answer = {}  # a new answer: it supersedes the one before (an error, a retry)

@@ -11,6 +11,7 @@ gzipped) and Parquet (by row group) stream; a JSON array is read whole, shard by
 from __future__ import annotations
 
 import gzip
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ from servecheck.formats.responses import (
     validate_record,
 )
 from servecheck.formats.shards import is_sharded, shard_paths
+
+log = logging.getLogger("servecheck")
 
 
 def _byte_lines(path: Path) -> Iterator[bytes]:
@@ -140,9 +143,9 @@ def index(path: Path, max_bytes: int = MAX_RECORD_BYTES, keep: int = 0) -> Strea
                 found.held.append(rec)
                 if len(found.held) > keep:
                     found.held = None  # too many to hold: the second pass streams them
-            if rec.id is None:
-                continue  # no id: nothing can supersede it
-            key = hash(rec.id)
+            if not rec.id:
+                continue  # no id (or an empty one): nothing can supersede it
+            key = hash(rec.id)  # 64 bits: a collision among 10M ids has odds ~3e-6
             answer = current.get(key, [])
             if supersedes(dict(answer), rec.choice):
                 found.superseded.update(p for _, p in answer)
@@ -160,9 +163,16 @@ def records(found: StreamIndex, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[R
     position = 0
     for shard in found.shards:
         for loc, obj in raw_stream(shard, max_bytes, warn=False):
+            if position >= found.read:  # appended since the first pass: not indexed
+                log.warning("%s: records were added after it was first read (a log still being "
+                            "written?); the check covers the %d read first", found.path, found.read)
+                return
             if position not in found.superseded:
                 yield validate_record(obj, f"{shard} {loc}")
             position += 1
+    if position < found.read:
+        raise InputError(f"changed while it was read: {found.read} records the first time, "
+                         f"{position} the second", where=str(found.path))
 
 
 def fingerprint(recs: list[ResponseRecord]) -> str:

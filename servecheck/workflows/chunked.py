@@ -98,18 +98,28 @@ class Saved:
 def _load(directory: Path, chunk: int, digest: str) -> Saved | None:
     file = directory / f"chunk-{chunk:05d}.pkl"
     try:
-        saved = pickle.loads(file.read_bytes())
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, TypeError):
-        return None  # absent, half written before a crash, or from another version
+        saved = pickle.loads(file.read_bytes())  # our own state directory (module docstring)
+    except Exception:  # absent, damaged, or from another version: check the chunk again
+        return None
     return saved if isinstance(saved, Saved) and saved.fingerprint == digest else None
 
 
 def _save(directory: Path, chunk: int, saved: Saved) -> None:
     """Atomically: a crash leaves the old file or the new one, never half of either."""
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".chunk-{chunk:05d}.tmp"
-    tmp.write_bytes(pickle.dumps(saved))
+    tmp = directory / f".chunk-{chunk:05d}.{os.getpid()}.tmp"
+    with tmp.open("wb") as fh:
+        fh.write(pickle.dumps(saved))
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, directory / f"chunk-{chunk:05d}.pkl")
+
+
+def _run_key(options: CheckOptions, chunking: Chunking, k: int) -> str:
+    """What a chunk's verdicts depend on besides its records: the options (not where it
+    scores), the chunk size, α/k and servecheck's version."""
+    scoring = replace(options, device=None, dask=None)
+    return f"{scoring!r}|{chunking.records_per_chunk}|{k}|{__version__}"
 
 
 def _chunks(found: StreamIndex, size: int, max_bytes: int) -> Iterator[list[ResponseRecord]]:
@@ -156,6 +166,9 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     directory = state_dir(found.path, options, chunking) if not engine.rank and \
         int(os.environ.get("WORLD_SIZE", "1")) <= 1 else None
     alpha = options.alpha / k
+    run_key = _run_key(options, chunking, k)
+    if engine.rank:  # another torchrun rank: rank 0 writes the report
+        report = None
     console.print(f"{found.records} records in {k} chunks of up to {size}: each checked at "
                   f"α/{k} = {alpha:.2g}" + (f"; verdicts saved in {directory}" if directory else ""))
     fit: ConventionFit | None = None
@@ -166,8 +179,10 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     try:
         for j, batch in enumerate(_chunks(found, size, max_bytes)):
             with timed("saved verdicts (digest, load, save)"):
-                # the records, and α/k: a set grown to more chunks is judged at a smaller level
-                first, digest = j * size, f"{fingerprint(batch)}/{k}"
+                # the records, the options, α/k, and (past the first) the order found there
+                first = j * size
+                digest = hashlib.sha256(f"{fingerprint(batch)}|{run_key}|"
+                                        f"{fit.chosen if fit else ''!r}".encode()).hexdigest()
                 saved = _load(directory, j, digest) if directory and chunking.resume else None
             if saved is None:
                 chunk_options = replace(options, alpha=alpha,

@@ -110,3 +110,31 @@ def test_bad_input_deep_in_a_stream_is_named_before_any_record_is_yielded(lite_r
     with pytest.raises(InputError) as e:
         index(tmp_path / "big.jsonl")
     assert f"line {len(lines)}" in str(e.value) and "conversations" in str(e.value)
+
+
+def test_records_without_a_usable_id_are_never_merged(lite_records, tmp_path: Path) -> None:
+    """An empty id, no id, and an id that reads "#1" are three separate answers, in both
+    readers (a key "#i" for records without an id once merged them with such an id)."""
+    from servecheck.formats.stream import index, records
+
+    a, b, c, d = lite_records[:4]
+    rows = [a.model_copy(update={"id": ""}), b.model_copy(update={"id": None}),
+            c.model_copy(update={"id": "#1"}), d.model_copy(update={"id": ""})]
+    path = tmp_path / "odd-ids.jsonl"
+    path.write_text("\n".join(_lines(rows)) + "\n")
+    assert len(read_records(path)) == 4 == index(path).records == len(list(records(index(path))))
+
+
+def test_a_file_that_changes_between_the_passes_is_named(lite_records, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    from servecheck.formats.stream import index, records
+
+    path = tmp_path / "live.jsonl"
+    path.write_text("\n".join(_lines(lite_records[:6])) + "\n")
+    found = index(path)
+    with path.open("a") as fh:  # a gateway still writing its log
+        fh.write(_lines(lite_records[6:8])[0] + "\n")
+    assert len(list(records(found))) == 6 and "added after it was first read" in caplog.text
+    path.write_text("\n".join(_lines(lite_records[:3])) + "\n")
+    with pytest.raises(InputError, match="changed while it was read: 6 records the first time, 3"):
+        list(records(found))
