@@ -49,7 +49,8 @@ def cmd_check(a: argparse.Namespace, console: Console) -> int:
     return run_check(a.responses, options, console, Outputs(a.json, a.report, a.junit),
                      progress=not a.no_progress, max_record_bytes=int(a.max_record_mb * 2**20),
                      inconclusive_ok=a.inconclusive_ok,
-                     chunking=Chunking(a.records_per_chunk, a.state, not a.fresh))
+                     chunking=Chunking(a.records_per_chunk, a.tokens_per_chunk, a.state,
+                                       not a.fresh))
 
 
 def cmd_compare(a: argparse.Namespace, console: Console) -> int:
@@ -201,6 +202,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--records-per-chunk", type=COUNT, default=20_000,
                    help="a larger set is checked in chunks of this many records (memory stays "
                         "bounded), each at α/chunks, its verdicts saved so that a rerun resumes")
+    c.add_argument("--tokens-per-chunk", type=COUNT, default=2_000_000,
+                   help="and at most this many tokens per chunk (long records: fewer per chunk)")
     c.add_argument("--state", type=Path, help="where a chunked run saves each chunk's verdicts "
                    "(default: under $SERVECHECK_STATE or ~/.cache/servecheck/check-state)")
     c.add_argument("--fresh", action="store_true",

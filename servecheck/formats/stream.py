@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,9 @@ class StreamIndex:
     """Records read, superseded ones included."""
     superseded: set[int] = field(default_factory=set)
     """Positions (in reading order) of records a later answer to the same request replaced."""
+    sizes: array = field(default_factory=lambda: array("I"))
+    """Per record read, about how many tokens it holds (its ids where it has them, else a
+    character count over 4): what a chunk of it will cost to score and keep."""
     held: list[ResponseRecord] | None = None
     """Every record as validated, where the set was small enough to keep (``index``'s
     ``keep``): a set checked in one piece is then read once."""
@@ -125,6 +129,26 @@ class StreamIndex:
     def records(self) -> int:
         """The records a check sees."""
         return self.read - len(self.superseded)
+
+    def plan(self, records: int, tokens: int) -> list[int]:
+        """How many kept records each chunk takes: at most ``records``, and no more tokens
+        than ``tokens`` (a record longer than that is a chunk of its own)."""
+        chunks: list[int] = []
+        n = size = 0
+        for position, cost in enumerate(self.sizes):
+            if position in self.superseded:
+                continue
+            if n and (n == records or size + cost > tokens):
+                chunks.append(n)
+                n = size = 0
+            n, size = n + 1, size + cost
+        return [*chunks, n] if n else chunks
+
+
+def token_estimate(rec: ResponseRecord) -> int:
+    prompt = len(rec.prompt_token_ids) if rec.prompt_token_ids else len(rec.input or "") // 4
+    output = len(rec.output_token_ids) if rec.output_token_ids else len(rec.output or "") // 4
+    return prompt + output + 1
 
 
 def index(path: Path, max_bytes: int = MAX_RECORD_BYTES, keep: int = 0) -> StreamIndex:
@@ -139,6 +163,7 @@ def index(path: Path, max_bytes: int = MAX_RECORD_BYTES, keep: int = 0) -> Strea
             rec = validate_record(obj, f"{shard} {loc}")
             position = found.read
             found.read += 1
+            found.sizes.append(token_estimate(rec))
             if found.held is not None:
                 found.held.append(rec)
                 if len(found.held) > keep:

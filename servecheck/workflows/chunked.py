@@ -2,8 +2,9 @@
 
 A day of gateway logs does not fit one process's memory once scored (each output token carries
 some hundred statistics). So the set is streamed (``formats.stream``): a first pass validates
-every record, then chunks of ``records_per_chunk`` records are checked one after another, each
-as a run of its own at ``α / k`` (``checks.combine`` merges the verdicts), and freed. Each
+every record, then chunks of at most ``records_per_chunk`` records and ``tokens_per_chunk``
+tokens are checked one after another, each as a run of its own at ``α / k`` (``checks.combine``
+merges the verdicts), and freed. Each
 chunk's verdicts are saved as it finishes, keyed by a digest of its records and the options, so
 a check stopped by Ctrl-C, a lost machine or a crash resumes at the first chunk not yet saved,
 not from zero. A set that fits one chunk is checked exactly as before, in one piece.
@@ -38,12 +39,16 @@ from servecheck.workflows.check import CheckRun, check, open_engine
 from servecheck.workflows.progress import spinner, timed
 
 RECORDS_PER_CHUNK = 20_000
-"""Records scored and held at once: with ~60 tokens per record, about 1 GB of statistics."""
+"""Records scored and held at once, at most."""
+TOKENS_PER_CHUNK = 2_000_000
+"""Tokens scored and held at once, at most (about 1 GB of statistics): long records make
+chunks of fewer records."""
 
 
 @dataclass(frozen=True)
 class Chunking:
     records_per_chunk: int = RECORDS_PER_CHUNK
+    tokens_per_chunk: int = TOKENS_PER_CHUNK
     state: Path | None = None
     """Where chunks' verdicts are saved; None: under ``$SERVECHECK_STATE`` (default
     ``~/.cache/servecheck/check-state``), one directory per responses set and options."""
@@ -119,12 +124,14 @@ def _run_key(options: CheckOptions, chunking: Chunking, k: int) -> str:
     """What a chunk's verdicts depend on besides its records: the options (not where it
     scores), the chunk size, α/k and servecheck's version."""
     scoring = replace(options, device=None, dask=None)
-    return f"{scoring!r}|{chunking.records_per_chunk}|{k}|{__version__}"
+    return f"{scoring!r}|{chunking.records_per_chunk}|{chunking.tokens_per_chunk}|{k}|" \
+        f"{__version__}"
 
 
-def _chunks(found: StreamIndex, size: int, max_bytes: int) -> Iterator[list[ResponseRecord]]:
+def _chunks(found: StreamIndex, plan: list[int], max_bytes: int
+            ) -> Iterator[list[ResponseRecord]]:
     stream = records(found, max_bytes)
-    while True:
+    for size in plan:
         with timed("read and validate"):
             batch = list(itertools.islice(stream, size))
         if not batch:
@@ -145,7 +152,8 @@ def check_set(path: Path, options: CheckOptions, console: Console, progress: boo
     size = chunking.records_per_chunk
     with spinner(console, f"reading {path}…", progress), timed("read and validate"):
         found = index(path, max_record_bytes, keep=size)
-    k = -(-found.records // size)
+    plan = found.plan(size, chunking.tokens_per_chunk)
+    k = len(plan)
     if k == 1:  # the whole set at once: exactly the in-memory run
         with timed("read and validate"):
             held = latest(found.held) if found.held is not None else \
@@ -153,14 +161,15 @@ def check_set(path: Path, options: CheckOptions, console: Console, progress: boo
         run = check(held, options, console, progress)
         return SetRun(run.results, run.convention, found.records, 1,
                       run.context.token_sources(), run.rank, whole=run)
-    return _check_chunks(found, options, console, progress, max_record_bytes, chunking, k,
+    return _check_chunks(found, options, console, progress, max_record_bytes, chunking, plan,
                          report, write_report)
 
 
 def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, progress: bool,
-                  max_bytes: int, chunking: Chunking, k: int, report: Path | None,
+                  max_bytes: int, chunking: Chunking, plan: list[int], report: Path | None,
                   write_report: Any) -> SetRun:
-    size = chunking.records_per_chunk
+    k = len(plan)
+    starts = [sum(plan[:j]) for j in range(k)]
     engine = open_engine(options)
     # under torchrun every rank must take the same chunks: no saved state to disagree about
     directory = state_dir(found.path, options, chunking) if not engine.rank and \
@@ -169,7 +178,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     run_key = _run_key(options, chunking, k)
     if engine.rank:  # another torchrun rank: rank 0 writes the report
         report = None
-    console.print(f"{found.records} records in {k} chunks of up to {size}: each checked at "
+    console.print(f"{found.records} records in {k} chunks of up to {max(plan)}: each checked at "
                   f"α/{k} = {alpha:.2g}" + (f"; verdicts saved in {directory}" if directory else ""))
     fit: ConventionFit | None = None
     pieces: list[tuple[int, int, list[CheckResult]]] = []
@@ -177,10 +186,10 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     resumed = 0
     report_chunk: int | None = None
     try:
-        for j, batch in enumerate(_chunks(found, size, max_bytes)):
+        for j, batch in enumerate(_chunks(found, plan, max_bytes)):
             with timed("saved verdicts (digest, load, save)"):
                 # the records, the options, α/k, and (past the first) the order found there
-                first = j * size
+                first = starts[j]
                 digest = hashlib.sha256(f"{fingerprint(batch)}|{run_key}|"
                                         f"{fit.chosen if fit else ''!r}".encode()).hexdigest()
                 saved = _load(directory, j, digest) if directory and chunking.resume else None
@@ -224,7 +233,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     results = combine(pieces, alpha)
     target = next((n for n, (_, _, r) in enumerate(pieces) if overall(r) == "fail"), 0)
     if report and write_report and report_chunk != target:  # its chunk came from saved state
-        report_chunk = _report_chunk(found, options, console, target, size, max_bytes, alpha,
+        report_chunk = _report_chunk(found, options, console, target, plan, max_bytes, alpha,
                                      fit, report, write_report)
     return SetRun(results, fit, found.records, k, {"sources": tokens}, engine.rank,
                   report_chunk, resumed, directory)
@@ -235,14 +244,14 @@ def _fails(pieces: list[tuple[int, int, list[CheckResult]]]) -> bool:
 
 
 def _report_chunk(found: StreamIndex, options: CheckOptions, console: Console, j: int,
-                  size: int, max_bytes: int, alpha: float, fit: ConventionFit, report: Path,
+                  plan: list[int], max_bytes: int, alpha: float, fit: ConventionFit, report: Path,
                   write_report: Any) -> int:
     """The chunk the report shows was taken from saved state: check it again for the report,
     since its records are no longer in memory."""
-    batch = next(itertools.islice(_chunks(found, size, max_bytes), j, None))
+    batch = next(itertools.islice(_chunks(found, plan, max_bytes), j, None))
     console.print(f"checking chunk {j + 1} again for the HTML report")
     run = check(batch, replace(options, alpha=alpha, convention=options.convention or fit.chosen),
-                console, False, first_index=j * size)
+                console, False, first_index=sum(plan[:j]))
     write_report(report, run, j)
     return j
 

@@ -138,3 +138,24 @@ def test_a_file_that_changes_between_the_passes_is_named(lite_records, tmp_path:
     path.write_text("\n".join(_lines(lite_records[:3])) + "\n")
     with pytest.raises(InputError, match="changed while it was read: 6 records the first time, 3"):
         list(records(found))
+
+
+def test_chunks_are_planned_by_records_and_by_tokens(lite_records, tmp_path: Path) -> None:
+    """Long records make chunks of fewer records, so what a chunk holds stays bounded whatever
+    the records' length; superseded records take no place in any chunk."""
+    from servecheck.formats.stream import index, token_estimate
+
+    failed = lite_records[0].model_copy(update={"error": "HTTP 503", "output": ""})
+    rows = [failed, *lite_records[:9]]  # the error is superseded by its retry
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(_lines(rows)) + "\n")
+    found = index(path)
+    costs = [token_estimate(r) for r in lite_records[:9]]
+    assert found.plan(4, 10**9) == [4, 4, 1]
+    budget = max(costs) + 1
+    plan = found.plan(100, budget)
+    assert sum(plan) == 9 and len(plan) > 1
+    at = 0
+    for n in plan:  # each chunk within the budget, unless it is one record
+        assert n == 1 or sum(costs[at:at + n]) <= budget
+        at += n
