@@ -4,11 +4,12 @@ the GPU's busy fraction over the run, and the CPU seconds, for this code against
 
 The reference is a Gemma-3-1B-shaped checkpoint of random weights (bf16) with the built-in
 tokenizer and template, written to disk first so that each run loads it as a user's would. The
-records are the 5,376 honest ones of ``check_time.py`` repeated with new ids to each size, as
-JSON Lines. The busy fraction is the mean of ``nvidia-smi``'s utilization (the share of time a
-kernel was running) sampled every 100 ms while the command ran. Random weights disagree with
-every served token, so most checks fail: what is compared is the time and that both codes give
-the same verdicts.
+records are ``check_scale.synthetic``'s: the 5,376 honest ones of ``check_time.py`` repeated
+with new ids to each size, as JSON Lines (the published rows gave every copy a suffixed id; the
+first copy now keeps its own, which changes no cost). The busy fraction is the mean of
+``nvidia-smi``'s utilization (the share of time a kernel was running) sampled every 100 ms while
+the command ran. Random weights disagree with every served token, so most checks fail: what is
+compared is the time and that both codes give the same verdicts.
 
     python benchmarks/gpu_cold_cli.py --sizes 1000,10000 --code before=OLD --code after=. \\
         --dask-gpu 10000 --out /tmp/out/gpu_cold_cli.json
@@ -28,7 +29,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ROOT / "benchmarks" / ".cache" / "text-only" / "hf-8.jsonl"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from check_scale import synthetic  # noqa: E402 - the same records as the CPU benchmark
+
 BUILTIN = ROOT / "servecheck" / "tinymodels" / "builtin"
 
 
@@ -58,19 +61,6 @@ def checkpoint(folder: Path) -> Path:
         model.model.norm.weight.fill_(9.0)  # logits ×10: a trained model's entropy range
     model.save_pretrained(folder)
     return folder
-
-
-def records_file(n: int, work: Path) -> Path:
-    out = work / f"records-{n}.jsonl"
-    if out.exists():
-        return out
-    base = [json.loads(line) for line in SOURCE.read_text().splitlines() if line.strip()]
-    with out.open("w") as fh:
-        for i in range(n):
-            rec, k = dict(base[i % len(base)]), i // len(base)
-            rec["id"] = f"{rec.get('id', i)}~{k}"
-            fh.write(json.dumps(rec) + "\n")
-    return out
 
 
 class GpuSampler:
@@ -158,12 +148,12 @@ def main() -> None:
         name, code = list(codes.items())[-1]
         fresh = a.work / f"fresh-{time.time_ns()}"
         rows.append({"code": f"{name}, first run on the machine", "records": n,
-                     **cold(code, records_file(n, a.work), ckpt, a.work, [], fresh)})
+                     **cold(code, synthetic(n, a.work), ckpt, a.work, [], fresh)})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "verdicts"}), flush=True)
     for code in codes.values():  # bytecode and kernels cached, as after any first run
-        cold(code, records_file(200, a.work), ckpt, a.work, [], warm)
+        cold(code, synthetic(200, a.work), ckpt, a.work, [], warm)
     for n in (int(s) for s in a.sizes.split(",") if s):
-        path = records_file(n, a.work)
+        path = synthetic(n, a.work)
         runs = [(name, code, []) for name, code in codes.items()]
         if str(n) in a.dask_gpu.split(","):
             name, code = list(codes.items())[-1]
