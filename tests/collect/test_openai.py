@@ -12,10 +12,8 @@ completions mode, which must template on the client, refuses to run without a re
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -28,6 +26,7 @@ from servecheck.collect.targets import open_target
 from servecheck.collect.targets.openai import UNKNOWN_END, OpenAITarget
 from servecheck.formats.responses import read_records
 from servecheck.reference.model import Reference
+from tests.collect.local_app import running
 
 KEY = "sk-test-0123456789abcdefSECRET"
 CHATML_PROMPT = "<|im_start|>user\nWhat does the cat say?<|im_end|>\n<|im_start|>assistant\n"
@@ -84,7 +83,7 @@ def _fake_server(free_ports, content: str, vllm: bool = False, token_ids: list[i
         app.router.add_get("/version", version)
     for path, body in (info or {}).items():  # another engine's info endpoint
         app.router.add_get(path, answer_info(path, body))
-    with _running(app, free_ports(1)[0]) as port:
+    with running(app, free_ports(1)[0]) as port:
         yield f"127.0.0.1:{port}", seen
 
 
@@ -100,23 +99,6 @@ async def _sse(request: web.Request, frames: list[dict]) -> web.StreamResponse:
 
 def _delta(text: str, finish: str | None = None) -> dict:
     return {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
-
-
-@contextmanager
-def _running(app: web.Application, port: int) -> Iterator[int]:
-    """``app`` served on local ``port`` (a free one) by its own event loop, in a daemon thread."""
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app)
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield port
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
 
 
 @pytest.fixture()
@@ -260,7 +242,7 @@ def _rejecting_server(free_ports) -> Iterator[str]:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)
-    with _running(app, free_ports(1)[0]) as port:
+    with running(app, free_ports(1)[0]) as port:
         yield f"127.0.0.1:{port}"
 
 

@@ -8,35 +8,17 @@ quote a key back on demand. The clients, the collector, ``check`` and every writ
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
+from tests.collect.local_app import running
+
 KEY = "sk-live-9876543210zyxwvuSECRET"
 TOKEN = "hf_AbCdEfGhIjKlMnOpQrStUv"
 """A token of another service that a server's stack trace might carry: cut by its shape."""
-
-
-@contextmanager
-def _serve(app: web.Application, port: int) -> Iterator[str]:
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app)
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
 
 
 def _echoing_openai() -> web.Application:
@@ -103,7 +85,8 @@ def test_no_secret_reaches_any_output(server: str, free_ports, run_cli, tmp_path
     prompts.write_text('{"prompt": ["Hi.", "Hello."], "temperature": 0.7, "max_tokens": 4}')
     out = tmp_path / "r.jsonl"
     app = _echoing_openai() if server == "openai" else _streaming_triton()
-    with _serve(app, free_ports(1)[0]) as address:
+    with running(app, free_ports(1)[0]) as port:
+        address = f"127.0.0.1:{port}"
         spec = f"openai://{address}/v1" if server == "openai" else \
             f"triton://{address}/ensemble?template=builtin"
         assert run_cli("generate", prompts, "--target", spec, "--out", out, "--retries", "0",

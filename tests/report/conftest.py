@@ -5,7 +5,7 @@ Sizes and overlaps are only real once a browser has chosen fonts and laid out th
 chart tests load the page in headless Chromium with ``measure.js`` added (under the page's own
 script nonce: the report's Content-Security-Policy lets nothing else run) and read the numbers
 the script writes into the DOM back from ``--dump-dom``. The tests that use these fixtures skip
-where Chromium is absent (their module's ``needs_browser``).
+where Chromium is absent (``tests.report.browser.needs_browser``).
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import shutil
 import xml.etree.ElementTree as ET
 import zlib
 from pathlib import Path
@@ -24,13 +23,8 @@ import pytest
 from servecheck.reference.scoring import TEMPERATURE_FACTORS
 from servecheck.report import svg
 from servecheck.report.pages import environment
+from tests.report.browser import needs_browser
 
-BROWSER = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
-                if shutil.which(n)), None)
-needs_browser = pytest.mark.skipif(
-    BROWSER is None, reason="chromium is not installed: .ci/run installs Debian's chromium "
-                            "(apt-get install chromium, as root); without it the browser tests "
-                            "cannot run")
 NS = {"s": "http://www.w3.org/2000/svg"}
 MIN_PX = 12.0
 LAPTOPS = [(1366, 768), (1280, 800)]

@@ -10,7 +10,6 @@ key parts are on the page, and that a screenshot has content. Chromium comes fro
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -20,15 +19,10 @@ import pytest
 from servecheck.formats.records import Conversation, Message
 from servecheck.formats.responses import read_records
 from servecheck.reference.model import Reference
+from tests.report.browser import BROWSER, needs_browser
 
 XSS_SCRIPT = "<script>document.title='pwned'</script>"
 XSS_IMG = '<img src=x onerror="document.body.dataset.pwned=1">'
-BROWSER = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
-                if shutil.which(n)), None)
-needs_browser = pytest.mark.skipif(
-    BROWSER is None, reason="chromium is not installed: .ci/run installs Debian's chromium "
-                            "(apt-get install chromium, as root); without it the browser tests "
-                            "cannot run")
 
 
 @pytest.fixture(scope="module")
