@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from servecheck.checks.results import Case, CheckResult, Details, Finding, Verdict
+from servecheck.checks.results import Case, CheckResult, Details, Verdict
 from servecheck.checks.stats import StatTest
 
 KEEP_FINDINGS = 100
@@ -130,4 +130,4 @@ def _merge(name: str, chunks: tuple[ChunkVerdict, ...], alpha: float) -> CheckRe
                        worst.result.per_record, total_findings)
 
 
-__all__ = ["KEEP_FINDINGS", "ChunkVerdict", "ChunkedDetails", "Finding", "combine", "slim"]
+__all__ = ["KEEP_FINDINGS", "ChunkVerdict", "ChunkedDetails", "combine", "slim"]

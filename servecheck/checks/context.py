@@ -230,13 +230,17 @@ class CheckContext:
                        f"for bytes the server's detokenizer lost")
         return source
 
-    def token_sources(self) -> dict[str, Any]:
-        """Per record, which tokens were scored: the JSON summary's ``tokens`` section."""
+    def source_counts(self) -> dict[str, int]:
+        """How many records were scored on each token source."""
         counts: dict[str, int] = {}
         for i in range(len(self.records)):
             source = self.output_ids(i)[1].value
             counts[source] = counts.get(source, 0) + 1
-        return {"sources": counts, "records": [
+        return counts
+
+    def token_sources(self) -> dict[str, Any]:
+        """Per record, which tokens were scored: the JSON summary's ``tokens`` section."""
+        return {"sources": self.source_counts(), "records": [
             {"record": self.labels[i], "source": self.output_ids(i)[1].value,
              **({"non_canonical_at": list(self.departures[i])} if i in self.departures else {}),
              **({"scored_up_to_char": self.lost_at[i]} if i in self.lost_at else {})}

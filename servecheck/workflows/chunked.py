@@ -85,8 +85,7 @@ def state_dir(path: Path, options: CheckOptions, chunking: Chunking) -> Path:
         return chunking.state
     base = Path(os.environ.get("SERVECHECK_STATE") or
                 Path.home() / ".cache" / "servecheck" / "check-state")
-    scoring = replace(options, device=None, dask=None)  # where it scores changes no verdict
-    key = f"{path.resolve()}|{scoring!r}|{chunking.records_per_chunk}|{__version__}"
+    key = f"{path.resolve()}|{_options_key(options, chunking)}"
     return base / hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
@@ -120,12 +119,11 @@ def _save(directory: Path, chunk: int, saved: Saved) -> None:
     os.replace(tmp, directory / f"chunk-{chunk:05d}.pkl")
 
 
-def _run_key(options: CheckOptions, chunking: Chunking, k: int) -> str:
-    """What a chunk's verdicts depend on besides its records: the options (not where it
-    scores), the chunk size, α/k and servecheck's version."""
+def _options_key(options: CheckOptions, chunking: Chunking) -> str:
+    """What a chunk's verdicts depend on besides its records and α/k: the options (not where
+    it scores), the chunk caps and servecheck's version."""
     scoring = replace(options, device=None, dask=None)
-    return f"{scoring!r}|{chunking.records_per_chunk}|{chunking.tokens_per_chunk}|{k}|" \
-        f"{__version__}"
+    return f"{scoring!r}|{chunking.records_per_chunk}|{chunking.tokens_per_chunk}|{__version__}"
 
 
 def _chunks(found: StreamIndex, plan: list[int], max_bytes: int
@@ -137,10 +135,6 @@ def _chunks(found: StreamIndex, plan: list[int], max_bytes: int
         if not batch:
             return
         yield batch
-
-
-def _sources(run: CheckRun) -> dict[str, int]:
-    return run.context.token_sources()["sources"]
 
 
 def check_set(path: Path, options: CheckOptions, console: Console, progress: bool = True,
@@ -169,13 +163,13 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
                   max_bytes: int, chunking: Chunking, plan: list[int], report: Path | None,
                   write_report: Any) -> SetRun:
     k = len(plan)
-    starts = [sum(plan[:j]) for j in range(k)]
+    starts = [0, *itertools.accumulate(plan)][:-1]
     engine = open_engine(options)
     # under torchrun every rank must take the same chunks: no saved state to disagree about
     directory = state_dir(found.path, options, chunking) if not engine.rank and \
         int(os.environ.get("WORLD_SIZE", "1")) <= 1 else None
     alpha = options.alpha / k
-    run_key = _run_key(options, chunking, k)
+    run_key = f"{_options_key(options, chunking)}|{k}"
     if engine.rank:  # another torchrun rank: rank 0 writes the report
         report = None
     console.print(f"{found.records} records in {k} chunks of up to {max(plan)}: each checked at "
@@ -200,7 +194,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
                 run = check(batch, chunk_options, console, progress, engine=engine,
                             first_index=first)
                 saved = Saved(digest, first, len(batch), [slim(r) for r in run.results],
-                              fit or run.convention, _sources(run))
+                              fit or run.convention, run.context.source_counts())
                 plan_compile(run.context.total_tokens() * (k - j - 1))  # what is left to score
                 if directory:
                     with timed("saved verdicts (digest, load, save)"):
