@@ -28,8 +28,42 @@ def check_modules() -> tuple[ModuleType, ...]:
     return tuple(sorted(found, key=lambda m: m.ORDER))
 
 
-def run_checks(ctx: CheckContext, only: Callable[[ModuleType], bool] | None = None
-               ) -> list[CheckResult]:
-    """Every check's results, in table order (``only``: a filter on the check modules)."""
-    return [result for module in check_modules() if only is None or only(module)
-            for result in module.run(ctx)]
+def screens(module: ModuleType) -> bool:
+    """A check whose failures make a record unfit for the statistics (``SCREENS``)."""
+    return bool(getattr(module, "SCREENS", False))
+
+
+Screened = dict[str, list[CheckResult]]
+"""The screening checks' results, by module name."""
+
+
+def screen(ctx: CheckContext) -> Screened:
+    """Run the screening checks (template, termination, detokenization) and leave the records
+    they fail out of the statistical checks: an output cut mid-word is the termination check's
+    finding, and its last token, scored as if sampled, would also fail greedy, support and
+    temperature, and could tip the sampling order the whole file is scored under. Each such
+    record is named where it fails, and ``ctx.left_out`` says why it is left out."""
+    done = {m.__name__: m.run(ctx) for m in check_modules() if screens(m)}
+    reasons: dict[str, list[str]] = {}
+    for results in done.values():
+        for r in results:
+            if r.verdict == "fail":
+                for f in r.findings:
+                    reasons.setdefault(f.record, []).append(r.name)
+    ctx.leave_out(reasons)
+    return done
+
+
+def run_checks(ctx: CheckContext, only: Callable[[ModuleType], bool] | None = None,
+               screened: Screened | None = None) -> list[CheckResult]:
+    """Every check's results, in table order (``only``: a filter on the check modules;
+    ``screened``: what ``screen`` returned, when it ran before the scoring; else it runs
+    first here)."""
+    if screened is None and only is None:
+        screened = screen(ctx)
+    out = []
+    for module in check_modules():
+        if only is not None and not only(module):
+            continue
+        out += (screened or {}).get(module.__name__) or module.run(ctx)
+    return out

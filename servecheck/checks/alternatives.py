@@ -55,12 +55,31 @@ class Alternative:
     """The setting the tokens point to (a truncation's: the tightest one they allow)."""
     scope: str = ""
     """Penalties: which tokens were counted (``output`` or ``prompt+output``)."""
+    requested: float | None = None
+    """The value every request this alternative acts on set explicitly (``repetition_penalty``
+    1.0, ``top_k`` 0): the server then did not apply what was asked, which is said so."""
+    dropped: bool = False
+    """A setting the requests set that the served tokens break outright (tokens outside the
+    requested top_k, top_p or min_p): the server did not apply it."""
 
     def describe(self) -> str:
         """What the server did, in the words of its settings."""
+        if self.dropped:
+            return self._dropped()
+        said = self._shape()
+        if self.requested is None:
+            return said
+        return (f"the server did not apply {self.setting}={self.requested} as requested: "
+                f"{said}")
+
+    def _shape(self) -> str:
         e = self.estimate
         if self.setting == "min_p":
             return f"served as if min_p ≈ {e:.2g} were on"
+        if self.setting == "top_k" and int(e) == 1:
+            return ("served greedily where the request asked to sample (as if top_k = 1: an "
+                    "engine's greedy default, such as CTranslate2's sampling_topk or "
+                    "do_sample off)")
         if self.setting == "top_k":
             return f"top_k ≈ {int(e)} applied where the request asked for more (or 0, off)"
         if self.setting == "top_p":
@@ -72,6 +91,60 @@ class Alternative:
         name = self.setting.replace("_", " ")
         return f"{name} ≈ {e:.2f} ({self.scope} tokens counted)"
 
+    def _dropped(self) -> str:
+        n = self.test.n
+        need = {"top_p": f"; the served tokens need top_p ≥ {self.estimate:.3f}",
+                "top_k": f"; the served tokens need top_k ≥ {int(self.estimate)}"}
+        return (f"{self.setting} as requested was not applied: {int(self.test.effect)} served "
+                f"token(s) in {n} record(s) lie outside it{need.get(self.setting, '')}")
+
+
+KNOWN_DEFAULTS = {("top_k", 1), ("top_k", 40), ("top_k", 50), ("min_p", 0.05), ("top_p", 0.95),
+                  ("repetition_penalty", 1.1)}
+"""Settings engines ship as defaults: CTranslate2's sampling_topk 1 (and ONNX Runtime GenAI's
+do_sample off), llama.cpp's top_k 40, min_p 0.05, top_p 0.95 and repeat_penalty 1.1,
+transformers' and ONNX Runtime GenAI's top_k 50."""
+ABOUT_EQUAL = 0.8
+"""Failing alternatives whose gains are within this ratio of the best fit about equally."""
+
+
+def rank_key(a: Alternative) -> tuple[bool, float]:
+    """The order failing alternatives are named in: a setting the requests broke outright
+    first, then, among those that fit about as well as the best, one that real engines ship
+    as a default (a repetition penalty of 1.1, not a presence penalty of 0.73), then the gain."""
+    return a.dropped, a.gain
+
+
+def named_first(failed: list[Alternative]) -> list[Alternative]:
+    """``failed`` in the order the sampler check names them."""
+    if not failed:
+        return []
+    ordered = sorted(failed, key=rank_key, reverse=True)
+    top = ordered[0]
+    if top.dropped:
+        return ordered
+    close = [a for a in ordered if a.gain >= ABOUT_EQUAL * top.gain]
+    shipped = [a for a in close if is_known_default(a)]
+    first = shipped[0] if shipped else top
+    return [first, *(a for a in ordered if a is not first)]
+
+
+def is_known_default(a: Alternative) -> bool:
+    value = round(a.estimate, 2) if a.setting != "top_k" else int(a.estimate)
+    return any(a.setting == s and abs(value - v) <= 0.03 * max(1.0, v)
+               for s, v in KNOWN_DEFAULTS) or a.setting == "repetition_penalty"
+
+
+def dropped(setting: str, violations: int, records: int, tokens: int, need: float
+            ) -> Alternative:
+    """A requested truncation the served tokens break outright: ``violations`` tokens in
+    ``records`` records outside it (beyond the numerics tolerance; a correct server puts none
+    there), of ``tokens`` sampled under it; ``need``: the loosest value that holds them."""
+    test = StatTest(f"{setting} dropped", f"{setting} as requested (support)", 0.0,
+                    float(violations), 1.0, "tokens outside the requested setting", records,
+                    f"sampler:{setting} dropped")
+    return Alternative(setting, 0.0, test, violations * OUTLIER_NATS * 10, need, dropped=True)
+
 
 def detection_z(alpha: float, family: int) -> float:
     """z of a two-sided test at Holm's first step (α/m) plus z of 95% power."""
@@ -79,7 +152,8 @@ def detection_z(alpha: float, family: int) -> float:
 
 
 def truncation(setting: str, grid_value: float, removed: np.ndarray, outside: np.ndarray,
-               place: np.ndarray, deff: float, tightest: float) -> Alternative:
+               place: np.ndarray, deff: float, tightest: float, requested: float | None = None
+               ) -> Alternative:
     """``removed[i]``: the q-mass the truncation would remove at token i; ``outside[i]``: the
     served token is where it cuts; ``place``: each token's own measure of how tight the
     truncation could be (q/max q for min_p, rank for top_k, mass above for top_p)."""
@@ -92,7 +166,7 @@ def truncation(setting: str, grid_value: float, removed: np.ndarray, outside: np
     test = StatTest(f"{setting} {grid_value:g}", f"{setting} = {grid_value:g} not applied "
                     f"(tail count)", p, deficit, DEFICIT_FLOOR, "missing share of the tail",
                     len(removed), f"sampler:{setting}")
-    return Alternative(setting, grid_value, test, gain, tightest)
+    return Alternative(setting, grid_value, test, gain, tightest, requested=requested)
 
 
 def truncation_detectable(lam: float, deff: float, alpha: float, family: int) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Any, Protocol
 
+from servecheck.checks.end_counting import EndCounting, find_end_counting
 from servecheck.checks.options import CheckOptions, Numerics
 from servecheck.checks.token_search import TokenSearch
 from servecheck.errors import InputError
@@ -73,6 +74,10 @@ class CheckContext:
         """Per text-only record holding U+FFFD: the character where the server's bytes were lost
         (a token that was no whole UTF-8 character, replaced when the text was decoded). Its
         tokens are scored up to there: what follows was conditioned on bytes nobody recorded."""
+        self._derived: dict[str, Any] = {}
+        self.left_out: dict[int, list[str]] = {}
+        """Records a screening check failed (``checks.screen``), with the checks that failed
+        them: the statistical checks leave them out."""
         self.departures: dict[int, tuple[int, ...]] = {}
         """Per text-only record whose tokenization was searched: the output token positions
         where the chosen tokens depart from the canonical tokenization."""
@@ -125,6 +130,32 @@ class CheckContext:
                                  f"({type(e).__name__}: {str(e)[:200]}); it cannot be checked "
                                  f"against this reference", where=f"record {label_}") from None
         return out
+
+    def once(self, key: str, make: Callable[[], Any]) -> Any:
+        """A fact about the records that several checks need (the seed tests), made once per
+        run by whichever asks first."""
+        if key not in self._derived:
+            self._derived[key] = make()
+        return self._derived[key]
+
+    @cached_property
+    def end_counting(self) -> EndCounting:
+        """Whether the server counts the end token in usage and gives it a log-prob
+        (``checks.end_counting``), found from the records."""
+        return find_end_counting(self)
+
+    def served_count(self, i: int) -> int | None:
+        """How many of record i's scored output tokens its served log-probs stand for: their
+        number, plus the end token where the server gives it none."""
+        served = self.records[i].output_logprobs
+        if not served:
+            return None
+        return len(served) + (not self.end_counting.logprob_for_end and self.ends_on_end_token(i))
+
+    def ends_on_end_token(self, i: int) -> bool:
+        """Whether record i's scored output ends on an end token (it finished)."""
+        ids = self.output_ids(i)[0]
+        return bool(ids) and ids[-1] in set(self.ref.end_ids)
 
     def prompt_ids(self, i: int) -> tuple[list[int], PromptSource]:
         """What the server conditioned on: its reported ids, else its input text, tokenized."""
@@ -259,8 +290,27 @@ class CheckContext:
                              f"a server that ran past its context", where=f"record {self.labels[i]}")
         return ScoreItem(prompt, output, self.sampling[i], self.seed(i))
 
+    def leave_out(self, reasons: dict[str, list[str]]) -> None:
+        """Leave the records named in ``reasons`` (label → the checks they failed) out of the
+        statistical checks."""
+        for i, name in enumerate(self.labels):
+            if name in reasons:
+                self.left_out[i] = reasons[name]
+
+    def kept(self) -> list[int]:
+        """Records the statistical checks use: every answered one not left out."""
+        return [i for i in range(len(self.records)) if i not in self.left_out]
+
+    def left_out_counts(self) -> dict[str, int]:
+        """How many records each screening check left out (a record may count under two)."""
+        counts: dict[str, int] = {}
+        for names in self.left_out.values():
+            for name in dict.fromkeys(names):
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
     def sampled(self) -> list[int]:
-        return [i for i, s in enumerate(self.sampling) if not s.greedy]
+        return [i for i in self.kept() if not self.sampling[i].greedy]
 
     def greedy(self) -> list[int]:
-        return [i for i, s in enumerate(self.sampling) if s.greedy]
+        return [i for i in self.kept() if self.sampling[i].greedy]

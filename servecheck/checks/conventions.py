@@ -8,8 +8,10 @@ server at T = 0.7, top_p = 0.9 draws tokens "outside the nucleus", and a correct
 T = 1.3 looks truncated.
 
 The orders differ only on some records (sampled, T ≠ 1 with top_p or min_p; penalised, for the
-scope). Those are scored under each candidate convention, and a candidate replaces the default
-only where its likelihood beats the default's by ``MARGIN_NATS``. That is a likelihood-ratio
+scope), and only those the screening checks kept (``checks.screen``). Those are scored under
+each candidate convention, and a candidate replaces the default only where its likelihood beats
+the default's by ``MARGIN_NATS``, without its most favourable records too, and where it puts
+(nearly) every served token inside its support (``_decide``). That is a likelihood-ratio
 test with a known level: if the default is the truth, a ratio of e^10 or more has probability at
 most e^-10 (Markov's inequality on the ratio, whose mean is 1), whatever the records. A clear
 support violation (beyond the numerics tolerance, as the support check counts it) costs
@@ -42,6 +44,15 @@ impossible under it, since other kernels may rank it inside, but it is unlikely:
 1 in 20. Free, it would favour the convention with the smallest support, whose boundary every
 other convention's extra tokens sit on (a llama.cpp nucleus at T = 0.7 adds 1% of mass just
 outside HF's)."""
+TRIM_MIN = 3
+TRIM_SHARE = 0.02
+"""The records most in a candidate's favour that its gain must hold without: 3, or 2% of the
+telling records (a handful of broken outputs is no evidence of an order)."""
+EXPLAINED_MIN = 2
+EXPLAINED_SHARE = 0.1
+"""A candidate explains the tokens the default cannot when it leaves outside its own support at
+most 2 of them, or a tenth of the default's (text-only records scored on their canonical tokens
+before the tokenization search put a few outside every support)."""
 MAX_RECORDS = 512
 """Records scored per candidate at most (spread over the file): enough to tell the orders apart
 wherever they differ, and a bounded cost on a million-record file."""
@@ -78,6 +89,8 @@ class ConventionFit:
     """Records on which the candidates differ, scored under each."""
     tokens: int = 0
     candidates: list[CandidateFit] = field(default_factory=list)
+    kept_default: str | None = None
+    """Why the default stayed although another candidate fit better (``_decide``)."""
 
     def describe(self) -> str:
         if not self.found:
@@ -92,6 +105,8 @@ class ConventionFit:
                     f"{default.convention.name}{_outside(default)}")
         other = max(self.candidates[1:], key=lambda c: c.score)
         gain = other.score - default.score
+        if self.kept_default:
+            return f"{self.chosen.name}, the default ({self.records} records): {self.kept_default}"
         return f"{self.chosen.name}, found from {self.records} records" + (
             f" ({other.convention.name} fits better by only {gain:.1f} nats, < {MARGIN_NATS:g})"
             if gain > 0 else f": it fits {-gain:.1f} nats better than "
@@ -100,7 +115,7 @@ class ConventionFit:
     def to_json(self) -> dict[str, Any]:
         return {**self.chosen.describe(), "found": self.found, "records": self.records,
                 "tokens": self.tokens, "candidates": [c.to_json() for c in self.candidates],
-                "why": self.describe()}
+                "why": self.describe(), "kept_default": self.kept_default}
 
 
 def _outside(c: CandidateFit) -> str:
@@ -111,9 +126,8 @@ def _outside(c: CandidateFit) -> str:
 def telling_records(ctx: CheckContext) -> tuple[list[int], list[int]]:
     """(records whose support or q depend on the order, records that are penalised)."""
     order, scope = [], []
-    for i, s in enumerate(ctx.sampling):
-        if s.greedy:
-            continue
+    for i in ctx.sampled():
+        s = ctx.sampling[i]
         if abs(s.temperature - 1.0) > 1e-6 and (s.top_p < 1.0 or s.min_p > 0):
             order.append(i)
         if s.penalised:
@@ -148,16 +162,44 @@ def find_convention(ctx: CheckContext) -> ConventionFit:
     scored = [ctx.scorer(ctx.ref, items, c) for c in options]
     logq = [[s.stats["logq"] for s in scores] for scores in scored]
     common = [np.all([np.isfinite(lq[r]) for lq in logq], axis=0) for r in range(len(idx))]
-    fits = []
-    for c, scores, lq in zip(options, scored, logq, strict=True):
-        clear = [outside_support(s, ctx.tolerances)[0] for s in scores]
-        violations = sum(map(len, clear))
-        ties = sum(int(np.isinf(q).sum()) for q in lq) - violations
-        ll = sum(float(q[keep].sum()) for q, keep in zip(lq, common, strict=True))
-        fits.append(CandidateFit(c, ll, violations, ties))
-    best = max(range(len(fits)), key=lambda k: fits[k].score)
-    chosen = best if fits[best].score - fits[0].score > MARGIN_NATS else 0
+    fits, per_record = [], []
+    for scores, lq in zip(scored, logq, strict=True):
+        clear = [len(outside_support(s, ctx.tolerances)[0]) for s in scores]
+        ties = [int(np.isinf(q).sum()) - v for q, v in zip(lq, clear, strict=True)]
+        ll = [float(q[keep].sum()) for q, keep in zip(lq, common, strict=True)]
+        per_record.append(np.array(ll) - VIOLATION_NATS * np.array(clear) -
+                          TIE_NATS * np.array(ties))
+        fits.append((sum(ll), sum(clear), sum(ties)))
+    fits_ = [CandidateFit(c, ll, v, t) for c, (ll, v, t) in zip(options, fits, strict=True)]
+    chosen, note = _decide(fits_, per_record)
     for i, s in zip(idx, scored[chosen], strict=True):
         if ctx.output_ids(i)[1] is TokenSource.SERVER_IDS:
             ctx._scores[i] = s
-    return ConventionFit(options[chosen], True, len(idx), sum(len(s) for s in scored[0]), fits)
+    return ConventionFit(options[chosen], True, len(idx), sum(len(s) for s in scored[0]), fits_,
+                         note)
+
+
+def _decide(fits: list[CandidateFit], per_record: list[np.ndarray]) -> tuple[int, str | None]:
+    """The candidate to score under (0, the default, unless another is clearly better), and
+    why the default stayed where another fit better. Robust in two ways: the gain must hold
+    without the ``TRIM`` records most in the candidate's favour (one broken record, whose one
+    token only a wider nucleus holds, cannot move a file), and the candidate must explain the
+    tokens the default cannot (at most ``EXPLAINED`` of them left outside its own support): a
+    server that drops a requested setting puts tokens outside every order's support, and no
+    engine's order is the name for that."""
+    best = max(range(len(fits)), key=lambda k: fits[k].score)
+    if best == 0 or fits[best].score - fits[0].score <= MARGIN_NATS:
+        return 0, None
+    gain = np.sort(per_record[best] - per_record[0])[::-1]
+    trim = max(TRIM_MIN, int(np.ceil(TRIM_SHARE * len(gain))))
+    rest = float(gain[trim:].sum())
+    if rest <= MARGIN_NATS:
+        return 0, (f"{fits[best].convention.name} fits better only through its {trim} most "
+                   f"favourable records ({rest:.1f} nats without them, < {MARGIN_NATS:g}): a few "
+                   f"records are no evidence of an order")
+    default, other = fits[0].violations, fits[best].violations
+    if other > max(EXPLAINED_MIN, EXPLAINED_SHARE * default):
+        return 0, (f"neither order explains the served tokens: {default} lie outside HF order's "
+                   f"support and {other} outside {fits[best].convention.name}'s, so a requested "
+                   f"setting looks unapplied (see the support and sampler rows)")
+    return best, None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from servecheck.checks.context import CheckContext
+from servecheck.checks.greedy_causes import explain
 from servecheck.checks.results import CheckResult, Details, Finding
 from servecheck.reference.scoring import TokenScores
 
@@ -28,6 +29,8 @@ class GreedyDetails(Details):
     tolerance: float
     numerics: str
     token_sources: list[str]
+    cause: str | None = None
+    """The penalty that makes every mismatch an argmax, where one does (``greedy_causes``)."""
 
     def effect(self) -> str:
         return f"{self.hard_mismatches}/{self.tokens} tokens non-argmax beyond δ"
@@ -67,12 +70,19 @@ def check_greedy(ctx: CheckContext) -> CheckResult:
                 f"{len(hard_pos)} non-argmax token(s); first at output token {k}: served "
                 f"{served!r}, reference argmax {best!r}, logit margin {s.margin[k]:.3f} > δ {delta}",
                 float(s.margin[hard_pos].max())))
-    details = GreedyDetails(len(idx), tokens, hard, ties, delta, ctx.tolerances.name,
-                            sorted(s.value for s in sources))
     tie_note = f", {ties} near-tie divergence(s) within δ={delta}" if ties else ""
     if hard:
+        wrong = {f.record for f in findings}
+        cause = explain(ctx, [i for i in idx if ctx.labels[i] in wrong],
+                        [i for i in idx if ctx.labels[i] not in wrong])
+        details = GreedyDetails(len(idx), tokens, hard, ties, delta, ctx.tolerances.name,
+                                sorted(s.value for s in sources),
+                                cause.describe() if cause else None)
+        why = f" — {cause.describe()}" if cause else ""
         return CheckResult("greedy", "fail",
                            f"{hard} hard mismatch(es) in {len(findings)}/{len(idx)} greedy "
-                           f"records ({tokens} tokens){tie_note}", details, findings)
+                           f"records ({tokens} tokens){tie_note}{why}", details, findings)
+    details = GreedyDetails(len(idx), tokens, hard, ties, delta, ctx.tolerances.name,
+                            sorted(s.value for s in sources))
     return CheckResult("greedy", "pass", f"{tokens} tokens in {len(idx)} greedy records all "
                        f"argmax{tie_note}", details)

@@ -1,8 +1,11 @@
 """Served log-probs: the log-probs a server reports against the reference's.
 
-Servers differ in what they report: the raw model log-prob (vLLM's default) or the log-prob
-after temperature and truncation. Both are computed and the closer one is named as the server's
-convention; the verdict uses that one, against the numerics tolerance.
+Servers differ in what they report: the raw model log-prob (vLLM's default, llama.cpp), the
+log-prob after the penalties but before the temperature (CTranslate2, ONNX Runtime GenAI's
+logits), or the log-prob after temperature and truncation. Each is computed and the closest one
+is named as the server's convention; the verdict uses that one, against the numerics
+tolerance. Whether the end token has a served log-prob at all is the server's convention too
+(``checks.end_counting``).
 
 The served log-probs are also evidence of what the server really conditioned on, even when it
 reports no prompt ids (TensorRT-LLM does not): the worst-fitting records are rescored under known
@@ -19,7 +22,8 @@ import numpy as np
 
 from servecheck.checks.context import CheckContext
 from servecheck.checks.results import CheckResult, Details, Finding
-from servecheck.reference.scoring import ScoreItem
+from servecheck.reference.sampling import Sampling
+from servecheck.reference.scoring import ScoreItem, TokenScores
 
 ORDER = 80
 
@@ -105,7 +109,19 @@ def _hypotheses(ctx: CheckContext, prompt: list[int]) -> dict[str, list[int]]:
     return out
 
 
-def best_alternative(ctx: CheckContext, sample: list[int], raw: bool) -> tuple[str, float] | None:
+def as_served(s: Sampling | None, convention: str) -> Sampling | None:
+    """The sampling a served log-prob of ``convention`` is taken under (None: raw logits)."""
+    if convention == "raw" or s is None:
+        return None
+    if convention == "after penalties":
+        return Sampling(repetition_penalty=s.repetition_penalty,
+                        presence_penalty=s.presence_penalty,
+                        frequency_penalty=s.frequency_penalty)
+    return s
+
+
+def best_alternative(ctx: CheckContext, sample: list[int], convention: str
+                     ) -> tuple[str, float] | None:
     """The known prompt mistake whose rescoring fits the served log-probs best: (name, mean |Δ|)."""
     best: tuple[str, float] | None = None
     names = _hypotheses(ctx, ctx.prompt_ids(sample[0])[0]) if sample else {}
@@ -115,7 +131,8 @@ def best_alternative(ctx: CheckContext, sample: list[int], raw: bool) -> tuple[s
             alt = _hypotheses(ctx, ctx.prompt_ids(i)[0]).get(name)
             if alt is None:
                 break
-            items.append(ScoreItem(alt, ctx.output_ids(i)[0], None if raw else ctx.sampling[i]))
+            items.append(ScoreItem(alt, ctx.output_ids(i)[0],
+                                   as_served(ctx.sampling[i], convention)))
             served.append(np.asarray(ctx.records[i].output_logprobs, dtype=np.float64))
         else:
             diffs = [np.abs(lp[: len(s)] - s.stats.get("logq", s.logprob)[: len(lp)])
@@ -126,34 +143,50 @@ def best_alternative(ctx: CheckContext, sample: list[int], raw: bool) -> tuple[s
     return best
 
 
+def reference_logprobs(ctx: CheckContext, idx: list[int], scores: dict[int, TokenScores]
+                       ) -> dict[str, dict[int, np.ndarray]]:
+    """Per convention, the reference's log-prob of each scored token: raw, after the
+    penalties alone (CTranslate2 and ONNX Runtime GenAI report these), and after the whole
+    sampling transform. Only penalised records are scored again for the middle one."""
+    penalised = [i for i in idx if ctx.sampling[i].penalised]
+    again = dict(zip(penalised, ctx.score_items([ScoreItem(
+        ctx.prompt_ids(i)[0], ctx.output_ids(i)[0], as_served(ctx.sampling[i], "after penalties"))
+        for i in penalised]), strict=True))
+    return {"raw": {i: scores[i].logprob for i in idx},
+            "after penalties": {i: (again[i].stats["logq"] if i in again else scores[i].logprob)
+                                for i in idx},
+            "after sampling transform": {i: scores[i].stats.get("logq", scores[i].logprob)
+                                         for i in idx}}
+
+
 def run(ctx: CheckContext) -> list[CheckResult]:
     return [check_logprobs(ctx)]
 
 
 def check_logprobs(ctx: CheckContext) -> CheckResult:
-    idx = [i for i, r in enumerate(ctx.records) if r.output_logprobs]
+    idx = [i for i in ctx.kept() if ctx.records[i].output_logprobs]
     if not idx:
         return CheckResult("logprobs", "skipped", "no record carries served log-probs")
     scores = ctx.scores(idx)
-    diffs: dict[str, list[np.ndarray]] = {"raw": [], "after sampling transform": []}
-    per_record: list[tuple[int, np.ndarray, np.ndarray]] = []
+    reference = reference_logprobs(ctx, idx, scores)
+    diffs: dict[str, list[np.ndarray]] = {k: [] for k in reference}
+    per_convention: dict[str, dict[int, np.ndarray]] = {k: {} for k in reference}
     for i in idx:
-        s = scores[i]
-        served = np.asarray(ctx.records[i].output_logprobs, dtype=np.float64)[: len(s)]
-        n = len(served)
-        raw = np.abs(served - s.logprob[:n])
-        post = np.abs(served - (s.stats["logq"][:n] if "logq" in s.stats else s.logprob[:n]))
-        diffs["raw"].append(raw)
-        diffs["after sampling transform"].append(np.where(np.isfinite(post), post, np.inf))
-        per_record.append((i, raw, post))
+        served = np.asarray(ctx.records[i].output_logprobs, dtype=np.float64)[: len(scores[i])]
+        for k, by_record in reference.items():
+            d = np.abs(served - by_record[i][: len(served)])
+            d = np.where(np.isfinite(d), d, np.inf)
+            diffs[k].append(d)
+            per_convention[k][i] = d
     means = {k: float(np.mean(np.concatenate(v))) for k, v in diffs.items()}
     convention = min(means, key=lambda k: means[k])
+    per = per_convention[convention]
     lost = []
-    for i, raw, post in per_record:
-        ends = set(ctx.ref.end_ids)
-        why = misalignment(np.asarray(ctx.records[i].output_logprobs), len(scores[i]),
-                           raw if convention == "raw" else post,
-                           bool(len(scores[i])) and int(scores[i].token_ids[-1]) in ends,
+    unserved_end = not ctx.end_counting.logprob_for_end
+    for i in idx:
+        ends = ctx.ends_on_end_token(i)
+        why = misalignment(np.asarray(ctx.records[i].output_logprobs),
+                           len(scores[i]) - (unserved_end and ends), per[i], ends,
                            i in ctx.lost_at)
         if why:
             lost.append(Finding(ctx.labels[i], f"served log-probs stop lining up with the scored "
@@ -167,16 +200,17 @@ def check_logprobs(ctx: CheckContext) -> CheckResult:
     tol = ctx.tolerances.logprob
     details = LogprobsDetails(len(idx), convention, tokens=int(pooled.size), mean_abs_diff=means,
                               max_abs_diff=float(pooled.max()), tolerance=tol)
+    end_note = ctx.end_counting.describe("logprobs")
+    end_note = f"; {end_note}" if end_note else ""
     summary = (f"served log-probs are {convention} (mean |Δ| {means[convention]:.4f}, max "
                f"{pooled.max():.4f}, {pooled.size} tokens)")
-    per = {i: raw if convention == "raw" else post for i, raw, post in per_record}
     findings = [Finding(ctx.labels[i], f"mean |Δ log-prob| {float(np.mean(d)):.4f}, max "
                                        f"{float(np.max(d)):.4f}", float(np.mean(d)))
                 for i, d in per.items()]
     sample = sorted((i for i in per if len(per[i])), key=lambda i: -float(np.mean(per[i])))
     sample = sample[:HYPOTHESES_SAMPLE]
     own = float(np.mean(np.concatenate([per[i] for i in sample]))) if sample else 0.0
-    alt = best_alternative(ctx, sample, convention == "raw")
+    alt = best_alternative(ctx, sample, convention)
     if alt and alt[1] * EXPLAINS_BETTER < own and own - alt[1] > MIN_GAIN:
         details = replace(details, prompt_diagnosis=alt[0],
                           prompt_fit={"reference prompt": own, alt[0]: alt[1]})
@@ -185,5 +219,6 @@ def check_logprobs(ctx: CheckContext) -> CheckResult:
             f"than the reference prompt (mean |Δ| {own:.5f}, {len(sample)} records)"),
             details, findings)
     if means[convention] > tol:
-        return CheckResult("logprobs", "fail", f"{summary} > tolerance {tol}", details, findings)
-    return CheckResult("logprobs", "pass", f"{summary} ≤ tolerance {tol}", details)
+        return CheckResult("logprobs", "fail", f"{summary} > tolerance {tol}{end_note}", details,
+                           findings)
+    return CheckResult("logprobs", "pass", f"{summary} ≤ tolerance {tol}{end_note}", details)

@@ -7,12 +7,21 @@ for that output alone. The answer uses the checks' own statistics, record by rec
 - template and termination: the checks' findings for this record;
 - greedy: every token the reference argmax, except near-ties within δ (``greedy_positions``);
 - sampled: every token inside top_k/top_p/min_p within the numerics tolerance
-  (``outside_support``), and the record's log-likelihood z, Σ(log q(y) + H(q)) / sd over its
-  informative tokens (``record_z``, the fit check's statistic on one output), within ±z*, the
+  (``outside_support``), and the record's likelihood z (``record_pit_z``) within ±z*, the
   two-sided normal bound at α / N for the N sampled records judged (Bonferroni).
 
-One record has few tokens, so this is a screen, not the run's verdict; the z is a normal
-approximation and is rough below a few dozen informative tokens.
+The likelihood z is exact, not an approximation. At each informative position the randomised
+probability integral transform of the served token, u = Q(tokens likelier than y) + V·q(y), is a
+uniform draw under a correct sampler whatever q is (the reference gives q at every teacher-forced
+position), and the draws of one output are independent given its prefix. So
+z = −Σ Φ⁻¹(u) / √n is standard normal for an output of any length: negative when its tokens sit
+lower in q's ranking than chance (too hot, a truncation missing, other weights), positive when
+higher. The sum of log q with its mean and variance, the statistic of the pooled fit check, is
+no normal variable over a handful of tokens: one rare token among eight put honest records at
+z = −8. Bonferroni over the records holds whatever their dependence, so records that share a
+seed's random stream (an engine that seeds a fresh generator per request) are judged at α / N
+like any others; they fail together or not at all, and a run's records failing together on one
+seed is named as that stream's draw (``shared_stream``).
 """
 
 from __future__ import annotations
@@ -25,18 +34,23 @@ import numpy as np
 from scipy import stats as st
 
 from servecheck.checks.context import CheckContext
-from servecheck.checks.distribution import informative, record_z
+from servecheck.checks.distribution import informative
 from servecheck.checks.greedy import greedy_positions
 from servecheck.checks.results import CheckResult, Details, Finding
 from servecheck.checks.support import outside_support
+from servecheck.reference.scoring import TokenScores
+
+PIT_CLIP = 1e-12
+"""A PIT of exactly 0 or 1 (float rounding) is read as this far inside the interval."""
 
 EXPLANATION = (
     "plausible = a correct server could have produced this output: its prompt equals the "
     "reference template, it ends correctly, every greedy token is the reference argmax (near-ties "
     "within δ allowed), every sampled token lies inside top_k/top_p/min_p (within the numerics "
-    "tolerance), and its log-likelihood z = Σ(log q + H(q)) / sd is within ±z* (two-sided, α/N "
-    "over the N sampled outputs judged). Two different texts can both be plausible: a sampler "
-    "picks one of many likely outputs.")
+    "tolerance), and its likelihood z = −Σ Φ⁻¹(u) / √n over the randomised PIT u of its tokens "
+    "(exactly standard normal for a correct sampler, whatever the output's length) is within "
+    "±z* (two-sided, α/N over the N sampled outputs judged). Two different texts can both be "
+    "plausible: a sampler picks one of many likely outputs.")
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,16 @@ class RecordDetails(Details):
     mode: Literal["greedy", "sampled"]
     z: float | None = None
     p: float | None = None
+
+
+def record_pit_z(s: TokenScores) -> tuple[float, int]:
+    """(z, n): one output's exact likelihood z over its n informative tokens (module docstring);
+    0 for an output with none."""
+    u = s.stats["pit"][informative(s)]
+    if not len(u):
+        return 0.0, 0
+    z = -float(st.norm.ppf(np.clip(u, PIT_CLIP, 1 - PIT_CLIP)).sum()) / np.sqrt(len(u))
+    return z, len(u)
 
 
 def word(result: CheckResult) -> str:
@@ -98,10 +122,9 @@ def judge(ctx: CheckContext, results: list[CheckResult], indices: list[int] | No
             out[i] = _verdict(label, reasons, evidence, RecordDetails("greedy"))
             continue
         outside, ties = outside_support(s, ctx.tolerances)
-        z = record_z(s)
+        z, n_inf = record_pit_z(s)
         p = float(2 * st.norm.sf(abs(z)))
-        n_inf = int(np.sum(informative(s)))
-        evidence = (f"sampled ({sampling.label()}): log-likelihood z {z:+.2f} (p {p:.2g}, "
+        evidence = (f"sampled ({sampling.label()}): likelihood z {z:+.2f} (p {p:.2g}, "
                     f"bound ±{z_star:.2f}) over {n_inf} informative of {len(s)} tokens; "
                     f"{len(outside)} outside the support" +
                     (f", {ties} boundary tie(s)" if ties else ""))
@@ -111,7 +134,7 @@ def judge(ctx: CheckContext, results: list[CheckResult], indices: list[int] | No
                            f"{k} (outside {rule} by {slack:.4f})")
         if abs(z) > z_star:
             way = "less" if z < 0 else "more"
-            reasons.append(f"log-likelihood z {z:+.2f} beyond ±{z_star:.2f}: tokens {way} likely "
+            reasons.append(f"likelihood z {z:+.2f} beyond ±{z_star:.2f}: tokens {way} likely "
                            f"than a correct sampler's")
         out[i] = _verdict(label, reasons, evidence, RecordDetails("sampled", z, p))
     return out

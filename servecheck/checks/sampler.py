@@ -23,12 +23,16 @@ from servecheck.checks.distribution import informative, sampled_groups, stat_tes
 from servecheck.checks.results import CheckResult, Details, Finding
 from servecheck.checks.shared_seeds import SeedDesign, seed_design
 from servecheck.checks.stats import StatTest, holm
+from servecheck.checks.support import outside_support
 from servecheck.reference.scoring import TEMPERATURE_FACTORS, TokenScores
 from servecheck.reference.tails import K_GRID, MIN_P_GRID, TOP_P_GRID
 
 ORDER = 75
 MIN_TOKENS = 100
 """Informative sampled tokens below which the check is inconclusive."""
+DROPPED_MIN = 3
+"""Tokens, and records, outside a requested truncation before the sampler names it dropped (one
+or two are a tokenization slip or a broken record, which the support check names)."""
 SLIP = 0.002
 """A truncation's estimate is the tightest one all but this share of the tokens allow: a text-only
 record's tokenization or a boundary tie can put a token or two past where the server cut."""
@@ -69,8 +73,8 @@ class SamplerDetails(Details):
         return best.describe() if best else "—"
 
     def best(self) -> alt.Alternative | None:
-        failed = [a for a in self.alternatives if a.test.failed]
-        return max(failed, key=lambda a: a.gain) if failed else None
+        named = alt.named_first([a for a in self.alternatives if a.test.failed])
+        return named[0] if named else None
 
 
 def power_statement(d: dict[str, float | None]) -> str:
@@ -91,18 +95,37 @@ def power_statement(d: dict[str, float | None]) -> str:
             if parts else "these records could not have caught a sampler fault")
 
 
-class Pooled:
-    """The informative sampled tokens of every group, with each token's requested sampling."""
+NEUTRAL = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0,
+           "presence_penalty": 0.0, "frequency_penalty": 0.0}
+"""Each setting's "off" value, which a request may set explicitly (a neutral sampler sent to a
+server with defaults of its own)."""
 
-    def __init__(self, scores: dict[int, TokenScores], sampling: dict[int, Any]) -> None:
+
+class Pooled:
+    """The informative sampled tokens of every group, with each token's requested sampling and
+    which settings its request set explicitly (rather than leaving them to the server)."""
+
+    def __init__(self, scores: dict[int, TokenScores], sampling: dict[int, Any],
+                 asked: dict[int, Any]) -> None:
         keep = {i: informative(s) for i, s in scores.items()}
         self.stats = {k: np.concatenate([s.stats[k][keep[i]] for i, s in scores.items()])
                       for k in next(iter(scores.values())).stats}
-        def per_token(attr: str) -> np.ndarray:
-            return np.concatenate([np.full(int(keep[i].sum()), getattr(sampling[i], attr),
+
+        def per_token(values: dict[int, Any], attr: str) -> np.ndarray:
+            return np.concatenate([np.full(int(keep[i].sum()), getattr(values[i], attr),
                                            dtype=float) for i in scores])
-        self.temperature, self.top_k = per_token("temperature"), per_token("top_k")
-        self.top_p, self.min_p = per_token("top_p"), per_token("min_p")
+        self.temperature, self.top_k = per_token(sampling, "temperature"), per_token(sampling,
+                                                                                    "top_k")
+        self.top_p, self.min_p = per_token(sampling, "top_p"), per_token(sampling, "min_p")
+        self.off = {k: np.concatenate([np.full(int(keep[i].sum()), getattr(asked[i], k) == v)
+                                       for i in scores]) for k, v in NEUTRAL.items()}
+        """Per setting, per token: its request set the setting to "off" explicitly."""
+
+    def asked_off(self, setting: str, use: np.ndarray | None = None) -> float | None:
+        """The "off" value of ``setting`` when every token (of ``use``) comes from a request
+        that set it so explicitly, else None."""
+        flags = self.off[setting] if use is None else self.off[setting][use]
+        return NEUTRAL[setting] if len(flags) and flags.all() else None
 
     def __len__(self) -> int:
         return len(self.temperature)
@@ -116,12 +139,14 @@ def run(ctx: CheckContext) -> list[CheckResult]:
     idx = [i for members in groups.values() for i in members]
     scores = ctx.scores(idx)
     design = seed_design(ctx, scores)
-    pooled = Pooled(scores, {i: ctx.sampling[i] for i in idx})
+    pooled = Pooled(scores, {i: ctx.sampling[i] for i in idx},
+                    {i: ctx.records[i].parameters for i in idx})
     if len(pooled) < MIN_TOKENS:
         return [CheckResult("sampler", "inconclusive", f"{len(pooled)} informative sampled "
                             f"tokens (< {MIN_TOKENS}): too few to estimate the sampler",
                             SamplerDetails(alpha, len(pooled), len(groups), design))]
     found, info, lams = _alternatives(pooled, design.deff, alpha)
+    found += dropped_settings(ctx, scores)
     holm([a.test for a in found], alpha)
     detectable = _detectable(found, info, lams, design.deff, alpha)
     details = SamplerDetails(alpha, len(pooled), len(groups), design, tuple(found),
@@ -132,7 +157,7 @@ def run(ctx: CheckContext) -> list[CheckResult]:
     if best is None:
         return [CheckResult("sampler", "pass", f"no sampler setting explains the {len(pooled)} "
                             f"tokens better than the request; {power}{shared}", details)]
-    failed = sorted((a for a in found if a.test.failed), key=lambda a: -a.gain)
+    failed = alt.named_first([a for a in found if a.test.failed])
     findings = [Finding(a.test.group, f"{a.describe()}: {a.test.describe()}", 10 + a.gain)
                 for a in failed]
     others = f" (also failing: {', '.join(a.test.group for a in failed[1:4])})" \
@@ -141,7 +166,34 @@ def run(ctx: CheckContext) -> list[CheckResult]:
                         f"{shared}", details, findings)]
 
 
+def dropped_settings(ctx: CheckContext, scores: dict[int, TokenScores]) -> list[alt.Alternative]:
+    """A requested top_k, top_p or min_p that the served tokens break outright, in enough
+    tokens and records that no tokenization slip explains it (``DROPPED_MIN``): the server did
+    not apply it (ONNX Runtime GenAI drops top_p when top_k is 0). The support check fails on
+    the same tokens; this names the setting."""
+    out = []
+    tol = ctx.tolerances
+    for rule in ("top_k", "top_p", "min_p"):
+        asked = [i for i in scores if getattr(ctx.sampling[i], rule) not in (0, 1.0, 0.0)]
+        hits, records, need = 0, 0, 0.0
+        for i in asked:
+            s = scores[i]
+            found = [k for k, r, _ in outside_support(s, tol)[0] if r == rule]
+            hits += len(found)
+            records += bool(found)
+            if found and rule == "top_k":
+                need = max(need, float(s.rank[found].max()) + 1)
+            if found and rule == "top_p":
+                need = max(need, float(s.stats["pre_nucleus_above"][found].max()))
+        if hits >= DROPPED_MIN and records >= DROPPED_MIN:
+            out.append(alt.dropped(rule, hits, records, sum(len(scores[i]) for i in asked),
+                                   need))
+    return out
+
+
 def _evidence(a: alt.Alternative) -> str:
+    if a.dropped:
+        return "the support check names each token"
     t = a.test
     if t.effect_label.startswith("missing"):
         return (f"{100 * t.effect:.0f}% of the tokens a correct sampler puts where it would cut "
@@ -160,21 +212,23 @@ def _alternatives(x: Pooled, deff: float, alpha: float
         if use.sum() >= MIN_TOKENS:
             rank = s["rank_q"][use]
             found.append(alt.truncation("top_k", k, s[f"beyond_k{k}"][use], rank >= k, rank,
-                                        deff, float(np.quantile(rank, 1 - SLIP) + 1)))
+                                        deff, float(np.quantile(rank, 1 - SLIP) + 1),
+                                        x.asked_off("top_k", use)))
             lams[f"top_k {k:g}"] = float(s[f"beyond_k{k}"][use].sum())
     for c in MIN_P_GRID:
         use = (x.min_p < c) & np.isfinite(s[f"below_min_p{c:g}"])
         if use.sum() >= MIN_TOKENS:
             r = ratio[use]
             found.append(alt.truncation("min_p", c, s[f"below_min_p{c:g}"][use], r < c, r, deff,
-                                        float(np.quantile(r, SLIP))))
+                                        float(np.quantile(r, SLIP)), x.asked_off("min_p", use)))
             lams[f"min_p {c:g}"] = float(s[f"below_min_p{c:g}"][use].sum())
     for p in TOP_P_GRID:
         use = (x.top_p > p) & np.isfinite(s[f"beyond_top_p{p:g}"])
         if use.sum() >= MIN_TOKENS:
             above = s["above"][use]
             found.append(alt.truncation("top_p", p, s[f"beyond_top_p{p:g}"][use], above >= p,
-                                        above, deff, float(np.quantile(above, 1 - SLIP))))
+                                        above, deff, float(np.quantile(above, 1 - SLIP)),
+                                        x.asked_off("top_p", use)))
             lams[f"top_p {p:g}"] = float(s[f"beyond_top_p{p:g}"][use].sum())
     # the interval at about the family's own level (it has some 20 members)
     scale, detectable_t = alt.temperature_scale(s["temp_ll"], TEMPERATURE_FACTORS, deff,
@@ -200,6 +254,7 @@ def _alternatives(x: Pooled, deff: float, alpha: float
                 ("repetition_penalty", (rep - s["abs_zy"] * seen_y) / t,
                  (s[f"{scope}_rep2"] - rep ** 2) / t ** 2)):
             a, i = alt.penalty(setting, words, score, np.clip(fisher, 0, None), deff)
+            a.requested = x.asked_off(setting)
             found.append(a)
             info[f"{setting} {words}"] = i
     return found, info, lams

@@ -143,31 +143,88 @@ def scored_logprob(ctx: CheckContext, records: list[ResponseRecord]
     return text_logprob
 
 
+@dataclass(frozen=True)
+class SeedTests:
+    groups: list[list[ResponseRecord]]
+    results: list[SeedGroup]
+    pooled: float
+    rejected: list[bool]
+    pooled_rejected: bool
+
+    greedy: bool = False
+    """Every repeated text is the argmax path: greedy decoding, not an ignored seed."""
+
+    @property
+    def ignored(self) -> bool:
+        """Texts repeat across seeds beyond chance, other than as copied choices or greedy
+        paths: the seed looks ignored, so every record may read one random stream."""
+        if self.greedy:
+            return False
+        return any(bad and _draws(g) == "seeds" for g, bad in zip(self.groups, self.rejected,
+                                                                   strict=True)) \
+            or self.pooled_rejected
+
+
+def seed_tests(ctx: CheckContext) -> SeedTests:
+    """The seed tests of the records the screening kept, made once per run: the fit and
+    sampler checks ask too (``shared_seeds``), since an ignored seed puts every record on one
+    random stream."""
+    def make() -> SeedTests:
+        groups = seed_groups([ctx.records[i] for i in ctx.kept()])
+        if not groups:
+            return SeedTests([], [], 1.0, [], False)
+        text_logprob = scored_logprob(ctx, [r for g in groups for r in repeated(g)])
+        results = [seed_test(g, text_logprob) for g in groups]
+        pooled = pooled_p([r.p_value for r in results])
+        *rejected, pooled_rejected = holm_rejected([r.p_value for r in results] + [pooled],
+                                                   ctx.options.check_alpha("seeds"))
+        bad = [g for g, r in zip(groups, rejected, strict=True) if r] or \
+            (groups if pooled_rejected else [])
+        return SeedTests(groups, results, pooled, rejected, pooled_rejected,
+                         _argmax_paths(ctx, bad))
+
+    return ctx.once("seed tests", make)
+
+
 def run(ctx: CheckContext) -> list[CheckResult]:
-    groups = seed_groups(ctx.records)
+    tests = seed_tests(ctx)
+    groups, results, pooled = tests.groups, tests.results, tests.pooled
+    rejected, pooled_rejected, greedy = tests.rejected, tests.pooled_rejected, tests.greedy
     if not groups:
         return [CheckResult("seeds", "skipped", "no requests that differ only in their seed")]
     alpha = ctx.options.check_alpha("seeds")
-    text_logprob = scored_logprob(ctx, [r for g in groups for r in repeated(g)])
-    results = [seed_test(g, text_logprob) for g in groups]
-    pooled = pooled_p([r.p_value for r in results])
-    *rejected, pooled_rejected = holm_rejected([r.p_value for r in results] + [pooled],
-                                               alpha)
     details = SeedDetails(results, alpha, pooled)
     findings = [Finding(r.label, f"{r.most_common} of {r.seeds} {_draws(g)} gave the same text, "
                                  f"whose reference probability is {r.p_text:.2e} (p = "
-                                 f"{r.p_value:.1e}): {_meaning(g)}", 1 - r.p_value)
+                                 f"{r.p_value:.1e}): {GREEDY if greedy else _meaning(g)}",
+                        1 - r.p_value)
                 for g, r, bad in zip(groups, results, rejected, strict=True) if bad]
     if pooled_rejected:
         repeats = sum(r.distinct < r.seeds for r in results)
         findings.append(Finding("all seed groups", f"{repeats} of {len(results)} groups repeat a "
                                 f"text across seeds, more than chance allows together (Fisher "
-                                f"p = {pooled:.1e}): the seed looks ignored", 1 - pooled))
+                                f"p = {pooled:.1e}): "
+                                f"{GREEDY if greedy else 'the seed looks ignored'}", 1 - pooled))
     if findings:
         return [CheckResult("seeds", "fail", f"{len(findings)}/{len(results)} seed group(s) "
                             f"repeat one text beyond chance", details, findings)]
     return [CheckResult("seeds", "pass", f"{len(results)} seed group(s): texts differ across "
                         f"seeds as often as a correct sampler's", details)]
+
+
+GREEDY = ("every repeated text is the reference's argmax path: the server decodes greedily "
+          "where sampling was asked (the sampler row), so the seed had nothing to vary")
+
+
+def _argmax_paths(ctx: CheckContext, groups: list[list[ResponseRecord]]) -> bool:
+    """Whether every text repeated across seeds is the argmax at every token: repeats a greedy
+    decoder makes whatever the seed, not the mark of an ignored seed."""
+    texts = [r for g in groups for r in repeated(g)]
+    if not texts:
+        return False
+    index = {id(r): i for i, r in enumerate(ctx.records)}
+    scores = ctx.scores([index[id(r)] for r in texts])
+    return all(bool(np.all(s.token_ids == s.argmax)) for s in scores.values())
 
 
 def _draws(group: list[ResponseRecord]) -> str:

@@ -10,10 +10,14 @@ The pooled tests assume that every served token is a fresh draw. Two designs use
   records on a stream and correlation ρ, a sum's variance grows by the design effect
   1 + (m − 1)·ρ (Kish), so each test counts its tokens as 1/deff of their number.
 
-ρ is estimated from the data: the mean product of centred PIT values over pairs of records that
-share a seed and an output position, with a one-sided 95% upper bound (under independence each
-product has variance 1/144). A correct server's PIT values are uniform, so the estimate measures
-the stream's correlation and nothing else; on a faulty one it is only the correction's size.
+ρ is estimated from the data: the mean product of PIT values (centred on their mean, ½ for a
+correct server) over pairs of records that share a seed and an output position, less the same
+over pairs on different seeds at that position, over their variance, with a one-sided 95%
+upper bound (under independence each product has variance 1/144). The difference measures what
+a stream shares and nothing else: a server whose PIT values all sit low (greedy decoding where
+sampling was asked) makes every pair's product positive, and read against ½ alone that looked
+like one shared stream, which then hid the fault. Where the seed looks ignored (the seeds
+check), every record is taken to read one stream.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from servecheck.checks.context import CheckContext
+from servecheck.checks.seeds import seed_tests
 from servecheck.reference.scoring import TokenScores
 
 MIN_PAIRS = 50
@@ -35,7 +40,10 @@ showed, +0.06)."""
 
 def distinct_draws(ctx: CheckContext, indices: list[int]) -> list[int]:
     """``indices`` less repeats of an identical seeded request (same conversation, parameters
-    and seed): the first record of each stands for it. Unseeded repeats are separate draws."""
+    and seed): the first record of each stands for it. Unseeded repeats are separate draws.
+    Where the seed looks ignored (``seeds.seed_tests``), requests that differ only in their
+    seed and came back with one text are one draw too: the server drew it once."""
+    ignored = seed_tests(ctx).ignored
     seen: set[str] = set()
     out = []
     for i in indices:
@@ -43,8 +51,9 @@ def distinct_draws(ctx: CheckContext, indices: list[int]) -> list[int]:
         if r.parameters.seed is None:
             out.append(i)
             continue
-        key = r.conversations.model_dump_json() + r.parameters.model_dump_json() + \
-            str(r.choice)  # the n choices of one request are separate draws
+        key = r.conversations.model_dump_json() + str(r.choice) + (  # n choices: separate draws
+            r.parameters.model_copy(update={"seed": None}).model_dump_json() + r.output
+            if ignored else r.parameters.model_dump_json())
         if key not in seen:
             seen.add(key)
             out.append(i)
@@ -62,6 +71,8 @@ class SeedDesign:
     rho_upper: float
     deff: float
     """Design effect: each pooled test counts its tokens as 1/deff of their number."""
+    one_stream: bool = False
+    """The seed looks ignored, so every record was taken to read one stream."""
 
     @property
     def shared(self) -> bool:
@@ -70,6 +81,11 @@ class SeedDesign:
     def describe(self) -> str:
         if not self.shared:
             return "every seed is used once: tokens are independent draws"
+        if self.one_stream:
+            return (f"the seed looks ignored (the seeds row), so every record is taken to read "
+                    f"one random stream; correlation on it {self.rho:+.3f}, ≤ "
+                    f"{self.rho_upper:.3f} at 95% over {self.pairs} pairs; the tests count "
+                    f"tokens at 1/{self.deff:.2f}")
         rho = "too few pairs to measure" if np.isnan(self.rho) else \
             f"{self.rho:+.3f}, ≤ {self.rho_upper:.3f} at 95%"
         return (f"seeds are shared: {self.records_per_seed:.1f} records a seed; correlation on "
@@ -80,40 +96,56 @@ class SeedDesign:
     def to_json(self) -> dict[str, float | int | bool]:
         return {"shared": self.shared, "records_per_seed": self.records_per_seed,
                 "pairs": self.pairs, "rho": None if np.isnan(self.rho) else self.rho,
-                "rho_upper": self.rho_upper, "design_effect": self.deff}
+                "rho_upper": self.rho_upper, "design_effect": self.deff,
+                "one_stream": self.one_stream}
 
 
 INDEPENDENT = SeedDesign(1.0, 0, float("nan"), 0.0, 1.0)
 
 
-def seed_design(ctx: CheckContext, scores: dict[int, TokenScores]) -> SeedDesign:
-    """How much the records of ``scores`` (sampled, distinct draws) share random streams."""
+def seed_design(ctx: CheckContext, scores: dict[int, TokenScores],
+                one_stream: bool | None = None) -> SeedDesign:
+    """How much the records of ``scores`` (sampled, distinct draws) share random streams;
+    ``one_stream``: whether the seed looks ignored (None: ask the seeds check's tests)."""
+    ignored = seed_tests(ctx).ignored if one_stream is None else one_stream
     by_seed: dict[int, list[int]] = defaultdict(list)
     for i in scores:
         seed = ctx.records[i].parameters.seed
         if seed is not None:
-            by_seed[seed].append(i)
+            by_seed[0 if ignored else seed].append(i)  # ignored: one stream for every record
     sizes = [len(v) for v in by_seed.values()]
     if not sizes or max(sizes) < 2:
         return INDEPENDENT
     m = float(np.sum(np.square(sizes)) / np.sum(sizes))  # a record's view: the size of its stream
-    total, pairs = 0.0, 0
+    rows = [i for members in by_seed.values() for i in members]
+    width = max(len(scores[i].stats["pit"]) for i in rows)
+    cells = np.full((len(rows), width), np.nan)
+    for row, i in enumerate(rows):
+        pit = scores[i].stats["pit"]
+        cells[row, :len(pit)] = np.where(np.isfinite(scores[i].stats["logq"]), pit, np.nan)
+    have = np.isfinite(cells)
+    centre = float(cells[have].mean()) if have.any() else 0.5  # ½ for a correct server
+    x = np.where(have, cells - centre, 0.0)
+    var = float((x * x).sum() / max(1, have.sum()))
+
+    def pair_sums(block: slice) -> tuple[float, int]:
+        """Σ of products, and count, over pairs of rows in ``block`` at the same position."""
+        xs, n = x[block], have[block].sum(0)
+        return float(((xs.sum(0) ** 2 - (xs * xs).sum(0)) / 2).sum()), int((n * (n - 1) // 2).sum())
+
+    total, pairs, start = 0.0, 0, 0
     for members in by_seed.values():
-        if len(members) < 2:
-            continue
-        longest = max(len(scores[i].stats["pit"]) for i in members)
-        cells = np.full((len(members), longest), np.nan)
-        for row, i in enumerate(members):
-            pit = scores[i].stats["pit"]
-            cells[row, :len(pit)] = np.where(np.isfinite(scores[i].stats["logq"]), pit - 0.5,
-                                             np.nan)
-        have = np.isfinite(cells)
-        x = np.nan_to_num(cells)
-        n = have.sum(0)
-        total += float(((x.sum(0) ** 2 - (x * x).sum(0)) / 2).sum())
-        pairs += int((n * (n - 1) // 2).sum())
-    if pairs < MIN_PAIRS:
+        t, n = pair_sums(slice(start, start + len(members)))
+        total, pairs, start = total + t, pairs + n, start + len(members)
+    everyone, all_pairs = pair_sums(slice(None))
+    if pairs < MIN_PAIRS or var <= 0:
         return SeedDesign(m, pairs, float("nan"), RHO_PRIOR, 1 + (m - 1) * RHO_PRIOR)
-    rho = total / pairs * 12
+    # the excess of same-stream products over those of records on other streams at the same
+    # position: what a stream shares, not what every record at that position shares (a greedy
+    # server's PIT values all sit low, and read against 1/2 alone their products look like one
+    # shared stream, which then removed the evidence of the fault)
+    others = all_pairs - pairs
+    baseline = (everyone - total) / others if others >= MIN_PAIRS else 0.0
+    rho = (total / pairs - baseline) / var
     upper = min(1.0, max(0.0, rho + 1.645 / np.sqrt(pairs)))
-    return SeedDesign(m, pairs, rho, upper, 1 + (m - 1) * upper)
+    return SeedDesign(m, pairs, rho, upper, 1 + (m - 1) * upper, ignored)

@@ -17,6 +17,8 @@ from servecheck.checks.results import CheckResult, Details, Finding
 from servecheck.formats.records import Conversation
 from servecheck.reference.model import Reference
 
+SCREENS = True
+"""A record this check fails is left out of the statistical checks (``checks.screen``)."""
 ORDER = 20
 
 

@@ -16,6 +16,8 @@ from servecheck.checks.stops import ended_on_stop
 from servecheck.checks.template import show
 from servecheck.formats.records import END_MARKER_UNKNOWN, ResponseRecord
 
+SCREENS = True
+"""A record this check fails is left out of the statistical checks (``checks.screen``)."""
 ORDER = 30
 
 
@@ -56,6 +58,25 @@ def _could_be_cut(r: ResponseRecord, n: int, limit: int) -> bool:
     return len(r.output.encode("utf-8")) >= limit
 
 
+def _fewest(text: str, ctx: CheckContext) -> int | None:
+    """The fewest tokens a text-only output can be: ordinary tokens between the special ones
+    (an end marker is one token whatever it spells)."""
+    specials = sorted(ctx.ref.special_tokens, key=len, reverse=True)
+    total, rest = 0, text
+    while rest:
+        at = min(((rest.find(t), t) for t in specials if t in rest), default=(len(rest), ""))
+        if at[0]:
+            found = ctx.token_bytes.fewest(rest[:at[0]].encode("utf-8"))
+            if found is None:
+                return None
+            total += found
+        if not at[1]:
+            break
+        total += 1
+        rest = rest[at[0] + len(at[1]):]
+    return total
+
+
 def _problems(i: int, ctx: CheckContext) -> list[tuple[str, str]]:
     r = ctx.records[i]
     prompt = r.input or ctx.expected_prompts[i]
@@ -68,6 +89,11 @@ def _problems(i: int, ctx: CheckContext) -> list[tuple[str, str]]:
     else:
         n, how = len(ctx.ref.encode(r.output)), "reference tokenization"
     limit = r.parameters.max_tokens
+    if limit is not None and n > limit and r.output_token_ids is None:
+        # the text's own split may be shorter than the tokenizer's: the fewest tokens it takes
+        fewest = _fewest(r.output, ctx)
+        n, how = (fewest, "the fewest tokens that spell the text") if fewest is not None else \
+            (n, how)
     if limit is not None and n > limit:
         out.append(("too long", f"{n} output tokens ({how}) > max_tokens {limit}"))
     hits = [(r.output.find(m), m) for m in ctx.ref.end_markers if m in r.output]

@@ -17,6 +17,7 @@ from servecheck.reference.scoring import ScoreItem, TokenScores
 from servecheck.reference.tokenization import (
     MAX_ROUNDS,
     SEARCHED,
+    Proposal,
     TokenBytes,
     barker,
     greedy_key,
@@ -47,8 +48,10 @@ SERVED_LOGPROB_NATS = 1.0
 reference log-probs differ by more than this marks where the tokenizations part."""
 
 
-def departures(chosen: list[int], canonical: list[int], tb: TokenBytes) -> tuple[int, ...]:
-    """Positions in ``chosen`` whose token is not the canonical token at the same byte offset."""
+def departures(chosen: list[int], canonical: list[int], tb: TokenBytes,
+               hidden: frozenset[int] = frozenset()) -> tuple[int, ...]:
+    """Positions in ``chosen`` whose token is not the canonical token at the same byte offset;
+    a ``hidden`` token (one the detokenizer skipped) departs and spells nothing."""
     at = {}
     offset = 0
     for t in canonical:
@@ -58,7 +61,7 @@ def departures(chosen: list[int], canonical: list[int], tb: TokenBytes) -> tuple
     for k, t in enumerate(chosen):
         if at.get(offset) != t:
             out.append(k)
-        offset += len(tb(t))
+        offset += 0 if t in hidden and at.get(offset) != t else len(tb(t))
     return tuple(out)
 
 
@@ -67,6 +70,7 @@ class TokenSearch:
         self.ctx = ctx
         self.tb = ctx.token_bytes
         self.frozen = set(ctx.ref.special_ids)
+        self.hideable = ctx.ref.hideable_ids
 
     def run(self, idx: list[int]) -> dict[int, tuple[int, ...]]:
         """Search the records at ``idx`` (scored on their canonical tokens); returns, for each
@@ -88,6 +92,8 @@ class TokenSearch:
                                 self.frozen, suspect, *variant)
                     if p is not None:
                         found.setdefault(tuple(p.ids), p)
+                for p in self.hidden(i, suspect):
+                    found.setdefault(tuple(p.ids), p)
                 if found:
                     proposals[i] = list(found.values())
             if not proposals:
@@ -105,8 +111,36 @@ class TokenSearch:
                     ctx._output_ids[i] = (ids, SEARCHED)
                     ctx._scores[i] = s
                     live.append(i)
-        return {i: departures(ctx._output_ids[i][0], canonical[i], tb) for i in idx
+        hidden = frozenset(self.hideable)
+        return {i: departures(ctx._output_ids[i][0], canonical[i], tb, hidden) for i in idx
                 if ctx._output_ids[i][1] == SEARCHED}
+
+    def hidden(self, i: int, suspect: np.ndarray) -> list[Proposal]:
+        """A special token the detokenizer skipped, put back before the first suspect token:
+        a server that skips special tokens (vLLM's and llama.cpp's default) leaves no trace of a
+        ``<start_of_turn>`` its model wrote mid-answer, and the token after it then looks
+        impossible where it follows the text before. Only the template's own markers
+        (``Reference.hideable_ids``) are tried, one per proposal, once per record."""
+        at = np.flatnonzero(suspect)
+        ids = self.ctx._output_ids[i][0]
+        if not len(at) or any(t in self.hideable for t in ids):
+            return []
+        k = int(at[0])
+        return [Proposal([*ids[:k], v, *ids[k:]], (k,)) for v in self.hideable]
+
+    def _hides(self, s: TokenScores) -> bool:
+        return bool(self.hideable) and bool(np.isin(s.token_ids, self.hideable).any())
+
+    def _lines_up(self, i: int, s: TokenScores) -> bool:
+        """Whether the served log-probs match these tokens' reference log-probs (raw or after
+        the transform) within ``SERVED_LOGPROB_NATS`` everywhere: a lost ordinary token is no
+        skipped special one, however the counts agree."""
+        served = np.asarray(self.ctx.records[i].output_logprobs, dtype=np.float64)
+        n = min(len(served), len(s))
+        diff = np.abs(served[:n] - s.logprob[:n])
+        if "logq" in s.stats:
+            diff = np.minimum(diff, np.abs(served[:n] - s.stats["logq"][:n]))
+        return bool(np.all(diff <= SERVED_LOGPROB_NATS))
 
     def _pieces_join(self, canonical: dict[int, list[int]], sample: int = 32) -> bool:
         """Whether token bytes join back to the output text (checked on a sample: a decoder
@@ -128,7 +162,7 @@ class TokenSearch:
         else:
             out = (s.token_ids != s.argmax) & (s.margin > self.ctx.tolerances.logit)
         served = self.ctx.records[i].output_logprobs
-        if served and len(served) != len(s) and i not in self.ctx.lost_at:
+        if served and self.ctx.served_count(i) != len(s) and i not in self.ctx.lost_at:
             n = min(len(served), len(s))
             lp = np.asarray(served[:n], dtype=np.float64)
             diff = np.abs(lp - s.logprob[:n])
@@ -154,8 +188,11 @@ class TokenSearch:
         posterior draw (or, to measure its bias, the likelier one) for sampled ones."""
         ctx = self.ctx
         r, current = ctx.records[i], ctx._scores[i]
+        if r.output_logprobs and self._hides(new) and not self._lines_up(i, new):
+            return False  # a special token put back must be the one the log-probs stand for
         if r.output_logprobs and i not in ctx.lost_at:  # a truncated text: the count is another
-            n = len(r.output_logprobs)
+            n = ctx.served_count(i)
+            assert n is not None
             off_new, off_current = abs(len(new) - n), abs(len(current) - n)
             if off_new != off_current:
                 return off_new < off_current

@@ -1,13 +1,14 @@
 """Usage check: the server's ``usage`` counts against the tokens it was sent and served.
 
 ``prompt_tokens`` must be the length of the prompt the server conditioned on, and
-``completion_tokens`` the number of tokens it generated (the end token included, as engines
-count it; up to the tokens of the stop string more, for an output cut at one, which engines
-generate and then cut). With the server's own token ids the counts are exact, record by record.
-Text-only records know their tokens only as the reference's tokenization of the text, which a
-sampler may have split otherwise, so there a server fails only when most records disagree by the
-same amount: a systematic miscount, never a record whose tokens the text hides. A reported
-``reasoning_tokens`` of 0 for an output that thinks fails too (a bug vLLM and SGLang shipped).
+``completion_tokens`` the number of tokens it generated: the end token included or not, as the
+server's convention is (``checks.end_counting``), and up to the tokens of the stop string more
+for an output cut at one, which engines generate and then cut. With the server's own token ids
+the counts are exact, record by record. Text-only records know their tokens only as the
+reference's tokenization of the text, which a sampler may have split otherwise, so there a
+server fails only when most records disagree by the same amount: a systematic miscount, never a
+record whose tokens the text hides. A reported ``reasoning_tokens`` of 0 for an output that
+thinks fails too (a bug vLLM and SGLang shipped).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def run(ctx: CheckContext) -> list[CheckResult]:
     offsets: Counter[int] = Counter()
     exact = 0
     markup = markup_of(ctx.ref)
+    uncounted_end = not ctx.end_counting.usage_counts_end
     for i in idx:
         r = ctx.records[i]
         u = r.usage
@@ -65,7 +67,8 @@ def run(ctx: CheckContext) -> list[CheckResult]:
             served, _ = ctx.output_ids(i)
             slack = len(ctx.ref.encode(max(r.parameters.stop or [""], key=len))) + 1 \
                 if ended_on_stop(r, ctx.ref.end_markers) else 0
-            off = u.completion_tokens - len(served)
+            counted = len(served) - (uncounted_end and ctx.ends_on_end_token(i))
+            off = u.completion_tokens - counted
             if r.output_token_ids is not None:
                 exact += 1
                 if not 0 <= off <= slack:
@@ -89,8 +92,10 @@ def run(ctx: CheckContext) -> list[CheckResult]:
                                     f"records: a systematic miscount", 1.0))
     details = UsageDetails(len(idx), exact, dict(kinds),
                            {_offset_text(k): v for k, v in sorted(offsets.items())})
+    end_note = ctx.end_counting.describe("usage")
+    end_note = f"; {end_note}" if end_note else ""
     if findings:
         return [CheckResult("usage", "fail", "usage counts wrong: " + ", ".join(
-            f"{k} ({n})" for k, n in kinds.most_common()), details, findings)]
+            f"{k} ({n})" for k, n in kinds.most_common()) + end_note, details, findings)]
     return [CheckResult("usage", "pass", f"{len(idx)} records: usage equals the tokens sent and "
-                        f"served ({exact} against the server's ids)", details)]
+                        f"served ({exact} against the server's ids){end_note}", details)]

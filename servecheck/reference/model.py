@@ -206,6 +206,25 @@ class Reference:
         return list(dict.fromkeys([*tok.all_special_tokens, *added]))
 
     @cached_property
+    def hideable_ids(self) -> list[int]:
+        """Special tokens a chat model may emit inside an answer that a detokenizer skipping
+        special tokens (vLLM's and llama.cpp's default) leaves no trace of in the text: the
+        template's own markers (``<start_of_turn>``, ``<|im_start|>``), found by rendering a
+        conversation, less the end markers, which end the answer instead."""
+        probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                 {"role": "assistant", "content": "a"}, {"role": "user", "content": "u"}]
+        try:
+            text = self.render_messages(probe)
+        except Exception:
+            try:
+                text = self.render_messages(probe[1:])
+            except Exception:
+                return []
+        ends = set(self.end_ids)
+        ids = self.tokenizer.convert_tokens_to_ids([t for t in self.special_tokens if t in text])
+        return sorted({i for i in ids if i is not None and i not in ends})
+
+    @cached_property
     def special_ids(self) -> list[int]:
         """Ids of the special tokens: atomic, whatever text they spell."""
         tok = self.tokenizer

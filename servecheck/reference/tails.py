@@ -31,8 +31,10 @@ import torch
 
 from servecheck.reference.fused import threshold_pass
 
-K_GRID = (20, 40, 50, 64, 100)
-"""top_k defaults engines ship (llama.cpp 40, transformers' GenerationConfig 50) and neighbours."""
+K_GRID = (1, 20, 40, 50, 100)
+"""top_k defaults engines ship (CTranslate2 1, that is greedy; llama.cpp 40; transformers'
+GenerationConfig and ONNX Runtime GenAI's builder 50) and neighbours. Each is one more test in
+the sampler's Holm family, so the grid stays short (1 took the place of 64, a default of none)."""
 MIN_P_GRID = (0.02, 0.05, 0.1)
 """min_p values seen as defaults (llama.cpp 0.05) and either side."""
 TOP_P_GRID = (0.8, 0.9, 0.95)

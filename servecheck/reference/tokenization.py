@@ -167,6 +167,21 @@ class TokenBytes:
             self._ids = ids
         return self._ids.get(data)
 
+    def fewest(self, data: bytes) -> int | None:
+        """The fewest ordinary tokens that spell ``data`` (None: none do). A sampler's own
+        split of a text may take more tokens than the tokenizer's canonical one, and also fewer
+        (BPE's merges are not the shortest split), so a bound on what a server generated is
+        this, not the canonical count."""
+        self.lookup(b"")  # builds the spelling table
+        if self._longest is None:
+            self._longest = max(map(len, self._ids or ()), default=0)
+        best = [0] + [None] * len(data)
+        for end in range(1, len(data) + 1):
+            options = [best[end - n] + 1 for n in range(1, min(self._longest, end) + 1)
+                       if best[end - n] is not None and self.lookup(data[end - n:end]) is not None]
+            best[end] = min(options) if options else None
+        return best[-1]
+
     def byte_token(self, byte: int) -> int | None:
         """The token for one raw byte (``<0xNN>`` or a byte-level single byte), if any."""
         return self.lookup(bytes([byte]))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from servecheck.checks import run_checks
+from servecheck.checks import run_checks, screen
 from servecheck.checks.context import CheckContext, Scorer
 from servecheck.checks.conventions import ConventionFit, find_convention
 from servecheck.checks.options import CheckOptions
@@ -146,9 +146,10 @@ def check(responses: Path | list[ResponseRecord], options: CheckOptions | None =
     try:
         with timed("context (render, tokenize)"):
             ctx = CheckContext(records, engine.ref, options, engine.scorer, first_index)
+            screened = screen(ctx)  # before the order search: a broken record tips no verdict
         fit = teacher_force(ctx, console or Console(quiet=True), progress and console is not None)
         with timed("checks"):
-            results = run_checks(ctx)
+            results = run_checks(ctx, screened=screened)
         return CheckRun(ctx, results, fit, engine.rank)
     finally:
         if own:

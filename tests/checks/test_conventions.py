@@ -65,7 +65,8 @@ def test_the_order_found_is_the_one_that_matters(served, tmp_path: Path, check_j
                                                  check_named) -> None:
     code, summary = check_json(served["llama.cpp"], tmp_path, "builtin", "--sampler-order", "hf")
     assert summary["convention"] == {**HF.describe(), "found": False, "records": 0, "tokens": 0,
-                                     "candidates": [], "why": "HF order (as given)"}
+                                     "candidates": [], "why": "HF order (as given)",
+                                     "kept_default": None}
     assert code == 1 and check_named(summary, "support")["verdict"] == "fail"
     code, summary = check_json(served["llama.cpp"], tmp_path, "builtin", "--sampler-order",
                                "llama.cpp")

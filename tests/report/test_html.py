@@ -92,13 +92,16 @@ def test_junit_parses_back(run: dict) -> None:
             "logprobs", "seeds", "sampler", "tool calls", "reasoning", "stop strings", "usage",
             "fit[T=0.8]", "fit[T=0.8 top_p=0.9]", "temperature[T=0.8]",
             "temperature[T=0.8 top_p=0.9]"} == set(cases)
-    failure = cases["greedy"].find("failure")
-    assert failure is not None and "hard mismatch" in failure.get("message", "")
+    # the hostile output runs past max_tokens: named by termination, and left out of the
+    # statistics rather than failing greedy as well (checks.screen)
+    failure = cases["termination"].find("failure")
+    assert failure is not None and "too long" in failure.get("message", "")
     assert "[evil]" in (failure.text or "")
+    assert cases["greedy"].find("failure") is None
     assert cases["fit[T=0.8]"].find("failure") is None
     assert int(suite.get("tests", 0)) == 17  # with detokenization, the sampler, and the four
     # checks of tools, reasoning, stop strings and usage (skipped or passed on plain chats)
-    assert int(suite.get("failures", 0)) == 2  # greedy, and termination (longer than max_tokens)
+    assert int(suite.get("failures", 0)) == 1  # termination (longer than max_tokens) alone
 
 
 @needs_browser

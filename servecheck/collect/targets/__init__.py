@@ -72,6 +72,8 @@ REGISTRY: dict[str, str] = {
     "https": "servecheck.collect.targets.openai:OpenAITarget",
     "hf-endpoint": "servecheck.collect.targets.hf_endpoint:HFEndpointTarget",
     "hf-endpoint+https": "servecheck.collect.targets.hf_endpoint:HFEndpointTarget",
+    "ct2": "servecheck.collect.targets.ct2:CT2Target",
+    "ortgenai": "servecheck.collect.targets.ortgenai:OrtGenAITarget",
 }
 
 
@@ -90,6 +92,10 @@ class Target(ABC):
     """The newer request fields this target sends (``REQUEST_FIELDS``). A request that sets one
     it does not take is refused before anything is sent, never sent without it. Tools and
     template variables reach any target that templates with the reference."""
+    lacks: ClassVar[frozenset[str]] = frozenset()
+    """Sampling settings the engine behind this target has no way to apply (``min_p`` on
+    CTranslate2). A request that sets one to anything but its neutral value is refused before
+    anything is sent: the record would claim a setting the engine never ran."""
 
     @classmethod
     def from_spec(cls, spec: str, rest: str, reference: str | None = None) -> Target:
@@ -126,9 +132,20 @@ def request_fields(request: Request) -> set[str]:
     return {k for k, v in values.items() if v is not None}
 
 
+NEUTRAL_VALUES = {"min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                  "repetition_penalty": 1.0, "top_k": 0, "top_p": 1.0}
+
+
 def refuse_unsupported(requests: list[Request], target: Target) -> None:
     """Bad input, before any request is sent, when a request sets a field the target cannot."""
     for request in requests:
+        lacked = sorted(name for name in target.lacks if getattr(request.parameters, name)
+                        not in (None, NEUTRAL_VALUES.get(name)))
+        if lacked:
+            raise InputError(f"{type(target).__name__} has no way to apply {', '.join(lacked)} "
+                             f"(request {request.id}): leave "
+                             f"{'it' if len(lacked) == 1 else 'them'} out of the prompts file "
+                             f"for this target", where=target.spec)
         missing = sorted(request_fields(request) - target.takes)
         if missing:
             raise InputError(f"{type(target).__name__} does not send {', '.join(missing)} "

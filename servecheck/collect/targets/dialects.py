@@ -1,13 +1,14 @@
 """Which OpenAI-compatible server is behind a URL, and the names it reads each setting under.
 
 Every engine speaks the OpenAI API, and each reads the settings beyond it under its own names:
-llama.cpp reads ``repeat_penalty`` and silently drops ``repetition_penalty`` (a record then says
-1.0 was sent while the server ran its default 1.1), and returns log-probs only when
-``top_logprobs`` is set; TGI's Messages API has no ``top_k``, ``min_p`` or repetition penalty at
-all. So the server is found once, from the info endpoint each has, and every setting goes under
-the name it reads, or the request is refused with the reason; never a silent default. A server
-that does not say what it is gets the extra fields under vLLM's names, and ``generate`` says
-once that it may ignore them.
+llama.cpp (``llama-server`` and llama-cpp-python's server alike) reads ``repeat_penalty`` and
+silently drops ``repetition_penalty`` (a record then says 1.0 was sent while the server ran its
+default 1.1), and returns log-probs only when ``top_logprobs`` is set; TGI's Messages API has no
+``top_k``, ``min_p`` or repetition penalty at all. So the server is found once, from the info
+endpoint each has (llama-cpp-python, which has none, from the title of its ``/openapi.json``),
+and every setting goes under the name it reads, or the request is refused with the reason;
+never a silent default. A server that does not say what it is gets the extra fields under
+vLLM's names, and ``generate`` says once that it may ignore them.
 """
 
 from __future__ import annotations
@@ -51,12 +52,23 @@ class Dialect:
 VLLM = Dialect("vLLM", token_ids=True)
 LLAMA_CPP = Dialect("llama.cpp", renames={"repetition_penalty": "repeat_penalty"},
                     logprob_fields={"top_logprobs": 1})
+LLAMA_CPP_PYTHON = Dialect("llama-cpp-python (llama.cpp)",
+                           renames={"repetition_penalty": "repeat_penalty"},
+                           logprob_fields={"top_logprobs": 1})
+"""llama-cpp-python's own OpenAI server: llama.cpp's sampler and names, but none of
+``llama-server``'s endpoints (``/props`` is 404); its ``/openapi.json`` names it."""
 TGI = Dialect("TGI", unsupported=frozenset(EXTRA))
 SGLANG = Dialect("SGLang")
 UNKNOWN = Dialect("an OpenAI-compatible server", identified=False)
 
+NAMED = {"vllm": VLLM, "llama.cpp": LLAMA_CPP, "llama-cpp-python": LLAMA_CPP_PYTHON,
+         "tgi": TGI, "sglang": SGLANG, "openai": UNKNOWN}
+"""What ``?server=NAME`` names, for a server whose info endpoints a gateway hides; ``openai``
+sends only the API's own names and vLLM's extra ones, as for a server that says nothing."""
+
 PROBES: tuple[tuple[str, str], ...] = (("/version", "version"), ("/props", "props"),
-                                       ("/info", "info"), ("/get_server_info", "sglang"))
+                                       ("/info", "info"), ("/get_server_info", "sglang"),
+                                       ("/openapi.json", "openapi"))
 """Info endpoints, in the order tried (each engine's own; the first that answers names it)."""
 
 
@@ -71,6 +83,8 @@ def _named(kind: str, body: Any) -> Dialect | None:
         return TGI
     if kind == "sglang" and body:
         return SGLANG
+    if kind == "openapi" and "llama.cpp" in str((body.get("info") or {}).get("title", "")):
+        return LLAMA_CPP_PYTHON
     return None
 
 

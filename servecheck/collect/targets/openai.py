@@ -49,7 +49,7 @@ from servecheck.collect.targets import (
     required_reference,
     spec_options,
 )
-from servecheck.collect.targets.dialects import EXTRA, UNKNOWN, Dialect, detect
+from servecheck.collect.targets.dialects import EXTRA, NAMED, UNKNOWN, Dialect, detect
 from servecheck.collect.targets.http import HttpClient
 from servecheck.collect.targets.parsed import raw_output, spelling, split_fields, usage_of
 from servecheck.collect.targets.streamed import joined
@@ -58,7 +58,8 @@ from servecheck.formats.prompts import Request
 from servecheck.formats.records import END_MARKER_UNKNOWN, Conversation, ResponseRecord, Timing
 from servecheck.reference.model import Reference
 
-OPTIONS = ("mode", "model", "template", "api_key_env", "timeout", "concurrency", "stream")
+OPTIONS = ("mode", "model", "template", "api_key_env", "timeout", "concurrency", "stream",
+           "server")
 SETTINGS = ("temperature", "top_p", "top_k", "min_p", "seed", "repetition_penalty",
             "presence_penalty", "frequency_penalty")
 UNKNOWN_END = END_MARKER_UNKNOWN
@@ -104,8 +105,13 @@ class OpenAITarget(Target):
         chat mode when none was named, and then no end marker is restored."""
         self.http = HttpClient.from_options(spec, base_url, opts, "OPENAI_API_KEY", concurrency=8)
         self.max_concurrency = self.http.max_connections
-        self.dialect: Dialect | None = None
-        """The server found at the first request (``dialects.detect``), once for all requests."""
+        server = opts.get("server")
+        if server is not None and server not in NAMED:
+            raise InputError(f"server must be one of {', '.join(NAMED)}, not {server!r}",
+                             where=spec)
+        self.dialect: Dialect | None = NAMED[server] if server else None
+        """The server named by ``?server=``, else found at the first request
+        (``dialects.detect``), once for all requests."""
         self._setup_lock = asyncio.Lock()
 
     @classmethod
@@ -122,10 +128,12 @@ class OpenAITarget(Target):
     async def _setup(self) -> None:
         async with self._setup_lock:  # concurrent first requests: one probe, one client
             if self.dialect is None:
-                await self._find_server()
+                self.dialect = await detect(self.http.base_url.removesuffix("/v1"),
+                                            self.http.secrets)
+            if self.model is None:
+                await self._find_model()
 
-    async def _find_server(self) -> None:
-        self.dialect = await detect(self.http.base_url.removesuffix("/v1"), self.http.secrets)
+    async def _find_model(self) -> None:
         if self.model is None:
             models = await self.http.request("GET", "/models")
             try:

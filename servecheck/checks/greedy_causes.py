@@ -1,0 +1,98 @@
+"""Greedy mismatches a penalty explains: the setting the server applied that made them argmax.
+
+A greedy output is deterministic, so a penalty the server applies where the request set none
+(llama.cpp's server default ``repeat_penalty`` 1.1, a ``repetition_penalty`` sent under a name
+the server does not read, a deployment default) shows as hard argmax mismatches at the first
+repeated token, and nowhere else. The greedy check counts them; this names their cause where one
+setting does: the mismatched records are scored again under each candidate penalty, and a
+candidate explains them when it leaves (almost) none of their mismatches and adds none to a
+sample of the records that matched. The smallest such penalty is named, llama.cpp's default
+first among equals. The sampled records' evidence for a penalty is the sampler check's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from servecheck.checks.context import CheckContext
+from servecheck.reference.sampling import Sampling
+from servecheck.reference.scoring import ScoreItem
+
+GRID = ([("repetition_penalty", v) for v in (1.05, 1.1, 1.15, 1.2, 1.3, 1.5)]
+        + [(name, v) for name in ("presence_penalty", "frequency_penalty")
+           for v in (0.1, 0.3, 0.5, 1.0, 1.5, 2.0)])
+SCOPES = ("prompt+output", "output")
+SAMPLE = 32
+"""Mismatched records rescored at most, and as many of the matched ones."""
+LEFT = 0.05
+"""A candidate may leave this share of the mismatches (a near-tie its kernels break otherwise)."""
+
+
+@dataclass(frozen=True)
+class Cause:
+    setting: str
+    value: float
+    scope: str
+    before: int
+    """Hard mismatches in the records rescored, under the request."""
+    after: int
+    """…and under this penalty (in the matched records too)."""
+    records: int
+    requested: float | None
+    """The value every rescored request set for ``setting`` explicitly, if they all did."""
+
+    def describe(self) -> str:
+        shape = (f"a {self.setting.replace('_', ' ')} of {self.value:g} ({self.scope} tokens "
+                 f"counted)")
+        said = (f"every one of the {self.before} mismatches in the {self.records} records "
+                f"rescored is the argmax once {shape} is applied" if not self.after else
+                f"{self.before - self.after} of the {self.before} mismatches in the "
+                f"{self.records} records rescored are the argmax once {shape} is applied")
+        if self.requested is not None:
+            return (f"{said}: the server did not apply {self.setting}={self.requested} as "
+                    f"requested")
+        return f"{said}: the server applies a penalty the request did not ask for"
+
+
+def _hard(ctx: CheckContext, items: list[ScoreItem], scope: str) -> list[int]:
+    """Hard mismatches per item under its sampling: tokens whose penalised logit is more than
+    the numerics tolerance below the penalised argmax's (temperature 1: logit gaps are
+    log-probability gaps)."""
+    convention = replace(ctx.convention, penalty_scope=scope)
+    out = []
+    for s in ctx.scorer(ctx.ref, items, convention):
+        gap = np.log(s.stats["top"]) - s.stats["logq"]
+        out.append(int(np.sum(gap > ctx.tolerances.logit)))
+    return out
+
+
+def explain(ctx: CheckContext, mismatched: list[int], matched: list[int]) -> Cause | None:
+    """The penalty that makes the greedy records' tokens argmax, or None."""
+    plain = [i for i in mismatched if not ctx.sampling[i].penalised][:SAMPLE]
+    others = [i for i in matched if not ctx.sampling[i].penalised]
+    others = [others[k] for k in np.linspace(0, len(others) - 1, min(SAMPLE, len(others)))
+              .round().astype(int).tolist()] if others else []
+    if not plain:
+        return None
+    rows = plain + others
+    base = [ScoreItem(ctx.prompt_ids(i)[0], ctx.output_ids(i)[0], Sampling()) for i in rows]
+    before = sum(_hard(ctx, base[:len(plain)], SCOPES[0]))
+    if not before:
+        return None
+    found: list[Cause] = []
+    for scope in SCOPES:
+        for setting, value in GRID:
+            items = [replace(b, sampling=Sampling(**{setting: value})) for b in base]
+            after = sum(_hard(ctx, items, scope))
+            if after <= LEFT * before:
+                asked = {getattr(ctx.records[i].parameters, setting) for i in plain}
+                neutral = 1.0 if setting == "repetition_penalty" else 0.0
+                found.append(Cause(setting, value, scope, before, after, len(plain),
+                                   neutral if asked == {neutral} else None))
+    if not found:
+        return None
+    return min(found, key=lambda c: (c.after, c.setting != "repetition_penalty",
+                                     abs(c.value - (1.1 if c.setting == "repetition_penalty"
+                                                    else 0.0)), c.scope != SCOPES[0]))
