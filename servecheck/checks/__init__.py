@@ -13,6 +13,7 @@ from collections.abc import Callable
 from functools import cache
 from types import ModuleType
 
+from servecheck.checks.attribution import attribute
 from servecheck.checks.context import CheckContext
 from servecheck.checks.results import CheckResult
 
@@ -66,4 +67,4 @@ def run_checks(ctx: CheckContext, only: Callable[[ModuleType], bool] | None = No
         if only is not None and not only(module):
             continue
         out += (screened or {}).get(module.__name__) or module.run(ctx)
-    return out
+    return attribute(out)

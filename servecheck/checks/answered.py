@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from servecheck.checks.context import CheckContext, label
 from servecheck.checks.results import CheckResult, Details, Finding
@@ -14,6 +14,8 @@ ORDER = 10
 class AnsweredDetails(Details):
     records: int
     errors: int
+    left_out: dict[str, int] = field(default_factory=dict)
+    """Records left out of the statistical checks, by the screening check that failed them."""
 
     def effect(self) -> str:
         return f"{self.errors}/{self.records} failed requests"
@@ -22,12 +24,15 @@ class AnsweredDetails(Details):
 def run(ctx: CheckContext) -> list[CheckResult]:
     failed = [(label(r, ctx.first_index + i), r.error) for i, r in enumerate(ctx.all_records) if r.error]
     n = len(ctx.all_records)
-    details = AnsweredDetails(n, len(failed))
+    counts = ctx.left_out_counts()
+    details = AnsweredDetails(n, len(failed), counts)
+    left = (f"; {len(ctx.left_out)} left out of the statistical checks, named where they fail ("
+            + ", ".join(f"{name} {k}" for name, k in counts.items()) + ")") if counts else ""
     if failed:
         return [CheckResult("records", "fail",
                             f"{len(failed)}/{n} requests failed and were not checked "
-                            f"(rerun generate to retry them)", details,
+                            f"(rerun generate to retry them){left}", details,
                             [Finding(name, f"error: {e}", 1.0) for name, e in failed])]
     forced = (f"; {ctx.constrained} not checked: decoded under a grammar (tool_choice required "
               f"or a named function), which the reference does not apply") if ctx.constrained else ""
-    return [CheckResult("records", "pass", f"{n}/{n} requests answered{forced}", details)]
+    return [CheckResult("records", "pass", f"{n}/{n} requests answered{forced}{left}", details)]

@@ -61,6 +61,9 @@ class CheckContext:
         """The sampling convention every score is made under; where the options leave it
         unset, ``check`` puts the one the records show (``checks.conventions``) before
         anything is scored."""
+        self.undecided: list[Convention] = []
+        """Other orders the records could not rule out (``ConventionFit.undecided``), put with
+        the convention: a token one of them holds is no support violation."""
         self._check_ids()
         self._check_lengths()
         self.expected_prompts  # noqa: B018 - renders every conversation now: a refusal is bad input
@@ -196,7 +199,7 @@ class CheckContext:
         cache = self._scores
         missing = [i for i in indices if i not in cache]
         if missing:
-            for i, s in zip(missing, self.score_items([self._item(i) for i in missing]),
+            for i, s in zip(missing, self.score_items([self.item(i) for i in missing]),
                             strict=True):
                 cache[i] = s
             if search and self.options.search_tokens:
@@ -281,7 +284,9 @@ class CheckContext:
         """The seed of record i's PIT uniforms and tokenization draws: from its label, stable."""
         return int.from_bytes(hashlib.sha256(self.labels[i].encode()).digest()[:4], "little")
 
-    def _item(self, i: int) -> ScoreItem:
+    def item(self, i: int) -> ScoreItem:
+        """What the scorer gets for record i: its prompt and output tokens, its sampling and
+        its seed (some checks score it again under another order or penalty)."""
         prompt, output = self.prompt_ids(i)[0], self.output_ids(i)[0]
         limit = self.ref.context_length
         if limit and len(prompt) + len(output) > limit:  # memory and meaning both end here

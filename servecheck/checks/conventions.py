@@ -92,6 +92,18 @@ class ConventionFit:
     kept_default: str | None = None
     """Why the default stayed although another candidate fit better (``_decide``)."""
 
+    @property
+    def undecided(self) -> list[Convention]:
+        """Orders other than the chosen one that the records could not rule out: within
+        ``MARGIN_NATS`` of it, or kept out only by ``_decide``'s robustness rules. A token
+        that one of them holds inside its support is no evidence against the server (the
+        support check says so instead of failing it)."""
+        if not self.found or len(self.candidates) < 2:
+            return []
+        chosen = next(c for c in self.candidates if c.convention == self.chosen)
+        return [c.convention for c in self.candidates if c.convention != self.chosen and
+                (c.score >= chosen.score - MARGIN_NATS or self.kept_default is not None)]
+
     def describe(self) -> str:
         if not self.found:
             return f"{self.chosen.name} (as given)"
@@ -158,7 +170,7 @@ def find_convention(ctx: CheckContext) -> ConventionFit:
     if len(options) < 2:
         return ConventionFit(HF, True)
     idx = _spread(sorted(set(order) | set(scope)), MAX_RECORDS)
-    items = [ctx._item(i) for i in idx]
+    items = [ctx.item(i) for i in idx]
     scored = [ctx.scorer(ctx.ref, items, c) for c in options]
     logq = [[s.stats["logq"] for s in scores] for scores in scored]
     common = [np.all([np.isfinite(lq[r]) for lq in logq], axis=0) for r in range(len(idx))]

@@ -37,7 +37,7 @@ from servecheck.checks.context import CheckContext
 from servecheck.checks.distribution import informative
 from servecheck.checks.greedy import greedy_positions
 from servecheck.checks.results import CheckResult, Details, Finding
-from servecheck.checks.support import outside_support
+from servecheck.checks.support import violations
 from servecheck.reference.scoring import TokenScores
 
 PIT_CLIP = 1e-12
@@ -105,6 +105,7 @@ def judge(ctx: CheckContext, results: list[CheckResult], indices: list[int] | No
     z_star = float(st.norm.isf(alpha / (2 * max(1, len(sampled)))))
     delta = ctx.tolerances.logit
     out: dict[int, CheckResult] = {}
+    outside_of, ties_of, _ = violations(ctx, sampled, scores)
     for i in idx:
         s = scores[i]
         label = ctx.labels[i]
@@ -121,7 +122,7 @@ def judge(ctx: CheckContext, results: list[CheckResult], indices: list[int] | No
                                f"at token {k} (logit margin {s.margin[k]:.3f})")
             out[i] = _verdict(label, reasons, evidence, RecordDetails("greedy"))
             continue
-        outside, ties = outside_support(s, ctx.tolerances)
+        outside, ties = outside_of[i], ties_of[i]
         z, n_inf = record_pit_z(s)
         p = float(2 * st.norm.sf(abs(z)))
         evidence = (f"sampled ({sampling.label()}): likelihood z {z:+.2f} (p {p:.2g}, "

@@ -23,7 +23,7 @@ from servecheck.checks.distribution import informative, sampled_groups, stat_tes
 from servecheck.checks.results import CheckResult, Details, Finding
 from servecheck.checks.shared_seeds import SeedDesign, seed_design
 from servecheck.checks.stats import StatTest, holm
-from servecheck.checks.support import outside_support
+from servecheck.checks.support import violations
 from servecheck.reference.scoring import TEMPERATURE_FACTORS, TokenScores
 from servecheck.reference.tails import K_GRID, MIN_P_GRID, TOP_P_GRID
 
@@ -172,13 +172,13 @@ def dropped_settings(ctx: CheckContext, scores: dict[int, TokenScores]) -> list[
     not apply it (ONNX Runtime GenAI drops top_p when top_k is 0). The support check fails on
     the same tokens; this names the setting."""
     out = []
-    tol = ctx.tolerances
+    outside_of, _, _ = violations(ctx, list(scores), scores)
     for rule in ("top_k", "top_p", "min_p"):
         asked = [i for i in scores if getattr(ctx.sampling[i], rule) not in (0, 1.0, 0.0)]
         hits, records, need = 0, 0, 0.0
         for i in asked:
             s = scores[i]
-            found = [k for k, r, _ in outside_support(s, tol)[0] if r == rule]
+            found = [k for k, r, _ in outside_of[i] if r == rule]
             hits += len(found)
             records += bool(found)
             if found and rule == "top_k":

@@ -29,6 +29,10 @@ class TemplateDetails(Details):
     differ: int
     kinds: dict[str, int] = field(default_factory=dict)
     """How many records show each diagnosis."""
+    empty_system: int = 0
+    """Records whose ``parameters.system_prompt`` is "" with no system turn (the notes' files)."""
+    rendered_empty: int = 0
+    """…of them, the ones whose served prompt has the empty system turn rendered."""
 
     def effect(self) -> str:
         return f"{self.differ}/{self.compared} prompts differ"
@@ -172,12 +176,19 @@ def check_template(ctx: CheckContext) -> CheckResult:
     ref = ctx.ref
     findings: list[Finding] = []
     kinds: Counter[str] = Counter()
-    compared = 0
+    compared = empty_system = rendered_empty = 0
     for i, (r, expected) in enumerate(zip(ctx.records, ctx.expected_prompts, strict=True)):
         name = ctx.labels[i]
         if not r.input and r.prompt_token_ids is None:
             continue
         compared += 1
+        if r.asked_empty_system:
+            empty_system += 1
+            with_turn = _with_empty_system(r.conversations, ref)
+            if with_turn is not None and (r.input == with_turn or (
+                    not r.input and r.prompt_token_ids == ref.encode(with_turn))):
+                rendered_empty += 1
+                continue
         problem: tuple[str, str] | None = None
         if r.input and r.input != expected:
             kind, message = diagnose(r.input, r.conversations, ref, expected)
@@ -196,12 +207,23 @@ def check_template(ctx: CheckContext) -> CheckResult:
             "no record has an input or prompt token ids: the server did not say what prompt it "
             "built (an OpenAI chat endpoint other than vLLM's); to check the template, collect "
             "with ?mode=completions, which templates on the client"), per_record=True)
+    note = (f"; {empty_system} record(s) give system_prompt \"\" and no system turn, taken as "
+            f"no system prompt ({rendered_empty} rendered with an empty system turn, which the "
+            f"template writes into the prompt, and checked against that)") if empty_system else ""
+    details = TemplateDetails(compared, len(findings), dict(kinds), empty_system, rendered_empty)
     if findings:
         summary = f"{len(findings)}/{len(ctx.records)} records differ from the reference template: " + \
             ", ".join(f"{k} ({n})" for k, n in kinds.most_common())
-        return CheckResult("template", "fail", summary,
-                           TemplateDetails(compared, len(findings), dict(kinds)), findings,
-                           per_record=True)
+        return CheckResult("template", "fail", summary + note, details, findings, per_record=True)
     return CheckResult("template", "pass",
-                       f"{compared}/{compared} prompts equal the reference template",
-                       TemplateDetails(compared, 0), per_record=True)
+                       f"{compared}/{compared} prompts equal the reference template{note}",
+                       details, per_record=True)
+
+
+def _with_empty_system(conv: Conversation, ref: Reference) -> str | None:
+    """The conversation rendered with an empty system turn first (None: the template refuses)."""
+    messages = [{"role": "system", "content": ""}, *conv.hf_messages()]
+    try:
+        return ref.render_messages(messages, **conv.template_kwargs())
+    except Exception:  # a template without system turns: the other reading stands alone
+        return None

@@ -128,6 +128,13 @@ class TokenSearch:
         k = int(at[0])
         return [Proposal([*ids[:k], v, *ids[k:]], (k,)) for v in self.hideable]
 
+    def _impossible(self, s: TokenScores) -> int:
+        """Tokens a correct server could not have produced: outside the support (sampled) or
+        hard argmax mismatches (greedy)."""
+        if "logq" in s.stats:
+            return int(np.isinf(s.stats["logq"]).sum())
+        return greedy_key(s.token_ids, s.argmax, s.margin, s.logprob, self.ctx.tolerances.logit)[0]
+
     def _hides(self, s: TokenScores) -> bool:
         return bool(self.hideable) and bool(np.isin(s.token_ids, self.hideable).any())
 
@@ -175,12 +182,26 @@ class TokenSearch:
         """Of two proposals for one record, whether ``a`` is the one to put to ``keep``: fewer
         impossible tokens, then the likelier (a choice only between the two ways of splitting
         at one place, never against the current tokens, which ``keep`` draws for)."""
-        def key(s: TokenScores) -> tuple[int, float]:
+        def key(s: TokenScores) -> tuple[float, ...]:
+            served = self._served_fit(i, s)
             if "logq" in s.stats:
-                return int(np.isinf(s.stats["logq"]).sum()), -sampled_loglik(s.stats["logq"])
-            return greedy_key(s.token_ids, s.argmax, s.margin, s.logprob,
-                              self.ctx.tolerances.logit)
+                return (*served, int(np.isinf(s.stats["logq"]).sum()),
+                        -sampled_loglik(s.stats["logq"]))
+            return (*served, *greedy_key(s.token_ids, s.argmax, s.margin, s.logprob,
+                                         self.ctx.tolerances.logit))
         return key(a) < key(b)
+
+    def _served_fit(self, i: int, s: TokenScores) -> tuple[float, ...]:
+        """Where the server gave log-probs, how far these tokens are from them: the count first,
+        then whether every token's reference log-prob matches the served one within
+        ``SERVED_LOGPROB_NATS`` (the served log-probs name the tokens the server drew: ``Ġ``
+        ``WHITE`` where the text's own split is ``ĠWHITE``). Empty where it gave none."""
+        ctx = self.ctx
+        if not ctx.records[i].output_logprobs or i in ctx.lost_at:
+            return ()
+        n = ctx.served_count(i)
+        assert n is not None
+        return float(abs(len(s) - n)), float(not self._lines_up(i, s))
 
     def keep(self, i: int, new: TokenScores, round_: int) -> bool:
         """Whether a proposed tokenization replaces the current one: the server's token count
@@ -188,14 +209,16 @@ class TokenSearch:
         posterior draw (or, to measure its bias, the likelier one) for sampled ones."""
         ctx = self.ctx
         r, current = ctx.records[i], ctx._scores[i]
-        if r.output_logprobs and self._hides(new) and not self._lines_up(i, new):
-            return False  # a special token put back must be the one the log-probs stand for
-        if r.output_logprobs and i not in ctx.lost_at:  # a truncated text: the count is another
-            n = ctx.served_count(i)
-            assert n is not None
-            off_new, off_current = abs(len(new) - n), abs(len(current) - n)
-            if off_new != off_current:
-                return off_new < off_current
+        if self._hides(new) and not self._hides(current):
+            if r.output_logprobs:
+                if not self._lines_up(i, new):
+                    return False  # a special token put back must be the one the log-probs name
+            elif self._impossible(new) >= self._impossible(current):
+                return False  # …or, without them, make the text possible, not trade one slip
+                # for another
+        fit_new, fit_current = self._served_fit(i, new), self._served_fit(i, current)
+        if fit_new != fit_current:  # the served count, then the served log-probs, decide
+            return fit_new < fit_current
         if ctx.sampling[i].greedy or "logq" not in new.stats:
             delta = ctx.tolerances.logit
             return greedy_key(new.token_ids, new.argmax, new.margin, new.logprob, delta) < \

@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -246,6 +247,19 @@ class ResponseRecord(BaseModel):
     error: str | None = None
     """Set when the request failed; such records are kept, reported, and retried on resume."""
 
+    _empty_system: bool = PrivateAttr(False)
+
+    @property
+    def asked_empty_system(self) -> bool:
+        """The record's ``parameters`` said ``system_prompt: ""`` and its conversation has no
+        system turn: the original notes' "no system prompt". The server may have rendered it
+        either way (no system turn, or an empty one, which Gemma's template writes as a blank
+        line in the user turn); the template check accepts the one its ``input`` shows."""
+        return self._empty_system
+
+    def mark_empty_system(self) -> None:
+        self._empty_system = True
+
     @field_validator("output_logprobs")
     @classmethod
     def _log_probabilities(cls, v: list[float] | None) -> list[float] | None:
@@ -270,44 +284,6 @@ class ResponseRecord(BaseModel):
 END_MARKER_UNKNOWN = "unknown: not restored, no --reference or ?template= named"
 """``sent["end_marker"]`` of a record whose target could not put back the end marker a server
 strips (no reference named at collection): a missing marker is then no evidence."""
-
-VARIATION_KEYS = ("prompt", "system_prompt")
-"""Keys of a prompts file that the original notes' ``generate_responses.py`` also writes into a
-record's ``parameters`` ("the mixed and matched parameters loaded from prompts.json"). They are
-accepted there and must agree with ``conversations``; the record keeps them nowhere else."""
-
-
-def variation_mismatch(conversation: Conversation, variation: dict[str, Any]) -> str | None:
-    """Why ``parameters.prompt`` / ``parameters.system_prompt`` disagree with the conversation
-    (None when they agree): the problem, naming the field."""
-    turns = conversation.contents
-    system = variation.get("system_prompt")
-    has_system = turns[0].role == "system"
-    if "system_prompt" in variation and system is not None:
-        if not isinstance(system, str):
-            return f"field 'parameters.system_prompt': expected a string or null, got {system!r}"
-        if not has_system or turns[0].content != system:
-            found = repr(turns[0].content[:60]) if has_system else "no system turn"
-            return (f"field 'parameters.system_prompt' ({system[:60]!r}) disagrees with "
-                    f"conversations ({found})")
-    if "prompt" not in variation:
-        return None
-    prompt = variation["prompt"]
-    rest = turns[1:] if has_system and system is not None else turns
-    if isinstance(prompt, str):
-        last = turns[-1]
-        if last.role != "user" or last.content != prompt:
-            return (f"field 'parameters.prompt' ({prompt[:60]!r}) disagrees with conversations "
-                    f"(last turn: {last.role} {last.content[:60]!r})")
-        return None
-    try:
-        asked = Conversation(contents=prompt)
-    except ValidationError:
-        return "field 'parameters.prompt': expected a string or a list of {role, content} turns"
-    if [(m.role, m.content) for m in asked.contents] != [(m.role, m.content) for m in rest]:
-        return "field 'parameters.prompt' (a conversation) disagrees with conversations"
-    return None
-
 
 def _wrap_scalar(v: object) -> object:
     """A scalar is a list of one; so is a single conversation given as a prompt."""

@@ -28,13 +28,12 @@ from pydantic import ValidationError
 
 from servecheck.errors import InputError
 from servecheck.formats.records import (
-    VARIATION_KEYS,
     ResponseRecord,
     explain,
     read_text,
-    variation_mismatch,
 )
 from servecheck.formats.shards import is_sharded, parquet_rows, shard_paths, shard_text
+from servecheck.formats.variations import VARIATION_KEYS, variation_mismatch
 
 FSYNC_EVERY_S = 1.0
 MAX_RECORD_BYTES = 16 * 2**20
@@ -174,6 +173,8 @@ def validate_record(obj: object, where: str) -> ResponseRecord:
     problem = variation_mismatch(rec.conversations, variation) if variation else None
     if problem:
         raise InputError(problem, where=where + (f" (id {rec.id})" if rec.id else ""))
+    if variation.get("system_prompt") == "" and rec.conversations.contents[0].role != "system":
+        rec.mark_empty_system()
     return rec
 
 

@@ -19,6 +19,8 @@ BUILTIN = Path(__file__).parents[1] / "tinymodels" / "builtin"
 BUILTIN_TOOLS = Path(__file__).parents[1] / "tinymodels" / "builtin-tools"
 """The second built-in model: Qwen3, a Hermes-style template with tools and thinking."""
 BUILTINS = {"builtin": BUILTIN, "builtin-tools": BUILTIN_TOOLS}
+HIDEABLE = 16
+"""Special tokens tried as skipped by a detokenizer, at most (``Reference.hideable_ids``)."""
 ENCODE_CACHE = 200_000
 """Texts whose tokens are kept (a bound on memory: past it, texts are tokenized each time)."""
 
@@ -207,22 +209,25 @@ class Reference:
 
     @cached_property
     def hideable_ids(self) -> list[int]:
-        """Special tokens a chat model may emit inside an answer that a detokenizer skipping
-        special tokens (vLLM's and llama.cpp's default) leaves no trace of in the text: the
-        template's own markers (``<start_of_turn>``, ``<|im_start|>``), found by rendering a
-        conversation, less the end markers, which end the answer instead."""
+        """Special tokens a model may emit inside an answer that a detokenizer skipping special
+        tokens (vLLM's and llama.cpp's default) leaves no trace of in the text: the template's
+        own markers (``<start_of_turn>``, ``<|im_start|>``, found by rendering a conversation)
+        and the tokenizer's declared specials (``<pad>``, ``<unk>``, ``<bos>``: an undertrained
+        one keeps some probability), less the end markers, which end the answer instead. At
+        most ``HIDEABLE`` of them: each is one more proposal where a token looks lost."""
         probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
                  {"role": "assistant", "content": "a"}, {"role": "user", "content": "u"}]
-        try:
-            text = self.render_messages(probe)
-        except Exception:
+        text = ""
+        for messages in (probe, probe[1:]):
             try:
-                text = self.render_messages(probe[1:])
+                text = self.render_messages(messages)
+                break
             except Exception:
-                return []
+                continue
         ends = set(self.end_ids)
-        ids = self.tokenizer.convert_tokens_to_ids([t for t in self.special_tokens if t in text])
-        return sorted({i for i in ids if i is not None and i not in ends})
+        marks = self.tokenizer.convert_tokens_to_ids([t for t in self.special_tokens if t in text])
+        ids = [*marks, *self.tokenizer.all_special_ids]
+        return sorted({i for i in ids if i is not None and i not in ends})[:HIDEABLE]
 
     @cached_property
     def special_ids(self) -> list[int]:

@@ -83,7 +83,7 @@ def teacher_force(ctx: CheckContext, console: Console, enabled: bool = True) -> 
     else:
         with spinner(console, "finding the sampling order…", enabled), timed("sampling order"):
             fit = find_convention(ctx)
-        ctx.convention = fit.chosen
+        ctx.convention, ctx.undecided = fit.chosen, fit.undecided
     with bar(console, "teacher forcing", len(ctx.records), enabled) as advance, \
             timed("teacher forcing"):
         ctx.prefetch(advance)

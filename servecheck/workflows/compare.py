@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -156,10 +156,15 @@ def build_pairs(ctx: CheckContext, served: list[ResponseRecord], truth: list[Res
         same = s.input == t.input
         prompts = DiffView(left, right, "pass" if same else "fail",
                            "the same prompt" if same else "the prompts differ", [], 1)
+        served_side, truth_side = _side(ctx, s, verdicts, position), \
+            _side(ctx, t, verdicts, position)
+        if same and s.output == t.output and served_side.verdict and truth_side.verdict:
+            # one text after one prompt: one verdict, whichever side the draws of the test's
+            # randomisation would have tipped (an identical ground truth is never the odd one)
+            truth_side = replace(truth_side, verdict=served_side.verdict)
         pairs.append(Pair(s.id or "", ctx.sampling[position[s.id or ""]].label(),
                           [(m.role, m.content) for m in s.conversations.contents],
-                          _side(ctx, s, verdicts, position), _side(ctx, t, verdicts, position),
-                          prompts, s.output == t.output))
+                          served_side, truth_side, prompts, s.output == t.output))
     return pairs
 
 

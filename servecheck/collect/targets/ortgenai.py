@@ -32,8 +32,10 @@ from typing import Any
 import numpy as np
 
 from servecheck.collect.targets.engine import EngineTarget, Generation
-from servecheck.errors import InputError
+from servecheck.errors import InputError, TargetError
 from servecheck.formats.prompts import Request
+
+SEED_MAX = 2**31 - 1
 
 
 class OrtGenAITarget(EngineTarget):
@@ -106,6 +108,9 @@ class OrtGenAITarget(EngineTarget):
         if settings.get("repetition_penalty") is not None:
             sent["repetition_penalty"] = settings["repetition_penalty"]
         if seed is not None:
+            if seed > SEED_MAX:
+                raise TargetError(f"ONNX Runtime GenAI takes a random_seed up to {SEED_MAX} (a "
+                                  f"signed 32-bit int); this request asks for {seed}")
             sent["random_seed"] = seed
         params = og.GeneratorParams(self.model)
         params.set_search_options(**sent)

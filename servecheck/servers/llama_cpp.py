@@ -1,0 +1,87 @@
+"""llama-cpp-python's OpenAI server over a checkpoint converted to GGUF: a real llama.cpp to check.
+
+llama.cpp shares no code with transformers: its own kernels, tokenizer, chat-template engine,
+sampler chain and defaults. servecheck reaches it as users do, with the ``openai://`` target;
+this module starts one for the tests and the benchmarks, from the environment
+``.ci/llama-cpp-env`` builds (``servers/convert.llama_venv``), on 127.0.0.1.
+
+What it is started with, and why: ``--n_ctx`` the checkpoint's context; ``--type_k 0 --type_v 0``
+keeps the KV cache in float32 (llama.cpp's F16 default costs 1e-3 to 6e-3 in log-probs, which a
+``--numerics fp32`` check would count against it); one thread, so that several servers and the
+checks share a small machine; ``--verbose False``. Its sampling defaults (top_k 40, top_p 0.95,
+min_p 0.05, repeat_penalty 1.1, temperature 0.8) cannot be changed from the command line: a
+request that wants a neutral sampler sets each of them, which is what the tests do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from servecheck.servers.convert import converted, llama_venv
+
+START_TIMEOUT_S = 120
+
+
+def python() -> Path:
+    return llama_venv() / "bin" / "python"
+
+
+def available() -> bool:
+    return (llama_venv() / ".servecheck-ready").exists()
+
+
+def start(gguf: Path, port: int, log: Path, context: int = 1024, threads: int = 1
+          ) -> subprocess.Popen:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    out = log.open("w")
+    return subprocess.Popen(
+        [str(python()), "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", str(context), "--type_k", "0", "--type_v", "0",
+         "--n_threads", str(threads), "--n_threads_batch", str(threads), "--verbose", "False"],
+        env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_ready(proc: subprocess.Popen, port: int, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llama.cpp exited during start-up:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"llama.cpp did not start in {START_TIMEOUT_S} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextlib.contextmanager
+def serving(checkpoint: Path, port: int, work: Path, threads: int = 1) -> Iterator[str]:
+    """llama.cpp serving ``checkpoint`` (converted to GGUF once per machine) on ``port``;
+    yields ``127.0.0.1:PORT``, and stops it on the way out."""
+    gguf = converted("gguf", checkpoint) / "model.gguf"
+    log = work / f"llama-{port}.log"
+    proc = start(gguf, port, log, threads=threads)
+    try:
+        wait_ready(proc, port, log)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop(proc)
