@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH ?= 2.13.0
 
-.PHONY: install demo test test-fast lint clean rebuild-builtin browser vllm
+.PHONY: install demo test test-fast lint clean rebuild-builtin browser vllm llama-cpp
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	# torch first and pinned (here only: the library asks for a range), so nothing can pull a
 	# multi-GB CUDA build instead: on these machines 2.13.0 is a local CPU wheel.
 	$(BIN)/pip install --quiet torch==$(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev,triton]'
+	$(BIN)/pip install --quiet -e '.[dev,triton,engines]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,7 +21,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/servecheck demo --out-dir demo-out
 
-test: $(STAMP) vllm
+test: $(STAMP) vllm llama-cpp
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
@@ -35,6 +35,12 @@ test-fast: $(STAMP)
 # between runs in ~/.cache/servecheck (about 3 minutes the first time, 3.4 GB).
 vllm:
 	.ci/vllm-env >/dev/null
+
+# A real llama.cpp (llama-cpp-python's OpenAI server, compiled from its sdist) for the
+# independent-engine tests, in its own virtual environment, cached between runs in
+# ~/.cache/servecheck (7-12 minutes the first time, 0.5 GB).
+llama-cpp:
+	.ci/llama-cpp-env >/dev/null
 
 # Chromium for the browser tests of the HTML report (.ci/run does this before `make test`).
 browser:

@@ -22,14 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import servecheck
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from resumable import run_all  # noqa: E402 - the benchmarks' one run loop
+
 CACHE = ROOT / "benchmarks" / ".cache"
 OTHER_CHECKPOINT = CACHE / "builtin-step400"
 
@@ -263,17 +266,7 @@ def main() -> None:
     if any(j[0] == f"hf:{OTHER_CHECKPOINT}" for j in todo):
         ensure_other_checkpoint()
     print(f"{len(jobs)} runs, {len(todo)} to do, {a.workers} worker(s)")
-    t0 = time.time()
-    pool = ProcessPoolExecutor(a.workers, initializer=_init, initargs=(a.model,))
-    with pool, a.results.open("a") as fh:
-        futures = [pool.submit(one_run, *j) for j in todo]
-        for k, fut in enumerate(as_completed(futures), 1):
-            row = fut.result()
-            rows.append(row)
-            fh.write(json.dumps(row) + "\n")
-            fh.flush()
-            if k % 20 == 0:
-                print(f"{k}/{len(todo)} runs, {time.time() - t0:.0f}s", flush=True)
+    run_all(todo, one_run, a.results, rows, a.workers, _init, (a.model,), every=20)
     keep = set(jobs)
     kept = [r for r in rows if _key(r) in keep]
     all_sizes = sorted({a.fa_size, *sizes})

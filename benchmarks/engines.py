@@ -3,10 +3,11 @@
 A correct server must pass whatever its engine. This runs the built-in model on three
 independent engines, each configured as a correct deployment would be, and checks what they
 serve exactly as ``servecheck check`` does (α = 0.01, ``--numerics bf16``): every run is N
-requests of a realistic mix (greedy and sampled, top_p and top_k, with and without a system
-prompt, multi-turn), each with its own seed, checked twice, as collected (ids and log-probs
-where the engine gives them) and stripped to the original notes' four fields. A run "fails"
-when any check fails; every record is also judged on its own (``plausibility.judge``).
+requests of a realistic mix (``servecheck.servers.mix``: greedy and sampled, top_p and top_k,
+with and without a system prompt, multi-turn), each with its own seed, checked twice, as
+collected (ids and log-probs where the engine gives them) and stripped to the original notes'
+four fields. A run "fails" when any check fails; every record is also judged on its own
+(``plausibility.judge``).
 
     python benchmarks/engines.py --runs 200 --rep-offset 300000          # the published table
     python benchmarks/engines.py --runs 5 --n 1000 --defaults            # shipped defaults
@@ -27,20 +28,17 @@ import argparse
 import atexit
 import json
 import os
+import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "engines"
-SYSTEMS = [None, None, "Be brief.", "Answer in capital letters.",
-           "Always end your answer with a smile."]
-SAMPLED = [dict(temperature=t, top_p=p, top_k=k) for t in (0.7, 1.0) for p in (0.9, 1.0)
-           for k in (0, 40)]
-GREEDY_SHARE = 0.1
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from resumable import run_all  # noqa: E402 - the benchmarks' one run loop
 
+RESULTS = ROOT / "benchmarks" / "results" / "engines"
 CORRECT = {
     "CTranslate2": "ct2:{ct2}",
     "ONNX Runtime GenAI": "ortgenai:{ortgenai}",
@@ -62,34 +60,6 @@ DEFAULTS = {
 """name → (target, how the requests spell their settings)."""
 
 _state: dict = {}
-
-
-def conversations() -> list:
-    """The example prompts (14 single turns, 2 conversations)."""
-    return json.loads((ROOT / "examples" / "prompts.json").read_text())[0]["prompt"]
-
-
-def blocks(n: int, rep: int, style: str) -> list[dict]:
-    """n requests as prompts-file blocks, one each (so every request has its own seed).
-    ``neutral``: every setting spelt out, as a deployment that wants no server default sends
-    it; ``shipped``: only what a user writes (top_p and top_k when they cut), the rest left to
-    the server's defaults."""
-    prompts = conversations()
-    out = []
-    for j in range(n):
-        k = rep * 7919 + j
-        params = dict(temperature=0.0, top_p=1.0, top_k=0) if j < GREEDY_SHARE * n else \
-            dict(SAMPLED[j % len(SAMPLED)])
-        if style == "neutral":
-            params.update(min_p=0.0, repetition_penalty=1.0)
-        else:
-            params = {key: v for key, v in params.items()
-                      if key == "temperature" or (key == "top_p" and v < 1)
-                      or (key == "top_k" and v)}
-        out.append({"prompt": prompts[k % len(prompts)],
-                    "system_prompt": SYSTEMS[(k // len(prompts)) % len(SYSTEMS)],
-                    "seed": rep * 1000 + j, "max_tokens": 48, **params})  # < 2^31: ORT's bound
-    return out
 
 
 def _init() -> None:
@@ -120,6 +90,7 @@ def one_run(name: str, spec: str, style: str, n: int, rep: int) -> dict:
     import servecheck
     from servecheck.checks.plausibility import judge
     from servecheck.formats.records import ResponseRecord
+    from servecheck.servers import mix
 
     ref = _state["ref"]
     paths = dict(_state["paths"])
@@ -128,7 +99,7 @@ def one_run(name: str, spec: str, style: str, n: int, rep: int) -> dict:
     target = spec.format(**paths)
     work = Path(tempfile.mkdtemp(prefix="engines-"))
     prompts, out = work / "prompts.json", work / "responses.jsonl"
-    prompts.write_text(json.dumps(blocks(n, rep, style)))
+    mix.write(prompts, n, rep, style)
     t0 = time.perf_counter()
     summary = servecheck.collect(prompts, target, out, show_progress=False, reference="builtin")
     records = [r for r in servecheck.read_records(out) if r.error is None]
@@ -159,7 +130,9 @@ def one_run(name: str, spec: str, style: str, n: int, rep: int) -> dict:
 def _beta_upper(k: int, n: int) -> float:
     from scipy.stats import beta
 
-    return float(beta.ppf(0.975, k + 1, n - k)) if n else float("nan")
+    if not n:
+        return float("nan")
+    return 1.0 if k == n else float(beta.ppf(0.975, k + 1, n - k))
 
 
 def table(rows: list[dict]) -> str:
@@ -228,16 +201,7 @@ def main() -> None:
             servers.items() if not only or any(w in name for w in only) for rep in range(a.runs)]
     todo = [j for j in jobs if (j[0], j[3], j[4]) not in done]
     print(f"{len(jobs)} runs, {len(todo)} to do, {a.workers} worker(s)", flush=True)
-    t0 = time.time()
-    with ProcessPoolExecutor(a.workers, initializer=_init) as pool, a.results.open("a") as fh:
-        futures = [pool.submit(one_run, *j) for j in todo]
-        for k, fut in enumerate(as_completed(futures), 1):
-            row = fut.result()
-            rows.append(row)
-            fh.write(json.dumps(row) + "\n")
-            fh.flush()
-            if k % 10 == 0:
-                print(f"{k}/{len(todo)} runs, {time.time() - t0:.0f}s", flush=True)
+    run_all(todo, one_run, a.results, rows, a.workers, _init)
     a.table.write_text(table(rows) + "\n")
     print(table(rows))
 

@@ -140,3 +140,53 @@ def triton_host(free_ports: Callable[[int], list[int]]
             server.stop()
 
     return host
+
+
+@pytest.fixture(scope="session")
+def mix_collected(tmp_path_factory: pytest.TempPathFactory, run_cli) -> Callable[..., Path]:
+    """``mix_collected(target, n, rep, style="neutral", reference="builtin", **settings)``:
+    ``servecheck generate`` of the realistic mix (``servecheck.servers.mix``: one seed a
+    request; ``settings`` set on every request) against ``target`` with ``--reference``; the
+    responses file (collected once per session and arguments)."""
+    from servecheck.servers import mix
+
+    done: dict[tuple, Path] = {}
+
+    def collect_(target: str, n: int, rep: int, style: str = "neutral",
+                 reference: str = "builtin", **settings) -> Path:
+        key = (target, n, rep, style, reference, tuple(sorted(settings.items())))
+        if key not in done:
+            work = tmp_path_factory.mktemp("mix")
+            prompts = work / "prompts.json"
+            prompts.write_text(json.dumps([{**b, **settings} for b in mix.blocks(n, rep, style)]))
+            out = work / "responses.jsonl"
+            assert run_cli("generate", prompts, "--target", target, "--out", out,
+                           "--reference", reference, "--no-progress") == 0
+            done[key] = out
+        return done[key]
+
+    return collect_
+
+
+@pytest.fixture(scope="session")
+def verdicts() -> Callable[..., tuple]:
+    """``verdicts(path_or_records, text_only=False, reference="builtin")``: (the ``CheckRun``,
+    {check name: result}, the labels of the records judged implausible on their own), as
+    ``check`` makes them; ``text_only`` strips the records to the notes' four fields first (ids
+    kept, for naming)."""
+    import servecheck
+    from servecheck.checks.plausibility import judge
+    from servecheck.formats.records import ResponseRecord
+
+    def run(source, text_only: bool = False, reference: str = "builtin") -> tuple:
+        records = read_records(source) if isinstance(source, Path) else list(source)
+        if text_only:
+            records = [ResponseRecord(id=r.id, conversations=r.conversations,
+                                      parameters=r.parameters, input=r.input, output=r.output)
+                       for r in records]
+        done = servecheck.check(records, servecheck.CheckOptions(reference))
+        judged = judge(done.context, done.results)
+        bad = [done.context.labels[i] for i, v in judged.items() if v.verdict != "pass"]
+        return done, {r.name: r for r in done.results}, bad
+
+    return run

@@ -91,18 +91,22 @@ class ConventionFit:
     candidates: list[CandidateFit] = field(default_factory=list)
     kept_default: str | None = None
     """Why the default stayed although another candidate fit better (``_decide``)."""
+    too_few: bool = False
+    """The default stayed because a few records carried the other's whole advantage: the
+    records cannot rule that order out (unlike a dropped setting, which no order explains)."""
 
     @property
     def undecided(self) -> list[Convention]:
         """Orders other than the chosen one that the records could not rule out: within
-        ``MARGIN_NATS`` of it, or kept out only by ``_decide``'s robustness rules. A token
+        ``MARGIN_NATS`` of it, or kept out only because a few records carried its advantage
+        (not where no order explains the tokens: a dropped setting). A token
         that one of them holds inside its support is no evidence against the server (the
         support check says so instead of failing it)."""
         if not self.found or len(self.candidates) < 2:
             return []
         chosen = next(c for c in self.candidates if c.convention == self.chosen)
         return [c.convention for c in self.candidates if c.convention != self.chosen and
-                (c.score >= chosen.score - MARGIN_NATS or self.kept_default is not None)]
+                (abs(c.score - chosen.score) <= MARGIN_NATS or self.too_few)]
 
     def describe(self) -> str:
         if not self.found:
@@ -183,15 +187,16 @@ def find_convention(ctx: CheckContext) -> ConventionFit:
                           TIE_NATS * np.array(ties))
         fits.append((sum(ll), sum(clear), sum(ties)))
     fits_ = [CandidateFit(c, ll, v, t) for c, (ll, v, t) in zip(options, fits, strict=True)]
-    chosen, note = _decide(fits_, per_record)
+    chosen, note, too_few = _decide(fits_, per_record)
     for i, s in zip(idx, scored[chosen], strict=True):
         if ctx.output_ids(i)[1] is TokenSource.SERVER_IDS:
             ctx._scores[i] = s
     return ConventionFit(options[chosen], True, len(idx), sum(len(s) for s in scored[0]), fits_,
-                         note)
+                         note, too_few)
 
 
-def _decide(fits: list[CandidateFit], per_record: list[np.ndarray]) -> tuple[int, str | None]:
+def _decide(fits: list[CandidateFit], per_record: list[np.ndarray]
+            ) -> tuple[int, str | None, bool]:
     """The candidate to score under (0, the default, unless another is clearly better), and
     why the default stayed where another fit better. Robust in two ways: the gain must hold
     without the ``TRIM`` records most in the candidate's favour (one broken record, whose one
@@ -201,17 +206,17 @@ def _decide(fits: list[CandidateFit], per_record: list[np.ndarray]) -> tuple[int
     engine's order is the name for that."""
     best = max(range(len(fits)), key=lambda k: fits[k].score)
     if best == 0 or fits[best].score - fits[0].score <= MARGIN_NATS:
-        return 0, None
+        return 0, None, False
     gain = np.sort(per_record[best] - per_record[0])[::-1]
     trim = max(TRIM_MIN, int(np.ceil(TRIM_SHARE * len(gain))))
     rest = float(gain[trim:].sum())
     if rest <= MARGIN_NATS:
         return 0, (f"{fits[best].convention.name} fits better only through its {trim} most "
                    f"favourable records ({rest:.1f} nats without them, < {MARGIN_NATS:g}): a few "
-                   f"records are no evidence of an order")
+                   f"records are no evidence of an order"), True
     default, other = fits[0].violations, fits[best].violations
     if other > max(EXPLAINED_MIN, EXPLAINED_SHARE * default):
         return 0, (f"neither order explains the served tokens: {default} lie outside HF order's "
                    f"support and {other} outside {fits[best].convention.name}'s, so a requested "
-                   f"setting looks unapplied (see the support and sampler rows)")
-    return best, None
+                   f"setting looks unapplied (see the support and sampler rows)"), False
+    return best, None, False

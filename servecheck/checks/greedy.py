@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from servecheck.checks.context import CheckContext
-from servecheck.checks.greedy_causes import explain
+from servecheck.checks.greedy_causes import explain, requested_gaps
 from servecheck.checks.results import CheckResult, Details, Finding
 from servecheck.reference.scoring import TokenScores
 
@@ -36,8 +36,15 @@ class GreedyDetails(Details):
         return f"{self.hard_mismatches}/{self.tokens} tokens non-argmax beyond δ"
 
 
-def greedy_positions(s: TokenScores, delta: float) -> tuple[np.ndarray, np.ndarray]:
-    """(hard mismatches, near-ties): non-argmax positions beyond and within the tolerance δ."""
+def greedy_positions(s: TokenScores, delta: float, gap: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(hard mismatches, near-ties): non-argmax positions beyond and within the tolerance δ.
+    ``gap``: for a request with penalties, each token's distance from the penalised argmax
+    (``greedy_causes.penalised_gaps``), which a correct greedy decoder takes instead of the
+    raw one."""
+    if gap is not None:
+        off = gap > 0
+        return np.flatnonzero(off & (gap > delta)), np.flatnonzero(off & (gap <= delta))
     off = s.token_ids != s.argmax
     return np.flatnonzero(off & (s.margin > delta)), np.flatnonzero(off & (s.margin <= delta))
 
@@ -56,20 +63,24 @@ def check_greedy(ctx: CheckContext) -> CheckResult:
     findings: list[Finding] = []
     tokens = hard = ties = 0
     sources = {ctx.output_ids(i)[1] for i in idx} | {ctx.prompt_ids(i)[1] for i in idx}
+    gaps = requested_gaps(ctx, idx)
     for i in idx:
         s = scores[i]
         tokens += len(s)
-        hard_pos, tie_pos = greedy_positions(s, delta)
+        hard_pos, tie_pos = greedy_positions(s, delta, gaps.get(i))
         hard += len(hard_pos)
         ties += len(tie_pos)
         if len(hard_pos):
             k = int(hard_pos[0])
+            margin = gaps.get(i, s.margin)
             served, best = tok.convert_ids_to_tokens([int(s.token_ids[k]), int(s.argmax[k])])
+            best = "the argmax under the requested penalties" if i in gaps else \
+                f"reference argmax {best!r}"
             findings.append(Finding(
                 ctx.labels[i],
                 f"{len(hard_pos)} non-argmax token(s); first at output token {k}: served "
-                f"{served!r}, reference argmax {best!r}, logit margin {s.margin[k]:.3f} > δ {delta}",
-                float(s.margin[hard_pos].max())))
+                f"{served!r}, {best}, logit margin {margin[k]:.3f} > δ {delta}",
+                float(margin[hard_pos].max())))
     tie_note = f", {ties} near-tie divergence(s) within δ={delta}" if ties else ""
     if hard:
         wrong = {f.record for f in findings}

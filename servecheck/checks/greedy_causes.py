@@ -56,16 +56,31 @@ class Cause:
         return f"{said}: the server applies a penalty the request did not ask for"
 
 
-def _hard(ctx: CheckContext, items: list[ScoreItem], scope: str) -> list[int]:
-    """Hard mismatches per item under its sampling: tokens whose penalised logit is more than
-    the numerics tolerance below the penalised argmax's (temperature 1: logit gaps are
-    log-probability gaps)."""
+def penalised_gaps(ctx: CheckContext, items: list[ScoreItem], scope: str) -> list[np.ndarray]:
+    """Per item and token: how far the served token's penalised logit is below the penalised
+    argmax's, under the item's (temperature-1) sampling (logit gaps are log-probability gaps
+    there): 0 where the served token is the argmax a penalised greedy decoder takes."""
     convention = replace(ctx.convention, penalty_scope=scope)
-    out = []
-    for s in ctx.scorer(ctx.ref, items, convention):
-        gap = np.log(s.stats["top"]) - s.stats["logq"]
-        out.append(int(np.sum(gap > ctx.tolerances.logit)))
-    return out
+    return [np.log(s.stats["top"]) - s.stats["logq"]
+            for s in ctx.scorer(ctx.ref, items, convention)]
+
+
+def requested_gaps(ctx: CheckContext, idx: list[int]) -> dict[int, np.ndarray]:
+    """For the greedy records at ``idx`` whose requests set penalties: each token's distance
+    from the argmax under those penalties, the token a correct greedy decoder takes."""
+    penalised = [i for i in idx if ctx.sampling[i].penalised]
+    items = [replace(ctx.item(i), sampling=Sampling(
+        repetition_penalty=ctx.sampling[i].repetition_penalty,
+        presence_penalty=ctx.sampling[i].presence_penalty,
+        frequency_penalty=ctx.sampling[i].frequency_penalty)) for i in penalised]
+    gaps = penalised_gaps(ctx, items, ctx.convention.penalty_scope) if items else []
+    return dict(zip(penalised, gaps, strict=True))
+
+
+def _hard(ctx: CheckContext, items: list[ScoreItem], scope: str) -> list[int]:
+    """Hard mismatches per item: tokens more than the numerics tolerance off the penalised
+    argmax."""
+    return [int(np.sum(g > ctx.tolerances.logit)) for g in penalised_gaps(ctx, items, scope)]
 
 
 def explain(ctx: CheckContext, mismatched: list[int], matched: list[int]) -> Cause | None:

@@ -36,6 +36,7 @@ from scipy import stats as st
 from servecheck.checks.context import CheckContext
 from servecheck.checks.distribution import informative
 from servecheck.checks.greedy import greedy_positions
+from servecheck.checks.greedy_causes import requested_gaps
 from servecheck.checks.results import CheckResult, Details, Finding
 from servecheck.checks.support import violations
 from servecheck.reference.scoring import TokenScores
@@ -106,20 +107,22 @@ def judge(ctx: CheckContext, results: list[CheckResult], indices: list[int] | No
     delta = ctx.tolerances.logit
     out: dict[int, CheckResult] = {}
     outside_of, ties_of, _ = violations(ctx, sampled, scores)
+    gaps = requested_gaps(ctx, [i for i in idx if ctx.sampling[i].greedy])
     for i in idx:
         s = scores[i]
         label = ctx.labels[i]
         reasons = list(by_label.get(label, []))
         sampling = ctx.sampling[i]
         if sampling.greedy:
-            hard, ties = greedy_positions(s, delta)
+            hard, ties = greedy_positions(s, delta, gaps.get(i))
             evidence = (f"greedy: {len(s) - len(hard) - len(ties)}/{len(s)} tokens are the "
                         f"reference argmax" + (f", {len(ties)} near-tie(s) within δ={delta}"
                                                if len(ties) else ""))
             if len(hard):
                 k = int(hard[0])
+                margin = gaps.get(i, s.margin)
                 reasons.append(f"greedy: {len(hard)} non-argmax token(s) beyond δ={delta}, first "
-                               f"at token {k} (logit margin {s.margin[k]:.3f})")
+                               f"at token {k} (logit margin {margin[k]:.3f})")
             out[i] = _verdict(label, reasons, evidence, RecordDetails("greedy"))
             continue
         outside, ties = outside_of[i], ties_of[i]

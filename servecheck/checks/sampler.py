@@ -120,6 +120,17 @@ class Pooled:
         self.off = {k: np.concatenate([np.full(int(keep[i].sum()), getattr(asked[i], k) == v)
                                        for i in scores]) for k, v in NEUTRAL.items()}
         """Per setting, per token: its request set the setting to "off" explicitly."""
+        self.unset = {k: np.concatenate([np.full(int(keep[i].sum()), getattr(asked[i], k) is None)
+                                         for i in scores]) for k in NEUTRAL}
+        """Per setting, per token: its request left the setting to the server."""
+
+    def acted_on(self, setting: str, eligible: np.ndarray) -> np.ndarray:
+        """The tokens a server-side ``setting`` would act on: of those it could change, the
+        ones whose requests left it unset, where there are any (a default applies only there:
+        CTranslate2's top_k 1 leaves a request's own top_k 40 alone), else all of them (a
+        server that overrides what was asked)."""
+        unset = eligible & self.unset[setting]
+        return unset if unset.sum() >= MIN_TOKENS else eligible
 
     def asked_off(self, setting: str, use: np.ndarray | None = None) -> float | None:
         """The "off" value of ``setting`` when every token (of ``use``) comes from a request
@@ -208,7 +219,8 @@ def _alternatives(x: Pooled, deff: float, alpha: float
     lams: dict[str, float] = {}
     ratio = np.exp(s["logq"]) / s["top"]  # q(y) / max q
     for k in K_GRID:
-        use = ((x.top_k == 0) | (x.top_k > k)) & np.isfinite(s[f"beyond_k{k}"])
+        use = x.acted_on("top_k", ((x.top_k == 0) | (x.top_k > k)) &
+                         np.isfinite(s[f"beyond_k{k}"]))
         if use.sum() >= MIN_TOKENS:
             rank = s["rank_q"][use]
             found.append(alt.truncation("top_k", k, s[f"beyond_k{k}"][use], rank >= k, rank,
@@ -216,14 +228,14 @@ def _alternatives(x: Pooled, deff: float, alpha: float
                                         x.asked_off("top_k", use)))
             lams[f"top_k {k:g}"] = float(s[f"beyond_k{k}"][use].sum())
     for c in MIN_P_GRID:
-        use = (x.min_p < c) & np.isfinite(s[f"below_min_p{c:g}"])
+        use = x.acted_on("min_p", (x.min_p < c) & np.isfinite(s[f"below_min_p{c:g}"]))
         if use.sum() >= MIN_TOKENS:
             r = ratio[use]
             found.append(alt.truncation("min_p", c, s[f"below_min_p{c:g}"][use], r < c, r, deff,
                                         float(np.quantile(r, SLIP)), x.asked_off("min_p", use)))
             lams[f"min_p {c:g}"] = float(s[f"below_min_p{c:g}"][use].sum())
     for p in TOP_P_GRID:
-        use = (x.top_p > p) & np.isfinite(s[f"beyond_top_p{p:g}"])
+        use = x.acted_on("top_p", (x.top_p > p) & np.isfinite(s[f"beyond_top_p{p:g}"]))
         if use.sum() >= MIN_TOKENS:
             above = s["above"][use]
             found.append(alt.truncation("top_p", p, s[f"beyond_top_p{p:g}"][use], above >= p,

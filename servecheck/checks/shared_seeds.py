@@ -82,10 +82,11 @@ class SeedDesign:
         if not self.shared:
             return "every seed is used once: tokens are independent draws"
         if self.one_stream:
+            rho = "too few pairs to measure" if np.isnan(self.rho) else \
+                f"{self.rho:+.3f}, ≤ {self.rho_upper:.3f} at 95%"
             return (f"the seed looks ignored (the seeds row), so every record is taken to read "
-                    f"one random stream; correlation on it {self.rho:+.3f}, ≤ "
-                    f"{self.rho_upper:.3f} at 95% over {self.pairs} pairs; the tests count "
-                    f"tokens at 1/{self.deff:.2f}")
+                    f"one random stream; correlation on it {rho} over {self.pairs} pairs; the "
+                    f"tests count tokens at 1/{self.deff:.2f}")
         rho = "too few pairs to measure" if np.isnan(self.rho) else \
             f"{self.rho:+.3f}, ≤ {self.rho_upper:.3f} at 95%"
         return (f"seeds are shared: {self.records_per_seed:.1f} records a seed; correlation on "
@@ -139,7 +140,7 @@ def seed_design(ctx: CheckContext, scores: dict[int, TokenScores],
         total, pairs, start = total + t, pairs + n, start + len(members)
     everyone, all_pairs = pair_sums(slice(None))
     if pairs < MIN_PAIRS or var <= 0:
-        return SeedDesign(m, pairs, float("nan"), RHO_PRIOR, 1 + (m - 1) * RHO_PRIOR)
+        return SeedDesign(m, pairs, float("nan"), RHO_PRIOR, 1 + (m - 1) * RHO_PRIOR, ignored)
     # the excess of same-stream products over those of records on other streams at the same
     # position: what a stream shares, not what every record at that position shares (a greedy
     # server's PIT values all sit low, and read against 1/2 alone their products look like one

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import time
 import urllib.request
@@ -25,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from servecheck.servers.convert import converted, llama_venv
+from servecheck.servers.supervise import stop_session
 
 START_TIMEOUT_S = 120
 
@@ -61,18 +61,6 @@ def wait_ready(proc: subprocess.Popen, port: int, log: Path) -> None:
     raise RuntimeError(f"llama.cpp did not start in {START_TIMEOUT_S} s")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 @contextlib.contextmanager
 def serving(checkpoint: Path, port: int, work: Path, threads: int = 1) -> Iterator[str]:
     """llama.cpp serving ``checkpoint`` (converted to GGUF once per machine) on ``port``;
@@ -84,4 +72,4 @@ def serving(checkpoint: Path, port: int, work: Path, threads: int = 1) -> Iterat
         wait_ready(proc, port, log)
         yield f"127.0.0.1:{port}"
     finally:
-        stop(proc)
+        stop_session(proc)

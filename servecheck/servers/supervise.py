@@ -155,6 +155,20 @@ def kill_group(pgid: int) -> None:
             time.sleep(0.05)
 
 
+def stop_session(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a server started in a session of its own (``start_new_session``): SIGTERM to its
+    group, then SIGKILL to what is left after ``grace`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=grace)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def _load(name: str) -> Callable[..., Any]:
     module, _, attribute = name.partition(":")
     return getattr(importlib.import_module(module), attribute)

@@ -35,7 +35,7 @@ MIX = [dict(temperature=t, top_p=p, top_k=k) for t in (0.7, 1.0) for p in (0.9, 
 
 @pytest.fixture(scope="module")
 def answers(write_records) -> Callable[[Path, str], Path]:
-    def write(tmp_path: Path, spec: str, n: int = 200) -> Path:
+    def write(tmp_path: Path, spec: str, n: int = 200, **settings) -> Path:
         target = HFTarget.from_spec(spec, spec.partition(":")[2])
         records = []
         for g, params in enumerate(MIX):
@@ -43,7 +43,7 @@ def answers(write_records) -> Callable[[Path, str], Path]:
             for j in range(n // len(MIX)):
                 conv = Conversation(contents=[Message(role="user",
                                                       content=PROMPTS[j % len(PROMPTS)])])
-                p = Parameters(**params, seed=1000 * g + j, max_tokens=40)
+                p = Parameters(**params, **settings, seed=1000 * g + j, max_tokens=40)
                 requests.append(Request(request_id(conv, p, j), conv, p))
             records += target.generate_batch(requests)
         return write_records(tmp_path / "r.json", records)
@@ -58,6 +58,18 @@ def test_a_correct_server_passes_and_says_what_it_could_have_caught(
     assert "would have caught" in sampler["summary"] and "min_p ≥" in sampler["summary"]
     assert sampler["details"]["detectable"]["min_p"] <= 0.05
     assert not sampler["details"]["seed_design"]["shared"]  # one seed a request
+
+
+def test_a_setting_the_request_set_and_the_server_dropped_is_named_so(
+        tmp_path: Path, check_json, check_named, answers) -> None:
+    """The requests set min_p 0 (off) explicitly, and the server ran its own 0.05: said as the
+    request's setting not applied, not as a setting that appeared from nowhere (issue 28)."""
+    code, summary = check_json(answers(tmp_path, "hf:builtin?fault=min-p-default", 304,
+                                       min_p=0.0), tmp_path)
+    sampler = check_named(summary, "sampler")
+    assert code == 1 and sampler["verdict"] == "fail"
+    assert sampler["summary"].startswith("the server did not apply min_p=0.0 as requested: "
+                                         "served as if min_p ≈ 0.0"), sampler["summary"]
 
 
 def test_a_min_p_default_is_named_with_its_value(tmp_path: Path, check_json, check_named,

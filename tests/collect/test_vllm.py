@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,7 @@ import pytest
 
 from servecheck.formats.responses import read_records
 from servecheck.reference.model import BUILTIN, BUILTIN_TOOLS
+from servecheck.servers.supervise import stop_session
 from servecheck.tinymodels.build import GEMMA3_TEMPLATE
 
 VENV = Path(os.environ.get("SERVECHECK_VLLM_VENV",
@@ -65,18 +65,6 @@ def _wait(procs: dict[str, tuple[subprocess.Popen, int]], work: Path) -> None:
         raise RuntimeError(f"vLLM did not start in {START_TIMEOUT_S} s: {sorted(pending)}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 30)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 @pytest.fixture(scope="module")
 def vllm(free_ports) -> Iterator[dict[str, str]]:
     if not PYTHON.exists():
@@ -101,7 +89,7 @@ def vllm(free_ports) -> Iterator[dict[str, str]]:
         yield {name: f"127.0.0.1:{port}" for name, (_, port) in procs.items()}
     finally:
         for proc, _ in procs.values():
-            _stop(proc)
+            stop_session(proc, grace=30)
 
 
 @pytest.fixture(scope="session")

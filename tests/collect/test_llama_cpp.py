@@ -1,0 +1,119 @@
+"""Against a real llama.cpp: llama-cpp-python's OpenAI server, built from its sdist.
+
+llama.cpp shares no code with transformers: its own kernels, tokenizer, chat-template engine,
+sampler chain (top_k, top_p and min_p on temperature-1 probabilities, then the temperature) and
+defaults (top_k 40, top_p 0.95, min_p 0.05, repeat_penalty 1.1). It counts no end token in
+``usage`` and gives it no log-prob, and reads ``repeat_penalty``, not ``repetition_penalty``.
+Two servers start once per module on 127.0.0.1 (``servecheck.servers.llama_cpp``), serving the
+built-in Gemma 3 model and the built-in Qwen3 (ChatML) model, converted by the converter the
+sdist ships (``servers/convert.py``). The environment comes from ``.ci/llama-cpp-env``, which
+``make test`` runs first; without it these tests skip and say how to get it.
+
+Each test is a case of issue 28 that failed before: a correct llama.cpp failed ``usage`` and
+``logprobs``; a repetition penalty it applied was blamed on the log-probs; its own defaults went
+unnamed. The requests have fixed seeds, so each outcome is fixed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from servecheck.formats.responses import read_records
+from servecheck.reference.model import BUILTIN, BUILTIN_TOOLS
+from servecheck.servers import llama_cpp
+
+pytestmark = pytest.mark.slow  # two llama.cpp servers, a few hundred requests each
+
+
+@pytest.fixture(scope="module")
+def llama(free_ports) -> Iterator[dict[str, str]]:
+    if not llama_cpp.available():
+        pytest.skip(f"no llama-cpp-python environment at {llama_cpp.python().parents[1]}: run "
+                    f".ci/llama-cpp-env (make test does)")
+    work = Path(tempfile.mkdtemp(prefix="servecheck-llama-"))
+    gemma_port, qwen_port = free_ports(2)
+    with llama_cpp.serving(BUILTIN, gemma_port, work) as gemma, \
+            llama_cpp.serving(BUILTIN_TOOLS, qwen_port, work) as qwen:
+        yield {"gemma": gemma, "qwen": qwen}
+
+
+def _chat(address: str, extra: str = "") -> str:
+    return f"openai://{address}/v1?mode=chat&concurrency=1{extra}"
+
+
+def _passes(results: dict) -> None:
+    bad = {name: r.summary for name, r in results.items() if r.verdict not in ("pass", "skipped")}
+    assert not bad, bad
+
+
+def test_a_correct_llama_cpp_passes_every_check(llama, mix_collected, verdicts) -> None:
+    """A neutral sampler spelt out (it has defaults of its own), 300 requests of the mix in
+    chat mode: every check passes, with log-probs and text only, no record is implausible, and
+    its conventions are named (issue 28: usage and logprobs failed on every record)."""
+    path = mix_collected(_chat(llama["gemma"]), 300, 21)
+    record = read_records(path)[0]
+    assert record.sent["server"] == "llama-cpp-python (llama.cpp)"
+    assert record.sent["repeat_penalty"] == 1.0 and "repetition_penalty" not in record.sent
+    for text_only in (False, True):
+        run, results, implausible = verdicts(path, text_only)
+        _passes(results)
+        assert not implausible
+    run, results, _ = verdicts(path)
+    assert "not counted in completion_tokens" in results["usage"].summary
+    assert "not counted in the served log-probs" in results["logprobs"].summary
+    assert not run.context.end_counting.usage_counts_end
+
+
+def test_completions_mode_with_the_template_named(llama, mix_collected, verdicts) -> None:
+    """The ChatML model templated here and sent raw (no BOS to double): the template check
+    compares the prompt too, and passes."""
+    target = f"openai://{llama['qwen']}/v1?mode=completions&concurrency=1"
+    path = mix_collected(target, 200, 22, reference="builtin-tools")
+    _, results, implausible = verdicts(path, reference="builtin-tools")
+    _passes(results)
+    assert results["template"].summary.startswith("200/200 prompts equal")
+    assert not implausible
+
+
+def test_a_prompt_with_bos_gets_a_second_one_in_completions_mode(llama, mix_collected,
+                                                                 verdicts) -> None:
+    """Gemma's template starts with <bos>, and llama.cpp's completions endpoint adds one to
+    any prompt: a real double BOS, named by the served log-probs and the prompt count."""
+    path = mix_collected(f"openai://{llama['gemma']}/v1?mode=completions&concurrency=1", 120, 23)
+    _, results, _ = verdicts(path)
+    assert results["logprobs"].verdict == "fail"
+    assert "extra BOS" in results["logprobs"].details.prompt_diagnosis
+    assert results["usage"].details.kinds.get("prompt_tokens") == 120  # one more, every record
+
+
+def test_a_setting_sent_under_a_name_it_does_not_read_is_named_where_it_shows(
+        llama, mix_collected, verdicts) -> None:
+    """``?server=openai`` sends vLLM's ``repetition_penalty``, which llama.cpp drops: its
+    default 1.1 runs. The greedy row names it as the request's 1.0 not applied, and the
+    log-probs are not blamed for it (issue 28: "a token the text lost")."""
+    target = f"openai://{llama['qwen']}/v1?mode=completions&concurrency=1&server=openai"
+    path = mix_collected(target, 300, 24, reference="builtin-tools")
+    _, results, _ = verdicts(path, reference="builtin-tools")
+    assert results["greedy"].verdict == "fail"
+    cause = results["greedy"].details.cause
+    assert "repetition penalty of 1.1" in cause and "repetition_penalty=1.0 as requested" in cause
+    assert results["logprobs"].verdict == "pass", results["logprobs"].summary
+
+
+def test_its_shipped_defaults_fail_with_the_setting_named(llama, mix_collected,
+                                                          verdicts) -> None:
+    """A client that writes only what cuts (top_p below 1, top_k above 0) gets llama.cpp's
+    defaults for the rest: min_p 0.05, top_p 0.95, repeat_penalty 1.1. Each shows, named."""
+    _, results, _ = verdicts(mix_collected(_chat(llama["gemma"]), 600, 25, "shipped"))
+    assert "repetition penalty of 1.1" in results["greedy"].details.cause
+    assert results["greedy"].details.cause.endswith("did not ask for")
+    sampler = results["sampler"]
+    best = sampler.details.best()
+    assert best is not None and best.setting == "repetition_penalty", sampler.summary
+    assert best.estimate > 1.03  # its default, 1.1, within what 600 requests pin down
+    cuts = [a for a in sampler.details.alternatives if a.test.failed and a.setting == "min_p"]
+    assert cuts, sampler.summary  # the min_p 0.05 default, named beside it
