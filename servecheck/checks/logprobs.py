@@ -192,9 +192,12 @@ def check_logprobs(ctx: CheckContext) -> CheckResult:
             lost.append(Finding(ctx.labels[i], f"served log-probs stop lining up with the scored "
                                                f"tokens ({ctx.output_ids(i)[1]}): {why}", 5.0))
     if lost:
+        latent = any(ctx.is_text_only(ctx.labels.index(f.record)) for f in lost)
         return CheckResult("logprobs", "fail", (
             f"{len(lost)}/{len(idx)} records' served log-probs stop lining up with the scored "
-            f"tokens: a token the text lost, or log-probs of another sequence"),
+            f"tokens: a token the text lost, or log-probs of another sequence" +
+            (" (or, the text's tokens being unknown, a split of it that the tokenization "
+             "search did not find: collect token ids to tell)" if latent else "")),
             LogprobsDetails(len(idx), convention, misaligned=len(lost)), lost)
     pooled = np.concatenate(diffs[convention])
     tol = ctx.tolerances.logprob

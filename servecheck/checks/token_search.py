@@ -9,6 +9,7 @@ whose last proposal was kept take part in the next round. It reads and writes th
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,6 +44,8 @@ with the rest canonical, merged into the next token, or one character a token. O
 with a suspect token try them all (a few in a hundred); they are scored in the round's one
 batch, and ``better`` picks one to put to ``keep``."""
 
+HIDDEN_PLACES = 16
+"""Places tried for a skipped special token when nothing shows where it was."""
 SERVED_LOGPROB_NATS = 1.0
 """Where served log-probs count other tokens than the ones scored, a token whose served and
 reference log-probs differ by more than this marks where the tokenizations part."""
@@ -71,6 +74,31 @@ class TokenSearch:
         self.tb = ctx.token_bytes
         self.frozen = set(ctx.ref.special_ids)
         self.hideable = ctx.ref.hideable_ids
+        self.view: dict[int, TokenScores] = {}
+        """Each record's scores as the search judges them (``_views``)."""
+
+    def _views(self, items: list[ScoreItem], scores: list[TokenScores]) -> list[TokenScores]:
+        """The scores as the search judges them. Where the records could not tell the sampling
+        order (``ctx.undecided``), a token's log q is its best under any plausible order: a
+        llama.cpp server's ``E`` after ``BL`` lies inside its nucleus (top_p on temperature-1
+        probabilities) and outside HF's, and a search that held it impossible would re-split a
+        correct text to escape it. The scores the checks read stay the chosen order's."""
+        if not self.ctx.undecided or not items:
+            return scores
+        others = [self.ctx.scorer(self.ctx.ref, items, c) for c in self.ctx.undecided]
+        out = []
+        for k, s in enumerate(scores):
+            if "logq" not in s.stats:
+                out.append(s)
+                continue
+            best = s.stats["logq"]
+            for other in others:
+                best = np.maximum(best, other[k].stats["logq"])
+            out.append(replace(s, stats={**s.stats, "logq": best}))
+        return out
+
+    def _judged(self, i: int) -> TokenScores:
+        return self.view[i] if i in self.view else self.ctx._scores[i]
 
     def run(self, idx: list[int]) -> dict[int, tuple[int, ...]]:
         """Search the records at ``idx`` (scored on their canonical tokens); returns, for each
@@ -80,11 +108,18 @@ class TokenSearch:
         if not self._pieces_join(canonical):
             return {}  # a decoder whose pieces do not join back to the text: canonical it is
         live = idx
+        doubtful = [i for i in idx if "logq" in ctx._scores[i].stats and
+                    not (ctx._scores[i].stats["logq"] >= IMPLAUSIBLE_LOGQ).all()]
+        if ctx.undecided and doubtful:
+            self.view.update(zip(doubtful, self._views([ctx.item(i) for i in doubtful],
+                                                       [ctx._scores[i] for i in doubtful]),
+                                 strict=True))
         for round_ in range(MAX_ROUNDS):
             proposals = {}
             for i in live:
-                s, suspect = ctx._scores[i], self.suspect(i)
-                if not suspect.any() and not tb.may_split(s.token_ids, s.argmax):
+                s, suspect = self._judged(i), self.suspect(i)
+                short = (ctx.served_count(i) or 0) > len(s)
+                if not suspect.any() and not short and not tb.may_split(s.token_ids, s.argmax):
                     continue
                 found = {}
                 for variant in VARIANTS if suspect.any() else VARIANTS[:1]:
@@ -101,15 +136,17 @@ class TokenSearch:
             order = [(i, p) for i in proposals for p in proposals[i]]
             items = [ScoreItem(ctx.prompt_ids(i)[0], p.ids, ctx.sampling[i], ctx.seed(i))
                      for i, p in order]
-            best: dict[int, tuple[TokenScores, list[int]]] = {}
-            for (i, p), s in zip(order, ctx.score_items(items), strict=True):
-                if i not in best or self.better(i, s, best[i][0]):
-                    best[i] = (s, p.ids)
+            best: dict[int, tuple[TokenScores, TokenScores, list[int]]] = {}
+            scored = ctx.score_items(items)
+            for (i, p), s, v in zip(order, scored, self._views(items, scored), strict=True):
+                if i not in best or self.better(i, v, best[i][1]):
+                    best[i] = (s, v, p.ids)
             live = []
-            for i, (s, ids) in best.items():
-                if self.keep(i, s, round_):
+            for i, (s, v, ids) in best.items():
+                if self.keep(i, v, round_):
                     ctx._output_ids[i] = (ids, SEARCHED)
                     ctx._scores[i] = s
+                    self.view[i] = v
                     live.append(i)
         hidden = frozenset(self.hideable)
         return {i: departures(ctx._output_ids[i][0], canonical[i], tb, hidden) for i in idx
@@ -119,14 +156,21 @@ class TokenSearch:
         """A special token the detokenizer skipped, put back before the first suspect token:
         a server that skips special tokens (vLLM's and llama.cpp's default) leaves no trace of a
         ``<start_of_turn>`` its model wrote mid-answer, and the token after it then looks
-        impossible where it follows the text before. Only the template's own markers
-        (``Reference.hideable_ids``) are tried, one per proposal, once per record."""
-        at = np.flatnonzero(suspect)
+        impossible where it follows the text before. Where the served log-probs count one token
+        more than the text holds and no token looks off (the hidden token's log-prob happened
+        to be near the next one's), each of the first ``HIDDEN_PLACES`` places is tried. Only
+        ``Reference.hideable_ids`` are tried, one per proposal."""
         ids = self.ctx._output_ids[i][0]
-        if not len(at) or any(t in self.hideable for t in ids):
+        if any(t in self.hideable for t in ids):
             return []
-        k = int(at[0])
-        return [Proposal([*ids[:k], v, *ids[k:]], (k,)) for v in self.hideable]
+        at = np.flatnonzero(suspect)
+        if len(at):
+            places = [int(at[0])]
+        elif (self.ctx.served_count(i) or 0) > len(ids):  # one token short, and no place shows
+            places = list(range(min(len(ids), HIDDEN_PLACES)))  # where: try each
+        else:
+            return []
+        return [Proposal([*ids[:k], v, *ids[k:]], (k,)) for k in places for v in self.hideable]
 
     def _impossible(self, s: TokenScores) -> int:
         """Tokens a correct server could not have produced: outside the support (sampled) or
@@ -134,6 +178,15 @@ class TokenSearch:
         if "logq" in s.stats:
             return int(np.isinf(s.stats["logq"]).sum())
         return greedy_key(s.token_ids, s.argmax, s.margin, s.logprob, self.ctx.tolerances.logit)[0]
+
+    def _possible_special(self, s: TokenScores) -> bool:
+        """Whether the special token put back is one a correct server could have produced there:
+        inside the support (sampled), or no hard argmax mismatch (greedy)."""
+        at = np.flatnonzero(np.isin(s.token_ids, self.hideable))
+        if "logq" in s.stats:
+            return bool(np.isfinite(s.stats["logq"][at]).all())
+        return not bool(((s.token_ids != s.argmax) & (s.margin > self.ctx.tolerances.logit))[at]
+                        .any())
 
     def _hides(self, s: TokenScores) -> bool:
         return bool(self.hideable) and bool(np.isin(s.token_ids, self.hideable).any())
@@ -163,7 +216,7 @@ class TokenSearch:
         the support of a sampled record or below ``IMPLAUSIBLE_LOGQ``, a hard argmax mismatch in
         a greedy one, and, where the served log-probs count other tokens than these, those whose
         log-prob is far off."""
-        s = self.ctx._scores[i]
+        s = self._judged(i)
         if "logq" in s.stats:
             out = ~(s.stats["logq"] >= IMPLAUSIBLE_LOGQ)
         else:
@@ -208,14 +261,15 @@ class TokenSearch:
         first when its log-probs tell it, then the argmax path for greedy records and a
         posterior draw (or, to measure its bias, the likelier one) for sampled ones."""
         ctx = self.ctx
-        r, current = ctx.records[i], ctx._scores[i]
+        r, current = ctx.records[i], self._judged(i)
         if self._hides(new) and not self._hides(current):
             if r.output_logprobs:
                 if not self._lines_up(i, new):
                     return False  # a special token put back must be the one the log-probs name
-            elif self._impossible(new) >= self._impossible(current):
-                return False  # …or, without them, make the text possible, not trade one slip
-                # for another
+            elif not self._possible_special(new) or \
+                    self._impossible(new) >= self._impossible(current):
+                return False  # …or, without them, be a token the server could have drawn and
+                # make the text possible, not trade one slip for another
         fit_new, fit_current = self._served_fit(i, new), self._served_fit(i, current)
         if fit_new != fit_current:  # the served count, then the served log-probs, decide
             return fit_new < fit_current
