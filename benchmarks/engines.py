@@ -47,7 +47,7 @@ CORRECT = {
 DEFAULTS = {
     "CTranslate2, its own defaults (sampling_topk 1)": ("ct2:{ct2}?defaults=engine", "shipped"),
     "CTranslate2, repetition_penalty 1.1 set by the deployment":
-        ("ct2:{ct2}?repetition_penalty=1.1", "neutral"),
+        ("ct2:{ct2}?repetition_penalty=1.1", "shipped"),
     "ONNX Runtime GenAI, its own defaults (do_sample false)":
         ("ortgenai:{ortgenai}?defaults=engine", "shipped"),
     "ONNX Runtime GenAI, top_k 0 sent as 0 (top_p dropped)":

@@ -68,7 +68,7 @@ class RecordDetails(Details):
 def record_pit_z(s: TokenScores) -> tuple[float, int]:
     """(z, n): one output's exact likelihood z over its n informative tokens (module docstring);
     0 for an output with none."""
-    u = s.stats["pit"][informative(s)]
+    u = s.stats["pit"][informative(s)].astype(np.float64)  # float32 rounds 1 - 1e-12 to 1
     if not len(u):
         return 0.0, 0
     z = -float(st.norm.ppf(np.clip(u, PIT_CLIP, 1 - PIT_CLIP)).sum()) / np.sqrt(len(u))

@@ -127,7 +127,7 @@ class TokenSearch:
                                 self.frozen, suspect, *variant)
                     if p is not None:
                         found.setdefault(tuple(p.ids), p)
-                for p in self.hidden(i, suspect):
+                for p in [*self.hidden(i, suspect), *self.other_ends(i, suspect)]:
                     found.setdefault(tuple(p.ids), p)
                 if found:
                     proposals[i] = list(found.values())
@@ -171,6 +171,19 @@ class TokenSearch:
         else:
             return []
         return [Proposal([*ids[:k], v, *ids[k:]], (k,)) for k in places for v in self.hideable]
+
+    def other_ends(self, i: int, suspect: np.ndarray) -> list[Proposal]:
+        """The end token of a text-only output is latent too: its text shows the turn's end
+        marker, whoever wrote it (servers strip the end token, and clients such as the
+        ``openai://`` target put the reference's turn end back), but the model may have ended on
+        any of the checkpoint's end tokens (``<eos>`` as well as ``<end_of_turn>``), each a
+        correct end. Where the one the text shows looks impossible (``suspect``), each other
+        one is proposed, and the reference's own odds decide."""
+        ids = self.ctx._output_ids[i][0]
+        ends = self.ctx.ref.end_ids
+        if not ids or ids[-1] not in ends or not suspect[len(ids) - 1]:
+            return []
+        return [Proposal([*ids[:-1], e], (len(ids) - 1,)) for e in ends if e != ids[-1]]
 
     def _impossible(self, s: TokenScores) -> int:
         """Tokens a correct server could not have produced: outside the support (sampled) or
