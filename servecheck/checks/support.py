@@ -64,24 +64,27 @@ def violations(ctx: CheckContext, idx: list[int], scores: dict[int, TokenScores]
     boundary ties; and how many tokens only the chosen order puts outside. With few records
     that tell the orders apart the default order stays, and a token a llama.cpp server drew
     inside its own nucleus (top_p on temperature-1 probabilities) can lie outside HF's: that
-    is no evidence, and a token outside every plausible order's support still is."""
-    out: dict[int, list[tuple[int, str, float]]] = {}
-    ties: dict[int, int] = {}
-    for i in idx:
-        out[i], ties[i] = outside_support(scores[i], ctx.tolerances)
-    suspects = [i for i in idx if out[i]]
-    forgiven = 0
+    is no evidence, and a token outside every plausible order's support still is. Each record
+    is judged once a run (the support, sampler and per-record verdicts all ask)."""
+    known: dict[int, tuple[list[tuple[int, str, float]], int, int]] = ctx.once(
+        "support violations", dict)
+    todo = [i for i in idx if i not in known]
+    out = {i: outside_support(scores[i], ctx.tolerances) for i in todo}
+    kept = {i: list(v[0]) for i, v in out.items()}
+    suspects = [i for i in todo if kept[i]]
     for other in ctx.undecided:
         if not suspects:
             break
         again = ctx.scorer(ctx.ref, [ctx.item(i) for i in suspects], other)
         for i, s in zip(suspects, again, strict=True):
-            inside = {k for k in (v[0] for v in out[i])} - {v[0] for v in
-                                                             outside_support(s, ctx.tolerances)[0]}
-            forgiven += len(inside)
-            out[i] = [v for v in out[i] if v[0] not in inside]
-        suspects = [i for i in suspects if out[i]]
-    return out, ties, forgiven
+            inside = {v[0] for v in kept[i]} - {v[0] for v in
+                                                outside_support(s, ctx.tolerances)[0]}
+            kept[i] = [v for v in kept[i] if v[0] not in inside]
+        suspects = [i for i in suspects if kept[i]]
+    for i in todo:
+        known[i] = (kept[i], out[i][1], len(out[i][0]) - len(kept[i]))
+    return ({i: known[i][0] for i in idx}, {i: known[i][1] for i in idx},
+            sum(known[i][2] for i in idx))
 
 
 def run(ctx: CheckContext) -> list[CheckResult]:
