@@ -93,6 +93,12 @@ PROMPTS_RAW: list[tuple[str, str | bytes, str]] = [
     ("NUL bytes", b"\x00\x00\x00", "not valid JSON"),
     ("two JSON documents", '{"prompt": "a"}\n{"prompt": "b"}', "line 2"),
     ("a string at top level", '"hi"', "got str"),
+    ("a lone surrogate in a prompt", '{"prompt": ["ok", "bad \\ud800"]}',
+     "field 'prompt.1': a lone surrogate"),
+    ("nested thousands deep", '{"prompt": "a", "chat_template_kwargs": {"x": '
+     + "[" * 5000 + "]" * 5000 + "}}", "nested deeper than"),
+    ("an integer of 5000 digits", '{"prompt": "a",\n "seed": ' + "9" * 5000 + "}",
+     "line 2: a number of 5,000 digits"),
 ]
 
 PROMPTS_JSON: list[tuple[str, object, str]] = [
@@ -155,6 +161,11 @@ PROMPTS_JSON: list[tuple[str, object, str]] = [
     ("system turn and system_prompt",
      {"prompt": [[{"role": "system", "content": "s"}, user("c")]], "system_prompt": "t"},
      "system_prompt is set too"),
+    ("temperature 1e-300", {"prompt": "hi", "temperature": [0, 1e-300]},
+     "field 'temperature': a temperature of 1e-300 is under 1e-05"),
+    ("a matrix of 10^9 requests", {"prompt": [f"p{k}" for k in range(1000)],
+                                   "seed": list(range(1000)), "max_tokens": list(range(1, 1001))},
+     "over the limit of 1,000,000 (raise it with --max-requests N)"),
 ]
 
 TARGETS: list[tuple[str, str, str]] = [
@@ -237,6 +248,30 @@ def generate_cases() -> list[Case]:
             "--out", str(d / "r.json")], "the server is gone"),
         Case("generate", "resume with another target", lambda d: resumed_with_other(d),
              "another target"),
+        Case("generate", "credentials in the target URL", lambda d: [
+            "generate", str(write(d, "p.json", hi)), "--target",
+            "openai://alice:Sup3rSecretPw@127.0.0.1:9/v1", "--out", str(d / "r.json")],
+            "openai://[redacted]@127.0.0.1:9/v1: credentials in the target spec"),
+        Case("generate", "target: max_body_mb zero", lambda d: [
+            "generate", str(write(d, "p.json", hi)), "--target",
+            "openai://127.0.0.1:9/v1?max_body_mb=0", "--out", str(d / "r.json")],
+            "max_body_mb must be"),
+        Case("generate", "another generate writing the same --out", lambda d: second_writer(d),
+             "is writing this file"),
+        Case("generate", "--max-requests zero", lambda d: [
+            "generate", str(write(d, "p.json", hi)), "--target", "hf:builtin", "--out",
+            str(d / "r.json"), "--max-requests", "0"], "--max-requests"),
+        Case("generate", "--max-requests under the matrix", lambda d: [
+            "generate", str(write(d, "p.json", {"prompt": ["a", "b"], "seed": [1, 2]})),
+            "--target", "hf:builtin", "--out", str(d / "r.json"), "--max-requests", "3"],
+            "the matrix expands to 4 requests, over the limit of 3"),
+        Case("generate", "--reference template with a huge power", lambda d: [
+            "generate", str(write(d, "p.json", hi)), "--target",
+            f"hf:{broken_checkpoint(d, POWER)}", "--out", str(d / "r.json")],
+            "computes an integer over"),
+        Case("generate", "--template-timeout zero", lambda d: [
+            "generate", str(write(d, "p.json", hi)), "--target", "hf:builtin", "--out",
+            str(d / "r.json"), "--template-timeout", "0"], "--template-timeout"),
         Case("generate", "--out holds garbage", lambda d: [
             "generate", str(write(d, "p.json", hi)), "--target", "hf:builtin", "--out",
             str(write(d, "r.jsonl", "garbage\n{}\n"))], "r.jsonl"),
@@ -245,6 +280,12 @@ def generate_cases() -> list[Case]:
 
 
 HOSTILE = "{{ cycler.__init__.__globals__.os.system('true') }}"
+ECHO = "{% for m in messages %}{{ m.content }}{% endfor %}"
+POWER = "{{ 10 ** (10 ** 10) }}" + ECHO
+"""Minutes in one C call (at compile time: Jinja folds constants), before issue 29."""
+REPEAT = "{{ 'x' * 10**10 }}" + ECHO
+"""10 GB asked for at once, before issue 29."""
+SLOW = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}" + ECHO
 
 
 def broken_checkpoint(folder: Path, template: str = "{% for m in messages %}{{ m.content }") -> str:
@@ -290,6 +331,17 @@ RESPONSES_RAW: list[tuple[str, str | bytes, str]] = [
     ("a list of strings", '["a"]', "record 0"),
     ("a record that is a list", "[[1]]\n", "record 0"),
     ("an object of records", '{"r1": {"conversations": {}}}\n', "line 1"),
+    ("a lone surrogate in an output", json.dumps(record()) + "\n" + json.dumps(
+        record(id="r2")).replace("Hello.", "Hel\\ud800lo.") + "\n",
+     "line 2: field 'output': a lone surrogate (\\ud800) at character 3"),
+    ("a lone surrogate in an id", json.dumps(record()).replace('"r1"', '"r\\udc00"') + "\n",
+     "line 1: field 'id': a lone surrogate"),
+    ("nested thousands deep", json.dumps(record()) + "\n" + "[" * 5000 + "]" * 5000 + "\n",
+     "line 2: nested deeper than 100 levels"),
+    ("an integer of 5000 digits", json.dumps(record()) + "\n" + json.dumps(record())[:-1]
+     + ', "sent": {"x": ' + "9" * 5000 + "}}\n", "line 2: a number of 5,000 digits"),
+    ("an array nested thousands deep", "[\n" + json.dumps(record()) + ",\n" + "[" * 5000
+     + "]" * 5000 + "\n]\n", "line 3: nested deeper than 100 levels"),
 ]
 
 RECORDS: list[tuple[str, dict, str]] = [
@@ -342,12 +394,41 @@ RECORDS: list[tuple[str, dict, str]] = [
     ("timing without latency", record(timing={"started_at": "now"}), "timing.latency_s"),
     ("sent a string", record(sent="x"), "field 'sent'"),
     ("error a number", record(error=500), "field 'error'"),
+    ("temperature 1e-300", params(temperature=1e-300), "field 'parameters.temperature': a "
+                                                       "temperature of 1e-300 is under 1e-05"),
 ]
 
 
 def check(d: Path, content: object, *flags: str, name: str = "r.jsonl") -> list[str]:
     return ["check", str(write(d, name, content)), "--reference", "builtin", "--no-progress",
             *flags]
+
+
+_HELD: list[object] = []
+"""Locks a case holds while its command runs (the other writer of ``second_writer``)."""
+
+
+def second_writer(d: Path) -> list[str]:
+    """Another generate holds ``--out``'s lock: taken here, in this process, on its own open
+    file (flock locks one open file, so the command's own attempt is refused as another
+    process's would be)."""
+    from servecheck.formats.output_lock import OutputLock
+
+    out = d / "r.jsonl"
+    _HELD.clear()
+    lock = OutputLock(out)
+    lock.acquire()
+    _HELD.append(lock)
+    return ["generate", str(write(d, "p.json", {"prompt": "hi", "max_tokens": 2})), "--target",
+            "hf:builtin", "--out", str(out)]
+
+
+def shared_state(d: Path) -> list[str]:
+    state = d / "state"
+    state.mkdir()
+    state.chmod(0o777)
+    return check(d, jsonl(record(), record(id="r2")), "--records-per-chunk", "1", "--state",
+                 str(state))
 
 
 def jsonl(*records: dict) -> str:
@@ -413,11 +494,40 @@ def check_cases() -> list[Case]:
         Case("check", "--reference unsafe template", lambda d: [
             "check", str(write(d, "r.jsonl", jsonl(record()))), "--reference",
             broken_checkpoint(d, HOSTILE)], "chat template"),
+        Case("check", "--reference template with a huge power", lambda d: check(
+            d, jsonl(record()), "--reference", broken_checkpoint(d, POWER)),
+            "computes an integer over 65,536 bits"),
+        Case("check", "--reference template with a huge repeat", lambda d: check(
+            d, jsonl(record()), "--reference", broken_checkpoint(d, REPEAT)),
+            "(raise with --template-max-mb MB)"),
+        Case("check", "--reference template that renders for minutes", lambda d: check(
+            d, jsonl(record()), "--reference", broken_checkpoint(d, SLOW), "--template-timeout",
+            "0.5"), "took over 0.5 s to render (raise with --template-timeout S)"),
+        Case("check", "--template-max-mb zero", lambda d: check(
+            d, jsonl(record()), "--template-max-mb", "0"), "--template-max-mb"),
+        Case("check", "shard named with an escape sequence", lambda d: escaped_shard(d),
+             "logs/shard\\x1b[31m.jsonl: not JSON"),
+        Case("check", "--state writable by others", lambda d: shared_state(d),
+             "writable by group or others"),
+        Case("check", "--json under a regular file", lambda d: check(
+            d, jsonl(record()), "--json", str(write(d, "f", "x") / "s.json")),
+            "s.json: cannot write (Not a directory)"),
+        Case("check", "--junit on a full disk", lambda d: check(
+            d, jsonl(record()), "--junit", "/dev/full"), "cannot write (No space left"),
+        Case("check", "garbage Parquet shard", lambda d: check(
+            d, "garbage\n", name="r.parquet"), "r.parquet: not a Parquet file ("),
         Case("check", "--reference template without the message", lambda d: [
             "check", str(write(d, "r.jsonl", jsonl(record()))), "--reference",
             broken_checkpoint(d, "constant")], "chat template"),
     ]
     return cases
+
+
+def escaped_shard(d: Path) -> list[str]:
+    """A shard whose name holds ESC: printed as ``\\x1b``, one line, no terminal colours."""
+    (d / "logs").mkdir()
+    write(d / "logs", "shard\x1b[31m.jsonl", "garbage\n")
+    return ["check", str(d / "logs"), "--reference", "builtin", "--no-progress"]
 
 
 # --- compare, probe, serve, schema -------------------------------------------------------------
@@ -453,6 +563,10 @@ def other_cases() -> list[Case]:
              "line 1 column"),
         Case("compare", "record with bad temperature", lambda d: compare(
             d, content=jsonl(params(temperature="0.7"))), "parameters.temperature"),
+        Case("compare", "--template-timeout negative", lambda d: compare(
+            d, "--template-timeout", "-1"), "--template-timeout"),
+        Case("compare", "responses with a lone surrogate", lambda d: compare(
+            d, content=jsonl(record(input="x\udfffy"))), "field 'input': a lone surrogate"),
         Case("compare", "only failed records", lambda d: compare(
             d, content=jsonl(record(error="refused"))), "no answered record"),
         Case("probe", "--target missing", lambda d: probe(d), "--target"),

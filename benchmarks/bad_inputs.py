@@ -43,6 +43,54 @@ class Outcome:
             self.case.where.lower() in self.message.lower()
 
 
+CLASSES = [
+    "## Classes of fault, and what servecheck does (issue 29)",
+    "",
+    "Each class has tests under `tests/` (named in the last column); the cases a command line can",
+    "show are in the table below too.",
+    "",
+    "| class | what servecheck does now | tests |",
+    "|---|---|---|",
+    "| code from state files | `check --state` saves chunk verdicts as versioned JSON (`chunk-NNNNN.json`) "
+    "read back only into servecheck's own loaded dataclasses; a planted pickle or a `$type` naming "
+    "any other callable runs nothing, is warned about and its chunk is checked again; a state "
+    "directory of another user or writable by group/others is refused (exit 2); new ones are 0700 "
+    "| `tests/workflows/test_chunked.py` |",
+    "| records lost by two writers | an exclusive `flock` on `.NAME.lock` beside `--out` for the "
+    "whole run, compaction included; a second `generate` is refused (exit 2) naming the holder's "
+    "pid, host and start; `kill -9` frees the lock and the rerun resumes "
+    "| `tests/collect/test_output_lock.py` |",
+    "| secrets written | every error leaving a target's `generate` is redacted with the target's "
+    "own secrets (the key's value, whatever its shape), not only token-shaped strings; "
+    "credentials in a target URL are refused, named with `[redacted]`, pointing to "
+    "`?api_key_env=NAME` | `tests/collect/test_secrets.py` |",
+    "| silent corruption | an OpenAI stream without `finish_reason` and `[DONE]`, or a Triton "
+    "stream cut mid-answer, is a failed request; non-string text pieces, non-numeric log-probs, "
+    "wrong ids are refused where the answer arrives, naming the field | "
+    "`tests/collect/test_answer_seam.py` |",
+    "| one bad answer ends the run | a broken answer is an error record naming the field (or, for "
+    "anything unforeseen, the exception), retried on the next run; the run goes on "
+    "| `tests/collect/test_answer_seam.py`, `tests/collect/test_resume.py` |",
+    "| tracebacks instead of exit 2 | lone surrogates, JSON nested over 100 levels, integers over "
+    "4,300 digits, temperatures in (0, 1e-5), a full or read-only disk: one line naming file, line "
+    "(shard and line) and field; `generate` stops sending on a write failure and keeps what is "
+    "written; reports are written to a temporary file and renamed, so no partial report is left "
+    "| `tests/formats/test_jsontext.py`, `tests/collect/test_disk_faults.py`, "
+    "`tests/report/test_files.py` |",
+    "| unbounded resources | a prompts matrix over `--max-requests` (10^6) is refused before "
+    "expanding; an answer body over 64 MiB (`?max_body_mb=N`); a chat template's `*`, `**`, `+` "
+    "bounded, its output over `--template-max-mb` (16) and its render over `--template-timeout` "
+    "(10 s) refused | `tests/formats/test_prompts.py`, `tests/reference/test_model.py`, "
+    "`tests/collect/test_answer_seam.py` |",
+    "| terminal injection | control characters, C1, bidi overrides and lone surrogates from model "
+    "text, ids, shard names and server messages are written as escapes (`\\x1b`) on every "
+    "terminal line; HTML escapes markup as before | `tests/report/test_terminal.py`, "
+    "`tests/workflows/test_compare.py` |",
+    "| messages | errors found after reading name the shard and line (`shard-0003.jsonl line 12 "
+    "(record r7)`); a garbage Parquet file is one line | `tests/formats/test_shards.py` |",
+]
+
+
 class CaseTimeout(Exception):
     pass
 
@@ -89,6 +137,8 @@ def table(outcomes: list[Outcome], seconds: float) -> str:
         "is: the file, the line or record, the field or the flag. `DIR` stands for the case's",
         "scratch folder. Accepted on purpose, so not in the table: a UTF-8 byte-order mark, and",
         "a torn last line (a run killed mid-write: left out with a warning naming its line).",
+        "",
+        *CLASSES,
         "",
         f"Machine: {platform.machine()}, {platform.system()}, Python {platform.python_version()};"
         f" {len(outcomes)} cases in {seconds:.0f} s.",

@@ -15,10 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from servecheck.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_PASS, InputError
+from servecheck.formats.limits import MAX_REQUESTS
+from servecheck.reference.sandbox import DEFAULT_LIMITS, TemplateLimits, template_limits
+from servecheck.report.terminal import visible
 from servecheck.workflows.arguments import (
     COUNT,
     PROBABILITY,
     REFERENCE_HELP,
+    add_template_limits,
     bounded,
     output_file,
     port,
@@ -33,7 +37,8 @@ def cmd_generate(a: argparse.Namespace, console: Console) -> int:
     from servecheck.workflows.generate import run_generate
 
     return run_generate(a.prompts, a.target, a.out, console, reference=a.reference,
-                        retries=a.retries, progress=not a.no_progress)
+                        retries=a.retries, progress=not a.no_progress,
+                        max_requests=a.max_requests)
 
 
 def cmd_check(a: argparse.Namespace, console: Console) -> int:
@@ -169,6 +174,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--retries", type=bounded(int, 0), default=3,
                    help="retries of a transient failure (see the README's list), with backoff")
+    g.add_argument("--max-requests", type=COUNT, default=MAX_REQUESTS, metavar="N",
+                   help="refuse a prompts file whose matrix expands to more requests than this "
+                        "(counted before expanding)")
+    add_template_limits(g)
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("check", help="check a responses file against a reference checkpoint")
@@ -208,6 +217,7 @@ def parser() -> argparse.ArgumentParser:
                    "(default: under $SERVECHECK_STATE or ~/.cache/servecheck/check-state)")
     c.add_argument("--fresh", action="store_true",
                    help="check every chunk again rather than resume from saved verdicts")
+    add_template_limits(c)
     conv = c.add_argument_group("sampling convention (where engines differ; unset: found from "
                                 "the records, see the README's table)")
     conv.add_argument("--sampler-order", choices=["find", "hf", "llama.cpp"], default="find",
@@ -237,6 +247,7 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--max-record-mb", type=bounded(float, 0, open_low=True), default=16,
                    help="refuse a record larger than this (memory stays bounded)")
     k.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_template_limits(k)
     k.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("demo", help="a correct and a faulty server on the built-in model, checked")
@@ -311,7 +322,8 @@ class Subparser(argparse.ArgumentParser):
     line (``servecheck check: error: argument --alpha: …``), as every other bad input is."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_INPUT, visible(f"{self.prog}: error: {message} (see {self.prog} --help)")
+                  + "\n")
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
@@ -323,7 +335,8 @@ class StderrLines(logging.Handler):
     """Writes to whatever ``sys.stderr`` is at the time (a test's capture, a redirected run)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        print(f"servecheck: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+        print(visible(f"servecheck: {record.levelname.lower()}: {record.getMessage()}"),
+              file=sys.stderr)
 
 
 def warnings_to_stderr() -> None:
@@ -340,9 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from rich.console import Console
 
-        return args.func(args, Console(highlight=False, soft_wrap=True))
-    except InputError as e:
-        print(f"servecheck: error: {e}", file=sys.stderr)  # one unwrapped line, for grep and CI
+        with template_limits(TemplateLimits(
+                getattr(args, "template_timeout", DEFAULT_LIMITS.timeout_s),
+                int(getattr(args, "template_max_mb", DEFAULT_LIMITS.max_chars / 2**20) * 2**20))):
+            return args.func(args, Console(highlight=False, soft_wrap=True))
+    except InputError as e:  # one unwrapped line, for grep and CI
+        print(visible(f"servecheck: error: {e}"), file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("servecheck: interrupted", file=sys.stderr)

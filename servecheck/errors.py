@@ -58,6 +58,12 @@ class TargetError(Exception):
         self.retry_after = retry_after
         super().__init__(redact(message, secrets))
 
+    def redacted(self, secrets: Iterable[str]) -> TargetError:
+        """This error, its message cleared of ``secrets`` too (the target's own, known only
+        where it was opened): what ``Target.generate`` does to every error that leaves it."""
+        self.args = (redact(str(self), secrets),)
+        return self
+
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 """0 every check passed (or the command did its job), 1 a check failed, 2 bad input or an error

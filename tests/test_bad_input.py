@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from servecheck.reference.model import Reference
+
 
 def _generate(run_cli, tmp_path: Path, prompts: object, raw: str | None = None) -> int:
     p = tmp_path / "prompts.json"
@@ -197,7 +199,7 @@ def test_ctrl_c_stops_check_at_every_stage(after_s: float, root: Path, tmp_path:
     import signal
     import time
 
-    records = [r.model_copy(update={"id": f"{r.id}-{k}"}) for k in range(40) for r in lite_records]
+    records = [r.model_copy(update={"id": f"{r.id}-{k}"}) for k in range(120) for r in lite_records]
     path = tmp_path / "r.jsonl"
     path.write_text("".join(r.model_dump_json(exclude_none=True) + "\n" for r in records))
     proc = subprocess.Popen([sys.executable, "-m", "servecheck.cli", "check", str(path),
@@ -227,3 +229,103 @@ def test_a_torn_last_line_is_a_warning_with_its_number(tmp_path: Path, lite_reco
     path.write_text("\n".join(lines[:5]) + "\n" + lines[5][:40] + "\n")  # newline: not a tear
     assert run_cli("check", path, "--reference", "builtin", "--no-progress") == 2
     assert "line 6 is not valid JSON" in capsys.readouterr().err
+
+
+# Issue 29: inputs that passed reading and crashed later, or ran for minutes.
+
+GOOD = {"id": "r1", "conversations": {"contents": [{"role": "user", "content": "Hi."}]},
+        "parameters": {"temperature": 0.7, "max_tokens": 8},
+        "input": "<bos><start_of_turn>user\nHi.<end_of_turn>\n<start_of_turn>model\n",
+        "output": "Hello.<end_of_turn>"}
+
+
+@pytest.mark.parametrize(("raw", "expect"), [
+    ('{"prompt": ["ok", "bad \\ud800"]}',
+     "prompts.json: field 'prompt.1': a lone surrogate (\\ud800) at character 4: not valid "
+     "Unicode text"),
+    ('{"prompt": "a", "chat_template_kwargs": {"x": ' + "[" * 5000 + "]" * 5000 + "}}",
+     "prompts.json: nested deeper than 100 levels"),
+    ('{"prompt": "a",\n "seed": ' + "9" * 5000 + "}",
+     "prompts.json line 2: a number of 5,000 digits (at most 4,300)"),
+    ('{"prompt": "a", "temperature": [0, 1e-300]}',
+     "prompts.json: field 'temperature': a temperature of 1e-300 is under 1e-05: write 0 for "
+     "greedy (vLLM and others treat a temperature under 1e-5 as greedy)"),
+])
+def test_prompts_that_crashed_later_are_refused_when_read(tmp_path: Path, raw: str, expect: str,
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          run_cli) -> None:
+    """A lone surrogate once passed reading and crashed writing the records, leaving a 0-byte
+    --out behind; the others were tracebacks."""
+    assert _generate(run_cli, tmp_path, None, raw) == 2
+    err = _no_traceback(capsys)
+    assert expect in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize(("body", "expect"), [
+    (json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "id": "r2"}).replace("Hello.", "He\\ud800"),
+     "r.jsonl line 2: field 'output': a lone surrogate (\\ud800) at character 2: not valid "
+     "Unicode text"),
+    (json.dumps(GOOD) + "\n" + "[" * 5000 + "]" * 5000, "r.jsonl line 2: nested deeper than 100"),
+    (json.dumps(GOOD).replace('"temperature": 0.7', '"seed": ' + "9" * 5000),
+     "r.jsonl line 1: a number of 5,000 digits"),
+    (json.dumps({**GOOD, "parameters": {"temperature": 1e-300}}),
+     "r.jsonl line 1: field 'parameters.temperature': a temperature of 1e-300 is under 1e-05"),
+])
+def test_responses_that_crashed_later_are_refused_when_read(tmp_path: Path, body: str,
+                                                            expect: str, run_cli,
+                                                            capsys: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_text(body + "\n")
+    report = tmp_path / "report.html"
+    assert run_cli("check", path, "--reference", "builtin", "--no-progress", "--report",
+                   report) == 2
+    err = _no_traceback(capsys)
+    assert expect in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_matrix_over_the_limit_is_refused_and_the_flag_raises_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], run_cli) -> None:
+    prompts = {"prompt": [f"p{k}" for k in range(1000)], "seed": list(range(1000)),
+               "max_tokens": list(range(1, 1001))}
+    assert _generate(run_cli, tmp_path, prompts) == 2
+    assert ("prompts.json: the matrix expands to 1,000,000,000 requests, over the limit of "
+            "1,000,000 (raise it with --max-requests N)") in _no_traceback(capsys)
+    p = tmp_path / "small.json"
+    p.write_text(json.dumps({"prompt": ["a", "b"], "seed": [1, 2], "max_tokens": 1}))
+    out = tmp_path / "r.jsonl"
+    assert run_cli("generate", p, "--target", "hf:builtin", "--out", out, "--no-progress",
+                   "--max-requests", "3") == 2
+    assert "expands to 4 requests, over the limit of 3" in _no_traceback(capsys)
+    assert run_cli("generate", p, "--target", "hf:builtin", "--out", out, "--no-progress",
+                   "--max-requests", "4") == 0
+    assert len(out.read_text().splitlines()) == 4
+
+
+def test_a_slow_template_is_refused_and_the_flag_sets_the_bound(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], run_cli) -> None:
+    ckpt = tmp_path / "ckpt"
+    Reference("builtin").tokenizer.save_pretrained(ckpt)
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "chat_template.jinja").write_text(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+        "{% for m in messages %}{{ m.content }}{% endfor %}")
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n")
+    assert run_cli("check", path, "--reference", ckpt, "--no-progress",
+                   "--template-timeout", "0.5") == 2
+    assert (f"servecheck: error: {ckpt}: the chat template took over 0.5 s to render (raise "
+            f"with --template-timeout S)") in _no_traceback(capsys)
+
+
+def test_control_characters_in_a_shard_name_stay_on_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], run_cli) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "shard\x1b[31m.jsonl").write_text("garbage\n")
+    (logs / "shard\n2.jsonl").write_text(json.dumps(GOOD) + "\n")
+    assert run_cli("check", logs, "--reference", "builtin", "--no-progress") == 2
+    err = _no_traceback(capsys)
+    assert len(err.strip().splitlines()) == 1 and "\x1b" not in err
+    assert f"{logs}/shard\\n2.jsonl" in err or f"{logs}/shard\\x1b[31m.jsonl" in err

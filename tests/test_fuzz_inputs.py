@@ -3,7 +3,8 @@ target specs, drawn by hypothesis. Whatever the input, the command ends with exi
 never a traceback (an exception escaping ``main``, or a "Traceback" on stderr).
 
 Each draw starts from a valid file and breaks it: a field replaced by any JSON value (Infinity,
-NaN and 2^70 included), a key added or dropped, the text cut short, a byte flipped. The named
+NaN and 2^70 included; a lone surrogate, nesting thousands deep, an integer of thousands of
+digits, a temperature of 1e-300), a key added or dropped, the text cut short, a byte flipped. The named
 cases a user reported live in ``tests/test_bad_input.py`` and ``benchmarks/bad_input_cases.py``;
 this searches around them. Seeds are fixed (``derandomize``), so a run is reproducible and the
 test cannot fail by chance.
@@ -18,7 +19,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from servecheck.cli import main
@@ -27,8 +28,16 @@ SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=N
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
 
+SHAPES = {"@deep@": "[" * 3000 + "]" * 3000, "@huge@": "9" * 5000, "@tiny@": "1e-300",
+          "@denormal@": "5e-324"}
+"""Values json.dumps cannot write (nesting past its recursion, integers past Python's digits)
+or that are valid JSON and broke a later stage (issue 29): put into the text after dumping."""
+LONE = "a\ud800b"
+"""A lone surrogate: json.dumps writes it as the escape ``\\ud800``."""
+
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8)
+    | st.sampled_from([*SHAPES, LONE]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
                                                                 max_size=3),
     max_leaves=6)
@@ -86,7 +95,7 @@ def broken(draw: st.DrawFn, valid: dict, keys: list[str]) -> str | bytes:
             obj.pop(key, None)
         elif isinstance(obj.get(key), dict):
             obj[key] = {**obj[key], draw(st.sampled_from(keys)): draw(JSON)}
-    text = json.dumps(obj)
+    text = shaped(json.dumps(obj))
     cut = draw(st.sampled_from(["none", "none", "truncate", "flip"]))
     if cut == "truncate":
         return text[: draw(st.integers(0, max(0, len(text) - 1)))]
@@ -97,8 +106,27 @@ def broken(draw: st.DrawFn, valid: dict, keys: list[str]) -> str | bytes:
     return text
 
 
+def shaped(text: str) -> str:
+    for name, value in SHAPES.items():
+        text = text.replace(f'"{name}"', value)
+    return text
+
+
+def _with(valid: dict, key: str, value: object) -> str:
+    """``valid`` with ``key`` set to ``value`` (a ``SHAPES`` name or ``LONE``), as text."""
+    if "." in key:
+        outer, inner = key.split(".")
+        return shaped(json.dumps({**valid, outer: {**valid[outer], inner: value}}))
+    return shaped(json.dumps({**valid, key: value}))
+
+
 @pytest.mark.slow  # 60 generate runs against a dead port (about 40 s)
 @SETTINGS
+@example(content=_with(VALID_PROMPTS, "prompt", LONE))
+@example(content=_with(VALID_PROMPTS, "chat_template_kwargs", "@deep@"))
+@example(content=_with(VALID_PROMPTS, "seed", "@huge@"))
+@example(content=_with(VALID_PROMPTS, "temperature", "@tiny@"))
+@example(content=_with(VALID_PROMPTS, "top_p", "@denormal@"))
 @given(content=broken(VALID_PROMPTS, PROMPT_KEYS))
 def test_fuzzed_prompts_files(tmp_path_factory: pytest.TempPathFactory,
                               content: str | bytes) -> None:
@@ -113,6 +141,12 @@ def test_fuzzed_prompts_files(tmp_path_factory: pytest.TempPathFactory,
 
 @pytest.mark.slow  # 60 checks on the built-in model (about 60 s)
 @SETTINGS
+@example(content=_with(VALID_RECORD, "output", LONE), lines=2)
+@example(content=_with(VALID_RECORD, "id", LONE), lines=1)
+@example(content=_with(VALID_RECORD, "sent", "@deep@"), lines=2)
+@example(content=_with(VALID_RECORD, "parameters.seed", "@huge@"), lines=1)
+@example(content=_with(VALID_RECORD, "parameters.temperature", "@tiny@"), lines=1)
+@example(content=_with(VALID_RECORD, "output_logprobs", "@denormal@"), lines=1)
 @given(content=broken(VALID_RECORD, RECORD_KEYS), lines=st.integers(1, 3))
 def test_fuzzed_responses_files(tmp_path_factory: pytest.TempPathFactory,
                                 content: str | bytes, lines: int) -> None:

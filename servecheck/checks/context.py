@@ -96,7 +96,7 @@ class CheckContext:
                 if bad is not None:
                     raise InputError(f"{name}[{bad}] = {ids[bad]} is not an id of the reference's "
                                      f"vocabulary (0…{vocab - 1}): ids of another model, or the "
-                                     f"wrong --reference", where=f"record {label_}")
+                                     f"wrong --reference", where=r.named(label_))
 
     def _check_lengths(self) -> None:
         """A record that cannot fit the reference's context is refused before it is tokenized:
@@ -112,7 +112,7 @@ class CheckContext:
                 raise InputError(f"prompt and output are at least {prompt} + {output} tokens, "
                                  f"beyond the reference's context of {limit}: a record of another "
                                  f"model, or a server that ran past its context",
-                                 where=f"record {label_}")
+                                 where=r.named(label_))
 
     @cached_property
     def expected_prompts(self) -> list[str]:
@@ -128,10 +128,12 @@ class CheckContext:
                 continue
             try:
                 out.append(rendered.setdefault(key, self.ref.render(r.conversations)))
+            except InputError:  # a template over its limits (reference.sandbox), named whole
+                raise
             except Exception as e:
                 raise InputError(f"the reference's chat template refuses this conversation "
                                  f"({type(e).__name__}: {str(e)[:200]}); it cannot be checked "
-                                 f"against this reference", where=f"record {label_}") from None
+                                 f"against this reference", where=r.named(label_)) from None
         return out
 
     def once(self, key: str, make: Callable[[], Any]) -> Any:
@@ -292,7 +294,8 @@ class CheckContext:
         if limit and len(prompt) + len(output) > limit:  # memory and meaning both end here
             raise InputError(f"prompt and output are {len(prompt)} + {len(output)} tokens, beyond "
                              f"the reference's context of {limit}: a record of another model, or "
-                             f"a server that ran past its context", where=f"record {self.labels[i]}")
+                             f"a server that ran past its context",
+                             where=self.records[i].named(self.labels[i]))
         return ScoreItem(prompt, output, self.sampling[i], self.seed(i))
 
     def leave_out(self, reasons: dict[str, list[str]]) -> None:

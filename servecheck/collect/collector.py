@@ -3,6 +3,8 @@
 Every record is on disk the moment it exists (``ResponseWriter``), so Ctrl-C or a dead server
 loses at most the requests in flight, and the same command run again picks up where it stopped.
 A failed request becomes a record with ``error`` set: it is reported, and retried on the next run.
+So does an answer that breaks the interface (a field a target cannot parse, a record that does
+not validate): one bad answer is one error record, never the end of the run.
 Within a run, only a transient failure (refused connection, HTTP 429/503, gRPC UNAVAILABLE) is
 retried, with exponential backoff and jitter, honouring a server's Retry-After; a 4xx or an error
 frame is final at once, since the same request would fail the same way.
@@ -11,14 +13,21 @@ frame is final at once, since the same request would fail the same way.
 markers from; it is handed to the target and to nothing else. What a target must tell the user
 about its records (``Target.notes``: an end marker it could not restore) comes back once in the
 summary, for the command to print once, not once a request.
+
+A run holds ``OutputLock`` on its ``--out`` from before it reads the records there until after
+compaction, so a second run on the same file is refused rather than appending to a file the
+first is about to replace. When the file cannot be written (a full or read-only disk), the run
+stops sending at once: answers that cannot be kept are requests wasted, and a server's time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import random
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,9 +46,11 @@ from rich.text import Text
 
 from servecheck.collect.targets import Target, open_target, refuse_unsupported
 from servecheck.errors import InputError, TargetError, redact
+from servecheck.formats.limits import MAX_REQUESTS
+from servecheck.formats.output_lock import OutputLock
 from servecheck.formats.prompts import Request, expand
 from servecheck.formats.records import ResponseRecord
-from servecheck.formats.responses import ResponseWriter, compact, read_records
+from servecheck.formats.responses import ResponseWriter, WriteFailed, compact, read_records
 
 
 @dataclass
@@ -104,6 +115,14 @@ def _error_record(request: Request, target: Target, message: str) -> ResponseRec
                           error=redact(message))
 
 
+def _broken_answer(e: Exception, target: Target) -> str:
+    """The error of a record whose answer could not be made into a record, on one line."""
+    said = " ".join(str(e).split())
+    return redact(f"the server's answer broke the interface: {type(e).__name__}: "
+                  f"{said[:300]}{'…' if len(said) > 300 else ''}",
+                  getattr(target, "secrets", ()))
+
+
 FLUSH_EVERY_S = 0.05
 """Records that arrive in a burst are flushed together, at most this long after the first."""
 
@@ -115,16 +134,21 @@ async def _collect(todo: list[Request], target: Target, writer: ResponseWriter,
     loop = asyncio.get_running_loop()
     flush_timer: list[asyncio.TimerHandle] = []
 
+    failed: list[WriteFailed] = []  # set: nothing more can be kept, so nothing more is sent
+
     def flush() -> None:
         flush_timer.clear()
-        writer.flush()
+        try:
+            writer.flush()
+        except WriteFailed as e:
+            failed.append(e)
 
     unreachable_in_a_row = 0
 
     async def worker() -> None:
         nonlocal unreachable_in_a_row
         for request in pending:
-            if summary.gone:
+            if summary.gone or failed:
                 return
             try:
                 answer = await ask(target, request, retries, summary)
@@ -137,8 +161,21 @@ async def _collect(todo: list[Request], target: Target, writer: ResponseWriter,
                 if unreachable_in_a_row >= BREAKER_AFTER and not summary.gone:
                     summary.gone = (f"{unreachable_in_a_row} requests in a row found the server "
                                     f"unreachable ({str(e)[:300]})")
-            for record in answer if isinstance(answer, list) else [answer]:
-                writer.write(record, flush=False)
+            except InputError:
+                raise  # the user's input, not this answer: the run cannot go on
+            except Exception as e:  # not BaseException: Ctrl-C and cancellation still stop it
+                message = _broken_answer(e, target)
+                answer = _error_record(request, target, message)
+                summary.errors.append((request.id, message))
+                unreachable_in_a_row = 0
+            if failed:
+                return
+            try:
+                for record in answer if isinstance(answer, list) else [answer]:
+                    writer.write(record, flush=False)
+            except WriteFailed as e:
+                failed.append(e)
+                return
             if not flush_timer:
                 flush_timer.append(loop.call_later(FLUSH_EVERY_S, flush))
             summary.written += 1
@@ -150,8 +187,13 @@ async def _collect(todo: list[Request], target: Target, writer: ResponseWriter,
     finally:
         for timer in flush_timer:
             timer.cancel()
-        writer.flush()
+        try:
+            writer.flush()
+        except WriteFailed as e:
+            failed.append(e)
         await target.aclose()
+    if failed:
+        raise failed[0]
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -165,15 +207,42 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def collect(prompts: Path, target_spec: str, out: Path, show_progress: bool = True,
-            retries: int = 3, reference: str | None = None) -> CollectSummary:
+            retries: int = 3, reference: str | None = None, max_requests: int = MAX_REQUESTS
+            ) -> CollectSummary:
     """Run the whole matrix against a target into ``out``; resumable, see the module docstring.
-    ``reference``: the checkpoint the user named for the target (None: none; never a default)."""
-    requests = expand(prompts)
-    target = open_target(target_spec, reference=reference)  # a bad spec is named even when
-    try:                                                    # there is nothing left to ask
-        return _collect_into(requests, target, out, show_progress, retries)
+    ``reference``: the checkpoint the user named for the target (None: none; never a default);
+    ``max_requests``: the largest matrix expanded (``generate --max-requests``)."""
+    requests = expand(prompts, max_requests)
+    with _locked(out):  # before the target opens: a second writer is refused at once
+        target = open_target(target_spec, reference=reference)  # a bad spec is named even
+        try:                                                    # with nothing left to ask
+            return _collect_into(requests, target, out, show_progress, retries)
+        finally:
+            target.close()
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """``out``'s ``OutputLock`` for the whole run; a lock file that cannot be made (a read-only
+    directory) is the write failure it is, said before anything is sent."""
+    lock = OutputLock(out)
+    try:
+        lock.acquire()
+    except OSError as e:
+        raise InputError(f"cannot write ({e.strerror or e}): nothing was sent; "
+                         f"{_cure(e.errno)} and run the same command", where=str(out)) from None
+    try:
+        yield
     finally:
-        target.close()
+        lock.release()
+
+
+def _cure(code: int | None) -> str:
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "free space"
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "make it writable (or name another --out)"
+    return "fix that"
 
 
 def _collect_into(requests: list[Request], target: Target, out: Path, show_progress: bool,
@@ -197,6 +266,10 @@ def _collect_into(requests: list[Request], target: Target, out: Path, show_progr
     except KeyboardInterrupt:
         summary.interrupted = True
         return summary
+    except WriteFailed as e:
+        raise InputError(f"cannot write ({e.reason}): stopped sending; the {e.kept} record(s) "
+                         f"written before it are kept; {_cure(e.error.errno)} and run the same "
+                         f"command to resume", where=str(out)) from None
     summary.notes = target.notes()  # again: some are known only once the server answered
     if summary.errors and not summary.gone and summary.unreachable == summary.written:
         summary.gone = f"every request found the server unreachable ({summary.errors[0][1][:300]})"

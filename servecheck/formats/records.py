@@ -31,6 +31,8 @@ from servecheck.formats.tools import ToolCall, Usage, check_tools
 SCHEMA_VERSION = 1
 LOGPROB_SLACK = 1e-4
 """How far above 0 a served log-probability may round (float32 log-softmax of a sure token)."""
+MIN_TEMPERATURE = 1e-5
+"""The smallest temperature above 0 a request may ask (``Parameters._greedy_or_sampled``)."""
 
 Role = Literal["system", "user", "model", "tool"]
 
@@ -177,6 +179,16 @@ class Parameters(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     """``auto``, ``none``, ``required`` or ``{"type": "function", "function": {"name": …}}``."""
 
+    @field_validator("temperature")
+    @classmethod
+    def _greedy_or_sampled(cls, v: float | None) -> float | None:
+        """Under ``MIN_TEMPERATURE`` is greedy to engines that check (vLLM: under 1e-5) and
+        overflows logits / T in the others (1e-300: NaN probabilities in the hf target)."""
+        if v is not None and 0 < v < MIN_TEMPERATURE:
+            raise ValueError(f"a temperature of {v:g} is under {MIN_TEMPERATURE:g}: write 0 for "
+                             f"greedy (vLLM and others treat a temperature under 1e-5 as greedy)")
+        return v
+
     @field_validator("stop", mode="before")
     @classmethod
     def _stop_list(cls, v: object) -> object:
@@ -248,6 +260,19 @@ class ResponseRecord(BaseModel):
     """Set when the request failed; such records are kept, reported, and retried on resume."""
 
     _empty_system: bool = PrivateAttr(False)
+    _where: str | None = PrivateAttr(None)
+
+    @property
+    def where(self) -> str | None:
+        """Where the record was read (``shard-0003.jsonl line 12``), if from a file."""
+        return self._where
+
+    def locate(self, where: str) -> None:
+        self._where = where
+
+    def named(self, label: str) -> str:
+        """How an error found after reading names it: where it was read, and ``label`` (id)."""
+        return f"{self._where} (record {label})" if self._where else f"record {label}"
 
     @property
     def asked_empty_system(self) -> bool:

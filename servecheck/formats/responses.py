@@ -27,6 +27,7 @@ from types import TracebackType
 from pydantic import ValidationError
 
 from servecheck.errors import InputError
+from servecheck.formats import jsontext
 from servecheck.formats.records import (
     ResponseRecord,
     explain,
@@ -69,7 +70,7 @@ def parse_lines(lines: Iterable[str], path: Path, max_bytes: int, warn: bool = T
             if len(s) > max_bytes:  # characters ≤ bytes: a cheap bound before the exact one
                 _refuse_size(len(s.encode("utf-8")), max_bytes, f"{path} line {n}")
             try:
-                yield n, json.loads(s)
+                yield n, jsontext.loads(s, f"{path} line {n}")
             except json.JSONDecodeError as e:
                 if not _torn(line, following is None, line.endswith("\n")):
                     what = "cut short" if e.pos >= len(s) else f"{e.msg} at column {e.colno}"
@@ -120,7 +121,7 @@ def read_raw(path: Path, max_bytes: int = MAX_RECORD_BYTES) -> list[tuple[str, o
                          f"list of records or JSON Lines)", where=str(path))
     if head == "[":
         try:
-            data = json.loads(text)
+            data = jsontext.parse(text, str(path))
         except json.JSONDecodeError as e:
             if "\n" not in text.strip():  # one line: no record boundary to recover at
                 what = "cut short" if e.pos >= len(text.rstrip()) else e.msg
@@ -129,7 +130,10 @@ def read_raw(path: Path, max_bytes: int = MAX_RECORD_BYTES) -> list[tuple[str, o
         else:  # an array left open by a killed run, or one element per line: parse lines
             if not isinstance(data, list):
                 raise InputError("expected a list of records", where=str(path))
+            deep, surrogates = jsontext.suspect(text)
             for i, obj in enumerate(data):
+                if deep or surrogates:
+                    jsontext.check_value(obj, f"{path} record {i}", deep, surrogates)
                 if len(text) > max_bytes and len(size := json.dumps(obj)) > max_bytes:
                     _refuse_size(len(size.encode("utf-8")), max_bytes, f"{path} record {i}")
             return [(f"record {i}", obj) for i, obj in enumerate(data)]
@@ -175,6 +179,7 @@ def validate_record(obj: object, where: str) -> ResponseRecord:
         raise InputError(problem, where=where + (f" (id {rec.id})" if rec.id else ""))
     if variation.get("system_prompt") == "" and rec.conversations.contents[0].role != "system":
         rec.mark_empty_system()
+    rec.locate(where)
     return rec
 
 
@@ -199,7 +204,8 @@ def compact(path: Path) -> int:
     """Rewrite a finished file without the records a retry superseded (an error, then its
     answer), so plain JSON readers see each request once. Atomic: a new file beside it, fsynced,
     then renamed over it; a crash leaves the old file or the new one, never half of either.
-    Returns how many records were dropped."""
+    Returns how many records were dropped. Run it under ``OutputLock``: a writer appending to
+    the old file while it is renamed away would lose what it appends."""
     if not path.exists():
         return 0
     raw = read_raw(path)
@@ -209,12 +215,18 @@ def compact(path: Path) -> int:
         return 0
     array = read_text(path).lstrip().startswith("[")
     tmp = path.with_name(f".{path.name}.compacting")
-    with tmp.open("w", encoding="utf-8") as fh:
-        lines = [r.model_dump_json(exclude_none=True) for r in records]
-        fh.write("[\n" + ",\n".join(lines) + "\n]\n" if array else "\n".join(lines) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            lines = [r.model_dump_json(exclude_none=True) for r in records]
+            fh.write("[\n" + ",\n".join(lines) + "\n]\n" if array else "\n".join(lines) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot rewrite it without its {dropped} superseded error record(s) "
+                         f"({_reason(e)}): the file is whole as it is, and read as it is",
+                         where=str(path)) from None
     return dropped
 
 
@@ -225,14 +237,46 @@ def answered_ids(path: Path) -> set[str]:
     return {r.id for r in read_records(path) if r.id and r.error is None}
 
 
+def _reason(e: OSError) -> str:
+    if e.errno:
+        return e.strerror or os.strerror(e.errno)
+    return str(e) or type(e).__name__
+
+
+class WriteFailed(Exception):
+    """Writing ``path`` failed (a full or read-only disk, a lost permission): nothing more can
+    be kept, so whoever produces records must stop. ``kept``: records flushed before it."""
+
+    def __init__(self, path: Path, error: OSError, kept: int) -> None:
+        self.path, self.error, self.kept = path, error, kept
+        self.reason = _reason(error)
+        super().__init__(f"{path}: cannot write ({self.reason})")
+
+
 class ResponseWriter:
-    """Appends records to ``path`` durably; see the module docstring for the on-disk shape."""
+    """Appends records to ``path`` durably; see the module docstring for the on-disk shape.
+
+    The file is opened (created, or reopened for appending) only when the first record comes, so
+    a run that writes nothing leaves no empty file. Any ``OSError`` writing it is raised as
+    ``WriteFailed``, and after one the writer writes nothing more (what is on disk stays)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.array = path.suffix != ".jsonl"
+        self.kept = 0
+        """Records handed to the OS (flushed): what survives this process."""
+        self._written = 0
+        self._fh: io.TextIOWrapper | None = None
+        self._failed: WriteFailed | None = None
+        self._created = False
+        self._empty = True
+        self._synced = 0.0
+
+    def _open(self) -> None:
+        path = self.path
         path.parent.mkdir(parents=True, exist_ok=True)
-        existing = _drop_torn_tail(path) if path.exists() else ""
+        self._created = not path.exists()
+        existing = "" if self._created else _drop_torn_tail(path)
         if self.array and existing.strip() and not existing.lstrip().startswith("["):
             self.array = False  # an existing JSON Lines file keeps its shape
         if self.array and existing.rstrip().endswith("]"):
@@ -241,43 +285,78 @@ class ResponseWriter:
             path.write_text(body + "\n", encoding="utf-8")
             existing = body
         self._empty = not existing.strip() or existing.strip() == "["
-        self._synced = 0.0
         self._fh = path.open("a", encoding="utf-8")
         if self.array and not existing.strip():
             self._fh.write("[\n")
 
+    def _fail(self, e: OSError) -> WriteFailed:
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            try:
+                fh.close()  # what it still holds reaches the file, where there is room
+                self.kept = self._written
+            except OSError:
+                pass  # it did not fit either: the file ends torn, which a reader leaves out
+        if self._created and not self._written:  # nothing of this run's in it: no file
+            self.path.unlink(missing_ok=True)
+        self._failed = WriteFailed(self.path, e, self.kept)
+        return self._failed
+
     def write(self, record: ResponseRecord, flush: bool = True) -> None:
         """Append one record; ``flush=False`` leaves it to a ``flush()`` the caller schedules."""
+        if self._failed:
+            raise self._failed
         line = record.model_dump_json(exclude_none=True)
-        prefix = "," if self.array and not self._empty else ""
-        self._fh.write(prefix + line + "\n")
+        try:
+            if self._fh is None:
+                self._open()
+            assert self._fh is not None
+            prefix = "," if self.array and not self._empty else ""
+            self._fh.write(prefix + line + "\n")
+        except OSError as e:
+            raise self._fail(e) from e
         self._empty = False
+        self._written += 1
         if flush:
             self.flush()
 
     def flush(self) -> None:
         """Into the OS: what survives a killed process. fsync at most every FSYNC_EVERY_S."""
-        self._fh.flush()
-        if time.monotonic() - self._synced > FSYNC_EVERY_S:
-            os.fsync(self._fh.fileno())
-            self._synced = time.monotonic()
+        if self._failed:
+            raise self._failed
+        if self._fh is None:
+            return
+        try:
+            self._fh.flush()
+            self.kept = self._written
+            if time.monotonic() - self._synced > FSYNC_EVERY_S:
+                os.fsync(self._fh.fileno())
+                self._synced = time.monotonic()
+        except OSError as e:
+            raise self._fail(e) from e
 
     def write_all(self, records: Iterable[ResponseRecord]) -> None:
         for r in records:
             self.write(r)
 
     def close(self) -> None:
-        if self._fh.closed:
+        if self._fh is None or self._fh.closed:
             return
-        if self.array:
-            self._fh.write("]\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
+        try:
+            if self.array:
+                self._fh.write("]\n")
+            self._fh.flush()
+            self.kept = self._written
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+        except OSError as e:
+            raise self._fail(e) from e
 
     def __enter__(self) -> ResponseWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        if exc_type is not None and issubclass(exc_type, WriteFailed):
+            return  # already closed, as far as it could be
         self.close()

@@ -63,11 +63,19 @@ def parquet_rows(path: Path) -> list[tuple[str, object]]:
         raise InputError("reading Parquet needs pyarrow: pip install 'servecheck[parquet]'",
                          where=str(path)) from None
     try:
-        table = pq.read_table(path)
+        rows = pq.read_table(path).to_pylist()
     except Exception as e:  # pyarrow raises its own ArrowInvalid / OSError kinds
-        raise InputError(f"not a readable Parquet file ({type(e).__name__}: {str(e)[:200]})",
-                         where=str(path)) from None
-    return [(f"row {i}", _drop_nulls(row)) for i, row in enumerate(table.to_pylist())]
+        raise unreadable_parquet(e, path) from None
+    return [(f"row {i}", _drop_nulls(row)) for i, row in enumerate(rows)]
+
+
+def unreadable_parquet(e: Exception, path: Path, row: int | None = None) -> InputError:
+    """pyarrow's refusal, as one line: its messages run over several ("…footer.\nEither the
+    file is corrupted…")."""
+    what = "not a Parquet file" if "magic bytes" in str(e) else "not a readable Parquet file"
+    at = f" after row {row - 1}" if row else ""
+    reason = " ".join(str(e).split())[:200]
+    return InputError(f"{what}{at} ({type(e).__name__}: {reason})", where=str(path))
 
 
 def _drop_nulls(value: object) -> object:

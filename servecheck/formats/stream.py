@@ -71,7 +71,7 @@ def _first_char(path: Path) -> str:
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, object]]:
-    from servecheck.formats.shards import _drop_nulls, parquet_rows
+    from servecheck.formats.shards import _drop_nulls, parquet_rows, unreadable_parquet
 
     try:
         import pyarrow.parquet as pq
@@ -81,11 +81,17 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, object]]:
         yield from parquet_rows(path)  # it names the missing extra
         return
     except Exception as e:  # pyarrow raises its own ArrowInvalid / OSError kinds
-        raise InputError(f"not a readable Parquet file ({type(e).__name__}: {str(e)[:200]})",
-                         where=str(path)) from None
+        raise unreadable_parquet(e, path) from None
     row = 0
-    for batch in batches:
-        for obj in batch.to_pylist():
+    while True:
+        try:  # a file whose footer reads but whose pages are damaged fails here, mid-file
+            batch = next(batches, None)
+            objs = [] if batch is None else batch.to_pylist()
+        except Exception as e:
+            raise unreadable_parquet(e, path, row) from None
+        if batch is None:
+            return
+        for obj in objs:
             yield f"row {row}", _drop_nulls(obj)
             row += 1
 

@@ -39,8 +39,8 @@ class ToolCall(BaseModel):
             return args
         try:
             return json.loads(args)
-        except json.JSONDecodeError:
-            return args
+        except (ValueError, RecursionError):  # not JSON, a number past Python's digits, or
+            return args                       # nesting past its parser: not arguments either
 
     def for_template(self) -> dict[str, Any]:
         """The call as HF templates take it (arguments a mapping where they parse as one)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from servecheck.errors import InputError
 from servecheck.formats.records import Conversation
+from servecheck.reference.sandbox import TemplateTooCostly, bounded_render, check_output
 
 BUILTIN = Path(__file__).parents[1] / "tinymodels" / "builtin"
 BUILTIN_TOOLS = Path(__file__).parents[1] / "tinymodels" / "builtin-tools"
@@ -72,6 +73,8 @@ class Reference:
         surface later as every record "differing from the reference"."""
         try:
             rendered = self.render_messages([{"role": "user", "content": "ping"}])
+        except TemplateTooCostly:
+            raise
         except Exception as e:  # jinja2 syntax, sandbox SecurityError, a raise_exception(), …
             raise InputError(f"the chat template does not render a one-turn conversation "
                              f"({type(e).__name__}: {str(e)[:200]}): fix the template in the "
@@ -138,8 +141,13 @@ class Reference:
 
     def render_messages(self, messages: list[dict], add_generation_prompt: bool = True,
                         **kwargs) -> str:
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs)
+        """``apply_chat_template`` as transformers renders it, within the time and size bounds
+        of ``reference.sandbox`` (``TemplateTooCostly`` past one)."""
+        with bounded_render(self.spec):
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs)
+        check_output(text, self.spec)
+        return text
 
     def encode(self, text: str) -> list[int]:
         """Tokens of already-templated text: the template owns the special tokens. Cached: a

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from servecheck.checks.results import CheckResult
+from servecheck.report.files import replacing
 
 MAX_FINDINGS = 20
 _INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -83,5 +84,6 @@ def to_junit(results: list[CheckResult], meta: dict[str, Any]) -> ET.ElementTree
 
 
 def write_junit(path: Path, results: list[CheckResult], meta: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    to_junit(results, meta).write(path, encoding="utf-8", xml_declaration=True)
+    tree = to_junit(results, meta)
+    with replacing(path) as f:
+        tree.write(f, encoding="utf-8", xml_declaration=True)

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from servecheck.checks.context import CheckContext
 from servecheck.checks.results import CheckResult
+from servecheck.report.terminal import markup
 
 
 def write_outputs(console: Console, ctx: CheckContext, results: list[CheckResult],
@@ -31,12 +32,12 @@ def write_result_files(console: Console, results: list[CheckResult], meta: dict[
         from servecheck.report.summary import to_json, write_json
 
         write_json(json_out, to_json(results, meta))
-        console.print(f"summary written to {json_out}")
+        console.print(f"summary written to {markup(json_out)}")
     if junit:
         from servecheck.report.junit import write_junit
 
         write_junit(junit, results, {k: v for k, v in meta.items() if k != "tokens"})
-        console.print(f"JUnit XML written to {junit}")
+        console.print(f"JUnit XML written to {markup(junit)}")
 
 
 def write_html(console: Console, report: Path, ctx: CheckContext, results: list[CheckResult],
@@ -45,4 +46,4 @@ def write_html(console: Console, report: Path, ctx: CheckContext, results: list[
 
     with console.status("writing the HTML report…"):
         write_report(report, ctx, results, meta, title)
-    console.print(f"report written to {report} (open it in a browser)")
+    console.print(f"report written to {markup(report)} (open it in a browser)")

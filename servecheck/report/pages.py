@@ -18,6 +18,8 @@ from typing import Any
 from jinja2 import PackageLoader, StrictUndefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from servecheck.report.files import write_text
+
 
 @cache
 def environment() -> ImmutableSandboxedEnvironment:
@@ -32,5 +34,5 @@ def render(template: str, **view: Any) -> str:
 
 
 def write_page(path: Path, html: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html, encoding="utf-8")
+    """The page whole or not at all (``files.write_text``)."""
+    write_text(path, html)

@@ -13,11 +13,13 @@ Each check's ``details`` is its typed details' own JSON (``Details.to_json``).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from servecheck.checks.results import CheckResult, overall
 from servecheck.formats.records import SCHEMA_VERSION
+from servecheck.report.files import write_text
 
 
 def to_json(results: list[CheckResult], meta: dict[str, Any], max_findings: int = 100
@@ -26,6 +28,19 @@ def to_json(results: list[CheckResult], meta: dict[str, Any], max_findings: int 
             "checks": [r.to_json(max_findings) for r in results]}
 
 
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity as ``null``: JSON has neither, and ``NaN`` in a file
+    breaks every strict parser (jq, JavaScript's ``JSON.parse``) that a CI step reads it with."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 def write_json(path: Path, summary: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    """The summary, whole or not at all (``files.write_text``), strict JSON."""
+    write_text(path, json.dumps(finite(summary), indent=2, ensure_ascii=False,
+                                allow_nan=False) + "\n")

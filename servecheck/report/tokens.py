@@ -16,6 +16,7 @@ import numpy as np
 from servecheck.checks.context import CheckContext
 from servecheck.reference.scoring import TokenScores
 from servecheck.reference.tokenization import TokenSource
+from servecheck.report.terminal import hidden
 
 CONTROL = {"\n": "⏎\n", "\t": "→", "\r": "␍"}
 
@@ -55,8 +56,9 @@ def shown(text: str) -> str:
 
 
 def _invisible(c: str) -> bool:
-    """Control characters and line/paragraph separators: shown as escapes, never raw."""
-    return ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029\u200b\ufeff"
+    """Control characters, bidi overrides, line/paragraph separators, lone surrogates: shown
+    as escapes, never raw (the terminal's set, ``terminal.hidden``)."""
+    return hidden(c)
 
 
 def color(p: float) -> str:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from difflib import SequenceMatcher
 
+from servecheck.report.terminal import hidden
+
 Segment = tuple[str, str]
 """(css class, text): ``tx`` text, ``sp`` special token, ``ws`` visible whitespace, ``ctl`` an
 escaped control character; diff segments add `` del`` (served only) or `` ins`` (reference only)."""
@@ -36,7 +38,7 @@ def _classify(unit: str, specials: set[str]) -> Segment:
         return "ws", WHITESPACE[unit]
     if unit.isspace():
         return "ws", f"\\u{ord(unit):04x}"
-    if len(unit) == 1 and (ord(unit) < 32 or 127 <= ord(unit) < 160):
+    if len(unit) == 1 and hidden(unit):  # a control, a bidi override, a lone surrogate
         return "ctl", f"\\u{ord(unit):04x}"
     return "tx", unit
 

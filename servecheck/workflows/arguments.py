@@ -7,6 +7,8 @@ import argparse
 import math
 from pathlib import Path
 
+from servecheck.reference.sandbox import DEFAULT_LIMITS
+
 REFERENCE_HELP = ("the served model's checkpoint: a local HF folder, or 'builtin' for the built-in "
                   "model (an explicit choice: checking against the wrong model passes nothing)")
 
@@ -54,3 +56,15 @@ def bounded(kind: type, low: float | None = None, high: float | None = None,
 
 PROBABILITY = bounded(float, 0, 1, open_low=True, open_high=True)
 COUNT = bounded(int, 1)
+
+
+def add_template_limits(p: argparse.ArgumentParser) -> None:
+    """The bounds on rendering the checkpoint's chat template (``reference.sandbox``)."""
+    p.add_argument("--template-timeout", type=bounded(float, 0, open_low=True), metavar="S",
+                   default=DEFAULT_LIMITS.timeout_s,
+                   help="refuse a chat template that takes longer than this to render one "
+                        "conversation")
+    p.add_argument("--template-max-mb", type=bounded(float, 0, open_low=True), metavar="MB",
+                   default=DEFAULT_LIMITS.max_chars / 2**20,
+                   help="refuse a chat template that renders (or builds a value) larger than "
+                        "this many Mi characters")

@@ -9,16 +9,22 @@ chunk's verdicts are saved as it finishes, keyed by a digest of its records and 
 a check stopped by Ctrl-C, a lost machine or a crash resumes at the first chunk not yet saved,
 not from zero. A set that fits one chunk is checked exactly as before, in one piece.
 
-The saved state is pickled ``CheckResult`` objects in a directory of servecheck's own (by
-default under ``~/.cache/servecheck/check-state``): load it only from a directory you trust.
+The saved state is one JSON file a chunk (``chunk-NNNNN.json``, ``saved_state``: plain data
+with a format version) in a directory of servecheck's own, by default under
+``~/.cache/servecheck/check-state``. Reading it back builds only servecheck's own result
+dataclasses, so a file planted there runs no code: one that does not decode is checked again,
+with a warning. A directory another user owns, or one group or others may write to, is refused
+all the same: whoever can write there decides what the resumed run reports. Pickled state of
+older versions (``chunk-NNNNN.pkl``) is never read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import os
-import pickle
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,16 +33,19 @@ from typing import Any
 from rich.console import Console
 
 from servecheck import __version__
+from servecheck.checks import check_modules
 from servecheck.checks.combine import combine, slim
 from servecheck.checks.conventions import ConventionFit
 from servecheck.checks.options import CheckOptions
 from servecheck.checks.results import CheckResult, overall
+from servecheck.errors import InputError
 from servecheck.formats.records import ResponseRecord
 from servecheck.formats.responses import MAX_RECORD_BYTES, latest, read_records
 from servecheck.formats.stream import StreamIndex, fingerprint, index, records
 from servecheck.reference.scoring import plan_compile
 from servecheck.workflows.check import CheckRun, check, open_engine
 from servecheck.workflows.progress import spinner, timed
+from servecheck.workflows.saved_state import StateError, dumps, loads
 
 RECORDS_PER_CHUNK = 20_000
 """Records scored and held at once, at most."""
@@ -99,24 +108,80 @@ class Saved:
     tokens: dict[str, int]
 
 
+log = logging.getLogger("servecheck")
+
+
+def _file(directory: Path, chunk: int) -> Path:
+    return directory / f"chunk-{chunk:05d}.json"
+
+
 def _load(directory: Path, chunk: int, digest: str) -> Saved | None:
-    file = directory / f"chunk-{chunk:05d}.pkl"
+    """A chunk's saved verdicts, or None: absent, of other records or options, or not a file
+    this servecheck wrote (then with a warning naming it; the chunk is checked again)."""
+    file = _file(directory, chunk)
     try:
-        saved = pickle.loads(file.read_bytes())  # our own state directory (module docstring)
-    except Exception:  # absent, damaged, or from another version: check the chunk again
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
         return None
-    return saved if isinstance(saved, Saved) and saved.fingerprint == digest else None
+    except (OSError, UnicodeDecodeError) as e:
+        log.warning("%s: cannot read saved verdicts (%s): checking chunk %d again", file, e,
+                    chunk + 1)
+        return None
+    try:
+        saved = loads(text)
+        if not isinstance(saved, Saved):
+            raise StateError(f"holds a {type(saved).__name__}, not a chunk's verdicts")
+    except StateError as e:
+        log.warning("%s: not saved verdicts of this servecheck (%s): checking chunk %d again",
+                    file, e, chunk + 1)
+        return None
+    return saved if saved.fingerprint == digest else None
 
 
 def _save(directory: Path, chunk: int, saved: Saved) -> None:
     """Atomically: a crash leaves the old file or the new one, never half of either."""
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        text = dumps(saved)
+    except TypeError as e:  # a result holding a type the codec does not know: a servecheck bug
+        log.warning("chunk %d's verdicts cannot be saved (%s): a rerun checks it again",
+                    chunk + 1, e)
+        return
     tmp = directory / f".chunk-{chunk:05d}.{os.getpid()}.tmp"
-    with tmp.open("wb") as fh:
-        fh.write(pickle.dumps(saved))
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, directory / f"chunk-{chunk:05d}.pkl")
+    os.replace(tmp, _file(directory, chunk))
+
+
+def private_dir(directory: Path) -> Path:
+    """The state directory, created for this user alone (0700) where it is missing. One that
+    another user owns, or that group or others may write to, is bad input: whoever can write
+    there decides which verdicts a resumed run reports as already checked."""
+    missing = [p for p in (directory, *directory.parents) if not p.exists()]
+    for p in reversed(missing):
+        try:
+            p.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise InputError(f"cannot create the check state directory ({e.strerror}); name "
+                             f"another with --state", where=str(directory)) from None
+    info = directory.stat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise InputError("the check state path is not a directory; name another with --state",
+                         where=str(directory))
+    me = os.geteuid() if hasattr(os, "geteuid") else info.st_uid
+    if info.st_uid != me:
+        raise InputError(f"the check state directory is owned by uid {info.st_uid}, not by you "
+                         f"(uid {me}): its saved verdicts would be taken on trust; name a "
+                         f"directory of your own with --state", where=str(directory))
+    if info.st_mode & 0o022:
+        raise InputError(f"the check state directory is writable by group or others (mode "
+                         f"{stat.S_IMODE(info.st_mode):o}): anyone who can write there decides "
+                         f"what a resumed run reports; run 'chmod go-w {directory}' or name "
+                         f"another with --state", where=str(directory))
+    return directory
 
 
 def _options_key(options: CheckOptions, chunking: Chunking) -> str:
@@ -168,6 +233,13 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     # under torchrun every rank must take the same chunks: no saved state to disagree about
     directory = state_dir(found.path, options, chunking) if not engine.rank and \
         int(os.environ.get("WORLD_SIZE", "1")) <= 1 else None
+    if directory:
+        check_modules()  # every result type saved state may name, loaded before it is read
+        try:             # (the decoder builds only types already loaded: it never imports)
+            private_dir(directory)
+        except BaseException:
+            engine.close()
+            raise
     alpha = options.alpha / k
     run_key = f"{_options_key(options, chunking)}|{k}"
     if engine.rank:  # another torchrun rank: rank 0 writes the report

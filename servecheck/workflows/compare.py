@@ -38,6 +38,7 @@ from servecheck.formats.stream import index
 from servecheck.formats.stream import records as stream
 from servecheck.reference.model import Reference
 from servecheck.report.html import DiffView
+from servecheck.report.terminal import markup
 from servecheck.report.tokens import TokenView, heatmap
 from servecheck.report.visible import side_by_side
 from servecheck.workflows.chunked import RECORDS_PER_CHUNK
@@ -172,20 +173,21 @@ def _cell(side: Side, width: int) -> str:
     text = side.record.output if len(side.record.output) <= width else \
         side.record.output[:width] + f"… ({len(side.record.output)} characters)"
     if side.verdict is None:
-        return f"[{STYLE['error']}]ERROR[/] {escape(side.record.error or '')}"
+        return f"[{STYLE['error']}]ERROR[/] {markup(side.record.error or '', newlines=True)}"
     v = side.verdict
     said = word(v)
-    lines = [escape(text), "", f"[{STYLE[said]}]{said.upper()}[/] {escape(v.summary)}"]
-    lines += [f"[red]• {escape(f.message)}[/]" for f in v.findings[:3]]
+    lines = [markup(text, newlines=True), "",
+             f"[{STYLE[said]}]{said.upper()}[/] {markup(v.summary, newlines=True)}"]
+    lines += [f"[red]• {markup(f.message, newlines=True)}[/]" for f in v.findings[:3]]
     return "\n".join(lines)
 
 
 def print_pairs(pairs: list[Pair], truth_spec: str, console: Console) -> None:
     for p in pairs:
-        table = Table(title=escape(f"{p.label} · {p.group} · "
+        table = Table(title=markup(f"{p.label} · {p.group} · "
                                    f"{p.conversation[-1][1][:60]!r}"), expand=True)
         table.add_column("served", ratio=1, overflow="fold")
-        table.add_column(f"ground truth: {escape(truth_spec)}", ratio=1, overflow="fold")
+        table.add_column(f"ground truth: {markup(truth_spec)}", ratio=1, overflow="fold")
         table.add_row(_cell(p.served, 400), _cell(p.truth, 400))
         prompt = "[green]same prompt on both sides[/]" if p.prompts.verdict == "pass" else \
             "[red]the prompts differ[/] (see --html for the side-by-side diff)"
@@ -236,7 +238,8 @@ def run_compare(responses: Path, reference: str, target: str | None, sample: int
     truth_spec = target or f"hf:{reference}"
     pairs = compare(responses, reference, target, sample, seed, numerics, console, progress,
                     max_record_bytes)
-    console.print(f"{len(pairs)} record(s) of {responses} (seed {seed}) replayed on {truth_spec}")
+    console.print(f"{len(pairs)} record(s) of {markup(responses)} (seed {seed}) replayed on "
+                  f"{markup(truth_spec)}")
     print_pairs(pairs, truth_spec, console)
     ok_served, n_served = verdict_counts(pairs, "served")
     ok_truth, n_truth = verdict_counts(pairs, "truth")
@@ -255,5 +258,5 @@ def run_compare(responses: Path, reference: str, target: str | None, sample: int
                                 responses=str(responses), reference=reference, seed=seed,
                                 explanation=EXPLANATION, served_ok=(ok_served, n_served),
                                 truth_ok=(ok_truth, n_truth), both=both))
-        console.print(f"side-by-side page written to {html}")
+        console.print(f"side-by-side page written to {markup(html)}")
     return EXIT_PASS if ok_served == n_served == len(pairs) else EXIT_FAIL

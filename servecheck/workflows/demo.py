@@ -16,6 +16,8 @@ from rich.console import Console
 from servecheck.checks.options import CheckOptions
 from servecheck.collect.collector import collect
 from servecheck.errors import EXIT_FAIL, EXIT_PASS
+from servecheck.report.files import cannot_write
+from servecheck.report.terminal import markup
 from servecheck.workflows.check import Outputs
 from servecheck.workflows.check_command import run_check
 
@@ -25,7 +27,10 @@ SERVERS = [("correct", "hf:builtin", "pass"),
 
 
 def run_demo(out_dir: Path, console: Console) -> int:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise cannot_write(out_dir, e) from None
     as_expected = True
     written: list[Path] = []
     for name, target, expected in SERVERS:
@@ -34,7 +39,7 @@ def run_demo(out_dir: Path, console: Console) -> int:
         report = out_dir / f"report-{name}.html"
         console.rule(f"[bold]{name} server: {target}")
         s = collect(LITE_PROMPTS, target, responses)
-        console.print(f"{responses}: {s.written} new, {s.skipped} already there")
+        console.print(f"{markup(responses)}: {s.written} new, {s.skipped} already there")
         code = run_check(responses, CheckOptions("builtin", numerics="fp32"), console,
                          Outputs(json=summary, report=report,
                                  title=f"{name} server ({target}) vs builtin reference"))
@@ -46,6 +51,6 @@ def run_demo(out_dir: Path, console: Console) -> int:
         written += [responses, summary, report]
     console.rule("[bold]files")
     for p in written:
-        console.print(f"  {p}")
+        console.print(f"  {markup(p)}")
     console.print(f"demo {'behaved as expected' if as_expected else 'did NOT behave as expected'}")
     return EXIT_PASS if as_expected else EXIT_FAIL

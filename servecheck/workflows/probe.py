@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from servecheck.checks.context import CheckContext
@@ -38,6 +37,9 @@ from servecheck.formats.prompts import Request, expand
 from servecheck.formats.records import Conversation, Message, Parameters, ResponseRecord
 from servecheck.reference.model import Reference
 from servecheck.reference.scoring import ScoreItem
+from servecheck.report.files import write_text
+from servecheck.report.summary import finite
+from servecheck.report.terminal import markup
 from servecheck.workflows.stream_parity import stream_vs_unary
 
 PROMPTS = ["Tell me a story about the fox.", "Name a colour.", "What does the cat say?",
@@ -205,15 +207,17 @@ def run_probe(spec: str, options: ProbeOptions, console: Console, prompts: Path 
     """The ``probe`` command: every probe against ``spec``, a table, the JSON, the exit code."""
     with console.status("probing the server…"):
         results = probe(spec, options, prompts)
-    table = Table(title=f"servecheck probe: {spec}")
+    table = Table(title=f"servecheck probe: {markup(spec)}")
     for col in ("probe", "verdict", "evidence"):
         table.add_column(col)
     for r in results:
         colour = {"pass": "green", "fail": "red"}.get(r.verdict, "yellow")
         lines = [r.summary] + [f"  {f.message}" for f in r.findings[:4]]
-        table.add_row(r.name, f"[{colour}]{r.verdict}[/]", escape("\n".join(lines)))
+        table.add_row(markup(r.name), f"[{colour}]{r.verdict}[/]",
+                      "\n".join(markup(line) for line in lines))  # one line each, as written
     console.print(table)
     if json_out:
-        json_out.write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
-        console.print(f"written {json_out}")
+        write_text(json_out, json.dumps(finite([r.to_json() for r in results]), indent=2,
+                                        allow_nan=False) + "\n")
+        console.print(f"written {markup(json_out)}")
     return EXIT_FAIL if any(r.verdict == "fail" for r in results) else EXIT_PASS

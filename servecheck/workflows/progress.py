@@ -32,6 +32,9 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from servecheck.report.files import write_text
+from servecheck.report.terminal import markup
+
 
 class RatesColumn(ProgressColumn):
     """Records/s, and tokens/s where the caller counts tokens: at scale, the figure to watch."""
@@ -53,7 +56,7 @@ def bar(console: Console, description: str, total: int, enabled: bool = True
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                RatesColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not enabled, transient=True) as progress:
-        task = progress.add_task(description, total=total, tokens=0)
+        task = progress.add_task(markup(description), total=total, tokens=0)  # names a file
 
         counted = [0]
 
@@ -65,8 +68,9 @@ def bar(console: Console, description: str, total: int, enabled: bool = True
 
 
 def spinner(console: Console, text: str, enabled: bool = True):
-    """A status line for a step whose length is unknown (loading weights)."""
-    return console.status(text) if enabled else nullcontext()
+    """A status line for a step whose length is unknown (loading weights); ``text`` may name a
+    file or a target, so it is shown as data, never markup or control sequences."""
+    return console.status(markup(text)) if enabled else nullcontext()
 
 
 
@@ -87,4 +91,4 @@ def write_timings() -> None:
     """The phases' sums to ``$SERVECHECK_TIMINGS``, where it is set."""
     target = os.environ.get("SERVECHECK_TIMINGS")
     if target:
-        Path(target).write_text(json.dumps({k: round(v, 3) for k, v in PHASES.items()}))
+        write_text(Path(target), json.dumps({k: round(v, 3) for k, v in PHASES.items()}))

@@ -1,8 +1,10 @@
 """Collection that knows when to stop: the circuit breaker on a dead server, a resume that never
-mixes two servers in one file, and the compaction that leaves each request once on disk.
+mixes two servers in one file, the compaction that leaves each request once on disk, and one bad
+answer that stays one error record.
 
-The dead server is a port nobody listens on (a real refused connection); the other runs use the
-in-process ``hf:builtin`` target, a real model.
+The dead server is a port nobody listens on (a real refused connection); the bad answers come
+from a fake target (a test double: no real server can be made to send a malformed answer to one
+chosen prompt); the other runs use the in-process ``hf:builtin`` target, a real model.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from servecheck.collect import collector
 from servecheck.collect.collector import BREAKER_AFTER, CollectSummary, ask
-from servecheck.collect.targets import open_target
+from servecheck.collect.targets import Target, open_target
 from servecheck.errors import TargetError
-from servecheck.formats.prompts import expand
+from servecheck.formats.prompts import Request, expand
 from servecheck.formats.records import ResponseRecord
+from servecheck.formats.responses import read_records
 
 
 def _prompts(tmp_path: Path, n: int) -> Path:
@@ -99,3 +103,75 @@ def test_completion_compacts_superseded_errors(tmp_path: Path, run_cli, suffix: 
     assert sorted(r["id"] for r in records) == sorted(r.id for r in requests)
     assert not any(r.get("error") for r in records)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+class _Malformed(Target):
+    """Answers every request but ``bad``, whose answer breaks the interface the way ``how``
+    says: a parse error (ValueError, KeyError) or a record that does not validate."""
+
+    spec = "fake:malformed"
+    max_concurrency = 2
+
+    def __init__(self, bad: set[str], how: str) -> None:
+        self.bad, self.how, self.asked = bad, how, []
+
+    async def generate(self, request: Request) -> ResponseRecord:
+        self.asked.append(request.id)
+        answer = {"id": request.id, "conversations": request.conversation,
+                  "parameters": request.parameters, "target": self.spec, "input": "in",
+                  "output": "Hello.<end_of_turn>"}
+        if request.id in self.bad:
+            if self.how == "ValueError":
+                raise ValueError("logprob 'NaN-ish' at token 3 is not a number; "
+                                 "Bearer sk-abcdefghijklmnop")
+            if self.how == "KeyError":
+                raise KeyError("choices")
+            answer["finish_reason"] = "eos_token"  # not one ResponseRecord knows
+        return ResponseRecord(**answer)
+
+
+@pytest.mark.parametrize("how", ["ValueError", "KeyError", "ValidationError"])
+def test_one_malformed_answer_is_one_error_record_and_is_retried(
+        how: str, tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    prompts, out = _prompts(tmp_path, 6), tmp_path / "r.jsonl"
+    ids = [r.id for r in expand(prompts)]
+    target = _Malformed({ids[2]}, how)
+    monkeypatch.setattr(collector, "open_target", lambda spec, reference=None: target)
+    code = run_cli("generate", prompts, "--target", "fake:malformed", "--out", out,
+                   "--no-progress")
+    said = capsys.readouterr()
+    assert code == 1 and "Traceback" not in said.err  # as for any failed request
+    assert sorted(target.asked) == sorted(ids)  # the run went on past the bad answer
+    records = {r.id: r for r in read_records(out)}
+    assert set(records) == set(ids)
+    assert [i for i, r in records.items() if r.error] == [ids[2]]
+    error = records[ids[2]].error
+    assert error.startswith(f"the server's answer broke the interface: {how}: ") and "\n" not in error
+    assert "sk-abcdefghijklmnop" not in error and "1 request(s) failed" in said.out
+
+    fixed = _Malformed(set(), how)  # the next run retries the error record, and only it
+    monkeypatch.setattr(collector, "open_target", lambda spec, reference=None: fixed)
+    assert run_cli("generate", prompts, "--target", "fake:malformed", "--out", out,
+                   "--no-progress") == 0
+    assert fixed.asked == [ids[2]]
+    assert all(r.error is None for r in read_records(out)) and len(read_records(out)) == 6
+
+
+def test_ctrl_c_inside_a_target_still_stops_the_run(tmp_path: Path, run_cli,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """What is caught per request is an answer's error, not the user stopping the run."""
+
+    class Interrupted(_Malformed):
+        async def generate(self, request: Request) -> ResponseRecord:
+            if len(self.asked) == 2:
+                raise KeyboardInterrupt
+            return await super().generate(request)
+
+    prompts, out = _prompts(tmp_path, 6), tmp_path / "r.jsonl"
+    target = Interrupted(set(), "ValueError")
+    monkeypatch.setattr(collector, "open_target", lambda spec, reference=None: target)
+    assert run_cli("generate", prompts, "--target", "fake:malformed", "--out", out,
+                   "--no-progress") == 130
+    assert len(target.asked) == 2 and all(r.error is None for r in read_records(out))

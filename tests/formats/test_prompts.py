@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import pytest
+
+from servecheck.errors import InputError
 from servecheck.formats.prompts import expand
+from servecheck.formats.records import MIN_TEMPERATURE, Parameters
 
 
 def _write(tmp_path: Path, obj: object) -> Path:
@@ -51,3 +56,34 @@ def test_schema_command(capsys, run_cli) -> None:
     schema = json.loads(capsys.readouterr().out)
     assert {"conversations", "parameters", "input", "output", "schema_version"} <= set(
         schema["properties"])
+
+
+def test_a_matrix_over_the_limit_is_refused_before_it_expands(tmp_path: Path) -> None:
+    """10^9 requests once started expanding, growing 60 MiB/s: the size is a product of list
+    lengths, refused before the first request exists, and raised by the caller's limit."""
+    thousand = list(range(1000))
+    path = _write(tmp_path, [{"prompt": "a"},
+                             {"prompt": [f"p{k}" for k in thousand], "seed": thousand,
+                              "max_tokens": [k + 1 for k in thousand]}])
+    start = time.monotonic()
+    with pytest.raises(InputError) as e:
+        expand(path)
+    assert time.monotonic() - start < 5
+    assert str(e.value) == (f"{path}: the matrix expands to 1,000,000,001 requests, over the "
+                            f"limit of 1,000,000 (raise it with --max-requests N)")
+    small = _write(tmp_path, {"prompt": ["a", "b"], "seed": [1, 2, 3]})
+    with pytest.raises(InputError, match="expands to 6 requests, over the limit of 5"):
+        expand(small, max_requests=5)
+    assert len(expand(small, max_requests=6)) == 6
+
+
+def test_a_tiny_temperature_is_refused_as_greedy_in_disguise(tmp_path: Path) -> None:
+    """1e-300 made NaN probabilities in the in-process server; engines treat T < 1e-5 as
+    greedy, so the file must say 0."""
+    path = _write(tmp_path, {"prompt": "a", "temperature": [0, 1e-300]})
+    with pytest.raises(InputError) as e:
+        expand(path)
+    assert str(e.value).startswith(f"{path}: field 'temperature': a temperature of 1e-300 is "
+                                   f"under 1e-05: write 0 for greedy")
+    assert len(expand(_write(tmp_path, {"prompt": "a", "temperature": [0, MIN_TEMPERATURE]}))) == 2
+    assert Parameters(temperature=0).greedy and not Parameters(temperature=1e-5).greedy

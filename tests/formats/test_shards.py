@@ -11,6 +11,7 @@ import pytest
 
 from servecheck.errors import InputError
 from servecheck.formats.responses import read_records
+from servecheck.formats.stream import index, records
 
 
 def _lines(records) -> list[str]:
@@ -77,8 +78,6 @@ def test_check_on_shards_equals_check_on_the_file(shards, lite_responses: Path, 
 def test_the_stream_yields_what_read_records_holds(shards) -> None:
     """The two-pass reader (bounded memory) keeps the same records as the one that holds them
     all, and counts them before the second pass."""
-    from servecheck.formats.stream import index, records
-
     folder, held = shards
     found = index(folder)
     assert found.records == len(held)
@@ -87,8 +86,6 @@ def test_the_stream_yields_what_read_records_holds(shards) -> None:
 
 def test_a_retry_in_a_later_shard_supersedes_the_error_in_an_earlier_one(lite_records,
                                                                          tmp_path: Path) -> None:
-    from servecheck.formats.stream import index, records
-
     first, second = lite_records[0], lite_records[1]
     failed = first.model_copy(update={"error": "HTTP 503", "output": ""})
     out = tmp_path / "logs"
@@ -115,8 +112,6 @@ def test_bad_input_deep_in_a_stream_is_named_before_any_record_is_yielded(lite_r
 def test_records_without_a_usable_id_are_never_merged(lite_records, tmp_path: Path) -> None:
     """An empty id, no id, and an id that reads "#1" are three separate answers, in both
     readers (a key "#i" for records without an id once merged them with such an id)."""
-    from servecheck.formats.stream import index, records
-
     a, b, c, d = lite_records[:4]
     rows = [a.model_copy(update={"id": ""}), b.model_copy(update={"id": None}),
             c.model_copy(update={"id": "#1"}), d.model_copy(update={"id": ""})]
@@ -127,8 +122,6 @@ def test_records_without_a_usable_id_are_never_merged(lite_records, tmp_path: Pa
 
 def test_a_file_that_changes_between_the_passes_is_named(lite_records, tmp_path: Path,
                                                          caplog: pytest.LogCaptureFixture) -> None:
-    from servecheck.formats.stream import index, records
-
     path = tmp_path / "live.jsonl"
     path.write_text("\n".join(_lines(lite_records[:6])) + "\n")
     found = index(path)
@@ -159,3 +152,42 @@ def test_chunks_are_planned_by_records_and_by_tokens(lite_records, tmp_path: Pat
     for n in plan:  # each chunk within the budget, unless it is one record
         assert n == 1 or sum(costs[at:at + n]) <= budget
         at += n
+
+
+def test_a_record_keeps_where_it_was_read(shards) -> None:
+    """An error found after reading (a template refusal, an id outside the vocabulary) names the
+    shard and line, not ``record #44``."""
+    folder, _ = shards
+    read = read_records(folder)
+    assert read[0].where == f"{folder / 'a.jsonl'} line 1"
+    assert read[-1].where.startswith(f"{folder / 'c.parquet'} row ")
+    streamed = list(records(index(folder)))
+    assert [r.where for r in streamed] == [r.where for r in read]
+    assert read[0].named("r9") == f"{folder / 'a.jsonl'} line 1 (record r9)"
+    assert read[0].model_copy().named("r9").endswith("line 1 (record r9)")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "pages"])
+def test_a_damaged_parquet_shard_is_one_line_naming_it(shards, damage: str) -> None:
+    folder, _ = shards
+    path = folder / "c.parquet"
+    if damage == "garbage":
+        path.write_text("not parquet at all\n")
+    else:  # the footer reads, the data pages do not
+        pa = pytest.importorskip("pyarrow")
+        import pyarrow.parquet as pq
+
+        rows = [{"id": f"r{k}", "output": "x" * 50 + str(k)} for k in range(2000)]
+        pq.write_table(pa.Table.from_pylist(rows), path, compression="snappy")
+        data = bytearray(path.read_bytes())
+        for k in range(200, 3000, 7):
+            data[k] ^= 0xFF
+        path.write_bytes(bytes(data))
+    for read in (read_records, lambda p: list(records(index(p)))):
+        with pytest.raises(InputError) as e:
+            read(folder)
+        message = str(e.value)
+        assert message.startswith(f"{path}: not ") and "Parquet file (" in message
+        assert "\n" not in message
+        if damage == "garbage":
+            assert message.startswith(f"{path}: not a Parquet file (")

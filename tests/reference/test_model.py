@@ -190,3 +190,89 @@ def test_build_is_deterministic(tmp_path: Path) -> None:
         digests.append(hashlib.sha256((tmp_path / name / "model.safetensors").read_bytes())
                        .hexdigest())
     assert digests[0] == digests[1]
+
+
+def _checkpoint(tmp_path: Path, template: str) -> str:
+    ckpt = tmp_path / "ckpt"
+    Reference("builtin").tokenizer.save_pretrained(ckpt)
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "chat_template.jinja").write_text(
+        template + "{% for m in messages %}{{ m.content }}{% endfor %}")
+    return str(ckpt)
+
+
+@pytest.mark.parametrize(("template", "expect"), [
+    ("{{ 10 ** (10 ** 10) }}", "computes an integer over 65,536 bits with '**' (no chat template "
+                               "needs one)"),
+    ("{{ 'x' * 10**10 }}", "builds a value of 10,000,000,000 items with '*', over 16 Mi "
+                           "characters (raise with --template-max-mb MB)"),
+    ("{{ 10**10 * ['x'] }}", "with '*'"),
+    ("{% set s = 'x' * 2**23 %}{{ s + s + s }}", "with '+'"),
+    ("{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}",
+     "rendered over 16 Mi characters (raise with --template-max-mb MB)"),
+    ("{% set b %}{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}{% endset %}",
+     "rendered over 16 Mi characters"),
+])
+def test_a_template_that_builds_too_much_is_refused_at_once(tmp_path: Path, template: str,
+                                                            expect: str) -> None:
+    """Powers and repeats ran for minutes or asked for gigabytes (in one C call, not stoppable
+    by a timer): refused before they are computed, naming the checkpoint and the flag."""
+    import time
+
+    from servecheck.reference.sandbox import TemplateTooCostly
+
+    ckpt = _checkpoint(tmp_path, template)
+    start = time.monotonic()
+    with pytest.raises(TemplateTooCostly) as e:
+        Reference(ckpt)
+    assert time.monotonic() - start < 5
+    assert str(e.value).startswith(f"{ckpt}: the chat template ") and expect in str(e.value)
+
+
+def test_a_template_that_renders_too_long_is_refused(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from servecheck.reference.sandbox import TemplateLimits, TemplateTooCostly, template_limits
+
+    ckpt = _checkpoint(tmp_path, "{% for i in range(100000) %}{% for j in range(100000) %}"
+                                 "{% endfor %}{% endfor %}")
+    outer = signal.getsignal(signal.SIGALRM)
+    signal.setitimer(signal.ITIMER_REAL, 60)  # a harness's own alarm: kept, and re-armed
+    try:
+        start = time.monotonic()
+        with template_limits(TemplateLimits(timeout_s=0.5)), pytest.raises(TemplateTooCostly) as e:
+            Reference(ckpt)
+        assert time.monotonic() - start < 10
+        assert str(e.value) == (f"{ckpt}: the chat template took over 0.5 s to render (raise "
+                                f"with --template-timeout S)")
+        left, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 40 < left <= 60 and signal.getsignal(signal.SIGALRM) is outer
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def test_bounded_rendering_is_byte_identical_to_transformers(monkeypatch: pytest.MonkeyPatch,
+                                                            lite_records) -> None:
+    """The bounded environment changes nothing a template within bounds renders: the same
+    conversations through transformers' own sandbox give the same bytes."""
+    import jinja2.sandbox
+    import transformers.utils.chat_template_utils as ctu
+
+    refs = [Reference("builtin"), Reference("builtin-tools")]
+    convs = [r.conversations for r in lite_records]
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"type": "integer"}}}}}]
+    kwargs = [{}, {"tools": tools}, {"enable_thinking": False}]
+    bounded = [ref.render_messages(c.hf_messages(), **k) for ref in refs for c in convs
+               for k in (kwargs if ref.spec == "builtin-tools" else kwargs[:1])]
+    assert ctu.ImmutableSandboxedEnvironment.__name__ == "BoundedSandbox"
+    monkeypatch.setattr(ctu, "ImmutableSandboxedEnvironment",
+                        jinja2.sandbox.ImmutableSandboxedEnvironment)
+    ctu._compile_jinja_template.cache_clear()
+    plain = [ref.tokenizer.apply_chat_template(c.hf_messages(), tokenize=False,
+                                               add_generation_prompt=True, **k)
+             for ref in refs for c in convs
+             for k in (kwargs if ref.spec == "builtin-tools" else kwargs[:1])]
+    ctu._compile_jinja_template.cache_clear()
+    assert bounded == plain and len(set(plain)) > 10

@@ -1,13 +1,17 @@
 """A responses set too large to hold, checked in chunks: each chunk at α/k, verdicts merged and
 named by chunk, each chunk's verdicts saved so that a run stopped by Ctrl-C resumes where it
-stopped. The interrupted run is a real process sent a real SIGINT."""
+stopped. The interrupted run is a real process sent a real SIGINT. The saved state is data only:
+files planted in a state directory run no code and change no verdict, and a directory others may
+write to is refused."""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -74,12 +78,12 @@ def test_a_run_stopped_by_ctrl_c_resumes_from_its_saved_chunks(lite_responses: P
     args = ("--reference", "builtin", "--records-per-chunk", "1", "--no-progress")
     first = _cli(lite_responses, *args, "--state", state, "--json", tmp_path / "a.json", env=env)
     deadline = time.monotonic() + 120
-    while not list(state.glob("chunk-*.pkl")) and time.monotonic() < deadline:
+    while not list(state.glob("chunk-*.json")) and time.monotonic() < deadline:
         time.sleep(0.05)
     first.send_signal(signal.SIGINT)
     said = first.communicate(timeout=60)[0]
     assert first.returncode == 130, said
-    saved = len(list(state.glob("chunk-*.pkl")))
+    saved = len(list(state.glob("chunk-*.json")))
     assert 1 <= saved < len(records), "the run was not stopped part way"
     assert f"resumes from chunk {saved + 1}" in said
 
@@ -98,3 +102,89 @@ def test_a_run_stopped_by_ctrl_c_resumes_from_its_saved_chunks(lite_responses: P
     fresh.communicate(timeout=300)
     resumed, whole = (json.loads((tmp_path / n).read_text()) for n in ("b.json", "c.json"))
     assert _verdicts(resumed) == _verdicts(whole) and resumed["resumed_chunks"] == saved
+
+
+class _Plant:
+    """Unpickling it runs ``open(marker, "w")``: what a planted pickle could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return open, (str(self.marker), "w")
+
+
+def _planted(kind: str, marker: Path, call: dict) -> str:
+    """A state file naming ``kind`` where a result should be, asking it to touch ``marker``."""
+    return json.dumps({"format": "servecheck-check-state", "version": 1,
+                       "data": {"$type": kind, **call}})
+
+
+def _checks(summary: dict) -> list[dict]:
+    return summary["checks"]
+
+
+def test_planted_state_files_run_no_code_and_change_no_verdict(
+        tmp_path: Path, lite_responses: Path, check_json, capsys: pytest.CaptureFixture[str]
+        ) -> None:
+    """A pickle that would create a file when loaded, and JSON naming os.system, subprocess.Popen
+    and builtins.eval where a result belongs: nothing runs, each is checked again with a warning
+    naming it, and the verdicts are those of a run that saved nothing."""
+    state, marker = tmp_path / "state", tmp_path / "ran"
+    args = ("--records-per-chunk", "10", "--state", str(state), "--no-progress")
+    code, whole = check_json(lite_responses, tmp_path, "builtin", *args)
+    assert sorted(p.name for p in state.iterdir()) == [f"chunk-0000{j}.json" for j in range(4)]
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    capsys.readouterr()
+
+    (state / "chunk-00000.json").unlink()
+    (state / "chunk-00000.pkl").write_bytes(pickle.dumps(_Plant(marker)))
+    (state / "chunk-00001.json").write_text(_planted("os.system", marker,
+                                                     {"command": f"touch {marker}"}))
+    (state / "chunk-00002.json").write_text(_planted(
+        "subprocess.Popen", marker, {"args": ["touch", str(marker)]}))
+    saved = json.loads((state / "chunk-00003.json").read_text())  # a real file, one field bad
+    saved["data"]["results"][0]["details"] = {"$type": "builtins.eval",
+                                              "source": f"open({str(marker)!r}, 'w')"}
+    (state / "chunk-00003.json").write_text(json.dumps(saved))
+
+    again, resumed = check_json(lite_responses, tmp_path, "builtin", *args)
+    err = capsys.readouterr().err
+    assert not marker.exists(), "a planted state file ran code"
+    assert again == code and resumed["resumed_chunks"] == 0
+    assert _checks(resumed) == _checks(whole)
+    for j, named in [(1, "os.system"), (2, "subprocess.Popen"), (3, "builtins.eval")]:
+        assert f"{state / f'chunk-0000{j}.json'}: not saved verdicts" in err and named in err
+    # checked again, so saved again: a third run, a fresh process that has checked nothing
+    # yet, resumes every chunk and reports the same
+    third = _cli(lite_responses, "--reference", "builtin", *args, "--json",
+                 tmp_path / "third.json", env=dict(os.environ))
+    said = third.communicate(timeout=300)[0]
+    after = json.loads((tmp_path / "third.json").read_text())
+    assert third.returncode == code and "warning" not in said, said
+    assert after["resumed_chunks"] == 4 and _checks(after) == _checks(whole)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("change", ["mode", "owner"])
+def test_a_state_directory_others_can_write_is_refused(
+        change: str, tmp_path: Path, lite_responses: Path, run_cli,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "shared"
+    state.mkdir()
+    if change == "mode":
+        state.chmod(0o775)
+        said = "writable by group or others (mode 775)"
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("only root can give a directory to another user")
+        os.chown(state, 12345, -1)
+        state.chmod(0o700)
+        said = "owned by uid 12345, not by you (uid 0)"
+    code = run_cli("check", lite_responses, "--reference", "builtin", "--records-per-chunk", "10",
+                   "--state", state, "--no-progress")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"servecheck: error: {state}: the check state directory is ")
+    assert said in err and ("chmod go-w" in err) == (change == "mode") and "--state" in err
+    assert list(state.iterdir()) == []

@@ -101,3 +101,32 @@ def test_a_set_too_large_to_hold_is_sampled_from_the_stream(lite_responses: Path
     held = [r.id for r in compare_module.sampled(lite_responses, 5, seed=3)]
     monkeypatch.setattr(compare_module, "RECORDS_PER_CHUNK", 4)
     assert [r.id for r in compare_module.sampled(lite_responses, 5, seed=3)] == held
+
+
+HOSTILE = ("\x1b]0;pwned\x07\x1b]52;c;cHduZWQ=\x07\x1b]8;;http://evil.example/\x1b\\link"
+           "\x1b]8;;\x1b\\\x1b[2J\rPASS\x9b1m\u202eevil <script>alert(1)</script>")
+
+
+def test_compare_shows_hostile_output_without_obeying_it(
+        lite_responses: Path, tmp_path: Path, run_cli, write_records,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A served output with terminal escapes (window title, clipboard, a hidden link, clearing
+    the screen, overwriting the line, a C1 CSI, a bidi override), under a hostile id: the side by
+    side shows each escape written out, the terminal obeys none, the page escapes the markup."""
+    monkeypatch.setenv("FORCE_COLOR", "1")  # styled as for a real terminal
+    record = next(r for r in read_records(lite_responses) if not r.parameters.greedy)
+    record.id, record.output = f"id{HOSTILE}", f"{record.output}\n{HOSTILE}\nend"
+    record.output_token_ids = record.output_logprobs = None
+    path = write_records(tmp_path / "responses.json", [record])
+    html = tmp_path / "compare.html"
+    code = run_cli("compare", path, "--reference", "builtin", "--no-progress", "--html", html)
+    out = capsys.readouterr().out
+    assert code in (0, 1), out
+    assert "\x1b[1m" in out or "\x1b[1;" in out  # servecheck's own styling reaches the terminal
+    for payload in ("]0;pwned", "]52;c;cHduZWQ=", "]8;;http://evil.example/", "[2J"):
+        assert "\\x1b" + payload in out and "\x1b" + payload not in out, payload
+    for raw in ("\x07", "\x9b", "\r", "\u202e"):
+        assert raw not in out, raw
+    assert "\\rPASS" in out and "\\u202eevil" in out and "id\\x1b]0;pwned" in out
+    page = html.read_bytes().decode("utf-8")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert" not in page

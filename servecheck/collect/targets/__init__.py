@@ -14,13 +14,15 @@ where it cannot work at all (a prompt to template) the missing reference is an `
 
 from __future__ import annotations
 
+import functools
 import importlib
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
-from typing import ClassVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
-from servecheck.errors import InputError
+from servecheck.errors import REDACTED, InputError, TargetError, redact
 from servecheck.formats.prompts import Request
 from servecheck.formats.records import ResponseRecord
 
@@ -77,8 +79,34 @@ REGISTRY: dict[str, str] = {
 }
 
 
+def _redacting(generate: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """``generate`` whose every escaping error is cleared of the target's secrets.
+
+    A server may quote the key back anywhere: an error body, an SSE error frame, an info
+    endpoint, a gRPC status. Each path that builds a message could be made to redact it, and a
+    new one would forget; so the one door every message leaves a target by does it, whatever
+    raised it. Other exceptions (a servecheck bug) have their text arguments cleared too, for
+    whatever prints them."""
+
+    @functools.wraps(generate)
+    async def wrapper(self: Target, request: Any) -> Any:
+        try:
+            return await generate(self, request)
+        except TargetError as e:
+            raise e.redacted(self.secrets) from None
+        except Exception as e:
+            e.args = tuple(redact(a, self.secrets) if isinstance(a, str) else a for a in e.args)
+            raise
+
+    wrapper.redacting = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 class Target(ABC):
-    """A model behind some interface. Subclasses implement ``generate``; the rest is optional."""
+    """A model behind some interface. Subclasses implement ``generate``; the rest is optional.
+
+    Every subclass's ``generate`` is wrapped (``__init_subclass__``) so that no error leaves it
+    carrying one of the target's ``secrets``."""
 
     spec: str
     max_concurrency: int = 1
@@ -96,6 +124,16 @@ class Target(ABC):
     """Sampling settings the engine behind this target has no way to apply (``min_p`` on
     CTranslate2). A request that sets one to anything but its neutral value is refused before
     anything is sent: the record would claim a setting the engine never ran."""
+
+    secrets: tuple[str, ...] = ()
+    """Values no message may carry (the API key read from the environment): a target that
+    sends one sets it, and ``generate``'s errors are redacted with it."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("generate")
+        if own is not None and not getattr(own, "redacting", False):
+            cls.generate = _redacting(own)  # type: ignore[method-assign]
 
     @classmethod
     def from_spec(cls, spec: str, rest: str, reference: str | None = None) -> Target:
@@ -161,12 +199,28 @@ def open_target(spec: str, reference: str | None = None) -> Target:
     if not sep or scheme not in REGISTRY:
         known = ", ".join(f"{s}:…" for s in REGISTRY)
         raise InputError(f"unknown target (known: {known})", where=spec)
+    _refuse_userinfo(spec, rest)
     module, _, name = REGISTRY[scheme].partition(":")
     cls = getattr(importlib.import_module(module), name)
     _check_port(rest, spec)
     if cls.takes_reference:
         return cls.from_spec(spec, rest, reference=reference)
     return cls.from_spec(spec, rest)
+
+
+_USERINFO = re.compile(r"(?<=//)[^/?#]*@")
+"""The userinfo of a URL-shaped spec: what follows ``//`` up to the last ``@`` of the host."""
+
+
+def _refuse_userinfo(spec: str, rest: str) -> None:
+    """``openai://user:password@host`` would write the password into every record's
+    ``target`` and send it nowhere (no target sends URL credentials): refused, and named with
+    the credentials cut out, since this message reaches the console too."""
+    if rest.startswith("//") and "@" in urlsplit("http:" + rest).netloc:
+        raise InputError("credentials in the target spec are never sent, and would be written "
+                         "into every record: put the key in an environment variable and name "
+                         "it with the option ?api_key_env=NAME (openai://, hf-endpoint://)",
+                         where=_USERINFO.sub(f"{REDACTED}@", spec, count=1))
 
 
 def _check_port(rest: str, spec: str) -> None:

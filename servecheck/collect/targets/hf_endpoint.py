@@ -11,6 +11,7 @@ reference: the handler's text keeps its end marker. Token ids, raw
 log-probs and the finish reason are recorded when the handler returns them. The token is read
 from the environment variable named by ``?api_key_env=`` (default ``HF_TOKEN``) and never
 recorded.
+``?max_body_mb=N`` (default 64) caps what is read of one answer.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from servecheck.collect.targets import DEFAULT_MAX_TOKENS, Target, required_reference, spec_options
+from servecheck.collect.targets.answers import Reader, get, record
 from servecheck.collect.targets.http import HttpClient
 from servecheck.errors import InputError
 from servecheck.formats.prompts import Request
 from servecheck.formats.records import ResponseRecord, Timing
 from servecheck.reference.model import Reference
 
-OPTIONS = ("mode", "template", "api_key_env", "timeout", "concurrency")
+OPTIONS = ("mode", "template", "api_key_env", "timeout", "concurrency", "max_body_mb")
 
 
 class HFEndpointTarget(Target):
@@ -48,6 +50,7 @@ class HFEndpointTarget(Target):
                 "mode=completions templates the prompt here with the model's chat template"))
         self.http = HttpClient.from_options(spec, url, opts, "HF_TOKEN", concurrency=4)
         self.max_concurrency = self.http.max_connections
+        self.secrets = self.http.secrets
 
     @classmethod
     def from_spec(cls, spec: str, rest: str, reference: str | None = None) -> HFEndpointTarget:
@@ -80,17 +83,22 @@ class HFEndpointTarget(Target):
         else:
             inputs = request.conversation.hf_messages()
         data = await self.http.request("POST", self.path, {"inputs": inputs, "parameters": params})
-        answer = data[0] if isinstance(data, list) and data else data
-        if not isinstance(answer, dict) or not isinstance(answer.get("generated_text"), str):
-            raise self.http.error(f"{self.path}: expected [{{\"generated_text\": …}}], got "
-                                  f"{str(data)[:200]}")
-        reason = answer.get("finish_reason")
-        return ResponseRecord(
-            id=request.id, conversations=request.conversation, parameters=p,
-            input=answer.get("prompt_text") or sent_prompt, output=answer["generated_text"],
-            target=self.spec, finish_reason=reason if reason in ("stop", "length") else None,
-            prompt_token_ids=answer.get("prompt_token_ids"), output_token_ids=answer.get("token_ids"),
-            output_logprobs=answer.get("logprobs"), sent=params,
+        read = Reader(self.path)
+        if isinstance(data, list):
+            data = read.obj(data[0] if data else None, "[0]")
+        answer = read.obj(data, "the body")
+        text = read.text(get(answer, "generated_text"), "generated_text")
+        reason = read.text(answer.get("finish_reason"), "finish_reason", optional=True)
+        return record(
+            self.path, id=request.id, conversations=request.conversation, parameters=p,
+            input=read.text(answer.get("prompt_text"), "prompt_text", optional=True) or sent_prompt,
+            output=text, target=self.spec,
+            finish_reason=reason if reason in ("stop", "length") else None,
+            prompt_token_ids=read.integers(answer.get("prompt_token_ids"), "prompt_token_ids",
+                                           optional=True),
+            output_token_ids=read.integers(answer.get("token_ids"), "token_ids", optional=True),
+            output_logprobs=read.logprobs(answer.get("logprobs"), "logprobs", optional=True),
+            sent=params,
             timing=Timing(started_at=started, latency_s=round(time.perf_counter() - t0, 4)))
 
     async def aclose(self) -> None:

@@ -31,6 +31,12 @@ refusals) is found once (``dialects.py``). With reasoning and tool parsers on, t
 
 The API key comes from the environment variable named by ``?api_key_env=`` (default
 ``OPENAI_API_KEY``); it is sent as a header and never written to a record or a log.
+Credentials in the URL (``openai://user:password@host``) are refused (``open_target``): they
+would never be sent, and the spec is written into every record.
+
+Every answer is read through ``answers.Reader``: a field of the wrong type (a log-prob ``"abc"``,
+``choices`` missing) fails the request with its place named. ``?max_body_mb=N`` (default 64)
+caps what is read of one answer, a stream's chunks together.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from servecheck.collect.targets import (
     required_reference,
     spec_options,
 )
+from servecheck.collect.targets.answers import Reader, get, record
 from servecheck.collect.targets.dialects import EXTRA, NAMED, UNKNOWN, Dialect, detect
 from servecheck.collect.targets.http import HttpClient
 from servecheck.collect.targets.parsed import raw_output, spelling, split_fields, usage_of
@@ -59,7 +66,7 @@ from servecheck.formats.records import END_MARKER_UNKNOWN, Conversation, Respons
 from servecheck.reference.model import Reference
 
 OPTIONS = ("mode", "model", "template", "api_key_env", "timeout", "concurrency", "stream",
-           "server")
+           "server", "max_body_mb")
 SETTINGS = ("temperature", "top_p", "top_k", "min_p", "seed", "repetition_penalty",
             "presence_penalty", "frequency_penalty")
 UNKNOWN_END = END_MARKER_UNKNOWN
@@ -105,6 +112,7 @@ class OpenAITarget(Target):
         chat mode when none was named, and then no end marker is restored."""
         self.http = HttpClient.from_options(spec, base_url, opts, "OPENAI_API_KEY", concurrency=8)
         self.max_concurrency = self.http.max_connections
+        self.secrets = self.http.secrets
         server = opts.get("server")
         if server is not None and server not in NAMED:
             raise InputError(f"server must be one of {', '.join(NAMED)}, not {server!r}",
@@ -185,32 +193,50 @@ class OpenAITarget(Target):
             data = await joined(self.http.events(path, body), self.mode == "chat", path)
         else:
             data = await self.http.request("POST", path, body)
-        choices = data.get("choices") if isinstance(data, dict) else None
+        read = Reader(path)
+        data = read.obj(data, "the body")
+        choices = read.items(get(data, "choices"), "choices")
         wanted = request.parameters.n or 1
-        if not isinstance(choices, list) or len(choices) < wanted:
-            raise self.http.error(f"{path}: {wanted} choice(s) asked, the response has "
-                                  f"{len(choices) if isinstance(choices, list) else 'none'}: "
-                                  f"{str(data)[:200]}")
+        if len(choices) < wanted:
+            raise read.broken("choices", f"has {len(choices)} entr{'y' if len(choices) == 1 else 'ies'}"
+                              f" where {wanted} {'was' if wanted == 1 else 'were'} asked for")
+        for k, choice in enumerate(choices):
+            read.obj(choice, f"choices[{k}]")
+            read.integer(choice.get("index", 0), f"choices[{k}].index")
         timing = Timing(started_at=started, latency_s=round(time.perf_counter() - t0, 4))
-        records = [self._record(request, body, prompt, data, sorted(
-            choices, key=lambda c: c.get("index", 0))[k], timing, path) for k in range(wanted)]
+        ordered = sorted(enumerate(choices), key=lambda kc: kc[1].get("index", 0))
+        records = [self._record(request, body, prompt, data, choice, timing, read, f"choices[{k}]")
+                   for k, choice in ordered[:wanted]]
         return records if request.parameters.n else records[0]
 
     def _record(self, request: Request, body: dict[str, Any], prompt: str, data: dict[str, Any],
-                choice: dict[str, Any], timing: Timing, path: str) -> ResponseRecord:
-        message = choice.get("message") or {}
-        parts = split_fields(message) if self.mode == "chat" else {}
+                choice: dict[str, Any], timing: Timing, read: Reader, at: str) -> ResponseRecord:
+        """One choice's record; every field is read through ``read``, so one of the wrong type
+        fails this request with its place in the answer named (``at``: the choice's)."""
+        reason = read.text(choice.get("finish_reason"), f"{at}.finish_reason", optional=True)
+        logprobs_of = read.obj(choice.get("logprobs"), f"{at}.logprobs", optional=True)
+        ids = read.integers(choice.get("token_ids"), f"{at}.token_ids", optional=True)
         if self.mode == "completions":
-            text = choice.get("text")
-            logprobs = (choice.get("logprobs") or {}).get("token_logprobs")
-            prompt_ids = choice.get("prompt_token_ids")
+            message: dict[str, Any] = {}
+            parts: dict[str, Any] = {}
+            text = read.text(get(choice, "text"), f"{at}.text")
+            logprobs = read.logprobs(logprobs_of.get("token_logprobs"),
+                                    f"{at}.logprobs.token_logprobs", optional=True)
+            for k, top in enumerate(read.items(logprobs_of.get("top_logprobs"),
+                                               f"{at}.logprobs.top_logprobs", optional=True)):
+                for token, value in read.obj(top, f"{at}.logprobs.top_logprobs[{k}]",
+                                             optional=True).items():
+                    read.number(value, f"{at}.logprobs.top_logprobs[{k}][{token!r}]")
+            prompt_ids = read.integers(choice.get("prompt_token_ids"), f"{at}.prompt_token_ids",
+                                       optional=True)
         else:
-            text = message.get("content")
-            content = (choice.get("logprobs") or {}).get("content") or []
-            logprobs = [c.get("logprob") for c in content] or None
-            prompt = data.get("prompt_text") or ""
-            prompt_ids = data.get("prompt_token_ids")
-        ids = choice.get("token_ids")
+            message = read.obj(get(choice, "message"), f"{at}.message")
+            parts = split_fields(message, read, f"{at}.message")
+            text = read.text(message.get("content"), f"{at}.message.content", optional=True)
+            logprobs = self._chat_logprobs(logprobs_of, read, f"{at}.logprobs")
+            prompt = read.text(data.get("prompt_text"), "prompt_text", optional=True) or ""
+            prompt_ids = read.integers(data.get("prompt_token_ids"), "prompt_token_ids",
+                                       optional=True)
         sent = {k: v for k, v in body.items() if k not in ("prompt", "messages", "tools")}
         sent["server"] = (self.dialect or UNKNOWN).name
         unset = [k for k in SETTINGS if getattr(request.parameters, k) is None]
@@ -220,27 +246,44 @@ class OpenAITarget(Target):
             text, ids, how = raw_output(parts, ids, self.ref, request.parameters.stop)
             logprobs = logprobs[: len(ids)] if ids and logprobs else None
             sent["output"] = how
-        if not isinstance(text, str):
-            raise self.http.error(f"{path}: no text in the response: {str(choice)[:200]}")
+        if text is None:
+            raise read.broken(f"{at}.message.content", "is None, and no parser split the output "
+                              "to rebuild it from (name the reference to rebuild it)"
+                              if parts else "is None, not a string")
         if ids and request.parameters.stop and self.ref is not None and not parts:
             ids = spelling(ids, text, self.ref)  # a stop string cut from the text, not the ids
             logprobs = logprobs[: len(ids)] if ids and logprobs else None
-        reason = choice.get("finish_reason")
         marker = self._end_marker(ids, reason, choice.get("stop_reason"))
         if self.ref is None:
             sent["end_marker"] = UNKNOWN_END
         elif marker and not text.endswith(marker):
             text += marker
             sent["end_marker"] = f"{marker} restored from the reference {self.ref.spec}"
-        return ResponseRecord(
-            id=request.id, conversations=request.conversation, parameters=request.parameters,
-            input=prompt, output=text, target=self.spec,
+        return record(
+            read.where, id=request.id, conversations=request.conversation,
+            parameters=request.parameters, input=prompt, output=text, target=self.spec,
             finish_reason=reason if reason in ("stop", "length", "tool_calls") else None,
             choice=choice.get("index", 0) if request.parameters.n else None,
             prompt_token_ids=prompt_ids or None, output_token_ids=ids or None,
-            output_logprobs=logprobs if logprobs and None not in logprobs else None,
-            usage=usage_of(data) if not request.parameters.n or request.parameters.n == 1 else None,
-            sent=sent, timing=timing, **parts)
+            output_logprobs=logprobs or None,
+            usage=usage_of(data, read) if not request.parameters.n or request.parameters.n == 1
+            else None, sent=sent, timing=timing, **parts)
+
+    @staticmethod
+    def _chat_logprobs(logprobs: dict[str, Any], read: Reader, at: str) -> list[float] | None:
+        """``logprobs.content``'s log-prob per token; each entry's ``top_logprobs`` checked too,
+        since a server that breaks one breaks the answer."""
+        out = []
+        for k, entry in enumerate(read.items(logprobs.get("content"), f"{at}.content",
+                                             optional=True)):
+            entry = read.obj(entry, f"{at}.content[{k}]")
+            out.append(read.logprob(get(entry, "logprob"), f"{at}.content[{k}].logprob"))
+            for j, top in enumerate(read.items(entry.get("top_logprobs"),
+                                               f"{at}.content[{k}].top_logprobs", optional=True)):
+                top = read.obj(top, f"{at}.content[{k}].top_logprobs[{j}]")
+                read.number(top.get("logprob"), f"{at}.content[{k}].top_logprobs[{j}].logprob",
+                            optional=True)
+        return out or None  # type: ignore[return-value]
 
     def _end_marker(self, ids: list[int] | None, reason: str | None, stop_reason: Any) -> str:
         """The end marker the server stripped from the text, to put back, or "". Only the user's

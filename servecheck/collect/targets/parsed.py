@@ -14,23 +14,33 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from servecheck.collect.targets.answers import Reader
 from servecheck.formats.tools import ToolCall, Usage
 from servecheck.reference.markup import markup_of
 from servecheck.reference.model import Reference
 
 
-def split_fields(message: dict[str, Any]) -> dict[str, Any]:
+def split_fields(message: dict[str, Any], read: Reader | None = None,
+                 at: str = "message") -> dict[str, Any]:
     """``content``, ``reasoning_content`` and ``tool_calls`` where a parser produced them; empty
-    where the message is plain text (no parser ran, nothing to judge)."""
-    reasoning = message.get("reasoning_content", message.get("reasoning"))
-    calls = message.get("tool_calls") or None
+    where the message is plain text (no parser ran, nothing to judge). A field of the wrong
+    type is the server's broken answer, named under ``at`` (``read`` says where)."""
+    read = read or Reader()
+    name = "reasoning_content" if "reasoning_content" in message else "reasoning"
+    reasoning = read.text(message.get(name), f"{at}.{name}", optional=True)
+    calls = read.items(message.get("tool_calls"), f"{at}.tool_calls", optional=True) or None
     if reasoning is None and calls is None:
         return {}
-    out: dict[str, Any] = {"content": message.get("content"), "reasoning_content": reasoning}
+    out: dict[str, Any] = {"content": read.text(message.get("content"), f"{at}.content",
+                                                optional=True), "reasoning_content": reasoning}
     if calls is not None:
-        out["tool_calls"] = [ToolCall.model_validate(
-            {k: c.get(k) for k in ("id", "type", "function") if c.get(k) is not None})
-            for c in calls]
+        out["tool_calls"] = []
+        for k, call in enumerate(calls):
+            field = f"{at}.tool_calls[{k}]"
+            call = read.obj(call, field)
+            out["tool_calls"].append(read.model(ToolCall, {
+                key: call[key] for key in ("id", "type", "function") if call.get(key) is not None
+            }, field))
     return out
 
 
@@ -73,9 +83,13 @@ def spelling(ids: list[int], text: str, ref: Reference) -> list[int] | None:
                 None)
 
 
-def usage_of(data: dict[str, Any]) -> Usage | None:
-    usage = data.get("usage")
-    if not isinstance(usage, dict):
+def usage_of(data: dict[str, Any], read: Reader | None = None) -> Usage | None:
+    """The answer's ``usage``, where it has one; one of the wrong shape is named, not dropped."""
+    read = read or Reader()
+    usage = read.obj(data.get("usage"), "usage", optional=True)
+    if not usage:
         return None
-    details = usage.get("completion_tokens_details") or {}
-    return Usage.model_validate({**usage, "reasoning_tokens": details.get("reasoning_tokens")})
+    details = read.obj(usage.get("completion_tokens_details"),
+                       "usage.completion_tokens_details", optional=True)
+    return read.model(Usage, {**usage, "reasoning_tokens": details.get("reasoning_tokens")},
+                      "usage")

@@ -15,7 +15,8 @@ sends no text), ``output_token_ids`` its ``output_ids`` and ``output_logprobs`` 
 
 Options: ``template``, ``stream=0|1``, ``end_id=N|auto`` (``auto``: the reference's end-of-turn
 token, for engines whose default end id is ``<eos>``), ``stop_words=W`` (repeatable),
-``timeout=S`` (read timeout, default 600 s), ``concurrency=N`` (default 8).
+``timeout=S`` (read timeout, default 600 s), ``concurrency=N`` (default 8), ``max_body_mb=N``
+(what is read of one answer, a stream's frames together, default 64).
 ``triton+grpc://`` (``triton_grpc.py``) shares all of this and changes only the transport.
 """
 
@@ -29,14 +30,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from servecheck.collect.targets import DEFAULT_MAX_TOKENS, Target, required_reference, spec_options
-from servecheck.collect.targets.http import HttpClient
+from servecheck.collect.targets.answers import Reader, record
+from servecheck.collect.targets.http import DONE, HttpClient, max_body_bytes
 from servecheck.collect.targets.trtllm import Answer, Interface, Options, short_error
 from servecheck.errors import InputError, TargetError
 from servecheck.formats.prompts import Request
 from servecheck.formats.records import ResponseRecord, Timing
 from servecheck.reference.model import Reference
 
-OPTIONS = ("template", "stream", "end_id", "stop_words", "timeout", "concurrency")
+OPTIONS = ("template", "stream", "end_id", "stop_words", "timeout", "concurrency", "max_body_mb")
 
 
 class TritonBase(Target):
@@ -63,6 +65,8 @@ class TritonBase(Target):
             raise InputError(f"bad option value: concurrency must be 1…4096 (got "
                              f"{self.max_concurrency}) and timeout a number of seconds > 0 (got "
                              f"{self.read_timeout:g})", where=spec)
+        self.max_body = max_body_bytes(spec, single.get("max_body_mb"))
+        """Bytes read of one answer at most, a stream's frames together."""
         self.options = Options(end_id, tuple(opts.get("stop_words", [])), stream)
         self._interface: Interface | None = None
 
@@ -100,13 +104,17 @@ class TritonBase(Target):
         sent = interface.build(prompt if prompt_ids is None else prompt_ids, p,
                                p.max_tokens or DEFAULT_MAX_TOKENS, self.options)
         answer = Answer()
-        async for outputs in self.responses(interface, sent, interface.streams(self.options)):
+        streams = interface.streams(self.options)
+        async for outputs in self.responses(interface, sent, streams):
             answer.add(outputs)
+        if not answer.frames:
+            raise TargetError("the stream ended before the server said it was finished: no "
+                              "response came" if streams else "no response came")
         reason = answer.finish_reason if answer.finish_reason in ("stop", "length") else None
         # the server's own text, so that a detokenizer bug shows against its ids
         text = answer.text if answer.text is not None else self.ref.decode(answer.ids or [])
-        return ResponseRecord(
-            id=request.id, conversations=request.conversation, parameters=p, input=prompt,
+        return record(
+            "", id=request.id, conversations=request.conversation, parameters=p, input=prompt,
             output=text, target=self.spec, prompt_token_ids=prompt_ids,
             output_token_ids=answer.ids, output_logprobs=answer.logprobs or None,
             finish_reason=reason, sent=interface.as_received(sent),
@@ -121,7 +129,8 @@ class TritonTarget(TritonBase):
     def http(self) -> HttpClient:
         if self._http is None:
             self._http = HttpClient(f"http://{self.host}:{self.port}", self.read_timeout,
-                                    self.max_concurrency, shorten=short_error)
+                                    self.max_concurrency, shorten=short_error,
+                                    max_body=self.max_body)
         return self._http
 
     async def model_config(self) -> dict[str, Any]:
@@ -134,8 +143,11 @@ class TritonTarget(TritonBase):
         if not stream:
             yield _object(path, await self.http().request("POST", path, sent))
             return
+        # Triton's generate_stream sends no [DONE] and no final flag: the final response is the
+        # end of the HTTP answer itself, and a connection cut before it is an error (http.py)
         async for event in self.http().events(path, sent):
-            yield _object(path, event)
+            if event is not DONE:
+                yield _object(path, event)
 
     async def aclose(self) -> None:
         if self._http is not None:
@@ -144,6 +156,4 @@ class TritonTarget(TritonBase):
 
 
 def _object(path: str, data: Any) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise TargetError(f"{path}: expected a JSON object, got {str(data)[:200]!r}")
-    return data
+    return Reader(path).obj(data, "the body")

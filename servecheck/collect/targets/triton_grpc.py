@@ -1,9 +1,12 @@
 """``triton+grpc://HOST:PORT/MODEL``: the same TensorRT-LLM target over gRPC (tritonclient).
 
-A decoupled model is read through a bidirectional stream (``stream_infer``) with an empty final
-response, so the end of a request is explicit rather than guessed from a timeout; any other model
-through ``infer``. Tensors go in the types the model's config declares. ``UNAVAILABLE`` (server
-down or restarting) is transient and retried by the collector; every other status is final.
+A decoupled model is read through a bidirectional stream (``stream_infer``), any other model
+through ``infer``. The end of a stream is explicit rather than guessed from a timeout: the final
+flag where the server sends it, else the stream's OK status (a stream cut before it ends in an
+error status, and one with no response at all is an error in ``TritonBase``). What comes back is
+counted against ``max_body_mb``, a stream's responses together. Tensors go in the types the
+model's config declares. ``UNAVAILABLE`` (server down or restarting) is transient and retried by
+the collector; every other status is final.
 """
 
 from __future__ import annotations
@@ -67,7 +70,9 @@ class TritonGrpcTarget(TritonBase):
             if not stream:
                 result = await self.client().infer(self.model, inputs,
                                                    client_timeout=self.read_timeout)
-                yield _outputs(result)
+                outputs = _outputs(result)
+                self._count(sum(_nbytes(v) for v in outputs.values()))
+                yield outputs
                 return
             request = {"model_name": self.model, "inputs": inputs,
                        "enable_empty_final_response": True}  # the end of a stream is explicit
@@ -75,25 +80,43 @@ class TritonGrpcTarget(TritonBase):
             async def one_request():
                 yield request
 
+            size = 0
             async for result, error in self.client().stream_infer(
                     one_request(), stream_timeout=self.read_timeout):
                 if error is not None:
                     raise _error(self.where, error)
                 outputs = _outputs(result)
+                size += sum(_nbytes(v) for v in outputs.values())
+                self._count(size)
                 if outputs:
                     yield outputs
                 params = result.get_response().parameters
                 if "triton_final_response" in params and params["triton_final_response"].bool_param:
                     return
+            # the stream closed with status OK: Triton sends it only once every response of the
+            # request is out (a cut stream ends in an error status, raised above). The final
+            # flag itself may never come: tritonclient's aio stream_infer drops the opt-in key.
         except TargetError:
             raise
         except Exception as e:
             raise _error(self.where, e) from None
 
+    def _count(self, size: int) -> None:
+        if size > self.max_body:
+            raise TargetError(f"{self.where}: answer body over {self.max_body / (1 << 20):g} MiB "
+                              f"(raise with ?max_body_mb=N on the target)")
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+def _nbytes(value: Any) -> int:
+    """An output's size: its array's, or its strings' for a ``BYTES`` one."""
+    if getattr(value, "dtype", None) is not None and value.dtype == object:
+        return sum(len(v) if isinstance(v, bytes | str) else 8 for v in value.reshape(-1))
+    return int(getattr(value, "nbytes", 0))
 
 
 def _outputs(result: Any) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from servecheck.collect.targets.answers import Reader, get
 from servecheck.errors import TargetError
 from servecheck.formats.records import Parameters
 
@@ -77,14 +78,20 @@ class Interface:
 
     @classmethod
     def from_config(cls, model: str, config: dict[str, Any]) -> Interface:
-        inputs = {i["name"]: str(i.get("data_type", "TYPE_BYTES")).removeprefix("TYPE_")
-                  for i in config.get("input", [])}
+        read = Reader(f"the config of model '{model}'")
+        inputs = {}
+        for k, i in enumerate(read.items(config.get("input"), "input", optional=True)):
+            i = read.obj(i, f"input[{k}]")
+            name = read.text(get(i, "name"), f"input[{k}].name")
+            kind = read.text(i.get("data_type", "TYPE_BYTES"), f"input[{k}].data_type")
+            inputs[name] = kind.removeprefix("TYPE_")  # type: ignore[union-attr]
         if "text_input" not in inputs and "input_ids" not in inputs:
             raise TargetError(f"model '{model}' has neither text_input nor input_ids: not a "
                               f"TensorRT-LLM model (inputs: {sorted(inputs)})")
-        policy = config.get("model_transaction_policy") or {}
-        return cls(model, inputs, int(config.get("max_batch_size") or 0) > 0,
-                   bool(policy.get("decoupled")))
+        policy = read.obj(config.get("model_transaction_policy"), "model_transaction_policy",
+                          optional=True)
+        batch = read.integer(config.get("max_batch_size"), "max_batch_size", optional=True)
+        return cls(model, inputs, (batch or 0) > 0, bool(policy.get("decoupled")))
 
     @property
     def llmapi(self) -> bool:
@@ -180,26 +187,30 @@ class Answer:
     frames: int = 0
 
     def add(self, outputs: dict[str, Any]) -> None:
-        """Add one response's outputs (JSON values or numpy arrays, both flattened)."""
+        """Add one response's outputs (JSON values or numpy arrays, both flattened). Each value
+        must be of its output's type: ``["Blue.", 7, null]`` is a broken answer, not the text
+        "Blue.7None"."""
         self.frames += 1
         if "error" in outputs:
             raise TargetError(f"error frame after {self.frames - 1} good frame(s): "
                               f"{short_error(outputs['error'])}")
+        read = Reader(f"frame {self.frames}" if self.frames > 1 else "")
         if self.frames == 1 and "text_output" not in outputs and "output_ids" not in outputs:
-            raise TargetError(f"no text_output or output_ids in the response: {str(outputs)[:200]}")
+            raise read.broken("text_output and output_ids", f"are both missing: "
+                              f"{str(outputs)[:200]}")
         if "text_output" in outputs:
             self.text = (self.text or "") + "".join(
-                t.decode("utf-8") if isinstance(t, bytes) else str(t)
-                for t in _flat(outputs["text_output"]) or [])
+                read.texts(_flat(outputs["text_output"]) or [], "text_output"))
         if "output_ids" in outputs:
-            self.ids = (self.ids or []) + [int(t) for t in _flat(outputs["output_ids"]) or []]
+            self.ids = (self.ids or []) + (read.integers(
+                _flat(outputs["output_ids"]) or [], "output_ids") or [])
         lp = _flat(outputs.get("output_log_probs"))
         if lp is not None:
-            self.logprobs = (self.logprobs or []) + [float(x) for x in lp]
+            self.logprobs = (self.logprobs or []) + [
+                float(x) for x in read.logprobs(lp, "output_log_probs") or []]
         reason = _flat(outputs.get("finish_reason"))
         if reason:
-            r = reason[-1]
-            self.finish_reason = r.decode() if isinstance(r, bytes) else str(r)
+            self.finish_reason = read.texts(reason, "finish_reason")[-1]
 
 
 def short_error(message: object, limit: int = 500) -> str:
