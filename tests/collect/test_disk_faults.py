@@ -18,26 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from servecheck.collect import collector
-from servecheck.collect.targets import Target
-from servecheck.formats.prompts import Request, expand
+from servecheck.formats.prompts import expand
 from servecheck.formats.records import ResponseRecord
 from servecheck.formats.responses import read_records
-
-
-class _Counting(Target):
-    """Answers everything at once, one request at a time, keeping the ids it was asked."""
-
-    spec = "fake:counting"
-
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-
-    async def generate(self, request: Request) -> ResponseRecord:
-        self.asked.append(request.id)
-        return ResponseRecord(id=request.id, conversations=request.conversation,
-                              parameters=request.parameters, target=self.spec, input="in",
-                              output="Hello.<end_of_turn>")
+from tests.collect.conftest import Counting
 
 
 class _Quota:
@@ -66,13 +50,6 @@ class _Quota:
         self._fh.close()
 
 
-@pytest.fixture()
-def counting(monkeypatch: pytest.MonkeyPatch) -> _Counting:
-    target = _Counting()
-    monkeypatch.setattr(collector, "open_target", lambda spec, reference=None: target)
-    return target
-
-
 def _prompts(tmp_path: Path, n: int) -> Path:
     path = tmp_path / "prompts.json"
     path.write_text(json.dumps({"prompt": [f"Say {k}." for k in range(n)], "max_tokens": 4}))
@@ -86,7 +63,7 @@ def _generate(run_cli, prompts: Path, out: Path) -> int:
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json"])
 def test_a_full_disk_stops_the_run_and_keeps_what_was_written(
-        suffix: str, tmp_path: Path, run_cli, counting: _Counting,
+        suffix: str, tmp_path: Path, run_cli, counting: Counting,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     prompts, out = _prompts(tmp_path, 40), tmp_path / f"r{suffix}"
     first = expand(prompts)[0]
@@ -120,7 +97,7 @@ def test_a_full_disk_stops_the_run_and_keeps_what_was_written(
 
 
 def test_a_disk_full_before_the_first_record_leaves_no_file(
-        tmp_path: Path, run_cli, counting: _Counting, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path, run_cli, counting: Counting, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     prompts, out = _prompts(tmp_path, 5), tmp_path / "r.json"
     real_open = Path.open
@@ -164,7 +141,7 @@ def _read_only(directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("existing", [False, True])
 def test_a_read_only_directory_is_refused_before_anything_is_sent(
-        existing: bool, tmp_path: Path, run_cli, counting: _Counting,
+        existing: bool, tmp_path: Path, run_cli, counting: Counting,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     prompts, ro = _prompts(tmp_path, 5), tmp_path / "ro"
     ro.mkdir()
@@ -191,7 +168,7 @@ def test_a_read_only_directory_is_refused_before_anything_is_sent(
 
 
 def test_a_disk_full_at_compaction_leaves_the_file_whole(
-        tmp_path: Path, run_cli, counting: _Counting, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path, run_cli, counting: Counting, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     """Every answer is in; only the rewrite without superseded errors finds no room: the file
     stays as it was (read the same), and no half-written copy is left beside it."""

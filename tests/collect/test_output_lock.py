@@ -19,11 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from servecheck.collect import collector
-from servecheck.collect.targets import Target
 from servecheck.formats.output_lock import lock_path
-from servecheck.formats.prompts import Request, expand
-from servecheck.formats.records import ResponseRecord
+from servecheck.formats.prompts import expand
 from servecheck.formats.responses import read_records
 
 HOLD = """
@@ -34,18 +31,6 @@ with OutputLock(Path(sys.argv[1])):
     print("held", flush=True)
     sys.stdin.read()
 """
-
-
-class _Counting(Target):
-    spec = "hf:builtin"
-
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-
-    async def generate(self, request: Request) -> ResponseRecord:
-        self.asked.append(request.id)
-        return ResponseRecord(id=request.id, conversations=request.conversation,
-                              parameters=request.parameters, target=self.spec, output="Hi.")
 
 
 def _prompts(tmp_path: Path, n: int, max_tokens: int = 4) -> Path:
@@ -63,12 +48,10 @@ def _holder(root: Path, out: Path) -> subprocess.Popen:
 
 
 def test_a_second_writer_is_refused_naming_the_first(
-        tmp_path: Path, root: Path, run_cli, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path, root: Path, run_cli, counting,
         capsys: pytest.CaptureFixture[str]) -> None:
     prompts, out = _prompts(tmp_path, 4), tmp_path / "r.jsonl"
     out.write_text("")
-    target = _Counting()
-    monkeypatch.setattr(collector, "open_target", lambda spec, reference=None: target)
     holder = _holder(root, out)
     try:
         code = run_cli("generate", prompts, "--target", "hf:builtin", "--out", out,
@@ -80,7 +63,7 @@ def test_a_second_writer_is_refused_naming_the_first(
     assert err.startswith(f"servecheck: error: {out}: another servecheck generate (pid "
                           f"{holder.pid} on {socket.gethostname()}, since ")
     assert err.rstrip().endswith("is writing this file; wait for it or name another --out")
-    assert target.asked == [] and out.read_text() == ""
+    assert counting.asked == [] and out.read_text() == ""
     assert not lock_path(out).exists()  # the holder removed its own lock file
 
     assert run_cli("generate", prompts, "--target", "hf:builtin", "--out", out,
