@@ -131,6 +131,8 @@ UNARY = [
      "choices[0].token_ids[0] is 'oops', not a whole number"),
     ("usage-negative", {**chat(), "usage": {"prompt_tokens": -3}},
      "usage.prompt_tokens is refused"),
+    ("content-a-lone-surrogate", chat(content="Blue\ud800."),
+     "output holds a lone surrogate: not valid Unicode text"),
     ("body-a-list", [chat()], "the body is [{'choices': "),
     ("body-not-json", "<html>502 Bad Gateway</html>", "the body is not JSON: '<html>502"),
 ]
