@@ -64,7 +64,8 @@ def collect_hf(prompts: Path, out: Path) -> float:
     with ResponseWriter(out) as w:
         for g in groups.values():
             for b in range(0, len(g), 64):
-                w.write_all(target.generate_batch(g[b:b + 64]))
+                for r in target.generate_batch(g[b:b + 64]):
+                    w.write(r)
     return time.perf_counter() - t
 
 

@@ -1,8 +1,6 @@
 """The ``servecheck`` command: argument parsing only; each command is a workflow.
 
-Exit codes: 0 every check passed (or the command did its job), 1 a check failed, 2 bad input or
-an error (one message naming the file and field, no traceback), 130 interrupted (what was
-collected is on disk; run the same command again to resume).
+Exit codes: ``servecheck.errors`` lists them (and every ``--help`` shows ``EXIT_CODES``).
 """
 
 from __future__ import annotations
@@ -135,7 +133,7 @@ def cmd_schema(a: argparse.Namespace, console: Console) -> int:
 
 EXIT_CODES = """exit codes:
   0    every check passed (or the command did its job)
-  1    a check failed
+  1    a check failed (generate: a request failed; a rerun retries it)
   2    bad input or an error: one line naming the file, record and field
   3    inconclusive: a check had too few records to decide (check --inconclusive-ok: 0)
   130  interrupted: what was collected is kept; run the same command again to resume

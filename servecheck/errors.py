@@ -1,13 +1,19 @@
 """The one error type a user sees: bad input, named with where it is.
 
 Anything raised as ``InputError`` reaches the command line as a single message and exit code 2,
-with no traceback; everything else is a bug in servecheck and keeps its traceback.
+with no traceback; everything else is a bug in servecheck and keeps its traceback. Every exit
+code is listed once, under ``EXIT_PASS`` … ``EXIT_INTERRUPTED`` below.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+
+__version__ = "0.1.0"
+"""servecheck's version (the package root re-exports it). It lives here, in the one module of
+the lowest stage, so a module that needs it (``workflows.chunked`` keys saved verdicts by it)
+reads it without importing the package root, which imports every stage."""
 
 REDACTED = "[redacted]"
 _TOKEN_SHAPES = re.compile(
@@ -66,5 +72,16 @@ class TargetError(Exception):
 
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-"""0 every check passed (or the command did its job), 1 a check failed, 2 bad input or an error
-(an ``InputError``), 130 interrupted (what was collected is on disk; the same command resumes)."""
+"""The exit codes of every command, listed here once (``cli.EXIT_CODES`` shows them in each
+command's ``--help``; other docstrings point here):
+
+- 0 ``EXIT_PASS``: every check passed (or the command did its job);
+- 1 ``EXIT_FAIL``: a check or probe failed (``compare``: a served output is not plausible),
+  or a request failed (``generate``: it is in the file with ``error`` set, and a rerun retries
+  it);
+- 2 ``EXIT_INPUT``: bad input or an error, an ``InputError``: one line naming the file, record
+  and field, no traceback;
+- 3 ``EXIT_INCONCLUSIVE``: inconclusive, a check had too few records to decide (``check``;
+  ``--inconclusive-ok`` makes it 0);
+- 130 ``EXIT_INTERRUPTED``: interrupted (what was collected is on disk; the same command
+  resumes)."""

@@ -147,7 +147,7 @@ class CheckContext:
     def end_counting(self) -> EndCounting:
         """Whether the server counts the end token in usage and gives it a log-prob
         (``checks.end_counting``), found from the records."""
-        return find_end_counting(self)
+        return find_end_counting(self.records, self.ref)
 
     def served_count(self, i: int) -> int | None:
         """How many of record i's scored output tokens its served log-probs stand for: their

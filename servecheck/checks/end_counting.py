@@ -20,11 +20,13 @@ end token, and is judged exactly under either convention.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from servecheck.checks.context import CheckContext
+    from servecheck.formats.records import ResponseRecord
+    from servecheck.reference.model import Reference
 
 
 @dataclass(frozen=True)
@@ -53,21 +55,21 @@ class EndCounting:
                 "logprob_for_end": self.logprob_for_end, "votes": self.votes or {}}
 
 
-def _tokens_through_end(ctx: CheckContext, i: int) -> int | None:
+def _tokens_through_end(r: ResponseRecord, ref: Reference) -> int | None:
     """Output tokens up to and including the end token, or None when the record did not end
     on one. Ids where the server gave them, else the text's reference tokenization (not the
     searched one: this is read before the search, which uses it)."""
-    r = ctx.records[i]
-    ends = set(ctx.ref.end_ids)
-    ids = r.output_token_ids if r.output_token_ids is not None else ctx.ref.encode(r.output)
+    ends = set(ref.end_ids)
+    ids = r.output_token_ids if r.output_token_ids is not None else ref.encode(r.output)
     cut = next((k + 1 for k, t in enumerate(ids) if t in ends), None)
     return cut
 
 
-def find_end_counting(ctx: CheckContext) -> EndCounting:
+def find_end_counting(records: Sequence[ResponseRecord], ref: Reference) -> EndCounting:
+    """The convention the answered ``records`` show, their outputs tokenized by ``ref``."""
     votes: dict[str, Counter[str]] = {"usage": Counter(), "logprobs": Counter()}
-    for i, r in enumerate(ctx.records):
-        n = _tokens_through_end(ctx, i)
+    for r in records:
+        n = _tokens_through_end(r, ref)
         if n is None:
             continue
         served = {"usage": r.usage.completion_tokens if r.usage else None,

@@ -25,6 +25,7 @@ from scipy import stats
 
 from servecheck.checks.context import CheckContext
 from servecheck.checks.results import CheckResult, Details, Finding
+from servecheck.checks.stats import holm_rejected
 from servecheck.formats.records import ResponseRecord
 
 ORDER = 90
@@ -117,17 +118,6 @@ class SeedDetails(Details):
 
     def effect(self) -> str:
         return f"{len(self.groups)} seed group(s)"
-
-
-def holm_rejected(p_values: list[float], alpha: float) -> list[bool]:
-    """Holm's step-down over the groups: family-wise false alarms ≤ alpha."""
-    order = sorted(range(len(p_values)), key=lambda k: p_values[k])
-    rejected = [False] * len(p_values)
-    for rank, k in enumerate(order):
-        if p_values[k] > alpha / (len(p_values) - rank):
-            break
-        rejected[k] = True
-    return rejected
 
 
 def scored_logprob(ctx: CheckContext, records: list[ResponseRecord]

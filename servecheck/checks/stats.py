@@ -48,16 +48,32 @@ class StatTest:
                 f"{self.effect_label}={self.effect:+.4f} (floor {self.floor:g}), n={self.n}")
 
 
-def holm(tests: list[StatTest], alpha: float) -> None:
-    """Holm's step-down procedure, in place: family-wise error rate ≤ alpha."""
-    m = len(tests)
+def holm_step_down(p_values: list[float], alpha: float) -> tuple[list[float], list[bool]]:
+    """Holm's step-down procedure: each p-value's Holm-adjusted value and whether it is
+    rejected (family-wise error rate ≤ alpha), in the order given."""
+    m = len(p_values)
+    adjusted, rejected = [1.0] * m, [False] * m
     running = 0.0
     stop = False
-    for k, t in enumerate(sorted(tests, key=lambda t: t.p)):
-        running = max(running, min(1.0, (m - k) * t.p))
-        t.p_adjusted = running
-        stop = stop or t.p > alpha / (m - k)
-        t.rejected = not stop
+    for k, i in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - k) * p_values[i]))
+        adjusted[i] = running
+        stop = stop or p_values[i] > alpha / (m - k)
+        rejected[i] = not stop
+    return adjusted, rejected
+
+
+def holm(tests: list[StatTest], alpha: float) -> None:
+    """Holm's step-down procedure, in place: family-wise error rate ≤ alpha."""
+    adjusted, rejected = holm_step_down([t.p for t in tests], alpha)
+    for t, a, r in zip(tests, adjusted, rejected, strict=True):
+        t.p_adjusted, t.rejected = a, r
+
+
+def holm_rejected(p_values: list[float], alpha: float) -> list[bool]:
+    """Holm's step-down over plain p-values: which are rejected (family-wise false alarms
+    ≤ alpha)."""
+    return holm_step_down(p_values, alpha)[1]
 
 
 def pit_ks(pit: np.ndarray, group: str, floor: float, deff: float = 1.0) -> StatTest:

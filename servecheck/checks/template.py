@@ -49,6 +49,8 @@ def show(text: str, at: int, width: int = 20) -> str:
 
 
 def first_difference(a: str | list[int], b: str | list[int]) -> int:
+    """The first index where ``a`` and ``b`` differ; the shorter one's length when one is a
+    prefix of the other (the servecheck-wide helper: texts and token ids alike)."""
     for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i

@@ -4,13 +4,14 @@
 it over a whole check: every record's proposals of a round go to the scorer as one batch
 (``CheckContext.score_items``, so under torchrun the ranks share them too), and only records
 whose last proposal was kept take part in the next round. It reads and writes the
-``CheckContext``'s token and score caches.
+``CheckContext``'s token and score caches, through ``SearchContext``: what it needs of the
+context, declared here so that this module need not import ``checks.context``, which imports it.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -18,8 +19,10 @@ from servecheck.reference.scoring import ScoreItem, TokenScores
 from servecheck.reference.tokenization import (
     MAX_ROUNDS,
     SEARCHED,
+    PromptSource,
     Proposal,
     TokenBytes,
+    TokenSource,
     barker,
     greedy_key,
     propose,
@@ -27,7 +30,10 @@ from servecheck.reference.tokenization import (
 )
 
 if TYPE_CHECKING:
-    from servecheck.checks.context import CheckContext
+    from servecheck.checks.options import CheckOptions, Numerics
+    from servecheck.formats.records import ResponseRecord
+    from servecheck.reference.model import Reference
+    from servecheck.reference.sampling import Convention, Sampling
 
 IMPLAUSIBLE_LOGQ = -11.5
 """A sampled token of requested probability below e^-11.5 ≈ 1e-5 is put to the search as if it
@@ -68,8 +74,35 @@ def departures(chosen: list[int], canonical: list[int], tb: TokenBytes,
     return tuple(out)
 
 
+class SearchContext(Protocol):
+    """What the search reads and writes of the check's context: ``checks.context.CheckContext``
+    is one, and hands itself to ``TokenSearch``."""
+
+    records: list[ResponseRecord]
+    ref: Reference
+    options: CheckOptions
+    tolerances: Numerics
+    sampling: list[Sampling]
+    undecided: list[Convention]
+    lost_at: dict[int, int]
+    _scores: dict[int, TokenScores]
+    """The context's score cache: the search puts a record's scores on its kept tokens."""
+    _output_ids: dict[int, tuple[list[int], TokenSource]]
+    """The context's output tokens cache: the search puts a record's kept tokens."""
+
+    @property
+    def token_bytes(self) -> TokenBytes: ...
+    def scorer(self, ref: Reference, items: list[ScoreItem], convention: Convention
+               ) -> list[TokenScores]: ...
+    def score_items(self, items: list[ScoreItem]) -> list[TokenScores]: ...
+    def item(self, i: int) -> ScoreItem: ...
+    def prompt_ids(self, i: int) -> tuple[list[int], PromptSource]: ...
+    def served_count(self, i: int) -> int | None: ...
+    def seed(self, i: int) -> int: ...
+
+
 class TokenSearch:
-    def __init__(self, ctx: CheckContext) -> None:
+    def __init__(self, ctx: SearchContext) -> None:
         self.ctx = ctx
         self.tb = ctx.token_bytes
         self.frozen = set(ctx.ref.special_ids)

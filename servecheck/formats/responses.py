@@ -230,13 +230,6 @@ def compact(path: Path) -> int:
     return dropped
 
 
-def answered_ids(path: Path) -> set[str]:
-    """Ids that need no retry: records present and without error."""
-    if not path.exists() or not path.read_text(encoding="utf-8").strip():
-        return set()
-    return {r.id for r in read_records(path) if r.id and r.error is None}
-
-
 def _reason(e: OSError) -> str:
     if e.errno:
         return e.strerror or os.strerror(e.errno)
@@ -334,10 +327,6 @@ class ResponseWriter:
                 self._synced = time.monotonic()
         except OSError as e:
             raise self._fail(e) from e
-
-    def write_all(self, records: Iterable[ResponseRecord]) -> None:
-        for r in records:
-            self.write(r)
 
     def close(self) -> None:
         if self._fh is None or self._fh.closed:

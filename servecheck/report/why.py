@@ -26,8 +26,8 @@ from servecheck.checks.distribution import GroupedDetails
 from servecheck.checks.greedy import GreedyDetails
 from servecheck.checks.logprobs import LogprobsDetails
 from servecheck.checks.results import CheckResult
-from servecheck.checks.seeds import SeedDetails, holm_rejected
-from servecheck.checks.stats import StatTest
+from servecheck.checks.seeds import SeedDetails
+from servecheck.checks.stats import StatTest, holm_rejected
 from servecheck.checks.support import SupportDetails
 
 Case = Literal["quiet", "noisy", "small", "failed"]

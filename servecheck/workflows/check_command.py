@@ -1,5 +1,5 @@
 """The ``check`` command: a responses set checked (in chunks when it is large), the table, the
-files asked for, and the exit code."""
+files asked for, and the exit code (``servecheck.errors.EXIT_PASS`` … ``EXIT_INTERRUPTED``)."""
 
 from __future__ import annotations
 

@@ -32,13 +32,12 @@ from typing import Any
 
 from rich.console import Console
 
-from servecheck import __version__
 from servecheck.checks import check_modules
 from servecheck.checks.combine import combine, slim
 from servecheck.checks.conventions import ConventionFit
 from servecheck.checks.options import CheckOptions
 from servecheck.checks.results import CheckResult, overall
-from servecheck.errors import InputError
+from servecheck.errors import InputError, __version__
 from servecheck.formats.records import ResponseRecord
 from servecheck.formats.responses import MAX_RECORD_BYTES, latest, read_records
 from servecheck.formats.stream import StreamIndex, fingerprint, index, records

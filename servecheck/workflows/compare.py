@@ -234,7 +234,8 @@ def compare(responses: Path | list[ResponseRecord], reference: str = "builtin",
 def run_compare(responses: Path, reference: str, target: str | None, sample: int, seed: int,
                 html: Path | None, numerics: str, console: Console, progress: bool = True,
                 max_record_bytes: int = MAX_RECORD_BYTES) -> int:
-    """The ``compare`` command; 0 when every served output in the sample is plausible, else 1."""
+    """The ``compare`` command; 0 when every served output in the sample is plausible, else 1
+    (the exit codes: ``servecheck.errors``)."""
     truth_spec = target or f"hf:{reference}"
     pairs = compare(responses, reference, target, sample, seed, numerics, console, progress,
                     max_record_bytes)

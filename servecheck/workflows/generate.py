@@ -2,7 +2,8 @@
 
 The collector (``collect.collector``) does the work and survives interruptions; this is what a
 person reads afterwards: the counts, the target's notes once per run, the failures grouped by
-message, and the exit code (130 when interrupted: the same command resumes).
+message, and the exit code (``servecheck.errors.EXIT_PASS`` … ``EXIT_INTERRUPTED``: 1 when a
+request failed, 130 when interrupted; the same command resumes).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from servecheck.checks.context import CheckContext
 from servecheck.checks.options import CheckOptions
 from servecheck.checks.results import CheckResult, Details, Finding, NoDetails, Verdict
 from servecheck.checks.seeds import SeedDetails, group_test
+from servecheck.checks.template import first_difference
 from servecheck.collect.targets import Target, open_target
 from servecheck.errors import EXIT_FAIL, EXIT_PASS, InputError, TargetError
 from servecheck.formats.prompts import Request, expand
@@ -75,10 +76,6 @@ async def _send(target: Target, requests: list[Request], concurrency: int) -> li
     return list(await asyncio.gather(*(one(r) for r in requests)))
 
 
-def _first_difference(a: str, b: str) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-
-
 async def repeatability(target: Target, convs: list[Conversation], repeats: int,
                         max_tokens: int) -> CheckResult:
     base = probe_request("rep", convs[0], temperature=1.0, seed=1234, max_tokens=max_tokens)
@@ -92,7 +89,7 @@ async def repeatability(target: Target, convs: list[Conversation], repeats: int,
     busy = [a for a in answers if a.id and a.id.startswith("rep-busy")]
     reference = alone[0].output
     evidence = [f"{label} copy {k}: differs from the first at character "
-                f"{_first_difference(reference, r.output)}"
+                f"{first_difference(reference, r.output)}"
                 for label, group in (("sequential", alone), ("under traffic", busy))
                 for k, r in enumerate(group) if r.output != reference]
     n = len(alone) + len(busy)
@@ -135,8 +132,7 @@ async def batch_invariance(target: Target, ref: Reference, convs: list[Conversat
             if a.output == b.output:
                 continue
             ids_a, ids_b = ref.encode(a.output), ref.encode(b.output)
-            at = next((i for i, (x, y) in enumerate(zip(ids_a, ids_b, strict=False)) if x != y),
-                      min(len(ids_a), len(ids_b)))
+            at = first_difference(ids_a, ids_b)
             prompt = ref.encode(a.input or ref.render(a.conversations))
             diverged.append((level, a.id or "", at, ScoreItem(prompt, ids_b[: at + 1])))
     bugs, ties = [], []
@@ -204,7 +200,8 @@ def probe(spec: str, options: ProbeOptions | None = None, prompts: Path | None =
 
 def run_probe(spec: str, options: ProbeOptions, console: Console, prompts: Path | None = None,
               json_out: Path | None = None) -> int:
-    """The ``probe`` command: every probe against ``spec``, a table, the JSON, the exit code."""
+    """The ``probe`` command: every probe against ``spec``, a table, the JSON, the exit code
+    (``servecheck.errors``: 1 when a probe failed; a skipped probe does not change it)."""
     with console.status("probing the server…"):
         results = probe(spec, options, prompts)
     table = Table(title=f"servecheck probe: {markup(spec)}")

@@ -12,6 +12,7 @@ template renders tools, one that offers a function.
 from __future__ import annotations
 
 from servecheck.checks.results import CheckResult, Finding, NoDetails
+from servecheck.checks.template import first_difference
 from servecheck.collect.targets import open_target
 from servecheck.errors import TargetError
 from servecheck.formats.prompts import Request
@@ -50,8 +51,7 @@ def differences(unary: ResponseRecord, streamed: ResponseRecord) -> list[str]:
     if "\ufffd" in streamed.output and "\ufffd" not in unary.output:
         out.append("UTF-8 garbled in the stream: U+FFFD where the unary text has a character")
     if unary.output != streamed.output:
-        at = next((i for i, (a, b) in enumerate(zip(unary.output, streamed.output, strict=False))
-                   if a != b), min(len(unary.output), len(streamed.output)))
+        at = first_difference(unary.output, streamed.output)
         out.append(f"text differs from character {at}: unary {unary.output[at:at + 30]!r}, "
                    f"stream {streamed.output[at:at + 30]!r}")
     if _calls(unary) != _calls(streamed):

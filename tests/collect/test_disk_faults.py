@@ -21,7 +21,6 @@ import pytest
 from servecheck.formats.prompts import expand
 from servecheck.formats.records import ResponseRecord
 from servecheck.formats.responses import read_records
-from tests.collect.conftest import Counting
 
 
 class _Quota:
@@ -63,7 +62,7 @@ def _generate(run_cli, prompts: Path, out: Path) -> int:
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json"])
 def test_a_full_disk_stops_the_run_and_keeps_what_was_written(
-        suffix: str, tmp_path: Path, run_cli, counting: Counting,
+        suffix: str, tmp_path: Path, run_cli, counting,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     prompts, out = _prompts(tmp_path, 40), tmp_path / f"r{suffix}"
     first = expand(prompts)[0]
@@ -97,7 +96,7 @@ def test_a_full_disk_stops_the_run_and_keeps_what_was_written(
 
 
 def test_a_disk_full_before_the_first_record_leaves_no_file(
-        tmp_path: Path, run_cli, counting: Counting, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path, run_cli, counting, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     prompts, out = _prompts(tmp_path, 5), tmp_path / "r.json"
     real_open = Path.open
@@ -141,7 +140,7 @@ def _read_only(directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("existing", [False, True])
 def test_a_read_only_directory_is_refused_before_anything_is_sent(
-        existing: bool, tmp_path: Path, run_cli, counting: Counting,
+        existing: bool, tmp_path: Path, run_cli, counting,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     prompts, ro = _prompts(tmp_path, 5), tmp_path / "ro"
     ro.mkdir()
@@ -168,7 +167,7 @@ def test_a_read_only_directory_is_refused_before_anything_is_sent(
 
 
 def test_a_disk_full_at_compaction_leaves_the_file_whole(
-        tmp_path: Path, run_cli, counting: Counting, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path, run_cli, counting, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     """Every answer is in; only the rewrite without superseded errors finds no room: the file
     stays as it was (read the same), and no half-written copy is left beside it."""

@@ -14,7 +14,14 @@ import pytest
 
 from servecheck.formats.prompts import expand
 from servecheck.formats.records import Conversation, Message, ResponseRecord
-from servecheck.formats.responses import ResponseWriter, answered_ids, read_records
+from servecheck.formats.responses import ResponseWriter, read_records
+
+
+def _answered_ids(path: Path) -> set[str]:
+    """Ids that need no retry: records present and without error."""
+    if not path.exists() or not path.read_text(encoding="utf-8").strip():
+        return set()
+    return {r.id for r in read_records(path) if r.id and r.error is None}
 
 
 def _rec(i: int, error: str | None = None) -> ResponseRecord:
@@ -27,7 +34,8 @@ def _rec(i: int, error: str | None = None) -> ResponseRecord:
 def test_roundtrip_and_reopen(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"responses{suffix}"
     with ResponseWriter(path) as w:
-        w.write_all([_rec(0), _rec(1, error="boom")])
+        for r in (_rec(0), _rec(1, error="boom")):
+            w.write(r)
     if suffix == ".json":
         assert len(json.loads(path.read_text())) == 2  # a finished .json file is plain JSON
     with ResponseWriter(path) as w:  # a rerun appends; the retry replaces the error
@@ -46,7 +54,7 @@ def test_torn_last_line_is_dropped_then_appended_after(tmp_path: Path) -> None:
     w._fh.write(',{"schema_version": 1, "id": "r1", "conv')  # killed mid-write, no "]"
     w._fh.flush()
     assert [r.id for r in read_records(path)] == ["r0"]
-    assert answered_ids(path) == {"r0"}
+    assert _answered_ids(path) == {"r0"}
     with ResponseWriter(path) as w2:
         w2.write(_rec(1))
     assert [r.id for r in read_records(path)] == ["r0", "r1"]
