@@ -15,6 +15,7 @@ log-probs than ids) reject what no field check caught, and are named the same wa
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -92,11 +93,15 @@ class Reader:
             raise self.broken(field, f"is {shown(value)}, not a log-probability (≤ 0)")
         return x
 
-    def logprobs(self, value: Any, field: str, optional: bool = False) -> list[float] | None:
+    def _each(self, read: Callable[[Any, str], Any], value: Any, field: str,
+              optional: bool) -> list[Any] | None:
+        """A JSON array read element by element with ``read``, each named by its index."""
         if self._optional(value, optional):
             return None
-        return [self.logprob(x, f"{field}[{k}]")
-                for k, x in enumerate(self.items(value, field))]  # type: ignore[misc]
+        return [read(x, f"{field}[{k}]") for k, x in enumerate(self.items(value, field))]
+
+    def logprobs(self, value: Any, field: str, optional: bool = False) -> list[float] | None:
+        return self._each(self.logprob, value, field, optional)
 
     def integer(self, value: Any, field: str, optional: bool = False) -> int | None:
         if self._optional(value, optional):
@@ -106,16 +111,10 @@ class Reader:
         return value
 
     def numbers(self, value: Any, field: str, optional: bool = False) -> list[float] | None:
-        if self._optional(value, optional):
-            return None
-        return [self.number(x, f"{field}[{k}]")
-                for k, x in enumerate(self.items(value, field))]  # type: ignore[misc]
+        return self._each(self.number, value, field, optional)
 
     def integers(self, value: Any, field: str, optional: bool = False) -> list[int] | None:
-        if self._optional(value, optional):
-            return None
-        return [self.integer(x, f"{field}[{k}]")
-                for k, x in enumerate(self.items(value, field))]  # type: ignore[misc]
+        return self._each(self.integer, value, field, optional)
 
     def texts(self, value: Any, field: str) -> list[str]:
         """Strings, or UTF-8 bytes (a gRPC ``BYTES`` tensor)."""
