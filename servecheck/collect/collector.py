@@ -120,7 +120,7 @@ def _broken_answer(e: Exception, target: Target) -> str:
     said = " ".join(str(e).split())
     return redact(f"the server's answer broke the interface: {type(e).__name__}: "
                   f"{said[:300]}{'…' if len(said) > 300 else ''}",
-                  getattr(target, "secrets", ()))
+                  target.secrets)
 
 
 FLUSH_EVERY_S = 0.05
