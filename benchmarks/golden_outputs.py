@@ -9,8 +9,11 @@ Each set is made in this process: ``servecheck generate`` of a fixed prompts fil
 against an in-process target (``hf:builtin``, or ``hf:builtin?fault=NAME``), then
 ``servecheck.cli.main(["check", ...])`` with ``--json`` and ``--junit``, its stdout and stderr
 captured (no terminal: rich writes plain text, 100 columns, no colour). Per set NAME the folder
-gets ``NAME.json``, ``NAME.xml`` and ``NAME.txt`` (the exit code, then stdout, then stderr).
-The responses files themselves are not kept: the snapshot holds only what the report writes.
+gets ``NAME.json``, ``NAME.xml`` and ``NAME.txt`` (the exit code, then stdout, then stderr), and
+the responses file the check read, ``NAME.responses.jsonl``: ``--compare`` checks those stored
+responses again rather than generating new ones, because the in-process server's batched
+log-probs move in their last float bits with which requests it happened to batch together, and
+the snapshot guards the checks and the report, not the server.
 
 What is normalized, and why (nothing else is touched):
 
@@ -91,14 +94,20 @@ def _cli(*args: str | Path) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def make_set(name: str, work: Path, out: Path) -> None:
-    """Generates set ``name`` in ``work`` and writes its three normalized outputs to ``out``."""
+def make_set(name: str, work: Path, out: Path, stored: Path | None = None) -> None:
+    """Checks set ``name`` in ``work`` and writes its three normalized outputs to ``out``: the
+    responses stored in ``stored`` when given, else freshly generated (and stored in ``out``)."""
     target, prompts = SETS[name]
-    (work / f"{name}-prompts.json").write_text(json.dumps(prompts))
-    code, _, err = _cli("generate", f"{name}-prompts.json", "--target", target,
-                        "--out", f"{name}.jsonl", "--no-progress")
-    if code != 0:
-        raise SystemExit(f"generate {name} failed ({code}): {err}")
+    responses = f"{name}.responses.jsonl"
+    if stored is not None:
+        (work / f"{name}.jsonl").write_bytes((stored / responses).read_bytes())
+    else:
+        (work / f"{name}-prompts.json").write_text(json.dumps(prompts))
+        code, _, err = _cli("generate", f"{name}-prompts.json", "--target", target,
+                            "--out", f"{name}.jsonl", "--no-progress")
+        if code != 0:
+            raise SystemExit(f"generate {name} failed ({code}): {err}")
+        (out / responses).write_bytes((work / f"{name}.jsonl").read_bytes())
     code, stdout, stderr = _cli("check", f"{name}.jsonl", "--reference", "builtin",
                                 "--no-progress", "--json", f"{name}.json",
                                 "--junit", f"{name}.xml")
@@ -108,8 +117,9 @@ def make_set(name: str, work: Path, out: Path) -> None:
         (out / f"{name}{suffix}").write_text(_normalize(text, work))
 
 
-def make_all(out: Path, names: list[str] | None = None) -> None:
-    """Every set (or ``names``) into ``out``, each generated and checked in a temporary folder."""
+def make_all(out: Path, names: list[str] | None = None, stored: Path | None = None) -> None:
+    """Every set (or ``names``) into ``out``, each generated (or taken from ``stored``) and
+    checked in a temporary folder."""
     _stable_env()
     state = tempfile.TemporaryDirectory(prefix="golden-state-")
     os.environ.setdefault("SERVECHECK_STATE", state.name)
@@ -122,7 +132,7 @@ def make_all(out: Path, names: list[str] | None = None) -> None:
             os.chdir(tmp)
             try:
                 start = time.monotonic()
-                make_set(name, Path(tmp), out)
+                make_set(name, Path(tmp), out, stored)
                 print(f"{name}: {time.monotonic() - start:.0f} s", file=sys.stderr)
             finally:
                 os.chdir(here)
@@ -162,7 +172,8 @@ def main_(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--out", type=Path, help="write the outputs here (the snapshot)")
-    g.add_argument("--compare", type=Path, help="make fresh outputs and diff them with this folder")
+    g.add_argument("--compare", type=Path,
+                   help="check this folder's stored responses again and diff the outputs")
     p.add_argument("-k", action="append", dest="names", choices=list(SETS),
                    help="only this set (repeatable)")
     a = p.parse_args(argv)
@@ -172,14 +183,13 @@ def main_(argv: list[str] | None = None) -> int:
         print(f"written {a.out} in {time.monotonic() - start:.0f} s", file=sys.stderr)
         return 0
     with tempfile.TemporaryDirectory(prefix="golden-fresh-") as fresh:
-        make_all(Path(fresh), a.names)
-        expected = a.compare
-        if a.names:  # only the sets made
-            keep = {f"{n}{s}" for n in a.names for s in (".json", ".xml", ".txt")}
-            expected = Path(tempfile.mkdtemp(prefix="golden-expected-"))
-            for f in a.compare.iterdir():
-                if f.name in keep:
-                    (expected / f.name).write_bytes(f.read_bytes())
+        make_all(Path(fresh), a.names, stored=a.compare.resolve())
+        made = a.names or list(SETS)
+        keep = {f"{n}{s}" for n in made for s in (".json", ".xml", ".txt")} | {"machine.json"}
+        expected = Path(tempfile.mkdtemp(prefix="golden-expected-"))
+        for f in a.compare.iterdir():  # the outputs, not the stored responses
+            if f.name in keep:
+                (expected / f.name).write_bytes(f.read_bytes())
         diff = first_difference(expected, Path(fresh))
     print(f"compared in {time.monotonic() - start:.0f} s", file=sys.stderr)
     if diff:
