@@ -74,11 +74,12 @@ from pathlib import Path
 t0 = time.perf_counter()
 try:  # the stage packages
     from servecheck.checks import run_checks
-    from servecheck.checks.context import CheckContext
+    from servecheck.checks.core.context import CheckContext
     from servecheck.formats.responses import read_records
     from servecheck.reference.model import Reference
 except ImportError:  # the flat layout before them
-    from servecheck.checks import CheckContext, run_checks
+    from servecheck.checks import run_checks
+    from servecheck.checks.core.context import CheckContext
     from servecheck.reference import Reference
     from servecheck.responses import read_records
 out = {"import_s": time.perf_counter() - t0}

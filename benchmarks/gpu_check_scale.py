@@ -40,8 +40,8 @@ def one(records: list, ref, out_dir: Path, device: str) -> dict:
     from rich.console import Console
 
     from servecheck.checks import run_checks
-    from servecheck.checks.context import CheckContext
-    from servecheck.checks.options import CheckOptions
+    from servecheck.checks.core.context import CheckContext
+    from servecheck.checks.core.options import CheckOptions
     from servecheck.report.outputs import write_outputs
     from servecheck.workflows.check import teacher_force
 

@@ -120,7 +120,7 @@ def verdicts(ctx: CheckContext) -> dict:
 
 def group_stats(ctx: CheckContext) -> dict[str, dict[str, float]]:
     """Per sampled group: mean log q per informative token, the PIT mean, the temperature fit."""
-    from servecheck.checks.stats import temperature_fit
+    from servecheck.checks.core.stats import temperature_fit
     from servecheck.reference.scoring import TEMPERATURE_FACTORS
 
     out = {}

@@ -46,12 +46,12 @@ _EXPORTS: dict[str, str] = {
     "TokenScores": "servecheck.reference.scoring",
     "score": "servecheck.reference.scoring",
     # checks
-    "CheckOptions": "servecheck.checks.options",
-    "NUMERICS": "servecheck.checks.options",
-    "CheckContext": "servecheck.checks.context",
-    "CheckResult": "servecheck.checks.results",
-    "Details": "servecheck.checks.results",
-    "Finding": "servecheck.checks.results",
+    "CheckOptions": "servecheck.checks.core.options",
+    "NUMERICS": "servecheck.checks.core.options",
+    "CheckContext": "servecheck.checks.core.context",
+    "CheckResult": "servecheck.checks.core.results",
+    "Details": "servecheck.checks.core.results",
+    "Finding": "servecheck.checks.core.results",
     "run_checks": "servecheck.checks",
     # workflows: the commands, as functions
     "check": "servecheck.workflows.check",
@@ -117,9 +117,9 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
     from servecheck.checks import run_checks
-    from servecheck.checks.context import CheckContext
-    from servecheck.checks.options import NUMERICS, CheckOptions
-    from servecheck.checks.results import CheckResult, Details, Finding
+    from servecheck.checks.core.context import CheckContext
+    from servecheck.checks.core.options import NUMERICS, CheckOptions
+    from servecheck.checks.core.results import CheckResult, Details, Finding
     from servecheck.collect.collector import collect
     from servecheck.collect.targets import Target, open_target
     from servecheck.errors import InputError, TargetError

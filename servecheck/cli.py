@@ -40,7 +40,7 @@ def cmd_generate(a: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_check(a: argparse.Namespace, console: Console) -> int:
-    from servecheck.checks.options import CheckOptions, given_convention
+    from servecheck.checks.core.options import CheckOptions, given_convention
     from servecheck.workflows.check import Outputs
     from servecheck.workflows.check_command import run_check
     from servecheck.workflows.chunked import Chunking

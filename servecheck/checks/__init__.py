@@ -13,9 +13,9 @@ from collections.abc import Callable
 from functools import cache
 from types import ModuleType
 
-from servecheck.checks.attribution import attribute
-from servecheck.checks.context import CheckContext
-from servecheck.checks.results import CheckResult
+from servecheck.checks.core.attribution import attribute
+from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.results import CheckResult
 
 
 @cache

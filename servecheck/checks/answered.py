@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from servecheck.checks.context import CheckContext, label
-from servecheck.checks.results import CheckResult, Details, Finding
+from servecheck.checks.core.context import CheckContext, label
+from servecheck.checks.core.results import CheckResult, Details, Finding
 
 ORDER = 10
 

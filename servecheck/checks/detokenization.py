@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from servecheck.checks.context import CheckContext
-from servecheck.checks.results import CheckResult, Details, Finding
+from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.checks.template import first_difference, show
 
 SCREENS = True

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from servecheck.checks.context import CheckContext
-from servecheck.checks.results import Case, CheckResult, Details, Finding
-from servecheck.checks.shared_seeds import distinct_draws, seed_design
-from servecheck.checks.stats import (
+from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.results import Case, CheckResult, Details, Finding
+from servecheck.checks.core.shared_seeds import distinct_draws, seed_design
+from servecheck.checks.core.stats import (
     StatTest,
     TemperatureFit,
     holm,
@@ -73,7 +73,7 @@ class GroupedDetails(Details):
     convention: dict[str, Any]
     token_sources: list[str]
     seed_design: dict[str, Any] = field(default_factory=dict)
-    """``checks.shared_seeds.SeedDesign.to_json``: whether seeds are shared and at what cost."""
+    """``checks.core.shared_seeds.SeedDesign.to_json``: whether seeds are shared and at what cost."""
 
     def to_json(self) -> dict[str, Any]:
         return {**super().to_json(), "skipped_groups": [str(g) for g in self.skipped_groups]}

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from servecheck.checks.context import CheckContext
-from servecheck.checks.greedy_causes import explain, requested_gaps
-from servecheck.checks.results import CheckResult, Details, Finding
+from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.greedy_causes import explain, requested_gaps
+from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.reference.scoring import TokenScores
 
 ORDER = 50

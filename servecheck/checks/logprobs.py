@@ -5,7 +5,7 @@ log-prob after the penalties but before the temperature (CTranslate2, ONNX Runti
 logits), or the log-prob after temperature and truncation. Each is computed and the closest one
 is named as the server's convention; the verdict uses that one, against the numerics
 tolerance. Whether the end token has a served log-prob at all is the server's convention too
-(``checks.end_counting``).
+(``checks.core.end_counting``).
 
 The served log-probs are also evidence of what the server really conditioned on, even when it
 reports no prompt ids (TensorRT-LLM does not): the worst-fitting records are rescored under known
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from servecheck.checks.context import CheckContext
-from servecheck.checks.results import CheckResult, Details, Finding
+from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.reference.sampling import Sampling
 from servecheck.reference.scoring import ScoreItem, TokenScores
 

@@ -33,11 +33,11 @@ from typing import Literal
 import numpy as np
 from scipy import stats as st
 
-from servecheck.checks.context import CheckContext
+from servecheck.checks.core.context import CheckContext
 from servecheck.checks.distribution import informative
 from servecheck.checks.greedy import greedy_positions
-from servecheck.checks.greedy_causes import requested_gaps
-from servecheck.checks.results import CheckResult, Details, Finding
+from servecheck.checks.core.greedy_causes import requested_gaps
+from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.checks.support import violations
 from servecheck.reference.scoring import TokenScores
 

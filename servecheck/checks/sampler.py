@@ -4,7 +4,7 @@ The original notes answered "which setting is off" by printing SamplingConfig in
 This check answers it from the tokens: every alternative a deployment ships by mistake (a min_p
 or top_k default, a nucleus nobody asked for, a temperature scaled or shifted, a presence,
 frequency or repetition penalty applied server-side) is tested against the request on the tokens
-of every group it would act on alike (``checks.alternatives``). All tests form one Holm family at
+of every group it would act on alike (``checks.core.alternatives``). All tests form one Holm family at
 α; a test fails only beyond its practical floor. A failure names the alternative that explains
 the tokens best, in the setting's own words ("served as if min_p ≈ 0.05 were on"), and every
 verdict says what these records could have caught with 95% power.
@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from servecheck.checks import alternatives as alt
-from servecheck.checks.context import CheckContext
+from servecheck.checks.core import alternatives as alt
+from servecheck.checks.core.context import CheckContext
 from servecheck.checks.distribution import informative, sampled_groups, stat_test_json
-from servecheck.checks.results import CheckResult, Details, Finding
-from servecheck.checks.shared_seeds import SeedDesign, seed_design
-from servecheck.checks.stats import StatTest, holm
+from servecheck.checks.core.results import CheckResult, Details, Finding
+from servecheck.checks.core.shared_seeds import SeedDesign, seed_design
+from servecheck.checks.core.stats import StatTest, holm
 from servecheck.checks.support import violations
 from servecheck.reference.scoring import TEMPERATURE_FACTORS, TokenScores
 from servecheck.reference.tails import K_GRID, MIN_P_GRID, TOP_P_GRID

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from servecheck.checks.context import CheckContext
-from servecheck.checks.results import CheckResult, Details, Finding
-from servecheck.checks.stats import holm_rejected
+from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.results import CheckResult, Details, Finding
+from servecheck.checks.core.stats import holm_rejected
 from servecheck.formats.records import ResponseRecord
 
 ORDER = 90

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from servecheck.checks.context import CheckContext
-from servecheck.checks.options import Numerics
-from servecheck.checks.results import CheckResult, Details, Finding
+from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.options import Numerics
+from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.reference.sampling import RULES
 from servecheck.reference.scoring import TokenScores
 

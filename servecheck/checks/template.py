@@ -12,8 +12,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from servecheck.checks.context import CheckContext
-from servecheck.checks.results import CheckResult, Details, Finding
+from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.formats.records import Conversation
 from servecheck.reference.model import Reference
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from servecheck.checks.context import CheckContext
-from servecheck.checks.results import CheckResult, Details, Finding
+from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.checks.stops import ended_on_stop
 from servecheck.checks.template import show
 from servecheck.formats.records import END_MARKER_UNKNOWN, ResponseRecord

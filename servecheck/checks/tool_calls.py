@@ -20,8 +20,8 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
-from servecheck.checks.context import CheckContext
-from servecheck.checks.results import CheckResult, Details, Finding
+from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.formats.records import ResponseRecord
 from servecheck.formats.tools import ToolCall, schema_of
 from servecheck.reference.markup import Markup, RawCall, markup_of

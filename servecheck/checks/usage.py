@@ -2,7 +2,7 @@
 
 ``prompt_tokens`` must be the length of the prompt the server conditioned on, and
 ``completion_tokens`` the number of tokens it generated: the end token included or not, as the
-server's convention is (``checks.end_counting``), and up to the tokens of the stop string more
+server's convention is (``checks.core.end_counting``), and up to the tokens of the stop string more
 for an output cut at one, which engines generate and then cut. With the server's own token ids
 the counts are exact, record by record. Text-only records know their tokens only as the
 reference's tokenization of the text, which a sampler may have split otherwise, so there a
@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from servecheck.checks.context import CheckContext
-from servecheck.checks.results import CheckResult, Details, Finding
+from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.checks.stops import ended_on_stop
 from servecheck.reference.markup import markup_of
 

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from servecheck.checks.results import CheckResult
+from servecheck.checks.core.results import CheckResult
 from servecheck.report.files import replacing
 
 MAX_FINDINGS = 20

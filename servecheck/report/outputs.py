@@ -12,8 +12,8 @@ from typing import Any
 
 from rich.console import Console
 
-from servecheck.checks.context import CheckContext
-from servecheck.checks.results import CheckResult
+from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.results import CheckResult
 from servecheck.report.terminal import markup
 
 

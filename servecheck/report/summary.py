@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from servecheck.checks.results import CheckResult, overall
+from servecheck.checks.core.results import CheckResult, overall
 from servecheck.formats.records import SCHEMA_VERSION
 from servecheck.report.files import write_text
 

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from servecheck.checks.results import CheckResult, overall
+from servecheck.checks.core.results import CheckResult, overall
 from servecheck.report.terminal import markup, visible
 
 STYLE = {"pass": "bold green", "fail": "bold red", "inconclusive": "bold yellow",

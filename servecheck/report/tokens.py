@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from servecheck.checks.context import CheckContext
+from servecheck.checks.core.context import CheckContext
 from servecheck.reference.scoring import TokenScores
 from servecheck.reference.tokenization import TokenSource
 from servecheck.report.terminal import hidden

@@ -1,7 +1,7 @@
 """Why a verdict is what it is, in plain words, from the details' typed fields.
 
 A reader who sees "relative error -0.250 (floor 0.1)" beside PASS cannot guess the rule that
-made it pass. The rule (``checks.stats.StatTest.failed``): a statistical test fails only when
+made it pass. The rule (``checks.core.stats.StatTest.failed``): a statistical test fails only when
 Holm's step-down over the run's whole family of tests rejects it at α *and* the size of its
 effect is at least its practical floor. So a PASS next to an effect has one of three reasons,
 and each needs different words:
@@ -25,9 +25,9 @@ from typing import Any, Literal
 from servecheck.checks.distribution import GroupedDetails
 from servecheck.checks.greedy import GreedyDetails
 from servecheck.checks.logprobs import LogprobsDetails
-from servecheck.checks.results import CheckResult
+from servecheck.checks.core.results import CheckResult
 from servecheck.checks.seeds import SeedDetails
-from servecheck.checks.stats import StatTest, holm_rejected
+from servecheck.checks.core.stats import StatTest, holm_rejected
 from servecheck.checks.support import SupportDetails
 
 Case = Literal["quiet", "noisy", "small", "failed"]

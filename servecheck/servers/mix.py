@@ -5,7 +5,7 @@ and without a system prompt, single turns and conversations, from the example pr
 request is its own block, so each has its own seed: an engine that seeds a fresh generator per
 request (llama.cpp, ONNX Runtime GenAI) shares its draws across every request sent one seed,
 and a matrix crossing one seed list with every prompt tests far fewer independent draws than it
-has records (``checks.shared_seeds`` says how many). Seeds stay below 2³¹, ONNX Runtime GenAI's
+has records (``checks.core.shared_seeds`` says how many). Seeds stay below 2³¹, ONNX Runtime GenAI's
 bound.
 
 Two spellings of the same settings: ``neutral`` spells every one out (min_p 0, a repetition

@@ -16,10 +16,10 @@ from pathlib import Path
 from rich.console import Console
 
 from servecheck.checks import run_checks, screen
-from servecheck.checks.context import CheckContext, Scorer
-from servecheck.checks.conventions import ConventionFit, find_convention
-from servecheck.checks.options import CheckOptions
-from servecheck.checks.results import CheckResult, Verdict, overall
+from servecheck.checks.core.context import CheckContext, Scorer
+from servecheck.checks.core.conventions import ConventionFit, find_convention
+from servecheck.checks.core.options import CheckOptions
+from servecheck.checks.core.results import CheckResult, Verdict, overall
 from servecheck.errors import InputError
 from servecheck.formats.records import ResponseRecord
 from servecheck.formats.responses import MAX_RECORD_BYTES, read_records

@@ -8,8 +8,8 @@ from typing import Any
 
 from rich.console import Console
 
-from servecheck.checks.options import CheckOptions
-from servecheck.checks.results import Verdict
+from servecheck.checks.core.options import CheckOptions
+from servecheck.checks.core.results import Verdict
 from servecheck.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS
 from servecheck.formats.responses import MAX_RECORD_BYTES
 from servecheck.workflows.check import CheckRun, Outputs

@@ -3,7 +3,7 @@
 A day of gateway logs does not fit one process's memory once scored (each output token carries
 some hundred statistics). So the set is streamed (``formats.stream``): a first pass validates
 every record, then chunks of at most ``records_per_chunk`` records and ``tokens_per_chunk``
-tokens are checked one after another, each as a run of its own at ``α / k`` (``checks.combine``
+tokens are checked one after another, each as a run of its own at ``α / k`` (``checks.core.combine``
 merges the verdicts), and freed. Each
 chunk's verdicts are saved as it finishes, keyed by a digest of its records and the options, so
 a check stopped by Ctrl-C, a lost machine or a crash resumes at the first chunk not yet saved,
@@ -33,10 +33,10 @@ from typing import Any
 from rich.console import Console
 
 from servecheck.checks import check_modules
-from servecheck.checks.combine import combine, slim
-from servecheck.checks.conventions import ConventionFit
-from servecheck.checks.options import CheckOptions
-from servecheck.checks.results import CheckResult, overall
+from servecheck.checks.core.combine import combine, slim
+from servecheck.checks.core.conventions import ConventionFit
+from servecheck.checks.core.options import CheckOptions
+from servecheck.checks.core.results import CheckResult, overall
 from servecheck.errors import InputError, __version__
 from servecheck.formats.records import ResponseRecord
 from servecheck.formats.responses import MAX_RECORD_BYTES, latest, read_records

@@ -23,10 +23,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from servecheck.checks.context import CheckContext, label
-from servecheck.checks.options import CheckOptions
+from servecheck.checks.core.context import CheckContext, label
+from servecheck.checks.core.options import CheckOptions
 from servecheck.checks.plausibility import EXPLANATION, judge, word
-from servecheck.checks.results import CheckResult
+from servecheck.checks.core.results import CheckResult
 from servecheck.checks.template import check_template
 from servecheck.checks.termination import check_termination
 from servecheck.collect.targets import Target, open_target

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from servecheck.checks.options import CheckOptions
+from servecheck.checks.core.options import CheckOptions
 from servecheck.collect.collector import collect
 from servecheck.errors import EXIT_FAIL, EXIT_PASS
 from servecheck.report.files import cannot_write

@@ -8,7 +8,7 @@ checked as usual. The sampler check's evidence grows with the records in a known
 plan scales it:
 
 - a truncation (min_p, top_k, top_p) is caught once the tokens a correct sampler puts where it
-  cuts, λ, pass ln(m/α)·deff (the Poisson tail count of ``checks.alternatives``), and λ grows
+  cuts, λ, pass ln(m/α)·deff (the Poisson tail count of ``checks.core.alternatives``), and λ grows
   linearly with the records;
 - a penalty or a temperature error is caught once its size passes z/√information (floored), and
   the information grows linearly too, so the size it can catch falls as 1/√records.
@@ -72,7 +72,7 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_plan(a: argparse.Namespace, console: Console) -> int:
-    from servecheck.checks.options import CheckOptions
+    from servecheck.checks.core.options import CheckOptions
     from servecheck.workflows.check import check
 
     run = check(a.responses, CheckOptions(reference=a.reference, alpha=a.alpha), console,
@@ -94,7 +94,7 @@ def cmd_plan(a: argparse.Namespace, console: Console) -> int:
 
 def plan(d: SamplerDetails, pilot: int, sizes: dict[str, float]) -> list[PlanRow]:
     """One row per fault: the requests of the pilot's mix that catch it."""
-    from servecheck.checks.alternatives import PENALTY_FLOORS, TEMPERATURE_FLOOR, detection_z
+    from servecheck.checks.core.alternatives import PENALTY_FLOORS, TEMPERATURE_FLOOR, detection_z
 
     m, deff = len(d.alternatives), d.design.deff
     need_lam = math.log(max(1, m) / d.alpha) * deff

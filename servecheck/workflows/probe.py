@@ -27,9 +27,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from servecheck.checks.context import CheckContext
-from servecheck.checks.options import CheckOptions
-from servecheck.checks.results import CheckResult, Details, Finding, NoDetails, Verdict
+from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.options import CheckOptions
+from servecheck.checks.core.results import CheckResult, Details, Finding, NoDetails, Verdict
 from servecheck.checks.seeds import SeedDetails, group_test
 from servecheck.checks.template import first_difference
 from servecheck.collect.targets import Target, open_target

@@ -11,7 +11,7 @@ template renders tools, one that offers a function.
 
 from __future__ import annotations
 
-from servecheck.checks.results import CheckResult, Finding, NoDetails
+from servecheck.checks.core.results import CheckResult, Finding, NoDetails
 from servecheck.checks.template import first_difference
 from servecheck.collect.targets import open_target
 from servecheck.errors import TargetError

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from servecheck.checks.conventions import MARGIN_NATS, candidates
+from servecheck.checks.core.conventions import MARGIN_NATS, candidates
 from servecheck.collect.targets.hf import HFTarget
 from servecheck.formats.prompts import Request, request_id
 from servecheck.formats.records import Conversation, Message, Parameters

@@ -120,7 +120,7 @@ def test_an_ignored_seed_makes_copies_one_draw(tmp_path: Path, run_cli, verdicts
     """Six seeds per request, all ignored: the six identical texts are one draw to the pooled
     checks, and every record is taken to read one random stream."""
     from servecheck.checks.distribution import sampled_groups
-    from servecheck.checks.shared_seeds import seed_design
+    from servecheck.checks.core.shared_seeds import seed_design
 
     prompts = tmp_path / "p.json"
     prompts.write_text(json.dumps({"prompt": ["What does the cat say?", "Name a color.",

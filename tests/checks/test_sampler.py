@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from servecheck.checks import alternatives as alt
-from servecheck.checks.shared_seeds import seed_design
+from servecheck.checks.core import alternatives as alt
+from servecheck.checks.core.shared_seeds import seed_design
 from servecheck.collect.targets.hf import HFTarget
 from servecheck.formats.prompts import Request, request_id
 from servecheck.formats.records import Conversation, Message, Parameters

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from servecheck.checks.stats import StatTest, holm, temperature_fit
+from servecheck.checks.core.stats import StatTest, holm, temperature_fit
 from servecheck.reference.scoring import TEMPERATURE_FACTORS
 
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from servecheck.checks import run_checks
-from servecheck.checks.context import CheckContext
-from servecheck.checks.options import CheckOptions
+from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.options import CheckOptions
 from servecheck.collect.targets.hf import HFTarget
 from servecheck.formats.prompts import Request, request_id
 from servecheck.formats.records import Conversation, Message, Parameters, ResponseRecord

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from servecheck.checks.results import CheckResult, Finding, NoDetails
+from servecheck.checks.core.results import CheckResult, Finding, NoDetails
 from servecheck.errors import InputError
 from servecheck.report import files
 from servecheck.report.junit import write_junit

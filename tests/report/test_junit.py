@@ -16,8 +16,8 @@ from servecheck.checks.distribution import (
     SkippedGroup,
     TemperatureDetails,
 )
-from servecheck.checks.results import CheckResult, Finding
-from servecheck.checks.stats import StatTest, TemperatureFit
+from servecheck.checks.core.results import CheckResult, Finding
+from servecheck.checks.core.stats import StatTest, TemperatureFit
 from servecheck.reference.sampling import Sampling
 from servecheck.report.junit import write_junit
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from servecheck.checks.results import CheckResult, Finding, NoDetails
+from servecheck.checks.core.results import CheckResult, Finding, NoDetails
 from servecheck.formats.responses import read_records
 from servecheck.report.table import print_table
 from servecheck.report.terminal import markup, visible

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from servecheck.checks.combine import combine
-from servecheck.checks.results import CheckResult
+from servecheck.checks.core.combine import combine
+from servecheck.checks.core.results import CheckResult
 from servecheck.collect.collector import collect
 from servecheck.formats.responses import read_records
 

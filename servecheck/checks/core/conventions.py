@@ -34,7 +34,7 @@ from servecheck.reference.sampling import HF, LLAMA_CPP, Convention
 from servecheck.reference.tokenization import TokenSource
 
 if TYPE_CHECKING:
-    from servecheck.checks.context import CheckContext
+    from servecheck.checks.core.context import CheckContext
 
 MARGIN_NATS = 10.0
 VIOLATION_NATS = 1000.0

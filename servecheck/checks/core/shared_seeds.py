@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from servecheck.checks.context import CheckContext
+from servecheck.checks.core.context import CheckContext
 from servecheck.checks.seeds import seed_tests
 from servecheck.reference.scoring import TokenScores
 

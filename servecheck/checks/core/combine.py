@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from servecheck.checks.results import Case, CheckResult, Details, Verdict
-from servecheck.checks.stats import StatTest
+from servecheck.checks.core.results import Case, CheckResult, Details, Verdict
+from servecheck.checks.core.stats import StatTest
 
 KEEP_FINDINGS = 100
 """Findings kept per check and chunk, worst first (the count of all is kept beside them)."""

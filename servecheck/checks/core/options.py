@@ -64,7 +64,7 @@ class CheckOptions:
     corrects within itself by Holm, so the shares add up to at most α."""
     convention: Convention | None = None
     """Where engines differ in the order and edges of sampling; None: found from the records
-    (``checks.conventions``)."""
+    (``checks.core.conventions``)."""
     device: str | None = None
     """Where the reference scores: None picks cuda when there is one, else cpu."""
     dtype: str = "float32"
@@ -99,7 +99,7 @@ class CheckOptions:
 
     def describe(self) -> dict[str, object]:
         """What the JSON summary, JUnit and the report record about the run (the convention
-        scored under comes with the run: ``checks.conventions.ConventionFit``)."""
+        scored under comes with the run: ``checks.core.conventions.ConventionFit``)."""
         return {"reference": self.reference, "numerics": self.numerics, "alpha": self.alpha}
 
 

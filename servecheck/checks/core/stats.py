@@ -78,7 +78,7 @@ def holm_rejected(p_values: list[float], alpha: float) -> list[bool]:
 
 def pit_ks(pit: np.ndarray, group: str, floor: float, deff: float = 1.0) -> StatTest:
     """Kolmogorov–Smirnov distance of the PIT values from U(0, 1); with a design effect
-    (``checks.shared_seeds``) the p-value is that of n/deff independent values."""
+    (``checks.core.shared_seeds``) the p-value is that of n/deff independent values."""
     r = st.kstest(pit, "uniform")
     p = float(r.pvalue) if deff <= 1 else float(st.kstwo.sf(r.statistic,
                                                             max(1, int(len(pit) / deff))))

@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Any, Protocol
 
-from servecheck.checks.end_counting import EndCounting, find_end_counting
-from servecheck.checks.options import CheckOptions, Numerics
-from servecheck.checks.token_search import TokenSearch
+from servecheck.checks.core.end_counting import EndCounting, find_end_counting
+from servecheck.checks.core.options import CheckOptions, Numerics
+from servecheck.checks.core.token_search import TokenSearch
 from servecheck.errors import InputError
 from servecheck.formats.records import ResponseRecord
 from servecheck.reference.model import Reference
@@ -59,7 +59,7 @@ class CheckContext:
         self.ref = ref
         self.convention: Convention = self.options.convention or HF
         """The sampling convention every score is made under; where the options leave it
-        unset, ``check`` puts the one the records show (``checks.conventions``) before
+        unset, ``check`` puts the one the records show (``checks.core.conventions``) before
         anything is scored."""
         self.undecided: list[Convention] = []
         """Other orders the records could not rule out (``ConventionFit.undecided``), put with
@@ -146,7 +146,7 @@ class CheckContext:
     @cached_property
     def end_counting(self) -> EndCounting:
         """Whether the server counts the end token in usage and gives it a log-prob
-        (``checks.end_counting``), found from the records."""
+        (``checks.core.end_counting``), found from the records."""
         return find_end_counting(self.records, self.ref)
 
     def served_count(self, i: int) -> int | None:
@@ -222,7 +222,7 @@ class CheckContext:
 
     def _search_tokens(self, idx: list[int]) -> None:
         """Text-only records: the canonical tokens replaced by the most plausible tokenization
-        (``checks.token_search``), rescoring only the records with a proposal."""
+        (``checks.core.token_search``), rescoring only the records with a proposal."""
         self.departures.update(TokenSearch(self).run(idx))
 
     def prefetch(self, advance: Callable[..., None] | None = None,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from servecheck.checks.context import CheckContext
+from servecheck.checks.core.context import CheckContext
 from servecheck.reference.sampling import Sampling
 from servecheck.reference.scoring import ScoreItem
 

@@ -16,7 +16,7 @@ setting's estimate, and what the tokens could have detected.
 - **Temperature** pooled over groups as a scale (T = c·requested, every group's profile summed)
   and as an offset (T = requested + b, each group's profile read at its own factor).
 
-Every test counts tokens at 1/deff (``checks.shared_seeds``).
+Every test counts tokens at 1/deff (``checks.core.shared_seeds``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 from scipy import special
 from scipy import stats as st
 
-from servecheck.checks.stats import StatTest, temperature_fit, temperature_profile
+from servecheck.checks.core.stats import StatTest, temperature_fit, temperature_profile
 
 DEFICIT_FLOOR = 0.5
 """A truncation fails only when at least half the tokens it would cut are missing."""

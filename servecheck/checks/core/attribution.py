@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from servecheck.checks.results import CheckResult
+from servecheck.checks.core.results import CheckResult
 
 EXPLAINED_BY_SAMPLER = ("fit", "temperature")
 

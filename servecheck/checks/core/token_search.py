@@ -5,7 +5,7 @@ it over a whole check: every record's proposals of a round go to the scorer as o
 (``CheckContext.score_items``, so under torchrun the ranks share them too), and only records
 whose last proposal was kept take part in the next round. It reads and writes the
 ``CheckContext``'s token and score caches, through ``SearchContext``: what it needs of the
-context, declared here so that this module need not import ``checks.context``, which imports it.
+context, declared here so that this module need not import ``checks.core.context``, which imports it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from servecheck.reference.tokenization import (
 )
 
 if TYPE_CHECKING:
-    from servecheck.checks.options import CheckOptions, Numerics
+    from servecheck.checks.core.options import CheckOptions, Numerics
     from servecheck.formats.records import ResponseRecord
     from servecheck.reference.model import Reference
     from servecheck.reference.sampling import Convention, Sampling
@@ -75,7 +75,7 @@ def departures(chosen: list[int], canonical: list[int], tb: TokenBytes,
 
 
 class SearchContext(Protocol):
-    """What the search reads and writes of the check's context: ``checks.context.CheckContext``
+    """What the search reads and writes of the check's context: ``checks.core.context.CheckContext``
     is one, and hands itself to ``TokenSearch``."""
 
     records: list[ResponseRecord]

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
-    from servecheck.checks.stats import StatTest
+    from servecheck.checks.core.stats import StatTest
 
 Verdict = Literal["pass", "fail", "inconclusive", "skipped"]
 """``inconclusive``: the check applies to these records but they are too few to decide (not a
