@@ -34,10 +34,10 @@ import numpy as np
 from scipy import stats as st
 
 from servecheck.checks.core.context import CheckContext
-from servecheck.checks.distribution import informative
-from servecheck.checks.greedy import greedy_positions
 from servecheck.checks.core.greedy_causes import requested_gaps
 from servecheck.checks.core.results import CheckResult, Details, Finding
+from servecheck.checks.distribution import informative
+from servecheck.checks.greedy import greedy_positions
 from servecheck.checks.support import violations
 from servecheck.reference.scoring import TokenScores
 

@@ -19,10 +19,10 @@ import numpy as np
 
 from servecheck.checks.core import alternatives as alt
 from servecheck.checks.core.context import CheckContext
-from servecheck.checks.distribution import informative, sampled_groups, stat_test_json
 from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.checks.core.shared_seeds import SeedDesign, seed_design
 from servecheck.checks.core.stats import StatTest, holm
+from servecheck.checks.distribution import informative, sampled_groups, stat_test_json
 from servecheck.checks.support import violations
 from servecheck.reference.scoring import TEMPERATURE_FACTORS, TokenScores
 from servecheck.reference.tails import K_GRID, MIN_P_GRID, TOP_P_GRID

@@ -23,6 +23,9 @@ import numpy as np
 from markupsafe import Markup
 
 from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.results import CheckResult, overall
+from servecheck.checks.core.stats import StatTest
+from servecheck.checks.core.stats import temperature_profile as profile
 from servecheck.checks.distribution import (
     FitDetails,
     GroupedDetails,
@@ -33,9 +36,6 @@ from servecheck.checks.distribution import (
     stat_test_json,
 )
 from servecheck.checks.plausibility import EXPLANATION, RecordDetails, judge
-from servecheck.checks.core.results import CheckResult, overall
-from servecheck.checks.core.stats import StatTest
-from servecheck.checks.core.stats import temperature_profile as profile
 from servecheck.checks.template import TemplateDetails
 from servecheck.formats.records import Message
 from servecheck.reference.markup import markup_of

@@ -22,12 +22,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
+from servecheck.checks.core.results import CheckResult
+from servecheck.checks.core.stats import StatTest, holm_rejected
 from servecheck.checks.distribution import GroupedDetails
 from servecheck.checks.greedy import GreedyDetails
 from servecheck.checks.logprobs import LogprobsDetails
-from servecheck.checks.core.results import CheckResult
 from servecheck.checks.seeds import SeedDetails
-from servecheck.checks.core.stats import StatTest, holm_rejected
 from servecheck.checks.support import SupportDetails
 
 Case = Literal["quiet", "noisy", "small", "failed"]

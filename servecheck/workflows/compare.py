@@ -25,8 +25,8 @@ from rich.table import Table
 
 from servecheck.checks.core.context import CheckContext, label
 from servecheck.checks.core.options import CheckOptions
-from servecheck.checks.plausibility import EXPLANATION, judge, word
 from servecheck.checks.core.results import CheckResult
+from servecheck.checks.plausibility import EXPLANATION, judge, word
 from servecheck.checks.template import check_template
 from servecheck.checks.termination import check_termination
 from servecheck.collect.targets import Target, open_target

@@ -10,14 +10,14 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from servecheck.checks.core.results import CheckResult, Finding
+from servecheck.checks.core.stats import StatTest, TemperatureFit
 from servecheck.checks.distribution import (
     FitDetails,
     GroupTemperature,
     SkippedGroup,
     TemperatureDetails,
 )
-from servecheck.checks.core.results import CheckResult, Finding
-from servecheck.checks.core.stats import StatTest, TemperatureFit
 from servecheck.reference.sampling import Sampling
 from servecheck.report.junit import write_junit
 

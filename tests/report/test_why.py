@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from servecheck.checks.core.results import CheckResult
+from servecheck.checks.core.stats import StatTest
 from servecheck.checks.distribution import FLOORS, FitDetails, TemperatureDetails
 from servecheck.checks.greedy import GreedyDetails
 from servecheck.checks.logprobs import LogprobsDetails
-from servecheck.checks.core.results import CheckResult
 from servecheck.checks.seeds import SeedDetails, SeedGroup
-from servecheck.checks.core.stats import StatTest
 from servecheck.collect.targets.hf import HFTarget
 from servecheck.formats.prompts import Request, request_id
 from servecheck.formats.records import Conversation, Message, Parameters
