@@ -7,7 +7,7 @@ requests of a realistic mix (``servecheck.servers.mix``: greedy and sampled, top
 with and without a system prompt, multi-turn), each with its own seed, checked twice, as
 collected (ids and log-probs where the engine gives them) and stripped to the original notes'
 four fields. A run "fails" when any check fails; every record is also judged on its own
-(``plausibility.judge``).
+(``CheckRun.verdicts``, ``plausibility.judge``).
 
     python benchmarks/engines.py --runs 200 --rep-offset 300000          # the published table
     python benchmarks/engines.py --runs 5 --n 1000 --defaults            # shipped defaults
@@ -88,7 +88,6 @@ def _llama() -> str:
 
 def one_run(name: str, spec: str, style: str, n: int, rep: int) -> dict:
     import servecheck
-    from servecheck.checks.plausibility import judge
     from servecheck.formats.records import ResponseRecord
     from servecheck.servers import mix
 
@@ -110,7 +109,7 @@ def one_run(name: str, spec: str, style: str, n: int, rep: int) -> dict:
                                 input=r.input, output=r.output) for r in records]
     for key, recs in (("", records), ("_text_only", text_only)):
         run = servecheck.check(recs, options, reference=ref)
-        verdicts = judge(run.context, run.results)
+        verdicts = run.verdicts
         sampler = next((r for r in run.results if r.name == "sampler"), None)
         best = sampler.details.best() if sampler and sampler.verdict == "fail" else None
         row.update({

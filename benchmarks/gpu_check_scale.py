@@ -42,6 +42,7 @@ def one(records: list, ref, out_dir: Path, device: str) -> dict:
     from servecheck.checks import run_checks
     from servecheck.checks.core.context import CheckContext
     from servecheck.checks.core.options import CheckOptions
+    from servecheck.checks.plausibility import judge
     from servecheck.report.outputs import write_outputs
     from servecheck.workflows.check import teacher_force
 
@@ -57,8 +58,8 @@ def one(records: list, ref, out_dir: Path, device: str) -> dict:
     phases["checks"] = time.perf_counter() - t
     t = time.perf_counter()
     meta = {"reference": "gemma-1b-shape", "records": len(records), "convention": fit.to_json()}
-    write_outputs(Console(quiet=True), ctx, results, meta, "gpu scale", out_dir / "s.json",
-                  out_dir / "r.html", None)
+    write_outputs(Console(quiet=True), ctx, results, judge(ctx, results), meta, "gpu scale",
+                  out_dir / "s.json", out_dir / "r.html", None)
     phases["outputs (JSON, HTML)"] = time.perf_counter() - t
     tokens = sum(len(ctx.output_ids(i)[0]) + len(ctx.prompt_ids(i)[0])
                  for i in range(len(ctx.records)))

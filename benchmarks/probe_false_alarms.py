@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import servecheck  # noqa: E402
-from servecheck.checks.seeds import group_test  # noqa: E402
+from servecheck.checks.core.seed_tests import group_test  # noqa: E402
 from servecheck.collect.targets.hf import HFTarget  # noqa: E402
 from servecheck.reference.model import Reference  # noqa: E402
 from servecheck.workflows.probe import CONVERSATIONS, probe_request  # noqa: E402

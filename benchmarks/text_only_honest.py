@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from servecheck import CheckContext, CheckOptions, run_checks  # noqa: E402
-from servecheck.checks.distribution import informative, sampled_groups  # noqa: E402
+from servecheck.checks.core.pooling import informative, sampled_groups  # noqa: E402
 from servecheck.collect.targets.hf import HFTarget  # noqa: E402
 from servecheck.formats.prompts import expand  # noqa: E402
 from servecheck.formats.records import ResponseRecord  # noqa: E402

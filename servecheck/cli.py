@@ -131,6 +131,12 @@ def cmd_schema(a: argparse.Namespace, console: Console) -> int:
     return EXIT_PASS
 
 
+def cmd_list(a: argparse.Namespace, console: Console) -> int:
+    from servecheck.workflows.listing import run_list
+
+    return run_list(console, a.json)
+
+
 EXIT_CODES = """exit codes:
   0    every check passed (or the command did its job)
   1    a check failed (generate: a request failed; a rerun retries it)
@@ -312,6 +318,11 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("schema", help="print the JSON Schema of a file format")
     s.add_argument("which", choices=["responses", "prompts"], help="which file format")
     s.set_defaults(func=cmd_schema)
+
+    ls = sub.add_parser("list", help="the targets and checks installed (built-in and added by "
+                                     "packages through entry points)")
+    ls.add_argument("--json", action="store_true", help="print them as JSON")
+    ls.set_defaults(func=cmd_list)
     return p
 
 

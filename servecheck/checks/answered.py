@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from servecheck.checks.core.context import CheckContext, label
+from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import CheckResult, Details, Finding
 
-ORDER = 10
+NAME = "records"
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class AnsweredDetails(Details):
         return f"{self.errors}/{self.records} failed requests"
 
 
+@check(NAME, order=10)
 def run(ctx: CheckContext) -> list[CheckResult]:
     failed = [(label(r, ctx.first_index + i), r.error) for i, r in enumerate(ctx.all_records) if r.error]
     n = len(ctx.all_records)
@@ -29,10 +31,10 @@ def run(ctx: CheckContext) -> list[CheckResult]:
     left = (f"; {len(ctx.left_out)} left out of the statistical checks, named where they fail ("
             + ", ".join(f"{name} {k}" for name, k in counts.items()) + ")") if counts else ""
     if failed:
-        return [CheckResult("records", "fail",
+        return [CheckResult(NAME, "fail",
                             f"{len(failed)}/{n} requests failed and were not checked "
                             f"(rerun generate to retry them){left}", details,
                             [Finding(name, f"error: {e}", 1.0) for name, e in failed])]
     forced = (f"; {ctx.constrained} not checked: decoded under a grammar (tool_choice required "
               f"or a named function), which the reference does not apply") if ctx.constrained else ""
-    return [CheckResult("records", "pass", f"{n}/{n} requests answered{forced}{left}", details)]
+    return [CheckResult(NAME, "pass", f"{n}/{n} requests answered{forced}{left}", details)]

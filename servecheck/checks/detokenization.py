@@ -15,12 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.checks.template import first_difference, show
 
-SCREENS = True
 """A record this check fails is left out of the statistical checks (``checks.screen``)."""
-ORDER = 40
+NAME = "detokenization"
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ def visible_ids(ids: list[int], ctx: CheckContext) -> list[int]:
     return [t for k, t in enumerate(ids) if t not in special or k == last]
 
 
+@check(NAME, order=40, screens=True)
 def run(ctx: CheckContext) -> list[CheckResult]:
     return [check_detokenization(ctx)]
 
@@ -70,7 +71,7 @@ def run(ctx: CheckContext) -> list[CheckResult]:
 def check_detokenization(ctx: CheckContext) -> CheckResult:
     idx = [i for i, r in enumerate(ctx.records) if r.output_token_ids is not None]
     if not idx:
-        return CheckResult("detokenization", "skipped", "no record carries output token ids")
+        return CheckResult(NAME, "skipped", "no record carries output token ids")
     tok = ctx.ref.tokenizer
     markers = ctx.ref.end_markers
     findings: list[Finding] = []
@@ -99,10 +100,10 @@ def check_detokenization(ctx: CheckContext) -> CheckResult:
     note = (f"; {skipped} text(s) leave out special tokens the model wrote mid-answer, as a "
             f"detokenizer that skips special tokens does (a setting, not a bug)") if skipped else ""
     if findings:
-        return CheckResult("detokenization", "fail", (
+        return CheckResult(NAME, "fail", (
             f"{len(findings)}/{len(idx)} records' output text is not what their token ids "
             f"decode to (detokenizer bug: dropped spaces, split UTF-8, an end marker as text?)"
             f"{note}"), details, findings, per_record=True)
-    return CheckResult("detokenization", "pass",
+    return CheckResult(NAME, "pass",
                        f"{len(idx)}/{len(idx)} output texts equal their token ids, decoded{note}",
                        details, per_record=True)

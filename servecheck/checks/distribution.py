@@ -13,15 +13,25 @@ Positions where q puts all its mass on one token carry no information and are le
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from servecheck.checks.core.context import CheckContext
-from servecheck.checks.core.results import Case, CheckResult, Details, Finding
-from servecheck.checks.core.shared_seeds import distinct_draws, seed_design
+from servecheck.checks.core.explain import family_reason
+from servecheck.checks.core.pooling import TRIVIAL, informative, pool, record_z, sampled_groups
+from servecheck.checks.core.registry import check
+from servecheck.checks.core.results import (
+    Case,
+    CheckResult,
+    Details,
+    Finding,
+    GroupEvidence,
+    TemperatureProfile,
+    Verdict,
+)
+from servecheck.checks.core.shared_seeds import seed_design
 from servecheck.checks.core.stats import (
     StatTest,
     TemperatureFit,
@@ -34,7 +44,8 @@ from servecheck.checks.core.stats import (
 from servecheck.reference.sampling import Sampling
 from servecheck.reference.scoring import TEMPERATURE_FACTORS, TokenScores
 
-ORDER = 70
+NAME = "fit"
+TEMPERATURE = "temperature"
 
 FLOORS = {"ks": 0.1, "chi2": 0.15, "loglik": 0.03, "temperature": 0.1}
 """Practical-effect floors: KS distance D, Cohen's w, nats per token, relative temperature error.
@@ -49,7 +60,6 @@ many nats), so over ~100 tokens the normal approximation is too thin on the "too
 correct servers failed it (2 of 100 runs of 8 groups of ~110 tokens, held-out seeds 20000–20099);
 at ≥ 400 it held (0 of 400 runs at ~700 tokens a group). The PIT tests cover smaller groups, and
 the sampler check pools every group."""
-TRIVIAL = 1 - 1e-6
 
 
 @dataclass(frozen=True)
@@ -86,23 +96,32 @@ class GroupedDetails(Details):
         big = max([t for t in tests if t.failed] or tests, key=lambda t: abs(t.effect) / t.floor)
         return f"{big.effect_label} {big.effect:+.3f} (floor {big.floor:g})"
 
+    def family(self) -> tuple[float, int | None]:
+        return self.alpha, self.family_size
+
+    def reason(self, verdict: Verdict) -> str | None:
+        return family_reason(verdict, self.tests(), self.alpha, self.family_size,
+                             len(self.skipped_groups))
+
     def skipped_cases(self) -> list[Case]:
         return [Case(g.group, "inconclusive", f"too few informative tokens: {g}")
                 for g in self.skipped_groups]
 
 
-def stat_test_json(t: StatTest) -> dict[str, Any]:
-    return t.__dict__ | {"failed": t.failed}
-
-
 @dataclass(frozen=True)
 class FitDetails(GroupedDetails):
     stat_tests: tuple[StatTest, ...] = ()
+    evidence: tuple[GroupEvidence, ...] = ()
+    """Every sampled group's PIT and temperature profile, as the tests read them (the report
+    draws them; the temperature check's rows are in the same family)."""
 
     def to_json(self) -> dict[str, Any]:
         out = super().to_json()
-        del out["stat_tests"]
-        return {**out, "tests": [stat_test_json(t) for t in self.stat_tests]}
+        del out["stat_tests"], out["evidence"]
+        return {**out, "tests": [t.to_json() for t in self.stat_tests]}
+
+    def group_evidence(self) -> list[GroupEvidence]:
+        return list(self.evidence)
 
     def tests(self) -> list[StatTest]:
         return list(self.stat_tests)
@@ -145,7 +164,7 @@ class TemperatureDetails(GroupedDetails):
             f = row.fit
             rows[g] = {"requested": row.sampling.temperature, "estimate": f.estimate, "low": f.low,
                        "high": f.high, "level": f.level,
-                       "detectable_relative_error": f.detectable, "test": stat_test_json(f.test)}
+                       "detectable_relative_error": f.detectable, "test": f.test.to_json()}
             if f.nucleus:
                 rows[g]["nucleus_needed"], rows[g]["top_p"] = f.nucleus
         return {**out, "groups": rows}
@@ -163,23 +182,6 @@ class TemperatureDetails(GroupedDetails):
                 f"{test.p_adjusted:.3g}), relative error {test.effect:+.3f} (floor "
                 f"{test.floor:g})"), g))
         return cases + self.skipped_cases()
-
-
-def informative(s: TokenScores) -> np.ndarray:
-    """Positions that carry evidence: the served token has finite q and q is not one-hot."""
-    return np.isfinite(s.stats["logq"]) & (s.stats["top"] < TRIVIAL)
-
-
-def pool(scores: dict[int, TokenScores], idx: list[int], key: str) -> np.ndarray:
-    """One statistic pooled over the informative positions of a group's records."""
-    return np.concatenate([scores[i].stats[key][informative(scores[i])] for i in idx])
-
-
-def record_z(s: TokenScores) -> float:
-    """One record's log-likelihood z (the group test's statistic on a single output)."""
-    m = informative(s)
-    sd = float(np.sqrt(s.stats["var"][m].sum()))
-    return float((s.stats["logq"][m] + s.stats["entropy"][m]).sum() / sd) if sd > 0 else 0.0
 
 
 def _drivers(ctx: CheckContext, scores: dict[int, TokenScores], idx: list[int], sign: float
@@ -203,14 +205,7 @@ def _drivers(ctx: CheckContext, scores: dict[int, TokenScores], idx: list[int], 
     return out
 
 
-def sampled_groups(ctx: CheckContext) -> dict[Sampling, list[int]]:
-    """Sampled records by parameter group: the unit every distribution test pools over."""
-    groups: dict[Sampling, list[int]] = defaultdict(list)
-    for i in distinct_draws(ctx, ctx.sampled()):
-        groups[ctx.sampling[i]].append(i)
-    return dict(groups)
-
-
+@check(NAME, order=70, kind="statistical", alpha_share=0.45, also=(TEMPERATURE,))
 def run(ctx: CheckContext) -> list[CheckResult]:
     return check_distribution(ctx)
 
@@ -219,22 +214,23 @@ def check_distribution(ctx: CheckContext) -> list[CheckResult]:
     groups = sampled_groups(ctx)
     if not groups:
         reason = "no sampled records (temperature > 0)"
-        return [CheckResult("fit", "skipped", reason), CheckResult("temperature", "skipped", reason)]
+        return [CheckResult(NAME, "skipped", reason), CheckResult(TEMPERATURE, "skipped", reason)]
     scores = ctx.scores([i for idx in groups.values() for i in idx])
     deff = (design := seed_design(ctx, scores)).deff
     fit_tests: list[StatTest] = []
     fits: dict[str, GroupTemperature] = {}
     skipped: list[SkippedGroup] = []
     members: dict[str, list[int]] = {}
+    pits: dict[str, np.ndarray] = {}
     # intervals at the family's own level (Bonferroni over its 4 tests a group), so that one
     # excluding the request on a correct server is as rare as a false alarm
     tested = sum(len(pool(scores, idx, "pit")) >= MIN_TOKENS for idx in groups.values())
-    alpha = ctx.options.check_alpha("fit")
+    alpha = ctx.check_alpha("fit")
     level = 1 - alpha / max(1, 4 * tested)
     for s, idx in groups.items():
         label = s.label()
         members[label] = idx
-        pit = pool(scores, idx, "pit")
+        pit = pits[label] = pool(scores, idx, "pit")
         if len(pit) < MIN_TOKENS:
             skipped.append(SkippedGroup(label, len(pit)))
             continue
@@ -261,21 +257,38 @@ def check_distribution(ctx: CheckContext) -> list[CheckResult]:
     common = dict(alpha=alpha, family_size=len(fit_tests) + len(fits), floors=FLOORS,
                   skipped_groups=skipped, convention=ctx.convention.describe(),
                   token_sources=sources, seed_design=design.to_json())
-    return [_fit_result(ctx, scores, FitDetails(**common, stat_tests=tuple(fit_tests)), members),
+    evidence = tuple(_evidence(label, len(idx), pits[label], fit_tests, fits.get(label))
+                     for label, idx in members.items())
+    return [_fit_result(ctx, scores, FitDetails(**common, stat_tests=tuple(fit_tests),
+                                                evidence=evidence), members),
             _temperature_result(ctx, scores, TemperatureDetails(**common, groups=fits), members)]
+
+
+def _evidence(label: str, records: int, pit: np.ndarray, fit_tests: list[StatTest],
+              temperature: GroupTemperature | None) -> GroupEvidence:
+    """What the report draws of one group: its PIT, its tests, and the temperature profile
+    exactly as the temperature test read it."""
+    tests = tuple(t for t in fit_tests if t.group == label)
+    if temperature is None:
+        return GroupEvidence.of_pit(label, records, pit, tests=tests)
+    f = temperature.fit
+    profile = TemperatureProfile(f.temperatures, f.profile, temperature.sampling.temperature,
+                                 f.estimate, f.low, f.high)
+    return GroupEvidence.of_pit(label, records, pit, tests=(*tests, f.test), profile=profile,
+                                temperature=temperature.describe())
 
 
 def _fit_result(ctx: CheckContext, scores: dict[int, TokenScores], details: FitDetails,
                 members: dict[str, list[int]]) -> CheckResult:
     tests = details.tests()
     if not tests:
-        return CheckResult("fit", "inconclusive", "no group with enough informative tokens "
+        return CheckResult(NAME, "inconclusive", "no group with enough informative tokens "
                            "to test (too few sampled records)", details)
     failed = [t for t in tests if t.failed]
     groups = len({t.group for t in tests})
     if not failed:
         worst = min(tests, key=lambda t: t.p)
-        return CheckResult("fit", "pass", f"{groups} group(s) fit the reference distribution "
+        return CheckResult(NAME, "pass", f"{groups} group(s) fit the reference distribution "
                            f"(smallest p {worst.p:.2g}, Holm α={details.alpha:.4g})", details)
     findings = [Finding(t.group, t.describe(), 10.0 + abs(t.effect)) for t in failed]
     for t in failed:
@@ -288,7 +301,7 @@ def _fit_result(ctx: CheckContext, scores: dict[int, TokenScores], details: FitD
     summary = f"{len(failed)} test(s) failed in {len({t.group for t in failed})}/{groups} " \
               f"group(s): " + "; ".join(f"{t.group} {t.name} {t.effect_label}={t.effect:+.3f}"
                                        for t in failed[:3])
-    return CheckResult("fit", "fail", summary + (f" — {direction}" if direction else ""), details,
+    return CheckResult(NAME, "fail", summary + (f" — {direction}" if direction else ""), details,
                        findings)
 
 
@@ -297,7 +310,7 @@ def _temperature_result(ctx: CheckContext, scores: dict[int, TokenScores],
                         ) -> CheckResult:
     fits = details.groups or {}
     if not fits:
-        return CheckResult("temperature", "inconclusive", "no group with enough informative "
+        return CheckResult(TEMPERATURE, "inconclusive", "no group with enough informative "
                            "tokens to test (too few sampled records)", details)
     failed = [g for g, row in fits.items() if row.fit.test.failed]
     if failed:
@@ -306,8 +319,8 @@ def _temperature_result(ctx: CheckContext, scores: dict[int, TokenScores],
         for g in failed:
             hot = fits[g].fit.estimate > fits[g].sampling.temperature
             findings += _drivers(ctx, scores, members[g], -1.0 if hot else 1.0)[:10]
-        return CheckResult("temperature", "fail",
+        return CheckResult(TEMPERATURE, "fail",
                            "; ".join(f"{g}: {fits[g].describe()}" for g in failed), details,
                            findings)
-    return CheckResult("temperature", "pass", "; ".join(f"{g}: {row.describe()}"
+    return CheckResult(TEMPERATURE, "pass", "; ".join(f"{g}: {row.describe()}"
                                                         for g, row in fits.items()), details)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.greedy_causes import explain, requested_gaps
-from servecheck.checks.core.results import CheckResult, Details, Finding
-from servecheck.reference.scoring import TokenScores
+from servecheck.checks.core.registry import check
+from servecheck.checks.core.results import CheckResult, Details, Finding, Verdict
+from servecheck.checks.core.token_rules import greedy_positions
 
-ORDER = 50
+NAME = "greedy"
 
 
 @dataclass(frozen=True)
@@ -35,20 +34,15 @@ class GreedyDetails(Details):
     def effect(self) -> str:
         return f"{self.hard_mismatches}/{self.tokens} tokens non-argmax beyond δ"
 
+    def reason(self, verdict: Verdict) -> str | None:
+        ties = (f"; {self.near_ties} token(s) differ from it by no more than δ = {self.tolerance:g} logits, "
+                f"near-ties the {self.numerics} numerics legitimately split" if self.near_ties else "")
+        if self.hard_mismatches:
+            return (f"FAIL: {self.hard_mismatches} of {self.tokens} served tokens are not the reference's "
+                    f"argmax and trail it by more than δ = {self.tolerance:g} logits{ties}.")
+        return f"PASS: every one of the {self.tokens} served tokens is the reference's argmax{ties}."
 
-def greedy_positions(s: TokenScores, delta: float, gap: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """(hard mismatches, near-ties): non-argmax positions beyond and within the tolerance δ.
-    ``gap``: for a request with penalties, each token's distance from the penalised argmax
-    (``greedy_causes.penalised_gaps``), which a correct greedy decoder takes instead of the
-    raw one."""
-    if gap is not None:
-        off = gap > 0
-        return np.flatnonzero(off & (gap > delta)), np.flatnonzero(off & (gap <= delta))
-    off = s.token_ids != s.argmax
-    return np.flatnonzero(off & (s.margin > delta)), np.flatnonzero(off & (s.margin <= delta))
-
-
+@check(NAME, order=50)
 def run(ctx: CheckContext) -> list[CheckResult]:
     return [check_greedy(ctx)]
 
@@ -56,7 +50,7 @@ def run(ctx: CheckContext) -> list[CheckResult]:
 def check_greedy(ctx: CheckContext) -> CheckResult:
     idx = ctx.greedy()
     if not idx:
-        return CheckResult("greedy", "skipped", "no greedy records (temperature 0 or top_k 1)")
+        return CheckResult(NAME, "skipped", "no greedy records (temperature 0 or top_k 1)")
     scores = ctx.scores(idx)
     tok = ctx.ref.tokenizer
     delta = ctx.tolerances.logit
@@ -90,10 +84,10 @@ def check_greedy(ctx: CheckContext) -> CheckResult:
                                 sorted(s.value for s in sources),
                                 cause.describe() if cause else None)
         why = f" — {cause.describe()}" if cause else ""
-        return CheckResult("greedy", "fail",
+        return CheckResult(NAME, "fail",
                            f"{hard} hard mismatch(es) in {len(findings)}/{len(idx)} greedy "
                            f"records ({tokens} tokens){tie_note}{why}", details, findings)
     details = GreedyDetails(len(idx), tokens, hard, ties, delta, ctx.tolerances.name,
                             sorted(s.value for s in sources))
-    return CheckResult("greedy", "pass", f"{tokens} tokens in {len(idx)} greedy records all "
+    return CheckResult(NAME, "pass", f"{tokens} tokens in {len(idx)} greedy records all "
                        f"argmax{tie_note}", details)

@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 
 from servecheck.checks.core.context import CheckContext
-from servecheck.checks.core.results import CheckResult, Details, Finding
+from servecheck.checks.core.registry import check
+from servecheck.checks.core.results import CheckResult, Details, Finding, Verdict
 from servecheck.reference.sampling import Sampling
 from servecheck.reference.scoring import ScoreItem, TokenScores
 
-ORDER = 80
+NAME = "logprobs"
 
 HYPOTHESES_SAMPLE = 16
 """Records rescored per hypothesis (the worst fitting): enough to be sure, cheap next to the
@@ -70,6 +71,27 @@ class LogprobsDetails(Details):
             return f"{self.misaligned}/{self.records} records misaligned"
         return f"mean |Δ| {self.mean_abs_diff[self.convention]:.4f} (tolerance {self.tolerance})"
 
+    def reason(self, verdict: Verdict) -> str | None:
+        if self.mean_abs_diff is None:
+            return (f"FAIL: {self.misaligned} of {self.records} record(s)' served log-probs stop lining up "
+                    f"with the scored tokens (a token the text lost, or another sequence's "
+                    f"log-probs), so the log-probs were not compared against the tolerance.")
+        mean, tol = self.mean_abs_diff[self.convention], self.tolerance or 0.0
+        within = mean <= tol
+        text = (f"the served log-probs ({self.convention}) differ from the reference's by a mean |Δ| "
+                f"of {mean:.4f}, {'within' if within else 'beyond'} the tolerance {tol:g} of the "
+                f"server's numerics (a fixed bound on the mean, not a statistical test)")
+        if self.max_abs_diff is not None and within and self.max_abs_diff > tol:
+            text += f"; the largest single |Δ|, {self.max_abs_diff:.4f}, is beyond it, but the " \
+                    f"verdict judges the mean"
+        if self.prompt_diagnosis:
+            fit = self.prompt_fit or {}
+            own, alt = fit.get("reference prompt"), fit.get(self.prompt_diagnosis)
+            numbers = f" (mean |Δ| {alt:.5f} against {own:.5f})" if own is not None and \
+                alt is not None else ""
+            return (f"FAIL: {text}; but they fit a prompt with {self.prompt_diagnosis} far better than "
+                    f"the reference prompt{numbers}, so the server conditioned on another prompt.")
+        return f"{'PASS' if within else 'FAIL'}: {text}."
 
 def misalignment(served: np.ndarray, scored: int, diff: np.ndarray, marker_in_text: bool,
                  truncated: bool = False) -> str | None:
@@ -159,6 +181,7 @@ def reference_logprobs(ctx: CheckContext, idx: list[int], scores: dict[int, Toke
                                          for i in idx}}
 
 
+@check(NAME, order=80)
 def run(ctx: CheckContext) -> list[CheckResult]:
     return [check_logprobs(ctx)]
 
@@ -166,7 +189,7 @@ def run(ctx: CheckContext) -> list[CheckResult]:
 def check_logprobs(ctx: CheckContext) -> CheckResult:
     idx = [i for i in ctx.kept() if ctx.records[i].output_logprobs]
     if not idx:
-        return CheckResult("logprobs", "skipped", "no record carries served log-probs")
+        return CheckResult(NAME, "skipped", "no record carries served log-probs")
     scores = ctx.scores(idx)
     reference = reference_logprobs(ctx, idx, scores)
     diffs: dict[str, list[np.ndarray]] = {k: [] for k in reference}
@@ -193,7 +216,7 @@ def check_logprobs(ctx: CheckContext) -> CheckResult:
                                                f"tokens ({ctx.output_ids(i)[1]}): {why}", 5.0))
     if lost:
         latent = any(ctx.is_text_only(ctx.labels.index(f.record)) for f in lost)
-        return CheckResult("logprobs", "fail", (
+        return CheckResult(NAME, "fail", (
             f"{len(lost)}/{len(idx)} records' served log-probs stop lining up with the scored "
             f"tokens: a token the text lost, or log-probs of another sequence" +
             (" (or, the text's tokens being unknown, a split of it that the tokenization "
@@ -217,11 +240,11 @@ def check_logprobs(ctx: CheckContext) -> CheckResult:
     if alt and alt[1] * EXPLAINS_BETTER < own and own - alt[1] > MIN_GAIN:
         details = replace(details, prompt_diagnosis=alt[0],
                           prompt_fit={"reference prompt": own, alt[0]: alt[1]})
-        return CheckResult("logprobs", "fail", (
+        return CheckResult(NAME, "fail", (
             f"the served log-probs fit a prompt with {alt[0]} (mean |Δ| {alt[1]:.5f}) far better "
             f"than the reference prompt (mean |Δ| {own:.5f}, {len(sample)} records)"),
             details, findings)
     if means[convention] > tol:
-        return CheckResult("logprobs", "fail", f"{summary} > tolerance {tol}{end_note}", details,
+        return CheckResult(NAME, "fail", f"{summary} > tolerance {tol}{end_note}", details,
                            findings)
-    return CheckResult("logprobs", "pass", f"{summary} ≤ tolerance {tol}{end_note}", details)
+    return CheckResult(NAME, "pass", f"{summary} ≤ tolerance {tol}{end_note}", details)

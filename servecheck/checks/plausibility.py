@@ -27,43 +27,21 @@ seed is named as that stream's draw (``shared_stream``).
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from scipy import stats as st
 
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.greedy_causes import requested_gaps
-from servecheck.checks.core.results import CheckResult, Details, Finding
-from servecheck.checks.distribution import informative
-from servecheck.checks.greedy import greedy_positions
-from servecheck.checks.support import violations
+from servecheck.checks.core.pooling import informative
+from servecheck.checks.core.registry import check
+from servecheck.checks.core.results import CheckResult, Finding, RecordDetails
+from servecheck.checks.core.token_rules import greedy_positions, violations
 from servecheck.reference.scoring import TokenScores
 
+NAME = "plausibility"
 PIT_CLIP = 1e-12
 """A PIT of exactly 0 or 1 (float rounding) is read as this far inside the interval."""
-
-EXPLANATION = (
-    "plausible = a correct server could have produced this output: its prompt equals the "
-    "reference template, it ends correctly, every greedy token is the reference argmax (near-ties "
-    "within δ allowed), every sampled token lies inside top_k/top_p/min_p (within the numerics "
-    "tolerance), and its likelihood z = −Σ Φ⁻¹(u) / √n over the randomised PIT u of its tokens "
-    "(exactly standard normal for a correct sampler, whatever the output's length) is within "
-    "±z* (two-sided, α/N over the N sampled outputs judged). Two different texts can both be "
-    "plausible: a sampler picks one of many likely outputs.")
-
-
-@dataclass(frozen=True)
-class RecordDetails(Details):
-    """A per-record verdict: ``CheckResult.name`` is the record's label, ``summary`` one line of
-    statistics whatever the verdict, and each finding a reason a correct server could not have
-    produced the output."""
-
-    mode: Literal["greedy", "sampled"]
-    z: float | None = None
-    p: float | None = None
-
 
 def record_pit_z(s: TokenScores) -> tuple[float, int]:
     """(z, n): one output's exact likelihood z over its n informative tokens (module docstring);
@@ -95,6 +73,7 @@ def _verdict(label: str, reasons: list[str], evidence: str, details: RecordDetai
                        [Finding(label, r, 1.0) for r in reasons])
 
 
+@check(NAME, order=100, kind="record", alpha_share=0.05)
 def judge(ctx: CheckContext, results: list[CheckResult], indices: list[int] | None = None
           ) -> dict[int, CheckResult]:
     """A verdict for each record at ``indices`` (default: all), from cached scores."""
@@ -102,7 +81,7 @@ def judge(ctx: CheckContext, results: list[CheckResult], indices: list[int] | No
     scores = ctx.scores(idx)
     by_label = record_findings(results)
     sampled = [i for i in idx if not ctx.sampling[i].greedy]
-    alpha = ctx.options.check_alpha("plausibility")
+    alpha = ctx.check_alpha(NAME)
     z_star = float(st.norm.isf(alpha / (2 * max(1, len(sampled)))))
     delta = ctx.tolerances.logit
     out: dict[int, CheckResult] = {}

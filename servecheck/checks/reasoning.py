@@ -19,11 +19,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.formats.records import ResponseRecord
-from servecheck.reference.markup import Markup, Parsed, markup_of
+from servecheck.reference.markup import Markup, Parsed
 
-ORDER = 33
+NAME = "reasoning"
 
 
 @dataclass(frozen=True)
@@ -73,23 +74,24 @@ def split_problem(r: ResponseRecord, parsed: Parsed, markup: Markup) -> tuple[st
     return "content differs", f"content {served_content[:40]!r} ≠ the output's {want_content[:40]!r}"
 
 
+@check(NAME, order=33)
 def run(ctx: CheckContext) -> list[CheckResult]:
-    markup = markup_of(ctx.ref)
+    markup = ctx.outputs.markup
     split = [i for i, r in enumerate(ctx.records)
              if r.reasoning_content is not None or (r.content is not None and markup.has_thinking)]
     off = [i for i, r in enumerate(ctx.records) if thinking_off(r)]
     if not split and not off:
-        return [CheckResult("reasoning", "skipped", "no record asked for thinking off or came "
+        return [CheckResult(NAME, "skipped", "no record asked for thinking off or came "
                             "back split into reasoning and content")]
     if not markup.has_thinking:
-        return [CheckResult("reasoning", "skipped", "the reference template has no thinking "
+        return [CheckResult(NAME, "skipped", "the reference template has no thinking "
                             "block, so thinking in the outputs cannot be found")]
     kinds: Counter[str] = Counter()
     findings: list[Finding] = []
     thinking = 0
     for i in sorted(set(split) | set(off)):
         r = ctx.records[i]
-        parsed = markup.parse(r.output)
+        parsed = ctx.outputs.parsed(i)
         thinks = bool((parsed.reasoning or "").strip())
         thinking += thinks
         problem = None
@@ -105,8 +107,8 @@ def run(ctx: CheckContext) -> list[CheckResult]:
     n = len(set(split) | set(off))
     details = ReasoningDetails(n, thinking, len(off), dict(kinds))
     if findings:
-        return [CheckResult("reasoning", "fail", f"{len(findings)}/{n} records: " + ", ".join(
+        return [CheckResult(NAME, "fail", f"{len(findings)}/{n} records: " + ", ".join(
             f"{k} ({c})" for k, c in kinds.most_common()), details, findings, per_record=True)]
-    return [CheckResult("reasoning", "pass",
+    return [CheckResult(NAME, "pass",
                         f"{n} records: thinking as the template writes it ({thinking} think, "
                         f"{len(off)} asked not to)", details, per_record=True)]

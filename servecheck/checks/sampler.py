@@ -19,15 +19,16 @@ import numpy as np
 
 from servecheck.checks.core import alternatives as alt
 from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.pooling import informative, sampled_groups
+from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.checks.core.shared_seeds import SeedDesign, seed_design
 from servecheck.checks.core.stats import StatTest, holm
-from servecheck.checks.distribution import informative, sampled_groups, stat_test_json
-from servecheck.checks.support import violations
+from servecheck.checks.core.token_rules import violations
 from servecheck.reference.scoring import TEMPERATURE_FACTORS, TokenScores
 from servecheck.reference.tails import K_GRID, MIN_P_GRID, TOP_P_GRID
 
-ORDER = 75
+NAME = "sampler"
 MIN_TOKENS = 100
 """Informative sampled tokens below which the check is inconclusive."""
 DROPPED_MIN = 3
@@ -62,11 +63,14 @@ class SamplerDetails(Details):
                 "information": self.information,
                 "alternatives": [{"setting": a.setting, "grid_value": a.grid_value,
                                   "estimate": a.estimate, "scope": a.scope, "gain": a.gain,
-                                  "diagnosis": a.describe(), "test": stat_test_json(a.test)}
+                                  "diagnosis": a.describe(), "test": a.test.to_json()}
                                  for a in self.alternatives]}
 
     def tests(self) -> list[StatTest]:
         return [a.test for a in self.alternatives]
+
+    def family(self) -> tuple[float, int | None]:
+        return self.alpha, len(self.alternatives)
 
     def effect(self) -> str:
         best = self.best()
@@ -142,18 +146,19 @@ class Pooled:
         return len(self.temperature)
 
 
+@check(NAME, order=75, kind="statistical", alpha_share=0.45)
 def run(ctx: CheckContext) -> list[CheckResult]:
     groups = sampled_groups(ctx)
-    alpha = ctx.options.check_alpha("sampler")
+    alpha = ctx.check_alpha("sampler")
     if not groups:
-        return [CheckResult("sampler", "skipped", "no sampled records (temperature > 0)")]
+        return [CheckResult(NAME, "skipped", "no sampled records (temperature > 0)")]
     idx = [i for members in groups.values() for i in members]
     scores = ctx.scores(idx)
     design = seed_design(ctx, scores)
     pooled = Pooled(scores, {i: ctx.sampling[i] for i in idx},
                     {i: ctx.records[i].parameters for i in idx})
     if len(pooled) < MIN_TOKENS:
-        return [CheckResult("sampler", "inconclusive", f"{len(pooled)} informative sampled "
+        return [CheckResult(NAME, "inconclusive", f"{len(pooled)} informative sampled "
                             f"tokens (< {MIN_TOKENS}): too few to estimate the sampler",
                             SamplerDetails(alpha, len(pooled), len(groups), design))]
     found, info, lams = _alternatives(pooled, design.deff, alpha)
@@ -166,14 +171,14 @@ def run(ctx: CheckContext) -> list[CheckResult]:
     shared = f"; {design.describe()}" if design.shared else ""
     best = details.best()
     if best is None:
-        return [CheckResult("sampler", "pass", f"no sampler setting explains the {len(pooled)} "
+        return [CheckResult(NAME, "pass", f"no sampler setting explains the {len(pooled)} "
                             f"tokens better than the request; {power}{shared}", details)]
     failed = alt.named_first([a for a in found if a.test.failed])
     findings = [Finding(a.test.group, f"{a.describe()}: {a.test.describe()}", 10 + a.gain)
                 for a in failed]
     others = f" (also failing: {', '.join(a.test.group for a in failed[1:4])})" \
         if len(failed) > 1 else ""
-    return [CheckResult("sampler", "fail", f"{best.describe()}: {_evidence(best)}{others}"
+    return [CheckResult(NAME, "fail", f"{best.describe()}: {_evidence(best)}{others}"
                         f"{shared}", details, findings)]
 
 

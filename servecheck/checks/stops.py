@@ -13,11 +13,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.checks.template import show
 from servecheck.formats.records import ResponseRecord
 
-ORDER = 34
+NAME = "stop strings"
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,11 @@ def problem(r: ResponseRecord, end_markers: list[str]) -> tuple[str, str] | None
                                      f"on: {show(text, at)}")
 
 
+@check(NAME, order=34)
 def run(ctx: CheckContext) -> list[CheckResult]:
     idx = [i for i, r in enumerate(ctx.records) if r.parameters.stop]
     if not idx:
-        return [CheckResult("stop strings", "skipped", "no request set stop strings")]
+        return [CheckResult(NAME, "skipped", "no request set stop strings")]
     ends = ctx.ref.end_markers
     kinds: Counter[str] = Counter()
     findings = []
@@ -68,8 +70,8 @@ def run(ctx: CheckContext) -> list[CheckResult]:
     stopped = sum(ended_on_stop(ctx.records[i], ends) for i in idx)
     details = StopDetails(len(idx), stopped, dict(kinds))
     if findings:
-        return [CheckResult("stop strings", "fail", f"{len(findings)}/{len(idx)} records: " +
+        return [CheckResult(NAME, "fail", f"{len(findings)}/{len(idx)} records: " +
                             ", ".join(f"{k} ({n})" for k, n in kinds.most_common()), details,
                             findings, per_record=True)]
-    return [CheckResult("stop strings", "pass", f"{len(idx)} records with stop strings end before "
+    return [CheckResult(NAME, "pass", f"{len(idx)} records with stop strings end before "
                         f"them ({stopped} cut at one)", details, per_record=True)]

@@ -11,19 +11,22 @@ import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.formats.records import Conversation
 from servecheck.reference.model import Reference
 
-SCREENS = True
 """A record this check fails is left out of the statistical checks (``checks.screen``)."""
-ORDER = 20
+NAME = "template"
 
 
 @dataclass(frozen=True)
 class TemplateDetails(Details):
+    explains_prompts: ClassVar[bool] = True
+
     compared: int
     """Records whose served prompt is known (input text or prompt ids)."""
     differ: int
@@ -170,6 +173,7 @@ def _ids_diagnosis(ids: list[int], expected_ids: list[int], ref: Reference) -> t
     return "prompt tokens", f"prompt token ids differ at token {at}: served {got} vs reference {want}"
 
 
+@check(NAME, order=20, screens=True)
 def run(ctx: CheckContext) -> list[CheckResult]:
     return [check_template(ctx)]
 
@@ -205,7 +209,7 @@ def check_template(ctx: CheckContext) -> CheckResult:
             kinds[problem[0]] += 1
             findings.append(Finding(name, problem[1], 1.0))
     if not compared and not findings:
-        return CheckResult("template", "skipped", (
+        return CheckResult(NAME, "skipped", (
             "no record has an input or prompt token ids: the server did not say what prompt it "
             "built (an OpenAI chat endpoint other than vLLM's); to check the template, collect "
             "with ?mode=completions, which templates on the client"), per_record=True)
@@ -216,8 +220,8 @@ def check_template(ctx: CheckContext) -> CheckResult:
     if findings:
         summary = f"{len(findings)}/{len(ctx.records)} records differ from the reference template: " + \
             ", ".join(f"{k} ({n})" for k, n in kinds.most_common())
-        return CheckResult("template", "fail", summary + note, details, findings, per_record=True)
-    return CheckResult("template", "pass",
+        return CheckResult(NAME, "fail", summary + note, details, findings, per_record=True)
+    return CheckResult(NAME, "pass",
                        f"{compared}/{compared} prompts equal the reference template{note}",
                        details, per_record=True)
 

@@ -11,14 +11,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.checks.stops import ended_on_stop
 from servecheck.checks.template import show
 from servecheck.formats.records import END_MARKER_UNKNOWN, ResponseRecord
 
-SCREENS = True
 """A record this check fails is left out of the statistical checks (``checks.screen``)."""
-ORDER = 30
+NAME = "termination"
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,7 @@ def _problems(i: int, ctx: CheckContext) -> list[tuple[str, str]]:
     return out
 
 
+@check(NAME, order=30, screens=True)
 def run(ctx: CheckContext) -> list[CheckResult]:
     return [check_termination(ctx)]
 
@@ -138,13 +139,13 @@ def check_termination(ctx: CheckContext) -> CheckResult:
     bad = len({f.record for f in findings})
     details = TerminationDetails(n, ctx.ref.end_markers, dict(kinds), unknown, bad)
     if not n:
-        return CheckResult("termination", "skipped", "no records with an output", per_record=True)
+        return CheckResult(NAME, "skipped", "no records with an output", per_record=True)
     if findings:
         summary = f"{bad}/{n} records end wrongly: " + \
             ", ".join(f"{k} ({c})" for k, c in kinds.most_common())
-        return CheckResult("termination", "fail", summary, details, findings, per_record=True)
+        return CheckResult(NAME, "fail", summary, details, findings, per_record=True)
     note = (f"; {unknown} without a known end marker (collected with no --reference: the server "
             f"strips it and nothing put it back)") if unknown else ""
-    return CheckResult("termination", "pass",
+    return CheckResult(NAME, "pass",
                        f"{n}/{n} outputs end correctly (markers {', '.join(ctx.ref.end_markers)})"
                        f"{note}", details, per_record=True)

@@ -21,12 +21,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.formats.records import ResponseRecord
-from servecheck.formats.tools import ToolCall, schema_of
-from servecheck.reference.markup import Markup, RawCall, markup_of
+from servecheck.formats.tools import ToolCall
+from servecheck.reference.markup import Markup, RawCall
 
-ORDER = 32
+NAME = "tool calls"
 
 
 @dataclass(frozen=True)
@@ -45,25 +46,6 @@ class ToolCallDetails(Details):
     def effect(self) -> str:
         bad = sum(self.parser.values())
         return f"{bad}/{self.records} parsed wrongly, {sum(self.structure.values())}/{self.calls} malformed"
-
-
-def structure_problem(raw: RawCall, tools: list[dict]) -> tuple[str, str] | None:
-    """(bucket, message) for a call that is not a valid call of an offered function."""
-    from jsonschema.validators import validator_for
-
-    if raw.call is None:
-        return "invalid JSON", f"{raw.error}: {raw.text[:80]!r}"
-    name = raw.call.function.name
-    schema = schema_of(tools, name)
-    if schema is None:
-        return "unknown name", f"calls {name!r}, which is not among the tools offered"
-    args = raw.call.parsed_arguments()
-    validator = validator_for(schema)(schema)
-    error = next(iter(sorted(validator.iter_errors(args), key=lambda e: list(e.path))), None)
-    if error is not None:
-        where = "/".join(str(p) for p in error.path) or "arguments"
-        return "schema mismatch", f"{name}: {where}: {error.message[:120]}"
-    return None
 
 
 def _value(call: ToolCall) -> tuple[str, object]:
@@ -105,13 +87,14 @@ def _loads(text: str) -> object:
         return None
 
 
+@check(NAME, order=32)
 def run(ctx: CheckContext) -> list[CheckResult]:
-    markup = markup_of(ctx.ref)
+    markup = ctx.outputs.markup
     relevant = [i for i, r in enumerate(ctx.records) if r.conversations.tools or r.tool_calls]
     if not relevant:
-        return [CheckResult("tool calls", "skipped", "no request offered tools")]
+        return [CheckResult(NAME, "skipped", "no request offered tools")]
     if not markup.has_calls:
-        return [CheckResult("tool calls", "skipped", "the reference template renders no tool "
+        return [CheckResult(NAME, "skipped", "the reference template renders no tool "
                             "calls, so the calls in the outputs cannot be read")]
     structure: Counter[str] = Counter()
     parser: Counter[str] = Counter()
@@ -120,12 +103,13 @@ def run(ctx: CheckContext) -> list[CheckResult]:
     calls = 0
     for i in relevant:
         r = ctx.records[i]
-        raw = markup.parse(r.output).calls
-        if raw and r.finish_reason == "length" and raw[-1].error:
-            raw = raw[:-1]  # a call cut off by max_tokens is unfinished, not malformed
+        checked = ctx.outputs.calls(i)
+        if checked and r.finish_reason == "length" and checked[-1].raw.error:
+            checked = checked[:-1]  # a call cut off by max_tokens is unfinished, not malformed
+        raw = [c.raw for c in checked]
         calls += len(raw)
-        for c in raw:
-            problem = structure_problem(c, r.conversations.tools or [])
+        for c in checked:
+            problem = c.problem
             if problem:
                 structure[problem[0]] += 1
                 if len(examples) < 5:
@@ -140,11 +124,11 @@ def run(ctx: CheckContext) -> list[CheckResult]:
                  + ", ".join(f"{k} {n}" for k, n in structure.most_common())
                  + "): the model's own output, not a serving fault") if structure else ""
     if findings:
-        return [CheckResult("tool calls", "fail",
+        return [CheckResult(NAME, "fail",
                             f"{len(findings)}/{len(relevant)} records: the server's parsed calls "
                             f"differ from its output: " + ", ".join(
                                 f"{k} ({n})" for k, n in parser.most_common()) + malformed,
                             details, findings, per_record=True)]
-    return [CheckResult("tool calls", "pass",
+    return [CheckResult(NAME, "pass",
                         f"{calls} call(s) in {len(relevant)} records parse as the template writes "
                         f"them{malformed}", details, per_record=True)]

@@ -17,11 +17,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.checks.stops import ended_on_stop
-from servecheck.reference.markup import markup_of
 
-ORDER = 35
+NAME = "usage"
 SYSTEMATIC = 0.5
 """Text-only: the share of records off by one same amount that makes a miscount systematic."""
 
@@ -43,15 +43,15 @@ def _offset_text(offset: int) -> str:
     return f"{offset:+d}" if offset else "0"
 
 
+@check(NAME, order=35)
 def run(ctx: CheckContext) -> list[CheckResult]:
     idx = [i for i, r in enumerate(ctx.records) if r.usage is not None]
     if not idx:
-        return [CheckResult("usage", "skipped", "no record holds the server's usage counts")]
+        return [CheckResult(NAME, "skipped", "no record holds the server's usage counts")]
     kinds: Counter[str] = Counter()
     findings: list[Finding] = []
     offsets: Counter[int] = Counter()
     exact = 0
-    markup = markup_of(ctx.ref)
     uncounted_end = not ctx.end_counting.usage_counts_end
     for i in idx:
         r = ctx.records[i]
@@ -78,7 +78,7 @@ def run(ctx: CheckContext) -> list[CheckResult]:
                                             1.0))
             elif not slack:
                 offsets[off] += 1
-        if u.reasoning_tokens == 0 and (markup.parse(r.output).reasoning or "").strip():
+        if u.reasoning_tokens == 0 and (ctx.outputs.parsed(i).reasoning or "").strip():
             kinds["reasoning_tokens"] += 1
             findings.append(Finding(ctx.labels[i], "reasoning_tokens 0 for an output that thinks",
                                     1.0))
@@ -95,7 +95,7 @@ def run(ctx: CheckContext) -> list[CheckResult]:
     end_note = ctx.end_counting.describe("usage")
     end_note = f"; {end_note}" if end_note else ""
     if findings:
-        return [CheckResult("usage", "fail", "usage counts wrong: " + ", ".join(
+        return [CheckResult(NAME, "fail", "usage counts wrong: " + ", ".join(
             f"{k} ({n})" for k, n in kinds.most_common()) + end_note, details, findings)]
-    return [CheckResult("usage", "pass", f"{len(idx)} records: usage equals the tokens sent and "
+    return [CheckResult(NAME, "pass", f"{len(idx)} records: usage equals the tokens sent and "
                         f"served ({exact} against the server's ids){end_note}", details)]

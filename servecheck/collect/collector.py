@@ -27,23 +27,12 @@ import contextlib
 import errno
 import random
 from collections import Counter
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
-
+from servecheck.collect.progress import RequestRateColumn, bar
 from servecheck.collect.targets import Target, open_target, refuse_unsupported
 from servecheck.errors import InputError, TargetError, redact
 from servecheck.formats.limits import MAX_REQUESTS
@@ -104,11 +93,6 @@ async def ask(target: Target, request: Request, retries: int, summary: CollectSu
     raise AssertionError("unreachable")
 
 
-class RateColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:.1f} req/s" if task.speed else "- req/s")
-
-
 def _error_record(request: Request, target: Target, message: str) -> ResponseRecord:
     return ResponseRecord(id=request.id, conversations=request.conversation,
                           parameters=request.parameters, target=target.spec,
@@ -128,8 +112,7 @@ FLUSH_EVERY_S = 0.05
 
 
 async def _collect(todo: list[Request], target: Target, writer: ResponseWriter,
-                   summary: CollectSummary, progress: Progress | None, retries: int) -> None:
-    task_id = progress.add_task("generate", total=len(todo)) if progress else None
+                   summary: CollectSummary, advance: Callable[[], None], retries: int) -> None:
     pending = iter(todo)  # shared by the workers: each request is taken exactly once
     loop = asyncio.get_running_loop()
     flush_timer: list[asyncio.TimerHandle] = []
@@ -179,8 +162,7 @@ async def _collect(todo: list[Request], target: Target, writer: ResponseWriter,
             if not flush_timer:
                 flush_timer.append(loop.call_later(FLUSH_EVERY_S, flush))
             summary.written += 1
-            if progress is not None and task_id is not None:
-                progress.advance(task_id)
+            advance()
 
     try:
         await asyncio.gather(*(worker() for _ in range(max(1, target.max_concurrency))))
@@ -257,12 +239,10 @@ def _collect_into(requests: list[Request], target: Target, out: Path, show_progr
     if not todo:
         summary.compacted = compact(out)
         return summary
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               RateColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn())
     try:
-        with ResponseWriter(out) as writer, Progress(*columns, disable=not show_progress) as bar:
-            run_loop(_collect(todo, target, writer, summary, bar, retries))
+        with ResponseWriter(out) as writer, \
+                bar("generate", len(todo), RequestRateColumn(), enabled=show_progress) as advance:
+            run_loop(_collect(todo, target, writer, summary, advance, retries))
     except KeyboardInterrupt:
         summary.interrupted = True
         return summary

@@ -1,4 +1,8 @@
-"""prompts.json → requests: every combination of a block's variation lists is one request."""
+"""prompts.json → requests: every combination of a block's variation lists is one request.
+
+A block's schema (``Variations``) is here beside the expansion that reads it: a list field the
+model accepts is a dimension of the matrix, so the two change together.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,17 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from servecheck.errors import InputError
 from servecheck.formats import jsontext
+from servecheck.formats.conversation import Conversation, Message, stable_dump
+from servecheck.formats.explain import explain
+from servecheck.formats.files import read_text
 from servecheck.formats.limits import MAX_REQUESTS
-from servecheck.formats.records import (
-    Conversation,
-    Message,
-    Parameters,
-    Variations,
-    explain,
-    read_text,
-    stable_dump,
-)
+from servecheck.formats.parameters import Parameters
 
 PARAMETER_FIELDS = [f for f in Parameters.model_fields]
 
@@ -32,6 +32,57 @@ class Request:
     id: str
     conversation: Conversation
     parameters: Parameters
+
+
+def _wrap_scalar(v: object) -> object:
+    """A scalar is a list of one; so is a single conversation given as a prompt."""
+    if isinstance(v, list) and not (v and all(isinstance(x, dict) for x in v)):
+        return v
+    return [v]
+
+
+class Variations(BaseModel):
+    """One block of a prompts file: every combination of its lists is one request."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    prompt: list[str | list[Message]] = Field(min_length=1)
+    """A user message, or a whole conversation (roles alternate, the last one is ``user``)."""
+    system_prompt: list[str | None] = Field([None], min_length=1)
+    temperature: list[float | None] = Field([None], min_length=1)
+    top_p: list[float | None] = Field([None], min_length=1)
+    top_k: list[int | None] = Field([None], min_length=1)
+    min_p: list[float | None] = Field([None], min_length=1)
+    seed: list[int | None] = Field([None], min_length=1)
+    max_tokens: list[int | None] = Field([None], min_length=1)
+    repetition_penalty: list[float | None] = Field([None], min_length=1)
+    presence_penalty: list[float | None] = Field([None], min_length=1)
+    frequency_penalty: list[float | None] = Field([None], min_length=1)
+    stop: list[list[str] | None] = Field([None], min_length=1)
+    """A string or a flat list of strings is one stop set; a list of sets (or nulls) varies it."""
+    n: list[int | None] = Field([None], min_length=1)
+    tool_choice: list[str | dict[str, Any] | None] = Field([None], min_length=1)
+    tools: list[list[dict[str, Any]] | None] = Field([None], min_length=1)
+    """One tool list, or a list of tool lists (and nulls) to vary it."""
+    chat_template_kwargs: list[dict[str, Any] | None] = Field([None], min_length=1)
+
+    _wrap = field_validator(
+        "prompt", "system_prompt", "temperature", "top_p", "top_k", "min_p", "seed", "max_tokens",
+        "repetition_penalty", "presence_penalty", "frequency_penalty", "n", "tools",
+        mode="before")(classmethod(lambda cls, v: _wrap_scalar(v)))
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_set(cls, v: object) -> object:
+        if v is None or isinstance(v, str) or (isinstance(v, list) and v and
+                                               all(isinstance(x, str) for x in v)):
+            return [[v] if isinstance(v, str) else v]
+        return [[x] if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
+
+    @field_validator("chat_template_kwargs", "tool_choice", mode="before")
+    @classmethod
+    def _one_mapping(cls, v: object) -> object:
+        return v if isinstance(v, list) else [v]
 
 
 def load_json(path: Path) -> object:

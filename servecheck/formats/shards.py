@@ -10,7 +10,6 @@ one file, the last answer per request id wins.
 from __future__ import annotations
 
 import glob
-import gzip
 from pathlib import Path
 
 from servecheck.errors import InputError
@@ -35,52 +34,3 @@ def shard_paths(path: Path) -> list[Path]:
     if not found:
         raise InputError(what, where=str(path))
     return found
-
-
-def shard_text(path: Path) -> str:
-    """A JSON shard's text: gunzipped where it ends in ``.gz``, UTF-8 either way."""
-    if not path.name.endswith(".gz"):
-        from servecheck.formats.records import read_text
-
-        return read_text(path)
-    try:
-        data = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError) as e:
-        raise InputError(f"not a readable gzip file ({e})", where=str(path)) from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise InputError(f"not UTF-8 inside the gzip: byte 0x{data[e.start]:02x} at offset "
-                         f"{e.start}", where=str(path)) from None
-
-
-def parquet_rows(path: Path) -> list[tuple[str, object]]:
-    """(location, record) for each row of a Parquet shard; null columns are left out, as in a
-    JSON record that does not have the field."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise InputError("reading Parquet needs pyarrow: pip install 'servecheck[parquet]'",
-                         where=str(path)) from None
-    try:
-        rows = pq.read_table(path).to_pylist()
-    except Exception as e:  # pyarrow raises its own ArrowInvalid / OSError kinds
-        raise unreadable_parquet(e, path) from None
-    return [(f"row {i}", _drop_nulls(row)) for i, row in enumerate(rows)]
-
-
-def unreadable_parquet(e: Exception, path: Path, row: int | None = None) -> InputError:
-    """pyarrow's refusal, as one line: its messages run over several ("…footer.\nEither the
-    file is corrupted…")."""
-    what = "not a Parquet file" if "magic bytes" in str(e) else "not a readable Parquet file"
-    at = f" after row {row - 1}" if row else ""
-    reason = " ".join(str(e).split())[:200]
-    return InputError(f"{what}{at} ({type(e).__name__}: {reason})", where=str(path))
-
-
-def _drop_nulls(value: object) -> object:
-    if isinstance(value, dict):
-        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_drop_nulls(v) for v in value]
-    return value

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from servecheck.formats.records import Conversation
+from servecheck.formats.conversation import Conversation
 
 VARIATION_KEYS = ("prompt", "system_prompt")
 """Keys of a prompts file that the original notes' ``generate_responses.py`` also writes into a

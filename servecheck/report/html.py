@@ -1,12 +1,14 @@
 """``check --report``: the view model of the HTML report, and writing it.
 
-Everything the page shows is computed here from the checks' results and the context's cached
-scores (nothing is scored twice); ``templates/report.html.j2`` only lays it out. The page shows,
-top to bottom: the verdict of every check with its p-value and effect size, and in words why an
-effect beside a floor or tolerance passed or failed (``why.py``); per parameter group
-the PIT histogram, the QQ plot and the temperature profile (effective vs requested); the
-template diff, served vs reference; and every output as a token heat-map, worst records first,
-with search and filters by check and group.
+Everything the page shows is what the checks computed: their results and typed details (the
+verdict in words, each test's why, each parameter group's evidence), the per-record verdicts
+and the context's cached scores; nothing is scored or tested again here, and no check module is
+imported. ``templates/report.html.j2`` only lays it out. The page shows, top to bottom: the
+verdict of every check with its p-value and effect size, and in words why an effect beside a
+floor or tolerance passed or failed; per parameter group the PIT histogram, the QQ plot and the
+temperature profile (effective vs requested, as the test read it); the template diff, served vs
+reference; and every output as a token heat-map, worst records first, with search and filters
+by check and group.
 """
 
 from __future__ import annotations
@@ -19,32 +21,15 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from markupsafe import Markup
 
 from servecheck.checks.core.context import CheckContext
-from servecheck.checks.core.results import CheckResult, overall
-from servecheck.checks.core.stats import StatTest
-from servecheck.checks.core.stats import temperature_profile as profile
-from servecheck.checks.distribution import (
-    FitDetails,
-    GroupedDetails,
-    TemperatureDetails,
-    informative,
-    pool,
-    sampled_groups,
-    stat_test_json,
-)
-from servecheck.checks.plausibility import EXPLANATION, RecordDetails, judge
-from servecheck.checks.template import TemplateDetails
+from servecheck.checks.core.results import CheckResult, GroupEvidence, RecordDetails, overall
 from servecheck.formats.records import Message
-from servecheck.reference.markup import markup_of
-from servecheck.reference.scoring import TEMPERATURE_FACTORS
 from servecheck.report.pages import render, write_page
 from servecheck.report.svg import pit_histogram, qq_plot, temperature_profile
 from servecheck.report.tokens import TokenView, heatmap
 from servecheck.report.visible import Segment, side_by_side
-from servecheck.report.why import check_reason, stat_reason
 
 MAX_RECORDS = 300
 """Records shown as heat-maps (worst first); a page with thousands would not open quickly."""
@@ -118,21 +103,18 @@ class CallView:
 
 
 def call_views(ctx: CheckContext, i: int) -> tuple[str | None, list[CallView]]:
-    from servecheck.checks.tool_calls import structure_problem
-
     r = ctx.records[i]
-    markup = markup_of(ctx.ref)
+    markup = ctx.outputs.markup
     if not (markup.has_thinking or (markup.has_calls and r.conversations.tools)):
         return None, []
-    parsed = markup.parse(r.output)
     calls = []
-    for c in parsed.calls:
-        problem = structure_problem(c, r.conversations.tools or [])
-        args = json.dumps(c.call.parsed_arguments(), indent=1, ensure_ascii=False) if c.call \
-            else c.text
-        calls.append(CallView(c.call.function.name if c.call else "?", args,
-                              problem[1] if problem else None))
-    return parsed.reasoning or None, calls
+    for c in ctx.outputs.calls(i):
+        call = c.raw.call
+        args = json.dumps(call.parsed_arguments(), indent=1, ensure_ascii=False) if call \
+            else c.raw.text
+        calls.append(CallView(call.function.name if call else "?", args,
+                              c.problem[1] if c.problem else None))
+    return ctx.outputs.parsed(i).reasoning or None, calls
 
 
 def turn_text(m: Message) -> str:
@@ -140,11 +122,6 @@ def turn_text(m: Message) -> str:
     calls = [f"→ {c.function.name}({json.dumps(c.parsed_arguments(), ensure_ascii=False)})"
              for c in m.tool_calls or []]
     return "\n".join([m.content or "", *calls]).strip()
-
-
-def _test_rows(tests: list[StatTest], alpha: float, family: int | None) -> list[dict[str, Any]]:
-    return [{**stat_test_json(t), "verdict": "fail" if t.failed else "pass",
-             "why": stat_reason(t, alpha, family)} for t in tests]
 
 
 def check_rows(results: list[CheckResult]) -> list[CheckRow]:
@@ -156,50 +133,34 @@ def check_rows(results: list[CheckResult]) -> list[CheckRow]:
             p = f"{low.p:.2g} (Holm {low.p_adjusted:.2g}), smallest of {len(tests)}"
         else:
             p = "— (deterministic)"
-        d = r.details
-        alpha, family = (d.alpha, d.family_size) if isinstance(d, GroupedDetails) else (0.0, None)
-        rows.append(CheckRow(r.name, r.verdict, r.summary, p, d.effect(), check_reason(r),
-                             _test_rows(tests, alpha, family),
+        rows.append(CheckRow(r.name, r.verdict, r.summary, p, r.details.effect(), r.reason,
+                             r.details.test_rows(),
                              [(f.record, f.message) for f in r.worst_first()[:MAX_FINDINGS]],
                              len(r.findings)))
     return rows
 
 
-def group_views(ctx: CheckContext, results: list[CheckResult]) -> list[GroupView]:
-    fit_tests = [t for r in results if isinstance(r.details, FitDetails) for t in r.details.tests()]
-    temps = next((r.details.groups or {} for r in results
-                  if isinstance(r.details, TemperatureDetails)), {})
-    family = next((r.details for r in results if isinstance(r.details, GroupedDetails)), None)
-    alpha, size = (family.alpha, family.family_size) if family else (0.0, None)
-    views = []
-    for s, idx in sampled_groups(ctx).items():
-        label = s.label()
-        scores = ctx.scores(idx)
-        pit = pool(scores, idx, "pit")
-        tests = [t for t in fit_tests if t.group == label]
-        charts: list[Markup] = []
-        temperature = "not estimated (too few informative tokens)"
-        if len(pit):
-            charts += [pit_histogram(pit, f"PIT histogram · {label}"), qq_plot(pit, f"PIT QQ · {label}")]
-        if label in temps:
-            fit = temps[label].fit
-            tests.append(fit.test)
-            temp_ll = np.concatenate([scores[i].stats["temp_ll"][informative(scores[i])]
-                                      for i in idx])
-            charts.append(temperature_profile(s.temperature * TEMPERATURE_FACTORS, profile(temp_ll),
-                                              s.temperature, fit.estimate, fit.low, fit.high,
-                                              f"temperature · {label}"))
-            temperature = temps[label].describe()
-        rows = _test_rows(tests, alpha, size)
-        verdict = "fail" if any(t["verdict"] == "fail" for t in rows) else \
-            "pass" if rows else "skipped"
-        views.append(GroupView(label, len(idx), len(pit), verdict, charts, rows, temperature))
-    return views
+def group_view(g: GroupEvidence, alpha: float, family: int | None) -> GroupView:
+    charts: list[Markup] = []
+    if g.tokens:
+        charts += [pit_histogram(g, f"PIT histogram · {g.label}"),
+                   qq_plot(g, f"PIT QQ · {g.label}")]
+    if g.profile is not None:
+        charts.append(temperature_profile(g.profile, f"temperature · {g.label}"))
+    rows = g.test_rows(alpha, family)
+    verdict = "fail" if any(t["verdict"] == "fail" for t in rows) else \
+        "pass" if rows else "skipped"
+    return GroupView(g.label, g.records, g.tokens, verdict, charts, rows, g.temperature)
+
+
+def group_views(results: list[CheckResult]) -> list[GroupView]:
+    """Each parameter group of the checks that drew one, as they computed it."""
+    return [group_view(g, *r.details.family()) for r in results for g in r.details.group_evidence()]
 
 
 def template_diffs(ctx: CheckContext, results: list[CheckResult]) -> list[DiffView]:
     """One side-by-side diff per distinct (served, reference) pair; differing ones first."""
-    messages = {f.record: f.message for r in results if isinstance(r.details, TemplateDetails)
+    messages = {f.record: f.message for r in results if r.details.explains_prompts
                 for f in r.findings}
     pairs: dict[tuple[str, str], list[str]] = defaultdict(list)
     for i, r in enumerate(ctx.records):
@@ -254,10 +215,9 @@ def record_views(ctx: CheckContext, results: list[CheckResult], verdicts: dict[i
     return views, len(order)
 
 
-def build(ctx: CheckContext, results: list[CheckResult], meta: dict[str, Any], title: str,
-          limit: int = MAX_RECORDS) -> dict[str, Any]:
-    """The whole view model of the report page."""
-    verdicts = judge(ctx, results)
+def build(ctx: CheckContext, results: list[CheckResult], verdicts: dict[int, CheckResult],
+          meta: dict[str, Any], title: str, limit: int = MAX_RECORDS) -> dict[str, Any]:
+    """The whole view model of the report page (``verdicts``: each record's own verdict)."""
     records, total = record_views(ctx, results, verdicts, limit)
     try:
         ours = version("servecheck")
@@ -266,15 +226,16 @@ def build(ctx: CheckContext, results: list[CheckResult], meta: dict[str, Any], t
     return {
         "title": title, "verdict": overall(results), "meta": meta, "version": ours,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "checks": check_rows(results), "groups": group_views(ctx, results),
+        "checks": check_rows(results), "groups": group_views(results),
         "diffs": template_diffs(ctx, results), "records": records, "records_total": total,
         "errors": [(r.id or f"#{i}", r.error) for i, r in enumerate(ctx.all_records) if r.error],
         "check_names": sorted({c for v in records for c in v.checks}),
-        "group_names": sorted({v.group for v in records}), "explanation": EXPLANATION,
+        "group_names": sorted({v.group for v in records}), "explanation": RecordDetails.EXPLANATION,
         "implausible": sum(v.verdict == "fail" for v in verdicts.values()),
     }
 
 
-def write_report(path: Path, ctx: CheckContext, results: list[CheckResult], meta: dict[str, Any],
-                 title: str, limit: int = MAX_RECORDS) -> None:
-    write_page(path, render("report.html.j2", **build(ctx, results, meta, title, limit)))
+def write_report(path: Path, ctx: CheckContext, results: list[CheckResult],
+                 verdicts: dict[int, CheckResult], meta: dict[str, Any], title: str,
+                 limit: int = MAX_RECORDS) -> None:
+    write_page(path, render("report.html.j2", **build(ctx, results, verdicts, meta, title, limit)))

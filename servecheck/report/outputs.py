@@ -18,11 +18,12 @@ from servecheck.report.terminal import markup
 
 
 def write_outputs(console: Console, ctx: CheckContext, results: list[CheckResult],
-                  meta: dict[str, Any], title: str, json_out: Path | None = None,
-                  report: Path | None = None, junit: Path | None = None) -> None:
+                  verdicts: dict[int, CheckResult], meta: dict[str, Any], title: str,
+                  json_out: Path | None = None, report: Path | None = None,
+                  junit: Path | None = None) -> None:
     write_result_files(console, results, {**meta, "tokens": ctx.token_sources()}, json_out, junit)
     if report:
-        write_html(console, report, ctx, results, meta, title)
+        write_html(console, report, ctx, results, verdicts, meta, title)
 
 
 def write_result_files(console: Console, results: list[CheckResult], meta: dict[str, Any],
@@ -41,9 +42,10 @@ def write_result_files(console: Console, results: list[CheckResult], meta: dict[
 
 
 def write_html(console: Console, report: Path, ctx: CheckContext, results: list[CheckResult],
-               meta: dict[str, Any], title: str) -> None:
+               verdicts: dict[int, CheckResult], meta: dict[str, Any], title: str) -> None:
+    """The HTML report; ``verdicts``: each record's own verdict (``CheckRun.verdicts``)."""
     from servecheck.report.html import write_report
 
     with console.status("writing the HTML report…"):
-        write_report(report, ctx, results, meta, title)
+        write_report(report, ctx, results, verdicts, meta, title)
     console.print(f"report written to {markup(report)} (open it in a browser)")

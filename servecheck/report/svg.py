@@ -27,6 +27,8 @@ from typing import Literal
 import numpy as np
 from markupsafe import Markup
 
+from servecheck.checks.core.results import GroupEvidence, TemperatureProfile
+
 W, H = 360, 240
 LEFT, RIGHT, TOP, BOTTOM = 56, 14, 28, 44
 FONT, TITLE_FONT = 12, 13
@@ -178,9 +180,8 @@ def marker_labels(marks: list[tuple[float, str]], taken: list[Box] | None = None
     return [out[k] for k in range(len(marks))]
 
 
-def pit_histogram(pit: np.ndarray, title: str, bins: int = 10) -> Markup:
-    n = len(pit)
-    counts = np.histogram(pit, bins=bins, range=(0.0, 1.0))[0]
+def pit_histogram(g: GroupEvidence, title: str) -> Markup:
+    n, counts, bins = g.tokens, np.asarray(g.pit_counts), len(g.pit_counts)
     density = counts * bins / max(n, 1)
     band = 2 * np.sqrt(bins * (1 - 1 / bins) / max(n, 1))  # ±2σ of a bin's density under H0
     top = max(2.0, float(density.max(initial=0)) * 1.1, 1 + band * 1.1)
@@ -205,8 +206,8 @@ def pit_histogram(pit: np.ndarray, title: str, bins: int = 10) -> Markup:
     return c.done()
 
 
-def qq_plot(pit: np.ndarray, title: str) -> Markup:
-    n = len(pit)
+def qq_plot(g: GroupEvidence, title: str) -> Markup:
+    n = g.tokens
     c = _Chart(title, "qq")
     svg = c.svg
     f = _Frame(c, 0, 1, 0, 1)
@@ -216,20 +217,18 @@ def qq_plot(pit: np.ndarray, title: str) -> Markup:
                                                       f"{f.y(max(0, min(1, b))):.1f}"
                                                       for a, b in band), "class": "band"})
     c.line(f.x(0), f.y(0), f.x(1), f.y(1), "ref")
-    xs = np.sort(pit)
-    step = max(1, n // 200)  # at most ~200 points: the shape is what matters
-    theory = (np.arange(n) + 0.5) / max(n, 1)
-    pts = " ".join(f"{f.x(t):.1f},{f.y(v):.1f}" for t, v in zip(theory[::step], xs[::step],
-                                                                strict=True))
+    pts = " ".join(f"{f.x(t):.1f},{f.y(v):.1f}" for t, v in g.pit_quantiles)
     ET.SubElement(svg, "polyline", {"points": pts, "class": "data"})
     f.ticks([(0, "0"), (0.5, "0.5"), (1, "1")], [(0, "0"), (0.5, "0.5"), (1, "1")])
     f.labels("uniform quantile", "PIT quantile")
     return c.done()
 
 
-def temperature_profile(temps: np.ndarray, loglik: np.ndarray, requested: float, estimate: float,
-                        low: float, high: float, title: str) -> Markup:
-    """``loglik[g]`` is the total log-likelihood at temperature ``temps[g]``; x on a log scale."""
+def temperature_profile(p: TemperatureProfile, title: str) -> Markup:
+    """The profile log-likelihood over the temperature grid, as the test read it; x on a log
+    scale."""
+    temps, loglik = np.asarray(p.temperatures), np.asarray(p.loglik)
+    requested, estimate, low, high = p.requested, p.estimate, p.low, p.high
     c = _Chart(title, "temp")
     svg = c.svg
     ok = loglik > -1e8

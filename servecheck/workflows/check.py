@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from rich.console import Console
@@ -20,6 +21,7 @@ from servecheck.checks.core.context import CheckContext, Scorer
 from servecheck.checks.core.conventions import ConventionFit, find_convention
 from servecheck.checks.core.options import CheckOptions
 from servecheck.checks.core.results import CheckResult, Verdict, overall
+from servecheck.checks.plausibility import judge
 from servecheck.errors import InputError
 from servecheck.formats.records import ResponseRecord
 from servecheck.formats.responses import MAX_RECORD_BYTES, read_records
@@ -50,6 +52,12 @@ class CheckRun:
     @property
     def verdict(self) -> Verdict:
         return overall(self.results)
+
+    @cached_property
+    def verdicts(self) -> dict[int, CheckResult]:
+        """Each record's own verdict (``checks.plausibility``), made once, on first use (the
+        report and ``compare`` show them; the table does not need them)."""
+        return judge(self.context, self.results)
 
 
 def _has_cuda() -> bool:
@@ -82,8 +90,8 @@ def teacher_force(ctx: CheckContext, console: Console, enabled: bool = True) -> 
         fit = ConventionFit(given, False)
     else:
         with spinner(console, "finding the sampling order…", enabled), timed("sampling order"):
-            fit = find_convention(ctx)
-        ctx.convention, ctx.undecided = fit.chosen, fit.undecided
+            fit, scored = find_convention(ctx)
+        ctx.use_convention(fit.chosen, fit.undecided, scored)
     with bar(console, "teacher forcing", len(ctx.records), enabled) as advance, \
             timed("teacher forcing"):
         ctx.prefetch(advance)

@@ -37,7 +37,8 @@ def run_check(responses: Path, options: CheckOptions, console: Console,
         first, n = run.context.first_index, len(run.context.all_records)
         piece = "" if chunk is None else \
             f" (chunk {chunk + 1}: records {first}–{first + n - 1}; the JSON summary covers all)"
-        write_html(console, path, run.context, run.results, meta_of(n, run), title + piece)
+        write_html(console, path, run.context, run.results, run.verdicts, meta_of(n, run),
+                   title + piece)
 
     done: SetRun = check_set(responses, options, console, progress, max_record_bytes,
                              chunking or Chunking(), outputs.report, report)
@@ -53,7 +54,8 @@ def run_check(responses: Path, options: CheckOptions, console: Console,
         write_result_files(console, done.results, {**meta, "tokens": done.tokens}, outputs.json,
                            outputs.junit)
         if outputs.report and done.whole is not None:
-            write_html(console, outputs.report, done.whole.context, done.results, meta, title)
+            write_html(console, outputs.report, done.whole.context, done.results,
+                       done.whole.verdicts, meta, title)
     write_timings()
     if done.verdict == "inconclusive":
         console.print("inconclusive: a check had too few records to decide (exit 3; "

@@ -32,10 +32,10 @@ from typing import Any
 
 from rich.console import Console
 
-from servecheck.checks import check_modules
 from servecheck.checks.core.combine import combine, slim
 from servecheck.checks.core.conventions import ConventionFit
 from servecheck.checks.core.options import CheckOptions
+from servecheck.checks.core.registry import specs
 from servecheck.checks.core.results import CheckResult, overall
 from servecheck.errors import InputError, __version__
 from servecheck.formats.records import ResponseRecord
@@ -233,7 +233,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     directory = state_dir(found.path, options, chunking) if not engine.rank and \
         int(os.environ.get("WORLD_SIZE", "1")) <= 1 else None
     if directory:
-        check_modules()  # every result type saved state may name, loaded before it is read
+        specs()  # every check, so every result type saved state may name, loaded before it is read
         try:             # (the decoder builds only types already loaded: it never imports)
             private_dir(directory)
         except BaseException:

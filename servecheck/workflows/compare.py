@@ -25,8 +25,8 @@ from rich.table import Table
 
 from servecheck.checks.core.context import CheckContext, label
 from servecheck.checks.core.options import CheckOptions
-from servecheck.checks.core.results import CheckResult
-from servecheck.checks.plausibility import EXPLANATION, judge, word
+from servecheck.checks.core.results import CheckResult, RecordDetails
+from servecheck.checks.plausibility import judge, word
 from servecheck.checks.template import check_template
 from servecheck.checks.termination import check_termination
 from servecheck.collect.targets import Target, open_target
@@ -246,7 +246,7 @@ def run_compare(responses: Path, reference: str, target: str | None, sample: int
     ok_truth, n_truth = verdict_counts(pairs, "truth")
     both = sum(1 for p in pairs if not p.same_text and p.served.verdict and p.truth.verdict
                and p.served.verdict.verdict == p.truth.verdict.verdict == "pass")
-    console.print(escape(EXPLANATION), style="dim")
+    console.print(escape(RecordDetails.EXPLANATION), style="dim")
     console.print(f"served: {ok_served}/{n_served} plausible · ground truth: {ok_truth}/{n_truth} "
                   f"plausible · {both} pair(s) with different texts, both plausible")
     if n_truth < len(pairs) or ok_truth < n_truth:
@@ -257,7 +257,7 @@ def run_compare(responses: Path, reference: str, target: str | None, sample: int
 
         write_page(html, render("compare.html.j2", pairs=pairs, truth_spec=truth_spec,
                                 responses=str(responses), reference=reference, seed=seed,
-                                explanation=EXPLANATION, served_ok=(ok_served, n_served),
+                                explanation=RecordDetails.EXPLANATION, served_ok=(ok_served, n_served),
                                 truth_ok=(ok_truth, n_truth), both=both))
         console.print(f"side-by-side page written to {markup(html)}")
     return EXIT_PASS if ok_served == n_served == len(pairs) else EXIT_FAIL

@@ -73,12 +73,13 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
 
 def cmd_plan(a: argparse.Namespace, console: Console) -> int:
     from servecheck.checks.core.options import CheckOptions
+    from servecheck.checks.sampler import SamplerDetails
     from servecheck.workflows.check import check
 
     run = check(a.responses, CheckOptions(reference=a.reference, alpha=a.alpha), console,
                 progress=False)
-    sampler = next((r for r in run.results if r.name == "sampler"), None)
-    if sampler is None or not getattr(sampler.details, "tail_mass", None):
+    sampler = next((r for r in run.results if isinstance(r.details, SamplerDetails)), None)
+    if sampler is None or not sampler.details.tail_mass:
         raise InputError("the pilot has too few sampled tokens to plan from (the sampler check "
                          f"says: {sampler.summary if sampler else 'no sampler check'})",
                          where=str(a.responses))

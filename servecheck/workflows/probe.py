@@ -30,7 +30,8 @@ from rich.table import Table
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.options import CheckOptions
 from servecheck.checks.core.results import CheckResult, Details, Finding, NoDetails, Verdict
-from servecheck.checks.seeds import SeedDetails, group_test
+from servecheck.checks.core.seed_tests import group_test
+from servecheck.checks.seeds import SeedDetails
 from servecheck.checks.template import first_difference
 from servecheck.collect.targets import Target, open_target
 from servecheck.errors import EXIT_FAIL, EXIT_PASS, InputError, TargetError

@@ -16,55 +16,24 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
+from servecheck.collect.progress import RatesColumn
+from servecheck.collect.progress import bar as shared_bar
 from servecheck.report.files import write_text
 from servecheck.report.terminal import markup
 
 
-class RatesColumn(ProgressColumn):
-    """Records/s, and tokens/s where the caller counts tokens: at scale, the figure to watch."""
-
-    def render(self, task: Task) -> Text:
-        elapsed = task.elapsed or 0.0
-        if elapsed <= 0 or not task.completed:
-            return Text("")
-        tokens = task.fields.get("tokens", 0)
-        rates = f"{task.completed / elapsed:,.0f} rec/s"
-        return Text(rates + (f" · {tokens / elapsed:,.0f} tok/s" if tokens else ""))
-
-
-@contextmanager
 def bar(console: Console, description: str, total: int, enabled: bool = True
-        ) -> Iterator[Callable[..., None]]:
-    """A progress bar for ``total`` units; yields ``advance(n, tokens=0)``. Transient: it leaves
-    the screen for the results once done."""
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               RatesColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=console, disable=not enabled, transient=True) as progress:
-        task = progress.add_task(markup(description), total=total, tokens=0)  # names a file
-
-        counted = [0]
-
-        def advance(n: int = 1, tokens: int = 0) -> None:
-            counted[0] += tokens
-            progress.update(task, advance=n, tokens=counted[0])
-
-        yield advance
+        ) -> AbstractContextManager[Callable[..., None]]:
+    """collect's progress bar (``servecheck.collect.progress``) for ``total`` units, with records/s
+    and tokens/s; yields ``advance(n, tokens=0)``. Transient: it leaves the screen for the
+    results once done. ``description`` may name a file, so it is shown as data, never markup."""
+    return shared_bar(markup(description), total, RatesColumn(), console=console, enabled=enabled,
+                      transient=True)
 
 
 def spinner(console: Console, text: str, enabled: bool = True):

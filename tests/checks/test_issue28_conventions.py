@@ -119,8 +119,8 @@ def test_one_cut_record_fails_termination_only(tmp_path: Path, run_cli, root: Pa
 def test_an_ignored_seed_makes_copies_one_draw(tmp_path: Path, run_cli, verdicts) -> None:
     """Six seeds per request, all ignored: the six identical texts are one draw to the pooled
     checks, and every record is taken to read one random stream."""
+    from servecheck.checks.core.pooling import sampled_groups
     from servecheck.checks.core.shared_seeds import seed_design
-    from servecheck.checks.distribution import sampled_groups
 
     prompts = tmp_path / "p.json"
     prompts.write_text(json.dumps({"prompt": ["What does the cat say?", "Name a color.",

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from servecheck.checks.distribution import record_z
+from servecheck.checks.core.pooling import record_z
 from servecheck.checks.plausibility import record_pit_z
 from servecheck.collect.targets.hf import HFTarget
 from servecheck.formats.prompts import Request, request_id

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from servecheck.errors import InputError
+from servecheck.formats.parameters import MIN_TEMPERATURE, Parameters
 from servecheck.formats.prompts import expand
-from servecheck.formats.records import MIN_TEMPERATURE, Parameters
 
 
 def _write(tmp_path: Path, obj: object) -> Path:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from servecheck.formats.conversation import Conversation, Message
 from servecheck.formats.prompts import expand
-from servecheck.formats.records import Conversation, Message, ResponseRecord
+from servecheck.formats.records import ResponseRecord
 from servecheck.formats.responses import ResponseWriter, read_records
 
 

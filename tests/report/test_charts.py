@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from servecheck.checks.core.results import GroupEvidence, TemperatureProfile
 from servecheck.reference.scoring import TEMPERATURE_FACTORS
 from servecheck.report import svg
 from servecheck.report.pages import environment
@@ -38,8 +39,9 @@ def _profile(requested: float, effective: float) -> str:
     """A temperature chart whose log-likelihood peaks at ``effective``."""
     temps = requested * TEMPERATURE_FACTORS
     loglik = -40 * (np.log(temps) - np.log(effective)) ** 2
-    return str(svg.temperature_profile(temps, loglik, requested, effective, effective * 0.9,
-                                       effective * 1.1, "temperature · T=0.8 top_p=0.9"))
+    profile = TemperatureProfile(tuple(temps.tolist()), tuple(loglik.tolist()), requested,
+                                 effective, effective * 0.9, effective * 1.1)
+    return str(svg.temperature_profile(profile, "temperature · T=0.8 top_p=0.9"))
 
 
 def _boxes(chart: str) -> list[tuple[str, svg.Box]]:
@@ -89,19 +91,21 @@ def test_close_markers_label_on_opposite_sides_or_rows() -> None:
 def test_tick_labels_that_would_collide_are_dropped() -> None:
     # a badly failing server: one PIT bin 20× too full squeezes the y ticks 0 and 1 together
     pit = np.concatenate([np.full(400, 0.95), np.linspace(0, 1, 20)])
-    chart = str(svg.pit_histogram(pit, "PIT histogram · T=1"))
+    chart = str(svg.pit_histogram(GroupEvidence.of_pit("T=1", 1, pit), "PIT histogram · T=1"))
     assert not _overlapping(_boxes(chart))
 
 
 def test_long_titles_are_squeezed_into_the_chart() -> None:
-    chart = str(svg.qq_plot(np.linspace(0, 1, 50), "PIT QQ · " + "T=0.7 top_p=0.9 top_k=5 " * 3))
+    chart = str(svg.qq_plot(GroupEvidence.of_pit("g", 1, np.linspace(0, 1, 50)),
+                            "PIT QQ · " + "T=0.7 top_p=0.9 top_k=5 " * 3))
     title = ET.fromstring(chart).find("s:text", NS)
     assert title is not None and float(title.get("textLength", 0)) <= svg.W - 8
 
 
 def test_charts_scale_with_their_container() -> None:
-    for chart in (_profile(0.8, 0.81), str(svg.qq_plot(np.linspace(0, 1, 9), "qq")),
-                  str(svg.pit_histogram(np.linspace(0, 1, 9), "pit"))):
+    nine = GroupEvidence.of_pit("g", 1, np.linspace(0, 1, 9))
+    for chart in (_profile(0.8, 0.81), str(svg.qq_plot(nine, "qq")),
+                  str(svg.pit_histogram(nine, "pit"))):
         root = ET.fromstring(chart)
         assert root.get("viewBox") == f"0 0 {svg.W} {svg.H}" and root.get("width") == "100%"
         assert root.get("height") is None  # the height follows the width (aspect ratio)

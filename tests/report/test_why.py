@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from servecheck.checks.core.explain import case, headline, stat_reason
 from servecheck.checks.core.results import CheckResult
 from servecheck.checks.core.stats import StatTest
 from servecheck.checks.distribution import FLOORS, FitDetails, TemperatureDetails
@@ -29,7 +30,6 @@ from servecheck.formats.prompts import Request, request_id
 from servecheck.formats.records import Conversation, Message, Parameters
 from servecheck.report.html import check_rows
 from servecheck.report.pages import render
-from servecheck.report.why import case, check_reason, headline, stat_reason
 
 
 def _test(effect: float, p: float, p_adjusted: float, rejected: bool, floor: float = 0.1,
@@ -90,7 +90,7 @@ def test_check_row_explains_the_effect_it_shows() -> None:
     small = _test(0.05, 1e-5, 1e-4, True, group="T=0.5")
     d = _fit(quiet, noisy, small)
     assert headline(d.tests()) is noisy and d.effect() == "relative error +0.500 (floor 0.1)"
-    why = check_reason(CheckResult("fit", "pass", "", d))
+    why = CheckResult("fit", "pass", "", d).reason
     assert why == (
         "PASS: none of the 3 test(s) is both significant after Holm (α = 0.01) and beyond its "
         "floor (no evidence, within the floor: 1; beyond the floor but too noisy to tell from "
@@ -100,17 +100,17 @@ def test_check_row_explains_the_effect_it_shows() -> None:
     failed = _test(-0.2, 1e-9, 1e-8, True, group="T=0.7")
     d = _fit(quiet, noisy, failed)
     assert headline(d.tests()) is failed and d.effect() == "relative error -0.200 (floor 0.1)"
-    why = check_reason(CheckResult("fit", "fail", "", d)) or ""
+    why = CheckResult("fit", "fail", "", d).reason or ""
     assert why.startswith("FAIL: 1 of 3 test(s) significant after Holm (α = 0.01) and beyond "
                           "their floor") and \
         "The effect shown, T=0.7" in why
-    assert check_reason(CheckResult("fit", "skipped", "", _fit())) is None
+    assert CheckResult("fit", "skipped", "", _fit()).reason is None
 
 
 def test_tolerance_checks_say_why() -> None:
     ok = LogprobsDetails(4, "raw", tokens=90, mean_abs_diff={"raw": 0.02, "after": 0.4},
                          max_abs_diff=0.3, tolerance=0.1)
-    assert check_reason(CheckResult("logprobs", "pass", "", ok)) == (
+    assert CheckResult("logprobs", "pass", "", ok).reason == (
         "PASS: the served log-probs (raw) differ from the reference's by a mean |Δ| of 0.0200, "
         "within the tolerance 0.1 of the server's numerics (a fixed bound on the mean, not a "
         "statistical test); the largest single |Δ|, 0.3000, is beyond it, but the verdict "
@@ -118,25 +118,26 @@ def test_tolerance_checks_say_why() -> None:
     bad = LogprobsDetails(4, "raw", tokens=90, mean_abs_diff={"raw": 0.5}, max_abs_diff=2.0,
                           tolerance=0.1)
     assert "mean |Δ| of 0.5000, beyond the tolerance 0.1" in \
-        (check_reason(CheckResult("logprobs", "fail", "", bad)) or "")
+        (CheckResult("logprobs", "fail", "", bad).reason or "")
     bos = LogprobsDetails(4, "raw", tokens=90, mean_abs_diff={"raw": 0.05}, max_abs_diff=0.09,
                           tolerance=0.1, prompt_diagnosis="an extra BOS",
                           prompt_fit={"reference prompt": 0.05, "an extra BOS": 0.0001})
-    why = check_reason(CheckResult("logprobs", "fail", "", bos)) or ""
+    why = CheckResult("logprobs", "fail", "", bos).reason or ""
     assert why.startswith("FAIL: ") and "within the tolerance 0.1" in why
     assert "fit a prompt with an extra BOS far better than the reference prompt (mean |Δ| " \
            "0.00010 against 0.05000)" in why
     lost = LogprobsDetails(4, "raw", misaligned=2)
-    assert (check_reason(CheckResult("logprobs", "fail", "", lost)) or "").startswith(
+    assert (CheckResult("logprobs", "fail", "", lost).reason or "").startswith(
         "FAIL: 2 of 4 record(s)' served log-probs stop lining up")
     greedy = GreedyDetails(3, 50, 0, 2, 0.25, "bf16", [])
-    assert check_reason(CheckResult("greedy", "pass", "", greedy)) == (
+    assert CheckResult("greedy", "pass", "", greedy).reason == (
         "PASS: every one of the 50 served tokens is the reference's argmax; 2 token(s) differ "
         "from it by no more than δ = 0.25 logits, near-ties the bf16 numerics legitimately "
         "split.")
     seeds = SeedDetails([SeedGroup("'Hi' T=1", 8, 2, 7, 1e-6, 1e-9),
-                         SeedGroup("'Yo' T=1", 8, 8, 1, 0.0, 1.0)], 0.01)
-    assert check_reason(CheckResult("seeds", "fail", "", seeds)) == (
+                         SeedGroup("'Yo' T=1", 8, 8, 1, 0.0, 1.0)], 0.01,
+                        rejected=(True, False))
+    assert CheckResult("seeds", "fail", "", seeds).reason == (
         "FAIL: 1 of 2 seed group(s) repeat one text more often than a correct sampler would by "
         "chance (rejected by Holm at α = 0.01).")
 

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 from servecheck.checks.core.end_counting import EndCounting, find_end_counting
 from servecheck.checks.core.options import CheckOptions, Numerics
+from servecheck.checks.core.record_markup import RecordMarkup
+from servecheck.checks.core.registry import alpha_share
 from servecheck.checks.core.token_search import TokenSearch
 from servecheck.errors import InputError
 from servecheck.formats.records import ResponseRecord
@@ -59,8 +61,8 @@ class CheckContext:
         self.ref = ref
         self.convention: Convention = self.options.convention or HF
         """The sampling convention every score is made under; where the options leave it
-        unset, ``check`` puts the one the records show (``checks.core.conventions``) before
-        anything is scored."""
+        unset, ``use_convention`` sets the one the records show (``checks.core.conventions``)
+        before anything is scored."""
         self.undecided: list[Convention] = []
         """Other orders the records could not rule out (``ConventionFit.undecided``), put with
         the convention: a token one of them holds is no support violation."""
@@ -136,12 +138,31 @@ class CheckContext:
                                  f"against this reference", where=r.named(label_)) from None
         return out
 
+    def check_alpha(self, name: str) -> float:
+        """Check ``name``'s family-wise rate: its declared share of the run's α."""
+        return self.options.alpha * alpha_share(name)
+
+    def use_convention(self, convention: Convention, undecided: list[Convention],
+                       scored: dict[int, TokenScores]) -> None:
+        """Score under ``convention`` (found from the records, ``checks.core.conventions``),
+        with the orders the records could not rule out, keeping the records ``scored`` under it
+        while it was found; only before anything else is scored."""
+        if self._scores:
+            raise RuntimeError("the sampling convention is set before any record is scored")
+        self.convention, self.undecided = convention, list(undecided)
+        self._scores.update(scored)
+
     def once(self, key: str, make: Callable[[], Any]) -> Any:
         """A fact about the records that several checks need (the seed tests), made once per
         run by whichever asks first."""
         if key not in self._derived:
             self._derived[key] = make()
         return self._derived[key]
+
+    @cached_property
+    def outputs(self) -> RecordMarkup:
+        """The tool calls and thinking in each output, parsed once (``record_markup``)."""
+        return RecordMarkup(self.ref, self.records)
 
     @cached_property
     def end_counting(self) -> EndCounting:
@@ -223,7 +244,10 @@ class CheckContext:
     def _search_tokens(self, idx: list[int]) -> None:
         """Text-only records: the canonical tokens replaced by the most plausible tokenization
         (``checks.core.token_search``), rescoring only the records with a proposal."""
-        self.departures.update(TokenSearch(self).run(idx))
+        for i, found in TokenSearch(self).run(idx).items():
+            self._output_ids[i] = (found.ids, TokenSource.SEARCHED)
+            self._scores[i] = found.scores
+            self.departures[i] = found.departures
 
     def prefetch(self, advance: Callable[..., None] | None = None,
                  chunk_tokens: int = 32768) -> None:

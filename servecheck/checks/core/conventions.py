@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from servecheck.checks.support import outside_support
+from servecheck.checks.core.token_rules import outside_support
 from servecheck.reference.sampling import HF, LLAMA_CPP, Convention
+from servecheck.reference.scoring import TokenScores
 from servecheck.reference.tokenization import TokenSource
 
 if TYPE_CHECKING:
@@ -165,14 +166,15 @@ def _spread(idx: list[int], n: int) -> list[int]:
     return [idx[k] for k in np.linspace(0, len(idx) - 1, n).round().astype(int).tolist()]
 
 
-def find_convention(ctx: CheckContext) -> ConventionFit:
+def find_convention(ctx: CheckContext) -> tuple[ConventionFit, dict[int, TokenScores]]:
     """Score the telling records under each candidate; keep the default unless another fits
-    better by ``MARGIN_NATS``. The chosen candidate's scores of records with server ids are
-    kept (a text-only record is scored again after its tokenization search)."""
+    better by ``MARGIN_NATS``. Returns the fit and the chosen candidate's scores of records
+    with server ids, for ``CheckContext.use_convention`` to keep (a text-only record is scored
+    again after its tokenization search)."""
     order, scope = telling_records(ctx)
     options = candidates(bool(order), bool(scope))
     if len(options) < 2:
-        return ConventionFit(HF, True)
+        return ConventionFit(HF, True), {}
     idx = _spread(sorted(set(order) | set(scope)), MAX_RECORDS)
     items = [ctx.item(i) for i in idx]
     scored = [ctx.scorer(ctx.ref, items, c) for c in options]
@@ -188,11 +190,10 @@ def find_convention(ctx: CheckContext) -> ConventionFit:
         fits.append((sum(ll), sum(clear), sum(ties)))
     fits_ = [CandidateFit(c, ll, v, t) for c, (ll, v, t) in zip(options, fits, strict=True)]
     chosen, note, too_few = _decide(fits_, per_record)
-    for i, s in zip(idx, scored[chosen], strict=True):
-        if ctx.output_ids(i)[1] is TokenSource.SERVER_IDS:
-            ctx._scores[i] = s
+    kept = {i: s for i, s in zip(idx, scored[chosen], strict=True)
+            if ctx.output_ids(i)[1] is TokenSource.SERVER_IDS}
     return ConventionFit(options[chosen], True, len(idx), sum(len(s) for s in scored[0]), fits_,
-                         note, too_few)
+                         note, too_few), kept
 
 
 def _decide(fits: list[CandidateFit], per_record: list[np.ndarray]

@@ -39,15 +39,6 @@ NUMERICS = {n.name: n for n in [Numerics("fp32", 0.01, 1e-3, 0.01),
                                 Numerics("fp8", 0.5, 0.15, 0.3)]}
 
 TokenChoice = Literal["posterior", "max"]
-STATISTICAL_FAMILIES = {"fit": 0.45, "sampler": 0.45, "plausibility": 0.05, "seeds": 0.05}
-"""The checks whose verdicts are tests at a level, each one Holm family (fit's includes the
-temperature check), and its share of the run's α (weighted Bonferroni, fixed before any data:
-the two that most faults fall to get the most; plausibility and seeds see evidence far beyond
-any level when they fire). Each alone held α before, and a correct
-server's run failed one of them in 3% of 200 held-out runs at α = 1%
-(docs/validation-power.md)."""
-
-
 @dataclass(frozen=True)
 class CheckOptions:
     """How to check a responses file. The defaults are the command line's."""
@@ -60,8 +51,9 @@ class CheckOptions:
     """Overrides the numerics row's logit tolerance (greedy and top_k boundary)."""
     alpha: float = 0.01
     """The run's false-alarm rate: the chance that a correct server fails any statistical
-    check. Each of the ``STATISTICAL_FAMILIES`` gets its share (``check_alpha``) and
-    corrects within itself by Holm, so the shares add up to at most α."""
+    check. Each statistical check gets its declared share (``CheckContext.check_alpha``,
+    ``checks.core.registry``) and corrects within itself by Holm, so the shares add up to at
+    most α."""
     convention: Convention | None = None
     """Where engines differ in the order and edges of sampling; None: found from the records
     (``checks.core.conventions``)."""
@@ -86,10 +78,6 @@ class CheckOptions:
             raise InputError(f"--logit-tolerance must be ≥ 0, got {self.logit_tolerance}")
         if self.token_choice not in ("posterior", "max"):
             raise InputError(f"token_choice must be 'posterior' or 'max', got {self.token_choice!r}")
-
-    def check_alpha(self, family: str) -> float:
-        """One statistical check's family-wise rate: its share of α."""
-        return self.alpha * STATISTICAL_FAMILIES[family]
 
     @property
     def tolerances(self) -> Numerics:

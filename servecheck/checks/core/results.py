@@ -3,15 +3,21 @@ and the verdict on one record.
 
 A result is a verdict, a one-line summary, typed details and findings. The details are each
 check's own dataclass (``Details``): they say how they are written to the JSON summary, which
-statistical tests stand behind the verdict, what the HTML report shows as the effect, and how
-JUnit splits them into test cases. The report, JUnit and the per-record verdict read those hooks;
-none of them switches on a check's name, so a new check is one file plus its tests.
+statistical tests stand behind the verdict, what the HTML report shows as the effect and why
+the verdict is what it is, the per-group evidence it draws, and how JUnit splits them into
+test cases. The report, JUnit and the per-record verdict read those hooks and import no check:
+a new check is one file plus its tests.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+
+from servecheck.checks.core.explain import test_rows
+from servecheck.checks.core.stats import PIT_BINS
 
 if TYPE_CHECKING:
     from servecheck.checks.core.stats import StatTest
@@ -64,6 +70,77 @@ class Details:
         """JUnit test cases, one per parameter group; empty: one case for the whole check."""
         return []
 
+    def reason(self, verdict: Verdict) -> str | None:
+        """The verdict in words ("PASS: …"), where the effect is judged against a floor or a
+        tolerance; None where the effect is a plain count of what went wrong."""
+        return None
+
+    def family(self) -> tuple[float, int | None]:
+        """(α, number of tests) of the Holm family the tests were judged in, for their "why"."""
+        return 0.0, None
+
+    def test_rows(self) -> list[dict[str, Any]]:
+        """The tests as the report's tables show them, each with its verdict and why."""
+        return test_rows(self.tests(), *self.family())
+
+    def group_evidence(self) -> list[GroupEvidence]:
+        """Per parameter group, what the report draws (none: the check draws nothing)."""
+        return []
+
+    explains_prompts: ClassVar[bool] = False
+    """Its findings say how a record's served prompt differs from the reference's (the
+    template check): the report puts them beside the prompt diffs."""
+
+
+@dataclass(frozen=True)
+class TemperatureProfile:
+    """The temperature test's profile likelihood, as the test read it."""
+
+    temperatures: tuple[float, ...]
+    loglik: tuple[float, ...]
+    requested: float
+    estimate: float
+    low: float
+    high: float
+
+
+QQ_POINTS = 200
+"""About this many (uniform, PIT) quantile pairs describe a group's PIT distribution."""
+
+
+@dataclass(frozen=True)
+class GroupEvidence:
+    """One parameter group's evidence, as the statistical checks computed it."""
+
+    label: str
+    records: int
+    tokens: int
+    """Informative tokens: the PIT values behind the histogram and the QQ plot."""
+    pit_counts: tuple[int, ...]
+    """The PIT values in equal bins over [0, 1]."""
+    pit_quantiles: tuple[tuple[float, float], ...]
+    """(uniform quantile, PIT quantile) at evenly spaced ranks (about 200 of them)."""
+    tests: tuple[StatTest, ...] = ()
+    """Every test of the group, the temperature's last."""
+    profile: TemperatureProfile | None = None
+    temperature: str = "not estimated (too few informative tokens)"
+    """The effective temperature in words."""
+
+    @classmethod
+    def of_pit(cls, label: str, records: int, pit: np.ndarray, **rest: Any) -> GroupEvidence:
+        """A group's evidence from its PIT values: binned as the χ² test bins them, and about
+        ``QQ_POINTS`` quantiles."""
+        n = len(pit)
+        counts = np.histogram(pit, bins=PIT_BINS, range=(0.0, 1.0))[0]
+        step = max(1, n // QQ_POINTS)
+        uniform = (np.arange(n) + 0.5) / max(n, 1)
+        quantiles = zip(uniform[::step].tolist(), np.sort(pit)[::step].tolist(), strict=True)
+        return cls(label, records, n, tuple(counts.tolist()), tuple(quantiles), **rest)
+
+    def test_rows(self, alpha: float, family: int | None) -> list[dict[str, Any]]:
+        """The group's tests as the report's tables show them (``Details.test_rows``)."""
+        return test_rows(list(self.tests), alpha, family)
+
 
 @dataclass(frozen=True)
 class NoDetails(Details):
@@ -83,6 +160,14 @@ class CheckResult:
     findings_total: int | None = None
     """How many findings there were, where only the worst are kept (a chunked run)."""
 
+    @property
+    def reason(self) -> str | None:
+        """The verdict in words (``Details.reason``); none for a check that could not decide
+        or had nothing to look at."""
+        if self.verdict in ("skipped", "inconclusive"):
+            return None
+        return self.details.reason(self.verdict)
+
     def worst_first(self) -> list[Finding]:
         return sorted(self.findings, key=lambda f: -f.severity)
 
@@ -100,3 +185,23 @@ def overall(results: list[CheckResult]) -> Verdict:
     verdicts = {r.verdict for r in results}
     return "fail" if "fail" in verdicts else "inconclusive" if "inconclusive" in verdicts \
         else "pass"
+
+
+@dataclass(frozen=True)
+class RecordDetails(Details):
+    """A per-record verdict (``checks.plausibility``): ``CheckResult.name`` is the record's label,
+    ``summary`` one line of statistics whatever the verdict, and each finding a reason a correct
+    server could not have produced the output."""
+
+    mode: Literal["greedy", "sampled"]
+    z: float | None = None
+    p: float | None = None
+
+    EXPLANATION: ClassVar[str] = (
+        "plausible = a correct server could have produced this output: its prompt equals the "
+        "reference template, it ends correctly, every greedy token is the reference argmax "
+        "(near-ties within δ allowed), every sampled token lies inside top_k/top_p/min_p (within "
+        "the numerics tolerance), and its likelihood z = −Σ Φ⁻¹(u) / √n over the randomised PIT "
+        "u of its tokens (exactly standard normal for a correct sampler, whatever the output's "
+        "length) is within ±z* (two-sided, α/N over the N sampled outputs judged). Two different "
+        "texts can both be plausible: a sampler picks one of many likely outputs.")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from servecheck.checks.core.context import CheckContext
-from servecheck.checks.seeds import seed_tests
+from servecheck.checks.core.seed_tests import seed_tests
 from servecheck.reference.scoring import TokenScores
 
 MIN_PAIRS = 50

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from scipy import stats as st
@@ -42,6 +43,9 @@ class StatTest:
     @property
     def failed(self) -> bool:
         return self.rejected and abs(self.effect) >= self.floor
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__ | {"failed": self.failed}
 
     def describe(self) -> str:
         return (f"{self.group}: {self.name} p={self.p:.2e} (Holm {self.p_adjusted:.2e}), "
@@ -138,6 +142,10 @@ class TemperatureFit:
     detectable: float | None = None
     """The smallest relative temperature error these tokens would have caught with 95% power
     at the family's level (never below the floor); None where the profile has no curvature."""
+    temperatures: tuple[float, ...] = ()
+    profile: tuple[float, ...] = ()
+    """The log-likelihood at each of ``temperatures``, exactly as the test read it (the
+    report draws it beside the interval, so the two agree)."""
 
 
 def temperature_profile(temp_ll: np.ndarray) -> np.ndarray:
@@ -177,7 +185,9 @@ def temperature_fit(temp_ll: np.ndarray, requested: float, factors: np.ndarray, 
                 estimate / requested - 1, floor, "relative error", temp_ll.shape[0],
                     "temperature")
     return TemperatureFit(estimate, float(np.exp(min(low, est))), float(np.exp(max(high, est))),
-                          test, level=level, detectable=detectable)
+                          test, level=level, detectable=detectable,
+                          temperatures=tuple(float(t) for t in requested * factors),
+                          profile=tuple(float(v) for v in total))
 
 
 POWER = 0.95

@@ -10,7 +10,7 @@ context, declared here so that this module need not import ``checks.core.context
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -18,7 +18,6 @@ import numpy as np
 from servecheck.reference.scoring import ScoreItem, TokenScores
 from servecheck.reference.tokenization import (
     MAX_ROUNDS,
-    SEARCHED,
     PromptSource,
     Proposal,
     TokenBytes,
@@ -74,9 +73,19 @@ def departures(chosen: list[int], canonical: list[int], tb: TokenBytes,
     return tuple(out)
 
 
+@dataclass(frozen=True)
+class Searched:
+    """A record's tokenization as the search left it, where it is not the canonical one."""
+
+    ids: list[int]
+    scores: TokenScores
+    departures: tuple[int, ...]
+    """The output token positions where ``ids`` depart from the canonical tokenization."""
+
+
 class SearchContext(Protocol):
-    """What the search reads and writes of the check's context: ``checks.core.context.CheckContext``
-    is one, and hands itself to ``TokenSearch``."""
+    """What the search reads of the check's context: ``checks.core.context.CheckContext`` is
+    one, hands itself to ``TokenSearch`` and applies what ``run`` returns."""
 
     records: list[ResponseRecord]
     ref: Reference
@@ -85,10 +94,6 @@ class SearchContext(Protocol):
     sampling: list[Sampling]
     undecided: list[Convention]
     lost_at: dict[int, int]
-    _scores: dict[int, TokenScores]
-    """The context's score cache: the search puts a record's scores on its kept tokens."""
-    _output_ids: dict[int, tuple[list[int], TokenSource]]
-    """The context's output tokens cache: the search puts a record's kept tokens."""
 
     @property
     def token_bytes(self) -> TokenBytes: ...
@@ -96,6 +101,8 @@ class SearchContext(Protocol):
                ) -> list[TokenScores]: ...
     def score_items(self, items: list[ScoreItem]) -> list[TokenScores]: ...
     def item(self, i: int) -> ScoreItem: ...
+    def output_ids(self, i: int) -> tuple[list[int], TokenSource]: ...
+    def scores(self, indices: list[int], search: bool = True) -> dict[int, TokenScores]: ...
     def prompt_ids(self, i: int) -> tuple[list[int], PromptSource]: ...
     def served_count(self, i: int) -> int | None: ...
     def seed(self, i: int) -> int: ...
@@ -109,6 +116,10 @@ class TokenSearch:
         self.hideable = ctx.ref.hideable_ids
         self.view: dict[int, TokenScores] = {}
         """Each record's scores as the search judges them (``_views``)."""
+        self.tokens: dict[int, list[int]] = {}
+        """Each searched record's current tokens (its canonical ones to begin with)."""
+        self.current: dict[int, TokenScores] = {}
+        """Their scores under the run's convention: what the checks will read."""
 
     def _views(self, items: list[ScoreItem], scores: list[TokenScores]) -> list[TokenScores]:
         """The scores as the search judges them. Where the records could not tell the sampling
@@ -131,21 +142,24 @@ class TokenSearch:
         return out
 
     def _judged(self, i: int) -> TokenScores:
-        return self.view[i] if i in self.view else self.ctx._scores[i]
+        return self.view[i] if i in self.view else self.current[i]
 
-    def run(self, idx: list[int]) -> dict[int, tuple[int, ...]]:
+    def run(self, idx: list[int]) -> dict[int, Searched]:
         """Search the records at ``idx`` (scored on their canonical tokens); returns, for each
-        one that ends on other tokens, where those depart from the canonical ones."""
+        one that ends on other tokens, those tokens, their scores and where they depart from
+        the canonical ones (the context puts them in its caches)."""
         ctx, tb = self.ctx, self.tb
-        canonical = {i: ctx._output_ids[i][0] for i in idx}
+        canonical = {i: ctx.output_ids(i)[0] for i in idx}
         if not self._pieces_join(canonical):
             return {}  # a decoder whose pieces do not join back to the text: canonical it is
-        live = idx
-        doubtful = [i for i in idx if "logq" in ctx._scores[i].stats and
-                    not (ctx._scores[i].stats["logq"] >= IMPLAUSIBLE_LOGQ).all()]
+        self.tokens = dict(canonical)
+        self.current = ctx.scores(idx, search=False)
+        live, moved = idx, set()
+        doubtful = [i for i in idx if "logq" in self.current[i].stats and
+                    not (self.current[i].stats["logq"] >= IMPLAUSIBLE_LOGQ).all()]
         if ctx.undecided and doubtful:
             self.view.update(zip(doubtful, self._views([ctx.item(i) for i in doubtful],
-                                                       [ctx._scores[i] for i in doubtful]),
+                                                       [self.current[i] for i in doubtful]),
                                  strict=True))
         for round_ in range(MAX_ROUNDS):
             proposals = {}
@@ -156,7 +170,7 @@ class TokenSearch:
                     continue
                 found = {}
                 for variant in VARIANTS if suspect.any() else VARIANTS[:1]:
-                    p = propose(ctx._output_ids[i][0], s.argmax, tb, ctx.ref.encode,
+                    p = propose(self.tokens[i], s.argmax, tb, ctx.ref.encode,
                                 self.frozen, suspect, *variant)
                     if p is not None:
                         found.setdefault(tuple(p.ids), p)
@@ -177,13 +191,13 @@ class TokenSearch:
             live = []
             for i, (s, v, ids) in best.items():
                 if self.keep(i, v, round_):
-                    ctx._output_ids[i] = (ids, SEARCHED)
-                    ctx._scores[i] = s
-                    self.view[i] = v
+                    self.tokens[i], self.current[i], self.view[i] = ids, s, v
                     live.append(i)
+                    moved.add(i)
         hidden = frozenset(self.hideable)
-        return {i: departures(ctx._output_ids[i][0], canonical[i], tb, hidden) for i in idx
-                if ctx._output_ids[i][1] == SEARCHED}
+        return {i: Searched(self.tokens[i], self.current[i],
+                            departures(self.tokens[i], canonical[i], tb, hidden))
+                for i in idx if i in moved}
 
     def hidden(self, i: int, suspect: np.ndarray) -> list[Proposal]:
         """A special token the detokenizer skipped, put back before the first suspect token:
@@ -193,7 +207,7 @@ class TokenSearch:
         more than the text holds and no token looks off (the hidden token's log-prob happened
         to be near the next one's), each of the first ``HIDDEN_PLACES`` places is tried. Only
         ``Reference.hideable_ids`` are tried, one per proposal."""
-        ids = self.ctx._output_ids[i][0]
+        ids = self.tokens[i]
         if any(t in self.hideable for t in ids):
             return []
         at = np.flatnonzero(suspect)
@@ -212,7 +226,7 @@ class TokenSearch:
         any of the checkpoint's end tokens (``<eos>`` as well as ``<end_of_turn>``), each a
         correct end. Where the one the text shows looks impossible (``suspect``), each other
         one is proposed, and the reference's own odds decide."""
-        ids = self.ctx._output_ids[i][0]
+        ids = self.tokens[i]
         ends = self.ctx.ref.end_ids
         if not ids or ids[-1] not in ends or not suspect[len(ids) - 1]:
             return []

@@ -3,6 +3,8 @@
 A target turns a ``Request`` into a ``ResponseRecord``. Each kind is named by the scheme of its
 spec (``hf:builtin``, later ``triton://…``, ``openai://…``) and lives in its own module, imported
 only when a spec names it, so an optional client library is needed only by those who use it.
+``registry`` says which class a scheme opens: servecheck's own, and those an installed package
+registers (entry-point group ``servecheck.targets``).
 
 A target that templates on the client or puts back an end marker the server stripped needs a
 checkpoint for it, and takes it only from the user: its own ``?template=PATH|builtin`` or
@@ -15,13 +17,16 @@ where it cannot work at all (a prompt to template) the missing reference is an `
 from __future__ import annotations
 
 import functools
-import importlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
+from servecheck.collect.targets.registry import REGISTRY as REGISTRY
+from servecheck.collect.targets.registry import TargetInfo as TargetInfo
+from servecheck.collect.targets.registry import load, schemes
+from servecheck.collect.targets.registry import registered_targets as registered_targets
 from servecheck.errors import REDACTED, InputError, TargetError, redact
 from servecheck.formats.prompts import Request
 from servecheck.formats.records import ResponseRecord
@@ -62,21 +67,6 @@ def required_reference(spec: str, template: str | None, reference: str | None, w
                          f"'?template=PATH|builtin' (servecheck never assumes the built-in model)",
                          where=spec)
     return chosen
-
-
-# scheme -> "module:class"; nothing here is imported until a spec uses it.
-REGISTRY: dict[str, str] = {
-    "hf": "servecheck.collect.targets.hf:HFTarget",
-    "triton": "servecheck.collect.targets.triton:TritonTarget",
-    "triton+grpc": "servecheck.collect.targets.triton_grpc:TritonGrpcTarget",
-    "openai": "servecheck.collect.targets.openai:OpenAITarget",
-    "http": "servecheck.collect.targets.openai:OpenAITarget",
-    "https": "servecheck.collect.targets.openai:OpenAITarget",
-    "hf-endpoint": "servecheck.collect.targets.hf_endpoint:HFEndpointTarget",
-    "hf-endpoint+https": "servecheck.collect.targets.hf_endpoint:HFEndpointTarget",
-    "ct2": "servecheck.collect.targets.ct2:CT2Target",
-    "ortgenai": "servecheck.collect.targets.ortgenai:OrtGenAITarget",
-}
 
 
 def _redacting(generate: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -196,12 +186,16 @@ def open_target(spec: str, reference: str | None = None) -> Target:
     """The target a spec names; ``reference`` (``generate --reference``) goes to those that take
     one (``Target.takes_reference``), a spec's own ``?template=`` winning over it."""
     scheme, sep, rest = spec.partition(":")
-    if not sep or scheme not in REGISTRY:
-        known = ", ".join(f"{s}:…" for s in REGISTRY)
-        raise InputError(f"unknown target (known: {known})", where=spec)
+    known = schemes()  # built-ins and installed packages' (``registry``)
+    if not sep or scheme not in known:
+        raise InputError(f"unknown target (known: {', '.join(f'{s}:…' for s in known)})",
+                         where=spec)
     _refuse_userinfo(spec, rest)
-    module, _, name = REGISTRY[scheme].partition(":")
-    cls = getattr(importlib.import_module(module), name)
+    value, source = known[scheme]
+    cls = load(scheme, value, source)
+    if not (isinstance(cls, type) and issubclass(cls, Target)):
+        raise InputError(f"{value}, registered for {scheme}: by {source}, is not a "
+                         f"servecheck Target class", where=spec)
     _check_port(rest, spec)
     if cls.takes_reference:
         return cls.from_spec(spec, rest, reference=reference)

@@ -24,17 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from abc import abstractmethod
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
 
 from servecheck.collect.targets import DEFAULT_MAX_TOKENS, Target, spec_options
+from servecheck.collect.targets.clock import Stopwatch
 from servecheck.errors import InputError
 from servecheck.formats.prompts import Request
-from servecheck.formats.records import Parameters, ResponseRecord, Timing
+from servecheck.formats.records import Parameters, ResponseRecord
 from servecheck.formats.tools import Usage
 
 NEUTRAL: dict[str, float] = {"temperature": 1.0, "top_p": 1.0, "top_k": 0,
@@ -136,8 +135,7 @@ class EngineTarget(Target):
         finished (the notes' ``output``)."""
 
     def _generate_sync(self, request: Request) -> ResponseRecord:
-        started = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        t0 = time.perf_counter()
+        clock = Stopwatch()
         p = request.parameters
         settings, left = self.settings(p)
         greedy = p.greedy
@@ -155,8 +153,7 @@ class EngineTarget(Target):
             prompt_token_ids=g.prompt_ids, output_token_ids=g.output_ids,
             output_logprobs=g.logprobs,
             usage=Usage(prompt_tokens=len(g.prompt_ids), completion_tokens=len(g.output_ids)),
-            sent=sent, timing=Timing(started_at=started,
-                                     latency_s=round(time.perf_counter() - t0, 4)))
+            sent=sent, timing=clock.timing())
 
     async def generate(self, request: Request) -> ResponseRecord:
         return await asyncio.to_thread(self._generate_sync, request)

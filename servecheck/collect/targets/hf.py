@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import numpy as np
 
 from servecheck.collect.targets import DEFAULT_MAX_TOKENS, Target, serving, spec_options
+from servecheck.collect.targets.clock import Stopwatch
 from servecheck.collect.targets.faults import (
     FAULTS,
     SAMPLING_FAULTS,
@@ -201,8 +200,7 @@ class HFTarget(Target):
     def generate_batch(self, requests: list[Request]) -> list[ResponseRecord]:
         """Answer requests that share their sampling parameters in one batched ``generate``;
         per-request seeds are not honoured here (one seed per batch)."""
-        started = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        t0 = time.perf_counter()
+        clock = Stopwatch()
         p = requests[0].parameters
         if any(Sampling.of(r.parameters) != Sampling.of(p) or (r.parameters.max_tokens, r.parameters.stop,
                r.parameters.n) != (p.max_tokens, p.stop, p.n) for r in requests):
@@ -214,14 +212,14 @@ class HFTarget(Target):
                                     stop_strings=stops)
         if "identical-choices" in self.faults:
             completions = [completions[i - k] for i, (_, k) in enumerate(rows)]
-        latency = round((time.perf_counter() - t0) / len(requests), 4)
+        timing = clock.timing(share=len(requests))
         records = []
         for (request, k), prompt, c in zip(rows, prompts, completions, strict=True):
-            records.append(self._record(request, k, prompt, c, started, latency))
+            records.append(self._record(request, k, prompt, c, timing))
         return records
 
-    def _record(self, request: Request, choice: int, prompt: str, c: Completion, started: str,
-                latency: float) -> ResponseRecord:
+    def _record(self, request: Request, choice: int, prompt: str, c: Completion,
+                timing: Timing) -> ResponseRecord:
         """One choice as an OpenAI-compatible server returns it (stop strings cut, parsers run,
         usage counted: ``serving.py``)."""
         hidden = bool(self.faults & {"echo", "strip-end"})  # ids would contradict the text
@@ -248,7 +246,7 @@ class HFTarget(Target):
             prompt_token_ids=c.prompt_ids, output_token_ids=None if hidden else ids,
             output_logprobs=None if hidden else logprobs,
             usage=serving.usage(c.prompt_ids, c.output_ids, self.faults), **parts,
-            timing=Timing(started_at=started, latency_s=latency))
+            timing=timing)
 
     def _generate_sync(self, request: Request) -> ResponseRecord | list[ResponseRecord]:
         records = self.generate_batch([request])

@@ -16,17 +16,16 @@ recorded.
 
 from __future__ import annotations
 
-import time
-from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
 from servecheck.collect.targets import DEFAULT_MAX_TOKENS, Target, required_reference, spec_options
 from servecheck.collect.targets.answers import Reader, get, record
+from servecheck.collect.targets.clock import Stopwatch
 from servecheck.collect.targets.http import HttpClient
 from servecheck.errors import InputError
 from servecheck.formats.prompts import Request
-from servecheck.formats.records import ResponseRecord, Timing
+from servecheck.formats.records import ResponseRecord
 from servecheck.reference.model import Reference
 
 OPTIONS = ("mode", "template", "api_key_env", "timeout", "concurrency", "max_body_mb")
@@ -69,8 +68,7 @@ class HFEndpointTarget(Target):
         return frozenset({"tools", "chat_template_kwargs"}) if self.ref is not None else frozenset()
 
     async def generate(self, request: Request) -> ResponseRecord:
-        started = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        t0 = time.perf_counter()
+        clock = Stopwatch()
         p = request.parameters
         params: dict[str, Any] = {"max_new_tokens": p.max_tokens or DEFAULT_MAX_TOKENS}
         for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed"):
@@ -99,7 +97,7 @@ class HFEndpointTarget(Target):
             output_token_ids=read.integers(answer.get("token_ids"), "token_ids", optional=True),
             output_logprobs=read.logprobs(answer.get("logprobs"), "logprobs", optional=True),
             sent=params,
-            timing=Timing(started_at=started, latency_s=round(time.perf_counter() - t0, 4)))
+            timing=clock.timing())
 
     async def aclose(self) -> None:
         await self.http.close()

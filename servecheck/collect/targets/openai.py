@@ -43,8 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -56,6 +54,7 @@ from servecheck.collect.targets import (
     spec_options,
 )
 from servecheck.collect.targets.answers import Reader, get, record
+from servecheck.collect.targets.clock import Stopwatch
 from servecheck.collect.targets.dialects import EXTRA, NAMED, UNKNOWN, Dialect, detect
 from servecheck.collect.targets.http import HttpClient
 from servecheck.collect.targets.parsed import raw_output, spelling, split_fields, usage_of
@@ -183,8 +182,7 @@ class OpenAITarget(Target):
         return body, prompt
 
     async def generate(self, request: Request) -> ResponseRecord | list[ResponseRecord]:
-        started = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        t0 = time.perf_counter()
+        clock = Stopwatch()
         await self._setup()
         body, prompt = self._body(request)
         path = "/completions" if self.mode == "completions" else "/chat/completions"
@@ -203,7 +201,7 @@ class OpenAITarget(Target):
         for k, choice in enumerate(choices):
             read.obj(choice, f"choices[{k}]")
             read.integer(choice.get("index", 0), f"choices[{k}].index")
-        timing = Timing(started_at=started, latency_s=round(time.perf_counter() - t0, 4))
+        timing = clock.timing()
         ordered = sorted(enumerate(choices), key=lambda kc: kc[1].get("index", 0))
         records = [self._record(request, body, prompt, data, choice, timing, read, f"choices[{k}]")
                    for k, choice in ordered[:wanted]]

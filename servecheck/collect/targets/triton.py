@@ -22,20 +22,19 @@ token, for engines whose default end id is ``<eos>``), ``stop_words=W`` (repeata
 
 from __future__ import annotations
 
-import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
 from servecheck.collect.targets import DEFAULT_MAX_TOKENS, Target, required_reference, spec_options
 from servecheck.collect.targets.answers import Reader, record
+from servecheck.collect.targets.clock import Stopwatch
 from servecheck.collect.targets.http import DONE, HttpClient, max_body_bytes
 from servecheck.collect.targets.trtllm import Answer, Interface, Options, short_error
 from servecheck.errors import InputError, TargetError
 from servecheck.formats.prompts import Request
-from servecheck.formats.records import ResponseRecord, Timing
+from servecheck.formats.records import ResponseRecord
 from servecheck.reference.model import Reference
 
 OPTIONS = ("template", "stream", "end_id", "stop_words", "timeout", "concurrency", "max_body_mb")
@@ -95,8 +94,7 @@ class TritonBase(Target):
         return self._interface
 
     async def generate(self, request: Request) -> ResponseRecord:
-        started = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        t0 = time.perf_counter()
+        clock = Stopwatch()
         p = request.parameters
         prompt = self.ref.render(request.conversation)
         interface = await self.interface()
@@ -118,7 +116,7 @@ class TritonBase(Target):
             output=text, target=self.spec, prompt_token_ids=prompt_ids,
             output_token_ids=answer.ids, output_logprobs=answer.logprobs or None,
             finish_reason=reason, sent=interface.as_received(sent),
-            timing=Timing(started_at=started, latency_s=round(time.perf_counter() - t0, 4)))
+            timing=clock.timing())
 
 
 class TritonTarget(TritonBase):

@@ -1,0 +1,83 @@
+"""Sampling parameters as a request asks for them, and the one definition of greedy.
+
+A prompts file varies them, every target translates them into its server's names and the
+reference's sampling transform reads them back, so each bound (a temperature too small to be
+anything but greedy, a stop string that is empty) is refused once, where they are read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["MIN_TEMPERATURE", "Parameters", "is_greedy"]
+
+MIN_TEMPERATURE = 1e-5
+"""The smallest temperature above 0 a request may ask (``Parameters._greedy_or_sampled``)."""
+
+
+def is_greedy(temperature: float, top_k: int) -> bool:
+    """Temperature 0 or top_k 1: one right token at every step (the one definition of greedy)."""
+    return temperature == 0 or top_k == 1
+
+
+class Parameters(BaseModel):
+    """Sampling parameters as requested. ``None`` means "not sent": the server's default applies.
+    Infinity and NaN are refused: JSON readers accept them, and a server would get nonsense."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    """0 means "no top-k", as in vLLM and TensorRT-LLM."""
+    min_p: float | None = Field(None, ge=0, le=1)
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    """What every engine takes: a signed 64-bit seed, not negative."""
+    max_tokens: int | None = Field(None, ge=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    stop: list[str] | None = None
+    """OpenAI semantics: the text ends before the first occurrence of any of them."""
+    n: int | None = Field(None, ge=1, le=128)
+    """Choices per request; each comes back as its own record (``ResponseRecord.choice``)."""
+    tool_choice: str | dict[str, Any] | None = None
+    """``auto``, ``none``, ``required`` or ``{"type": "function", "function": {"name": …}}``."""
+
+    @field_validator("temperature")
+    @classmethod
+    def _greedy_or_sampled(cls, v: float | None) -> float | None:
+        """Under ``MIN_TEMPERATURE`` is greedy to engines that check (vLLM: under 1e-5) and
+        overflows logits / T in the others (1e-300: NaN probabilities in the hf target)."""
+        if v is not None and 0 < v < MIN_TEMPERATURE:
+            raise ValueError(f"a temperature of {v:g} is under {MIN_TEMPERATURE:g}: write 0 for "
+                             f"greedy (vLLM and others treat a temperature under 1e-5 as greedy)")
+        return v
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, v: object) -> object:
+        """One stop string is a list of one; an empty one would end every text at once."""
+        if v == "" or (isinstance(v, list) and "" in v):
+            raise ValueError("a stop string must not be empty")
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _known_choice(cls, v: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if isinstance(v, str) and v not in ("auto", "none", "required"):
+            raise ValueError(f"tool_choice must be auto, none, required or a function, not {v!r}")
+        return v
+
+    @property
+    def constrained(self) -> bool:
+        """Decoded under a grammar: ``tool_choice`` ``required`` or a named function makes an
+        engine force a call (vLLM: structured outputs), which no reference reproduces."""
+        return self.tool_choice == "required" or isinstance(self.tool_choice, dict)
+
+    @property
+    def greedy(self) -> bool:
+        """Greedy as requested, a parameter not sent taking the usual default (T 1, no top_k)."""
+        return is_greedy(1.0 if self.temperature is None else self.temperature, self.top_k or 0)
