@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 
 from servecheck.collect.collector import collect  # noqa: E402
-from servecheck.formats.records import Conversation, Message  # noqa: E402
+from servecheck.formats.conversation import Conversation, Message  # noqa: E402
 from servecheck.reference.model import Reference  # noqa: E402
 from servecheck.servers.triton_host import free_ports, libdir_on_loader_path, wait_ready  # noqa: E402
 

@@ -84,8 +84,9 @@ def _init(reference: str = "builtin") -> None:
 
 
 def requests_for(n: int, rep: int, mix: str = "hot"):
+    from servecheck.formats.conversation import Conversation, Message
+    from servecheck.formats.parameters import Parameters
     from servecheck.formats.prompts import Request, request_id
-    from servecheck.formats.records import Conversation, Message, Parameters
 
     out = []
     for j in range(n):

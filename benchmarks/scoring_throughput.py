@@ -34,9 +34,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from servecheck.reference.forward import COMPILED_SHAPES, forward_hidden
 from servecheck.reference.model import Reference
 from servecheck.reference.sampling import HF, Sampling
-from servecheck.reference.scoring import COMPILED_SHAPES, ScoreItem, forward_hidden, plan_batches, score
+from servecheck.reference.scoring import plan_batches, score
+from servecheck.reference.token_scores import ScoreItem
 
 KINDS = [Sampling(temperature=0.0), Sampling(temperature=0.7, top_p=0.9), Sampling(temperature=1.0),
          Sampling(temperature=1.0, top_k=40)]
@@ -160,8 +162,8 @@ def regenerate(ref: Reference, items: list[ScoreItem], cap: int) -> dict:
 
 def components(ref: Reference, rows: int = 1024) -> dict:
     """Microseconds per row of each step of a logit block, on the model's own hidden states."""
-    from servecheck.reference import fused
-    from servecheck.reference.scoring import block_stats, reference_logits
+    from servecheck.reference import nucleus, passes
+    from servecheck.reference.logit_blocks import block_stats, reference_logits
 
     vocab = ref.model.config.vocab_size
     items = records(8, vocab)
@@ -172,20 +174,20 @@ def components(ref: Reference, rows: int = 1024) -> dict:
         logits = reference_logits(ref, h)
         tok = torch.randint(0, vocab, (rows,), device=ref.device)
         inv = torch.full((rows,), 1 / 0.7, device=ref.device)
-        rp = fused.row_pass(logits, tok, inv)
+        rp = passes.row_pass(logits, tok, inv)
         cuts = torch.full((rows, 4), -float("inf"), device=ref.device)
         dy = (rp.zy - rp.m) * inv
-        th = rp.m[:, None] + torch.linspace(-5, 0, fused.THRESHOLDS, device=ref.device)
+        th = rp.m[:, None] + torch.linspace(-5, 0, nucleus.THRESHOLDS, device=ref.device)
         every = torch.arange(rows, device=ref.device)
         kth = (logits.topk(40, dim=1).values[:, -1].float() - rp.m) * inv
         cuts40 = torch.stack([kth, kth, kth, kth], 1)
         steps = {"lm_head": lambda: reference_logits(ref, h),
-                 "row_pass": lambda: fused.row_pass(logits, tok, inv),
+                 "row_pass": lambda: passes.row_pass(logits, tok, inv),
                  "topk_56": lambda: logits.topk(56, dim=1), "topk_256": lambda: logits.topk(256, dim=1),
-                 "threshold_pass": lambda: fused.threshold_pass(logits, every, rp.m, inv, th),
-                 "support_pass_full": lambda: fused.support_pass(logits, rp.m, inv, cuts, dy, True),
-                 "support_pass_notemps": lambda: fused.support_pass(logits, rp.m, inv, cuts, dy, False),
-                 "support_pass_top40": lambda: fused.support_pass(logits, rp.m, inv, cuts40, dy, True)}
+                 "threshold_pass": lambda: passes.threshold_pass(logits, every, rp.m, inv, th),
+                 "support_pass_full": lambda: passes.support_pass(logits, rp.m, inv, cuts, dy, True),
+                 "support_pass_notemps": lambda: passes.support_pass(logits, rp.m, inv, cuts, dy, False),
+                 "support_pass_top40": lambda: passes.support_pass(logits, rp.m, inv, cuts40, dy, True)}
         for s in KINDS:
             steps[f"block {s.label()}"] = lambda s=s: block_stats(logits, tok, s, HF, None)
         for fn in steps.values():

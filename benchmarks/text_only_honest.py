@@ -121,7 +121,7 @@ def verdicts(ctx: CheckContext) -> dict:
 def group_stats(ctx: CheckContext) -> dict[str, dict[str, float]]:
     """Per sampled group: mean log q per informative token, the PIT mean, the temperature fit."""
     from servecheck.checks.core.stats import temperature_fit
-    from servecheck.reference.scoring import TEMPERATURE_FACTORS
+    from servecheck.reference.token_scores import TEMPERATURE_FACTORS
 
     out = {}
     for s, idx in sampled_groups(ctx).items():

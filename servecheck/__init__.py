@@ -24,11 +24,11 @@ from servecheck.errors import __version__
 
 _EXPORTS: dict[str, str] = {
     # formats: what users write and read
-    "Conversation": "servecheck.formats.records",
-    "Message": "servecheck.formats.records",
-    "Parameters": "servecheck.formats.records",
+    "Conversation": "servecheck.formats.conversation",
+    "Message": "servecheck.formats.conversation",
+    "Parameters": "servecheck.formats.parameters",
     "ResponseRecord": "servecheck.formats.records",
-    "Variations": "servecheck.formats.records",
+    "Variations": "servecheck.formats.prompts",
     "Request": "servecheck.formats.prompts",
     "expand": "servecheck.formats.prompts",
     "read_records": "servecheck.formats.responses",
@@ -42,8 +42,8 @@ _EXPORTS: dict[str, str] = {
     "Sampling": "servecheck.reference.sampling",
     "Convention": "servecheck.reference.sampling",
     "HF": "servecheck.reference.sampling",
-    "ScoreItem": "servecheck.reference.scoring",
-    "TokenScores": "servecheck.reference.scoring",
+    "ScoreItem": "servecheck.reference.token_scores",
+    "TokenScores": "servecheck.reference.token_scores",
     "score": "servecheck.reference.scoring",
     # checks
     "CheckOptions": "servecheck.checks.core.options",
@@ -123,18 +123,15 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     from servecheck.collect.collector import collect
     from servecheck.collect.targets import Target, open_target
     from servecheck.errors import InputError, TargetError
-    from servecheck.formats.prompts import Request, expand
-    from servecheck.formats.records import (
-        Conversation,
-        Message,
-        Parameters,
-        ResponseRecord,
-        Variations,
-    )
+    from servecheck.formats.conversation import Conversation, Message
+    from servecheck.formats.parameters import Parameters
+    from servecheck.formats.prompts import Request, Variations, expand
+    from servecheck.formats.records import ResponseRecord
     from servecheck.formats.responses import ResponseWriter, read_records
     from servecheck.reference.model import Reference
     from servecheck.reference.sampling import HF, Convention, Sampling
-    from servecheck.reference.scoring import ScoreItem, TokenScores, score
+    from servecheck.reference.scoring import score
+    from servecheck.reference.token_scores import ScoreItem, TokenScores
     from servecheck.workflows.check import CheckRun, check
     from servecheck.workflows.compare import compare
     from servecheck.workflows.probe import ProbeOptions, probe

@@ -124,7 +124,8 @@ def cmd_probe(a: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_schema(a: argparse.Namespace, console: Console) -> int:
-    from servecheck.formats.records import ResponseRecord, Variations
+    from servecheck.formats.prompts import Variations
+    from servecheck.formats.records import ResponseRecord
 
     model = ResponseRecord if a.which == "responses" else Variations
     print(json.dumps(model.model_json_schema(), indent=2))

@@ -8,6 +8,7 @@ import nor an annotation-only one can hide an upward dependency or a cycle.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,9 +102,50 @@ def test_no_import_cycle() -> None:
             visit(m, [])
 
 
+MAX_STATEMENTS = 230
+"""About 350 lines at the formatter's width. Statements, not lines: a line count rewarded
+packing 110-column lines, and five modules sat just under it that way."""
+
+
+def statements(path: Path) -> int:
+    return sum(isinstance(n, ast.stmt) for n in ast.walk(ast.parse(path.read_text())))
+
+
 def test_modules_stay_small() -> None:
-    long = {m: n for m, p in modules().items() if (n := len(p.read_text().splitlines())) > 400}
-    assert not long, f"modules over 400 lines: {long}"
+    long = {m: n for m, p in modules().items() if (n := statements(p)) > MAX_STATEMENTS}
+    assert not long, f"modules over {MAX_STATEMENTS} statements (split them along a seam): {long}"
+
+
+def test_the_report_renders_what_the_checks_computed() -> None:
+    """The report reads results and the context, never a check: a check's sentence, tests and
+    charts travel in its details, so a check added (here or by entry point) needs no report
+    code, and nothing the report shows can drift from what the check computed."""
+    known = modules()
+    checks = {m for m in known if m.startswith("servecheck.checks.")
+              and not m.startswith("servecheck.checks.core")}
+    leaks = [f"{m} imports {t}" for m, p in known.items() if m.startswith("servecheck.report")
+             for t in imports(p, known) if t in checks or t == "servecheck.checks"]
+    assert not leaks, "\n".join(leaks)
+
+
+def test_only_the_context_writes_its_private_state() -> None:
+    """Helpers return values and the context applies them: no ``ctx._x = …`` (or
+    ``ctx._x[i] = …``) outside ``checks/core/context.py``."""
+    writes = []
+    for module, path in modules().items():
+        if module == "servecheck.checks.core.context":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, ast.AugAssign | ast.AnnAssign) else []
+            for t in targets:
+                while isinstance(t, ast.Subscript):
+                    t = t.value
+                if isinstance(t, ast.Attribute) and t.attr.startswith("_") and \
+                        isinstance(t.value, ast.Name | ast.Attribute) and \
+                        ast.unparse(t.value).split(".")[-1] == "ctx":
+                    writes.append(f"{module}:{node.lineno} {ast.unparse(t)}")
+    assert not writes, "\n".join(writes)
 
 
 def test_tests_share_helpers_as_fixtures_only() -> None:
@@ -168,3 +210,14 @@ def test_benchmarks_import_public_names_that_exist() -> None:
                         importlib.util.find_spec(f"{node.module}.{alias.name}") is None:
                     problems.append(f"{path.name}: {node.module}.{alias.name} does not exist")
     assert not problems, "\n".join(problems)
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    """docs/architecture.md says which room each module is in; a module it does not name (or a
+    name it keeps after the module went) is a page out of date."""
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    named = set(re.findall(r"^\| `([a-z0-9_/]+\.py)` \|", page, re.MULTILINE))
+    files = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")}
+    assert not files - named, f"modules docs/architecture.md does not name: {sorted(files - named)}"
+    assert not named - files, f"docs/architecture.md names modules that do not exist: " \
+                              f"{sorted(named - files)}"

@@ -42,7 +42,7 @@ from servecheck.checks.core.stats import (
     temperature_fit,
 )
 from servecheck.reference.sampling import Sampling
-from servecheck.reference.scoring import TEMPERATURE_FACTORS, TokenScores
+from servecheck.reference.token_scores import TEMPERATURE_FACTORS, TokenScores
 
 NAME = "fit"
 TEMPERATURE = "temperature"
@@ -270,12 +270,13 @@ def _evidence(label: str, records: int, pit: np.ndarray, fit_tests: list[StatTes
     exactly as the temperature test read it."""
     tests = tuple(t for t in fit_tests if t.group == label)
     if temperature is None:
-        return GroupEvidence.of_pit(label, records, pit, tests=tests)
+        return GroupEvidence.of_pit(label, records, pit, tests=tests, checks=(NAME, TEMPERATURE),
+                                    temperature="not estimated (too few informative tokens)")
     f = temperature.fit
     profile = TemperatureProfile(f.temperatures, f.profile, temperature.sampling.temperature,
                                  f.estimate, f.low, f.high)
     return GroupEvidence.of_pit(label, records, pit, tests=(*tests, f.test), profile=profile,
-                                temperature=temperature.describe())
+                                temperature=temperature.describe(), checks=(NAME, TEMPERATURE))
 
 
 def _fit_result(ctx: CheckContext, scores: dict[int, TokenScores], details: FitDetails,

@@ -24,7 +24,7 @@ from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import CheckResult, Details, Finding, Verdict
 from servecheck.reference.sampling import Sampling
-from servecheck.reference.scoring import ScoreItem, TokenScores
+from servecheck.reference.token_scores import ScoreItem, TokenScores
 
 NAME = "logprobs"
 

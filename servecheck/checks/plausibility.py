@@ -37,7 +37,7 @@ from servecheck.checks.core.pooling import informative
 from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import CheckResult, Finding, RecordDetails
 from servecheck.checks.core.token_rules import greedy_positions, violations
-from servecheck.reference.scoring import TokenScores
+from servecheck.reference.token_scores import TokenScores
 
 NAME = "plausibility"
 PIT_CLIP = 1e-12

@@ -25,8 +25,8 @@ from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.checks.core.shared_seeds import SeedDesign, seed_design
 from servecheck.checks.core.stats import StatTest, holm
 from servecheck.checks.core.token_rules import violations
-from servecheck.reference.scoring import TEMPERATURE_FACTORS, TokenScores
 from servecheck.reference.tails import K_GRID, MIN_P_GRID, TOP_P_GRID
+from servecheck.reference.token_scores import TEMPERATURE_FACTORS, TokenScores
 
 NAME = "sampler"
 MIN_TOKENS = 100

@@ -16,7 +16,7 @@ from typing import ClassVar
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import CheckResult, Details, Finding
-from servecheck.formats.records import Conversation
+from servecheck.formats.conversation import Conversation
 from servecheck.reference.model import Reference
 
 """A record this check fails is left out of the statistical checks (``checks.screen``)."""

@@ -15,21 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-# Conversation and Parameters, used here, are also re-exported for their importers in checks/,
-# collect/, reference/, servers/, workflows/, servecheck/__init__.py, tests/ and benchmarks/: the
-# lead moves the import
 from servecheck.formats.conversation import Conversation
-
-# re-exported for report/html.py, workflows/probe.py, workflows/stream_parity.py,
-# servecheck/__init__.py, tests/ and benchmarks/: the lead moves the import
-from servecheck.formats.conversation import Message as Message
 from servecheck.formats.parameters import Parameters
-
-# re-exported for reference/sampling.py: the lead moves the import
-from servecheck.formats.parameters import is_greedy as is_greedy
-
-# re-exported for cli.py and servecheck/__init__.py: the lead moves the import
-from servecheck.formats.prompts import Variations as Variations
 from servecheck.formats.tools import ToolCall, Usage
 
 __all__ = ["END_MARKER_UNKNOWN", "LOGPROB_SLACK", "SCHEMA_VERSION", "ResponseRecord", "Timing"]

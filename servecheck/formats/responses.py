@@ -30,8 +30,6 @@ from servecheck.formats.raw import MAX_RECORD_BYTES, torn
 from servecheck.formats.records import ResponseRecord
 from servecheck.formats.stream import index
 
-# MAX_RECORD_BYTES and latest are also re-exported for workflows/check.py, check_command.py,
-# compare.py and chunked.py: the lead moves the import
 __all__ = ["FSYNC_EVERY_S", "ResponseWriter", "WriteFailed", "compact", "read_records"]
 
 FSYNC_EVERY_S = 1.0

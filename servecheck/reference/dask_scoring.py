@@ -23,7 +23,7 @@ from typing import Any
 from servecheck.errors import InputError
 from servecheck.reference.parallel import shares
 from servecheck.reference.sampling import Convention
-from servecheck.reference.scoring import ScoreItem, TokenScores
+from servecheck.reference.token_scores import ScoreItem, TokenScores
 
 PARTITIONS_PER_WORKER = 2
 """More partitions than workers: a slow or lost worker delays less of the run."""

@@ -1,4 +1,4 @@
-"""Triton kernels for the three passes of ``servecheck.reference.fused`` over a block of logit rows.
+"""Triton kernels for the three passes of ``servecheck.reference.passes`` over a block of logit rows.
 
 Each program owns one row and streams it once from device memory (bf16 or fp32), keeping every
 sum in registers: at a 262k vocabulary a row is 0.5 MiB of bf16, and the statistics need up to 17
@@ -6,7 +6,7 @@ exponentials per logit (16 of them for the 64-point temperature profile), so wha
 is either the memory traffic (one read per pass) or the special-function unit, never
 intermediate [rows, vocab] tensors. Sums are kept per lane (vectors of BLOCK, the online max
 too) and reduced once at the end: a block-wide reduction in every tile costs a barrier each
-(docs/performance.md has what that cost). ``servecheck.reference.fused`` holds the same math in plain
+(docs/performance.md has what that cost). ``servecheck.reference.passes`` holds the same math in plain
 torch (the CPU path and the reference these kernels are tested against); the formulas below
 mirror it line for line.
 
@@ -179,7 +179,7 @@ LANES = 1024
 def row_pass(z: torch.Tensor, zy: torch.Tensor, inv_t: torch.Tensor, keep_lanes: bool
              ) -> list[torch.Tensor | None]:
     """[m, argmax, rank, s1, sT, aT, zmin, lane maxima or None] for each row of ``z`` (see
-    ``fused.row_pass``)."""
+    ``passes.row_pass``)."""
     rows, vocab = z.shape
     f32 = dict(device=z.device, dtype=torch.float32)
     m, s1, st, at, zmin = (torch.empty(rows, **f32) for _ in range(5))

@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 
 from servecheck.errors import InputError
-from servecheck.formats.records import Conversation
+from servecheck.formats.conversation import Conversation
 from servecheck.reference.sandbox import TemplateTooCostly, bounded_render, check_output
 
 BUILTIN = Path(__file__).parents[1] / "tinymodels" / "builtin"

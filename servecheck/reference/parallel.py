@@ -24,7 +24,8 @@ import torch
 
 from servecheck.reference.model import Reference
 from servecheck.reference.sampling import HF, Convention
-from servecheck.reference.scoring import ScoreItem, TokenScores, score, score_rows, unpack
+from servecheck.reference.scoring import score, score_rows
+from servecheck.reference.token_scores import ScoreItem, TokenScores, unpack
 
 
 def init_from_torchrun() -> tuple[int, int]:

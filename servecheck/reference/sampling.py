@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from servecheck.formats.records import Parameters, is_greedy
+from servecheck.formats.parameters import Parameters, is_greedy
 
 NEG_INF = float("-inf")
 

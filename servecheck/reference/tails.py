@@ -17,7 +17,7 @@ tokens of q at every position:
   frequency scope) and prompt and output together (``all``, HF's and vLLM's repetition scope).
 
 Sums over the sorted top ``TAIL_CANDIDATES`` of q, except min_p's, which is one
-``fused.threshold_pass`` over the row (a Triton kernel on CUDA): its kept set can be thousands of
+``passes.threshold_pass`` over the row (a Triton kernel on CUDA): its kept set can be thousands of
 tokens. A top_p mass that needs more candidates is NaN and that row leaves the test (a choice made
 from q alone, never from the served token, so the test stays exact).
 """
@@ -29,7 +29,7 @@ import math
 import numpy as np
 import torch
 
-from servecheck.reference.fused import threshold_pass
+from servecheck.reference.passes import threshold_pass
 
 K_GRID = (1, 20, 40, 50, 100)
 """top_k defaults engines ship (CTranslate2 1, that is greedy; llama.cpp 40; transformers'

@@ -25,7 +25,7 @@ from markupsafe import Markup
 
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.results import CheckResult, GroupEvidence, RecordDetails, overall
-from servecheck.formats.records import Message
+from servecheck.formats.conversation import Message
 from servecheck.report.pages import render, write_page
 from servecheck.report.svg import pit_histogram, qq_plot, temperature_profile
 from servecheck.report.tokens import TokenView, heatmap
@@ -59,7 +59,9 @@ class GroupView:
     verdict: str
     charts: list[Markup]
     tests: list[dict[str, Any]]
-    temperature: str
+    temperature: str | None
+    checks: str
+    """The checks whose tests these are, space-separated (the page's filter)."""
 
 
 @dataclass
@@ -143,14 +145,15 @@ def check_rows(results: list[CheckResult]) -> list[CheckRow]:
 def group_view(g: GroupEvidence, alpha: float, family: int | None) -> GroupView:
     charts: list[Markup] = []
     if g.tokens:
-        charts += [pit_histogram(g, f"PIT histogram · {g.label}"),
-                   qq_plot(g, f"PIT QQ · {g.label}")]
+        charts += [pit_histogram(g, f"{g.chart} histogram · {g.label}"),
+                   qq_plot(g, f"{g.chart} QQ · {g.label}")]
     if g.profile is not None:
         charts.append(temperature_profile(g.profile, f"temperature · {g.label}"))
     rows = g.test_rows(alpha, family)
     verdict = "fail" if any(t["verdict"] == "fail" for t in rows) else \
         "pass" if rows else "skipped"
-    return GroupView(g.label, g.records, g.tokens, verdict, charts, rows, g.temperature)
+    return GroupView(g.label, g.records, g.tokens, verdict, charts, rows, g.temperature,
+                     " ".join(g.checks))
 
 
 def group_views(results: list[CheckResult]) -> list[GroupView]:
@@ -227,7 +230,9 @@ def build(ctx: CheckContext, results: list[CheckResult], verdicts: dict[int, Che
         "title": title, "verdict": overall(results), "meta": meta, "version": ours,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "checks": check_rows(results), "groups": group_views(results),
-        "diffs": template_diffs(ctx, results), "records": records, "records_total": total,
+        "diffs": template_diffs(ctx, results),
+        "diff_checks": " ".join(r.name for r in results if r.details.explains_prompts),
+        "records": records, "records_total": total,
         "errors": [(r.id or f"#{i}", r.error) for i, r in enumerate(ctx.all_records) if r.error],
         "check_names": sorted({c for v in records for c in v.checks}),
         "group_names": sorted({v.group for v in records}), "explanation": RecordDetails.EXPLANATION,

@@ -18,13 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from servecheck.checks.core.results import CheckResult, overall
-from servecheck.formats.records import SCHEMA_VERSION
 from servecheck.report.files import write_text
+
+SUMMARY_VERSION = 1
+"""The summary's own ``schema_version``: it goes up when this shape changes meaning, apart from
+the responses file's (``formats.records.SCHEMA_VERSION``), which is another format."""
 
 
 def to_json(results: list[CheckResult], meta: dict[str, Any], max_findings: int = 100
             ) -> dict[str, Any]:
-    return {"schema_version": SCHEMA_VERSION, "verdict": overall(results), **meta,
+    return {"schema_version": SUMMARY_VERSION, "verdict": overall(results), **meta,
             "checks": [r.to_json(max_findings) for r in results]}
 
 

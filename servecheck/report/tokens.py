@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from servecheck.checks.core.context import CheckContext
-from servecheck.reference.scoring import TokenScores
+from servecheck.reference.token_scores import TokenScores
 from servecheck.reference.tokenization import TokenSource
 from servecheck.report.terminal import hidden
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from servecheck.collect.targets.hf import HFTarget
 from servecheck.collect.targets.trtllm import ENSEMBLE_NAMES, LLMAPI_NAMES
-from servecheck.formats.records import Parameters
+from servecheck.formats.parameters import Parameters
 from servecheck.reference.model import Reference
 
 TRTLLM_MODELS = ("ensemble", "tensorrt_llm_bls")

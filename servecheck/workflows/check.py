@@ -23,10 +23,12 @@ from servecheck.checks.core.options import CheckOptions
 from servecheck.checks.core.results import CheckResult, Verdict, overall
 from servecheck.checks.plausibility import judge
 from servecheck.errors import InputError
+from servecheck.formats.raw import MAX_RECORD_BYTES
 from servecheck.formats.records import ResponseRecord
-from servecheck.formats.responses import MAX_RECORD_BYTES, read_records
+from servecheck.formats.responses import read_records
+from servecheck.reference.forward import plan_compile
 from servecheck.reference.model import Reference
-from servecheck.reference.scoring import plan_compile, score
+from servecheck.reference.scoring import score
 from servecheck.workflows.progress import bar, spinner, timed
 
 

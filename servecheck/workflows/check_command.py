@@ -11,7 +11,7 @@ from rich.console import Console
 from servecheck.checks.core.options import CheckOptions
 from servecheck.checks.core.results import Verdict
 from servecheck.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS
-from servecheck.formats.responses import MAX_RECORD_BYTES
+from servecheck.formats.raw import MAX_RECORD_BYTES
 from servecheck.workflows.check import CheckRun, Outputs
 from servecheck.workflows.chunked import Chunking, SetRun, check_set
 from servecheck.workflows.progress import timed, write_timings

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import logging
 import os
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,14 +35,16 @@ from servecheck.checks.core.conventions import ConventionFit
 from servecheck.checks.core.options import CheckOptions
 from servecheck.checks.core.registry import specs
 from servecheck.checks.core.results import CheckResult, overall
-from servecheck.errors import InputError, __version__
+from servecheck.errors import __version__
+from servecheck.formats.answers import latest
+from servecheck.formats.raw import MAX_RECORD_BYTES
 from servecheck.formats.records import ResponseRecord
-from servecheck.formats.responses import MAX_RECORD_BYTES, latest, read_records
+from servecheck.formats.responses import read_records
 from servecheck.formats.stream import StreamIndex, fingerprint, index, records
-from servecheck.reference.scoring import plan_compile
+from servecheck.reference.forward import plan_compile
+from servecheck.workflows import chunk_state
 from servecheck.workflows.check import CheckRun, check, open_engine
 from servecheck.workflows.progress import spinner, timed
-from servecheck.workflows.saved_state import StateError, dumps, loads
 
 RECORDS_PER_CHUNK = 20_000
 """Records scored and held at once, at most."""
@@ -95,92 +95,6 @@ def state_dir(path: Path, options: CheckOptions, chunking: Chunking) -> Path:
                 Path.home() / ".cache" / "servecheck" / "check-state")
     key = f"{path.resolve()}|{_options_key(options, chunking)}"
     return base / hashlib.sha256(key.encode()).hexdigest()[:20]
-
-
-@dataclass(frozen=True)
-class Saved:
-    fingerprint: str
-    first: int
-    records: int
-    results: list[CheckResult]
-    convention: ConventionFit
-    tokens: dict[str, int]
-
-
-log = logging.getLogger("servecheck")
-
-
-def _file(directory: Path, chunk: int) -> Path:
-    return directory / f"chunk-{chunk:05d}.json"
-
-
-def _load(directory: Path, chunk: int, digest: str) -> Saved | None:
-    """A chunk's saved verdicts, or None: absent, of other records or options, or not a file
-    this servecheck wrote (then with a warning naming it; the chunk is checked again)."""
-    file = _file(directory, chunk)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as e:
-        log.warning("%s: cannot read saved verdicts (%s): checking chunk %d again", file, e,
-                    chunk + 1)
-        return None
-    try:
-        saved = loads(text)
-        if not isinstance(saved, Saved):
-            raise StateError(f"holds a {type(saved).__name__}, not a chunk's verdicts")
-    except StateError as e:
-        log.warning("%s: not saved verdicts of this servecheck (%s): checking chunk %d again",
-                    file, e, chunk + 1)
-        return None
-    return saved if saved.fingerprint == digest else None
-
-
-def _save(directory: Path, chunk: int, saved: Saved) -> None:
-    """Atomically: a crash leaves the old file or the new one, never half of either."""
-    try:
-        text = dumps(saved)
-    except TypeError as e:  # a result holding a type the codec does not know: a servecheck bug
-        log.warning("chunk %d's verdicts cannot be saved (%s): a rerun checks it again",
-                    chunk + 1, e)
-        return
-    tmp = directory / f".chunk-{chunk:05d}.{os.getpid()}.tmp"
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, _file(directory, chunk))
-
-
-def private_dir(directory: Path) -> Path:
-    """The state directory, created for this user alone (0700) where it is missing. One that
-    another user owns, or that group or others may write to, is bad input: whoever can write
-    there decides which verdicts a resumed run reports as already checked."""
-    missing = [p for p in (directory, *directory.parents) if not p.exists()]
-    for p in reversed(missing):
-        try:
-            p.mkdir(mode=0o700)
-        except FileExistsError:
-            pass
-        except OSError as e:
-            raise InputError(f"cannot create the check state directory ({e.strerror}); name "
-                             f"another with --state", where=str(directory)) from None
-    info = directory.stat()
-    if not stat.S_ISDIR(info.st_mode):
-        raise InputError("the check state path is not a directory; name another with --state",
-                         where=str(directory))
-    me = os.geteuid() if hasattr(os, "geteuid") else info.st_uid
-    if info.st_uid != me:
-        raise InputError(f"the check state directory is owned by uid {info.st_uid}, not by you "
-                         f"(uid {me}): its saved verdicts would be taken on trust; name a "
-                         f"directory of your own with --state", where=str(directory))
-    if info.st_mode & 0o022:
-        raise InputError(f"the check state directory is writable by group or others (mode "
-                         f"{stat.S_IMODE(info.st_mode):o}): anyone who can write there decides "
-                         f"what a resumed run reports; run 'chmod go-w {directory}' or name "
-                         f"another with --state", where=str(directory))
-    return directory
 
 
 def _options_key(options: CheckOptions, chunking: Chunking) -> str:
@@ -235,7 +149,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     if directory:
         specs()  # every check, so every result type saved state may name, loaded before it is read
         try:             # (the decoder builds only types already loaded: it never imports)
-            private_dir(directory)
+            chunk_state.private_dir(directory)
         except BaseException:
             engine.close()
             raise
@@ -250,6 +164,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     tokens: dict[str, int] = {}
     resumed = 0
     report_chunk: int | None = None
+    digests: list[str] = []
     try:
         for j, batch in enumerate(_chunks(found, plan, max_bytes)):
             with timed("saved verdicts (digest, load, save)"):
@@ -257,24 +172,27 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
                 first = starts[j]
                 digest = hashlib.sha256(f"{fingerprint(batch)}|{run_key}|"
                                         f"{fit.chosen if fit else ''!r}".encode()).hexdigest()
-                saved = _load(directory, j, digest) if directory and chunking.resume else None
+                saved = chunk_state.load(directory, j, digest) if directory and chunking.resume else None
             if saved is None:
                 chunk_options = replace(options, alpha=alpha,
                                         convention=options.convention or (fit and fit.chosen))
                 console.print(f"chunk {j + 1}/{k}: records {first}–{first + len(batch) - 1}")
                 run = check(batch, chunk_options, console, progress, engine=engine,
                             first_index=first)
-                saved = Saved(digest, first, len(batch), [slim(r) for r in run.results],
-                              fit or run.convention, run.context.source_counts())
+                saved = chunk_state.Saved(digest, first, len(batch),
+                                          [slim(r) for r in run.results],
+                                          fit or run.convention, run.context.source_counts())
                 plan_compile(run.context.total_tokens() * (k - j - 1))  # what is left to score
                 if directory:
                     with timed("saved verdicts (digest, load, save)"):
-                        _save(directory, j, saved)
+                        chunk_state.save(directory, j, saved)
                 failing = overall(saved.results) == "fail"
                 # the report shows the first failing chunk, else the first: write it while held
                 if report and write_report and not _fails(pieces) and (failing or not j):
                     with timed("outputs (JSON, JUnit, HTML)"):
                         write_report(report, run, j)
+                        if directory:
+                            chunk_state.keep_page(report, chunk_state.page(directory, digest))
                     report_chunk = j
                 with timed("free the chunk"):
                     del run
@@ -282,6 +200,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
             else:
                 resumed += 1
             fit = fit or saved.convention
+            digests.append(digest)
             pieces.append((saved.first, saved.records, saved.results))
             for source, n in saved.tokens.items():
                 tokens[source] = tokens.get(source, 0) + n
@@ -298,8 +217,14 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     results = combine(pieces, alpha)
     target = next((n for n, (_, _, r) in enumerate(pieces) if overall(r) == "fail"), 0)
     if report and write_report and report_chunk != target:  # its chunk came from saved state
-        report_chunk = _report_chunk(found, options, console, target, plan, max_bytes, alpha,
-                                     fit, report, write_report)
+        page = chunk_state.page(directory, digests[target]) if directory else None
+        if page is not None and chunk_state.keep_page(page, report):
+            console.print(f"the HTML report shows chunk {target + 1} as the run that checked it "
+                          f"wrote it ({page})")
+            report_chunk = target
+        else:
+            report_chunk = _report_chunk(found, options, console, target, plan, max_bytes,
+                                         alpha, fit, report, write_report)
     return SetRun(results, fit, found.records, k, {"sources": tokens}, engine.rank,
                   report_chunk, resumed, directory)
 

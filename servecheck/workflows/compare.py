@@ -31,9 +31,10 @@ from servecheck.checks.template import check_template
 from servecheck.checks.termination import check_termination
 from servecheck.collect.targets import Target, open_target
 from servecheck.errors import EXIT_FAIL, EXIT_PASS, InputError, TargetError
+from servecheck.formats.answers import latest
 from servecheck.formats.prompts import Request
+from servecheck.formats.raw import MAX_RECORD_BYTES
 from servecheck.formats.records import ResponseRecord
-from servecheck.formats.responses import MAX_RECORD_BYTES, latest
 from servecheck.formats.stream import index
 from servecheck.formats.stream import records as stream
 from servecheck.reference.model import Reference

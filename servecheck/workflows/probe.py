@@ -35,10 +35,12 @@ from servecheck.checks.seeds import SeedDetails
 from servecheck.checks.template import first_difference
 from servecheck.collect.targets import Target, open_target
 from servecheck.errors import EXIT_FAIL, EXIT_PASS, InputError, TargetError
+from servecheck.formats.conversation import Conversation, Message
+from servecheck.formats.parameters import Parameters
 from servecheck.formats.prompts import Request, expand
-from servecheck.formats.records import Conversation, Message, Parameters, ResponseRecord
+from servecheck.formats.records import ResponseRecord
 from servecheck.reference.model import Reference
-from servecheck.reference.scoring import ScoreItem
+from servecheck.reference.token_scores import ScoreItem
 from servecheck.report.files import write_text
 from servecheck.report.summary import finite
 from servecheck.report.terminal import markup

@@ -15,8 +15,10 @@ from servecheck.checks.core.results import CheckResult, Finding, NoDetails
 from servecheck.checks.template import first_difference
 from servecheck.collect.targets import open_target
 from servecheck.errors import TargetError
+from servecheck.formats.conversation import Conversation, Message
+from servecheck.formats.parameters import Parameters
 from servecheck.formats.prompts import Request
-from servecheck.formats.records import Conversation, Message, Parameters, ResponseRecord
+from servecheck.formats.records import ResponseRecord
 from servecheck.reference.markup import markup_of
 from servecheck.reference.model import Reference
 

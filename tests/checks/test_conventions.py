@@ -17,8 +17,9 @@ import pytest
 
 from servecheck.checks.core.conventions import MARGIN_NATS, candidates
 from servecheck.collect.targets.hf import HFTarget
+from servecheck.formats.conversation import Conversation, Message
+from servecheck.formats.parameters import Parameters
 from servecheck.formats.prompts import Request, request_id
-from servecheck.formats.records import Conversation, Message, Parameters
 from servecheck.reference.sampling import HF, LLAMA_CPP
 
 PROMPTS = ["Name a color.", "Tell me a story about the fox.", "Pick a number between 1 and 10.",

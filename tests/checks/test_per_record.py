@@ -20,9 +20,10 @@ from scipy import stats as st
 from servecheck.checks.core.pooling import record_z
 from servecheck.checks.plausibility import record_pit_z
 from servecheck.collect.targets.hf import HFTarget
+from servecheck.formats.conversation import Conversation, Message
+from servecheck.formats.parameters import Parameters
 from servecheck.formats.prompts import Request, request_id
-from servecheck.formats.records import Conversation, Message, Parameters
-from servecheck.reference.scoring import TokenScores
+from servecheck.reference.token_scores import TokenScores
 
 RARE = [("Pick a number between 1 and 10.", 339), ("Pick a number between 1 and 10.", 191),
         ("Name an animal.", 263), ("Name an animal.", 252), ("Pick a number between 1 and 10.", 143)]

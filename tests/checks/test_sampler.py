@@ -20,8 +20,9 @@ import pytest
 from servecheck.checks.core import alternatives as alt
 from servecheck.checks.core.shared_seeds import seed_design
 from servecheck.collect.targets.hf import HFTarget
+from servecheck.formats.conversation import Conversation, Message
+from servecheck.formats.parameters import Parameters
 from servecheck.formats.prompts import Request, request_id
-from servecheck.formats.records import Conversation, Message, Parameters
 
 PROMPTS = ["Name a color.", "Tell me a story about the fox.", "Pick a number between 1 and 10.",
            "What does the horse eat?", "Name an animal.", "Tell me a story about the bee.",

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from servecheck.checks.core.stats import StatTest, holm, temperature_fit
-from servecheck.reference.scoring import TEMPERATURE_FACTORS
+from servecheck.reference.token_scores import TEMPERATURE_FACTORS
 
 
 def _t(p: float) -> StatTest:

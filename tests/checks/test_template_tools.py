@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from servecheck.checks.template import diagnose
-from servecheck.formats.records import Conversation, Message
+from servecheck.formats.conversation import Conversation, Message
 from servecheck.formats.tools import FunctionCall, ToolCall
 from servecheck.reference.model import Reference
 from servecheck.tinymodels.tool_corpus import TOOLS

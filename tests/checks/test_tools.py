@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from servecheck.formats.records import Conversation, Message, Parameters
+from servecheck.formats.conversation import Conversation, Message
+from servecheck.formats.parameters import Parameters
 from servecheck.formats.responses import read_records
 from servecheck.reference.markup import markup_of
 from servecheck.reference.model import Reference

@@ -9,8 +9,10 @@ import pytest
 
 from servecheck.collect import collector
 from servecheck.collect.targets import Target
+from servecheck.formats.conversation import Conversation, Message
+from servecheck.formats.parameters import Parameters
 from servecheck.formats.prompts import Request
-from servecheck.formats.records import Conversation, Message, Parameters, ResponseRecord
+from servecheck.formats.records import ResponseRecord
 
 
 class Counting(Target):

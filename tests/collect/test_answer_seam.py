@@ -22,8 +22,9 @@ from aiohttp import web
 from servecheck.collect.collector import collect
 from servecheck.collect.targets import open_target
 from servecheck.errors import InputError, TargetError
+from servecheck.formats.conversation import Conversation, Message
+from servecheck.formats.parameters import Parameters
 from servecheck.formats.prompts import Request
-from servecheck.formats.records import Conversation, Message, Parameters
 from servecheck.formats.responses import read_records
 from tests.collect.local_app import running
 

@@ -193,7 +193,9 @@ def test_probe_and_compare_print_no_key(free_ports, run_cli, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     """``probe`` and ``compare`` reach the target through the same ``generate``: a stream error
     frame quoting the key fails them with a message that does not carry it."""
-    from servecheck.formats.records import Conversation, Message, Parameters, ResponseRecord
+    from servecheck.formats.conversation import Conversation, Message
+    from servecheck.formats.parameters import Parameters
+    from servecheck.formats.records import ResponseRecord
 
     monkeypatch.setenv("AZURE_OPENAI_KEY", AZURE_KEY)
     served = tmp_path / "served.jsonl"

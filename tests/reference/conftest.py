@@ -1,39 +1,50 @@
-"""Fixtures of the reference tests only: a real byte-level vocabulary."""
+"""Fixtures of the reference tests only: a real byte-level vocabulary.
+
+Its source is llama.cpp's vocabulary-only GGUF files, which ``make llama-vocab`` (``make test``
+and ``make test-fast`` run it; .ci/llama-vocab) caches once per machine: the tests read files and
+download nothing, and skip, naming that target, where the cache is absent.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-VOCAB_CACHE = Path.home() / ".cache" / "servecheck" / "vocab"
-LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
+LLAMA_VOCAB = Path(os.environ.get("SERVECHECK_LLAMA_VOCAB")
+                   or Path.home() / ".cache" / "servecheck" / "llama-vocab")
+"""Where .ci/llama-vocab puts the GGUF files (the same variable and default)."""
 
 
 @pytest.fixture(scope="session")
-def qwen2_tokenizer() -> Path:
-    """Qwen2's real tokenizer (151,936 byte-level BPE tokens, ChatML template), from the
-    vocabulary-only GGUF that llama.cpp's source ships inside the llama-cpp-python sdist on PyPI
-    (no model hub). Fetched once into ~/.cache/servecheck/vocab and saved there as an HF
-    tokenizer; about 1 minute the first time."""
-    out = VOCAB_CACHE / "qwen2"
-    if (out / "tokenizer_config.json").exists():
-        return out
-    import subprocess
-    import sys
-    import tarfile
-    import tempfile
+def llama_vocab() -> Path:
+    """The directory of llama.cpp's ``ggml-vocab-*.gguf`` files (real tokenizers, no weights)."""
+    if not (LLAMA_VOCAB / ".servecheck-ready").exists():
+        pytest.skip(f"llama.cpp's vocabulary GGUFs are not cached in {LLAMA_VOCAB}: "
+                    "run `make llama-vocab` (make test and make test-fast run it)")
+    return LLAMA_VOCAB
 
+
+@pytest.fixture(scope="session")
+def qwen2_tokenizer(llama_vocab: Path) -> Path:
+    """Qwen2's real tokenizer (151,936 byte-level BPE tokens, ChatML template), from the
+    vocabulary-only GGUF that llama.cpp's source ships (no model hub). Converting it takes about
+    10 s, so the HF tokenizer is saved beside the GGUF files, once per transformers version, and
+    read from there after."""
+    import transformers
     from transformers import AutoTokenizer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                        "--no-binary", ":all:", LLAMA_CPP_SDIST, "-d", tmp], check=True)
-        (sdist,) = Path(tmp).glob("llama_cpp_python-*.tar.gz")
-        with tarfile.open(sdist) as tar:
-            member = next(m for m in tar.getmembers() if m.name.endswith("ggml-vocab-qwen2.gguf"))
-            tar.extract(member, tmp, filter="data")
-        gguf = Path(tmp) / member.name
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        tok.save_pretrained(out)
+    out = llama_vocab / f"hf-transformers-{transformers.__version__}" / "qwen2"
+    if (out / "tokenizer_config.json").exists():
+        return out
+    tok = AutoTokenizer.from_pretrained(llama_vocab, gguf_file="ggml-vocab-qwen2.gguf")
+    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    tok.save_pretrained(partial)
+    try:
+        partial.rename(out)  # whole or not at all: a session stopped mid-save leaves no half copy
+    except OSError:  # another session saved it first
+        import shutil
+
+        shutil.rmtree(partial, ignore_errors=True)
     return out

@@ -52,7 +52,8 @@ def _dies_once(marker: str):
 def test_a_lost_worker_is_retried_without_double_counting(ref, tmp_path: Path) -> None:
     from servecheck.reference.dask_scoring import DaskScorer, open_client
     from servecheck.reference.sampling import HF, Sampling
-    from servecheck.reference.scoring import ScoreItem, score
+    from servecheck.reference.scoring import score
+    from servecheck.reference.token_scores import ScoreItem
 
     rng = np.random.default_rng(3)
     items = [ScoreItem(rng.integers(3, 900, 12).tolist(), rng.integers(3, 900, 9).tolist(),

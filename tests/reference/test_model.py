@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from servecheck.errors import InputError
-from servecheck.formats.records import Conversation, Message
+from servecheck.formats.conversation import Conversation, Message
 from servecheck.reference.model import Reference
-from servecheck.reference.scoring import ScoreItem, score
+from servecheck.reference.scoring import score
+from servecheck.reference.token_scores import ScoreItem
 from servecheck.tinymodels.build import Recipe, train
 
 

@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from servecheck.reference.sampling import Sampling
-from servecheck.reference.scoring import ScoreItem
+from servecheck.reference.token_scores import ScoreItem
 
 pytestmark = pytest.mark.slow  # spawned ranks and torchrun, each loading the model
 

@@ -25,7 +25,7 @@ from servecheck.reference.sampling import (
     boundary_slack,
     transform,
 )
-from servecheck.reference.scoring import reference_sampled_stats
+from tests.reference.stats_by_key import reference_sampled_stats
 
 logit_rows = st.integers(2, 24).flatmap(lambda v: st.lists(
     st.floats(-8, 8, allow_nan=False, width=32), min_size=v, max_size=v))
@@ -155,7 +155,8 @@ def test_pit_and_loglik_under_a_correct_sampler() -> None:
 def test_penalty_scope_decides_whether_prompt_tokens_count() -> None:
     """vLLM-style presence/frequency penalties count generated tokens only; HF's repetition
     penalty counts the prompt too. The scorer builds the counts per convention."""
-    from servecheck.reference.scoring import ScoreItem, token_counts
+    from servecheck.reference.logit_blocks import token_counts
+    from servecheck.reference.token_scores import ScoreItem
 
     item = ScoreItem(prompt_ids=[1, 1, 2], output_ids=[3, 2, 4], sampling=Sampling(
         repetition_penalty=1.5))

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from servecheck.reference import fused
+from servecheck.reference import nucleus
+from servecheck.reference.logit_blocks import token_counts
 from servecheck.reference.model import Reference
 from servecheck.reference.sampling import (
     HF,
@@ -28,14 +29,10 @@ from servecheck.reference.sampling import (
     boundary_slack,
     transform,
 )
-from servecheck.reference.scoring import (
-    TEMPERATURE_FACTORS,
-    ScoreItem,
-    reference_sampled_stats,
-    score,
-    token_counts,
-)
+from servecheck.reference.scoring import score
+from servecheck.reference.token_scores import TEMPERATURE_FACTORS, ScoreItem
 from tests.reference.cases import CASES
+from tests.reference.stats_by_key import reference_sampled_stats
 
 KEYS = ("logq", "above", "entropy", "var", "top", "pre_nucleus_above", "pit")
 
@@ -96,7 +93,7 @@ def test_fused_statistics_equal_the_definition(s: Sampling, scale: float, candid
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Flat (0.7: the nucleus holds most of the vocabulary) to peaked (8) logits; with 4
     candidates every nucleus goes through the bracketing passes."""
-    monkeypatch.setattr(fused, "CANDIDATES", candidates)
+    monkeypatch.setattr(nucleus, "CANDIDATES", candidates)
     gen = torch.Generator().manual_seed(int(scale * 10) + candidates)
     z = _draw(48, 3000, scale, gen)
     tok = _tokens(z, s, gen)
@@ -113,7 +110,7 @@ def test_conventions_and_ties(convention: Convention, monkeypatch: pytest.Monkey
     """bf16-rounded logits tie often, at the top_k and at the nucleus boundary alike."""
     gen = torch.Generator().manual_seed(3)
     for candidates in (256, 4):
-        monkeypatch.setattr(fused, "CANDIDATES", candidates)
+        monkeypatch.setattr(nucleus, "CANDIDATES", candidates)
         for s in (Sampling(temperature=1.5, top_p=0.7), Sampling(temperature=0.9, top_k=20, top_p=0.6),
                   Sampling(temperature=0.7, top_k=30, top_p=0.9, min_p=0.05),
                   Sampling(temperature=1.4, min_p=0.1)):
@@ -187,11 +184,11 @@ def test_keys_order_the_values(dtype: torch.dtype) -> None:
         bits = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16)
     x = bits.view(dtype)
     x = x[~torch.isnan(x)]
-    keys = fused.order_keys(x)
+    keys = nucleus.order_keys(x)
     order = torch.argsort(keys)
     assert bool((x[order][1:].float() >= x[order][:-1].float()).all())
-    assert torch.equal(fused.key_values(keys, dtype), x.float())
-    zeros = fused.order_keys(torch.tensor([0.0, -0.0], dtype=dtype))
+    assert torch.equal(nucleus.key_values(keys, dtype), x.float())
+    zeros = nucleus.order_keys(torch.tensor([0.0, -0.0], dtype=dtype))
     assert zeros.tolist() == [0, 0]
 
 
@@ -199,7 +196,7 @@ def test_keys_order_the_values(dtype: torch.dtype) -> None:
 def test_bf16_bracket_resolves_in_four_passes(scale: float, monkeypatch: pytest.MonkeyPatch) -> None:
     """bf16 logits whose nuclei are all bracketed (4 passes of 16 thresholds): the cut is the
     exact one, found by sorting, and the statistics equal the definition in float32."""
-    monkeypatch.setattr(fused, "CANDIDATES", 4)
+    monkeypatch.setattr(nucleus, "CANDIDATES", 4)
     gen = torch.Generator().manual_seed(9)
     z = (_draw(32, 5000, scale, gen)).bfloat16()
     m, zmin = z.float().amax(1), z.float().amin(1)
@@ -210,7 +207,7 @@ def test_bf16_bracket_resolves_in_four_passes(scale: float, monkeypatch: pytest.
     n = (before < 0.9 * mass.sum(1, keepdim=True)).sum(1)
     exact = d.gather(1, (n - 1)[:, None])[:, 0]
     neg = torch.full((32,), -math.inf)
-    cut, _, resolved = fused.nucleus_cut(z, m, inv_t, neg, mass.sum(1), zmin, 0.9, False)
+    cut, _, resolved = nucleus.nucleus_cut(z, m, inv_t, neg, mass.sum(1), zmin, 0.9, False)
     assert not bool(resolved.all())  # most or all of the rows were bracketed
     assert torch.equal(cut, exact)
     for s in (Sampling(temperature=0.7, top_p=0.9), Sampling(temperature=1.2, top_p=0.5),

@@ -16,9 +16,11 @@ import torch
 
 from servecheck.reference.model import Reference
 from servecheck.reference.sampling import HF, LLAMA_CPP, Convention, Sampling
-from servecheck.reference.scoring import ScoreItem, reference_sampled_stats, score
+from servecheck.reference.scoring import score
 from servecheck.reference.tails import TAIL_KEYS
+from servecheck.reference.token_scores import ScoreItem
 from tests.reference.cases import CASES
+from tests.reference.stats_by_key import reference_sampled_stats
 
 STEPPED = {k for k in TAIL_KEYS if k.startswith(("beyond_", "below_min_p")) or k == "rank_q"}
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -77,7 +79,7 @@ def test_other_conventions_gpu_equal_cpu(conv: Convention) -> None:
 def test_threshold_pass_takes_any_number_of_thresholds(nt: int) -> None:
     """The kernel's tile wants a power of two; the tail statistics ask for 3 (min_p 0.02, 0.05,
     0.1), which once failed to compile on the GPU only."""
-    from servecheck.reference.fused import threshold_pass
+    from servecheck.reference.passes import threshold_pass
 
     gen = torch.Generator().manual_seed(14)
     z = torch.randn(6, 262144, generator=gen) * 2

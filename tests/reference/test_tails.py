@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from servecheck.reference.logit_blocks import token_counts
 from servecheck.reference.sampling import HF, Sampling, apply_penalties, transform
-from servecheck.reference.scoring import ScoreItem, reference_sampled_stats, token_counts
 from servecheck.reference.tails import (
     K_GRID,
     MIN_P_GRID,
@@ -23,6 +23,8 @@ from servecheck.reference.tails import (
     WINDOW,
     context_windows,
 )
+from servecheck.reference.token_scores import ScoreItem
+from tests.reference.stats_by_key import reference_sampled_stats
 
 SAMPLINGS = [Sampling(temperature=0.8), Sampling(temperature=1.3, top_k=30),
              Sampling(temperature=0.7, top_p=0.9), Sampling(temperature=1.0, min_p=0.03),

@@ -19,8 +19,10 @@ from servecheck.checks import run_checks
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.options import CheckOptions
 from servecheck.collect.targets.hf import HFTarget
+from servecheck.formats.conversation import Conversation, Message
+from servecheck.formats.parameters import Parameters
 from servecheck.formats.prompts import Request, request_id
-from servecheck.formats.records import Conversation, Message, Parameters, ResponseRecord
+from servecheck.formats.records import ResponseRecord
 from servecheck.reference.model import Reference
 from servecheck.reference.sampling import Sampling
 from servecheck.reference.tokenization import SEARCHED, TokenBytes, propose

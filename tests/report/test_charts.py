@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from servecheck.checks.core.results import GroupEvidence, TemperatureProfile
-from servecheck.reference.scoring import TEMPERATURE_FACTORS
+from servecheck.reference.token_scores import TEMPERATURE_FACTORS
 from servecheck.report import svg
 from servecheck.report.pages import environment
 from tests.report.browser import needs_browser

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from servecheck.formats.records import Conversation, Message
+from servecheck.formats.conversation import Conversation, Message
 from servecheck.formats.responses import read_records
 from servecheck.reference.model import Reference
 from tests.report.browser import BROWSER, needs_browser

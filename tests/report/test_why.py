@@ -26,8 +26,9 @@ from servecheck.checks.greedy import GreedyDetails
 from servecheck.checks.logprobs import LogprobsDetails
 from servecheck.checks.seeds import SeedDetails, SeedGroup
 from servecheck.collect.targets.hf import HFTarget
+from servecheck.formats.conversation import Conversation, Message
+from servecheck.formats.parameters import Parameters
 from servecheck.formats.prompts import Request, request_id
-from servecheck.formats.records import Conversation, Message, Parameters
 from servecheck.report.html import check_rows
 from servecheck.report.pages import render
 

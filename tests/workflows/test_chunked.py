@@ -133,7 +133,7 @@ def test_planted_state_files_run_no_code_and_change_no_verdict(
     state, marker = tmp_path / "state", tmp_path / "ran"
     args = ("--records-per-chunk", "10", "--state", str(state), "--no-progress")
     code, whole = check_json(lite_responses, tmp_path, "builtin", *args)
-    assert sorted(p.name for p in state.iterdir()) == [f"chunk-0000{j}.json" for j in range(4)]
+    assert sorted(p.name for p in state.glob("chunk-*")) == [f"chunk-0000{j}.json" for j in range(4)]
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     capsys.readouterr()
 
@@ -188,3 +188,23 @@ def test_a_state_directory_others_can_write_is_refused(
     assert err.startswith(f"servecheck: error: {state}: the check state directory is ")
     assert said in err and ("chmod go-w" in err) == (change == "mode") and "--state" in err
     assert list(state.iterdir()) == []
+
+
+def test_a_resumed_run_copies_the_report_its_saved_chunk_was_drawn_with(
+        tmp_path: Path, lite_responses: Path, run_cli, capsys: pytest.CaptureFixture[str]
+        ) -> None:
+    """The chunk the report shows was drawn by the run that checked it, and the page was kept
+    beside its verdicts: a run resuming every chunk copies it instead of reading and scoring the
+    chunk again only to draw it."""
+    state = tmp_path / "state"
+    args = ("--reference", "builtin", "--records-per-chunk", "10", "--state", str(state),
+            "--no-progress")
+    first = run_cli("check", lite_responses, *args, "--report", tmp_path / "a.html")
+    kept = list(state.glob("report-*.html"))
+    assert len(kept) == 1 and kept[0].read_bytes() == (tmp_path / "a.html").read_bytes()
+    capsys.readouterr()
+    again = run_cli("check", lite_responses, *args, "--report", tmp_path / "b.html")
+    said = capsys.readouterr().out
+    assert again == first and "resumed: 4 of 4 chunks" in said
+    assert "again for the HTML report" not in said and "as the run that checked it wrote it" in said
+    assert (tmp_path / "b.html").read_bytes() == (tmp_path / "a.html").read_bytes()

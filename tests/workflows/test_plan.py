@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from servecheck.collect.targets.hf import HFTarget
+from servecheck.formats.conversation import Conversation, Message
+from servecheck.formats.parameters import Parameters
 from servecheck.formats.prompts import Request, request_id
-from servecheck.formats.records import Conversation, Message, Parameters
 
 PROMPTS = ["Name a color.", "Tell me a story about the fox.", "Pick a number between 1 and 10.",
            "Name an animal.", "Where should we go?", "Tell me a story about the cat."]

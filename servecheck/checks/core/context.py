@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Any, Protocol
 
+from servecheck.checks.core.admission import check_ids, check_lengths, render_prompts
 from servecheck.checks.core.end_counting import EndCounting, find_end_counting
 from servecheck.checks.core.options import CheckOptions, Numerics
 from servecheck.checks.core.record_markup import RecordMarkup
@@ -23,7 +24,8 @@ from servecheck.errors import InputError
 from servecheck.formats.records import ResponseRecord
 from servecheck.reference.model import Reference
 from servecheck.reference.sampling import HF, Convention, Sampling
-from servecheck.reference.scoring import ScoreItem, TokenScores, score
+from servecheck.reference.scoring import score
+from servecheck.reference.token_scores import ScoreItem, TokenScores
 from servecheck.reference.tokenization import LOST, PromptSource, TokenBytes, TokenSource
 
 
@@ -66,9 +68,10 @@ class CheckContext:
         self.undecided: list[Convention] = []
         """Other orders the records could not rule out (``ConventionFit.undecided``), put with
         the convention: a token one of them holds is no support violation."""
-        self._check_ids()
-        self._check_lengths()
-        self.expected_prompts  # noqa: B018 - renders every conversation now: a refusal is bad input
+        check_ids(self.records, self.labels, ref)
+        check_lengths(self.records, self.labels, ref)
+        self.expected_prompts = render_prompts(self.records, self.labels, ref)
+        """The reference rendering of each record's conversation (a refusal is bad input)."""
         self.ref.encode_many([*self.expected_prompts, *(r.input for r in self.records if r.input),
                               *(r.output for r in self.records if r.output_token_ids is None)])
         self.scorer = scorer
@@ -86,57 +89,6 @@ class CheckContext:
         self.departures: dict[int, tuple[int, ...]] = {}
         """Per text-only record whose tokenization was searched: the output token positions
         where the chosen tokens depart from the canonical tokenization."""
-
-    def _check_ids(self) -> None:
-        """Token ids a server reported must be ids of the reference's vocabulary: one outside it
-        is bad input (another model's file, or a wrong ``--reference``), named before any work."""
-        vocab = self.ref.vocab_size
-        for label_, r in zip(self.labels, self.records, strict=True):
-            for name in ("prompt_token_ids", "output_token_ids"):
-                ids = getattr(r, name) or []
-                bad = next((k for k, t in enumerate(ids) if not 0 <= t < vocab), None)
-                if bad is not None:
-                    raise InputError(f"{name}[{bad}] = {ids[bad]} is not an id of the reference's "
-                                     f"vocabulary (0…{vocab - 1}): ids of another model, or the "
-                                     f"wrong --reference", where=r.named(label_))
-
-    def _check_lengths(self) -> None:
-        """A record that cannot fit the reference's context is refused before it is tokenized:
-        by its ids where it has them, else by the fewest tokens its text can be."""
-        limit = self.ref.context_length
-        if not limit:
-            return
-        per_token = self.ref.longest_token_chars
-        for label_, r in zip(self.labels, self.records, strict=True):
-            prompt = len(r.prompt_token_ids) if r.prompt_token_ids else len(r.input) // per_token
-            output = len(r.output_token_ids) if r.output_token_ids else len(r.output) // per_token
-            if prompt + output > limit:
-                raise InputError(f"prompt and output are at least {prompt} + {output} tokens, "
-                                 f"beyond the reference's context of {limit}: a record of another "
-                                 f"model, or a server that ran past its context",
-                                 where=r.named(label_))
-
-    @cached_property
-    def expected_prompts(self) -> list[str]:
-        """The reference rendering of each record's conversation. One the reference's template
-        refuses (a ``raise_exception`` for roles it does not take) cannot be checked against
-        this reference at all: bad input, named by record, not a server failure."""
-        out: list[str] = []
-        rendered: dict[str, str] = {}  # one rendering per distinct conversation
-        for label_, r in zip(self.labels, self.records, strict=True):
-            key = r.conversations.model_dump_json()
-            if key in rendered:
-                out.append(rendered[key])
-                continue
-            try:
-                out.append(rendered.setdefault(key, self.ref.render(r.conversations)))
-            except InputError:  # a template over its limits (reference.sandbox), named whole
-                raise
-            except Exception as e:
-                raise InputError(f"the reference's chat template refuses this conversation "
-                                 f"({type(e).__name__}: {str(e)[:200]}); it cannot be checked "
-                                 f"against this reference", where=r.named(label_)) from None
-        return out
 
     def check_alpha(self, name: str) -> float:
         """Check ``name``'s family-wise rate: its declared share of the run's α."""

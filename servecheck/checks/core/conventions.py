@@ -31,7 +31,7 @@ import numpy as np
 
 from servecheck.checks.core.token_rules import outside_support
 from servecheck.reference.sampling import HF, LLAMA_CPP, Convention
-from servecheck.reference.scoring import TokenScores
+from servecheck.reference.token_scores import TokenScores
 from servecheck.reference.tokenization import TokenSource
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ import numpy as np
 
 from servecheck.checks.core.context import CheckContext
 from servecheck.reference.sampling import Sampling
-from servecheck.reference.scoring import ScoreItem
+from servecheck.reference.token_scores import ScoreItem
 
 GRID = ([("repetition_penalty", v) for v in (1.05, 1.1, 1.15, 1.2, 1.3, 1.5)]
         + [(name, v) for name in ("presence_penalty", "frequency_penalty")

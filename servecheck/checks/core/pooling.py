@@ -12,7 +12,7 @@ import numpy as np
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.shared_seeds import distinct_draws
 from servecheck.reference.sampling import Sampling
-from servecheck.reference.scoring import TokenScores
+from servecheck.reference.token_scores import TokenScores
 
 TRIVIAL = 1 - 1e-6
 

@@ -15,7 +15,7 @@ import importlib
 import inspect
 import pkgutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any, Literal
@@ -68,7 +68,6 @@ class CheckSpec:
 
 
 _REGISTERED: dict[str, CheckSpec] = {}
-_SOURCE = {"current": "built-in"}
 
 
 def check(name: str, *, order: int, kind: Kind = "deterministic", alpha_share: float = 0.0,
@@ -80,8 +79,7 @@ def check(name: str, *, order: int, kind: Kind = "deterministic", alpha_share: f
                          f"deterministic one none (got {kind}, {alpha_share})")
 
     def register(run: Callable[..., Any]) -> Callable[..., Any]:
-        spec = CheckSpec(name, order, kind, run, alpha_share, screens, also, run.__module__,
-                         _SOURCE["current"])
+        spec = CheckSpec(name, order, kind, run, alpha_share, screens, also, run.__module__)
         for n in spec.names:
             other = next((s for s in _REGISTERED.values() if n in s.names), None)
             if other is not None and other.module != spec.module:
@@ -109,15 +107,15 @@ def specs() -> tuple[CheckSpec, ...]:
             raise RuntimeError(f"{module} is in servecheck.checks but declares no check "
                                f"(@check beside its run); helpers belong in servecheck.checks.core")
     for ep in entry_points(group=GROUP):
-        _SOURCE["current"] = ep.dist.name if ep.dist else ep.value
-        try:
-            before = set(_REGISTERED)
-            ep.load()
-            if set(_REGISTERED) == before:
-                raise RuntimeError(f"the entry point {ep.name} = {ep.value} ({GROUP}) registered "
-                                   f"no check: its module must declare one with @check")
-        finally:
-            _SOURCE["current"] = "built-in"
+        before = set(_REGISTERED)
+        ep.load()
+        added = set(_REGISTERED) - before
+        if not added:
+            raise RuntimeError(f"the entry point {ep.name} = {ep.value} ({GROUP}) registered "
+                               f"no check: its module must declare one with @check")
+        for name in added:  # where it came from, for ``servecheck list``
+            _REGISTERED[name] = replace(_REGISTERED[name], source=ep.dist.name if ep.dist
+                                        else ep.value)
     return tuple(sorted(_REGISTERED.values(), key=lambda s: (s.order, s.name)))
 
 

@@ -123,8 +123,12 @@ class GroupEvidence:
     tests: tuple[StatTest, ...] = ()
     """Every test of the group, the temperature's last."""
     profile: TemperatureProfile | None = None
-    temperature: str = "not estimated (too few informative tokens)"
-    """The effective temperature in words."""
+    temperature: str | None = None
+    """The effective temperature in words, where the check estimates it."""
+    checks: tuple[str, ...] = ()
+    """The results whose tests these are (the report's filter by check)."""
+    chart: str = "PIT"
+    """What the histogram and QQ plot are of, for their titles."""
 
     @classmethod
     def of_pit(cls, label: str, records: int, pit: np.ndarray, **rest: Any) -> GroupEvidence:

@@ -29,7 +29,7 @@ import numpy as np
 
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.seed_tests import seed_tests
-from servecheck.reference.scoring import TokenScores
+from servecheck.reference.token_scores import TokenScores
 
 MIN_PAIRS = 50
 """Fewer pairs than this estimate nothing: ρ is then taken as ``RHO_PRIOR``."""

@@ -11,7 +11,7 @@ import numpy as np
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.options import Numerics
 from servecheck.reference.sampling import RULES
-from servecheck.reference.scoring import TokenScores
+from servecheck.reference.token_scores import TokenScores
 
 
 def greedy_positions(s: TokenScores, delta: float, gap: np.ndarray | None = None

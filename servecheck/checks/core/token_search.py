@@ -3,36 +3,27 @@
 ``servecheck.reference.tokenization`` says why and what it proposes; this is the loop that runs
 it over a whole check: every record's proposals of a round go to the scorer as one batch
 (``CheckContext.score_items``, so under torchrun the ranks share them too), and only records
-whose last proposal was kept take part in the next round. It reads and writes the
-``CheckContext``'s token and score caches, through ``SearchContext``: what it needs of the
-context, declared here so that this module need not import ``checks.core.context``, which imports it.
+whose last proposal was kept take part in the next round. It reads the ``CheckContext``
+through ``SearchContext`` (``search_context``) and returns what it found; the context puts it
+in its caches.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import replace
 
 import numpy as np
 
-from servecheck.reference.scoring import ScoreItem, TokenScores
+from servecheck.checks.core.search_context import SearchContext, Searched, departures
+from servecheck.reference.token_scores import ScoreItem, TokenScores
 from servecheck.reference.tokenization import (
     MAX_ROUNDS,
-    PromptSource,
     Proposal,
-    TokenBytes,
-    TokenSource,
     barker,
     greedy_key,
     propose,
     sampled_loglik,
 )
-
-if TYPE_CHECKING:
-    from servecheck.checks.core.options import CheckOptions, Numerics
-    from servecheck.formats.records import ResponseRecord
-    from servecheck.reference.model import Reference
-    from servecheck.reference.sampling import Convention, Sampling
 
 IMPLAUSIBLE_LOGQ = -11.5
 """A sampled token of requested probability below e^-11.5 ≈ 1e-5 is put to the search as if it
@@ -54,58 +45,6 @@ HIDDEN_PLACES = 16
 SERVED_LOGPROB_NATS = 1.0
 """Where served log-probs count other tokens than the ones scored, a token whose served and
 reference log-probs differ by more than this marks where the tokenizations part."""
-
-
-def departures(chosen: list[int], canonical: list[int], tb: TokenBytes,
-               hidden: frozenset[int] = frozenset()) -> tuple[int, ...]:
-    """Positions in ``chosen`` whose token is not the canonical token at the same byte offset;
-    a ``hidden`` token (one the detokenizer skipped) departs and spells nothing."""
-    at = {}
-    offset = 0
-    for t in canonical:
-        at[offset] = t
-        offset += len(tb(t))
-    out, offset = [], 0
-    for k, t in enumerate(chosen):
-        if at.get(offset) != t:
-            out.append(k)
-        offset += 0 if t in hidden and at.get(offset) != t else len(tb(t))
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class Searched:
-    """A record's tokenization as the search left it, where it is not the canonical one."""
-
-    ids: list[int]
-    scores: TokenScores
-    departures: tuple[int, ...]
-    """The output token positions where ``ids`` depart from the canonical tokenization."""
-
-
-class SearchContext(Protocol):
-    """What the search reads of the check's context: ``checks.core.context.CheckContext`` is
-    one, hands itself to ``TokenSearch`` and applies what ``run`` returns."""
-
-    records: list[ResponseRecord]
-    ref: Reference
-    options: CheckOptions
-    tolerances: Numerics
-    sampling: list[Sampling]
-    undecided: list[Convention]
-    lost_at: dict[int, int]
-
-    @property
-    def token_bytes(self) -> TokenBytes: ...
-    def scorer(self, ref: Reference, items: list[ScoreItem], convention: Convention
-               ) -> list[TokenScores]: ...
-    def score_items(self, items: list[ScoreItem]) -> list[TokenScores]: ...
-    def item(self, i: int) -> ScoreItem: ...
-    def output_ids(self, i: int) -> tuple[list[int], TokenSource]: ...
-    def scores(self, indices: list[int], search: bool = True) -> dict[int, TokenScores]: ...
-    def prompt_ids(self, i: int) -> tuple[list[int], PromptSource]: ...
-    def served_count(self, i: int) -> int | None: ...
-    def seed(self, i: int) -> int: ...
 
 
 class TokenSearch:

@@ -32,8 +32,9 @@ from typing import Any, ClassVar
 from servecheck.collect.targets import DEFAULT_MAX_TOKENS, Target, spec_options
 from servecheck.collect.targets.clock import Stopwatch
 from servecheck.errors import InputError
+from servecheck.formats.parameters import Parameters
 from servecheck.formats.prompts import Request
-from servecheck.formats.records import Parameters, ResponseRecord
+from servecheck.formats.records import ResponseRecord
 from servecheck.formats.tools import Usage
 
 NEUTRAL: dict[str, float] = {"temperature": 1.0, "top_p": 1.0, "top_k": 0,

@@ -45,8 +45,9 @@ from servecheck.collect.targets.faults import (
     quantize_weights,
 )
 from servecheck.errors import InputError, TargetError
+from servecheck.formats.parameters import Parameters
 from servecheck.formats.prompts import Request
-from servecheck.formats.records import Parameters, ResponseRecord, Timing
+from servecheck.formats.records import ResponseRecord, Timing
 from servecheck.reference.markup import markup_of
 from servecheck.reference.model import Reference
 from servecheck.reference.sampling import HF, ORDERS, Sampling

@@ -60,8 +60,9 @@ from servecheck.collect.targets.http import HttpClient
 from servecheck.collect.targets.parsed import raw_output, spelling, split_fields, usage_of
 from servecheck.collect.targets.streamed import joined
 from servecheck.errors import InputError
+from servecheck.formats.conversation import Conversation
 from servecheck.formats.prompts import Request
-from servecheck.formats.records import END_MARKER_UNKNOWN, Conversation, ResponseRecord, Timing
+from servecheck.formats.records import END_MARKER_UNKNOWN, ResponseRecord, Timing
 from servecheck.reference.model import Reference
 
 OPTIONS = ("mode", "model", "template", "api_key_env", "timeout", "concurrency", "stream",

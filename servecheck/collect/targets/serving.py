@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 
-from servecheck.formats.records import Conversation, Parameters
+from servecheck.formats.conversation import Conversation
+from servecheck.formats.parameters import Parameters
 from servecheck.formats.tools import FunctionCall, ToolCall, Usage
 from servecheck.reference.markup import Markup
 

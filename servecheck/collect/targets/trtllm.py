@@ -25,7 +25,7 @@ import numpy as np
 
 from servecheck.collect.targets.answers import Reader, get
 from servecheck.errors import TargetError
-from servecheck.formats.records import Parameters
+from servecheck.formats.parameters import Parameters
 
 ENSEMBLE_NAMES = {
     "max_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
