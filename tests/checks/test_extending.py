@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import re
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def installed(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
     registry.specs.cache_clear()
     yield site
     registry.specs.cache_clear()
+    for name in [m for m in sys.modules if m.split(".")[0] == "my_checks"]:
+        del sys.modules[name]  # the next test installs it afresh
 
 
 @pytest.fixture(scope="module")
