@@ -88,6 +88,13 @@ CLASSES = [
     "`tests/workflows/test_compare.py` |",
     "| messages | errors found after reading name the shard and line (`shard-0003.jsonl line 12 "
     "(record r7)`); a garbage Parquet file is one line | `tests/formats/test_shards.py` |",
+    "| one round per problem | a prompts file's problems are refused together, every block and "
+    "field (numbered on the one line, the first 20 shown with the count of all), an unknown field "
+    "with the field it probably means (`prompts`: `prompt`, `max_new_tokens`: `max_tokens`, "
+    "`temprature`: `temperature`); valid but rarely meant requests are warned of, once each with "
+    "a count, and still sent: `system_prompt: \"\"` (rendered by the `--reference` template "
+    "when named) and greedy requests that differ only in seed, top_p, top_k or min_p "
+    "| `tests/formats/test_prompts_problems.py`, `tests/workflows/test_generate_warnings.py` |",
 ]
 
 

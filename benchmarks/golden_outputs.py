@@ -4,6 +4,8 @@ guard of issue 30 (the report refactor must leave every check's output byte-iden
 
     python benchmarks/golden_outputs.py --out tests/golden        # write (update) the snapshot
     python benchmarks/golden_outputs.py --compare tests/golden    # exit 1 on the first difference
+    python benchmarks/golden_outputs.py --update tests/golden     # outputs meant to change: the
+                                                                  # stored responses checked again
 
 Each set is made in this process: ``servecheck generate`` of a fixed prompts file (fixed seeds)
 against an in-process target (``hf:builtin``, or ``hf:builtin?fault=NAME``), then
@@ -174,10 +176,16 @@ def main_(argv: list[str] | None = None) -> int:
     g.add_argument("--out", type=Path, help="write the outputs here (the snapshot)")
     g.add_argument("--compare", type=Path,
                    help="check this folder's stored responses again and diff the outputs")
+    g.add_argument("--update", type=Path,
+                   help="check this folder's stored responses again and rewrite the outputs")
     p.add_argument("-k", action="append", dest="names", choices=list(SETS),
                    help="only this set (repeatable)")
     a = p.parse_args(argv)
     start = time.monotonic()
+    if a.update:
+        make_all(a.update, a.names, stored=a.update.resolve())
+        print(f"updated {a.update} in {time.monotonic() - start:.0f} s", file=sys.stderr)
+        return 0
     if a.out:
         make_all(a.out, a.names)
         print(f"written {a.out} in {time.monotonic() - start:.0f} s", file=sys.stderr)

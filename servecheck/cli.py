@@ -22,6 +22,7 @@ from servecheck.workflows.arguments import (
     REFERENCE_HELP,
     add_template_limits,
     bounded,
+    fault_sizes,
     output_file,
     port,
 )
@@ -48,7 +49,8 @@ def cmd_check(a: argparse.Namespace, console: Console) -> int:
     options = CheckOptions(
         reference=a.reference, numerics=a.numerics, logit_tolerance=a.logit_tolerance,
         alpha=a.alpha, device=a.device, dtype=a.dtype, dask=a.dask, convention=given_convention(
-            a.sampler_order, a.top_p_before_temperature, a.top_p_inclusive, a.penalty_scope))
+            a.sampler_order, a.top_p_before_temperature, a.top_p_inclusive, a.penalty_scope),
+        detect=a.detect)
     return run_check(a.responses, options, console, Outputs(a.json, a.report, a.junit),
                      progress=not a.no_progress, max_record_bytes=int(a.max_record_mb * 2**20),
                      inconclusive_ok=a.inconclusive_ok,
@@ -59,9 +61,9 @@ def cmd_check(a: argparse.Namespace, console: Console) -> int:
 def cmd_compare(a: argparse.Namespace, console: Console) -> int:
     from servecheck.workflows.compare import run_compare
 
-    return run_compare(a.responses, a.reference, a.target, a.sample, a.seed, a.html, a.numerics,
-                       console, progress=not a.no_progress,
-                       max_record_bytes=int(a.max_record_mb * 2**20))
+    return run_compare(a.responses, a.reference, a.target, 5 if a.sample is None else a.sample,
+                       a.seed, a.html, a.numerics, console, progress=not a.no_progress,
+                       max_record_bytes=int(a.max_record_mb * 2**20), ids=a.ids)
 
 
 def cmd_demo(a: argparse.Namespace, console: Console) -> int:
@@ -195,7 +197,15 @@ def parser() -> argparse.ArgumentParser:
                                               "and parameter group), for CI")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     c.add_argument("--numerics", default="bf16", choices=["fp32", "fp16", "bf16", "fp8"],
-                   help="the server's numerics; sets the greedy near-tie tolerance")
+                   help="the server's numerics, which set the tolerances of the deterministic "
+                        "checks (greedy near-ties 0.25 logits, served log-probs 0.1 at bf16; "
+                        "0.01 each at fp32). bf16 is what GPU servers run; the demo checks an "
+                        "fp32 in-process server, so it says --numerics fp32")
+    c.add_argument("--detect", type=fault_sizes, default=(), metavar="FAULT=SIZE,…",
+                   help="fault sizes this run must be able to catch, e.g. temperature=0.1,"
+                        "top_k=40,min_p=0.05,presence_penalty=0.3: a statistical check that "
+                        "passes but could not have is INCONCLUSIVE (exit 3) and says how many "
+                        "requests of this mix would")
     c.add_argument("--logit-tolerance", type=bounded(float, 0),
                    help="override the near-tie tolerance in logits (greedy and top_k boundary)")
     c.add_argument("--alpha", type=PROBABILITY, default=0.01,
@@ -244,8 +254,18 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("responses", type=Path, help="responses file: JSON list or JSON Lines")
     k.add_argument("--reference", required=True, metavar="PATH|builtin", help=REFERENCE_HELP)
     k.add_argument("--target", help="the ground truth (default: hf:<reference>, in process)")
-    k.add_argument("--sample", type=COUNT, default=5, help="how many records")
-    k.add_argument("--seed", type=bounded(int, 0), default=0, help="seed of the random pick")
+    pick = k.add_mutually_exclusive_group()
+    pick.add_argument("--sample", type=COUNT, metavar="N",
+                      help="how many records, picked at random (default: 5)")
+    pick.add_argument("--ids", metavar="ID[,ID…]|@FILE",
+                      help="replay exactly these records instead of a random sample: ids "
+                           "separated by commas ('#N', quoted in a shell, for the N-th record, "
+                           "from 0, where a record has no id), or @FILE: the records named in "
+                           "the findings of the failing checks of a `servecheck check --json` "
+                           "summary, or a text file of ids, one per line (for ids holding a "
+                           "comma). An id that names no record is bad input")
+    k.add_argument("--seed", type=bounded(int, 0), default=0,
+                   help="seed of the random pick (--sample)")
     k.add_argument("--html", type=output_file, help="write the side-by-side HTML page here")
     k.add_argument("--numerics", default="bf16", choices=["fp32", "fp16", "bf16", "fp8"],
                    help="the server's numerics; sets the tolerances")
@@ -312,7 +332,9 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("endpoint-files",
                        help="write handler.py and requirements.txt for an HF Inference Endpoint")
-    e.add_argument("--model", default="builtin", help="the checkpoint the endpoint will serve")
+    e.add_argument("--model", required=True, metavar="PATH|builtin",
+                   help="the checkpoint the endpoint will serve ('builtin' for the built-in "
+                        "model: a choice you make, never a default, as for check)")
     e.add_argument("--out", type=Path, required=True, help="folder to write them to")
     e.set_defaults(func=cmd_endpoint_files)
 

@@ -9,6 +9,8 @@ verdict read its spec and its typed details.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from servecheck.checks.core.attribution import attribute
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.registry import table_specs
@@ -44,5 +46,6 @@ def run_checks(ctx: CheckContext, screened: Screened | None = None) -> list[Chec
         screened = screen(ctx)
     out = []
     for spec in table_specs():
-        out += screened.get(spec.name) or spec.run(ctx)
+        out += [replace(r, statistical=spec.kind == "statistical")
+                for r in screened.get(spec.name) or spec.run(ctx)]
     return attribute(out)

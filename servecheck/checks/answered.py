@@ -22,7 +22,8 @@ class AnsweredDetails(Details):
         return f"{self.errors}/{self.records} failed requests"
 
 
-@check(NAME, order=10)
+@check(NAME, order=10,
+       catches="requests the server failed to answer")
 def run(ctx: CheckContext) -> list[CheckResult]:
     failed = [(label(r, ctx.first_index + i), r.error) for i, r in enumerate(ctx.all_records) if r.error]
     n = len(ctx.all_records)

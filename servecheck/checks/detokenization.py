@@ -63,7 +63,9 @@ def visible_ids(ids: list[int], ctx: CheckContext) -> list[int]:
     return [t for k, t in enumerate(ids) if t not in special or k == last]
 
 
-@check(NAME, order=40, screens=True)
+@check(NAME, order=40, screens=True,
+       catches="token ids that do not decode to the served text",
+       needs="output token ids (ask the server for log-probs or token ids)")
 def run(ctx: CheckContext) -> list[CheckResult]:
     return [check_detokenization(ctx)]
 

@@ -20,7 +20,14 @@ import numpy as np
 
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.explain import family_reason
-from servecheck.checks.core.pooling import TRIVIAL, informative, pool, record_z, sampled_groups
+from servecheck.checks.core.pooling import (
+    MIN_SAMPLED_TOKENS,
+    TRIVIAL,
+    informative,
+    pool,
+    record_z,
+    sampled_groups,
+)
 from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import (
     Case,
@@ -108,6 +115,12 @@ class GroupedDetails(Details):
                 for g in self.skipped_groups]
 
 
+DIRECTION = {True: "tokens less likely than a correct sampler's (too hot, truncation ignored, or "
+                   "other weights)",
+             False: "tokens more likely than a correct sampler's (too cold or nucleus too small)"}
+"""What a failing log-likelihood test's sign says, by ``effect < 0``."""
+
+
 @dataclass(frozen=True)
 class FitDetails(GroupedDetails):
     stat_tests: tuple[StatTest, ...] = ()
@@ -122,6 +135,15 @@ class FitDetails(GroupedDetails):
 
     def group_evidence(self) -> list[GroupEvidence]:
         return list(self.evidence)
+
+    def likely_cause(self) -> str | None:
+        loglik = [t for t in self.stat_tests if t.failed and t.kind == "loglik"]
+        if loglik:
+            return DIRECTION[loglik[0].effect < 0]
+        if any(t.failed for t in self.stat_tests):
+            return ("the served tokens are not distributed as the reference's: other weights, "
+                    "or a sampling setting off")
+        return None
 
     def tests(self) -> list[StatTest]:
         return list(self.stat_tests)
@@ -172,6 +194,13 @@ class TemperatureDetails(GroupedDetails):
     def tests(self) -> list[StatTest]:
         return [row.fit.test for row in (self.groups or {}).values()]
 
+    def likely_cause(self) -> str | None:
+        off = [(g, row) for g, row in (self.groups or {}).items() if row.fit.test.failed]
+        if not off:
+            return None
+        return "; ".join(f"effective temperature {row.fit.estimate:.2f} where "
+                         f"{row.sampling.temperature:g} was asked ({g})" for g, row in off)
+
     def cases(self) -> list[Case]:
         cases = []
         for g, row in (self.groups or {}).items():
@@ -205,7 +234,10 @@ def _drivers(ctx: CheckContext, scores: dict[int, TokenScores], idx: list[int], 
     return out
 
 
-@check(NAME, order=70, kind="statistical", alpha_share=0.45, also=(TEMPERATURE,))
+@check(NAME, order=70, kind="statistical", alpha_share=0.45, also=(TEMPERATURE,),
+       catches=("a sampler that does not draw from the reference distribution: other weights, a wrong "
+                "temperature, truncation not applied"),
+       needs="sampled requests (temperature > 0)")
 def run(ctx: CheckContext) -> list[CheckResult]:
     return check_distribution(ctx)
 
@@ -225,7 +257,7 @@ def check_distribution(ctx: CheckContext) -> list[CheckResult]:
     # intervals at the family's own level (Bonferroni over its 4 tests a group), so that one
     # excluding the request on a correct server is as rare as a false alarm
     tested = sum(len(pool(scores, idx, "pit")) >= MIN_TOKENS for idx in groups.values())
-    alpha = ctx.check_alpha("fit")
+    alpha = ctx.check_alpha(NAME)
     level = 1 - alpha / max(1, 4 * tested)
     for s, idx in groups.items():
         label = s.label()
@@ -261,7 +293,8 @@ def check_distribution(ctx: CheckContext) -> list[CheckResult]:
                      for label, idx in members.items())
     return [_fit_result(ctx, scores, FitDetails(**common, stat_tests=tuple(fit_tests),
                                                 evidence=evidence), members),
-            _temperature_result(ctx, scores, TemperatureDetails(**common, groups=fits), members)]
+            _temperature_result(ctx, scores, TemperatureDetails(**common, groups=fits), members,
+                                sum(len(p) for p in pits.values()))]
 
 
 def _evidence(label: str, records: int, pit: np.ndarray, fit_tests: list[StatTest],
@@ -295,10 +328,7 @@ def _fit_result(ctx: CheckContext, scores: dict[int, TokenScores], details: FitD
     for t in failed:
         if t.kind == "loglik":
             findings += _drivers(ctx, scores, members[t.group], np.sign(t.effect))[:20]
-    direction = next((("tokens less likely than a correct sampler's (too hot, truncation "
-                       "ignored, or other weights)" if t.effect < 0 else
-                       "tokens more likely than a correct sampler's (too cold or nucleus too "
-                       "small)") for t in failed if t.kind == "loglik"), "")
+    direction = next((DIRECTION[t.effect < 0] for t in failed if t.kind == "loglik"), "")
     summary = f"{len(failed)} test(s) failed in {len({t.group for t in failed})}/{groups} " \
               f"group(s): " + "; ".join(f"{t.group} {t.name} {t.effect_label}={t.effect:+.3f}"
                                        for t in failed[:3])
@@ -307,8 +337,11 @@ def _fit_result(ctx: CheckContext, scores: dict[int, TokenScores], details: FitD
 
 
 def _temperature_result(ctx: CheckContext, scores: dict[int, TokenScores],
-                        details: TemperatureDetails, members: dict[str, list[int]]
+                        details: TemperatureDetails, members: dict[str, list[int]], pooled: int
                         ) -> CheckResult:
+    """``pooled``: the informative sampled tokens of every group, the sampler check's own
+    evidence: below ``MIN_SAMPLED_TOKENS`` both rows say they cannot judge (a PASS here beside
+    the sampler's INCONCLUSIVE on the same tokens would say more than the tokens do)."""
     fits = details.groups or {}
     if not fits:
         return CheckResult(TEMPERATURE, "inconclusive", "no group with enough informative "
@@ -323,5 +356,16 @@ def _temperature_result(ctx: CheckContext, scores: dict[int, TokenScores],
         return CheckResult(TEMPERATURE, "fail",
                            "; ".join(f"{g}: {fits[g].describe()}" for g in failed), details,
                            findings)
-    return CheckResult(TEMPERATURE, "pass", "; ".join(f"{g}: {row.describe()}"
-                                                        for g, row in fits.items()), details)
+    summary = "; ".join(f"{g}: {row.describe()}" for g, row in fits.items())
+    if pooled < MIN_SAMPLED_TOKENS:
+        return CheckResult(TEMPERATURE, "inconclusive", f"{pooled} informative sampled tokens "
+                           f"(< {MIN_SAMPLED_TOKENS}): too few to judge the temperature, as the "
+                           f"sampler row says; {summary}", details)
+    asked = dict(ctx.options.detect).get("temperature")
+    blind = [g for g, row in fits.items() if asked is not None and
+             (row.fit.detectable is None or row.fit.detectable > asked)]
+    if blind:
+        return CheckResult(TEMPERATURE, "inconclusive", f"--detect: {len(blind)} group(s) could "
+                           f"not have caught a temperature {100 * asked:.0f}% off (the sampler "
+                           f"row says how many requests of this mix would)", details)
+    return CheckResult(TEMPERATURE, "pass", summary, details)

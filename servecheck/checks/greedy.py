@@ -42,7 +42,16 @@ class GreedyDetails(Details):
                     f"argmax and trail it by more than δ = {self.tolerance:g} logits{ties}.")
         return f"PASS: every one of the {self.tokens} served tokens is the reference's argmax{ties}."
 
-@check(NAME, order=50)
+    def likely_cause(self) -> str | None:
+        if self.cause:
+            return f"greedy decoding with {self.cause}"
+        return ("tokens that are not the reference's argmax: other weights, or sampling left on "
+                "at temperature 0")
+
+@check(NAME, order=50,
+       catches=("greedy decoding that is not the argmax: other weights, or sampling or a penalty left "
+                "on at temperature 0"),
+       needs="temperature 0 (or top_k 1) requests")
 def run(ctx: CheckContext) -> list[CheckResult]:
     return [check_greedy(ctx)]
 

@@ -93,6 +93,15 @@ class LogprobsDetails(Details):
                     f"the reference prompt{numbers}, so the server conditioned on another prompt.")
         return f"{'PASS' if within else 'FAIL'}: {text}."
 
+    def likely_cause(self) -> str | None:
+        if self.prompt_diagnosis:
+            return (f"the server conditioned on another prompt: its log-probs fit a prompt with "
+                    f"{self.prompt_diagnosis} far better than the reference's")
+        if self.mean_abs_diff is None:
+            return "the served log-probs belong to other tokens (lost or another sequence's)"
+        return ("the served log-probs are off the reference's beyond the numerics' tolerance: "
+                "other weights, or other numerics than --numerics says")
+
 def misalignment(served: np.ndarray, scored: int, diff: np.ndarray, marker_in_text: bool,
                  truncated: bool = False) -> str | None:
     """Why a record's served log-probs do not belong to the tokens scored, or None. One more
@@ -181,7 +190,10 @@ def reference_logprobs(ctx: CheckContext, idx: list[int], scores: dict[int, Toke
                                          for i in idx}}
 
 
-@check(NAME, order=80)
+@check(NAME, order=80,
+       catches=("served log-probs that disagree with the reference: other weights or numerics, or log-"
+                "probs of another prompt (a double BOS)"),
+       needs="served log-probs (request logprobs)")
 def run(ctx: CheckContext) -> list[CheckResult]:
     return [check_logprobs(ctx)]
 

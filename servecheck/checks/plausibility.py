@@ -73,7 +73,8 @@ def _verdict(label: str, reasons: list[str], evidence: str, details: RecordDetai
                        [Finding(label, r, 1.0) for r in reasons])
 
 
-@check(NAME, order=100, kind="record", alpha_share=0.05)
+@check(NAME, order=100, kind="record", alpha_share=0.05,
+       catches="single records no correct server could have produced")
 def judge(ctx: CheckContext, results: list[CheckResult], indices: list[int] | None = None
           ) -> dict[int, CheckResult]:
     """A verdict for each record at ``indices`` (default: all), from cached scores."""

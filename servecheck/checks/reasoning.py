@@ -74,7 +74,9 @@ def split_problem(r: ResponseRecord, parsed: Parsed, markup: Markup) -> tuple[st
     return "content differs", f"content {served_content[:40]!r} ≠ the output's {want_content[:40]!r}"
 
 
-@check(NAME, order=33)
+@check(NAME, order=33,
+       catches="thinking that ignores enable_thinking=false, or a broken reasoning/content split",
+       needs="requests with thinking off, or answers split into reasoning and content")
 def run(ctx: CheckContext) -> list[CheckResult]:
     markup = ctx.outputs.markup
     split = [i for i, r in enumerate(ctx.records)

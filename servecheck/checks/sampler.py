@@ -12,14 +12,22 @@ verdict says what these records could have caught with 95% power.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from servecheck.checks.core import alternatives as alt
 from servecheck.checks.core.context import CheckContext
-from servecheck.checks.core.pooling import informative, sampled_groups
+from servecheck.checks.core.pooling import MIN_SAMPLED_TOKENS, informative, sampled_groups
+from servecheck.checks.core.power import (
+    DEFAULT_FAULTS,
+    PlanRow,
+    deployment_rows,
+    fault_words,
+    needs_words,
+    power_words,
+)
 from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.checks.core.shared_seeds import SeedDesign, seed_design
@@ -29,7 +37,7 @@ from servecheck.reference.tails import K_GRID, MIN_P_GRID, TOP_P_GRID
 from servecheck.reference.token_scores import TEMPERATURE_FACTORS, TokenScores
 
 NAME = "sampler"
-MIN_TOKENS = 100
+MIN_TOKENS = MIN_SAMPLED_TOKENS
 """Informative sampled tokens below which the check is inconclusive."""
 DROPPED_MIN = 3
 """Tokens, and records, outside a requested truncation before the sampler names it dropped (one
@@ -55,12 +63,16 @@ class SamplerDetails(Details):
     information: dict[str, float] = field(default_factory=dict)
     """Per penalty and scope: the Fisher information of its score test; ``temperature``: the
     detectable relative error itself (-1: none)."""
+    power: tuple[PlanRow, ...] = ()
+    """What deployments get wrong (and ``--detect`` asks for), each caught by these records or
+    not, with the requests of this mix that would (``checks.core.power``)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "tokens": self.tokens, "groups": self.groups,
                 "family_size": len(self.alternatives), "seed_design": self.design.to_json(),
                 "detectable": self.detectable, "tail_mass": self.tail_mass,
                 "information": self.information,
+                "power": [asdict(r) for r in self.power],
                 "alternatives": [{"setting": a.setting, "grid_value": a.grid_value,
                                   "estimate": a.estimate, "scope": a.scope, "gain": a.gain,
                                   "diagnosis": a.describe(), "test": a.test.to_json()}
@@ -75,6 +87,13 @@ class SamplerDetails(Details):
     def effect(self) -> str:
         best = self.best()
         return best.describe() if best else "—"
+
+    def likely_cause(self) -> str | None:
+        best = self.best()
+        return best.describe() if best else None
+
+    def shortfalls(self) -> list[PlanRow]:
+        return [r for r in self.power if not r.caught_now]
 
     def best(self) -> alt.Alternative | None:
         named = alt.named_first([a for a in self.alternatives if a.test.failed])
@@ -146,10 +165,13 @@ class Pooled:
         return len(self.temperature)
 
 
-@check(NAME, order=75, kind="statistical", alpha_share=0.45)
+@check(NAME, order=75, kind="statistical", alpha_share=0.45,
+       catches=("a sampling setting off or silently on: the temperature ignored or scaled, a default "
+                "top_k or min_p, a penalty, greedy decoding where sampling was asked"),
+       needs="sampled requests (temperature > 0)")
 def run(ctx: CheckContext) -> list[CheckResult]:
     groups = sampled_groups(ctx)
-    alpha = ctx.check_alpha("sampler")
+    alpha = ctx.check_alpha(NAME)
     if not groups:
         return [CheckResult(NAME, "skipped", "no sampled records (temperature > 0)")]
     idx = [i for members in groups.values() for i in members]
@@ -167,12 +189,24 @@ def run(ctx: CheckContext) -> list[CheckResult]:
     detectable = _detectable(found, info, lams, design.deff, alpha)
     details = SamplerDetails(alpha, len(pooled), len(groups), design, tuple(found),
                              detectable, lams, info)
+    wanted = {**DEFAULT_FAULTS, **dict(ctx.options.detect)}
+    details = replace(details, power=tuple(deployment_rows(details, len(ctx.records), wanted)))
     power = power_statement(detectable)
     shared = f"; {design.describe()}" if design.shared else ""
     best = details.best()
     if best is None:
-        return [CheckResult(NAME, "pass", f"no sampler setting explains the {len(pooled)} "
-                            f"tokens better than the request; {power}{shared}", details)]
+        summary = (f"no sampler setting explains the {len(pooled)} tokens better than the "
+                   f"request; {power}; {power_words(list(details.power))}{shared}")
+        asked = dict(ctx.options.detect)
+        blind = [r for r in details.power if r.fault in asked and r.size == asked[r.fault]
+                 and not r.caught_now]
+        if blind:
+            return [CheckResult(NAME, "inconclusive", "--detect: these records could not have "
+                                "caught " + ", ".join(f"{fault_words(r.fault, r.size)} "
+                                                      f"({needs_words(r)})" for r in blind)
+                                + f" (servecheck plan); no sampler setting explains the "
+                                f"{len(pooled)} tokens better than the request", details)]
+        return [CheckResult(NAME, "pass", summary, details)]
     failed = alt.named_first([a for a in found if a.test.failed])
     findings = [Finding(a.test.group, f"{a.describe()}: {a.test.describe()}", 10 + a.gain)
                 for a in failed]

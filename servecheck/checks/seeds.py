@@ -61,7 +61,9 @@ class SeedDetails(Details):
                 f"{min(ps):.2g} over {len(ps)} group(s); Holm at α = {self.alpha:g} rejects none).")
 
 
-@check(NAME, order=90, kind="statistical", alpha_share=0.05)
+@check(NAME, order=90, kind="statistical", alpha_share=0.05,
+       catches="an ignored or shared seed: one text for many seeds",
+       needs="the same sampled request sent with two or more seeds")
 def run(ctx: CheckContext) -> list[CheckResult]:
     tests = seed_tests(ctx)
     groups, results, pooled = tests.groups, tests.results, tests.pooled

@@ -54,7 +54,9 @@ def problem(r: ResponseRecord, end_markers: list[str]) -> tuple[str, str] | None
                                      f"on: {show(text, at)}")
 
 
-@check(NAME, order=34)
+@check(NAME, order=34,
+       catches="stop strings applied wrongly: text past a stop, or the stop string kept",
+       needs="requests with stop strings")
 def run(ctx: CheckContext) -> list[CheckResult]:
     idx = [i for i, r in enumerate(ctx.records) if r.parameters.stop]
     if not idx:

@@ -46,7 +46,9 @@ class SupportDetails(Details):
                     f"by more than the tolerance ({tol}){ties}.")
         return f"PASS: all {self.tokens} sampled tokens are inside top_k/top_p/min_p{ties}."
 
-@check(NAME, order=60)
+@check(NAME, order=60,
+       catches="top_k, top_p or min_p not applied: tokens outside the requested support",
+       needs="sampled requests that set top_k, top_p or min_p")
 def run(ctx: CheckContext) -> list[CheckResult]:
     return [check_support(ctx)]
 

@@ -23,6 +23,28 @@ from servecheck.reference.model import Reference
 NAME = "template"
 
 
+CAUSES = {
+    "double BOS": "the server adds a BOS the chat template already writes (tokenize the "
+                  "rendered prompt with add_special_tokens=False)",
+    "extra BOS": "the server adds a BOS this template does not write",
+    "missing BOS": "the server drops the BOS this template starts with",
+    "missing generation prompt": "the prompt does not open the model's turn "
+                                 "(add_generation_prompt is off)",
+    "extra text": "the server appends text after the generation prompt",
+    "system prompt dropped": "the server drops the system prompt",
+    "system prompt placement": "the system prompt is not where this template puts it: another "
+                               "model's chat template",
+    "role name": "the server renders other role names: another model's chat template",
+    "whitespace": "whitespace differs from the template: another template version, or a trimmed "
+                  "prompt",
+    "special tokens": "the special tokens differ: another model's chat template",
+    "reasoning kept": "earlier turns' reasoning is kept in the prompt, where the template drops it",
+    "prompt tokens": "the prompt tokens are not this template's tokenization",
+    "differs": "the served prompt is not this reference's chat template",
+}
+"""Each diagnosis's likely cause, in a serving engineer's words (the digest)."""
+
+
 @dataclass(frozen=True)
 class TemplateDetails(Details):
     explains_prompts: ClassVar[bool] = True
@@ -40,6 +62,11 @@ class TemplateDetails(Details):
     def effect(self) -> str:
         return f"{self.differ}/{self.compared} prompts differ"
 
+    def likely_cause(self) -> str | None:
+        if not self.kinds:
+            return None
+        kind = max(self.kinds, key=lambda k: self.kinds[k])
+        return CAUSES.get(kind, CAUSES["differs"])
 
 ROLE_WORDS = {"user", "model", "assistant", "system", "human", "bot", "gpt", "ai", "developer"}
 
@@ -173,7 +200,11 @@ def _ids_diagnosis(ids: list[int], expected_ids: list[int], ref: Reference) -> t
     return "prompt tokens", f"prompt token ids differ at token {at}: served {got} vs reference {want}"
 
 
-@check(NAME, order=20, screens=True)
+@check(NAME, order=20, screens=True,
+       catches=("a wrong chat template: a double BOS, wrong or missing roles, a dropped system prompt, "
+                "a missing generation prompt"),
+       needs=("the prompt the server built: records with input text or prompt token ids (collect "
+              "with ?mode=completions, or from a server that returns them)"))
 def run(ctx: CheckContext) -> list[CheckResult]:
     return [check_template(ctx)]
 
@@ -221,8 +252,12 @@ def check_template(ctx: CheckContext) -> CheckResult:
         summary = f"{len(findings)}/{len(ctx.records)} records differ from the reference template: " + \
             ", ".join(f"{k} ({n})" for k, n in kinds.most_common())
         return CheckResult(NAME, "fail", summary + note, details, findings, per_record=True)
+    by_ids = sum(r.prompt_token_ids is not None for r in ctx.records)
+    unseen = "; text only: a BOS or other special token the server adds when it tokenizes is " \
+        "not in the text (prompt token ids would show it; so do served log-probs, in the " \
+        "logprobs row)" if not by_ids else ""
     return CheckResult(NAME, "pass",
-                       f"{compared}/{compared} prompts equal the reference template{note}",
+                       f"{compared}/{compared} prompts equal the reference template{note}{unseen}",
                        details, per_record=True)
 
 

@@ -122,7 +122,9 @@ def _problems(i: int, ctx: CheckContext) -> list[tuple[str, str]]:
     return out
 
 
-@check(NAME, order=30, screens=True)
+@check(NAME, order=30, screens=True,
+       catches="a wrong end token: answers that run past the end of their turn, or stop without it",
+       needs="finished answers (finish_reason stop)")
 def run(ctx: CheckContext) -> list[CheckResult]:
     return [check_termination(ctx)]
 

@@ -87,7 +87,9 @@ def _loads(text: str) -> object:
         return None
 
 
-@check(NAME, order=32)
+@check(NAME, order=32,
+       catches="a broken tool-call parser: calls lost, invented, re-escaped or left in content",
+       needs="requests that offer tools")
 def run(ctx: CheckContext) -> list[CheckResult]:
     markup = ctx.outputs.markup
     relevant = [i for i, r in enumerate(ctx.records) if r.conversations.tools or r.tool_calls]

@@ -43,7 +43,9 @@ def _offset_text(offset: int) -> str:
     return f"{offset:+d}" if offset else "0"
 
 
-@check(NAME, order=35)
+@check(NAME, order=35,
+       catches="usage counts that disagree with the tokens sent and served",
+       needs="answers with usage counts")
 def run(ctx: CheckContext) -> list[CheckResult]:
     idx = [i for i, r in enumerate(ctx.records) if r.usage is not None]
     if not idx:

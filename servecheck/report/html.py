@@ -24,6 +24,7 @@ from typing import Any
 from markupsafe import Markup
 
 from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.digest import Digest
 from servecheck.checks.core.results import CheckResult, GroupEvidence, RecordDetails, overall
 from servecheck.formats.conversation import Message
 from servecheck.report.pages import render, write_page
@@ -133,6 +134,8 @@ def check_rows(results: list[CheckResult]) -> list[CheckRow]:
         if tests:
             low = min(tests, key=lambda t: t.p)
             p = f"{low.p:.2g} (Holm {low.p_adjusted:.2g}), smallest of {len(tests)}"
+        elif r.statistical:
+            p = "— (no test: too few records)" if r.verdict == "inconclusive" else "— (no test)"
         else:
             p = "— (deterministic)"
         rows.append(CheckRow(r.name, r.verdict, r.summary, p, r.details.effect(), r.reason,
@@ -219,8 +222,10 @@ def record_views(ctx: CheckContext, results: list[CheckResult], verdicts: dict[i
 
 
 def build(ctx: CheckContext, results: list[CheckResult], verdicts: dict[int, CheckResult],
-          meta: dict[str, Any], title: str, limit: int = MAX_RECORDS) -> dict[str, Any]:
-    """The whole view model of the report page (``verdicts``: each record's own verdict)."""
+          meta: dict[str, Any], title: str, limit: int = MAX_RECORDS,
+          digest: Digest | None = None) -> dict[str, Any]:
+    """The whole view model of the report page (``verdicts``: each record's own verdict;
+    ``digest``: what heads the page)."""
     records, total = record_views(ctx, results, verdicts, limit)
     try:
         ours = version("servecheck")
@@ -229,7 +234,7 @@ def build(ctx: CheckContext, results: list[CheckResult], verdicts: dict[int, Che
     return {
         "title": title, "verdict": overall(results), "meta": meta, "version": ours,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "checks": check_rows(results), "groups": group_views(results),
+        "digest": digest, "checks": check_rows(results), "groups": group_views(results),
         "diffs": template_diffs(ctx, results),
         "diff_checks": " ".join(r.name for r in results if r.details.explains_prompts),
         "records": records, "records_total": total,
@@ -242,5 +247,6 @@ def build(ctx: CheckContext, results: list[CheckResult], verdicts: dict[int, Che
 
 def write_report(path: Path, ctx: CheckContext, results: list[CheckResult],
                  verdicts: dict[int, CheckResult], meta: dict[str, Any], title: str,
-                 limit: int = MAX_RECORDS) -> None:
-    write_page(path, render("report.html.j2", **build(ctx, results, verdicts, meta, title, limit)))
+                 digest: Digest | None = None, limit: int = MAX_RECORDS) -> None:
+    write_page(path, render("report.html.j2", **build(ctx, results, verdicts, meta, title, limit,
+                                                      digest)))

@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 
 from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.digest import Digest
 from servecheck.checks.core.results import CheckResult
 from servecheck.report.terminal import markup
 
@@ -20,10 +21,12 @@ from servecheck.report.terminal import markup
 def write_outputs(console: Console, ctx: CheckContext, results: list[CheckResult],
                   verdicts: dict[int, CheckResult], meta: dict[str, Any], title: str,
                   json_out: Path | None = None, report: Path | None = None,
-                  junit: Path | None = None) -> None:
-    write_result_files(console, results, {**meta, "tokens": ctx.token_sources()}, json_out, junit)
+                  junit: Path | None = None, digest: Digest | None = None) -> None:
+    extra = {"digest": digest.to_json()} if digest is not None else {}
+    write_result_files(console, results, {**meta, "tokens": ctx.token_sources(), **extra},
+                       json_out, junit)
     if report:
-        write_html(console, report, ctx, results, verdicts, meta, title)
+        write_html(console, report, ctx, results, verdicts, meta, title, digest)
 
 
 def write_result_files(console: Console, results: list[CheckResult], meta: dict[str, Any],
@@ -37,15 +40,17 @@ def write_result_files(console: Console, results: list[CheckResult], meta: dict[
     if junit:
         from servecheck.report.junit import write_junit
 
-        write_junit(junit, results, {k: v for k, v in meta.items() if k != "tokens"})
+        write_junit(junit, results, {k: v for k, v in meta.items() if k not in ("tokens", "digest")})
         console.print(f"JUnit XML written to {markup(junit)}")
 
 
 def write_html(console: Console, report: Path, ctx: CheckContext, results: list[CheckResult],
-               verdicts: dict[int, CheckResult], meta: dict[str, Any], title: str) -> None:
-    """The HTML report; ``verdicts``: each record's own verdict (``CheckRun.verdicts``)."""
+               verdicts: dict[int, CheckResult], meta: dict[str, Any], title: str,
+               digest: Digest | None = None) -> None:
+    """The HTML report; ``verdicts``: each record's own verdict (``CheckRun.verdicts``);
+    ``digest``: what heads it (``CheckRun.digest``)."""
     from servecheck.report.html import write_report
 
     with console.status("writing the HTML report…"):
-        write_report(report, ctx, results, verdicts, meta, title)
+        write_report(report, ctx, results, verdicts, meta, title, digest)
     console.print(f"report written to {markup(report)} (open it in a browser)")

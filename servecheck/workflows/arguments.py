@@ -68,3 +68,19 @@ def add_template_limits(p: argparse.ArgumentParser) -> None:
                    default=DEFAULT_LIMITS.max_chars / 2**20,
                    help="refuse a chat template that renders (or builds a value) larger than "
                         "this many Mi characters")
+
+
+def fault_sizes(text: str) -> tuple[tuple[str, float], ...]:
+    """``--detect temperature=0.1,top_k=40``: the fault sizes a run must be able to catch (each
+    checked against what the sampler check tests by ``CheckOptions``)."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            out.append((name.strip(), float(value)))
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise argparse.ArgumentTypeError(f"{part!r}: write FAULT=SIZE, e.g. temperature=0.1,"
+                                             f"top_k=40")
+    return tuple(out)

@@ -19,6 +19,7 @@ from rich.console import Console
 from servecheck.checks import run_checks, screen
 from servecheck.checks.core.context import CheckContext, Scorer
 from servecheck.checks.core.conventions import ConventionFit, find_convention
+from servecheck.checks.core.digest import Digest, RecordFacts, digest
 from servecheck.checks.core.options import CheckOptions
 from servecheck.checks.core.results import CheckResult, Verdict, overall
 from servecheck.checks.plausibility import judge
@@ -54,6 +55,18 @@ class CheckRun:
     @property
     def verdict(self) -> Verdict:
         return overall(self.results)
+
+    @cached_property
+    def digest(self) -> Digest:
+        """What failed first and why, and what the records could not show."""
+        return digest(self.results, self.flagged,
+                      RecordFacts.of(self.context.all_records, len(self.context.left_out)))
+
+    @property
+    def flagged(self) -> set[str]:
+        """The records (by label) the results' findings name."""
+        labels = set(self.context.labels)
+        return {f.record for r in self.results for f in r.findings if f.record in labels}
 
     @cached_property
     def verdicts(self) -> dict[int, CheckResult]:

@@ -23,6 +23,7 @@ def run_check(responses: Path, options: CheckOptions, console: Console,
               chunking: Chunking | None = None) -> int:
     """The ``check`` command: the table, the files asked for, and the exit code (3 when a
     check could not decide, unless ``inconclusive_ok``)."""
+    from servecheck.report.digest import print_digest
     from servecheck.report.outputs import write_html, write_result_files
     from servecheck.report.table import print_table
 
@@ -38,7 +39,7 @@ def run_check(responses: Path, options: CheckOptions, console: Console,
         piece = "" if chunk is None else \
             f" (chunk {chunk + 1}: records {first}–{first + n - 1}; the JSON summary covers all)"
         write_html(console, path, run.context, run.results, run.verdicts, meta_of(n, run),
-                   title + piece)
+                   title + piece, run.digest)
 
     done: SetRun = check_set(responses, options, console, progress, max_record_bytes,
                              chunking or Chunking(), outputs.report, report)
@@ -50,12 +51,16 @@ def run_check(responses: Path, options: CheckOptions, console: Console,
         meta.update(chunks=done.chunks, alpha_per_chunk=options.alpha / done.chunks,
                     resumed_chunks=done.resumed)
     console.print(f"sampling convention: {done.convention.describe()}")
+    console.print(numerics_line(options))
+    if done.digest is not None:
+        print_digest(done.digest, console)
+    digest = {"digest": done.digest.to_json()} if done.digest is not None else {}
     with timed("outputs (JSON, JUnit, HTML)"):
-        write_result_files(console, done.results, {**meta, "tokens": done.tokens}, outputs.json,
-                           outputs.junit)
+        write_result_files(console, done.results, {**meta, "tokens": done.tokens, **digest},
+                           outputs.json, outputs.junit)
         if outputs.report and done.whole is not None:
             write_html(console, outputs.report, done.whole.context, done.results,
-                       done.whole.verdicts, meta, title)
+                       done.whole.verdicts, meta, title, done.whole.digest)
     write_timings()
     if done.verdict == "inconclusive":
         console.print("inconclusive: a check had too few records to decide (exit 3; "
@@ -63,6 +68,15 @@ def run_check(responses: Path, options: CheckOptions, console: Console,
                       "inconclusive: a check had too few records to decide (--inconclusive-ok: "
                       "exit 0)")
     return exit_code(done.verdict, inconclusive_ok)
+
+
+def numerics_line(options: CheckOptions) -> str:
+    """The tolerances the deterministic checks used, and where they came from."""
+    t = options.tolerances
+    default = " (the default: what GPU servers run; --numerics fp32 for an fp32 server, as " \
+        "the demo's)" if options.numerics == CheckOptions().numerics else ""
+    return (f"numerics {options.numerics}{default}: greedy near-ties within {t.logit:g} logits, "
+            f"top_p/min_p boundary {t.mass:g}, served log-probs within {t.logprob:g}")
 
 
 def exit_code(verdict: Verdict | str, inconclusive_ok: bool = False) -> int:

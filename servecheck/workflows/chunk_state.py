@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from servecheck.checks.core.conventions import ConventionFit
+from servecheck.checks.core.digest import RecordFacts
 from servecheck.checks.core.results import CheckResult
 from servecheck.errors import InputError
 from servecheck.workflows.saved_state import StateError, dumps, loads
@@ -28,6 +29,10 @@ class Saved:
     results: list[CheckResult]
     convention: ConventionFit
     tokens: dict[str, int]
+    facts: RecordFacts = field(default_factory=RecordFacts)
+    """What the chunk's records hold (for the digest's blind spots)."""
+    flagged: tuple[str, ...] = ()
+    """The records its findings name (for the digest's worst records)."""
 
 
 log = logging.getLogger("servecheck")

@@ -32,6 +32,8 @@ from rich.console import Console
 
 from servecheck.checks.core.combine import combine, slim
 from servecheck.checks.core.conventions import ConventionFit
+from servecheck.checks.core.digest import Digest, RecordFacts
+from servecheck.checks.core.digest import digest as digest_of
 from servecheck.checks.core.options import CheckOptions
 from servecheck.checks.core.registry import specs
 from servecheck.checks.core.results import CheckResult, overall
@@ -81,6 +83,7 @@ class SetRun:
     state: Path | None = None
     whole: CheckRun | None = None
     """The run itself where the set was checked in one piece (its records and scores held)."""
+    digest: Digest | None = None
 
     @property
     def verdict(self) -> str:
@@ -132,7 +135,7 @@ def check_set(path: Path, options: CheckOptions, console: Console, progress: boo
                 read_records(path, max_record_bytes)
         run = check(held, options, console, progress)
         return SetRun(run.results, run.convention, found.records, 1,
-                      run.context.token_sources(), run.rank, whole=run)
+                      run.context.token_sources(), run.rank, whole=run, digest=run.digest)
     return _check_chunks(found, options, console, progress, max_record_bytes, chunking, plan,
                          report, write_report)
 
@@ -165,6 +168,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     resumed = 0
     report_chunk: int | None = None
     digests: list[str] = []
+    facts, flagged = RecordFacts(), set()
     try:
         for j, batch in enumerate(_chunks(found, plan, max_bytes)):
             with timed("saved verdicts (digest, load, save)"):
@@ -181,7 +185,9 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
                             first_index=first)
                 saved = chunk_state.Saved(digest, first, len(batch),
                                           [slim(r) for r in run.results],
-                                          fit or run.convention, run.context.source_counts())
+                                          fit or run.convention, run.context.source_counts(),
+                                          RecordFacts.of(batch, len(run.context.left_out)),
+                                          tuple(run.flagged))
                 plan_compile(run.context.total_tokens() * (k - j - 1))  # what is left to score
                 if directory:
                     with timed("saved verdicts (digest, load, save)"):
@@ -202,6 +208,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
             fit = fit or saved.convention
             digests.append(digest)
             pieces.append((saved.first, saved.records, saved.results))
+            facts, flagged = facts + saved.facts, flagged | set(saved.flagged)
             for source, n in saved.tokens.items():
                 tokens[source] = tokens.get(source, 0) + n
     except KeyboardInterrupt:
@@ -226,7 +233,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
             report_chunk = _report_chunk(found, options, console, target, plan, max_bytes,
                                          alpha, fit, report, write_report)
     return SetRun(results, fit, found.records, k, {"sources": tokens}, engine.rank,
-                  report_chunk, resumed, directory)
+                  report_chunk, resumed, directory, digest=digest_of(results, flagged, facts))
 
 
 def _fails(pieces: list[tuple[int, int, list[CheckResult]]]) -> bool:

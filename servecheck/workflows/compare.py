@@ -3,19 +3,23 @@ side by side, each with its statistical verdict.
 
 What the original notes' ``compare_ground_truth.py`` tried to be: pick records at random, send
 the same requests to a ground truth (the in-process reference, ``hf:<reference>``, by default; any
-target with ``--target``) and compare template and output "visually side by side". The texts
-will differ, since no two engines share an RNG (and greedy decoding drifts with numerics), so
-comparing them says little. What does say something is the verdict on each side: both outputs
-are teacher-forced through the reference and judged by ``plausibility.judge``, so a person sees
-at once that two different texts can both be correct, or that one of them could not have come
-from a correct server.
+target with ``--target``) and compare template and output "visually side by side". ``--ids``
+picks the records by id instead: listed, from a text file, or the ones a ``check --json`` summary
+names in its failing checks' findings (``wanted``). The texts will differ, since no two engines
+share an RNG (and greedy decoding drifts with numerics), so comparing them says little. What
+does say something is the verdict on each side: both outputs are teacher-forced through the
+reference and judged by ``plausibility.judge``, so a person sees at once that two different
+texts can both be correct, or that one of them could not have come from a correct server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
+import json
+import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -44,6 +48,7 @@ from servecheck.report.tokens import TokenView, heatmap
 from servecheck.report.visible import side_by_side
 from servecheck.workflows.chunked import RECORDS_PER_CHUNK
 
+log = logging.getLogger("servecheck")
 TRUTH = "~truth"
 """Suffix of a ground-truth record's id: its label must differ from the served one's."""
 STYLE = {"plausible": "bold green", "implausible": "bold red", "error": "bold yellow"}
@@ -69,34 +74,141 @@ class Pair:
     same_text: bool
 
 
-def pick(records: list[ResponseRecord], k: int, seed: int) -> list[int]:
-    """K answered records, chosen at random but reproducibly (same file, same seed, same pick)."""
+def pick(records: Iterable[ResponseRecord], k: int, seed: int) -> list[int]:
+    """K answered records, chosen at random but reproducibly (same file, same seed, same pick);
+    ``records`` is read once (a streamed set is not held). A record decoded under a grammar
+    (``tool_choice`` required) is not one: no reference judges it."""
     if k < 1:
         raise InputError(f"--sample must be ≥ 1, got {k}")
-    answered = [i for i, r in enumerate(records) if r.error is None]
+    answered = [i for i, r in enumerate(records) if r.error is None and not r.parameters.constrained]
     if not answered:
-        raise InputError("no answered record to compare (every record has 'error' set)")
+        raise InputError("no answered record to compare (every record has 'error' set, or was "
+                         "decoded under a grammar no reference applies)")
     return sorted(random.Random(seed).sample(answered, min(k, len(answered))))
 
 
-def sampled(path: Path, k: int, seed: int, max_bytes: int = MAX_RECORD_BYTES
-            ) -> list[ResponseRecord]:
-    """``pick``'s records of a responses file or shard set, each named by its id (else its
-    position). A set too large to hold (a day of logs) is streamed: one pass finds the answered
-    records, the next keeps the chosen ones, so memory holds positions, not records."""
-    found = index(path, max_bytes, keep=RECORDS_PER_CHUNK)
-    if found.held is not None:
-        records = latest(found.held)
-        return [records[i].model_copy(update={"id": label(records[i], i)})
-                for i in pick(records, k, seed)]
-    if k < 1:
-        raise InputError(f"--sample must be ≥ 1, got {k}")
-    answered = [n for n, r in enumerate(stream(found, max_bytes)) if r.error is None]
-    if not answered:
-        raise InputError("no answered record to compare (every record has 'error' set)")
-    chosen = set(random.Random(seed).sample(answered, min(k, len(answered))))
-    return [r.model_copy(update={"id": label(r, n)}) for n, r in enumerate(stream(found, max_bytes))
+Labelled = Callable[[], Iterator[tuple[str, ResponseRecord]]]
+
+
+def labelled(responses: Path | list[ResponseRecord], max_bytes: int = MAX_RECORD_BYTES
+             ) -> Labelled:
+    """The records of a responses file or shard set (or of a list), each with its label (the
+    id, else ``#position``), read afresh on each call. A set too large to hold (a day of logs)
+    is streamed: each pass reads it again, so memory holds positions, not records."""
+    if isinstance(responses, Path):
+        found = index(responses, max_bytes, keep=RECORDS_PER_CHUNK)
+        if found.held is None:
+            return lambda: ((label(r, n), r) for n, r in enumerate(stream(found, max_bytes)))
+        responses = latest(found.held)
+    records = list(responses)
+    return lambda: ((label(r, i), r) for i, r in enumerate(records))
+
+
+def sampled(responses: Path | list[ResponseRecord], k: int, seed: int,
+            max_bytes: int = MAX_RECORD_BYTES) -> list[ResponseRecord]:
+    """``pick``'s records of a responses file or shard set (or list), each named by its label."""
+    records = labelled(responses, max_bytes)
+    chosen = set(pick((r for _, r in records()), k, seed))
+    return [r.model_copy(update={"id": name}) for n, (name, r) in enumerate(records())
             if n in chosen]
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """The records ``--ids`` names, by label, in the order asked (``wanted``); ``source``: the
+    option, or the file it named with ``@``; ``summary``: read from a ``check --json`` summary,
+    whose findings also name parameter groups, which are skipped with a warning rather than
+    refused, and so are records that cannot be compared."""
+
+    labels: list[str]
+    source: str
+    summary: bool = False
+
+
+def _listed(items: Iterable[str], where: str, why: str = "--ids names no record") -> list[str]:
+    labels = list(dict.fromkeys(x.strip() for x in items if x.strip()))
+    if not labels:
+        raise InputError(why, where=where)
+    return labels
+
+
+def failing_records(summary: object, where: str) -> list[str]:
+    """The record labels a ``check --json`` summary's failing checks name in their findings
+    (worst first, each once); a check keeps its 100 worst findings, which a warning says."""
+    checks = summary.get("checks") if isinstance(summary, dict) else None
+    if not isinstance(checks, list):
+        raise InputError("--ids @FILE: not a `servecheck check --json` summary (no 'checks' "
+                         "list)", where=where)
+    failing = [c for c in checks if isinstance(c, dict) and c.get("verdict") == "fail"]
+    if cut := [c.get("name") for c in failing
+               if (c.get("findings_total") or 0) > len(c.get("findings") or [])]:
+        log.warning("%s lists only the worst findings of check(s) %s: the records of the others "
+                    "are not compared", where, ", ".join(map(repr, cut)))
+    labels = [f.get("record") for c in failing for f in c.get("findings") or []
+              if isinstance(f, dict)]
+    return _listed((x for x in labels if isinstance(x, str)), where,
+                   "--ids @FILE: the summary has no failing check that names a record")
+
+
+def wanted(value: str) -> Wanted:
+    """``--ids``: ``ID[,ID…]``, or ``@FILE``: a ``check --json`` summary (the records its failing
+    checks' findings name) or a text file of ids, one per line."""
+    if not value.startswith("@"):
+        return Wanted(_listed(value.split(","), "--ids"), "--ids")
+    path = Path(value[1:])
+    try:
+        text = path.read_text(encoding="utf-8")
+        return Wanted(failing_records(json.loads(text), str(path)), str(path), True) \
+            if text.lstrip().startswith("{") else \
+            Wanted(_listed(text.splitlines(), str(path), "--ids @FILE: no id (one per line)"),
+                   str(path))
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
+        raise InputError(f"--ids @FILE: cannot be read: {getattr(e, 'strerror', None) or e}",
+                         where=str(path)) from None
+
+
+def _closest(unknown: list[str], labels: Iterable[str]) -> dict[str, str]:
+    """Each unknown label's closest label in the set, where close (``difflib``'s 0.6), found in
+    one pass over the labels (a streamed set is not held)."""
+    best: dict[str, tuple[float, str]] = {}
+    matchers = [difflib.SequenceMatcher(b=u) for u in unknown]
+    for name in labels:
+        for m in matchers:
+            m.set_seq1(name)
+            if m.real_quick_ratio() >= 0.6 and m.quick_ratio() >= 0.6 and \
+                    (ratio := m.ratio()) >= 0.6 and ratio > best.get(m.b, (0.0, ""))[0]:
+                best[m.b] = (ratio, name)
+    return {u: name for u, (_, name) in best.items()}
+
+
+def _quoted(names: list[str], close: dict[str, str] | None = None) -> str:
+    return ", ".join(repr(u) + (f" (did you mean {close[u]!r}?)" if close and u in close else "")
+                     for u in names[:10]) + (", …" if len(names) > 10 else "")
+
+
+def select(records: Labelled, asked: Wanted, where: str) -> list[ResponseRecord]:
+    """The records ``asked`` names, each named by its label, in the order asked (the choices of
+    one request together). An id that names no record is bad input, with the closest ids; a
+    summary's labels that name no record (parameter groups) are skipped with a warning, and so
+    are records that cannot be compared (a failed request, one decoded under a grammar)."""
+    order = {name: k for k, name in enumerate(asked.labels)}
+    found = [r for *_, r in sorted((order[name], n, r.model_copy(update={"id": name}))
+                                   for n, (name, r) in enumerate(records()) if name in order)]
+    unknown = [x for x in asked.labels if x not in {r.id for r in found}]
+    bad = list(dict.fromkeys(r.id or "" for r in found if r.error or r.parameters.constrained))
+    if unknown and (not asked.summary or not found):
+        raise InputError(f"--ids: {len(unknown)} id(s) name no record of the file: "
+                         f"{_quoted(unknown, _closest(unknown, (n for n, _ in records())))}",
+                         where=where)
+    if skipped := [f"{len(names)} {why}: {_quoted(names)}" for names, why in (
+            (unknown, "label(s) that name no record of the file (parameter groups?)"),
+            (bad, "record(s) without an answer to compare (a failed request, or one decoded "
+                  "under a grammar no reference applies)")) if names]:
+        log.warning("%s: skipped %s", asked.source, "; ".join(skipped))
+    if not (kept := [r for r in found if r.id not in bad]):
+        raise InputError(f"--ids: none of the records {asked.source} names can be compared",
+                         where=where)
+    return kept
 
 
 async def _replay(target: Target, requests: list[Request], advance: Callable[[int], None]
@@ -207,18 +319,16 @@ def verdict_counts(pairs: list[Pair], side: str) -> tuple[int, int]:
 def compare(responses: Path | list[ResponseRecord], reference: str = "builtin",
             truth: str | None = None, sample: int = 5, seed: int = 0, numerics: str = "bf16",
             console: Console | None = None, progress: bool = False,
-            max_record_bytes: int = MAX_RECORD_BYTES) -> list[Pair]:
-    """``sample`` records of ``responses``, replayed on ``truth`` (default ``hf:<reference>``,
-    in process), each output judged on its own: the pairs ``compare`` shows."""
+            max_record_bytes: int = MAX_RECORD_BYTES, ids: Wanted | None = None) -> list[Pair]:
+    """``sample`` records of ``responses`` (or those ``ids`` names), replayed on ``truth``
+    (default ``hf:<reference>``, in process), each output judged on its own: the pairs
+    ``compare`` shows."""
     from servecheck.workflows.check import teacher_force
 
     console = console or Console(quiet=True)
-    if isinstance(responses, Path):
-        served = sampled(responses, sample, seed, max_record_bytes)
-    else:
-        records = list(responses)
-        served = [records[i].model_copy(update={"id": label(records[i], i)})
-                  for i in pick(records, sample, seed)]
+    served = sampled(responses, sample, seed, max_record_bytes) if ids is None else select(
+        labelled(responses, max_record_bytes), ids,
+        str(responses) if isinstance(responses, Path) else "the records")
     ref = Reference(reference)
     truth_spec = truth or f"hf:{reference}"
     replayed = replay(truth_spec, served, [r.id or "" for r in served], console, progress,
@@ -234,13 +344,15 @@ def compare(responses: Path | list[ResponseRecord], reference: str = "builtin",
 
 def run_compare(responses: Path, reference: str, target: str | None, sample: int, seed: int,
                 html: Path | None, numerics: str, console: Console, progress: bool = True,
-                max_record_bytes: int = MAX_RECORD_BYTES) -> int:
-    """The ``compare`` command; 0 when every served output in the sample is plausible, else 1
-    (the exit codes: ``servecheck.errors``)."""
+                max_record_bytes: int = MAX_RECORD_BYTES, ids: str | None = None) -> int:
+    """The ``compare`` command; 0 when every served output in the sample (or of the records
+    ``ids`` names: ``wanted``) is plausible, else 1 (the exit codes: ``servecheck.errors``)."""
     truth_spec = target or f"hf:{reference}"
+    asked = wanted(ids) if ids is not None else None
     pairs = compare(responses, reference, target, sample, seed, numerics, console, progress,
-                    max_record_bytes)
-    console.print(f"{len(pairs)} record(s) of {markup(responses)} (seed {seed}) replayed on "
+                    max_record_bytes, asked)
+    how = f"seed {seed}" if asked is None else f"named by {asked.source}"
+    console.print(f"{len(pairs)} record(s) of {markup(responses)} ({markup(how)}) replayed on "
                   f"{markup(truth_spec)}")
     print_pairs(pairs, truth_spec, console)
     ok_served, n_served = verdict_counts(pairs, "served")
@@ -257,7 +369,8 @@ def run_compare(responses: Path, reference: str, target: str | None, sample: int
         from servecheck.report.pages import render, write_page
 
         write_page(html, render("compare.html.j2", pairs=pairs, truth_spec=truth_spec,
-                                responses=str(responses), reference=reference, seed=seed,
+                                responses=str(responses), reference=reference,
+                                seed=seed if asked is None else f"n/a, records {how}",
                                 explanation=RecordDetails.EXPLANATION, served_ok=(ok_served, n_served),
                                 truth_ok=(ok_truth, n_truth), both=both))
         console.print(f"side-by-side page written to {markup(html)}")

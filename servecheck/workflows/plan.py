@@ -21,39 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from servecheck.checks.core.power import DEFAULT_FAULTS, PlanRow, plan
 from servecheck.errors import EXIT_PASS, InputError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from servecheck.checks.sampler import SamplerDetails
-
-DEFAULT_FAULTS = {"temperature": 0.10, "min_p": 0.05, "top_k": 40, "top_p": 0.95,
-                  "presence_penalty": 0.3, "frequency_penalty": 0.3, "repetition_penalty": 1.1}
-"""The sizes real deployments ship (issue 16): llama.cpp's min_p and top_k defaults,
-transformers' top_k, a 10% temperature error, a 0.3 penalty."""
-
-
-MARGIN = 1.5
-"""Requests planned over the point estimate. λ and the information of a 120-request pilot
-are noisy: one planned at 533 requests from such a pilot measured λ 7.9 where 8.3 was due
-(tests/workflows/test_plan.py)."""
-
-
-@dataclass(frozen=True)
-class PlanRow:
-    fault: str
-    size: float
-    requests: int | None
-    """Requests of the pilot's mix that catch it with 95% power, with ``MARGIN``; None: this
-    mix never can."""
-    caught_now: bool
-    why: str
 
 
 def add_arguments(sub: argparse._SubParsersAction) -> None:
@@ -91,55 +68,6 @@ def cmd_plan(a: argparse.Namespace, console: Console) -> int:
                                       "alpha": a.alpha, "plan": [asdict(r) for r in rows]},
                                      indent=2))
     return EXIT_PASS
-
-
-def plan(d: SamplerDetails, pilot: int, sizes: dict[str, float]) -> list[PlanRow]:
-    """One row per fault: the requests of the pilot's mix that catch it."""
-    from servecheck.checks.core.alternatives import PENALTY_FLOORS, TEMPERATURE_FLOOR, detection_z
-
-    m, deff = len(d.alternatives), d.design.deff
-    need_lam = math.log(max(1, m) / d.alpha) * deff
-    rows = []
-    for fault, size in sizes.items():
-        if fault in ("min_p", "top_k", "top_p"):
-            grid = {float(k.split()[1]): lam for k, lam in d.tail_mass.items()
-                    if k.startswith(fault)}
-            if size not in grid:
-                raise InputError(f"--{fault.replace('_', '-')} {size:g}: the sampler tests "
-                                 f"{fault} at {', '.join(f'{g:g}' for g in sorted(grid)) or 'no value'}"
-                                 f" on this pilot", where="plan")
-            lam = grid[size]
-            rows.append(_scaled(fault, size, pilot, lam / need_lam if lam > 0 else 0.0,
-                                f"λ = {lam:.2f} tokens where it cuts, {need_lam:.1f} needed"))
-            continue
-        if fault == "temperature":
-            now = d.information.get("temperature", -1)
-            if now < 0:
-                rows.append(PlanRow(fault, size, None, False, "no temperature profile"))
-            elif size < TEMPERATURE_FLOOR:
-                rows.append(PlanRow(fault, size, None, False, f"below the {TEMPERATURE_FLOOR:g} "
-                                                              "floor: never fails"))
-            else:
-                rows.append(_scaled(fault, size, pilot, (size / now) ** 2,
-                                    f"the pilot would catch ≥ {100 * now:.0f}% off"))
-            continue
-        effect = size - 1 if fault == "repetition_penalty" else size
-        info = max((v for k, v in d.information.items() if k.startswith(fault)), default=0.0)
-        if effect < PENALTY_FLOORS[fault]:
-            rows.append(PlanRow(fault, size, None, False, "below the floor: never fails"))
-            continue
-        z = detection_z(d.alpha, m)
-        rows.append(_scaled(fault, size, pilot, (effect / z) ** 2 * info / deff if info else 0,
-                            f"information {info:.1f} in the pilot"))
-    return rows
-
-
-def _scaled(fault: str, size: float, pilot: int, ratio: float, why: str) -> PlanRow:
-    """``ratio``: the pilot's evidence over what catching takes (≥ 1: caught now). The
-    requests carry ``MARGIN``: the pilot's evidence is itself a sample."""
-    if ratio <= 0:
-        return PlanRow(fault, size, None, False, f"{why}: this mix never acts on it")
-    return PlanRow(fault, size, math.ceil(MARGIN * pilot / ratio), ratio >= 1, why)
 
 
 def show(rows: list[PlanRow], pilot: int, console: Console) -> None:

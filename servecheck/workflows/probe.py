@@ -29,7 +29,14 @@ from rich.table import Table
 
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.options import CheckOptions
-from servecheck.checks.core.results import CheckResult, Details, Finding, NoDetails, Verdict
+from servecheck.checks.core.results import (
+    CheckResult,
+    Details,
+    Finding,
+    NoDetails,
+    Verdict,
+    overall,
+)
 from servecheck.checks.core.seed_tests import group_test
 from servecheck.checks.seeds import SeedDetails
 from servecheck.checks.template import first_difference
@@ -43,6 +50,7 @@ from servecheck.reference.model import Reference
 from servecheck.reference.token_scores import ScoreItem
 from servecheck.report.files import write_text
 from servecheck.report.summary import finite
+from servecheck.report.table import STYLE
 from servecheck.report.terminal import markup
 from servecheck.workflows.stream_parity import stream_vs_unary
 
@@ -102,6 +110,60 @@ async def repeatability(target: Target, convs: list[Conversation], repeats: int,
                        evidence)
 
 
+def _short(text: str | None, width: int = 40, at: int = 0) -> str:
+    """``text`` quoted, at most ``width`` characters of it, from about ``at`` on (where it first
+    differs from another text: the part that tells them apart)."""
+    text = text or ""
+    start = max(0, at - width // 4) if at >= width - 1 else 0
+    part = text[start:start + width]
+    return repr(("…" if start else "") + part + ("…" if start + width < len(text) else ""))
+
+
+def _system(conv: Conversation) -> str | None:
+    first = conv.contents[0]
+    return first.content if first.role == "system" else None
+
+
+def _apart(conv: Conversation, twins: list[Conversation]) -> str | None:
+    """What tells ``conv`` from ``twins``, which end in the same user text: the system prompt,
+    else the first turn that differs, else the tools or template variables sent with it (None:
+    nothing, the same conversation)."""
+    def text(part: str | None, others: list[str | None]) -> str:
+        at = min((first_difference(part or "", o or "") for o in others), default=0)
+        return _short(part, 30, at)
+
+    mine = _system(conv)
+    if any(_system(t) != mine for t in twins):
+        return "no system prompt" if mine is None else \
+            f"system {text(mine, [_system(t) for t in twins])}"
+    for k, m in enumerate(conv.contents):
+        others = [t.contents[k] for t in twins if k < len(t.contents)]
+        if len(others) < len(twins) or any(o != m for o in others):
+            return f"turn {k + 1} {m.role} {text(m.content, [o.content for o in others])}"
+    if any(t.tools != conv.tools for t in twins):
+        names = [str(t.get("function", {}).get("name", "?")) for t in conv.tools or []]
+        return f"tools {', '.join(names)}" if names else "no tools"
+    if any(t.chat_template_kwargs != conv.chat_template_kwargs for t in twins):
+        return f"template variables {conv.chat_template_kwargs or {}}"
+    return None
+
+
+def group_names(convs: list[Conversation]) -> list[str]:
+    """A name per conversation that tells it from the others: its last user text, shortened,
+    and where others end in the same text, what sets it apart (``_apart``: the system prompt,
+    most often). Two requests of a prompts file that differ only in their system prompt would
+    otherwise read as one."""
+    base = [_short(c.contents[-1].content) for c in convs]
+    names = []
+    for i, c in enumerate(convs):
+        twins = [d for j, d in enumerate(convs) if j != i and base[j] == base[i]]
+        apart = _apart(c, twins) if twins else None
+        names.append(f"{base[i]} ({apart})" if apart else base[i])
+    if len(set(names)) < len(names):  # the parts that differ lie past what is shown
+        names = [f"{name} [prompt {i + 1}]" for i, name in enumerate(names)]
+    return names
+
+
 async def seeds(target: Target, ref: Reference, convs: list[Conversation], n: int,
                 max_tokens: int, alpha: float) -> CheckResult:
     groups = []
@@ -110,7 +172,9 @@ async def seeds(target: Target, ref: Reference, convs: list[Conversation], n: in
                              max_tokens=max_tokens) for s in range(n)]
         groups.append(await _send(target, requests, 1))
     ctx = CheckContext([r for g in groups for r in g], ref, CheckOptions(ref.spec, alpha=alpha))
-    results = [group_test(ctx, g) for g in groups]
+    names = group_names(convs[:2])
+    results = [replace(group_test(ctx, g), label=f"{name} T={g[0].parameters.temperature}")
+               for name, g in zip(names, groups, strict=True)]
     bad = [r for r in results if r.p_value * len(results) < alpha]
     evidence = [f"{r.label}: {r.distinct} distinct texts over {r.seeds} seeds; the most common "
                 f"appears {r.most_common}×, reference probability {r.p_text:.2e}, "
@@ -157,8 +221,8 @@ async def run_probes(spec: str, ref: Reference, convs: list[Conversation] | None
                      max_tokens: int = 32, numerics: str = "bf16", alpha: float = 0.01
                      ) -> list[CheckResult]:
     convs = convs or CONVERSATIONS
-    if len(convs) < 2:
-        convs = convs + CONVERSATIONS
+    if len(convs) < 2:  # the seed probe needs two prompts: a built-in one other than the given
+        convs = convs + [c for c in CONVERSATIONS if c not in convs]
     target = open_target(spec, reference=ref.spec)  # the probe's --reference is the served model
     try:
         return [await repeatability(target, convs, repeats, max_tokens),
@@ -210,12 +274,13 @@ def run_probe(spec: str, options: ProbeOptions, console: Console, prompts: Path 
     table = Table(title=f"servecheck probe: {markup(spec)}")
     for col in ("probe", "verdict", "evidence"):
         table.add_column(col)
-    for r in results:
-        colour = {"pass": "green", "fail": "red"}.get(r.verdict, "yellow")
+    for r in results:  # verdicts as ``check`` prints them (``report.table``); lowercase in JSON
         lines = [r.summary] + [f"  {f.message}" for f in r.findings[:4]]
-        table.add_row(markup(r.name), f"[{colour}]{r.verdict}[/]",
+        table.add_row(markup(r.name), f"[{STYLE[r.verdict]}]{r.verdict.upper()}[/]",
                       "\n".join(markup(line) for line in lines))  # one line each, as written
     console.print(table)
+    verdict = overall(results)
+    console.print(f"verdict: [{STYLE[verdict]}]{verdict.upper()}[/]")
     if json_out:
         write_text(json_out, json.dumps(finite([r.to_json() for r in results]), indent=2,
                                         allow_nan=False) + "\n")

@@ -78,8 +78,9 @@ async def stream_vs_unary(spec: str, max_tokens: int, reference: str | None = No
             answers[name] = [_one(await target.generate(r)) for r in asked]
         except TargetError as e:
             return CheckResult("stream", "skipped", f"stream={name} not available: {e}")
-        finally:
+        finally:  # both hooks, as every other user of a target: connections, then the rest
             await target.aclose()
+            target.close()
     findings = [Finding(r.id, problem) for r, unary, streamed in
                 zip(asked, answers["0"], answers["1"], strict=True)
                 for problem in differences(unary, streamed)]

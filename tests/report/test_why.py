@@ -153,7 +153,7 @@ def test_template_shows_the_words_escaped() -> None:
                   created="now", checks=check_rows([fit, CheckResult("temperature", "skipped",
                                                                       "x", d)]),
                   groups=[], diffs=[], records=[], records_total=0, errors=[], check_names=[],
-                  group_names=[], explanation="", implausible=0)
+                  group_names=[], explanation="", implausible=0, digest=None, diff_checks="")
     assert "<b>0.5</b>" not in page and "T=&lt;b&gt;0.5&lt;/b&gt;" in page
     words = _words(page)
     assert "PASS: none of the 1 test(s) is both significant" in words

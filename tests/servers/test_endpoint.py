@@ -45,8 +45,11 @@ def test_handler_contract_and_seed(handler, ref: Reference) -> None:
     assert a["prompt_text"] == ref.render_messages(messages)
     assert a["prompt_token_ids"] == ref.encode(a["prompt_text"])  # one <bos>, not two
     assert len(a["token_ids"]) == len(a["logprobs"]) and a["finish_reason"] in ("stop", "length")
-    (d,) = handler({"inputs": a["prompt_text"], "parameters": params})  # pre-templated string
-    assert d == a
+    assert a["inputs_as"] == "messages"
+    # an already-templated prompt, said so either way: run as it is, its <bos> not doubled
+    (d,) = handler({"inputs": {"prompt": a["prompt_text"]}, "parameters": params})
+    (e,) = handler({"inputs": a["prompt_text"], "parameters": {**params, "raw_prompt": True}})
+    assert d == e == {**a, "inputs_as": "raw_prompt"}
     with pytest.raises(ValueError, match="inputs"):
         handler({"inputs": 42})
 

@@ -17,12 +17,19 @@ from servecheck.checks.core.results import CheckResult
 EXPLAINED_BY_SAMPLER = ("fit", "temperature")
 
 
+def explained_by(results: list[CheckResult]) -> dict[str, str]:
+    """Failing rows whose failure another failing row names the cause of: row → that row."""
+    sampler = next((r for r in results if r.name == "sampler" and r.verdict == "fail"), None)
+    if sampler is None or sampler.details.likely_cause() is None:
+        return {}
+    return {r.name: sampler.name for r in results
+            if r.name in EXPLAINED_BY_SAMPLER and r.verdict == "fail"}
+
+
 def attribute(results: list[CheckResult]) -> list[CheckResult]:
     """``results`` with the generic statistical rows pointing to the sampler's named cause."""
-    sampler = next((r for r in results if r.name == "sampler" and r.verdict == "fail"), None)
-    best = getattr(sampler.details, "best", lambda: None)() if sampler else None
-    if best is None:
-        return results
-    cause = best.describe()
-    return [replace(r, summary=f"[likely cause, from the sampler row: {cause}] {r.summary}")
-            if r.name in EXPLAINED_BY_SAMPLER and r.verdict == "fail" else r for r in results]
+    links = explained_by(results)
+    causes = {r.name: r.details.likely_cause() for r in results if r.name in links.values()}
+    return [replace(r, summary=f"[likely cause, from the {links[r.name]} row: "
+                               f"{causes[links[r.name]]}] {r.summary}")
+            if r.name in links else r for r in results]

@@ -7,10 +7,12 @@ responses file, and nothing reaches in to change a context after it was made.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from difflib import get_close_matches
 from typing import Literal
 
 from servecheck.errors import InputError
 from servecheck.reference.sampling import HF, ORDERS, Convention
+from servecheck.reference.tails import K_GRID, MIN_P_GRID, TOP_P_GRID
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,10 @@ class CheckOptions:
     search_tokens: bool = True
     """Text-only records scored on their most plausible tokenization (else canonically: the
     scoring benchmark's baseline)."""
+    detect: tuple[tuple[str, float], ...] = ()
+    """Fault sizes the run must be able to catch (``--detect temperature=0.1,top_k=40``): a
+    statistical check that passes but could not have caught one is INCONCLUSIVE, with the
+    requests of this mix that would (``checks.core.power``)."""
     token_choice: TokenChoice = "posterior"
     """How a sampled record's tokenization is chosen: a posterior draw (calibrated), or the most
     likely one (biased towards "too cold"; kept to measure that bias)."""
@@ -76,6 +82,8 @@ class CheckOptions:
             raise InputError(f"--alpha must be in (0, 1), got {self.alpha}")
         if self.logit_tolerance is not None and not self.logit_tolerance >= 0:
             raise InputError(f"--logit-tolerance must be ≥ 0, got {self.logit_tolerance}")
+        for fault, size in self.detect:
+            check_detectable(fault, size)
         if self.token_choice not in ("posterior", "max"):
             raise InputError(f"token_choice must be 'posterior' or 'max', got {self.token_choice!r}")
 
@@ -88,7 +96,8 @@ class CheckOptions:
     def describe(self) -> dict[str, object]:
         """What the JSON summary, JUnit and the report record about the run (the convention
         scored under comes with the run: ``checks.core.conventions.ConventionFit``)."""
-        return {"reference": self.reference, "numerics": self.numerics, "alpha": self.alpha}
+        return {"reference": self.reference, "numerics": self.numerics, "alpha": self.alpha,
+                **({"detect": dict(self.detect)} if self.detect else {})}
 
 
 def given_convention(order: str, top_p_before_temperature: bool = False,
@@ -101,3 +110,23 @@ def given_convention(order: str, top_p_before_temperature: bool = False,
     base = ORDERS.get(order, HF)
     return Convention(top_p_before_temperature or base.top_p_before_temperature, top_p_inclusive,
                       penalty_scope or base.penalty_scope, base.min_p_before_temperature)
+
+
+GRIDS = {"top_k": K_GRID, "min_p": MIN_P_GRID, "top_p": TOP_P_GRID}
+"""The truncations the sampler check tests, at these values only."""
+FAULTS = ("temperature", "min_p", "top_k", "top_p", "presence_penalty", "frequency_penalty",
+          "repetition_penalty")
+
+
+def check_detectable(fault: str, size: float) -> None:
+    """A ``--detect`` size the sampler check can test, else bad input naming what it can."""
+    if fault not in FAULTS:
+        close = get_close_matches(fault, FAULTS, 1)
+        raise InputError(f"--detect: no fault {fault!r}" + (f" (did you mean {close[0]!r}?)"
+                                                            if close else "")
+                         + f"; one of {', '.join(FAULTS)}")
+    if fault in GRIDS and size not in GRIDS[fault]:
+        raise InputError(f"--detect {fault}={size:g}: the sampler tests {fault} at "
+                         f"{', '.join(f'{v:g}' for v in GRIDS[fault])}")
+    if not size > 0:
+        raise InputError(f"--detect {fault}={size:g}: a size must be > 0")

@@ -17,6 +17,12 @@ from servecheck.reference.token_scores import TokenScores
 TRIVIAL = 1 - 1e-6
 
 
+MIN_SAMPLED_TOKENS = 100
+"""Informative sampled tokens of a whole file below which neither the sampler nor the
+temperature row judges (the sampler's estimates need them; the two rows read the same tokens
+and say the same)."""
+
+
 def informative(s: TokenScores) -> np.ndarray:
     """Positions that carry evidence: the served token has finite q and q is not one-hot."""
     return np.isfinite(s.stats["logq"]) & (s.stats["top"] < TRIVIAL)

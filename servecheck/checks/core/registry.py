@@ -52,6 +52,11 @@ class CheckSpec:
     also: tuple[str, ...] = ()
     """Names of further results its ``run`` returns, tested in the same Holm family (the
     distribution check's temperature row)."""
+    catches: str = ""
+    """The faults it catches, in a serving engineer's words: what a PASS rules out, and what a
+    file it had nothing to look at in could not show."""
+    needs: str = ""
+    """What records must hold for it to see anything, and how to collect them."""
     module: str = ""
     source: str = "built-in"
     """Where it comes from: built-in, or the distribution that registered it."""
@@ -71,15 +76,16 @@ _REGISTERED: dict[str, CheckSpec] = {}
 
 
 def check(name: str, *, order: int, kind: Kind = "deterministic", alpha_share: float = 0.0,
-          screens: bool = False, also: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]],
-                                                                         Callable[..., Any]]:
+          screens: bool = False, also: tuple[str, ...] = (), catches: str = "", needs: str = ""
+          ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declares the decorated ``run`` a check (``CheckSpec`` says what each argument means)."""
     if (kind == "deterministic") != (alpha_share == 0):
         raise ValueError(f"check {name!r}: a statistical or record check has an α share > 0, a "
                          f"deterministic one none (got {kind}, {alpha_share})")
 
     def register(run: Callable[..., Any]) -> Callable[..., Any]:
-        spec = CheckSpec(name, order, kind, run, alpha_share, screens, also, run.__module__)
+        spec = CheckSpec(name, order, kind, run, alpha_share, screens, also, catches, needs,
+                         run.__module__)
         for n in spec.names:
             other = next((s for s in _REGISTERED.values() if n in s.names), None)
             if other is not None and other.module != spec.module:

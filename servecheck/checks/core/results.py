@@ -87,6 +87,16 @@ class Details:
         """Per parameter group, what the report draws (none: the check draws nothing)."""
         return []
 
+    def likely_cause(self) -> str | None:
+        """The likely cause of a failure in a serving engineer's words, where the details know
+        it (the digest shows it; else the result's summary stands)."""
+        return None
+
+    def shortfalls(self) -> list[Any]:
+        """Faults deployments ship that these records could not have caught
+        (``checks.core.power.PlanRow``), for the digest."""
+        return []
+
     explains_prompts: ClassVar[bool] = False
     """Its findings say how a record's served prompt differs from the reference's (the
     template check): the report puts them beside the prompt diffs."""
@@ -163,6 +173,8 @@ class CheckResult:
     record's reasons in the per-record verdict."""
     findings_total: int | None = None
     """How many findings there were, where only the worst are kept (a chunked run)."""
+    statistical: bool = False
+    """Its verdict is a test at a level (its spec's kind; set by ``run_checks``)."""
 
     @property
     def reason(self) -> str | None:

@@ -6,7 +6,8 @@ takes ``{"inputs", "parameters"}`` and answers ``[{"generated_text": …}]``.
 returns the prompt it built and its ids, so the template check runs on what the model saw.
 ``mode=completions`` templates here with the chat template of the reference the user names
 (``?template=PATH|builtin`` or ``generate --reference``, the option winning) and sends the
-string; without one it is bad input, never the built-in model's template. Chat mode needs no
+string with ``parameters.raw_prompt`` true (servecheck's handler templates a plain string as one
+user turn otherwise); without one it is bad input, never the built-in model's template. Chat mode needs no
 reference: the handler's text keeps its end marker. Token ids, raw
 log-probs and the finish reason are recorded when the handler returns them. The token is read
 from the environment variable named by ``?api_key_env=`` (default ``HF_TOKEN``) and never
@@ -75,9 +76,10 @@ class HFEndpointTarget(Target):
             if getattr(p, name) is not None:
                 params[name] = getattr(p, name)
         sent_prompt = ""
-        if self.ref is not None:  # completions mode
+        if self.ref is not None:  # completions mode: the prompt templated here, sent raw
             sent_prompt = self.ref.render(request.conversation)
             inputs: Any = sent_prompt
+            params["raw_prompt"] = True  # servecheck's handler templates a plain string
         else:
             inputs = request.conversation.hf_messages()
         data = await self.http.request("POST", self.path, {"inputs": inputs, "parameters": params})
