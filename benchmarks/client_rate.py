@@ -14,6 +14,16 @@ server's version; later wheels ship a placeholder), needs ``libb64-0d`` (Debian)
 into benchmarks/.cache/.
 
     .venv/bin/python benchmarks/client_rate.py --setup --concurrency 1 4 8 16 --repeats 3
+
+``--serve-triton`` measures the other side instead: ``servecheck serve triton`` (the real
+command, the built-in model) in a fresh server each run, the rate of each of its three models
+right after start-up, in the order ensemble, tensorrt_llm_bls, tensorrt_llm, ensemble; its time to
+ready, the lines it shows, and how long SIGTERM takes to stop it and its whole process tree.
+``--tree`` runs another copy of the code (``git archive HEAD | tar -x -C DIR``: the code before a
+change), interleaved with this one:
+
+    .venv/bin/python benchmarks/client_rate.py --serve-triton --tree before=/tmp/head \
+        --tree before-passive=/tmp/head --env before-passive:OMP_WAIT_POLICY=PASSIVE --repeats 3
 """
 
 from __future__ import annotations
@@ -31,7 +41,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -155,21 +167,143 @@ def start_pinned_server(ports: list[int], core: int) -> subprocess.Popen:
     raise RuntimeError("the echo server did not start")
 
 
+SERVE_ORDER = ("ensemble", "tensorrt_llm_bls", "tensorrt_llm", "ensemble")
+
+
+def _generate(port: int, model: str, i: int) -> None:
+    """One /generate request of a short sampled completion, under the model's own names."""
+    names = ({"max_tokens": "sampling_param_max_tokens", "temperature": "sampling_param_temperature",
+              "seed": "sampling_param_seed"} if model == "tensorrt_llm" else {})
+    body = {names.get(k, k): v for k, v in
+            {"max_tokens": 8, "temperature": 0.8, "seed": i}.items()}
+    body["text_input"] = f"Request {i}: say hello."
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/{model}/generate",
+                                     data=json.dumps(body).encode())
+    with urllib.request.urlopen(request, timeout=300) as answer:
+        answer.read()
+
+
+def _live() -> dict[int, int]:
+    """Every process but the zombies, pid → parent pid."""
+    found = {}
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            text = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        if fields[0] != "Z":
+            found[int(name)] = int(fields[1])
+    return found
+
+
+def _tree_of(pid: int) -> set[int]:
+    """``pid`` and its live descendants."""
+    live = _live()
+    found, todo = set(), [pid]
+    while todo:
+        found.add(here := todo.pop())
+        todo += [child for child, parent in live.items() if parent == here]
+    return found
+
+
+def serve_run(tree: Path, requests: int, concurrency: int, work: Path,
+              env: dict[str, str] | None = None) -> dict:
+    """One fresh ``servecheck serve triton`` from the code in ``tree`` (with ``env`` added to
+    the environment): see the module's doc."""
+    ports = free_ports(3)
+    log = work / f"serve-{next(_runs)}.log"
+    args = [a for flag, port in zip(("--http-port", "--grpc-port", "--metrics-port"), ports,
+                                    strict=True) for a in (flag, str(port))]
+    t0 = time.perf_counter()
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "servecheck.cli", "serve", "triton", *args],
+                                cwd=tree, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, **(env or {})})
+    try:
+        if not all(wait_ready(ports[0], proc, 300, model=m) for m in SERVE_ORDER):
+            raise RuntimeError(f"serve triton did not start:\n{log.read_text()[-3000:]}")
+        row = {"ready_s": round(time.perf_counter() - t0, 1), "rps": {}}
+        with ThreadPoolExecutor(concurrency) as pool:
+            for k, model in enumerate(SERVE_ORDER):
+                start = time.perf_counter()
+                list(pool.map(lambda i, m=model: _generate(ports[0], m, i), range(requests)))
+                row["rps"][f"{k + 1}. {model}"] = round(requests / (time.perf_counter() - start), 1)
+        processes = _tree_of(proc.pid)
+        start = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+        row["sigterm_exit_s"] = round(time.perf_counter() - start, 2)
+        while processes & set(_live()):  # the stubs outlive tritonserver, under init
+            time.sleep(0.05)
+        row["sigterm_tree_gone_s"] = round(time.perf_counter() - start, 2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    shown = log.read_text(errors="replace").splitlines()
+    row["terminal_lines"] = len(shown)
+    row["terminal_error_lines"] = sum(bool(re.match(r"E\d{4} ", line)) for line in shown)
+    row["ready_line"] = next((line for line in shown if line.startswith("ready: ")), None)
+    return row
+
+
+def serve_main(a: argparse.Namespace) -> None:
+    trees = [(label, Path(path)) for label, _, path in (t.partition("=") for t in a.tree)]
+    trees.append(("this", ROOT))
+    envs: dict[str, dict[str, str]] = {}
+    for spec in a.env:
+        label, _, assignment = spec.partition(":")
+        envs.setdefault(label, {}).update([assignment.split("=", 1)])
+    runs: dict[str, list[dict]] = {label: [] for label, _ in trees}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(a.repeats):  # interleaved, so drifting load hits every tree alike
+            for label, tree in trees:
+                runs[label].append(serve_run(tree, a.requests, a.serve_concurrency, Path(tmp),
+                                             envs.get(label)))
+                print(json.dumps({"tree": label, **runs[label][-1]}), flush=True)
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
+    summary = {label: {key: statistics.median(r["rps"][key] for r in rows) for key in rows[0]["rps"]}
+               for label, rows in runs.items()}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps({"machine": machine, "requests": a.requests,
+                                 "concurrency": a.serve_concurrency, "median_rps": summary,
+                                 "runs": runs}, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    print(f"written {a.out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--setup", action="store_true", help="fetch perf_analyzer and its libraries")
     ap.add_argument("--perf-analyzer", type=Path, default=CACHE / "perf_analyzer")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
-    ap.add_argument("--requests", type=int, default=2000, help="servecheck requests per run")
+    ap.add_argument("--requests", type=int,
+                    help="servecheck requests per run (2000); --serve-triton: per model (48)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per client and level (median)")
     ap.add_argument("--shared-cores", action="store_true",
                     help="let client and server share every core (default: one core each)")
     ap.add_argument("--serve", type=int, nargs=3, metavar="PORT", help=argparse.SUPPRESS)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "client_rate.json")
+    ap.add_argument("--serve-triton", action="store_true",
+                    help="measure `servecheck serve triton`'s models instead (see the doc)")
+    ap.add_argument("--tree", action="append", default=[], metavar="LABEL=DIR",
+                    help="with --serve-triton: also run the code in DIR (repeatable)")
+    ap.add_argument("--env", action="append", default=[], metavar="LABEL:VAR=VALUE",
+                    help="with --serve-triton: set VAR for the runs of tree LABEL (repeatable)")
+    ap.add_argument("--serve-concurrency", type=int, default=4)
+    ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     if a.serve:
         echo_server(*a.serve, block=True)  # until SIGINT
         return
+    if a.serve_triton:
+        a.requests = a.requests or 48
+        a.out = a.out or ROOT / "benchmarks" / "results" / "serve_triton_rates.json"
+        serve_main(a)
+        return
+    a.out = a.out or ROOT / "benchmarks" / "results" / "client_rate.json"
+    a.requests = a.requests or 2000
     binary = setup() if a.setup else a.perf_analyzer
     if not binary.exists() and not shutil.which(str(binary)):
         sys.exit(f"{binary} not found: run with --setup")

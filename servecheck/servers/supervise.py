@@ -40,6 +40,13 @@ PR_SET_PDEATHSIG = 1
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 ENV_PARENT = "SERVECHECK_SUPERVISOR"
 ERROR_FILE = "input-error.txt"
+SERVER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+"""The child's environment unless the command's own sets these. The server's engine is torch, whose
+OpenMP threads (GNU libgomp) spin for milliseconds after each parallel region while its team fits
+the CPUs; on a small machine that tritonserver, the backend stubs and the clients share, the spinning
+starves them: a 2-core box served 2–10 requests/s instead of ~100, until a second model's first
+request made libgomp count more threads than CPUs and stop spinning (docs/client-rate.md). Read
+once, when torch loads, hence set before the child starts."""
 Leftovers = Callable[[int, Path], None]
 """Removes what a dead server process (its pid, its scratch folder) left outside that folder."""
 
@@ -131,14 +138,15 @@ def listening_holders(port: int, among: list[int]) -> set[int]:
 
 
 def kill_group(pgid: int) -> None:
-    """SIGKILL every live member of group ``pgid`` but this process. No SIGTERM first: a graceful
+    """SIGKILL every live member of group ``pgid`` but this process (``kill_all``)."""
+    kill_all(lambda: [pid for pid in group(pgid) if pid != os.getpid()])
+
+
+def kill_all(left: Callable[[], list[int]]) -> None:
+    """SIGKILL the processes ``left()`` names, until it names none. No SIGTERM first: a graceful
     stop is the child's job while it lives, and a tritonserver winding down keeps answering for
     seconds, which a client must not see after a kill. Resource trackers are spared a moment: once
     the processes they track are gone they unlink those processes' shared memory and exit."""
-    me = os.getpid()
-
-    def left() -> list[int]:
-        return [pid for pid in group(pgid) if pid != me]
 
     def tracker(pid: int) -> bool:
         with contextlib.suppress(OSError):
@@ -216,13 +224,14 @@ def _kill(pid: int, sig: int) -> None:
 
 
 def run_supervised(target: str, kwargs: dict[str, Any], leftovers: str | None = None,
-                   grace: float = 12.0) -> int:
+                   grace: float = 3.0) -> int:
     """Run ``target`` ("module:function", called as ``function(scratch, **kwargs)``) in a child
-    process in a session of its own, until it returns or a stop signal comes; then end whatever is
-    left of its process group, call ``leftovers`` (also "module:function") with its pid and the
-    scratch folder, and remove that folder. Returns 130 after SIGINT, 0 after SIGTERM or SIGHUP (the
-    server was asked to stop and did), else the child's exit code; an ``InputError`` of the child
-    is raised again here, so that it reaches the user (or a caller that captures
+    process in a session of its own, with ``SERVER_ENV``, until it returns or a stop signal comes;
+    then end whatever is left of its process group, call ``leftovers`` (also "module:function")
+    with its pid and the scratch folder, and remove that folder. A child asked to stop has
+    ``grace`` seconds before its group is killed. Returns 130 after SIGINT, 0 after SIGTERM or
+    SIGHUP (the server was asked to stop and did), else the child's exit code; an ``InputError``
+    of the child is raised again here, so that it reaches the user (or a caller that captures
     ``sys.stderr``) as any other command's does."""
     scratch = Path(tempfile.mkdtemp(prefix="servecheck-serve-"))
     spec = json.dumps({"target": target, "kwargs": kwargs, "leftovers": leftovers,
@@ -233,7 +242,7 @@ def run_supervised(target: str, kwargs: dict[str, Any], leftovers: str | None = 
     try:
         boss.child = subprocess.Popen([sys.executable, "-m", __name__, spec],
                                       start_new_session=True,
-                                      env={**os.environ, ENV_PARENT: str(os.getpid())})
+                                      env={**SERVER_ENV, **os.environ, ENV_PARENT: str(os.getpid())})
         boss.forward()
         code = boss.wait()
     finally:
@@ -323,5 +332,5 @@ def _child_main(spec_text: str) -> int:
     return EXIT_PASS
 
 
-if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv[1]))
+if __name__ == "__main__":  # no interpreter teardown, a second with torch and pytriton loaded
+    os._exit(_child_main(sys.argv[1]))

@@ -31,30 +31,52 @@ models into whichever server answered on the port meanwhile, and unload them the
 ``serve triton`` command runs it under ``servecheck.servers.supervise`` (``serve_child``), so that
 no part of it outlives the command.
 
+The model is loaded and run once before tritonserver starts, so the first request is as fast as
+the others; ``serve triton`` says ``ready: …`` once every model answers. tritonserver's log goes to
+a file (named in the ready line); the terminal gets its warnings and errors but those that every
+start on a CPU-only machine prints (``TritonLog``). A stop kills tritonserver and its stubs at
+once and cleans up after them, in about 2 s: Triton's own graceful stop unloads model after model
+and polls once a second, 7–10 s on a 2-core machine.
+
 This module is the server's life (ports, start, stop, what a killed one leaves behind); what the
 models take and answer, and the fault switches, are ``triton_models``.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
+import sys
 import sysconfig
+import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TextIO
 
 from servecheck.errors import InputError
-from servecheck.servers.supervise import check_ports, children, listening_holders
+from servecheck.servers.supervise import check_ports, children, kill_all, listening_holders
 from servecheck.servers.triton_models import Models
 
-if TYPE_CHECKING:
-    from pytriton.triton import Triton
-
 START_TIMEOUT_S = 120.0
+EXPECTED = (
+    # a tritonserver built for GPUs, started on a machine without one: every start says so
+    "CudaDriverHelper has not been initialized",
+    # pytriton hands Triton each model's config as content, not as a file with a time
+    "Failed to set config modification time: model_config_content_name_ is empty",
+)
+"""Warnings and errors of tritonserver that every CPU-only start prints: the log file only."""
+RECORD = re.compile(r"([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^ \]]+\] ")
+"""The first line of one of tritonserver's log records (glog: severity, date, time, thread)."""
+LAYOUT = re.compile(r"\s*$|[+|]|Signal \(\d+\) received\.$")
+"""Lines under a record that belong to it: blanks, the tables of the start-up report, and the
+notice of the signal that stops it."""
 
 
 def libdir_on_loader_path() -> None:
@@ -66,20 +88,70 @@ def libdir_on_loader_path() -> None:
         os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{current}" if current else libdir
 
 
+class TritonLog:
+    """What tritonserver and its backend stubs print: all of it to a file, and to ``terminal``
+    what needs a look: warnings and errors but the ``EXPECTED`` ones, and lines that belong to
+    no record of tritonserver's (a stub's traceback). Fed in chunks, from pytriton's reader
+    thread."""
+
+    def __init__(self, path: Path, terminal: TextIO | None = None) -> None:
+        self.path = path
+        self.terminal = terminal
+        """Where shown lines go; None: ``sys.stderr`` as it is when they come."""
+        self._file = path.open("a", encoding="utf-8")
+        self._partial = ""
+        self._shown = True  # whether the record being read is shown, its lines with it
+        self.muted = False
+        """Set by a stop, which kills the stubs: their resource trackers' notices follow."""
+        self._lock = threading.Lock()
+
+    def feed(self, chunk: bytes | str) -> None:
+        text = chunk.decode("utf-8", errors="replace") if isinstance(chunk, bytes) else chunk
+        with self._lock:
+            if self._file.closed:
+                return
+            self._file.write(text)
+            self._file.flush()
+            *lines, self._partial = (self._partial + text).split("\n")
+            for line in lines:
+                if self.shows(line) and not self.muted:
+                    print(line, file=self.terminal or sys.stderr, flush=True)
+
+    def shows(self, line: str) -> bool:
+        record = RECORD.match(line)
+        if record:
+            self._shown = record[1] != "I" and not any(e in line for e in EXPECTED)
+            return self._shown
+        return self._shown or not LAYOUT.match(line)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._partial and self.shows(self._partial) and not self.muted:
+                print(self._partial, file=self.terminal or sys.stderr, flush=True)
+            self._partial = ""
+            self._file.close()
+
+
 class TritonHost:
-    """The server: its address, its workspace, its start and stop; ``models`` answer."""
+    """The server: its address, its workspace, its log, its start and stop; ``models`` answer."""
 
     def __init__(self, model: str = "builtin", host: str = "127.0.0.1", http_port: int = 8000,
                  grpc_port: int = 8001, metrics_port: int = 8002, seed_name: str = "seed",
                  add_special_tokens: bool = False, decoupled: bool = False, echo: bool = False,
                  fail_after: int | None = None, ignore_seed: bool = False,
-                 batch_variant: bool = False, workspace: Path | None = None) -> None:
+                 batch_variant: bool = False, workspace: Path | None = None,
+                 keep_log: bool = False) -> None:
         self.models = Models(model, seed_name, add_special_tokens, decoupled, echo, fail_after,
                              ignore_seed, batch_variant)
         self.address = dict(host=host, http_port=http_port, grpc_port=grpc_port,
                             metrics_port=metrics_port)
         self.workspace = workspace
         """pytriton's folder (binaries, model store); None: a fresh one in ~/.cache/pytriton."""
+        self.log_path: Path | None = None
+        """tritonserver's whole log (``log_file``), kept after a stop with ``keep_log`` or
+        after a failure."""
+        self._log: TritonLog | None = None
+        self._keep_log = keep_log
         self._triton = None
 
     def ports(self) -> dict[str, int]:
@@ -88,6 +160,12 @@ class TritonHost:
         return {"--http-port": a["http_port"], "--grpc-port": a["grpc_port"],
                 "--metrics-port": a["metrics_port"]}
 
+    def ready_line(self) -> str:
+        a = self.address
+        names = ", ".join(sorted(name for name, _ in self.models.bound()))
+        return (f"ready: models {names} at http://{a['host']}:{a['http_port']} (grpc "
+                f"{a['grpc_port']}, metrics {a['metrics_port']}); Triton's log: {self.log_path}")
+
     def start(self) -> None:
         """Start the server in the background; returns once the models are ready (and leaves
         nothing running when it raises)."""
@@ -95,6 +173,7 @@ class TritonHost:
         try:
             self._launch()
         except BaseException:
+            self._keep_log = True
             self.stop()
             raise
 
@@ -104,34 +183,45 @@ class TritonHost:
         self._bind()
         try:
             self._launch()
+            print(self.ready_line(), flush=True)
             while self._triton is not None and self._triton.is_alive():
                 time.sleep(0.5)
+            self._keep_log = True
         finally:
             self.stop()
-        raise SystemExit("servecheck: error: the Triton server stopped by itself (its log is above)")
+        raise SystemExit(f"servecheck: error: the Triton server stopped by itself (its log: "
+                         f"{self.log_path})")
 
     def _launch(self) -> None:
-        """Start tritonserver and connect only once it holds all its ports: until then whatever
-        answers on them may be another server (one that took a port after the check), and
-        pytriton's connect would wait 120 s for a server that already exited."""
-        assert self._triton is not None
+        """Warm the model up, start tritonserver and connect only once it holds all its ports:
+        until then whatever answers on them may be another server (one that took a port after
+        the check), and pytriton's connect would wait 120 s for a server that already exited."""
+        triton = self._triton
+        assert triton is not None
+        self.models.warm_up()
+        self.log_path = log_file(self.address["http_port"])
+        self._log = TritonLog(self.log_path)
+        triton._initialize_server()
+        server = triton._triton_server
+        server._record_logs = self._log.feed  # in place of print-and-keep-all
+        server._handle_exit = lambda *_args: None  # its "exited with failure" after a stop's kill
         me = os.getpid()
         before = set(children(me))
-        self._triton._run_server()  # pytriton's start without its connect
+        triton._run_server()  # pytriton's start without its connect
         ports = list(self.ports().values())
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             ours = [pid for pid in children(me) if pid not in before]
             if not ours:
-                raise InputError("the Triton server exited during start-up (its log is above); "
-                                 "was one of its ports taken meanwhile?")
+                raise InputError(f"the Triton server exited during start-up (its log: "
+                                 f"{self.log_path}); was one of its ports taken meanwhile?")
             if all(listening_holders(port, ours) for port in ports):
                 break
             if time.monotonic() > deadline:
                 raise InputError(f"the Triton server did not open its ports in "
-                                 f"{START_TIMEOUT_S:.0f} s (its log is above)")
+                                 f"{START_TIMEOUT_S:.0f} s (its log: {self.log_path})")
             time.sleep(0.1)
-        self._triton.connect()
+        triton.connect()
 
     def _bind(self) -> None:
         a = self.address
@@ -149,52 +239,94 @@ class TritonHost:
         batcher = DynamicBatcher(max_queue_delay_microseconds=20_000 if models.batch_variant else 0)
         model_config = (ModelConfig(batching=False, decoupled=True) if models.decoupled
                         else ModelConfig(max_batch_size=8, batcher=batcher))
-        self._triton = Triton(config=config, workspace=self.workspace)
-        _no_remote_unload(self._triton)
+        self._triton = triton = Triton(config=config, workspace=self.workspace)
+        triton._triton_server_config["pinned_memory_pool_byte_size"] = 0  # no GPU to pin for
+        # only ``stop`` below stops this server: pytriton's own stop (at exit, or when the server
+        # or a model ends) is the slow graceful one, and it unloads models over HTTP from
+        # whatever answers on the port by then, which may be another server
+        atexit.unregister(triton.stop)
+        atexit.register(self.stop)
+        triton._on_model_event = lambda *_args, **_kwargs: None
         for name, names in models.bound():
             inputs, outputs = models.signature(names)
-            self._triton.bind(name, models.infer_with(names), inputs, outputs,
-                              config=model_config, strict=True)
+            triton.bind(name, models.infer_with(names), inputs, outputs, config=model_config,
+                        strict=True)
 
     def stop(self) -> None:
-        if self._triton is not None:
-            self._triton.stop()
-            self._triton = None
+        """Stop the server now and leave nothing: tritonserver and its stubs are killed, this
+        side's proxy threads stopped (about 1 s, the models side by side) and its hold on their
+        shared memory released, the workspace and what the killed processes leave outside it
+        removed (``remove_leftovers``)."""
+        triton, self._triton = self._triton, None
+        atexit.unregister(self.stop)
+        if triton is not None:
+            with triton._cv:
+                triton._stopped = True
+            server = triton._triton_server
+            running = server._tritonserver_running_cmd if server is not None else None
+            if running is not None:
+                self._log.muted = True
+                tree = _tree(running.pid)
+                kill_all(lambda: [pid for pid in tree if _running(pid)])
+            cleaners = [threading.Thread(target=m.clean) for m in triton._model_manager.models]
+            for t in cleaners:
+                t.start()
+            for t in cleaners:
+                t.join()
+            triton._workspace.clean()
+            prefix = triton._python_backend_config["shm-region-prefix-name"]
+            remove_leftovers(os.getpid(), triton._workspace.path, prefix)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+            if not self._keep_log and self.log_path is not None:
+                self.log_path.unlink(missing_ok=True)
 
 
-def _no_remote_unload(triton: Triton) -> None:
-    """pytriton's stop ends tritonserver first and then unloads the models over HTTP from
-    whatever answers on the port: never this server, which is gone by then, only another one
-    that owns the port. So its models are cleaned up on this side only."""
-    manager = triton._model_manager
+def log_file(http_port: int) -> Path:
+    """A new file for a server's log, in the temporary folder, named after its HTTP port."""
+    handle, name = tempfile.mkstemp(prefix=f"servecheck-triton-{http_port}-", suffix=".log")
+    os.close(handle)
+    return Path(name)
 
-    def clean() -> None:
-        for model in manager.models:
-            model.clean()
 
-    manager.clean = clean
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo += children(found[-1])
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Not gone and not a zombie (one that only waits for its parent to read its status)."""
+    with contextlib.suppress(OSError):
+        text = Path(f"/proc/{pid}/stat").read_text()
+        return text[text.rindex(")") + 2] != "Z"
+    return False
 
 
 def serve_child(scratch: Path, **kwargs) -> None:
     """``servecheck serve triton``'s server, run by ``supervise.run_supervised`` in a process of
     its own; its workspace goes in the supervisor's scratch folder, removed whatever happens."""
-    TritonHost(**kwargs, workspace=scratch / "workspace").serve_forever()
+    TritonHost(**kwargs, workspace=scratch / "workspace", keep_log=True).serve_forever()
 
 
-def remove_leftovers(pid: int, scratch: Path) -> None:
+def remove_leftovers(pid: int, scratch: Path, prefix: str | None = None) -> None:
     """What a killed server leaves outside its workspace (a graceful stop removes it): the Python
-    backend's shared memory, 4 MiB a region, which pytriton names after the process ``pid`` that
-    ran it; and tritonserver's copy of each model in /tmp/folderXXXXXX, whose config names the
-    workspace inside ``scratch``."""
-    for path in Path("/dev/shm").glob(f"pytrtion{pid}-*"):
+    backend's shared memory, 4 MiB a region, named ``prefix``…, which pytriton makes of the
+    process ``pid`` that ran it and a random part (None: every region of that pid); and
+    tritonserver's copy of each model in /tmp/folderXXXXXX, whose config names the workspace:
+    ``scratch`` or a folder inside it."""
+    for path in Path("/dev/shm").glob(f"{prefix or f'pytrtion{pid}-'}*"):
         path.unlink(missing_ok=True)
-    mark = f'"{scratch}/'.encode()
     for folder in Path("/tmp").glob("folder??????"):
         try:
-            ours = mark in (folder / "config.pbtxt").read_bytes()
+            config = (folder / "config.pbtxt").read_bytes()
         except OSError:
             continue
-        if ours:
+        if f'"{scratch}/'.encode() in config or f'"{scratch}"'.encode() in config:
             shutil.rmtree(folder, ignore_errors=True)
 
 

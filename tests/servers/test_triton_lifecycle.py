@@ -127,6 +127,9 @@ def _running_server(root: Path, free_ports: Callable[[int], list[int]], log: Pat
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=30)
+        for line in log.read_text().splitlines():  # the command keeps Triton's log: not here
+            if line.startswith("ready: ") and "Triton's log: " in line:
+                Path(line.split("Triton's log: ", 1)[1]).unlink(missing_ok=True)
 
 
 def _answers(port: int) -> bool:
@@ -211,6 +214,8 @@ def test_lost_port_race_never_touches_the_other_server(free_ports, monkeypatch) 
                 server.start()
         finally:
             server.stop()
+            if server.log_path is not None:  # kept for the user after a failed start
+                server.log_path.unlink(missing_ok=True)
         elapsed = time.monotonic() - start
         time.sleep(0.5)  # anything an exit handler would still send
     assert seen == []
@@ -240,15 +245,17 @@ def test_kill_9_of_serve_leaves_nothing(free_ports, root: Path, tmp_path: Path) 
                          ids=["sigterm", "ctrl-c"])
 def test_stop_signal_stops_cleanly(sig: int, code: int, free_ports, root: Path,
                                    tmp_path: Path) -> None:
+    """Within 5 s of the signal the command has exited and nothing of the server is left (it
+    took 7–10 s while Triton unloaded model after model and polled once a second)."""
     log = tmp_path / "serve.log"
     with _running_server(root, free_ports, log) as (proc, ports, tree):
         files = _triton_files(tree)
         start = time.monotonic()
         proc.send_signal(sig)
         assert proc.wait(timeout=15) == code, log.read_text()[-3000:]
-        elapsed = time.monotonic() - start
         left = _wait_gone(tree, 2)
+        elapsed = time.monotonic() - start
         assert not left, f"left behind after the command exited: {left}"
         _assert_nothing_left(tree, ports, files)
-    assert elapsed < 15
+    assert elapsed <= 5, elapsed
     assert "Traceback" not in log.read_text()
