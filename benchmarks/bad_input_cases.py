@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from servecheck.cli import main
+from servecheck.servers.triton_host import free_ports
 
 
 @dataclass(frozen=True)
@@ -628,14 +629,16 @@ def other_cases() -> list[Case]:
 
 def serve_taken(flag: str) -> list[str]:
     ports = dict(zip(("--http-port", "--grpc-port", "--metrics-port"),
-                     (str(dead_port()) for _ in range(3)), strict=True))
+                     (str(p) for p in free_ports(3)), strict=True))
     ports[flag] = str(taken_port())
     return ["serve", "triton", *(x for kv in ports.items() for x in kv)]
 
 
 def free_triton_ports() -> list[str]:
-    return ["--http-port", str(dead_port()), "--grpc-port", str(dead_port()),
-            "--metrics-port", str(dead_port())]
+    """Three distinct free ports (three separate ``dead_port`` calls can return one port twice,
+    and the command then refuses the pair, not the case under test)."""
+    http, grpc, metrics = free_ports(3)
+    return ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
 
 
 def all_cases() -> list[Case]:
