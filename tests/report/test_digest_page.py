@@ -34,3 +34,13 @@ document.body.appendChild(out);""")
     assert "template" in found["text"] and "adds a BOS the chat template already writes" in \
         found["text"]
     assert found["links"] and all(h.startswith("#r-") for h in found["links"])
+
+
+def test_an_undecided_statistical_row_is_not_called_deterministic() -> None:
+    """The p-value column said "— (deterministic)" beside an INCONCLUSIVE sampler row."""
+    from servecheck.checks.core.results import CheckResult
+    from servecheck.report.html import check_rows
+
+    rows = check_rows([CheckResult("sampler", "inconclusive", "too few", statistical=True),
+                       CheckResult("greedy", "pass", "all argmax")])
+    assert [r.p for r in rows] == ["— (no test: too few records)", "— (deterministic)"]
