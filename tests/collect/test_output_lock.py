@@ -86,10 +86,12 @@ def _wait_lines(out: Path, n: int, proc: subprocess.Popen, timeout: float = 180)
     raise AssertionError(f"{out} did not reach {n} lines ({proc.poll()=})")
 
 
-@pytest.mark.slow  # a real generate of 24 answers, with a second run started in the middle
+@pytest.mark.slow  # a real generate of 64 answers, with a second run started in the middle
 def test_two_generate_runs_on_one_file_lose_nothing(tmp_path: Path, root: Path,
                                                      run_cli) -> None:
-    prompts, out = _prompts(tmp_path, 24, max_tokens=24), tmp_path / "r.json"
+    # long enough that the second process (a fresh interpreter importing servecheck and reading
+    # the prompts file) starts while the first still writes, on a loaded CI machine too
+    prompts, out = _prompts(tmp_path, 64, max_tokens=48), tmp_path / "r.json"
     first = _generate(root, prompts, out)
     try:
         _wait_lines(out, 3, first)
