@@ -24,6 +24,12 @@ change), interleaved with this one:
 
     .venv/bin/python benchmarks/client_rate.py --serve-triton --tree before=/tmp/head \
         --tree before-passive=/tmp/head --env before-passive:OMP_WAIT_POLICY=PASSIVE --repeats 3
+
+``--omp-teams`` isolates the cause found that way, without Triton: the built-in model generating
+in one long-lived thread (a model's inference thread), with and without a second thread that has
+generated once (a second model's first request), and with ``OMP_WAIT_POLICY=PASSIVE``; first on
+a machine as it is, then with one busy process per two cores beside it (as the client,
+tritonserver and other jobs keep a core busy).
 """
 
 from __future__ import annotations
@@ -274,6 +280,62 @@ def serve_main(a: argparse.Namespace) -> None:
     print(f"written {a.out}")
 
 
+OMP_VARIANTS = (("one team", "one", {}), ("two teams", "two", {}),
+                ("one team, OMP_WAIT_POLICY=PASSIVE", "one", {"OMP_WAIT_POLICY": "PASSIVE"}))
+
+
+def omp_child(mode: str, requests: int = 40) -> None:
+    """Print the mean ms per request of the built-in model generating in one long-lived thread;
+    with ``mode`` "two", another live thread has generated once before."""
+    import queue
+    import threading
+
+    from servecheck.collect.targets.hf import HFTarget
+    from servecheck.formats.parameters import Parameters
+
+    engine = HFTarget("builtin")
+
+    def worker(jobs: queue.Queue, done: queue.Queue) -> None:
+        while True:
+            done.put(engine.complete([jobs.get()], Parameters(max_tokens=4, temperature=0.8,
+                                                              seed=1)))
+
+    threads = []
+    for _ in range(2 if mode == "two" else 1):
+        jobs, done = queue.Queue(), queue.Queue()
+        threading.Thread(target=worker, args=(jobs, done), daemon=True).start()
+        jobs.put("Hello")
+        done.get()
+        threads.append((jobs, done))
+    jobs, done = threads[0]
+    start = time.perf_counter()
+    for i in range(requests):
+        jobs.put(f"Request {i}: say hello.")
+        done.get()
+    print(json.dumps({"ms_per_request": round((time.perf_counter() - start) * 1000 / requests, 1)}))
+
+
+def omp_main(repeats: int) -> None:
+    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for busy in (0, max(1, (os.cpu_count() or 2) // 2)):
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+        runs: dict[str, list[float]] = {label: [] for label, _, _ in OMP_VARIANTS}
+        try:
+            for _ in range(repeats):  # interleaved, as the load of a shared machine drifts
+                for label, mode, env in OMP_VARIANTS:
+                    done = subprocess.run([sys.executable, __file__, "--omp-child", mode],
+                                          check=True, capture_output=True, text=True,
+                                          env={**base, **env})
+                    runs[label].append(json.loads(done.stdout.splitlines()[-1])["ms_per_request"])
+        finally:
+            for hog in hogs:
+                hog.kill()
+                hog.wait()
+        for label, values in runs.items():
+            print(json.dumps({"busy_processes": busy, "variant": label, "ms_per_request": values,
+                              "median": statistics.median(values)}), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--setup", action="store_true", help="fetch perf_analyzer and its libraries")
@@ -292,10 +354,18 @@ def main() -> None:
     ap.add_argument("--env", action="append", default=[], metavar="LABEL:VAR=VALUE",
                     help="with --serve-triton: set VAR for the runs of tree LABEL (repeatable)")
     ap.add_argument("--serve-concurrency", type=int, default=4)
+    ap.add_argument("--omp-teams", action="store_true", help="the OpenMP experiment (see the doc)")
+    ap.add_argument("--omp-child", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     if a.serve:
         echo_server(*a.serve, block=True)  # until SIGINT
+        return
+    if a.omp_child:
+        omp_child(a.omp_child)
+        return
+    if a.omp_teams:
+        omp_main(a.repeats)
         return
     if a.serve_triton:
         a.requests = a.requests or 48

@@ -42,11 +42,12 @@ ENV_PARENT = "SERVECHECK_SUPERVISOR"
 ERROR_FILE = "input-error.txt"
 SERVER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 """The child's environment unless the command's own sets these. The server's engine is torch, whose
-OpenMP threads (GNU libgomp) spin for milliseconds after each parallel region while its team fits
-the CPUs; on a small machine that tritonserver, the backend stubs and the clients share, the spinning
-starves them: a 2-core box served 2–10 requests/s instead of ~100, until a second model's first
-request made libgomp count more threads than CPUs and stop spinning (docs/client-rate.md). Read
-once, when torch loads, hence set before the child starts."""
+OpenMP threads (GNU libgomp) spin for milliseconds after each parallel region while libgomp has no
+more threads than CPUs; on a small machine shared with tritonserver, the backend stubs and the
+clients the spinning starves them: on 2 cores a request took 35–700 ms instead of ~10, until a
+second model's first request gave libgomp a third thread and it stopped spinning
+(docs/client-rate.md). libgomp reads it once, when torch loads: hence here, before the child
+starts."""
 Leftovers = Callable[[int, Path], None]
 """Removes what a dead server process (its pid, its scratch folder) left outside that folder."""
 

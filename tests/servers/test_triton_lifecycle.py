@@ -116,6 +116,9 @@ def _running_server(root: Path, free_ports: Callable[[int], list[int]], log: Pat
     try:
         for model in MODELS:
             assert wait_ready(ports[0], proc, 180, model=model), log.read_text()[-3000:]
+        deadline = time.monotonic() + 30  # the models answer a moment before it says so
+        while "ready: " not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
         tree = _tree(proc.pid)
         names = list(tree.values())
         assert "tritonserver" in names and names.count("triton_python_b") == len(MODELS), tree
@@ -162,7 +165,9 @@ def _assert_nothing_left(tree: dict[int, str], ports: list[int], files: tuple[Pa
     workspace, prefix = files
     assert not _alive(tree)
     assert [p for p in ports if bind_problem("127.0.0.1", p)] == []
-    assert [f.name for f in Path("/dev/shm").glob(f"{prefix}*")] == []
+    regions = {f.name: round(time.time() - f.stat().st_mtime, 1)  # seconds old
+               for f in Path("/dev/shm").glob(f"{prefix}*")}
+    assert regions == {}
     assert not workspace.exists()
     mark = f'"{workspace}'.encode()  # tritonserver's model copies name the workspace
     copies = [f for f in Path("/tmp").glob("folder??????/config.pbtxt")
