@@ -19,7 +19,7 @@ from servecheck.formats.conversation import Conversation
 from servecheck.formats.parameters import Parameters
 from servecheck.formats.tools import ToolCall, Usage
 
-__all__ = ["END_MARKER_UNKNOWN", "LOGPROB_SLACK", "SCHEMA_VERSION", "ResponseRecord", "Timing"]
+__all__ = ["END_MARKER_UNKNOWN", "LOGPROB_SLACK", "SCHEMA_VERSION", "ResponseRecord", "Serving", "Timing"]
 
 SCHEMA_VERSION = 1
 LOGPROB_SLACK = 1e-4
@@ -30,6 +30,18 @@ class Timing(BaseModel):
     started_at: str
     """ISO 8601, UTC."""
     latency_s: float
+
+
+class Serving(BaseModel):
+    """Deployment settings a record was served under; each None where not known."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    speculative: str | None = None
+    """The speculative-decoding method (``draft``, ``ngram``, ``eagle``…), or ``off``."""
+    kv_cache_dtype: str | None = None
+    """``auto`` (the model's dtype), ``fp8``, ``fp8_e4m3``…"""
+    prefix_caching: bool | None = None
 
 
 class ResponseRecord(BaseModel):
@@ -66,6 +78,9 @@ class ResponseRecord(BaseModel):
     """The request's inputs in the server's own names, each value as the server decodes it (an
     FP32 input receives 0.8999999762 when 0.9 was asked; ``parameters`` keeps what was asked)."""
     timing: Timing | None = None
+    serving: Serving | None = None
+    """How the deployment ran, where the target or the user knows it (speculation, KV-cache
+    type, prefix caching): the checks name a fault by what was on."""
     error: str | None = None
     """Set when the request failed; such records are kept, reported, and retried on resume."""
 

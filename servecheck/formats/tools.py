@@ -110,3 +110,6 @@ class Usage(BaseModel):
     completion_tokens: int | None = Field(None, ge=0)
     reasoning_tokens: int | None = Field(None, ge=0)
     """``completion_tokens_details.reasoning_tokens`` where the server reports it."""
+    cached_tokens: int | None = Field(None, ge=0)
+    """``prompt_tokens_details.cached_tokens`` where the server reports it (OpenAI; vLLM with
+    ``--enable-prompt-tokens-details``): prompt tokens whose keys and values came from a cache."""

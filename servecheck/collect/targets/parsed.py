@@ -91,5 +91,7 @@ def usage_of(data: dict[str, Any], read: Reader | None = None) -> Usage | None:
         return None
     details = read.obj(usage.get("completion_tokens_details"),
                        "usage.completion_tokens_details", optional=True)
-    return read.model(Usage, {**usage, "reasoning_tokens": details.get("reasoning_tokens")},
-                      "usage")
+    cached = read.obj(usage.get("prompt_tokens_details"), "usage.prompt_tokens_details",
+                      optional=True)
+    return read.model(Usage, {**usage, "reasoning_tokens": details.get("reasoning_tokens"),
+                              "cached_tokens": cached.get("cached_tokens")}, "usage")
