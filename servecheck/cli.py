@@ -26,6 +26,7 @@ from servecheck.workflows.arguments import (
     output_file,
     port,
 )
+from servecheck.workflows.long_prompts import add_arguments as add_long_prompts_arguments
 from servecheck.workflows.plan import add_arguments as add_plan_arguments
 
 if TYPE_CHECKING:  # rich and torch load inside main: --help stays instant, and a Ctrl-C
@@ -329,6 +330,7 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", type=output_file, help="write the results here")
     pr.set_defaults(func=cmd_probe)
     add_plan_arguments(sub)
+    add_long_prompts_arguments(sub)
 
     e = sub.add_parser("endpoint-files",
                        help="write handler.py and requirements.txt for an HF Inference Endpoint")

@@ -5,7 +5,12 @@ log-prob after the penalties but before the temperature (CTranslate2, ONNX Runti
 logits), or the log-prob after temperature and truncation. Each is computed and the closest one
 is named as the server's convention; the verdict uses that one, against the numerics
 tolerance. Whether the end token has a served log-prob at all is the server's convention too
-(``checks.core.end_counting``).
+(``checks.core.end_counting``); the comparison itself is made once a run
+(``checks.core.served_logprobs``) for every check that reads it.
+
+Served log-probs of exactly 0.0 on tokens the reference finds uncertain are their own failure,
+named as what they are (log-probs of accepted draft tokens never filled in, a fault of
+speculative decoding in some servers), not as a generic mismatch.
 
 The served log-probs are also evidence of what the server really conditioned on, even when it
 reports no prompt ids (TensorRT-LLM does not): the worst-fitting records are rescored under known
@@ -21,10 +26,11 @@ from typing import Any
 import numpy as np
 
 from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.deployment import ZERO_LOGPROBS, speculation
 from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import CheckResult, Details, Finding, Verdict
-from servecheck.reference.sampling import Sampling
-from servecheck.reference.token_scores import ScoreItem, TokenScores
+from servecheck.checks.core.served_logprobs import ServedDiffs, as_served, served_diffs
+from servecheck.reference.token_scores import ScoreItem
 
 NAME = "logprobs"
 
@@ -38,12 +44,11 @@ fire on an honest server, whatever its numerics; a real mistake of a BOS-sensiti
 orders of magnitude better."""
 MIN_GAIN = 1e-4
 """…and by at least this much in mean |Δ| (below it, both fits are float32 rounding)."""
-BREAK_NATS = 1.0
-"""Served log-probs have stopped lining up with the scored tokens where, from some token on, the
-median |Δ| stays above this (honest bf16 numerics stay below 0.1; a token lost from the text or
-ids from another sequence shift every later comparison by whole nats)."""
-BREAK_RUN = 4
-"""…over at least this many tokens."""
+SURE = 0.1
+"""A served log-prob of exactly 0.0 says the token was certain; the reference finding the token
+less likely than e^-0.1 (about 0.9), and further from it than the numerics' tolerance, makes
+that a log-prob nobody computed. An honest server's float32 log-softmax rounds to 0.0 only for
+a token whose probability is within about 1e-7 of 1."""
 
 
 @dataclass(frozen=True)
@@ -62,16 +67,30 @@ class LogprobsDetails(Details):
     prompt_diagnosis: str | None = None
     """A known prompt mistake the served log-probs fit far better than the reference prompt."""
     prompt_fit: dict[str, float] | None = None
+    zeros: int | None = None
+    """Records whose served log-probs are all exactly 0.0 while the reference finds some of
+    their tokens uncertain (then nothing else is compared)."""
+    speculative: str | None = None
+    """The speculative-decoding method the records say was on, where one was."""
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in super().to_json().items() if v is not None}
 
     def effect(self) -> str:
+        if self.zeros:
+            return f"{self.zeros}/{self.records} records all 0.0"
         if self.mean_abs_diff is None:
             return f"{self.misaligned}/{self.records} records misaligned"
         return f"mean |Δ| {self.mean_abs_diff[self.convention]:.4f} (tolerance {self.tolerance})"
 
     def reason(self, verdict: Verdict) -> str | None:
+        if self.zeros:
+            on = f" (the records say speculation, {self.speculative}, was on)" \
+                if self.speculative else ""
+            return (f"FAIL: {self.zeros} of {self.records} record(s)' served log-probs are all "
+                    f"exactly 0.0 (probability 1) on tokens the reference gives less than "
+                    f"e^-{SURE:g}: {ZERO_LOGPROBS}{on}; the log-probs were not compared "
+                    f"against the tolerance.")
         if self.mean_abs_diff is None:
             return (f"FAIL: {self.misaligned} of {self.records} record(s)' served log-probs stop lining up "
                     f"with the scored tokens (a token the text lost, or another sequence's "
@@ -94,6 +113,8 @@ class LogprobsDetails(Details):
         return f"{'PASS' if within else 'FAIL'}: {text}."
 
     def likely_cause(self) -> str | None:
+        if self.zeros:
+            return ZERO_LOGPROBS
         if self.prompt_diagnosis:
             return (f"the server conditioned on another prompt: its log-probs fit a prompt with "
                     f"{self.prompt_diagnosis} far better than the reference's")
@@ -101,33 +122,6 @@ class LogprobsDetails(Details):
             return "the served log-probs belong to other tokens (lost or another sequence's)"
         return ("the served log-probs are off the reference's beyond the numerics' tolerance: "
                 "other weights, or other numerics than --numerics says")
-
-def misalignment(served: np.ndarray, scored: int, diff: np.ndarray, marker_in_text: bool,
-                 truncated: bool = False) -> str | None:
-    """Why a record's served log-probs do not belong to the tokens scored, or None. One more
-    served value than scored tokens is the end token's, when the text lost its end marker; a
-    record scored only up to lost bytes (``truncated``) is compared on what was scored."""
-    count_off = len(served) < scored if truncated else \
-        len(served) != scored and not (len(served) == scored + 1 and not marker_in_text)
-    if count_off:
-        return f"{len(served)} served log-probs for {scored} scored tokens"
-    n = len(diff)
-    # a clean start and a broken tail: misaligned, not merely other weights or numerics. A
-    # median above (below) a bound needs at least half the values above (below) it, so counts
-    # (cumulative sums, all k at once) pick the candidates and medians confirm them: the first
-    # break exactly as a scan over k would find it, without a median per token.
-    ks = np.arange(1, max(1, n - BREAK_RUN + 1))
-    if not len(ks):
-        return None
-    low = np.concatenate([[0], np.cumsum(diff < BREAK_NATS / 4)])[ks]  # below, in diff[:k]
-    high = np.cumsum((diff > BREAK_NATS)[::-1])[::-1][ks]  # above, in diff[k:]
-    maybe = (diff[ks] > 2 * BREAK_NATS) & (2 * low >= ks) & (2 * high >= n - ks)
-    for k in ks[maybe]:
-        if np.median(diff[k:]) > BREAK_NATS and np.median(diff[:k]) < BREAK_NATS / 4:
-            return (f"from output token {k} on (median |Δ| {np.median(diff[k:]):.2f} nats over "
-                    f"the last {n - k} tokens)")
-    return None
-
 
 def _hypotheses(ctx: CheckContext, prompt: list[int]) -> dict[str, list[int]]:
     bos = ctx.ref.tokenizer.bos_token_id
@@ -138,17 +132,6 @@ def _hypotheses(ctx: CheckContext, prompt: list[int]) -> dict[str, list[int]]:
     if prompt[:1] == [bos]:
         out["no BOS (the server dropped the template's BOS)"] = prompt[1:]
     return out
-
-
-def as_served(s: Sampling | None, convention: str) -> Sampling | None:
-    """The sampling a served log-prob of ``convention`` is taken under (None: raw logits)."""
-    if convention == "raw" or s is None:
-        return None
-    if convention == "after penalties":
-        return Sampling(repetition_penalty=s.repetition_penalty,
-                        presence_penalty=s.presence_penalty,
-                        frequency_penalty=s.frequency_penalty)
-    return s
 
 
 def best_alternative(ctx: CheckContext, sample: list[int], convention: str
@@ -174,22 +157,6 @@ def best_alternative(ctx: CheckContext, sample: list[int], convention: str
     return best
 
 
-def reference_logprobs(ctx: CheckContext, idx: list[int], scores: dict[int, TokenScores]
-                       ) -> dict[str, dict[int, np.ndarray]]:
-    """Per convention, the reference's log-prob of each scored token: raw, after the
-    penalties alone (CTranslate2 and ONNX Runtime GenAI report these), and after the whole
-    sampling transform. Only penalised records are scored again for the middle one."""
-    penalised = [i for i in idx if ctx.sampling[i].penalised]
-    again = dict(zip(penalised, ctx.score_items([ScoreItem(
-        ctx.prompt_ids(i)[0], ctx.output_ids(i)[0], as_served(ctx.sampling[i], "after penalties"))
-        for i in penalised]), strict=True))
-    return {"raw": {i: scores[i].logprob for i in idx},
-            "after penalties": {i: (again[i].stats["logq"] if i in again else scores[i].logprob)
-                                for i in idx},
-            "after sampling transform": {i: scores[i].stats.get("logq", scores[i].logprob)
-                                         for i in idx}}
-
-
 @check(NAME, order=80,
        catches=("served log-probs that disagree with the reference: other weights or numerics, or log-"
                 "probs of another prompt (a double BOS)"),
@@ -198,34 +165,38 @@ def run(ctx: CheckContext) -> list[CheckResult]:
     return [check_logprobs(ctx)]
 
 
+def all_zero(ctx: CheckContext, diffs: ServedDiffs) -> list[int]:
+    """Records whose served log-probs are all exactly 0.0 while the reference gives at least
+    one of their tokens a raw log-prob below -max(SURE, tolerance)."""
+    bound = -max(SURE, ctx.tolerances.logprob)
+    out = []
+    for i in diffs.per_record:
+        served = np.asarray(ctx.records[i].output_logprobs, dtype=np.float64)
+        reference = ctx.scores([i])[i].logprob[: len(served)]
+        if not np.any(served) and np.any(reference < bound):
+            out.append(i)
+    return out
+
+
 def check_logprobs(ctx: CheckContext) -> CheckResult:
-    idx = [i for i in ctx.kept() if ctx.records[i].output_logprobs]
-    if not idx:
+    diffs = served_diffs(ctx)
+    if diffs is None:
         return CheckResult(NAME, "skipped", "no record carries served log-probs")
-    scores = ctx.scores(idx)
-    reference = reference_logprobs(ctx, idx, scores)
-    diffs: dict[str, list[np.ndarray]] = {k: [] for k in reference}
-    per_convention: dict[str, dict[int, np.ndarray]] = {k: {} for k in reference}
-    for i in idx:
-        served = np.asarray(ctx.records[i].output_logprobs, dtype=np.float64)[: len(scores[i])]
-        for k, by_record in reference.items():
-            d = np.abs(served - by_record[i][: len(served)])
-            d = np.where(np.isfinite(d), d, np.inf)
-            diffs[k].append(d)
-            per_convention[k][i] = d
-    means = {k: float(np.mean(np.concatenate(v))) for k, v in diffs.items()}
-    convention = min(means, key=lambda k: means[k])
-    per = per_convention[convention]
-    lost = []
-    unserved_end = not ctx.end_counting.logprob_for_end
-    for i in idx:
-        ends = ctx.ends_on_end_token(i)
-        why = misalignment(np.asarray(ctx.records[i].output_logprobs),
-                           len(scores[i]) - (unserved_end and ends), per[i], ends,
-                           i in ctx.lost_at)
-        if why:
-            lost.append(Finding(ctx.labels[i], f"served log-probs stop lining up with the scored "
-                                               f"tokens ({ctx.output_ids(i)[1]}): {why}", 5.0))
+    idx = list(diffs.per_record)
+    means, convention, per = diffs.means, diffs.convention, diffs.per_record
+    zeros = all_zero(ctx, diffs)
+    if zeros:
+        method = speculation(ctx.records)
+        return CheckResult(NAME, "fail", f"{len(zeros)}/{len(idx)} records: {ZERO_LOGPROBS}",
+                           LogprobsDetails(len(idx), convention, zeros=len(zeros),
+                                           speculative=method),
+                           [Finding(ctx.labels[i], f"all {len(ctx.records[i].output_logprobs or [])} "
+                                    f"served log-probs are 0.0; the reference's smallest is "
+                                    f"{float(ctx.scores([i])[i].logprob.min()):.3f}", 5.0)
+                            for i in zeros])
+    lost = [Finding(ctx.labels[i], f"served log-probs stop lining up with the scored tokens "
+                                   f"({ctx.output_ids(i)[1]}): {why}", 5.0)
+            for i, why in diffs.misaligned.items()]
     if lost:
         latent = any(ctx.is_text_only(ctx.labels.index(f.record)) for f in lost)
         return CheckResult(NAME, "fail", (
@@ -234,7 +205,7 @@ def check_logprobs(ctx: CheckContext) -> CheckResult:
             (" (or, the text's tokens being unknown, a split of it that the tokenization "
              "search did not find: collect token ids to tell)" if latent else "")),
             LogprobsDetails(len(idx), convention, misaligned=len(lost)), lost)
-    pooled = np.concatenate(diffs[convention])
+    pooled = np.concatenate(list(per.values()))
     tol = ctx.tolerances.logprob
     details = LogprobsDetails(len(idx), convention, tokens=int(pooled.size), mean_abs_diff=means,
                               max_abs_diff=float(pooled.max()), tolerance=tol)

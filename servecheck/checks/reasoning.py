@@ -6,6 +6,13 @@ answer. Here, with the reference template's thinking markers (``reference/markup
 - a request whose ``chat_template_kwargs`` switch thinking off (``enable_thinking: false``) must
   get no thinking: a server that drops the kwargs lets the model think (the template check names
   the prompt it built);
+- so must a request with ``reasoning_effort: none``: vLLM 0.32 and SGLang derive
+  ``enable_thinking: false`` from it (``formats.parameters.template_variables``), and
+  any other effort counts as off only where the reference prompt ends in the template's empty
+  thinking block. ``minimal`` does not switch Qwen3-style thinking off on either server, so a
+  thinking output is no fault there. The telling case is a small budget spent entirely on
+  thinking (the block open to the end, ``finish_reason`` length): it is named as the effort that
+  never reached the template;
 - where the server split the output (``reasoning_content`` / ``content``, a reasoning parser),
   the split must be the template's: not the answer returned as reasoning, not thinking left in
   the content, not reasoning lost.
@@ -21,6 +28,7 @@ from dataclasses import dataclass, field
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import CheckResult, Details, Finding
+from servecheck.formats.parameters import template_variables
 from servecheck.formats.records import ResponseRecord
 from servecheck.reference.markup import Markup, Parsed
 
@@ -41,8 +49,47 @@ class ReasoningDetails(Details):
 
 
 def thinking_off(r: ResponseRecord) -> bool:
-    kwargs = r.conversations.chat_template_kwargs or {}
+    """The request's template variables (``reasoning_effort: none`` included) switch thinking
+    off."""
+    kwargs = template_variables(r.conversations, r.parameters)
     return kwargs.get("enable_thinking") is False or kwargs.get("thinking") is False
+
+
+def _effort_off(ctx: CheckContext, i: int, markup: Markup) -> bool:
+    """A ``reasoning_effort`` the reference template answers with its empty thinking block."""
+    return bool(ctx.records[i].parameters.reasoning_effort and markup.think_off
+                and ctx.expected_prompts[i].endswith(markup.think_off))
+
+
+def open_thinking(output: str, markup: Markup) -> str | None:
+    """The thinking of an output whose block opens and never closes (None: no such block): what
+    a budget spent entirely on thinking leaves, which ``Markup.parse`` reads as no thinking."""
+    assert markup.think_open is not None and markup.think_close is not None
+    text = markup.strip_end(output)
+    start = text.find(markup.think_open.strip())
+    if start < 0 or markup.think_close.strip() in text[start:]:
+        return None
+    return text[start + len(markup.think_open.strip()):].strip("\n")
+
+
+def told_not_to(r: ResponseRecord, thought: str, unclosed: bool) -> tuple[str, str]:
+    """(kind, message) for thinking in an output whose request switched it off."""
+    effort = r.parameters.reasoning_effort
+    if effort is not None and not (r.conversations.chat_template_kwargs or {}).keys() & {
+            "enable_thinking", "thinking"}:
+        if unclosed and r.finish_reason == "length":
+            budget = r.parameters.max_tokens
+            return "budget spent thinking", (
+                f"reasoning_effort {effort} was asked and the whole budget"
+                f"{f' ({budget} tokens)' if budget else ''} went to thinking: the server did not "
+                f"pass reasoning_effort to the template")
+        return "thought when told not to", (
+            f"reasoning_effort {effort} was asked, yet the output thinks ({len(thought)} "
+            f"characters): the server did not pass reasoning_effort to the template")
+    return "thought when told not to", (
+        f"enable_thinking=false was sent, yet the output thinks ({len(thought)} characters"
+        f"{', the block open to the end' if unclosed else ''}): the flag did not reach the "
+        f"template")
 
 
 def split_problem(r: ResponseRecord, parsed: Parsed, markup: Markup) -> tuple[str, str] | None:
@@ -81,7 +128,8 @@ def run(ctx: CheckContext) -> list[CheckResult]:
     markup = ctx.outputs.markup
     split = [i for i, r in enumerate(ctx.records)
              if r.reasoning_content is not None or (r.content is not None and markup.has_thinking)]
-    off = [i for i, r in enumerate(ctx.records) if thinking_off(r)]
+    off = [i for i, r in enumerate(ctx.records) if thinking_off(r)
+           or (markup.has_thinking and _effort_off(ctx, i, markup))]
     if not split and not off:
         return [CheckResult(NAME, "skipped", "no record asked for thinking off or came "
                             "back split into reasoning and content")]
@@ -94,13 +142,12 @@ def run(ctx: CheckContext) -> list[CheckResult]:
     for i in sorted(set(split) | set(off)):
         r = ctx.records[i]
         parsed = ctx.outputs.parsed(i)
-        thinks = bool((parsed.reasoning or "").strip())
-        thinking += thinks
+        unclosed = open_thinking(r.output, markup) if parsed.reasoning is None else None
+        thought = (parsed.reasoning or unclosed or "").strip()
+        thinking += bool(thought)
         problem = None
-        if i in off and thinks:
-            problem = "thought when told not to", (
-                f"enable_thinking=false was sent, yet the output thinks "
-                f"({len(parsed.reasoning or '')} characters): the flag did not reach the template")
+        if i in off and thought:
+            problem = told_not_to(r, thought, unclosed is not None)
         elif i in split:
             problem = split_problem(r, parsed, markup)
         if problem:

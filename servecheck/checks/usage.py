@@ -9,17 +9,29 @@ reference's tokenization of the text, which a sampler may have split otherwise, 
 server fails only when most records disagree by the same amount: a systematic miscount, never a
 record whose tokens the text hides. A reported ``reasoning_tokens`` of 0 for an output that
 thinks fails too (a bug vLLM and SGLang shipped).
+
+``cached_tokens`` (``prompt_tokens_details``: prompt tokens whose keys and values came from the
+prefix cache) is counted too. More cached tokens than prompt tokens fails. Where the set shows
+the cache hitting, a record that repeats an earlier prompt and reports 0 fails only where
+nothing else explains a miss (``unexplained_misses``): the repeat came right after the
+earlier request ended, with no request between that could have evicted it; the hits show the
+cache keeps prompts as short as this one; and other repeats right after their prompt did hit,
+so one client's repeats reach one cache (a router spreading them over replicas with caches of
+their own misses on every such repeat). Any other repeat reported as a miss is a note, and so
+is a set with no hit at all or no ``cached_tokens``: what the records could not show.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.checks.stops import ended_on_stop
+from servecheck.formats.records import ResponseRecord
 
 NAME = "usage"
 SYSTEMATIC = 0.5
@@ -34,6 +46,8 @@ class UsageDetails(Details):
     kinds: dict[str, int] = field(default_factory=dict)
     completion_offsets: dict[str, int] = field(default_factory=dict)
     """Text-only records: reported − counted completion tokens → how many records."""
+    cached: str | None = None
+    """What the records say of the prefix cache (``cached_tokens``), where not a failure."""
 
     def effect(self) -> str:
         return f"{sum(self.kinds.values())}/{self.records} counts wrong"
@@ -41,6 +55,71 @@ class UsageDetails(Details):
 
 def _offset_text(offset: int) -> str:
     return f"{offset:+d}" if offset else "0"
+
+
+def _span(r: ResponseRecord) -> tuple[datetime, datetime] | None:
+    """When the request started and ended (UTC), where the record says."""
+    if r.timing is None:
+        return None
+    start = datetime.fromisoformat(r.timing.started_at.replace("Z", "+00:00"))
+    return start, start + timedelta(seconds=r.timing.latency_s)
+
+
+def unexplained_misses(ctx: CheckContext, idx: list[int]) -> tuple[list[int], list[int]]:
+    """Records reporting cached_tokens 0 that repeat an earlier record's prompt (same ids, the
+    earlier one ended before this one started): (the ones nothing but a miscount explains,
+    the others). Only where some record reports a hit."""
+    rows = sorted(((span, i) for i in idx if (span := _span(ctx.records[i])) is not None),
+                  key=lambda row: row[0][0])
+    cached = {i: ctx.records[i].usage.cached_tokens for _, i in rows}  # type: ignore[union-attr]
+    hits = [c for c in cached.values() if c]
+    if not hits:
+        return [], []
+    prompts = {i: tuple(ctx.prompt_ids(i)[0]) for _, i in rows}
+    adjacent_hit, zero, unexplained = False, [], []
+    for k, ((start, _), i) in enumerate(rows):
+        earlier = [j for (s, end), j in rows[:k] if prompts[j] == prompts[i] and end <= start
+                   and s < start]
+        if not earlier or cached[i] is None:
+            continue
+        # nothing started between the prompt's last run and this one: nothing could evict it
+        alone = rows[k - 1][1] == earlier[-1]
+        adjacent_hit |= alone and cached[i] > 0
+        if cached[i] == 0:
+            serving = ctx.records[i].serving
+            short = len(prompts[i]) <= min(hits)  # the cache may keep only whole blocks
+            fair = alone and not short and not (serving and serving.prefix_caching is False)
+            (unexplained if fair else zero).append(i)
+    return (unexplained, zero) if adjacent_hit else ([], unexplained + zero)
+
+
+def check_cached(ctx: CheckContext, idx: list[int], kinds: Counter[str],
+                 findings: list[Finding]) -> str | None:
+    """The cached_tokens rules, adding to ``kinds`` and ``findings``; a note where nothing
+    fails but the records could not show what a person would expect them to."""
+    reported = [i for i in idx if ctx.records[i].usage.cached_tokens is not None]  # type: ignore[union-attr]
+    if not reported:
+        return "cached_tokens not reported (prompt_tokens_details): prefix caching not checked"
+    for i in reported:
+        u = ctx.records[i].usage
+        prompt = u.prompt_tokens if u.prompt_tokens is not None else len(ctx.prompt_ids(i)[0])
+        if u.cached_tokens > prompt:
+            kinds["cached_tokens"] += 1
+            findings.append(Finding(ctx.labels[i], f"cached_tokens {u.cached_tokens} > "
+                                    f"{prompt} prompt tokens", 1.0))
+    unexplained, others = unexplained_misses(ctx, reported)
+    for i in unexplained:
+        kinds["cached_tokens"] += 1
+        findings.append(Finding(ctx.labels[i], "cached_tokens reported as 0 while the cache "
+                                "hits: the record repeats the prompt that ran just before it, "
+                                "with no request between", 1.0))
+    if not any(ctx.records[i].usage.cached_tokens for i in reported):  # type: ignore[union-attr]
+        return "no record reports a prefix-cache hit (cached_tokens 0 throughout)"
+    if others:
+        return (f"{len(others)} record(s) repeat an earlier prompt with cached_tokens 0, where "
+                f"other requests between, a prompt shorter than the cache's blocks or another "
+                f"replica could explain the miss")
+    return None
 
 
 @check(NAME, order=35,
@@ -84,6 +163,7 @@ def run(ctx: CheckContext) -> list[CheckResult]:
             kinds["reasoning_tokens"] += 1
             findings.append(Finding(ctx.labels[i], "reasoning_tokens 0 for an output that thinks",
                                     1.0))
+    cached = check_cached(ctx, idx, kinds, findings)
     text_only = sum(offsets.values())
     if text_only:
         common, count = offsets.most_common(1)[0]
@@ -93,8 +173,11 @@ def run(ctx: CheckContext) -> list[CheckResult]:
                                     f"against the tokens of the text in {count}/{text_only} "
                                     f"records: a systematic miscount", 1.0))
     details = UsageDetails(len(idx), exact, dict(kinds),
-                           {_offset_text(k): v for k, v in sorted(offsets.items())})
-    end_note = ctx.end_counting.describe("usage")
+                           {_offset_text(k): v for k, v in sorted(offsets.items())}, cached)
+    # a set without cached_tokens says so in its details alone, not on every row of the table
+    shown = cached if any(ctx.records[i].usage.cached_tokens is not None  # type: ignore[union-attr]
+                          for i in idx) else None
+    end_note = "; ".join(n for n in (ctx.end_counting.describe("usage"), shown) if n)
     end_note = f"; {end_note}" if end_note else ""
     if findings:
         return [CheckResult(NAME, "fail", "usage counts wrong: " + ", ".join(

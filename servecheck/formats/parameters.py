@@ -3,15 +3,29 @@
 A prompts file varies them, every target translates them into its server's names and the
 reference's sampling transform reads them back, so each bound (a temperature too small to be
 anything but greedy, a stop string that is empty) is refused once, where they are read.
+
+``reasoning_effort`` is a request parameter (the OpenAI API's top-level field) that reaches the
+model only through the chat template, so ``template_variables`` says, in one place, what the
+template gets for a request: the conversation's variables, ``reasoning_effort``, and the
+``enable_thinking`` that vLLM and SGLang derive from it. The targets that template here and the
+reference both render with it, so a server and its reference disagree only where the server does.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["MIN_TEMPERATURE", "Parameters", "is_greedy"]
+from servecheck.formats.conversation import Conversation
+
+__all__ = ["EFFORTS", "MIN_TEMPERATURE", "Parameters", "ReasoningEffort", "is_greedy",
+           "template_variables"]
+
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
+EFFORTS: tuple[str, ...] = ("none", "minimal", "low", "medium", "high")
+"""``reasoning_effort`` as the OpenAI API spells it (vLLM 0.32 and SGLang also take ``xhigh`` and
+``max``, which no OpenAI model reads; a prompts file asking them is refused by name)."""
 
 MIN_TEMPERATURE = 1e-5
 """The smallest temperature above 0 a request may ask (``Parameters._greedy_or_sampled``)."""
@@ -45,6 +59,9 @@ class Parameters(BaseModel):
     """Choices per request; each comes back as its own record (``ResponseRecord.choice``)."""
     tool_choice: str | dict[str, Any] | None = None
     """``auto``, ``none``, ``required`` or ``{"type": "function", "function": {"name": …}}``."""
+    reasoning_effort: ReasoningEffort | None = None
+    """How much a reasoning model should think: the API's top-level field. It changes the prompt,
+    not the sampler: the server hands it to the chat template (``template_variables``)."""
 
     @field_validator("temperature")
     @classmethod
@@ -81,3 +98,21 @@ class Parameters(BaseModel):
     def greedy(self) -> bool:
         """Greedy as requested, a parameter not sent taking the usual default (T 1, no top_k)."""
         return is_greedy(1.0 if self.temperature is None else self.temperature, self.top_k or 0)
+
+
+def template_variables(conversation: Conversation, parameters: Parameters) -> dict[str, Any]:
+    """What ``apply_chat_template`` gets besides the messages for this request: the
+    conversation's tools and template variables (``Conversation.template_kwargs``), and the
+    request's ``reasoning_effort``, which templates such as gpt-oss's read. With it comes
+    ``enable_thinking = reasoning_effort != "none"`` unless the request set ``enable_thinking``
+    itself: vLLM 0.32 (``ChatCompletionRequest.build_chat_params``) and SGLang
+    (``normalize_reasoning_inputs``) both derive it, so that ``none`` switches off the thinking
+    of templates that read only that flag (Qwen3's). A server that drops the field renders
+    another prompt, and the template and reasoning checks say so. Where ``chat_template_kwargs``
+    names a ``reasoning_effort`` too, the parameter wins, as in vLLM."""
+    out = conversation.template_kwargs()
+    effort = parameters.reasoning_effort
+    if effort is not None:
+        out["reasoning_effort"] = effort
+        out.setdefault("enable_thinking", effort != "none")
+    return out

@@ -67,11 +67,13 @@ class Variations(BaseModel):
     tools: list[list[dict[str, Any]] | None] = Field([None], min_length=1)
     """One tool list, or a list of tool lists (and nulls) to vary it."""
     chat_template_kwargs: list[dict[str, Any] | None] = Field([None], min_length=1)
+    reasoning_effort: list[str | None] = Field([None], min_length=1)
+    """none, minimal, low, medium or high (``Parameters.reasoning_effort``)."""
 
     _wrap = field_validator(
         "prompt", "system_prompt", "temperature", "top_p", "top_k", "min_p", "seed", "max_tokens",
         "repetition_penalty", "presence_penalty", "frequency_penalty", "n", "tools",
-        mode="before")(classmethod(lambda cls, v: _wrap_scalar(v)))
+        "reasoning_effort", mode="before")(classmethod(lambda cls, v: _wrap_scalar(v)))
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from servecheck.errors import InputError
 from servecheck.formats.conversation import Conversation
+from servecheck.formats.parameters import Parameters, template_variables
 from servecheck.reference.sandbox import TemplateTooCostly, bounded_render, check_output
 
 BUILTIN = Path(__file__).parents[1] / "tinymodels" / "builtin"
@@ -133,11 +134,15 @@ class Reference:
         except OSError:
             return None
 
-    def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
+    def render(self, conversation: Conversation, add_generation_prompt: bool = True,
+               parameters: Parameters | None = None) -> str:
         """The reference prompt: ``apply_chat_template(messages, tools=…,
-        add_generation_prompt=True, **chat_template_kwargs)``."""
+        add_generation_prompt=True, **chat_template_kwargs)``, and the variables the request's
+        ``parameters`` imply (``reasoning_effort``: ``formats.parameters.template_variables``)."""
+        variables = template_variables(conversation, parameters) if parameters is not None \
+            else conversation.template_kwargs()
         return self.render_messages(conversation.hf_messages(), add_generation_prompt,
-                                    **conversation.template_kwargs())
+                                    **variables)
 
     def render_messages(self, messages: list[dict], add_generation_prompt: bool = True,
                         **kwargs) -> str:

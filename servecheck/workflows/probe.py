@@ -12,6 +12,11 @@ evidence:
 - batch invariance: greedy requests sent one at a time, then all at once at each load level;
   the tokens must agree. A divergence where the served token is within the numerics tolerance
   of the reference argmax is a near-tie (numerics), reported but passed; any other is a bug.
+- long context: the long prompts (0.9× to 4× the sliding window) checked as ``check`` does,
+  the position-resolved check included (``probe_context.py``): a window off by one or ignored,
+  keys and values rounded to FP8.
+- prefix cache: families sharing a long prefix, cold then warm (``probe_cache.py``): wrong tokens
+  after a hit, ``cached_tokens`` that contradicts what was sent.
 - stream: the same seeded requests over the streaming and the unary path give one answer (text,
   tool calls, finish reason; ``stream_parity.py``), for Triton and OpenAI targets.
 """
@@ -47,11 +52,13 @@ from servecheck.formats.parameters import Parameters
 from servecheck.formats.prompts import Request, expand
 from servecheck.formats.records import ResponseRecord
 from servecheck.reference.model import Reference
-from servecheck.reference.token_scores import ScoreItem
 from servecheck.report.files import write_text
 from servecheck.report.summary import finite
 from servecheck.report.table import STYLE
 from servecheck.report.terminal import markup
+from servecheck.workflows.divergence import divergences
+from servecheck.workflows.probe_cache import prefix_cache
+from servecheck.workflows.probe_context import long_context
 from servecheck.workflows.stream_parity import stream_vs_unary
 
 PROMPTS = ["Tell me a story about the fox.", "Name a colour.", "What does the cat say?",
@@ -192,23 +199,17 @@ async def batch_invariance(target: Target, ref: Reference, convs: list[Conversat
     alone = [await target.generate(r) for r in requests]
     ctx = CheckContext([], ref, CheckOptions(ref.spec, numerics=numerics))
     tol = ctx.tolerances.logit
-    diverged: list[tuple[int, str, int, ScoreItem]] = []
-    for level in levels:
-        loaded = await _send(target, requests, level)
-        for a, b in zip(alone, loaded, strict=True):
-            if a.output == b.output:
-                continue
-            ids_a, ids_b = ref.encode(a.output), ref.encode(b.output)
-            at = first_difference(ids_a, ids_b)
-            prompt = ref.encode(a.input or ref.render(a.conversations))
-            diverged.append((level, a.id or "", at, ScoreItem(prompt, ids_b[: at + 1])))
+    pairs = [(level, pair) for level in levels
+             for pair in zip(alone, await _send(target, requests, level), strict=True)]
+    parted = {id(d.second): d for d in divergences(ctx, [p for _, p in pairs])}
     bugs, ties = [], []
-    for (level, rid, at, _), s in zip(diverged, ctx.score_items([d[3] for d in diverged]),
-                                      strict=True):
-        margin = float(s.margin[at]) if at < len(s) else 0.0
-        note = (f"load {level}, {rid}: token {at} differs, served token's logit is "
-                f"{margin:.3f} below the reference argmax")
-        (ties if margin <= tol else bugs).append(note)
+    for level, (a, b) in pairs:
+        d = parted.get(id(b))
+        if d is None:
+            continue
+        note = (f"load {level}, {a.id}: token {d.token} differs, served token's logit is "
+                f"{d.margin:.3f} below the reference argmax")
+        (ties if d.tie else bugs).append(note)
     n = len(requests) * len(levels)
     return _result("batch invariance", "fail" if bugs else "pass",
                        f"{n - len(bugs) - len(ties)}/{n} greedy outputs unchanged under load "
@@ -228,6 +229,8 @@ async def run_probes(spec: str, ref: Reference, convs: list[Conversation] | None
         return [await repeatability(target, convs, repeats, max_tokens),
                 await seeds(target, ref, convs, n_seeds, max_tokens, alpha),
                 await batch_invariance(target, ref, convs, list(levels), max_tokens, numerics),
+                await long_context(target, ref, max_tokens, numerics, alpha, _send),
+                await prefix_cache(target, ref, max_tokens, numerics, alpha, _send),
                 await stream_vs_unary(spec, max_tokens, ref.spec)]
     finally:
         await target.aclose()

@@ -42,7 +42,7 @@ def _start(port: int, dtype: str, work: Path, *extra: str, model: Path = BUILTIN
     return subprocess.Popen(
         [str(PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
          "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port),
-         "--dtype", dtype, "--max-model-len", "512", "--seed", "0", "--enforce-eager",
+         "--dtype", dtype, "--max-model-len", "1024", "--seed", "0", "--enforce-eager",
          "--distributed-executor-backend", "uni", *extra],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=work)
 

@@ -214,14 +214,14 @@ def test_lite_report_explains_every_test(lite_report: Path) -> None:
     assert "PASS: the served log-probs (raw) differ from the reference's by a mean |Δ|" in words
 
 
-def _requests(n: int, temperature: float) -> list[Request]:
+def _requests(n: int, temperature: float, first_seed: int = 0) -> list[Request]:
     prompts = ["Name a color.", "Tell me a story about the fox.",
                "Pick a number between 1 and 10.", "Name an animal.",
                "Tell me a story about the bee.", "Where should we go?"]
     out = []
     for j in range(n):
         conv = Conversation(contents=[Message(role="user", content=prompts[j % len(prompts)])])
-        p = Parameters(temperature=temperature, seed=j, max_tokens=40)
+        p = Parameters(temperature=temperature, seed=first_seed + j, max_tokens=40)
         out.append(Request(request_id(conv, p, j), conv, p))
     return out
 
@@ -232,10 +232,10 @@ def served_report(tmp_path_factory: pytest.TempPathFactory, write_records, run_c
     """``served_report(spec, n, *check_args)``: n answers at T=0.7 of the in-process server
     ``spec``, checked; (exit code, the report's words, the JSON summary)."""
 
-    def run(spec: str, n: int, *args: str) -> tuple[int, str, dict]:
+    def run(spec: str, n: int, *args: str, first_seed: int = 0) -> tuple[int, str, dict]:
         out = tmp_path_factory.mktemp("served")
         records = HFTarget.from_spec(spec, spec.partition(":")[2]).generate_batch(
-            _requests(n, 0.7))
+            _requests(n, 0.7, first_seed))
         path = write_records(out / "r.json", records)
         code = run_cli("check", path, "--reference", "builtin", "--report", out / "r.html",
                        "--json", out / "s.json", "--no-progress", *args)
@@ -247,8 +247,10 @@ def served_report(tmp_path_factory: pytest.TempPathFactory, write_records, run_c
 
 def test_significant_but_small_passes_with_its_reason(served_report) -> None:
     """A correct server checked at α = 0.99 (the fit family's share: 0.45): chance
-    rejections, with effects within the floor (seeds fixed, so the outcome is too)."""
-    code, words, summary = served_report("hf:builtin", 250, "--alpha", "0.99")
+    rejections, with effects within the floor (seeds fixed, so the outcome is too: seeds
+    1000-1249 give one since each request draws from its own generator; chosen by trying
+    blocks 1000-6000, of which 1000 and 5000 had one)."""
+    code, words, summary = served_report("hf:builtin", 250, "--alpha", "0.99", first_seed=1000)
     small = [t for t in _tests_of(summary) if t["rejected"] and abs(t["effect"]) < t["floor"]]
     assert code == 0 and small, "expected a significant test within its floor"
     alpha = _fit_alpha(summary)

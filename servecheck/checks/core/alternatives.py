@@ -179,7 +179,11 @@ def penalty(setting: str, scope: str, score: np.ndarray, info: np.ndarray, deff:
     """Score test of a penalty at 0; returns it and the information (for the power statement).
     ``score`` > 0 means the served tokens avoid the context's tokens more than q says."""
     u, i = float(score.sum()), float(info.sum())
-    z = u / np.sqrt(i * deff) if i > 0 else 0.0
+    # Self-normalized where the tokens' scores are heavier-tailed than q says: a long prompt
+    # makes a token's context count large, and one such token can carry the whole sum, where the
+    # information alone would read it as many small ones (false alarms on correct servers).
+    spread = max(i, float(np.square(score).sum()))
+    z = u / np.sqrt(spread * deff) if spread > 0 else 0.0
     estimate = u / i if i > 0 else 0.0
     effect = estimate
     if setting == "repetition_penalty":

@@ -4,7 +4,8 @@ A table of fifteen rows of prose makes the cause a search. The digest lists the 
 in causal order: a fault in the prompt (template, termination, detokenization, or log-probs that
 fit another prompt) before the statistics it disturbs, a named sampler setting before the fit
 and temperature rows it moves, each with its first finding in full, its likely cause in words
-(``Details.likely_cause``) and its worst records by id. It then says what this file could not
+(``Details.likely_cause``; lossy speculation first for the rows it fails where the records say
+speculative decoding was on) and its worst records by id. It then says what this file could not
 show: each check that had nothing to look at, with what it would have caught and what to
 collect (the check's ``catches`` and ``needs``), a prompt-tokenization fault where no record
 says what tokens the server conditioned on, and the faults deployments ship that these records
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from servecheck.checks.core.attribution import explained_by
+from servecheck.checks.core.deployment import LOSSY_SPECULATION, SPECULATION_SHOWS, speculating
 from servecheck.checks.core.power import fault_words
 from servecheck.checks.core.registry import CheckSpec, find
 from servecheck.checks.core.results import CheckResult, Verdict, overall
@@ -69,13 +71,16 @@ class RecordFacts:
     prompt_text: int = 0
     left_out: int = 0
     """Records a screening check failed and left out of the other checks."""
+    speculative: int = 0
+    """Records that say they were served with speculative decoding on (``serving``)."""
 
     @classmethod
     def of(cls, records: list[ResponseRecord], left_out: int = 0) -> RecordFacts:
         answered = [r for r in records if r.error is None]
         return cls(len(answered), sum(r.prompt_token_ids is not None for r in answered),
                    sum(bool(r.output_logprobs) for r in answered),
-                   sum(bool(r.input) for r in answered), left_out)
+                   sum(bool(r.input) for r in answered), left_out,
+                   sum(speculating(r) for r in answered))
 
     def __add__(self, other: RecordFacts) -> RecordFacts:
         return RecordFacts(*(a + b for a, b in zip(asdict(self).values(), asdict(other).values(),
@@ -115,7 +120,18 @@ def _rank(r: CheckResult) -> tuple[int, int]:
     return kind, spec.order if spec else 10**6
 
 
-def _failures(results: list[CheckResult], labels: set[str]) -> list[Failure]:
+def _cause(r: CheckResult, facts: RecordFacts | None) -> str:
+    """The likely cause in words: lossy speculation first where the records say speculation
+    was on and the row is one it fails, then the row's own."""
+    own = r.details.likely_cause() or r.summary
+    if facts is None or not facts.speculative or r.name not in SPECULATION_SHOWS:
+        return own
+    return (f"{LOSSY_SPECULATION} (the records say speculative decoding was on in "
+            f"{facts.speculative} of {facts.records}); else: {own}")
+
+
+def _failures(results: list[CheckResult], labels: set[str], facts: RecordFacts | None = None
+              ) -> list[Failure]:
     links = explained_by(results)  # a row another names the cause of comes after that row
     failing = sorted((r for r in results if r.verdict == "fail"),
                      key=lambda r: (_rank(r)[0], r.name in links, _rank(r)[1]))
@@ -126,8 +142,7 @@ def _failures(results: list[CheckResult], labels: set[str]) -> list[Failure]:
         records = tuple(dict.fromkeys(f.record for f in worst if f.record in labels))[:WORST]
         first = f"{worst[0].record}: {worst[0].message}" if worst else None
         follows = prompt if prompt and _rank(r)[0] > 0 else links.get(r.name)
-        out.append(Failure(r.name, r.details.likely_cause() or r.summary, first, records,
-                           follows))
+        out.append(Failure(r.name, _cause(r, facts), first, records, follows))
     return out
 
 
@@ -158,6 +173,6 @@ def digest(results: list[CheckResult], labels: list[str] | set[str],
     finding from a group's; ``facts``: what the records hold)."""
     shortfalls = [Shortfall(fault_words(row.fault, row.size), row.requests, row.why)
                   for r in results for row in r.details.shortfalls()]
-    return Digest(overall(results), tuple(_failures(results, set(labels))),
+    return Digest(overall(results), tuple(_failures(results, set(labels), facts)),
                   tuple((r.name, r.summary) for r in results if r.verdict == "inconclusive"),
                   tuple(_blind_spots(results, facts)), tuple(shortfalls))

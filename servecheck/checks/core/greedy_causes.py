@@ -67,14 +67,17 @@ def penalised_gaps(ctx: CheckContext, items: list[ScoreItem], scope: str) -> lis
 
 def requested_gaps(ctx: CheckContext, idx: list[int]) -> dict[int, np.ndarray]:
     """For the greedy records at ``idx`` whose requests set penalties: each token's distance
-    from the argmax under those penalties, the token a correct greedy decoder takes."""
-    penalised = [i for i in idx if ctx.sampling[i].penalised]
+    from the argmax under those penalties, the token a correct greedy decoder takes. Each
+    record is scored for it once a run (the greedy check and the token evidence both ask)."""
+    known: dict[int, np.ndarray] = ctx.once("requested gaps", dict)
+    penalised = [i for i in idx if ctx.sampling[i].penalised and i not in known]
     items = [replace(ctx.item(i), sampling=Sampling(
         repetition_penalty=ctx.sampling[i].repetition_penalty,
         presence_penalty=ctx.sampling[i].presence_penalty,
         frequency_penalty=ctx.sampling[i].frequency_penalty)) for i in penalised]
     gaps = penalised_gaps(ctx, items, ctx.convention.penalty_scope) if items else []
-    return dict(zip(penalised, gaps, strict=True))
+    known.update(zip(penalised, gaps, strict=True))
+    return {i: known[i] for i in idx if i in known}
 
 
 def _hard(ctx: CheckContext, items: list[ScoreItem], scope: str) -> list[int]:

@@ -106,7 +106,8 @@ class Target(ABC):
     or restores end markers. One that serves a checkpoint itself (``hf:``) has its own and is
     opened without it, so ``generate --reference`` does not reach it."""
 
-    takes: ClassVar[frozenset[str]] = frozenset({"tools", "chat_template_kwargs"})
+    takes: ClassVar[frozenset[str]] = frozenset({"tools", "chat_template_kwargs",
+                                                 "reasoning_effort"})
     """The newer request fields this target sends (``REQUEST_FIELDS``). A request that sets one
     it does not take is refused before anything is sent, never sent without it. Tools and
     template variables reach any target that templates with the reference."""
@@ -149,14 +150,15 @@ class Target(ABC):
         return []
 
 
-REQUEST_FIELDS = ("tools", "chat_template_kwargs", "stop", "n", "tool_choice")
+REQUEST_FIELDS = ("tools", "chat_template_kwargs", "stop", "n", "tool_choice", "reasoning_effort")
 
 
 def request_fields(request: Request) -> set[str]:
     """The newer fields a request sets."""
     conv, p = request.conversation, request.parameters
     values = {"tools": conv.tools, "chat_template_kwargs": conv.chat_template_kwargs,
-              "stop": p.stop, "n": p.n, "tool_choice": p.tool_choice}
+              "stop": p.stop, "n": p.n, "tool_choice": p.tool_choice,
+              "reasoning_effort": p.reasoning_effort}
     return {k for k, v in values.items() if v is not None}
 
 

@@ -38,7 +38,8 @@ from servecheck.reference.model import Reference
 
 class CT2Target(EngineTarget):
     engine = "CTranslate2"
-    takes = frozenset({"tools", "chat_template_kwargs"})  # the checkpoint's own template renders them
+    # the checkpoint's own template renders them
+    takes = frozenset({"tools", "chat_template_kwargs", "reasoning_effort"})
     lacks = frozenset({"min_p", "presence_penalty", "frequency_penalty"})
     extra_options = ("compute_type",)
 
@@ -64,7 +65,7 @@ class CT2Target(EngineTarget):
         return self._version
 
     def render(self, request: Request) -> str:
-        return self.tokenizer.render(request.conversation)
+        return self.tokenizer.render(request.conversation, parameters=request.parameters)
 
     def run(self, prompt: str, settings: dict[str, Any], greedy: bool, max_tokens: int,
             seed: int | None) -> tuple[Generation, dict[str, Any]]:

@@ -9,6 +9,13 @@ endpoint each has (llama-cpp-python, which has none, from the title of its ``/op
 and every setting goes under the name it reads, or the request is refused with the reason;
 never a silent default. A server that does not say what it is gets the extra fields under
 vLLM's names, and ``generate`` says once that it may ignore them.
+
+``reasoning_effort`` is the API's own top-level field, which vLLM (0.32: ``none`` … ``high``,
+``xhigh``, ``max``) and SGLang read and hand to the chat template, each with ``enable_thinking``
+derived from it. ``llama-server`` reads template variables per request only from
+``chat_template_kwargs``, so there the variables it implies go in that field
+(``formats.parameters.template_variables``); llama-cpp-python's server takes template variables
+only at load time and TGI's Messages API has no such field, so both refuse it.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from servecheck.errors import InputError, TargetError
 
 EXTRA = ("top_k", "min_p", "repetition_penalty")
 """Settings outside the OpenAI API, sent as extra body fields."""
+REFUSABLE = (*EXTRA, "reasoning_effort")
+"""What a server may have no way to take (``Dialect.unsupported``)."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,9 @@ class Dialect:
     token_ids: bool = False
     """It returns token ids and the built prompt on request (vLLM)."""
     identified: bool = True
+    effort_in_template_kwargs: bool = False
+    """It reads ``reasoning_effort`` only as a template variable (``chat_template_kwargs``), not
+    as the API's top-level field (llama.cpp's ``llama-server``)."""
 
     def body_name(self, setting: str) -> str:
         return self.renames.get(setting, setting)
@@ -51,13 +63,14 @@ class Dialect:
 
 VLLM = Dialect("vLLM", token_ids=True)
 LLAMA_CPP = Dialect("llama.cpp", renames={"repetition_penalty": "repeat_penalty"},
-                    logprob_fields={"top_logprobs": 1})
+                    logprob_fields={"top_logprobs": 1}, effort_in_template_kwargs=True)
 LLAMA_CPP_PYTHON = Dialect("llama-cpp-python (llama.cpp)",
                            renames={"repetition_penalty": "repeat_penalty"},
+                           unsupported=frozenset({"reasoning_effort"}),
                            logprob_fields={"top_logprobs": 1})
 """llama-cpp-python's own OpenAI server: llama.cpp's sampler and names, but none of
 ``llama-server``'s endpoints (``/props`` is 404); its ``/openapi.json`` names it."""
-TGI = Dialect("TGI", unsupported=frozenset(EXTRA))
+TGI = Dialect("TGI", unsupported=frozenset({*EXTRA, "reasoning_effort"}))
 SGLANG = Dialect("SGLang")
 UNKNOWN = Dialect("an OpenAI-compatible server", identified=False)
 

@@ -2,7 +2,9 @@
 
 Each is a bug seen in real serving stacks. Template and termination faults act on text and
 tokens (in ``hf.py``); sampling faults replace the sampler's transform; weight faults change the
-model the server runs. The demo, the tests and ``benchmarks/detection_power.py`` use them.
+model the server runs; deployment faults break the machinery under the sampler (the attention
+window, the KV cache, the prefix cache, speculation), each in its own module. The demo, the
+tests and ``benchmarks/detection_power.py`` use them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import replace
 
 import torch
 
+from servecheck.collect.targets.window import WINDOW_FAULTS
 from servecheck.reference.sampling import HF, NEG_INF, Convention, Sampling, transform
 
 TEMPLATE_FAULTS = {"double-bos", "assistant-role", "drop-system", "echo", "strip-end", "ignore-eos"}
@@ -43,8 +46,18 @@ SERVING_FAULTS = {
     "answer-as-reasoning": "the reasoning parser returns the whole output as reasoning",
 }
 """What an OpenAI-compatible server's own code does wrong after generation (serving.py)."""
+DEPLOYMENT_FAULTS = {
+    **WINDOW_FAULTS,
+    "kv-fp8": "keys and values stored in FP8 E4M3 with scale 1.0 (uncalibrated --kv-cache-dtype fp8)",
+    "prefix-cache-stale": "the prefix cache matches on the first block, then restores another "
+                          "prompt's keys and values past where the prompts diverge",
+    "spec-lossy": "speculative decoding accepts every draft token the target allows, without "
+                  "the min(1, q/p) test",
+}
+"""Bugs of the engine's machinery under the sampler: attention window, KV cache, prefix cache,
+speculation (``window.py``, ``kv_cache.py``, ``prefix_cache.py``, ``speculative.py``)."""
 FAULTS = (TEMPLATE_FAULTS | set(SAMPLING_FAULTS) | set(WEIGHT_FAULTS) | SEED_FAULTS
-          | set(SERVING_FAULTS))
+          | set(SERVING_FAULTS) | set(DEPLOYMENT_FAULTS))
 
 
 def faulty_sampling(s: Sampling, fault: str) -> Sampling:

@@ -18,19 +18,33 @@ demo, the tests and the benchmarks have a faulty server whose fault is known:
 - seeds: ``seed-ignored`` (every request sampled with seed 0);
 - after generation (``serving.py``): ``tools-dropped``, ``thinking-ignored``, ``stop-ignored``,
   ``stop-leaked``, ``usage-off-by-one``, ``identical-choices``, ``arguments-reescaped``,
-  ``call-lost``, ``answer-as-reasoning``.
+  ``call-lost``, ``answer-as-reasoning``;
+- deployment: ``window-off-by-one`` (sliding layers see one key more), ``window-ignored``
+  (sliding layers attend globally; ``window.py``), ``kv-fp8`` (keys and values stored in FP8
+  E4M3; ``kv_cache.py``), ``prefix-cache-stale`` (a prefix cache matching on its first block;
+  ``prefix_cache.py``), ``spec-lossy`` (speculation without the rejection test;
+  ``speculative.py``).
+
+Every row (each request of a batch, each of its ``n`` choices) samples with its own generator
+(``rng.py``), so a seeded request gives the same tokens whatever else runs in the process.
 
 ``?dtype=bfloat16`` runs the model in bf16, ``?round_params=float32`` sends sampling parameters
 through float32 as Triton does (0.9 → 0.8999999762): correct servers with other numerics.
 ``?order=llama.cpp`` samples in llama.cpp's order (top_k, top_p and min_p on temperature-1
 probabilities, then temperature): a correct server of another engine family.
+``?prefix_cache=on`` reuses the keys and values of earlier prompts in 16-token blocks
+(``usage.cached_tokens`` says how many); ``?speculative=draft`` decodes speculatively with the
+checkpoint's first layer as its draft, losslessly: correct servers with other machinery, whose
+records say so (``serving``). Both serve one row at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -44,10 +58,14 @@ from servecheck.collect.targets.faults import (
     LogitNoise,
     quantize_weights,
 )
+from servecheck.collect.targets.kv_cache import new_cache
+from servecheck.collect.targets.prefix_cache import PrefixCache, Restored
+from servecheck.collect.targets.rng import RowSampler, generator, hf_warpers, row_seed
+from servecheck.collect.targets.window import WINDOW_FAULTS, serve_window
 from servecheck.errors import InputError, TargetError
-from servecheck.formats.parameters import Parameters
+from servecheck.formats.parameters import Parameters, template_variables
 from servecheck.formats.prompts import Request
-from servecheck.formats.records import ResponseRecord, Timing
+from servecheck.formats.records import ResponseRecord, Serving, Timing
 from servecheck.reference.markup import markup_of
 from servecheck.reference.model import Reference
 from servecheck.reference.sampling import HF, ORDERS, Sampling
@@ -61,6 +79,8 @@ class Completion:
     """Raw log-probs of the generated tokens."""
     finished: bool
     """Ended on an end-of-turn token (else: max_tokens)."""
+    cached_tokens: int | None = None
+    """Prompt tokens restored from the prefix cache (None: no prefix cache)."""
 
 
 def _round_float32(p: Parameters) -> Parameters:
@@ -69,11 +89,15 @@ def _round_float32(p: Parameters) -> Parameters:
     return p.model_copy(update=f32)
 
 
+OPTIONS = ("fault", "dtype", "round_params", "order", "prefix_cache", "speculative")
+SWITCHES = {"prefix_cache": ("on", "off"), "speculative": ("draft", "off")}
+
+
 class HFTarget(Target):
-    takes = frozenset({"tools", "chat_template_kwargs", "stop", "n"})
+    takes = frozenset({"tools", "chat_template_kwargs", "stop", "n", "reasoning_effort"})
     def __init__(self, model: str = "builtin", faults: frozenset[str] = frozenset(),
                  dtype: str = "float32", spec: str | None = None, round_params: bool = False,
-                 order: str = "hf") -> None:
+                 order: str = "hf", prefix_cache: bool = False, speculative: bool = False) -> None:
         unknown = faults - FAULTS
         if unknown:
             raise InputError(f"unknown fault {sorted(unknown)} (known: {sorted(FAULTS)})",
@@ -90,24 +114,53 @@ class HFTarget(Target):
         self.convention = ORDERS[order]
         for f in faults & set(WEIGHT_FAULTS):
             quantize_weights(self.ref.model, WEIGHT_FAULTS[f])
+        windows = sorted(faults & set(WINDOW_FAULTS))
+        if len(windows) > 1:
+            raise InputError(f"choose one of {windows}", where=self.spec)
+        for f in windows:
+            serve_window(self.ref.model, f, self.spec)
+        self.fp8 = "kv-fp8" in faults
+        self.speculative = speculative or "spec-lossy" in faults
+        self.prefix = (PrefixCache(self.fp8, stale="prefix-cache-stale" in faults)
+                       if prefix_cache or "prefix-cache-stale" in faults else None)
+        self._tokenizing = threading.Lock()
+        """The fast tokenizer's padding settings are state: one thread sets them at a time."""
 
     @classmethod
     def from_spec(cls, spec: str, rest: str) -> HFTarget:
         path, _, query = rest.partition("?")
-        opts = {k: v[-1] for k, v in spec_options(query, ("fault", "dtype", "round_params", "order"),
-                                                  spec).items()}
+        opts = {k: v[-1] for k, v in spec_options(query, OPTIONS, spec).items()}
         faults = frozenset(f for f in opts.get("fault", "").split(",") if f)
         rounding = opts.get("round_params")
         if rounding not in (None, "float32"):
             raise InputError("round_params takes only 'float32'", where=spec)
+        for name, (on, off) in SWITCHES.items():
+            if opts.get(name, off) not in (on, off):
+                raise InputError(f"{name} takes '{on}' or '{off}', got {opts[name]!r}", where=spec)
         return cls(path or "builtin", faults, opts.get("dtype", "float32"), spec,
-                   rounding == "float32", opts.get("order", "hf"))
+                   rounding == "float32", opts.get("order", "hf"),
+                   opts.get("prefix_cache") == "on", opts.get("speculative") == "draft")
+
+    @cached_property
+    def draft(self):
+        from servecheck.collect.targets.speculative import draft_model
+
+        return draft_model(self.ref.model)
+
+    @property
+    def served_under(self) -> Serving | None:
+        """What the records say they were served under: None for the plain server."""
+        if not (self.speculative or self.fp8 or self.prefix):
+            return None
+        return Serving(speculative="draft" if self.speculative else "off",
+                       kv_cache_dtype="fp8" if self.fp8 else "auto",
+                       prefix_caching=self.prefix is not None)
 
     def template(self, request: Request) -> str:
         messages = request.conversation.hf_messages()
         if "drop-system" in self.faults:
             messages = [m for m in messages if m["role"] != "system"]
-        kwargs = request.conversation.template_kwargs()
+        kwargs = template_variables(request.conversation, request.parameters)
         if "tools-dropped" in self.faults:
             kwargs.pop("tools", None)
         if "thinking-ignored" in self.faults:
@@ -126,81 +179,130 @@ class HFTarget(Target):
                               "is not already 'assistant'")
         return text.replace(header, header.replace(word.group(), "assistant"))
 
-    def _generate_kwargs(self, p: Parameters) -> dict:
-        ends = self.ref.end_ids
+    def _generate_kwargs(self, p: Parameters, gens: list, ends: list[int],
+                         stop_strings: list[str] | None, logit_noise: float = 0.0) -> dict:
+        """``generate``'s arguments: HF's warpers (or a faulty sampler) and then each row's own
+        draw (``rng.RowSampler``), after the logit noise of ``serve triton --batch-variant``."""
+        from transformers import LogitsProcessorList
+
         kwargs: dict = dict(
             max_new_tokens=p.max_tokens or DEFAULT_MAX_TOKENS, do_sample=not p.greedy,
             eos_token_id=None if "ignore-eos" in self.faults else ends,
-            pad_token_id=self.ref.tokenizer.pad_token_id or ends[0],
+            pad_token_id=self.ref.tokenizer.pad_token_id or self.ref.end_ids[0],
             output_logits=True, return_dict_in_generate=True)
-        if p.greedy:
-            return kwargs
-        if self.faults & set(SAMPLING_FAULTS) or self.convention != HF:
-            # HF's warpers off; the faulty sampler returns the whole distribution.
-            from transformers import LogitsProcessorList
-
-            kwargs.update(temperature=1.0, top_p=1.0, top_k=0, logits_processor=LogitsProcessorList(
-                [FaultySampler(Sampling.of(p), self.faults, self.convention)]))
-            return kwargs
-        kwargs.update(temperature=p.temperature if p.temperature is not None else 1.0,
-                      top_p=p.top_p if p.top_p is not None else 1.0, top_k=p.top_k or 0,
-                      min_p=p.min_p)
-        if p.repetition_penalty is not None:
-            kwargs["repetition_penalty"] = p.repetition_penalty
+        if stop_strings:
+            kwargs.update(stop_strings=stop_strings, tokenizer=self.ref.tokenizer)
+        processors: list = [LogitNoise(logit_noise)] if logit_noise else []
+        if not p.greedy:
+            # generate's own warpers off: ours run before the row's draw, in HF's order
+            kwargs.update(temperature=1.0, top_p=1.0, top_k=0, min_p=None)
+            if self.faults & set(SAMPLING_FAULTS) or self.convention != HF:
+                processors.append(FaultySampler(Sampling.of(p), self.faults, self.convention))
+            else:
+                processors += hf_warpers(p.temperature, p.top_k, p.top_p, p.min_p)
+                if p.repetition_penalty is not None:  # HF's own, before every processor here
+                    kwargs["repetition_penalty"] = p.repetition_penalty
+            processors.append(RowSampler(gens))
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         return kwargs
+
+    def _seed(self, p: Parameters) -> int:
+        """The seed a request is sampled with: its own; 0 without one or under ``seed-ignored``."""
+        return 0 if p.seed is None or "seed-ignored" in self.faults else p.seed
 
     def complete(self, prompts: list[str], p: Parameters, add_special_tokens: bool = False,
                  end_ids: list[int] | None = None, stop_strings: list[str] | None = None,
-                 logit_noise: float = 0.0) -> list[Completion]:
+                 logit_noise: float = 0.0, seeds: list[int] | None = None) -> list[Completion]:
         """Continue already-templated prompts, batched and left-padded, as a serving engine does.
 
         This is what a server receives (Triton's ``text_input``); ``generate_batch`` adds the
-        templating. The RNG is seeded once per call from ``p.seed``. ``end_ids`` replaces the
-        checkpoint's end tokens (a server's ``end_id``); ``stop_strings`` also end generation.
+        templating. Row r samples with its own generator seeded ``seeds[r]`` (default: the
+        request's seed, choice r: ``rng.row_seed``). ``end_ids`` replaces the checkpoint's end
+        tokens (a server's ``end_id``); ``stop_strings`` also end generation. With a prefix
+        cache or speculation on, rows are served one at a time.
         """
-        import torch
-
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(p, name):
                 raise TargetError(f"the hf target has no {name}")
         sent = _round_float32(p) if self.round_params else p
-        tok = self.ref.tokenizer
-        tok.padding_side = "left"
-        enc = tok(prompts, add_special_tokens=add_special_tokens, return_tensors="pt",
-                  padding=True)
-        width = enc["input_ids"].shape[1]
-        seed_ignored = "seed-ignored" in self.faults
-        torch.manual_seed(p.seed if p.seed is not None and not seed_ignored else 0)
-        kwargs = self._generate_kwargs(sent)
+        with self._tokenizing:
+            tok = self.ref.tokenizer
+            tok.padding_side = "left"
+            enc = tok(prompts, add_special_tokens=add_special_tokens, return_tensors="pt",
+                      padding=True)
+        gens = [generator(s) for s in seeds or [row_seed(self._seed(p), r)
+                                                for r in range(len(prompts))]]
         ends = end_ids or self.ref.end_ids
-        if end_ids and kwargs["eos_token_id"] is not None:
-            kwargs["eos_token_id"] = end_ids
-        if stop_strings:
-            kwargs.update(stop_strings=stop_strings, tokenizer=tok)
-        if logit_noise:
-            from transformers import LogitsProcessorList
-
-            kwargs["logits_processor"] = LogitsProcessorList(
-                [*kwargs.get("logits_processor", []), LogitNoise(logit_noise)])
-        with torch.inference_mode():
-            out = self.ref.model.generate(**enc, **kwargs)
-        logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # [B, steps, V]
+        if self.prefix is None and not self.speculative:
+            rows = self._batched(enc, sent, gens, ends, stop_strings, logit_noise)
+        elif logit_noise:
+            raise TargetError("logit noise is not served with a prefix cache or speculation")
+        else:
+            rows = [self._one(ids[mask == 1].tolist(), sent, g, ends, stop_strings)
+                    for ids, mask, g in zip(enc["input_ids"], enc["attention_mask"], gens,
+                                            strict=True)]
         done = []
-        for row in range(len(prompts)):
-            out_ids = out.sequences[row, width:].tolist()
+        for prompt_ids, out_ids, logprobs, cached in rows:
             cut = next((k + 1 for k, t in enumerate(out_ids) if t in ends), None)
             if "ignore-eos" not in self.faults:
                 out_ids = out_ids[:cut] if cut else out_ids
-            done.append(Completion(
-                prompt_ids=enc["input_ids"][row][enc["attention_mask"][row] == 1].tolist(),
-                output_ids=out_ids,
-                logprobs=logprobs[row, torch.arange(len(out_ids)), torch.tensor(out_ids)].tolist(),
-                finished=cut is not None and "ignore-eos" not in self.faults))
+            done.append(Completion(prompt_ids, out_ids, logprobs[:len(out_ids)],
+                                   cut is not None and "ignore-eos" not in self.faults, cached))
         return done
 
+    def _batched(self, enc, p: Parameters, gens: list, ends: list[int],
+                 stop_strings: list[str] | None, logit_noise: float) -> list[tuple]:
+        """One batched ``generate``: (prompt ids, output ids, log-probs, None) a row."""
+        import torch
+
+        kwargs = self._generate_kwargs(p, gens, ends, stop_strings, logit_noise)
+        if self.fp8:
+            kwargs["cache"] = new_cache(True, self.ref.model.config)
+        with torch.inference_mode():
+            out = self.ref.model.generate(**enc, **kwargs)
+        logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # [B, steps, V]
+        width, steps = enc["input_ids"].shape[1], torch.arange(len(out.logits))
+        tokens = out.sequences[:, width:width + len(out.logits)]
+        return [(enc["input_ids"][r][enc["attention_mask"][r] == 1].tolist(), tokens[r].tolist(),
+                 logprobs[r, steps, tokens[r]].tolist(), None) for r in range(len(gens))]
+
+    def _one(self, ids: list[int], p: Parameters, gen, ends: list[int],
+             stop_strings: list[str] | None) -> tuple:
+        """One row through the prefix cache and/or speculation."""
+        import torch
+
+        found = self.prefix.lookup(ids) if self.prefix else Restored(new_cache(self.fp8), 0)
+        with torch.inference_mode():
+            if self.speculative:
+                out_ids, logprobs = self._speculate(ids, p, gen, ends, stop_strings, found.cache)
+            else:
+                kwargs = self._generate_kwargs(p, [gen], ends, stop_strings)
+                out = self.ref.model.generate(input_ids=torch.tensor([ids]), cache=found.cache,
+                                              **kwargs)
+                out_ids = out.sequences[0, len(ids):].tolist()
+                logprobs = [float(row[0].float().log_softmax(-1)[t])
+                            for row, t in zip(out.logits, out_ids, strict=True)]
+        if self.prefix:
+            self.prefix.store(ids, found.cache)
+        return ids, out_ids, logprobs, found.tokens if self.prefix else None
+
+    def _speculate(self, ids: list[int], p: Parameters, gen, ends: list[int],
+                   stop_strings: list[str] | None, cache) -> tuple[list[int], list[float]]:
+        from servecheck.collect.targets.speculative import Speculation, ending, transform_of
+
+        s = Sampling.of(p)  # greedy stays greedy under a sampling fault, as in generate
+        sampler = FaultySampler(s, frozenset() if s.greedy else self.faults, self.convention)
+        spec = Speculation(self.ref.model, self.draft, transform_of(sampler), gen,
+                           lossy="spec-lossy" in self.faults)
+        decoded = spec.decode(ids, p.max_tokens or DEFAULT_MAX_TOKENS, ending(
+            set() if "ignore-eos" in self.faults else set(ends), stop_strings, self.ref.decode),
+            cache, new_cache(self.fp8))
+        return decoded.ids, decoded.logprobs
+
     def generate_batch(self, requests: list[Request]) -> list[ResponseRecord]:
-        """Answer requests that share their sampling parameters in one batched ``generate``;
-        per-request seeds are not honoured here (one seed per batch)."""
+        """Answer requests that share their sampling parameters in one batched ``generate``, each
+        row with its own seed (``rng.row_seed`` of the request's seed and its choice)."""
         clock = Stopwatch()
         p = requests[0].parameters
         if any(Sampling.of(r.parameters) != Sampling.of(p) or (r.parameters.max_tokens, r.parameters.stop,
@@ -210,7 +312,8 @@ class HFTarget(Target):
         prompts = [self.template(r) for r, _ in rows]
         stops = None if "stop-ignored" in self.faults else p.stop
         completions = self.complete(prompts, p, add_special_tokens="double-bos" in self.faults,
-                                    stop_strings=stops)
+                                    stop_strings=stops,
+                                    seeds=[row_seed(self._seed(r.parameters), k) for r, k in rows])
         if "identical-choices" in self.faults:
             completions = [completions[i - k] for i, (_, k) in enumerate(rows)]
         timing = clock.timing(share=len(requests))
@@ -246,8 +349,8 @@ class HFTarget(Target):
             choice=choice if request.parameters.n else None,
             prompt_token_ids=c.prompt_ids, output_token_ids=None if hidden else ids,
             output_logprobs=None if hidden else logprobs,
-            usage=serving.usage(c.prompt_ids, c.output_ids, self.faults), **parts,
-            timing=timing)
+            usage=serving.usage(c.prompt_ids, c.output_ids, self.faults, c.cached_tokens),
+            serving=self.served_under, **parts, timing=timing)
 
     def _generate_sync(self, request: Request) -> ResponseRecord | list[ResponseRecord]:
         records = self.generate_batch([request])

@@ -66,7 +66,8 @@ class HFEndpointTarget(Target):
     def takes(self) -> frozenset[str]:  # type: ignore[override]
         """Tools and template variables only where the prompt is templated here (completions);
         in chat mode the endpoint's own handler templates the bare messages."""
-        return frozenset({"tools", "chat_template_kwargs"}) if self.ref is not None else frozenset()
+        return frozenset({"tools", "chat_template_kwargs", "reasoning_effort"}) \
+            if self.ref is not None else frozenset()
 
     async def generate(self, request: Request) -> ResponseRecord:
         clock = Stopwatch()
@@ -77,7 +78,7 @@ class HFEndpointTarget(Target):
                 params[name] = getattr(p, name)
         sent_prompt = ""
         if self.ref is not None:  # completions mode: the prompt templated here, sent raw
-            sent_prompt = self.ref.render(request.conversation)
+            sent_prompt = self.ref.render(request.conversation, parameters=request.parameters)
             inputs: Any = sent_prompt
             params["raw_prompt"] = True  # servecheck's handler templates a plain string
         else:

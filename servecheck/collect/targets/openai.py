@@ -14,7 +14,10 @@ vLLM, SGLang, TGI, trtllm-serve and llama.cpp all speak this API. Two modes:
 ``top_k``, ``min_p`` and ``repetition_penalty`` go as the extra body fields servers accept. On a
 vLLM server (detected once, from ``GET /version``) servecheck also asks for token ids
 (``return_token_ids``, ``return_tokens_as_token_ids``) and, in completions mode, sends
-``add_special_tokens: false`` so the templated ``<bos>`` is not doubled.
+``add_special_tokens: false`` so the templated ``<bos>`` is not doubled. ``reasoning_effort``
+goes as the API's top-level field in chat mode (llama.cpp: as the template variables it implies,
+``dialects.py``) and into the prompt templated here in completions mode
+(``formats.parameters.template_variables``), the API's completions having no such field.
 
 Servers strip the end token from the text. With a reference, the one the output stopped on is
 put back: the decoded end token when the returned ids end on one, else, without ids, the
@@ -55,12 +58,13 @@ from servecheck.collect.targets import (
 )
 from servecheck.collect.targets.answers import Reader, get, record
 from servecheck.collect.targets.clock import Stopwatch
-from servecheck.collect.targets.dialects import EXTRA, NAMED, UNKNOWN, Dialect, detect
+from servecheck.collect.targets.dialects import EXTRA, NAMED, REFUSABLE, UNKNOWN, Dialect, detect
 from servecheck.collect.targets.http import HttpClient
 from servecheck.collect.targets.parsed import raw_output, spelling, split_fields, usage_of
 from servecheck.collect.targets.streamed import joined
 from servecheck.errors import InputError
 from servecheck.formats.conversation import Conversation
+from servecheck.formats.parameters import template_variables
 from servecheck.formats.prompts import Request
 from servecheck.formats.records import END_MARKER_UNKNOWN, ResponseRecord, Timing
 from servecheck.reference.model import Reference
@@ -86,7 +90,8 @@ def api_messages(conversation: Conversation) -> list[dict[str, Any]]:
 
 class OpenAITarget(Target):
     takes_reference = True
-    takes = frozenset({"tools", "chat_template_kwargs", "stop", "n", "tool_choice"})
+    takes = frozenset({"tools", "chat_template_kwargs", "stop", "n", "tool_choice",
+                       "reasoning_effort"})
 
     def __init__(self, spec: str, base_url: str, opts: dict[str, str],
                  reference: str | None = None) -> None:
@@ -152,7 +157,7 @@ class OpenAITarget(Target):
     def _body(self, request: Request) -> tuple[dict[str, Any], str]:
         p = request.parameters
         dialect = self.dialect or UNKNOWN
-        dialect.refuse({k: getattr(p, k) for k in EXTRA}, where=f"{self.spec} ({request.id})")
+        dialect.refuse({k: getattr(p, k) for k in REFUSABLE}, where=f"{self.spec} ({request.id})")
         body: dict[str, Any] = {"model": self.model, "max_tokens": p.max_tokens or DEFAULT_MAX_TOKENS}
         for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty",
                      *EXTRA):
@@ -167,9 +172,16 @@ class OpenAITarget(Target):
             body["tools"] = conv.tools
         if self.mode == "chat" and conv.chat_template_kwargs:
             body["chat_template_kwargs"] = conv.chat_template_kwargs
+        if self.mode == "chat" and p.reasoning_effort is not None:
+            if dialect.effort_in_template_kwargs:  # what the top-level field would have implied
+                body["chat_template_kwargs"] = {k: v for k, v in template_variables(
+                    conv, p).items() if k != "tools"}
+            else:
+                body["reasoning_effort"] = p.reasoning_effort
         if self.mode == "completions":
             assert self.ref is not None  # required in completions mode (__init__)
-            prompt = self.ref.render(request.conversation)
+            # templated here, so the effort reaches the prompt as the server's template would
+            prompt = self.ref.render_messages(conv.hf_messages(), **template_variables(conv, p))
             body.update(prompt=prompt, logprobs=1)
         else:
             body.update(messages=api_messages(request.conversation), logprobs=True,

@@ -60,9 +60,12 @@ def _as_api(call: ToolCall, k: int, faults: frozenset[str]) -> ToolCall:
                                                           arguments=args))
 
 
-def usage(prompt_ids: list[int], output_ids: list[int], faults: frozenset[str]) -> Usage:
+def usage(prompt_ids: list[int], output_ids: list[int], faults: frozenset[str],
+          cached_tokens: int | None = None) -> Usage:
+    """``cached_tokens``: prompt tokens restored from a prefix cache, None where none is on."""
     extra = 1 if "usage-off-by-one" in faults else 0
-    return Usage(prompt_tokens=len(prompt_ids), completion_tokens=len(output_ids) + extra)
+    return Usage(prompt_tokens=len(prompt_ids), completion_tokens=len(output_ids) + extra,
+                 cached_tokens=cached_tokens)
 
 
 def choices(p: Parameters) -> int:

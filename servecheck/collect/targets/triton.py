@@ -96,7 +96,7 @@ class TritonBase(Target):
     async def generate(self, request: Request) -> ResponseRecord:
         clock = Stopwatch()
         p = request.parameters
-        prompt = self.ref.render(request.conversation)
+        prompt = self.ref.render(request.conversation, parameters=p)
         interface = await self.interface()
         prompt_ids = self.ref.encode(prompt) if interface.takes_ids else None
         sent = interface.build(prompt if prompt_ids is None else prompt_ids, p,

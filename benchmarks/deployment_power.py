@@ -1,0 +1,188 @@
+"""False alarms and detection power where 2026 deployments break: the sliding window, an FP8 KV
+cache, a prefix cache, speculative decoding (issue 32).
+
+Each run is N long requests (``reference.long_prompts``: 0.9×, 1.1×, 2× and 4× the sliding
+window, greedy and sampled, 64 tokens), each behind one of two long system prompts as production
+traffic shares them, so a prefix cache hits on every request after the first of its system
+prompt, and exact repeats hit deeper. The in-process server (``hf:builtin``) serves them
+correctly, with a correct prefix cache, with lossless speculative sampling, or with one of five
+real bugs; each run is checked exactly as ``servecheck check`` does (α = 0.01, ``--numerics
+bf16``), as served (ids, log-probs, ``cached_tokens``) and stripped to text only. A record the
+per-record verdict judges implausible counts as an alarm too.
+
+    python benchmarks/deployment_power.py --fa-runs 100 --reps 20 --sizes 50,100,200
+
+Seeds: run r draws request seeds r·100003 + j; the default first block, 700000, was never used
+to tune anything. Rows append to ``--results`` as they finish (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from resumable import run_all  # noqa: E402 - the benchmarks' one run loop
+
+SYSTEMS = ["You are a helpful assistant. Read the whole message before you answer, and answer "
+           "only from what it says. Keep the answer short and plain.",
+           "You are a careful reader. The user gives you a long text; every answer must come "
+           "from that text, in the words it uses, without a story of your own."]
+CORRECT = {"fp32 (no cache, no speculation)": "hf:builtin",
+           "prefix cache, correct": "hf:builtin?prefix_cache=on",
+           "speculative sampling, lossless (1-layer draft)": "hf:builtin?speculative=draft"}
+FAULTY = {f: f"hf:builtin?fault={f}" for f in
+          ("window-off-by-one", "window-ignored", "kv-fp8", "prefix-cache-stale", "spec-lossy")}
+
+_state: dict = {}
+
+
+def _init() -> None:
+    import torch
+
+    from servecheck.reference.model import Reference
+
+    torch.set_num_threads(1)
+    _state["ref"] = Reference("builtin")
+    _state["targets"] = {}
+
+
+def requests_for(n: int, rep: int) -> list:
+    from dataclasses import replace
+
+    from servecheck.formats.conversation import Conversation, Message
+    from servecheck.workflows.long_requests import long_requests
+
+    pool = long_requests(_state["ref"])
+    out = []
+    for j in range(n):
+        base = pool[(rep * 7919 + j) % len(pool)]
+        turns = [Message(role="system", content=SYSTEMS[(rep + j) % 2]),
+                 *base.conversation.contents]
+        params = base.parameters.model_copy(update={"seed": rep * 100_003 + j})
+        out.append(replace(base, id=f"r{rep}-{j}", conversation=Conversation(contents=turns),
+                           parameters=params))
+    return out
+
+
+def one_run(name: str, spec: str, n: int, rep: int) -> dict:
+    import servecheck
+    from servecheck.collect.targets.hf import HFTarget
+    from servecheck.formats.records import ResponseRecord
+
+    ref = _state["ref"]
+    target = _state["targets"].get(spec) or HFTarget.from_spec(spec, spec.partition(":")[2])
+    _state["targets"] = {spec: target}  # one server at a time: a cache lives with its server
+    t0 = time.perf_counter()
+    records = []
+    requests = requests_for(n, rep)
+    if "prefix" in spec or "spec" in spec:  # one at a time, in order, as the cache sees traffic
+        for r in requests:
+            records += target.generate_batch([r])
+    else:  # batched by sampling setting, as an engine batches
+        from servecheck.reference.sampling import Sampling
+
+        groups = defaultdict(list)
+        for r in requests:
+            groups[Sampling.of(r.parameters)].append(r)
+        for group in groups.values():
+            for b in range(0, len(group), 64):
+                records += target.generate_batch(group[b:b + 64])
+    row = {"server": name, "spec": spec, "n": n, "rep": rep,
+           "hits": sum(bool(r.usage and r.usage.cached_tokens) for r in records)}
+    text_only = [ResponseRecord(id=r.id, conversations=r.conversations, parameters=r.parameters,
+                                input=r.input, output=r.output) for r in records]
+    options = servecheck.CheckOptions("builtin", numerics="bf16")
+    for key, recs in (("", records), ("_text_only", text_only)):
+        run = servecheck.check(recs, options, reference=ref)
+        row.update({
+            f"failed{key}": [r.name for r in run.results if r.verdict == "fail"],
+            f"summaries{key}": {r.name: r.summary for r in run.results if r.verdict == "fail"},
+            f"first_cause{key}": run.digest.failures[0].cause if run.digest.failures else None,
+            f"implausible{key}": [run.context.labels[i] for i, v in run.verdicts.items()
+                                  if v.verdict != "pass"]})
+    row["seconds"] = round(time.perf_counter() - t0, 2)
+    return row
+
+
+def _upper(k: int, n: int) -> float:
+    from scipy.stats import beta
+
+    return float("nan") if not n else 1.0 if k == n else float(beta.ppf(0.975, k + 1, n - k))
+
+
+def table(rows: list[dict], sizes: list[int]) -> str:
+    out = ["| correct server | variant | runs × N | runs failing any check (95% upper) | "
+           "by check | runs with a record judged implausible |", "|---|---|---|---|---|---|"]
+    for name in CORRECT:
+        runs = [r for r in rows if r["server"] == name]
+        for key, what in (("", "ids, log-probs"), ("_text_only", "text only")):
+            if not runs:
+                continue
+            k = sum(bool(r[f"failed{key}"]) for r in runs)
+            one = sum(bool(r[f"implausible{key}"]) for r in runs)
+            by = Counter(c for r in runs for c in r[f"failed{key}"])
+            out.append(f"| {name} | {what} | {len(runs)} × {runs[0]['n']} | {k}/{len(runs)} "
+                       f"({100 * _upper(k, len(runs)):.1f}%) | "
+                       f"{', '.join(f'{c} {v}' for c, v in by.most_common()) or '—'} | "
+                       f"{one}/{len(runs)} ({100 * _upper(one, len(runs)):.1f}%) |")
+    out += ["", "| fault | variant | " + " | ".join(f"N={n}" for n in sizes) +
+            " | caught by | named first |", "|---|---|" + "---|" * len(sizes) + "---|---|"]
+    for fault in FAULTY:
+        runs = [r for r in rows if r["server"] == fault]
+        for key, what in (("", "ids, log-probs"), ("_text_only", "text only")):
+            if not runs:
+                continue
+            cells = []
+            for n in sizes:
+                v = [bool(r[f"failed{key}"]) for r in runs if r["n"] == n]
+                cells.append(f"{sum(v)}/{len(v)}" if v else "–")
+            by = Counter(c for r in runs for c in r[f"failed{key}"])
+            named = Counter(r[f"first_cause{key}"] for r in runs if r[f"first_cause{key}"])
+            out.append(f"| {fault} | {what} | " + " | ".join(cells) + " | " +
+                       (", ".join(f"{c} {v}" for c, v in by.most_common(4)) or "—") + " | " +
+                       (named.most_common(1)[0][0][:140] if named else "—") + " |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--fa-runs", type=int, default=100)
+    ap.add_argument("--fa-size", type=int, default=100)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--sizes", default="50,100,200")
+    ap.add_argument("--rep-offset", type=int, default=700_000)
+    ap.add_argument("--only", default="", help="server names or faults, separated by ;")
+    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--results", type=Path,
+                    default=ROOT / "benchmarks" / "results" / "deployment_power.jsonl")
+    ap.add_argument("--table", type=Path,
+                    default=ROOT / "benchmarks" / "results" / "deployment_power.md")
+    a = ap.parse_args()
+    sizes = [int(s) for s in a.sizes.split(",")]
+    rows = [json.loads(x) for x in a.results.read_text().splitlines() if x.strip()] \
+        if a.results.exists() else []
+    done = {(r["server"], r["n"], r["rep"]) for r in rows}
+    only = [w.strip() for w in a.only.split(";") if w.strip()]
+    todo = [(name, spec, a.fa_size, a.rep_offset + k) for name, spec in CORRECT.items()
+            for k in range(a.fa_runs)]
+    todo += [(f, spec, n, a.rep_offset + k) for f, spec in FAULTY.items() for n in sizes
+             for k in range(a.reps)]
+    todo = [t for t in todo if (t[0], t[2], t[3]) not in done
+            and (not only or any(w in t[0] for w in only))]
+    todo.sort(key=lambda t: (t[3], t[2]))  # every server advances together: a cut run is even
+    a.results.parent.mkdir(parents=True, exist_ok=True)
+    run_all(todo, one_run, a.results, rows, a.workers, _init)
+    text = table(rows, sizes)
+    a.table.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
