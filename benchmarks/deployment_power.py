@@ -7,7 +7,8 @@ traffic shares them, so a prefix cache hits on every request after the first of 
 prompt, and exact repeats hit deeper. The in-process server (``hf:builtin``) serves them
 correctly, with a correct prefix cache, with lossless speculative sampling, or with one of five
 real bugs; each run is checked exactly as ``servecheck check`` does (α = 0.01, ``--numerics
-bf16``), as served (ids, log-probs, ``cached_tokens``) and stripped to text only. A record the
+bf16``), as served (ids, log-probs, ``cached_tokens``) and stripped to text only, and as served
+at ``--numerics fp32``, the server's own. A record the
 per-record verdict judges implausible counts as an alarm too.
 
     python benchmarks/deployment_power.py --fa-runs 100 --reps 20 --sizes 50,100,200
@@ -39,6 +40,11 @@ CORRECT = {"fp32 (no cache, no speculation)": "hf:builtin",
            "speculative sampling, lossless (1-layer draft)": "hf:builtin?speculative=draft"}
 FAULTY = {f: f"hf:builtin?fault={f}" for f in
           ("window-off-by-one", "window-ignored", "kv-fp8", "prefix-cache-stale", "spec-lossy")}
+
+VARIANTS = (("", "ids, log-probs"), ("_text_only", "text only"),
+            ("_fp32", "ids, log-probs, checked --numerics fp32"))
+"""How each run is checked: as served at bf16 tolerances (what GPU servers run), stripped to
+text, and at fp32 tolerances, the in-process server's own numerics."""
 
 _state: dict = {}
 
@@ -98,8 +104,10 @@ def one_run(name: str, spec: str, n: int, rep: int) -> dict:
            "hits": sum(bool(r.usage and r.usage.cached_tokens) for r in records)}
     text_only = [ResponseRecord(id=r.id, conversations=r.conversations, parameters=r.parameters,
                                 input=r.input, output=r.output) for r in records]
-    options = servecheck.CheckOptions("builtin", numerics="bf16")
-    for key, recs in (("", records), ("_text_only", text_only)):
+    bf16 = servecheck.CheckOptions("builtin", numerics="bf16")
+    fp32 = servecheck.CheckOptions("builtin", numerics="fp32")  # the server's own numerics
+    for key, recs, options in (("", records, bf16), ("_text_only", text_only, bf16),
+                               ("_fp32", records, fp32)):
         run = servecheck.check(recs, options, reference=ref)
         row.update({
             f"failed{key}": [r.name for r in run.results if r.verdict == "fail"],
@@ -122,8 +130,8 @@ def table(rows: list[dict], sizes: list[int]) -> str:
            "by check | runs with a record judged implausible |", "|---|---|---|---|---|---|"]
     for name in CORRECT:
         runs = [r for r in rows if r["server"] == name]
-        for key, what in (("", "ids, log-probs"), ("_text_only", "text only")):
-            if not runs:
+        for key, what in VARIANTS:
+            if not runs or f"failed{key}" not in runs[0]:
                 continue
             k = sum(bool(r[f"failed{key}"]) for r in runs)
             one = sum(bool(r[f"implausible{key}"]) for r in runs)
@@ -136,8 +144,8 @@ def table(rows: list[dict], sizes: list[int]) -> str:
             " | caught by | named first |", "|---|---|" + "---|" * len(sizes) + "---|---|"]
     for fault in FAULTY:
         runs = [r for r in rows if r["server"] == fault]
-        for key, what in (("", "ids, log-probs"), ("_text_only", "text only")):
-            if not runs:
+        for key, what in VARIANTS:
+            if not runs or f"failed{key}" not in runs[0]:
                 continue
             cells = []
             for n in sizes:

@@ -21,7 +21,7 @@ PACKAGE = Path(servecheck.__file__).parent
 
 LAYERS = {
     "errors": 0,
-    "formats": 1,
+    "formats": 1, "words": 1,
     "reference": 2, "tinymodels": 2,
     "collect": 3, "checks": 3,
     "report": 4,

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import CheckResult, Details, Finding
+from servecheck.checks.core.thinking_odds import ThinkingOdds, thinking_odds
 from servecheck.formats.parameters import template_variables
 from servecheck.formats.records import ResponseRecord
 from servecheck.reference.markup import Markup, Parsed
@@ -43,6 +44,11 @@ class ReasoningDetails(Details):
     off_requested: int
     """Records that asked for no thinking."""
     kinds: dict[str, int] = field(default_factory=dict)
+    expected_units: float = 0.0
+    """How many (seed, choice) units a correct server thinks on, told not to
+    (``checks.core.thinking_odds``)."""
+    chance: float = 1.0
+    """The chance of thinking on as many of them as the file does."""
 
     def effect(self) -> str:
         return f"{sum(self.kinds.values())}/{self.records} records wrong"
@@ -138,26 +144,40 @@ def run(ctx: CheckContext) -> list[CheckResult]:
                             "block, so thinking in the outputs cannot be found")]
     kinds: Counter[str] = Counter()
     findings: list[Finding] = []
-    thinking = 0
+    thoughts: dict[int, tuple[str, bool]] = {}
+    for i in sorted(set(split) | set(off)):
+        parsed = ctx.outputs.parsed(i)
+        unclosed = open_thinking(ctx.records[i].output, markup) if parsed.reasoning is None else None
+        if thought := (parsed.reasoning or unclosed or "").strip():
+            thoughts[i] = thought, unclosed is not None
+    assert markup.think_open is not None
+    odds = thinking_odds(ctx, off, set(off) & thoughts.keys(), markup.think_open)
     for i in sorted(set(split) | set(off)):
         r = ctx.records[i]
-        parsed = ctx.outputs.parsed(i)
-        unclosed = open_thinking(r.output, markup) if parsed.reasoning is None else None
-        thought = (parsed.reasoning or unclosed or "").strip()
-        thinking += bool(thought)
         problem = None
-        if i in off and thought:
-            problem = told_not_to(r, thought, unclosed is not None)
+        if i in off and i in thoughts:
+            if odds.too_many or i in odds.implausible:
+                problem = told_not_to(r, *thoughts[i])
         elif i in split:
-            problem = split_problem(r, parsed, markup)
+            problem = split_problem(r, ctx.outputs.parsed(i), markup)
         if problem:
             kinds[problem[0]] += 1
             findings.append(Finding(ctx.labels[i], f"{problem[0]}: {problem[1]}", 1.0))
     n = len(set(split) | set(off))
-    details = ReasoningDetails(n, thinking, len(off), dict(kinds))
+    details = ReasoningDetails(n, len(thoughts), len(off), dict(kinds), odds.expected,
+                               odds.together)
     if findings:
         return [CheckResult(NAME, "fail", f"{len(findings)}/{n} records: " + ", ".join(
             f"{k} ({c})" for k, c in kinds.most_common()), details, findings, per_record=True)]
     return [CheckResult(NAME, "pass",
-                        f"{n} records: thinking as the template writes it ({thinking} think, "
-                        f"{len(off)} asked not to)", details, per_record=True)]
+                        f"{n} records: thinking as the template writes it ({len(thoughts)} think, "
+                        f"{len(off)} asked not to{_within_odds(off, thoughts, odds)})", details,
+                        per_record=True)]
+
+
+def _within_odds(off: list[int], thoughts: dict[int, tuple[str, bool]], odds: ThinkingOdds) -> str:
+    """A pass's word on records that thought though told not to: as often as the reference
+    itself opens a thinking block after the empty one."""
+    told = len(set(off) & thoughts.keys())
+    return (f"; {told} of those think, as often as the reference itself opens a block after the "
+            f"empty one (chance {odds.together:.2g})" if told else "")

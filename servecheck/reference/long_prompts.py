@@ -34,6 +34,7 @@ from typing import Any
 from servecheck.errors import InputError
 from servecheck.formats.conversation import Conversation, Message
 from servecheck.reference.model import Reference
+from servecheck.words import ADJECTIVES, ANIMALS, COLORS, FOODS, HOMES, PLACES, SOUNDS, VERBS
 
 __all__ = ["FACTORS", "LongPrompt", "build", "prompts_file", "sliding_window"]
 
@@ -49,17 +50,6 @@ leave no word that fills the last gap exactly."""
 EXTRA_WORDS = 48
 """Filler words tried past the longest fit for one that closes the last gap."""
 
-ANIMALS = ("cat", "dog", "bird", "fish", "fox", "owl", "horse", "frog", "bee", "mouse")
-SOUNDS = dict(cat="meow", dog="woof", bird="tweet", fish="blub", fox="yip", owl="hoot",
-              horse="neigh", frog="ribbit", bee="buzz", mouse="squeak")
-HOMES = dict(cat="a house", dog="a kennel", bird="a nest", fish="the sea", fox="a den",
-             owl="a tree", horse="a stable", frog="a pond", bee="a hive", mouse="a hole")
-FOODS = dict(cat="fish", dog="bones", bird="seeds", fish="worms", fox="berries", owl="mice",
-             horse="hay", frog="flies", bee="nectar", mouse="cheese")
-COLORS = ("red", "blue", "green", "yellow", "purple", "orange", "black", "white")
-PLACES = ("river", "forest", "garden", "hill", "lake", "city", "field", "beach")
-ADJECTIVES = ("big", "small", "happy", "quiet", "quick", "old", "young", "brave")
-VERBS = ("runs", "walks", "jumps", "swims", "flies", "hops", "rolls", "dances")
 
 
 @dataclass(frozen=True)

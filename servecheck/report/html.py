@@ -50,6 +50,8 @@ class CheckRow:
     tests: list[dict[str, Any]]
     findings: list[tuple[str, str]]
     findings_total: int
+    sides: list[dict[str, Any]]
+    """The sets of tokens a check compares, each with its evidence (``Details.side_rows``)."""
 
 
 @dataclass
@@ -141,7 +143,7 @@ def check_rows(results: list[CheckResult]) -> list[CheckRow]:
         rows.append(CheckRow(r.name, r.verdict, r.summary, p, r.details.effect(), r.reason,
                              r.details.test_rows(),
                              [(f.record, f.message) for f in r.worst_first()[:MAX_FINDINGS]],
-                             len(r.findings)))
+                             len(r.findings), r.details.side_rows()))
     return rows
 
 

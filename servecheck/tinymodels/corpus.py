@@ -13,17 +13,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-ANIMALS = ["cat", "dog", "bird", "fish", "fox", "owl", "horse", "frog", "bee", "mouse"]
-SOUNDS = dict(cat="meow", dog="woof", bird="tweet", fish="blub", fox="yip", owl="hoot",
-              horse="neigh", frog="ribbit", bee="buzz", mouse="squeak")
-HOMES = dict(cat="a house", dog="a kennel", bird="a nest", fish="the sea", fox="a den",
-             owl="a tree", horse="a stable", frog="a pond", bee="a hive", mouse="a hole")
-FOODS = dict(cat="fish", dog="bones", bird="seeds", fish="worms", fox="berries", owl="mice",
-             horse="hay", frog="flies", bee="nectar", mouse="cheese")
-COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white"]
-PLACES = ["river", "forest", "garden", "hill", "lake", "city", "field", "beach"]
-ADJECTIVES = ["big", "small", "happy", "quiet", "quick", "old", "young", "brave"]
-VERBS = ["runs", "walks", "jumps", "swims", "flies", "hops", "rolls", "dances"]
+from servecheck.words import ADJECTIVES, ANIMALS, COLORS, FOODS, HOMES, PLACES, SOUNDS, VERBS
+
 OPPOSITES = dict(big="small", small="big", hot="cold", cold="hot", up="down", down="up",
                  day="night", night="day", fast="slow", slow="fast", happy="sad", sad="happy")
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",

@@ -19,12 +19,14 @@ import numpy as np
 import pytest
 
 from servecheck.checks.context import check_context
+from servecheck.checks.core.attribution import TOKEN_ROWS
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.options import CheckOptions
 from servecheck.checks.core.stats import holm
 from servecheck.checks.core.token_evidence import TokenEvidence, compare, slopes
 from servecheck.checks.logprobs import check_logprobs
 from servecheck.reference.model import Reference
+from servecheck.report.html import check_rows
 from servecheck.workflows.check import check
 
 WINDOW = "outputs degrade past 128 tokens of context: the sliding window is not what the checkpoint says"
@@ -59,6 +61,9 @@ def test_an_ignored_window_fails_named_with_the_window(serve, greedy_requests,
     assert before.mismatches == 0 and (before.served_mean or 0) < 1e-5  # exactly a correct server's
     named = [f for f in r.findings if f.record in {rec.id for rec in records}]
     assert named and all("past the window (positions" in f.message for f in named)
+    (row,) = check_rows([r])  # the report's table of the three sets
+    assert [s["set"] for s in row.sides] == ["before the window", "just past", "far past"]
+    assert row.sides[0]["mismatches"] == 0 and row.sides[2]["mismatches"] > 0
 
 
 def test_short_prompts_could_not_show_it(serve, long_requests, ref: Reference) -> None:
@@ -131,7 +136,9 @@ def test_window_faults_are_named_where_pooled_checks_miss_them(serve, long_reque
                 CheckOptions(numerics="bf16"), reference=ref)
     verdicts = {r.name: r for r in run.results}
     assert verdicts["context"].verdict == "fail" and verdicts["context"].summary == WINDOW
-    assert any(f.check == "context" and f.cause == WINDOW for f in run.digest.failures)
+    first, *rest = run.digest.failures
+    assert first.check == "context" and first.cause == WINDOW, run.digest.failures
+    assert all(f.follows == "context" for f in rest if f.check in TOKEN_ROWS), rest
     wide = serve("hf:builtin?fault=window-off-by-one", requests)
     r = _context(wide, ref)
     assert r.verdict == "fail" and r.summary == WINDOW, [t.describe() for t in r.details.tests()]

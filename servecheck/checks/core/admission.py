@@ -45,18 +45,20 @@ def check_lengths(records: list[ResponseRecord], labels: list[str], ref: Referen
 
 def render_prompts(records: list[ResponseRecord], labels: list[str], ref: Reference
                    ) -> list[str]:
-    """The reference rendering of each record's conversation. One the reference's template
+    """The reference rendering of each record's conversation, with the template variables its
+    parameters imply (``reasoning_effort``, as vLLM and SGLang pass it). One the reference's template
     refuses (a ``raise_exception`` for roles it does not take) cannot be checked against
     this reference at all: bad input, named by record, not a server failure."""
     out: list[str] = []
     rendered: dict[str, str] = {}  # one rendering per distinct conversation
     for label_, r in zip(labels, records, strict=True):
-        key = r.conversations.model_dump_json()
+        key = f"{r.parameters.reasoning_effort}|{r.conversations.model_dump_json()}"
         if key in rendered:
             out.append(rendered[key])
             continue
         try:
-            out.append(rendered.setdefault(key, ref.render(r.conversations)))
+            out.append(rendered.setdefault(key, ref.render(r.conversations,
+                                                           parameters=r.parameters)))
         except InputError:  # a template over its limits (reference.sandbox), named whole
             raise
         except Exception as e:

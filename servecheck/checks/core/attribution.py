@@ -2,9 +2,10 @@
 
 A sampler setting the server got wrong (a dropped top_p, greedy decoding where sampling was
 asked, a penalty it applies of its own) also moves the generic statistics: the PIT of the fit
-check and the effective temperature. Those rows keep their verdicts (they are what they
-measured) and point to the row that names the setting, so that a serving engineer reads one
-cause, not three faults. The sampler check already ranks its explanations
+check and the effective temperature; a sliding window served wrong or a stale prefix cache
+moves every token row at once. Those rows keep their verdicts (they are what they measured)
+and point to the row that names the cause, so that a serving engineer reads one cause, not
+five faults. The sampler check already ranks its explanations
 (``alternatives.named_first``); this only links the rows.
 """
 
@@ -14,20 +15,31 @@ from dataclasses import replace
 
 from servecheck.checks.core.results import CheckResult
 
-EXPLAINED_BY_SAMPLER = ("fit", "temperature")
+TOKEN_ROWS = ("greedy", "support", "sampler", "fit", "temperature", "logprobs")
+"""The rows every token of a degraded context or a stale cache entry moves."""
+
+EXPLAINS = {"context": TOKEN_ROWS, "cache": TOKEN_ROWS, "sampler": ("fit", "temperature")}
+"""Row → the rows its named cause explains, the first claim winning: a window served wrong
+moves greedy tokens, the support, the sampler's and the fit's statistics and the log-probs, and
+that is one cause, named by the row that resolves it by position (or by cache hit)."""
 
 
 def explained_by(results: list[CheckResult]) -> dict[str, str]:
     """Failing rows whose failure another failing row names the cause of: row → that row."""
-    sampler = next((r for r in results if r.name == "sampler" and r.verdict == "fail"), None)
-    if sampler is None or sampler.details.likely_cause() is None:
-        return {}
-    return {r.name: sampler.name for r in results
-            if r.name in EXPLAINED_BY_SAMPLER and r.verdict == "fail"}
+    failing = {r.name: r for r in results if r.verdict == "fail"}
+    links: dict[str, str] = {}
+    for name, rows in EXPLAINS.items():
+        row = failing.get(name)
+        if row is None or name in links or row.details.likely_cause() is None:
+            continue
+        for other in rows:
+            if other in failing and other != name:
+                links.setdefault(other, name)
+    return links
 
 
 def attribute(results: list[CheckResult]) -> list[CheckResult]:
-    """``results`` with the generic statistical rows pointing to the sampler's named cause."""
+    """``results`` with the rows another explains pointing to its named cause."""
     links = explained_by(results)
     causes = {r.name: r.details.likely_cause() for r in results if r.name in links.values()}
     return [replace(r, summary=f"[likely cause, from the {links[r.name]} row: "

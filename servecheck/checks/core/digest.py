@@ -3,7 +3,8 @@
 A table of fifteen rows of prose makes the cause a search. The digest lists the failing checks
 in causal order: a fault in the prompt (template, termination, detokenization, or log-probs that
 fit another prompt) before the statistics it disturbs, a named sampler setting before the fit
-and temperature rows it moves, each with its first finding in full, its likely cause in words
+and temperature rows it moves, a window or a cache the position or the cache hits name before
+every token row they move (``attribution``), each with its first finding in full, its likely cause in words
 (``Details.likely_cause``; lossy speculation first for the rows it fails where the records say
 speculative decoding was on) and its worst records by id. It then says what this file could not
 show: each check that had nothing to look at, with what it would have caught and what to
@@ -133,8 +134,13 @@ def _cause(r: CheckResult, facts: RecordFacts | None) -> str:
 def _failures(results: list[CheckResult], labels: set[str], facts: RecordFacts | None = None
               ) -> list[Failure]:
     links = explained_by(results)  # a row another names the cause of comes after that row
-    failing = sorted((r for r in results if r.verdict == "fail"),
-                     key=lambda r: (_rank(r)[0], r.name in links, _rank(r)[1]))
+
+    def key(r: CheckResult) -> tuple[int, bool, int]:
+        """An explaining row moves up to the first of the rows it explains."""
+        kind = min([_rank(r)[0], *(_rank(x)[0] for x in results if links.get(x.name) == r.name)])
+        return kind, r.name in links, _rank(r)[1]
+
+    failing = sorted((r for r in results if r.verdict == "fail"), key=key)
     prompt = next((r.name for r in failing if _rank(r)[0] == 0), None)
     out = []
     for r in failing:

@@ -83,6 +83,11 @@ class Details:
         """The tests as the report's tables show them, each with its verdict and why."""
         return test_rows(self.tests(), *self.family())
 
+    def side_rows(self) -> list[dict[str, Any]]:
+        """Per set of tokens a check compares (before and past the window, cache hits and
+        misses), the evidence the report tabulates beside its tests; empty: none."""
+        return []
+
     def group_evidence(self) -> list[GroupEvidence]:
         """Per parameter group, what the report draws (none: the check draws nothing)."""
         return []

@@ -27,7 +27,7 @@ of their tolerance.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -192,6 +192,9 @@ class ComparedDetails(Details):
 
     def tests(self) -> list[StatTest]:
         return list(self.stat_tests)
+
+    def side_rows(self) -> list[dict[str, Any]]:
+        return [{"set": name, **asdict(side)} for name, side in self.sides.items()]
 
     def family(self) -> tuple[float, int | None]:
         return self.alpha, len(self.stat_tests)
