@@ -36,6 +36,7 @@ def run(ctx: CheckContext) -> list[CheckResult]:
                             f"{len(failed)}/{n} requests failed and were not checked "
                             f"(rerun generate to retry them){left}", details,
                             [Finding(name, f"error: {e}", 1.0) for name, e in failed])]
-    forced = (f"; {ctx.constrained} not checked: decoded under a grammar (tool_choice required "
-              f"or a named function), which the reference does not apply") if ctx.constrained else ""
+    forced = (f"; {ctx.constrained} not checked by the statistics: decoded under a grammar "
+              f"(a response_format or structured_outputs: the grammar check's; tool_choice "
+              f"required or a named function: no check's yet)") if ctx.constrained else ""
     return [CheckResult(NAME, "pass", f"{n}/{n} requests answered{forced}{left}", details)]

@@ -74,7 +74,8 @@ class Message(BaseModel):
 
 
 NEW_FIELDS = ("tool_calls", "tool_call_id", "reasoning_content", "tools", "chat_template_kwargs",
-              "stop", "n", "tool_choice", "reasoning_effort")
+              "stop", "n", "tool_choice", "reasoning_effort", "response_format",
+              "structured_outputs")
 """Fields added after the first records were written: left out of a dump while unset, so the
 content-addressed ids of older requests do not change (formats/prompts.request_id)."""
 

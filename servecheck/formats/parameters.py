@@ -15,9 +15,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from servecheck.formats.conversation import Conversation
+from servecheck.formats.grammar import Grammar, grammar_of
+
+_OTHER_NAMES = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice",
+                "guided_grammar": "grammar", "regex": "regex", "ebnf": "grammar",
+                "json_schema": "json"}
+"""vLLM's older names and SGLang's, for the keys of vLLM's ``structured_outputs``."""
 
 __all__ = ["EFFORTS", "MIN_TEMPERATURE", "Parameters", "ReasoningEffort", "is_greedy",
            "template_variables"]
@@ -62,6 +68,42 @@ class Parameters(BaseModel):
     reasoning_effort: ReasoningEffort | None = None
     """How much a reasoning model should think: the API's top-level field. It changes the prompt,
     not the sampler: the server hands it to the chat template (``template_variables``)."""
+    response_format: dict[str, Any] | None = None
+    """OpenAI's structured output: ``{"type": "json_object"}`` or ``{"type": "json_schema",
+    "json_schema": {"name": …, "schema": {…}}}`` (``formats.grammar``)."""
+    structured_outputs: dict[str, Any] | None = None
+    """vLLM's: one of ``json``, ``regex``, ``choice``, ``grammar``, ``json_object``; vLLM's older
+    ``guided_*`` fields and SGLang's ``regex``, ``ebnf`` and ``json_schema`` are read into it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_structure_field(cls, data: Any) -> Any:
+        """The other servers' names for a grammar, read as vLLM's ``structured_outputs``."""
+        if not isinstance(data, dict) or not (set(data) & set(_OTHER_NAMES)):
+            return data
+        data = dict(data)
+        moved = {key: data.pop(name) for name, key in _OTHER_NAMES.items() if name in data}
+        so = data.get("structured_outputs")
+        if so is not None and not isinstance(so, dict):
+            return data  # the field's own validation names it
+        clash = sorted(set(moved) & set(so or {}))
+        if clash:
+            raise ValueError(f"structured_outputs.{clash[0]} is also asked by another field: "
+                             f"one structure per request")
+        data["structured_outputs"] = {**(so or {}), **moved}
+        return data
+
+    @model_validator(mode="after")
+    def _a_grammar_it_can_name(self) -> Parameters:
+        grammar_of({"response_format": self.response_format,
+                    "structured_outputs": self.structured_outputs})
+        return self
+
+    @property
+    def grammar(self) -> Grammar | None:
+        """The grammar the request asks the server to decode under (``formats.grammar``)."""
+        return grammar_of({"response_format": self.response_format,
+                           "structured_outputs": self.structured_outputs})
 
     @field_validator("temperature")
     @classmethod
@@ -90,9 +132,12 @@ class Parameters(BaseModel):
 
     @property
     def constrained(self) -> bool:
-        """Decoded under a grammar: ``tool_choice`` ``required`` or a named function makes an
-        engine force a call (vLLM: structured outputs), which no reference reproduces."""
-        return self.tool_choice == "required" or isinstance(self.tool_choice, dict)
+        """Decoded under a grammar: a structured output (``grammar``), or ``tool_choice``
+        ``required`` or a named function, which makes an engine force a call (vLLM: structured
+        outputs). The statistical checks score the reference unmasked, so they leave these out;
+        the grammar check judges them under the grammar."""
+        return self.tool_choice == "required" or isinstance(self.tool_choice, dict) \
+            or self.grammar is not None
 
     @property
     def greedy(self) -> bool:

@@ -69,6 +69,10 @@ class Variations(BaseModel):
     chat_template_kwargs: list[dict[str, Any] | None] = Field([None], min_length=1)
     reasoning_effort: list[str | None] = Field([None], min_length=1)
     """none, minimal, low, medium or high (``Parameters.reasoning_effort``)."""
+    response_format: list[dict[str, Any] | None] = Field([None], min_length=1)
+    """One ``response_format`` (OpenAI's), or a list of them (and nulls) to vary it."""
+    structured_outputs: list[dict[str, Any] | None] = Field([None], min_length=1)
+    """One of vLLM's ``structured_outputs`` (json, regex, choice, grammar), or a list of them."""
 
     _wrap = field_validator(
         "prompt", "system_prompt", "temperature", "top_p", "top_k", "min_p", "seed", "max_tokens",
@@ -83,7 +87,8 @@ class Variations(BaseModel):
             return [[v] if isinstance(v, str) else v]
         return [[x] if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
 
-    @field_validator("chat_template_kwargs", "tool_choice", mode="before")
+    @field_validator("chat_template_kwargs", "tool_choice", "response_format",
+                     "structured_outputs", mode="before")
     @classmethod
     def _one_mapping(cls, v: object) -> object:
         return v if isinstance(v, list) else [v]

@@ -28,7 +28,8 @@ def test_correct_server_passes(lite_responses: Path, tmp_path: Path, check_json,
         "support": "pass", "fit": "pass", "temperature": "pass", "sampler": "pass", "logprobs": "pass",
         "seeds": "skipped",  # every lite request has seed 1234: no seed groups
         # plain chat turns: no tools, thinking or stop strings to judge; the hf target counts usage
-        "tool calls": "skipped", "reasoning": "skipped", "stop strings": "skipped", "usage": "pass",
+        "tool calls": "skipped", "reasoning": "skipped", "grammar": "skipped",
+        "stop strings": "skipped", "usage": "pass",
         # short prompts: no token past the sliding window; no prefix cache reported
         "context": "skipped", "cache": "skipped"}
     greedy = check_named(summary, "greedy")["details"]

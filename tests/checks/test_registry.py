@@ -10,7 +10,7 @@ from servecheck.checks.core import registry
 from servecheck.checks.core.registry import alpha_share, check, specs, table_specs
 
 TABLE = ["records", "template", "termination", "tool calls", "reasoning", "stop strings", "usage",
-         "detokenization", "greedy", "support", "fit", "temperature", "sampler", "context",
+         "grammar", "detokenization", "greedy", "support", "fit", "temperature", "sampler", "context",
          "cache", "logprobs", "seeds"]
 
 

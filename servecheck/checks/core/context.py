@@ -56,8 +56,9 @@ class CheckContext:
         self.records = [r for r, _ in checked]
         self.labels = [name for _, name in checked]
         self.constrained = sum(r.error is None and r.parameters.constrained for r in records)
-        """Records decoded under a grammar (``tool_choice`` required or a named function): the
-        reference knows no grammar, so no check can judge their tokens; they are counted."""
+        """Records decoded under a grammar (a structured output, or ``tool_choice`` required or
+        a named function): the statistics score the reference unmasked, so they are counted
+        here, and the grammar check (``checks.grammar``) walks the structured outputs."""
         self.sampling = [Sampling.of(r.parameters) for r in self.records]
         """Each answered record's sampling transform, defaults filled in as a server would."""
         self.ref = ref

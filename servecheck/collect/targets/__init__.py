@@ -150,7 +150,8 @@ class Target(ABC):
         return []
 
 
-REQUEST_FIELDS = ("tools", "chat_template_kwargs", "stop", "n", "tool_choice", "reasoning_effort")
+REQUEST_FIELDS = ("tools", "chat_template_kwargs", "stop", "n", "tool_choice", "reasoning_effort",
+                  "response_format", "structured_outputs")
 
 
 def request_fields(request: Request) -> set[str]:
@@ -158,7 +159,8 @@ def request_fields(request: Request) -> set[str]:
     conv, p = request.conversation, request.parameters
     values = {"tools": conv.tools, "chat_template_kwargs": conv.chat_template_kwargs,
               "stop": p.stop, "n": p.n, "tool_choice": p.tool_choice,
-              "reasoning_effort": p.reasoning_effort}
+              "reasoning_effort": p.reasoning_effort, "response_format": p.response_format,
+              "structured_outputs": p.structured_outputs}
     return {k for k, v in values.items() if v is not None}
 
 

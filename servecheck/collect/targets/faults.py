@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import torch
 
+from servecheck.collect.targets.grammar_decoding import GRAMMAR_FAULTS
 from servecheck.collect.targets.window import WINDOW_FAULTS
 from servecheck.reference.sampling import HF, NEG_INF, Convention, Sampling, transform
 
@@ -57,7 +58,7 @@ DEPLOYMENT_FAULTS = {
 """Bugs of the engine's machinery under the sampler: attention window, KV cache, prefix cache,
 speculation (``window.py``, ``kv_cache.py``, ``prefix_cache.py``, ``speculative.py``)."""
 FAULTS = (TEMPLATE_FAULTS | set(SAMPLING_FAULTS) | set(WEIGHT_FAULTS) | SEED_FAULTS
-          | set(SERVING_FAULTS) | set(DEPLOYMENT_FAULTS))
+          | set(SERVING_FAULTS) | set(DEPLOYMENT_FAULTS) | set(GRAMMAR_FAULTS))
 
 
 def faulty_sampling(s: Sampling, fault: str) -> Sampling:

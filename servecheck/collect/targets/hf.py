@@ -58,6 +58,7 @@ from servecheck.collect.targets.faults import (
     LogitNoise,
     quantize_weights,
 )
+from servecheck.collect.targets.grammar_decoding import decoding_for
 from servecheck.collect.targets.kv_cache import new_cache
 from servecheck.collect.targets.prefix_cache import PrefixCache, Restored
 from servecheck.collect.targets.rng import RowSampler, generator, hf_warpers, row_seed
@@ -66,6 +67,7 @@ from servecheck.errors import InputError, TargetError
 from servecheck.formats.parameters import Parameters, template_variables
 from servecheck.formats.prompts import Request
 from servecheck.formats.records import ResponseRecord, Serving, Timing
+from servecheck.reference.grammar import masks_for
 from servecheck.reference.markup import markup_of
 from servecheck.reference.model import Reference
 from servecheck.reference.sampling import HF, ORDERS, Sampling
@@ -94,7 +96,8 @@ SWITCHES = {"prefix_cache": ("on", "off"), "speculative": ("draft", "off")}
 
 
 class HFTarget(Target):
-    takes = frozenset({"tools", "chat_template_kwargs", "stop", "n", "reasoning_effort"})
+    takes = frozenset({"tools", "chat_template_kwargs", "stop", "n", "reasoning_effort",
+                       "response_format", "structured_outputs"})
     def __init__(self, model: str = "builtin", faults: frozenset[str] = frozenset(),
                  dtype: str = "float32", spec: str | None = None, round_params: bool = False,
                  order: str = "hf", prefix_cache: bool = False, speculative: bool = False) -> None:
@@ -193,6 +196,9 @@ class HFTarget(Target):
         if stop_strings:
             kwargs.update(stop_strings=stop_strings, tokenizer=self.ref.tokenizer)
         processors: list = [LogitNoise(logit_noise)] if logit_noise else []
+        if p.grammar is not None:  # the mask first, as vLLM's structured outputs
+            grammar = decoding_for(masks_for(self.ref), p.grammar, len(gens), self.faults)
+            processors += [grammar] if grammar else []
         if not p.greedy:
             # generate's own warpers off: ours run before the row's draw, in HF's order
             kwargs.update(temperature=1.0, top_p=1.0, top_k=0, min_p=None)

@@ -91,7 +91,7 @@ def api_messages(conversation: Conversation) -> list[dict[str, Any]]:
 class OpenAITarget(Target):
     takes_reference = True
     takes = frozenset({"tools", "chat_template_kwargs", "stop", "n", "tool_choice",
-                       "reasoning_effort"})
+                       "reasoning_effort", "response_format", "structured_outputs"})
 
     def __init__(self, spec: str, base_url: str, opts: dict[str, str],
                  reference: str | None = None) -> None:
@@ -163,7 +163,7 @@ class OpenAITarget(Target):
                      *EXTRA):
             if getattr(p, name) is not None:
                 body[dialect.body_name(name)] = getattr(p, name)
-        for name in ("stop", "n", "tool_choice"):
+        for name in ("stop", "n", "tool_choice", "response_format", "structured_outputs"):
             if getattr(p, name) is not None:
                 body[name] = getattr(p, name)
         conv = request.conversation

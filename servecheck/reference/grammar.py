@@ -1,0 +1,144 @@
+"""A structured output's grammar as token masks over the reference's vocabulary.
+
+Served under a grammar, a correct engine samples from the model's distribution masked to the
+tokens the grammar allows next, renormalised. To judge such an output, servecheck needs the same
+masks, position by position along the served tokens. They come from xgrammar 0.2.8, not from
+code of our own: it is the version vLLM 0.32 ships and the backend its ``auto`` picks first (and
+SGLang's default), so its masks are the masks those servers applied; it always gives the full
+set a grammar allows (llguidance narrows forced text to its canonical token by default, which
+would make a correct server's other spelling look like a violation), and a rejected token leaves
+its matcher usable, so a walk can name the position and go on.
+
+Two freedoms engines legitimately differ on are layouts here, not faults: whitespace between
+JSON tokens (xgrammar's ``any_whitespace``, vLLM's ``disable_any_whitespace``) and properties a
+schema does not forbid (``strict``: xgrammar and vLLM forbid them unless the schema allows,
+llguidance allows them unless it forbids). ``LAYOUTS`` lists them; a check finds from the
+records which one the server used, as the sampling convention is found.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from servecheck.formats.grammar import Grammar
+from servecheck.reference.model import Reference
+
+__all__ = ["LAYOUTS", "CompiledGrammar", "GrammarMasks", "Layout", "Walk", "masks_for"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    any_whitespace: bool = True
+    strict: bool = True
+    """Properties a schema does not name are forbidden unless it allows them (xgrammar, vLLM)."""
+
+    def describe(self) -> str:
+        return (f"{'any' if self.any_whitespace else 'no optional'} whitespace, "
+                f"{'strict' if self.strict else 'loose'} properties")
+
+
+LAYOUTS = (Layout(), Layout(any_whitespace=False), Layout(strict=False),
+           Layout(any_whitespace=False, strict=False))
+"""The layouts a correct engine may decode a schema under, the default first."""
+
+
+@dataclass(frozen=True)
+class CompiledGrammar:
+    grammar: Grammar
+    layout: Layout
+    compiled: Any
+    """xgrammar's ``CompiledGrammar``."""
+
+
+@dataclass(frozen=True)
+class Walk:
+    """A served output walked through a grammar."""
+
+    allowed: np.ndarray
+    """bool [positions, vocab]: the tokens the grammar allowed at each served position (after
+    a violation, every token: the grammar no longer says anything)."""
+    violation: int | None
+    """The first position whose served token the grammar did not allow (None: none)."""
+    complete: bool
+    """The grammar accepted the output as a whole (it ended where the grammar may end)."""
+
+
+def _choice_grammar(choices: list[str]) -> str:
+    """vLLM's choice as an EBNF alternation of the literal strings."""
+    quoted = [re.sub(r'(["\\])', r"\\\1", c) for c in choices]
+    return "root ::= " + " | ".join(f'"{q}"' for q in quoted)
+
+
+class GrammarMasks:
+    """One reference's grammar compiler: a grammar compiled once per layout, and walks."""
+
+    def __init__(self, ref: Reference) -> None:
+        import xgrammar as xgr
+
+        self.ref = ref
+        self.vocab = ref.vocab_size
+        self._info = xgr.TokenizerInfo.from_huggingface(ref.tokenizer, vocab_size=self.vocab,
+                                                        stop_token_ids=sorted(set(ref.end_ids)))
+        self._compiler = xgr.GrammarCompiler(self._info, max_threads=2)
+        self._compiled: dict[tuple[Grammar, Layout], CompiledGrammar] = {}
+
+    def compile(self, grammar: Grammar, layout: Layout = LAYOUTS[0]) -> CompiledGrammar:
+        key = (grammar, layout)
+        if key not in self._compiled:
+            c = self._compiler
+            if grammar.is_json:
+                schema = grammar.source if grammar.kind == "json_schema" else '{"type": "object"}'
+                out = c.compile_json_schema(schema, any_whitespace=layout.any_whitespace,
+                                            strict_mode=layout.strict)
+            elif grammar.kind == "regex":
+                out = c.compile_regex(grammar.source)
+            elif grammar.kind == "choice":
+                out = c.compile_grammar(_choice_grammar(grammar.choices or []))
+            else:
+                out = c.compile_grammar(grammar.source)
+            self._compiled[key] = CompiledGrammar(grammar, layout, out)
+        return self._compiled[key]
+
+    def matcher(self, compiled: CompiledGrammar) -> Any:
+        import xgrammar as xgr
+
+        return xgr.GrammarMatcher(compiled.compiled)
+
+    def bitmask(self, rows: int) -> Any:
+        import xgrammar as xgr
+
+        return xgr.allocate_token_bitmask(rows, self.vocab)
+
+    def walk(self, compiled: CompiledGrammar, output_ids: list[int]) -> Walk:
+        """The masks along ``output_ids``, and where the first token the grammar refused is."""
+        import torch
+
+        bits = self.bitmask(max(1, len(output_ids)))
+        matcher = self.matcher(compiled)
+        violation = None
+        for i, t in enumerate(output_ids):
+            matcher.fill_next_token_bitmask(bits, i)
+            if not matcher.accept_token(t):
+                violation = i
+                bits[i + 1:] = -1
+                break
+        complete = violation is None and matcher.is_terminated()
+        lut = ((torch.arange(256).unsqueeze(-1) >> torch.arange(8)) & 1).bool()
+        allowed = lut[bits.view(torch.uint8).long()].reshape(bits.shape[0], -1)[:, :self.vocab]
+        return Walk(allowed[:len(output_ids)].numpy(), violation, complete)
+
+
+_MADE: weakref.WeakKeyDictionary[Reference, GrammarMasks] = weakref.WeakKeyDictionary()
+
+
+def masks_for(ref: Reference) -> GrammarMasks:
+    """The reference's compiler, made once per reference (building the tokenizer's table takes
+    a second on a 150k vocabulary)."""
+    if ref not in _MADE:
+        _MADE[ref] = GrammarMasks(ref)
+    return _MADE[ref]

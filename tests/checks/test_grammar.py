@@ -1,0 +1,92 @@
+"""Structured outputs judged under their grammar (``checks.grammar``, xgrammar's masks).
+
+Hand-made records, as a server would have answered, judge the walk itself (fast); then the
+in-process server decodes ``examples/prompts-json.json`` (a JSON schema, json_object, vLLM's
+choice and regex) under the grammar with the second built-in model, which knows JSON from its
+tool calls: the honest server passes, and the two faults a walk sees fail, named. All
+deterministic: a token outside every layout a correct engine may use is no engine's freedom,
+so no false-failure rate to state. ``grammar-tight`` (whitespace forbidden inside strings) keeps
+every token inside the mask: it is the masked statistics' to find, not this check's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from servecheck.checks import grammar
+from servecheck.checks.core.context import CheckContext
+from servecheck.formats.conversation import Conversation, Message
+from servecheck.formats.parameters import Parameters
+from servecheck.formats.records import ResponseRecord
+from servecheck.reference.model import Reference
+
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+          "required": ["name", "age"], "additionalProperties": False}
+RF = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA}}
+
+
+@pytest.fixture(scope="module")
+def ref() -> Reference:
+    return Reference("builtin")
+
+
+def _record(output: str, finish: str = "stop", rf: dict | None = None, rid: str = "r") -> ResponseRecord:
+    return ResponseRecord(id=rid, conversations=Conversation(contents=[
+        Message(role="user", content="Who?")]), parameters=Parameters(
+        temperature=1.0, max_tokens=40, response_format=rf or RF), output=output,
+        finish_reason=finish)
+
+
+def _run(ref: Reference, records: list[ResponseRecord]):
+    (result,) = grammar.run(CheckContext(records, ref))
+    return result
+
+
+def test_outputs_the_grammar_allows_pass_in_any_layout(ref: Reference) -> None:
+    end = "<end_of_turn>"
+    result = _run(ref, [_record('{"name": "Bo", "age": 3}' + end, rid="a"),
+                        _record('{"name":"Bo","age":3}' + end, rid="b"),
+                        _record('{"name": "Bo", "ag', "length", rid="c")])  # cut by max_tokens
+    assert result.verdict == "pass", result.summary
+    assert result.details.layouts[0] == "any whitespace, strict properties"
+
+
+def test_a_token_the_grammar_refuses_is_named_where(ref: Reference) -> None:
+    result = _run(ref, [_record('{"name": "Bo"}<end_of_turn>', rid="missing"),
+                        _record("The cat says meow.<end_of_turn>", rid="prose")])
+    assert result.verdict == "fail" and result.details.kinds == {"grammar not enforced": 2}
+    first = {f.record: f.message for f in result.findings}
+    assert first["missing"].startswith("grammar not enforced: output token 12 '}'")
+    assert "(the JSON: missing required)" in first["missing"]
+    assert result.details.schema_errors == {"missing required": 1, "invalid JSON": 1}
+
+
+def test_stopping_where_the_grammar_cannot_end_is_named(ref: Reference) -> None:
+    result = _run(ref, [_record('{"name": "Bo", "age": 3<end_of_turn>')])
+    assert result.verdict == "fail" and result.details.kinds == {"ended early": 1}
+
+
+def test_no_structured_output_is_skipped(ref: Reference) -> None:
+    plain = _record("Hi.<end_of_turn>").model_copy(update={"parameters": Parameters()})
+    assert _run(ref, [plain]).verdict == "skipped"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("fault", "kinds"), [
+    ("", None), ("grammar-ignored", "grammar not enforced"), ("grammar-loose", "grammar not enforced")])
+def test_the_in_process_server_under_its_grammar(fault: str, kinds: str | None, root: Path,
+                                                 run_cli, check_json, tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    target = "hf:builtin-tools" + (f"?fault={fault}" if fault else "")
+    assert run_cli("generate", root / "examples" / "prompts-json.json", "--target", target,
+                   "--out", out, "--no-progress") == 0
+    code, summary = check_json(out, tmp_path, "builtin-tools")
+    row = next(c for c in summary["checks"] if c["name"] == "grammar")
+    if kinds is None:
+        assert code == 0 and row["verdict"] == "pass", row["summary"]
+        assert "36 records decoded under their grammar" in row["summary"]
+    else:
+        assert code == 1 and row["verdict"] == "fail", row["summary"]
+        assert all(f["message"].startswith(kinds) for f in row["findings"])
