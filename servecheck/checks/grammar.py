@@ -72,6 +72,13 @@ def schema_errors(text: str, grammar: Grammar) -> list[str]:
                    for e in Draft202012Validator(grammar.schema or {}).iter_errors(value)})
 
 
+def _stopped(r: ResponseRecord, ids: list[int], ctx: CheckContext) -> bool:
+    """The output ended of itself: finish_reason stop, or none said and an end token last (a
+    record that does not say why it ended, without one, may have been cut by max_tokens)."""
+    return r.finish_reason == "stop" or (r.finish_reason is None and bool(ids)
+                                         and ids[-1] in ctx.ref.end_ids)
+
+
 def _tightness(layout: Layout) -> tuple[bool, bool]:
     return not layout.strict, layout.any_whitespace
 
@@ -113,7 +120,7 @@ def run(ctx: CheckContext) -> list[CheckResult]:
                 f"grammar not enforced: output token {k} {ctx.ref.decode([ids[k]])!r} is not "
                 f"allowed by the {grammar.describe()} after "
                 f"{ctx.ref.decode(ids[max(0, k - 12):k])!r}{said}"), 1.0))
-        elif ends_there or (not walk.complete and r.finish_reason != "length"):
+        elif ends_there or (not walk.complete and _stopped(r, ids, ctx)):
             kinds["ended early"] += 1
             findings.append(Finding(name, (
                 f"ended early: the output stops where the {grammar.describe()} cannot end"

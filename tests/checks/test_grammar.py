@@ -32,7 +32,8 @@ def ref() -> Reference:
     return Reference("builtin")
 
 
-def _record(output: str, finish: str = "stop", rf: dict | None = None, rid: str = "r") -> ResponseRecord:
+def _record(output: str, finish: str | None = "stop", rf: dict | None = None,
+            rid: str = "r") -> ResponseRecord:
     return ResponseRecord(id=rid, conversations=Conversation(contents=[
         Message(role="user", content="Who?")]), parameters=Parameters(
         temperature=1.0, max_tokens=40, response_format=rf or RF), output=output,
@@ -66,6 +67,12 @@ def test_a_token_the_grammar_refuses_is_named_where(ref: Reference) -> None:
 def test_stopping_where_the_grammar_cannot_end_is_named(ref: Reference) -> None:
     result = _run(ref, [_record('{"name": "Bo", "age": 3<end_of_turn>')])
     assert result.verdict == "fail" and result.details.kinds == {"ended early": 1}
+
+
+def test_a_cut_output_that_does_not_say_why_is_not_blamed(ref: Reference) -> None:
+    """No finish_reason and no end token: max_tokens may have cut it, so it is no early end."""
+    assert _run(ref, [_record('{"name": "Bo", "ag', None)]).verdict == "pass"
+    assert _run(ref, [_record('{"name": "Bo"<end_of_turn>', None)]).verdict == "fail"
 
 
 def test_no_structured_output_is_skipped(ref: Reference) -> None:

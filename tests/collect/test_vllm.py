@@ -179,6 +179,24 @@ def test_tools_and_thinking_through_vllm_parsers(vllm: dict[str, str], root: Pat
     assert all(verdicts[n] == "pass" for n in ("tool calls", "reasoning", "stop strings", "usage"))
 
 
+def test_structured_outputs_of_vllm_pass_under_their_grammar(vllm: dict[str, str], root: Path,
+                                                              tmp_path: Path, run_cli,
+                                                              check_json) -> None:
+    """vLLM's structured outputs (its default backend, xgrammar 0.2.8) on
+    examples/prompts-json.json: a JSON schema, json_object, a choice and a regex, each record
+    walked through its grammar over the reference tokenizer: every token one it allows."""
+    out = tmp_path / "json.jsonl"
+    code = run_cli("generate", root / "examples" / "prompts-json.json", "--target",
+                   f"openai://{vllm['tools']}/v1", "--reference", "builtin-tools", "--out", out,
+                   "--no-progress")
+    assert code == 0, [r.error for r in read_records(out) if r.error][:3]
+    assert all(r.parameters.grammar is not None for r in read_records(out))
+    code, summary = check_json(out, tmp_path, "builtin-tools", "--numerics", "fp32")
+    row = next(c for c in summary["checks"] if c["name"] == "grammar")
+    assert code == 0 and row["verdict"] == "pass", (_failures(summary), row["findings"][:3])
+    assert "36 records decoded under their grammar" in row["summary"]
+
+
 def test_stream_and_unary_agree_through_vllm(vllm: dict[str, str]) -> None:
     """The same seeded requests streamed and unary (a plain one, a stop string spanning tokens,
     one with tools): one text, the same calls, the same finish reason."""

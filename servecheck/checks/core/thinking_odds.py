@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import poisson_binom
 
 from servecheck.checks.core.context import CheckContext
 from servecheck.reference.token_scores import ScoreItem
@@ -90,5 +89,7 @@ def thinking_odds(ctx: CheckContext, off: list[int], thinks: set[int], opener: s
     p = [min(1.0, float(sum(np.exp(at_first[i].stats["logq"][0]) for i in members)))
          for members in units.values()]
     hit = sum(any(i in thinks for i in members) for members in units.values())
+    from scipy.stats import poisson_binom  # scipy 1.15+, only where thinking shows
+
     together = float(poisson_binom(p).sf(hit - 1)) if hit else 1.0
     return ThinkingOdds(frozenset(implausible), together, float(sum(p)))
