@@ -39,6 +39,9 @@ def installed(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-checks\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
         "[servecheck.checks]\nfirst_token = my_checks.first_token\n")
+    registry.specs()  # the built-ins registered in the real registry before it is copied (a
+    # module first imported under the copy would stay imported, its check gone with the copy),
+    # and before the page's package is on the path
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setattr(registry, "_REGISTERED", dict(registry._REGISTERED))
     registry.specs.cache_clear()
