@@ -45,6 +45,7 @@ from servecheck.checks.core.results import (
 from servecheck.checks.core.seed_tests import group_test
 from servecheck.checks.seeds import SeedDetails
 from servecheck.checks.template import first_difference
+from servecheck.collect.collector import CollectSummary, ask
 from servecheck.collect.targets import Target, open_target
 from servecheck.errors import EXIT_FAIL, EXIT_PASS, InputError, TargetError
 from servecheck.formats.conversation import Conversation, Message
@@ -78,6 +79,24 @@ def conversations(texts: list[str]) -> list[Conversation]:
 
 
 CONVERSATIONS = conversations(PROMPTS)
+
+
+class _Retrying:
+    """The target, each request retried on a transient failure as ``generate`` retries it
+    (``collector.ask``): a keep-alive connection the server closed mid-write is no probe's
+    verdict."""
+
+    def __init__(self, target: Target) -> None:
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+    async def generate(self, request: Request) -> ResponseRecord | list[ResponseRecord]:
+        return await ask(self._target, request, PROBE_RETRIES, CollectSummary(1, 0))
+
+
+PROBE_RETRIES = 3
 
 
 def probe_request(rid: str, conv: Conversation, **params: Any) -> Request:
@@ -224,7 +243,7 @@ async def run_probes(spec: str, ref: Reference, convs: list[Conversation] | None
     convs = convs or CONVERSATIONS
     if len(convs) < 2:  # the seed probe needs two prompts: a built-in one other than the given
         convs = convs + [c for c in CONVERSATIONS if c not in convs]
-    target = open_target(spec, reference=ref.spec)  # the probe's --reference is the served model
+    target = _Retrying(open_target(spec, reference=ref.spec))  # --reference: the served model
     try:
         return [await repeatability(target, convs, repeats, max_tokens),
                 await seeds(target, ref, convs, n_seeds, max_tokens, alpha),
