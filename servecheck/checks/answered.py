@@ -36,7 +36,7 @@ def run(ctx: CheckContext) -> list[CheckResult]:
                             f"{len(failed)}/{n} requests failed and were not checked "
                             f"(rerun generate to retry them){left}", details,
                             [Finding(name, f"error: {e}", 1.0) for name, e in failed])]
-    forced = (f"; {ctx.constrained} not checked by the statistics: decoded under a grammar "
-              f"(a response_format or structured_outputs: the grammar check's; tool_choice "
-              f"required or a named function: no check's yet)") if ctx.constrained else ""
+    forced = (f"; {ctx.constrained} forced tool call(s) not checked: their raw text was "
+              f"rebuilt from the parsed calls (no server token ids), not what the engine decoded "
+              f"under its grammar; ask for log-probs or token ids") if ctx.constrained else ""
     return [CheckResult(NAME, "pass", f"{n}/{n} requests answered{forced}{left}", details)]

@@ -234,7 +234,7 @@ def _drivers(ctx: CheckContext, scores: dict[int, TokenScores], idx: list[int], 
     return out
 
 
-@check(NAME, order=70, kind="statistical", alpha_share=0.43, also=(TEMPERATURE,),
+@check(NAME, order=70, kind="statistical", alpha_share=0.42, also=(TEMPERATURE,),
        catches=("a sampler that does not draw from the reference distribution: other weights, a wrong "
                 "temperature, truncation not applied"),
        needs="sampled requests (temperature > 0)")

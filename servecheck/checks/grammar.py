@@ -11,10 +11,13 @@ Each record is walked under the most permissive layout a correct engine may use 
 between JSON tokens, properties the schema does not forbid allowed): a token outside it is no
 engine's freedom, so any one fails the record, deterministically. An output that stops (not
 cut by ``max_tokens``) where the grammar cannot end, its end token refused or none at all,
-"ended early". The layouts every record fits are reported, found from the records as the
-sampling convention is; the JSON's schema errors (invalid, missing required, extra keys) are
-counted, as tool arguments' are. Whether the tokens inside the mask follow the masked distribution is the
-statistical checks' question, asked under the same masks.
+"ended early"; either leaves the record out of the statistical checks (a screening check).
+The layouts every record fits are reported, found from the records as the sampling convention
+is, and the statistics score each record under the tightest one's masks; the JSON's schema
+errors (invalid, missing required, extra keys) are counted, as tool arguments' are. Whether the
+tokens inside the mask follow the masked distribution is the statistical checks' question,
+asked under the same masks (``checks.core.structured``), and whether the mask took away
+what the grammar allows is the mask check's (``checks.mask``).
 """
 
 from __future__ import annotations
@@ -25,17 +28,14 @@ from dataclasses import dataclass, field
 
 from jsonschema import Draft202012Validator
 
-from servecheck.checks.core.context import CheckContext, label
+from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import CheckResult, Details, Finding
 from servecheck.formats.grammar import Grammar
 from servecheck.formats.records import ResponseRecord
-from servecheck.reference.grammar import LAYOUTS, Layout, masks_for
+from servecheck.reference.grammar import LAYOUTS, PERMISSIVE, masks_for
 
 NAME = "grammar"
-
-PERMISSIVE = Layout(any_whitespace=True, strict=False)
-"""The widest a correct engine's mask may be: a token outside it is no engine's freedom."""
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,11 @@ class GrammarDetails(Details):
         return f"{sum(self.kinds.values())}/{self.records} records wrong"
 
 
-def _text(r: ResponseRecord, ctx: CheckContext) -> str:
-    """The raw output without its end marker: the grammar's text (a reasoning parser may have
-    moved part of it out of ``content``; special tokens inside a JSON string are its text)."""
-    return ctx.outputs.markup.strip_end(r.output).strip()
+def _text(i: int, ctx: CheckContext) -> str:
+    """The grammar's text: the raw output without its end marker, after a thinking block (a
+    reasoning parser may have moved part of it out of ``content``; special tokens inside a
+    JSON string are its text)."""
+    return ctx.outputs.parsed(i).content.strip()
 
 
 def schema_errors(text: str, grammar: Grammar) -> list[str]:
@@ -75,26 +76,17 @@ def schema_errors(text: str, grammar: Grammar) -> list[str]:
 def _stopped(r: ResponseRecord, ids: list[int], ctx: CheckContext) -> bool:
     """The output ended of itself: finish_reason stop, or none said and an end token last (a
     record that does not say why it ended, without one, may have been cut by max_tokens)."""
-    return r.finish_reason == "stop" or (r.finish_reason is None and bool(ids)
+    return r.finish_reason in ("stop", "tool_calls") or (r.finish_reason is None and bool(ids)
                                          and ids[-1] in ctx.ref.end_ids)
 
 
-def _tightness(layout: Layout) -> tuple[bool, bool]:
-    return not layout.strict, layout.any_whitespace
-
-
-def _output_ids(ctx: CheckContext, r: ResponseRecord) -> list[int]:
-    return list(r.output_token_ids) if r.output_token_ids else ctx.ref.encode(r.output)
-
-
-@check(NAME, order=36,
+@check(NAME, order=36, screens=True,
        catches=("a structured output the server did not decode under its grammar: guided "
                 "decoding ignored, a schema's required keys or its additionalProperties dropped"),
        needs=("requests with a response_format (json_object or json_schema), or vLLM's "
               "structured_outputs / SGLang's regex"))
 def run(ctx: CheckContext) -> list[CheckResult]:
-    asked = [(label(r, ctx.first_index + i), r) for i, r in enumerate(ctx.all_records)
-             if r.error is None and r.parameters.grammar is not None]
+    asked = [(ctx.labels[i], ctx.records[i], i) for i in ctx.structured.indices()]
     if not asked:
         return [CheckResult(NAME, "skipped", "no request asked for a structured output "
                             "(response_format, structured_outputs)")]
@@ -102,13 +94,13 @@ def run(ctx: CheckContext) -> list[CheckResult]:
     kinds: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     findings: list[Finding] = []
-    fits = {layout: True for layout in LAYOUTS}
-    for name, r in asked:
-        grammar = r.parameters.grammar
+    fits = {layout: True for layout in LAYOUTS[:-1]}
+    for name, r, i in asked:
+        grammar = ctx.structured.grammar(i)
         assert grammar is not None
-        ids = _output_ids(ctx, r)
+        start, ids = ctx.structured.start(i), ctx.structured.ids(i)
         walk = masks.walk(masks.compile(grammar, PERMISSIVE), ids)
-        wrong = schema_errors(_text(r, ctx), grammar) if grammar.is_json else []
+        wrong = schema_errors(_text(i, ctx), grammar) if grammar.is_json else []
         if r.finish_reason != "length":
             errors.update(wrong)
         said = f" (the JSON: {', '.join(wrong)})" if wrong else ""
@@ -117,7 +109,7 @@ def run(ctx: CheckContext) -> list[CheckResult]:
             k = walk.violation
             kinds["grammar not enforced"] += 1
             findings.append(Finding(name, (
-                f"grammar not enforced: output token {k} {ctx.ref.decode([ids[k]])!r} is not "
+                f"grammar not enforced: output token {start + k} {ctx.ref.decode([ids[k]])!r} is not "
                 f"allowed by the {grammar.describe()} after "
                 f"{ctx.ref.decode(ids[max(0, k - 12):k])!r}{said}"), 1.0))
         elif ends_there or (not walk.complete and _stopped(r, ids, ctx)):
@@ -125,11 +117,10 @@ def run(ctx: CheckContext) -> list[CheckResult]:
             findings.append(Finding(name, (
                 f"ended early: the output stops where the {grammar.describe()} cannot end"
                 f"{said}"), 1.0))
-        for layout in LAYOUTS:
-            if fits[layout] and layout != PERMISSIVE:
+        for layout in fits:
+            if fits[layout] and walk.violation is None and grammar.holds_json:
                 fits[layout] = masks.walk(masks.compile(grammar, layout), ids).violation is None
-    fitting = tuple(lay.describe() for lay in sorted(LAYOUTS, key=_tightness)
-                    if fits[lay] or lay == PERMISSIVE)
+    fitting = tuple(lay.describe() for lay in LAYOUTS if fits.get(lay, True))
     details = GrammarDetails(len(asked), dict(kinds), dict(errors), fitting)
     errs = ("; the JSON: " + ", ".join(f"{k} {n}" for k, n in errors.most_common())) if errors else ""
     if findings:
@@ -137,5 +128,6 @@ def run(ctx: CheckContext) -> list[CheckResult]:
             f"{k} ({n})" for k, n in kinds.most_common()) + errs, details, findings,
             per_record=True)]
     return [CheckResult(NAME, "pass", (
-        f"{len(asked)} records decoded under their grammar, every token one it allows (the "
-        f"layout: {fitting[0]}){errs}"), details, per_record=True)]
+        f"{len(asked)} records decoded under their grammar, every token one it allows; scored "
+        f"under the masks of the tightest layout they fit: {ctx.structured.layout.describe()}"
+        f"{errs}"), details, per_record=True)]

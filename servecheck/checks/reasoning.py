@@ -103,7 +103,9 @@ def split_problem(r: ResponseRecord, parsed: Parsed, markup: Markup) -> tuple[st
     served_reasoning = (r.reasoning_content or "").strip()
     served_content = (r.content or "").strip()
     opener_call = (markup.call_open or "").strip()
-    if opener_call and opener_call in served_content:  # calls are the tool-call check's
+    if opener_call and opener_call in served_content and \
+            (r.parameters.grammar is None or r.parameters.forces_call):
+        # calls are the tool-call check's (in a structured output, the opener is text)
         served_content = served_content[: served_content.find(opener_call)].strip()
     want_reasoning = (parsed.reasoning or "").strip()
     want_content = parsed.content.strip()

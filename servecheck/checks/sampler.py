@@ -165,7 +165,7 @@ class Pooled:
         return len(self.temperature)
 
 
-@check(NAME, order=75, kind="statistical", alpha_share=0.43,
+@check(NAME, order=75, kind="statistical", alpha_share=0.42,
        catches=("a sampling setting off or silently on: the temperature ignored or scaled, a default "
                 "top_k or min_p, a penalty, greedy decoding where sampling was asked"),
        needs="sampled requests (temperature > 0)")

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 __all__ = ["GRAMMAR_FIELDS", "Grammar", "GrammarKind", "grammar_of"]
 
-GrammarKind = Literal["json_object", "json_schema", "regex", "choice", "ebnf"]
+GrammarKind = Literal["json_object", "json_schema", "regex", "choice", "ebnf", "tool_calls"]
 
 GRAMMAR_FIELDS = ("response_format", "structured_outputs", "guided_json", "guided_regex",
                   "guided_choice", "guided_grammar", "regex", "ebnf", "json_schema")
@@ -40,7 +40,10 @@ class Grammar:
     source: str
     """``json_schema``: the schema as compact JSON, its keys in their order (engines emit properties
     in the order the schema declares them); ``regex``: the pattern; ``choice``: a JSON
-    list of the strings; ``ebnf``: the grammar's text; ``json_object``: empty."""
+    list of the strings; ``ebnf``: the grammar's text; ``json_object``: empty; ``tool_calls`` (a
+    forced call in the template's markup, ``reference.forced_calls``, never a request's own
+    field): JSON of the call's opener, closer, separator, its body's schema and how many calls
+    may follow one another."""
 
     @property
     def schema(self) -> dict[str, Any] | None:
@@ -54,8 +57,15 @@ class Grammar:
     def is_json(self) -> bool:
         return self.kind in ("json_object", "json_schema")
 
+    @property
+    def holds_json(self) -> bool:
+        """JSON inside, so a layout (whitespace, properties) applies."""
+        return self.is_json or self.kind == "tool_calls"
+
     def describe(self) -> str:
         """In words, for findings: the kind, and the schema's name or the source's start."""
+        if self.kind == "tool_calls":
+            return "forced tool call's grammar (the template's call markup)"
         return self.kind if self.kind == "json_object" else f"{self.kind} {self.source[:60]!r}"
 
     @classmethod

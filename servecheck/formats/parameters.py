@@ -132,12 +132,16 @@ class Parameters(BaseModel):
 
     @property
     def constrained(self) -> bool:
-        """Decoded under a grammar: a structured output (``grammar``), or ``tool_choice``
-        ``required`` or a named function, which makes an engine force a call (vLLM: structured
-        outputs). The statistical checks score the reference unmasked, so they leave these out;
-        the grammar check judges them under the grammar."""
-        return self.tool_choice == "required" or isinstance(self.tool_choice, dict) \
-            or self.grammar is not None
+        """Decoded under a grammar: a structured output (``grammar``), or a forced tool call
+        (``forces_call``)."""
+        return self.forces_call or self.grammar is not None
+
+    @property
+    def forces_call(self) -> bool:
+        """``tool_choice`` ``required`` or a named function, which makes an engine force a call
+        (vLLM: structured outputs over its own JSON, not the model's markup): no grammar the
+        reference knows, so the statistical checks leave these out."""
+        return self.tool_choice == "required" or isinstance(self.tool_choice, dict)
 
     @property
     def greedy(self) -> bool:

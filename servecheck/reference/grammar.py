@@ -18,9 +18,11 @@ records which one the server used, as the sampling convention is found.
 
 from __future__ import annotations
 
+import json
 import re
 import weakref
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,7 @@ import numpy as np
 from servecheck.formats.grammar import Grammar
 from servecheck.reference.model import Reference
 
-__all__ = ["LAYOUTS", "CompiledGrammar", "GrammarMasks", "Layout", "Walk", "masks_for"]
+__all__ = ["LAYOUTS", "PERMISSIVE", "CompiledGrammar", "GrammarMasks", "Layout", "Walk", "masks_for"]
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,13 @@ class Layout:
                 f"{'strict' if self.strict else 'loose'} properties")
 
 
-LAYOUTS = (Layout(), Layout(any_whitespace=False), Layout(strict=False),
-           Layout(any_whitespace=False, strict=False))
-"""The layouts a correct engine may decode a schema under, the default first."""
+LAYOUTS = (Layout(any_whitespace=False), Layout(), Layout(any_whitespace=False, strict=False),
+           Layout(strict=False))
+"""The layouts a correct engine may decode a schema under, tightest first: no optional
+whitespace and strict properties (vLLM's ``disable_any_whitespace``), then xgrammar's default
+(any whitespace, strict), then each with loose properties (llguidance's default)."""
+PERMISSIVE = LAYOUTS[-1]
+"""The widest a correct engine's mask may be: a token outside it is no engine's freedom."""
 
 
 @dataclass(frozen=True)
@@ -59,9 +65,10 @@ class CompiledGrammar:
 class Walk:
     """A served output walked through a grammar."""
 
-    allowed: np.ndarray
-    """bool [positions, vocab]: the tokens the grammar allowed at each served position (after
-    a violation, every token: the grammar no longer says anything)."""
+    bits: np.ndarray
+    """int32 [positions, ⌈vocab/32⌉]: the tokens the grammar allowed at each served position,
+    as a bitmask (``ScoreItem.allowed``); after a violation every token: the grammar no longer
+    says anything."""
     violation: int | None
     """The first position whose served token the grammar did not allow (None: none)."""
     complete: bool
@@ -72,6 +79,24 @@ def _choice_grammar(choices: list[str]) -> str:
     """vLLM's choice as an EBNF alternation of the literal strings."""
     quoted = [re.sub(r'(["\\])', r"\\\1", c) for c in choices]
     return "root ::= " + " | ".join(f'"{q}"' for q in quoted)
+
+
+def _calls_grammar(spec: dict[str, Any], layout: Layout) -> Any:
+    """A forced call in the template's markup: opener, the body's JSON, closer; up to
+    ``at_most`` of them, separated (xgrammar's own concatenation and union of grammars)."""
+    import xgrammar as xgr
+
+    def literal(text: str) -> Any:
+        return xgr.Grammar.from_ebnf("root ::= " + json.dumps(text))
+
+    body = xgr.Grammar.from_json_schema(json.dumps(spec["schema"]),
+                                        any_whitespace=layout.any_whitespace,
+                                        strict_mode=layout.strict)
+    call = xgr.Grammar.concat(literal(spec["open"]), body, literal(spec["close"]))
+    options = [call]
+    for _ in range(spec["at_most"] - 1):
+        options.append(xgr.Grammar.concat(options[-1], literal(spec["separator"]), call))
+    return xgr.Grammar.union(*options) if len(options) > 1 else call
 
 
 class GrammarMasks:
@@ -99,6 +124,8 @@ class GrammarMasks:
                 out = c.compile_regex(grammar.source)
             elif grammar.kind == "choice":
                 out = c.compile_grammar(_choice_grammar(grammar.choices or []))
+            elif grammar.kind == "tool_calls":
+                out = c.compile_grammar(_calls_grammar(json.loads(grammar.source), layout))
             else:
                 out = c.compile_grammar(grammar.source)
             self._compiled[key] = CompiledGrammar(grammar, layout, out)
@@ -116,8 +143,6 @@ class GrammarMasks:
 
     def walk(self, compiled: CompiledGrammar, output_ids: list[int]) -> Walk:
         """The masks along ``output_ids``, and where the first token the grammar refused is."""
-        import torch
-
         bits = self.bitmask(max(1, len(output_ids)))
         matcher = self.matcher(compiled)
         violation = None
@@ -128,9 +153,30 @@ class GrammarMasks:
                 bits[i + 1:] = -1
                 break
         complete = violation is None and matcher.is_terminated()
-        lut = ((torch.arange(256).unsqueeze(-1) >> torch.arange(8)) & 1).bool()
-        allowed = lut[bits.view(torch.uint8).long()].reshape(bits.shape[0], -1)[:, :self.vocab]
-        return Walk(allowed[:len(output_ids)].numpy(), violation, complete)
+        return Walk(bits[:len(output_ids)].numpy(), violation, complete)
+
+    def tightest(self, outputs: list[tuple[Grammar, list[int]]]) -> Layout:
+        """The first of ``LAYOUTS`` that every output fits, leaving out those not even the
+        permissive one allows (a grammar not enforced is the grammar check's finding, not a
+        layout): a server that decodes tight is judged tight, one whose outputs use a freedom
+        under the layout that has it."""
+        outputs = [(g, ids) for g, ids in outputs if g.holds_json
+                   and self.walk(self.compile(g, PERMISSIVE), ids).violation is None]
+        for layout in LAYOUTS[:-1]:
+            if all(self.walk(self.compile(g, layout), ids).violation is None for g, ids in outputs):
+                return layout
+        return PERMISSIVE
+
+    @cached_property
+    def whitespace(self) -> np.ndarray:
+        """bool [vocab]: the tokens whose text holds whitespace, the freedom a grammar leaves
+        that an over-constrained mask takes away (between JSON tokens, inside strings)."""
+        tok = self.ref.tokenizer
+        out = np.zeros(self.vocab, dtype=bool)
+        for i in range(min(len(tok), self.vocab)):
+            text = tok.decode([i])
+            out[i] = bool(text) and any(c.isspace() for c in text)
+        return out
 
 
 _MADE: weakref.WeakKeyDictionary[Reference, GrammarMasks] = weakref.WeakKeyDictionary()

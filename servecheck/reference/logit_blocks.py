@@ -18,11 +18,12 @@ import torch
 from servecheck.reference.fused import sampled_stats
 from servecheck.reference.model import Reference
 from servecheck.reference.passes import row_pass
-from servecheck.reference.sampling import Convention, Sampling, apply_penalties, boundary_slack
+from servecheck.reference.sampling import Convention, Sampling, apply_penalties, boundary_slack, transform
 from servecheck.reference.tails import context_windows, tail_stats
 from servecheck.reference.token_scores import STAT_KEYS, ScoreItem
 
-__all__ = ["MAX_ROWS", "LogitBlocks", "block_stats", "reference_logits", "token_counts"]
+__all__ = ["MAX_ROWS", "LogitBlocks", "block_stats", "masked_logits", "reference_logits",
+           "token_counts", "unpack_bits"]
 
 MAX_ROWS = 4096
 """Rows per logit block at most; 2048 already fill an H100 (one Triton program per row)."""
@@ -34,6 +35,21 @@ def reference_logits(ref: Reference, hidden: torch.Tensor) -> torch.Tensor:
     logits = head(hidden.to(head.weight.device))
     cap = getattr(ref.model.config, "final_logit_softcapping", None)
     return torch.tanh(logits.float() / cap) * cap if cap else logits
+
+
+def unpack_bits(bits: torch.Tensor, vocab: int) -> torch.Tensor:
+    """bool [R, vocab] from an int32 bitmask (``ScoreItem.allowed``); rows of the output head
+    past the tokenizer's vocabulary (padding) are never allowed."""
+    shifts = torch.arange(32, device=bits.device, dtype=torch.int32)
+    out = ((bits.unsqueeze(-1) >> shifts) & 1).bool().reshape(len(bits), -1)[:, :vocab]
+    return torch.nn.functional.pad(out, (0, vocab - out.shape[1])) if out.shape[1] < vocab else out
+
+
+def masked_logits(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Logits with what a grammar refuses pushed far below the rest: finite, so the passes'
+    p·log p stays 0 rather than NaN, and far enough that no temperature brings it back."""
+    floor = max(torch.finfo(logits.dtype).min / 2, -1e9)
+    return logits.masked_fill(~allowed, floor)
 
 
 def token_counts(item: ScoreItem, rows: slice, vocab: int, convention: Convention,
@@ -52,10 +68,11 @@ def token_counts(item: ScoreItem, rows: slice, vocab: int, convention: Conventio
 
 def block_stats(logits: torch.Tensor, tok: torch.Tensor, s: Sampling | None,
                  convention: Convention, counts: torch.Tensor | None,
-                 windows: tuple[torch.Tensor, torch.Tensor] | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 windows: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 watch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Raw [R, 4] and, with a sampling, [R, len(STAT_KEYS) + 64 + len(TAIL_KEYS)] statistics of
-    one logit block (``windows``: the rows' penalty contexts, ``tails.context_windows``)."""
+    one logit block (``windows``: the rows' penalty contexts, ``tails.context_windows``;
+    ``watch``: the token set whose q-mass is ``watched``)."""
     sampled = s is not None and s.temperature > 0
     inv_t = torch.full((len(tok),), 1.0 / s.temperature if sampled else 1.0,  # type: ignore[union-attr]
                        device=logits.device, dtype=torch.float32)
@@ -75,6 +92,8 @@ def block_stats(logits: torch.Tensor, tok: torch.Tensor, s: Sampling | None,
             r, sl = boundary_slack(logits[out].float(), tok[out], s, convention,
                                    None if counts is None else counts[out])
             st["rule"][out], st["slack"][out] = r.float(), sl
+    st["watched"] = torch.full_like(st["logq"], float("nan")) if watch is None else \
+        transform(logits.float(), s, convention, counts)[:, watch].exp().sum(-1)
     tails = tail_stats(z, tok, rq.m, inv_t, st["support_cut"], st["norm"], windows)
     return rp.raw(), torch.cat([torch.stack([st[k] for k in STAT_KEYS], 1), st["temp_ll"], tails], 1)
 
@@ -125,9 +144,11 @@ class LogitBlocks:
                 parts.append((np.arange(row * width + p - 1, row * width + p + o - 1),
                               np.arange(offsets[i], offsets[i] + o),
                               np.asarray(self.items[i].output_ids, dtype=np.int64), i))
-            if s is not None and s.penalised:
-                for pos, dst, tok, i in parts:
-                    self._penalised(s, flat[_to(pos, dev)], _to(tok, dev), _to(dst, dev), i)
+            alone = [x for x in parts if self.items[x[3]].alone]
+            for pos, dst, tok, i in alone:
+                self._alone(s, flat[_to(pos, dev)], _to(tok, dev), _to(dst, dev), i)
+            parts = [x for x in parts if not self.items[x[3]].alone]
+            if not parts:
                 continue
             pos, dst, tok = (_to(np.concatenate([x[k] for x in parts]), dev) for k in range(3))
             waiting = (flat[pos], tok, dst)
@@ -159,20 +180,31 @@ class LogitBlocks:
         if end < n:
             self.pending[s] = [tuple(c[end:] for c in cols)]
 
-    def _penalised(self, s: Sampling, h: torch.Tensor, tok: torch.Tensor, dst: torch.Tensor,
-                   i: int) -> None:
+    def _alone(self, s: Sampling | None, h: torch.Tensor, tok: torch.Tensor, dst: torch.Tensor,
+               i: int) -> None:
+        it = self.items[i]
         for a in range(0, len(tok), self.step):
             b = min(a + self.step, len(tok))
-            counts = token_counts(self.items[i], slice(a, b), self.vocab, self.convention, h.device)
-            wins = self._windows(i, np.arange(a, b))
+            counts = None
+            if s is not None and s.penalised:
+                counts = token_counts(it, slice(a, b), self.vocab, self.convention, h.device)
+            wins = self._windows(i, np.arange(a, b)) if s is not None else None
+            allowed = None if it.allowed is None else unpack_bits(_to(it.allowed[a:b], h.device),
+                                                                   self.vocab)
+            watch = None if it.watch is None else torch.nn.functional.pad(
+                _to(it.watch, h.device), (0, self.vocab - len(it.watch)))
             self._block(s, h[a:b], tok[a:b], dst[a:b], counts,
-                        (_to(wins[0], h.device), _to(wins[1], h.device)))
+                        None if wins is None else (_to(wins[0], h.device), _to(wins[1], h.device)),
+                        allowed, watch)
 
     def _block(self, s: Sampling | None, h: torch.Tensor, tok: torch.Tensor, dst: torch.Tensor,
                counts: torch.Tensor | None,
-               windows: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        r, x = block_stats(reference_logits(self.ref, h), tok, s, self.convention, counts,
-                           windows)
+               windows: tuple[torch.Tensor, torch.Tensor] | None = None,
+               allowed: torch.Tensor | None = None, watch: torch.Tensor | None = None) -> None:
+        logits = reference_logits(self.ref, h)
+        if allowed is not None:
+            logits = masked_logits(logits, allowed)
+        r, x = block_stats(logits, tok, s, self.convention, counts, windows, watch)
         self.raw[dst] = r
         if x is not None:
             self.extra[dst] = x

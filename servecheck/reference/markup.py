@@ -72,6 +72,22 @@ class Markup:
                 return text[: -len(end)]
         return text
 
+    def parse_structured(self, output: str, prefilled: bool = False) -> Parsed:
+        """A structured output split: the grammar's text, after a thinking block only where
+        the output opens one (or its prompt did: ``prefilled``), as vLLM applies the grammar
+        after the reasoning parser's end. A JSON string holding the thinking closer or a call
+        opener is text, not markup."""
+        text = self.strip_end(output)
+        if self.has_thinking:
+            assert self.think_open is not None and self.think_close is not None
+            opener, closer = self.think_open.strip(), self.think_close.strip()
+            opened = text.lstrip().startswith(opener)
+            if (opened or prefilled) and closer in text:
+                close = text.index(closer)
+                begin = text.index(opener) + len(opener) if opened else 0
+                return Parsed(text[begin:close].strip("\n"), text[close + len(closer):])
+        return Parsed(None, text)
+
     def parse(self, output: str) -> Parsed:
         """Split a raw output into reasoning, content and calls (the template's truth)."""
         text = self.strip_end(output)

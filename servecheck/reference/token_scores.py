@@ -23,7 +23,8 @@ __all__ = ["STAT_KEYS", "TEMPERATURE_FACTORS", "ScoreItem", "TokenScores", "unpa
 TEMPERATURE_FACTORS = 1 / (PROFILE[0] + PROFILE[1] * np.arange(PROFILE[2]))[::-1]
 """Grid for the temperature profile likelihood, as multiples of the requested temperature: 64
 factors from 0.4 to 2.5, evenly spaced in their inverse (``passes.PROFILE`` says why)."""
-STAT_KEYS = ("logq", "above", "entropy", "var", "top", "pre_nucleus_above", "rule", "slack")
+STAT_KEYS = ("logq", "above", "entropy", "var", "top", "pre_nucleus_above", "rule", "slack",
+             "watched")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,21 @@ class ScoreItem:
     """Requested sampling; None scores raw log-probs only (greedy checks need no more)."""
     seed: int = 0
     """Seeds the uniform draws of the randomised PIT, so results are reproducible."""
+    allowed: np.ndarray | None = None
+    """Decoded under a grammar: int32 [outputs, ⌈vocab/32⌉], the tokens the grammar allowed at
+    each output position as a bitmask (xgrammar's layout, bit j of word w is token 32w + j).
+    The reference is scored masked to them and renormalised, the engines' own semantics: raw
+    log-prob, argmax and rank too, since a greedy server takes the argmax of what is allowed."""
+    watch: np.ndarray | None = None
+    """bool [vocab]: a set of tokens whose q-mass each sampled row reports (``watched``), so a
+    check can tell what a correct server would have drawn from it (whitespace a grammar
+    allows, which an over-constrained mask never lets through)."""
+
+    @property
+    def alone(self) -> bool:
+        """Scored on its own rows: its penalty counts, mask or watched set are its own."""
+        return (self.sampling is not None and self.sampling.penalised) \
+            or self.allowed is not None or self.watch is not None
 
 
 @dataclass
@@ -51,7 +67,8 @@ class TokenScores:
     stats: dict[str, np.ndarray] = field(default_factory=dict)
     """With a sampling transform: ``logq`` (log q(y), -inf outside the support), ``above``
     (q-mass ranked above y), ``pit``, ``entropy`` and ``var`` (of log q under q), ``top``
-    (largest q), ``pre_nucleus_above`` (mass above y before top_p), and ``temp_ll``
+    (largest q), ``pre_nucleus_above`` (mass above y before top_p), ``watched`` (q-mass on
+    ``ScoreItem.watch``, NaN without one), and ``temp_ll``
     (log q(y) at each temperature of ``TEMPERATURE_FACTORS`` × requested, on the requested
     support); for tokens outside
     the support, ``rule`` (index into ``sampling.RULES``) and ``slack`` (how far outside)."""

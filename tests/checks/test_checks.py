@@ -31,7 +31,7 @@ def test_correct_server_passes(lite_responses: Path, tmp_path: Path, check_json,
         "tool calls": "skipped", "reasoning": "skipped", "grammar": "skipped",
         "stop strings": "skipped", "usage": "pass",
         # short prompts: no token past the sliding window; no prefix cache reported
-        "context": "skipped", "cache": "skipped"}
+        "context": "skipped", "cache": "skipped", "mask": "skipped"}
     greedy = check_named(summary, "greedy")["details"]
     assert greedy["records"] == 16 and greedy["tokens"] > 100 and greedy["hard_mismatches"] == 0
     # the temperature intervals are at the check's own simultaneous level: on a correct server

@@ -183,18 +183,22 @@ def test_structured_outputs_of_vllm_pass_under_their_grammar(vllm: dict[str, str
                                                               tmp_path: Path, run_cli,
                                                               check_json) -> None:
     """vLLM's structured outputs (its default backend, xgrammar 0.2.8) on
-    examples/prompts-json.json: a JSON schema, json_object, a choice and a regex, each record
-    walked through its grammar over the reference tokenizer: every token one it allows."""
+    examples/prompts-json.json: a JSON schema, json_object, a choice, a regex and forced tool
+    calls (vLLM decodes them as JSON), each record walked through its grammar over the reference
+    tokenizer: every token one it allows; and scored under its masks, where the statistics
+    pass."""
     out = tmp_path / "json.jsonl"
     code = run_cli("generate", root / "examples" / "prompts-json.json", "--target",
                    f"openai://{vllm['tools']}/v1", "--reference", "builtin-tools", "--out", out,
                    "--no-progress")
     assert code == 0, [r.error for r in read_records(out) if r.error][:3]
-    assert all(r.parameters.grammar is not None for r in read_records(out))
+    assert all(r.parameters.constrained for r in read_records(out))
     code, summary = check_json(out, tmp_path, "builtin-tools", "--numerics", "fp32")
     row = next(c for c in summary["checks"] if c["name"] == "grammar")
     assert code == 0 and row["verdict"] == "pass", (_failures(summary), row["findings"][:3])
-    assert "36 records decoded under their grammar" in row["summary"]
+    assert "68 records decoded under their grammar" in row["summary"]
+    calls = next(c for c in summary["checks"] if c["name"] == "tool calls")
+    assert calls["verdict"] == "pass", calls["summary"]
 
 
 def test_stream_and_unary_agree_through_vllm(vllm: dict[str, str]) -> None:

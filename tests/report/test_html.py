@@ -90,7 +90,7 @@ def test_junit_parses_back(run: dict) -> None:
     cases = {c.get("name"): c for c in suite.iter("testcase")}
     assert {"records", "template", "termination", "detokenization", "greedy", "support",
             "logprobs", "seeds", "sampler", "tool calls", "reasoning", "stop strings", "usage",
-            "context", "cache", "grammar",
+            "context", "cache", "grammar", "mask",
             "fit[T=0.8]", "fit[T=0.8 top_p=0.9]", "temperature[T=0.8]",
             "temperature[T=0.8 top_p=0.9]"} == set(cases)
     # the hostile output runs past max_tokens: named by termination, and left out of the
@@ -100,10 +100,10 @@ def test_junit_parses_back(run: dict) -> None:
     assert "[evil]" in (failure.text or "")
     assert cases["greedy"].find("failure") is None
     assert cases["fit[T=0.8]"].find("failure") is None
-    assert int(suite.get("tests", 0)) == 20  # with detokenization, the sampler, the four
+    assert int(suite.get("tests", 0)) == 21  # with detokenization, the sampler, the four
     # checks of tools, reasoning, stop strings and usage (skipped or passed on plain chats),
-    # context and cache (skipped: short prompts, no cached_tokens) and grammar (no structured
-    # output asked)
+    # context and cache (skipped: short prompts, no cached_tokens), grammar and mask (no
+    # structured output asked)
     assert int(suite.get("failures", 0)) == 1  # termination (longer than max_tokens) alone
 
 

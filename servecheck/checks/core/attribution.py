@@ -18,10 +18,14 @@ from servecheck.checks.core.results import CheckResult
 TOKEN_ROWS = ("greedy", "support", "sampler", "fit", "temperature", "logprobs")
 """The rows every token of a degraded context or a stale cache entry moves."""
 
-EXPLAINS = {"context": TOKEN_ROWS, "cache": TOKEN_ROWS, "sampler": ("fit", "temperature")}
+EXPLAINS = {"context": TOKEN_ROWS, "cache": TOKEN_ROWS,
+            "mask": ("greedy", "support", "sampler", "fit", "temperature"),
+            "sampler": ("fit", "temperature")}
 """Row → the rows its named cause explains, the first claim winning: a window served wrong
 moves greedy tokens, the support, the sampler's and the fit's statistics and the log-probs, and
-that is one cause, named by the row that resolves it by position (or by cache hit)."""
+that is one cause, named by the row that resolves it by position (or by cache hit); a grammar
+mask that forbids whitespace moves the structured outputs' tokens (a colder, narrower sampler
+is what it looks like), named by the row that counts the whitespace."""
 
 
 def explained_by(results: list[CheckResult]) -> dict[str, str]:

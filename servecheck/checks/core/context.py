@@ -19,6 +19,7 @@ from servecheck.checks.core.end_counting import EndCounting, find_end_counting
 from servecheck.checks.core.options import CheckOptions, Numerics
 from servecheck.checks.core.record_markup import RecordMarkup
 from servecheck.checks.core.registry import alpha_share
+from servecheck.checks.core.structured import Structured, judged
 from servecheck.checks.core.token_search import TokenSearch
 from servecheck.errors import InputError
 from servecheck.formats.records import ResponseRecord
@@ -36,6 +37,14 @@ class Scorer(Protocol):
                  ) -> list[TokenScores]: ...
 
 
+def _as_scored(r: ResponseRecord) -> ResponseRecord:
+    """A record decoded under a grammar without its served log-probs: engines give them masked
+    (vLLM) or raw (HF's ``generate``), so they say nothing of the model a check could rely on."""
+    if not r.parameters.constrained or r.output_logprobs is None:
+        return r
+    return r.model_copy(update={"output_logprobs": None})
+
+
 def label(record: ResponseRecord, index: int) -> str:
     """How findings name a record: its id, else its position in the file."""
     return record.id or f"#{index}"
@@ -51,14 +60,15 @@ class CheckContext:
         self.options = options or CheckOptions(reference=ref.spec)
         self.tolerances: Numerics = self.options.tolerances
         self.all_records = records
-        checked = [(r, label(r, first_index + i)) for i, r in enumerate(records)
-                   if r.error is None and not r.parameters.constrained]
+        checked = [(_as_scored(r), label(r, first_index + i)) for i, r in enumerate(records)
+                   if r.error is None and judged(r)]
         self.records = [r for r, _ in checked]
+        """The answered records the checks judge; one decoded under a grammar is scored under
+        its masks (``structured``)."""
         self.labels = [name for _, name in checked]
-        self.constrained = sum(r.error is None and r.parameters.constrained for r in records)
-        """Records decoded under a grammar (a structured output, or ``tool_choice`` required or
-        a named function): the statistics score the reference unmasked, so they are counted
-        here, and the grammar check (``checks.grammar``) walks the structured outputs."""
+        self.constrained = sum(r.error is None and not judged(r) for r in records)
+        """Forced tool calls whose raw text the collector rebuilt from the parsed calls: not
+        what the engine decoded under its grammar, so counted here, not judged."""
         self.sampling = [Sampling.of(r.parameters) for r in self.records]
         """Each answered record's sampling transform, defaults filled in as a server would."""
         self.ref = ref
@@ -115,7 +125,7 @@ class CheckContext:
     @cached_property
     def outputs(self) -> RecordMarkup:
         """The tool calls and thinking in each output, parsed once (``record_markup``)."""
-        return RecordMarkup(self.ref, self.records)
+        return RecordMarkup(self.ref, self.records, self.expected_prompts)
 
     @cached_property
     def end_counting(self) -> EndCounting:
@@ -179,13 +189,20 @@ class CheckContext:
                             strict=True):
                 cache[i] = s
             if search and self.options.search_tokens:
-                self._search_tokens([i for i in missing if self.output_ids(i)[1] is TokenSource.CANONICAL])
+                self._search_tokens([i for i in missing if self._searchable(i)])
         return {i: cache[i] for i in indices}
 
     def score_items(self, items: list[ScoreItem]) -> list[TokenScores]:
         """Score tokens that are no record's own (a prompt under a hypothesis, a proposed
         tokenization): one batch through the run's scorer, uncached."""
         return self.scorer(self.ref, items, self.convention) if items else []
+
+    def _searchable(self, i: int) -> bool:
+        """A text-only record whose tokenization may be searched: not one decoded under a
+        grammar, whose masks are walked along the canonical tokens (any spelling of allowed
+        text is allowed, so the canonical one is a tokenization a correct server could draw)."""
+        return self.output_ids(i)[1] is TokenSource.CANONICAL and \
+            not self.records[i].parameters.constrained
 
     def is_text_only(self, i: int) -> bool:
         return self.output_ids(i)[1] is not TokenSource.SERVER_IDS
@@ -225,7 +242,7 @@ class CheckContext:
             if advance:
                 advance(len(chunk), tokens=size)
         if self.options.search_tokens:
-            self._search_tokens([i for i in todo if self.output_ids(i)[1] is TokenSource.CANONICAL])
+            self._search_tokens([i for i in todo if self._searchable(i)])
 
     def total_tokens(self) -> int:
         """Prompt and output tokens of every checked record: the teacher-forcing work."""
@@ -273,7 +290,13 @@ class CheckContext:
                              f"the reference's context of {limit}: a record of another model, or "
                              f"a server that ran past its context",
                              where=self.records[i].named(self.labels[i]))
-        return ScoreItem(prompt, output, self.sampling[i], self.seed(i))
+        allowed, watch = self.structured.masks(i)
+        return ScoreItem(prompt, output, self.sampling[i], self.seed(i), allowed, watch)
+
+    @cached_property
+    def structured(self) -> Structured:
+        """The records decoded under a grammar: their grammars, where each begins, their masks."""
+        return Structured(self.ref, self.records, lambda i: self.output_ids(i)[0], self.outputs)
 
     def leave_out(self, reasons: dict[str, list[str]]) -> None:
         """Leave the records named in ``reasons`` (label → the checks they failed) out of the

@@ -11,6 +11,7 @@ from functools import cached_property
 
 from servecheck.formats.records import ResponseRecord
 from servecheck.formats.tools import schema_of
+from servecheck.reference.forced_calls import Dialect, calls_of_json, dialect_of
 from servecheck.reference.markup import Markup, Parsed, RawCall, markup_of
 from servecheck.reference.model import Reference
 
@@ -29,8 +30,12 @@ class CheckedCall:
 class RecordMarkup:
     """Each record's output parsed with the reference template's markup, on first use."""
 
-    def __init__(self, ref: Reference, records: list[ResponseRecord]) -> None:
+    def __init__(self, ref: Reference, records: list[ResponseRecord],
+                 prompts: list[str] | None = None) -> None:
         self.ref, self.records = ref, records
+        self.prompts = prompts
+        """The reference prompts: where one ends on the thinking opener, the output starts
+        inside a thinking block."""
         self._parsed: dict[int, Parsed] = {}
         self._calls: dict[int, list[CheckedCall]] = {}
 
@@ -40,8 +45,26 @@ class RecordMarkup:
 
     def parsed(self, i: int) -> Parsed:
         if i not in self._parsed:
-            self._parsed[i] = self.markup.parse(self.records[i].output)
+            p = self.records[i].parameters
+            if not p.constrained:
+                self._parsed[i] = self.markup.parse(self.records[i].output)
+            elif not p.forces_call:
+                self._parsed[i] = self._structured(i)
+            else:  # a forced call: the calls in the markup, or vLLM's JSON read as calls
+                head = self._structured(i)
+                inner = self.markup.parse(head.content) if self.dialect(i) == "markup" else \
+                    Parsed(None, "", calls_of_json(head.content, p.tool_choice or "required"))
+                self._parsed[i] = Parsed(head.reasoning, inner.content, inner.calls)
         return self._parsed[i]
+
+    def _structured(self, i: int) -> Parsed:
+        prefilled = self.prompts is not None and self.markup.think_open is not None and \
+            self.prompts[i].rstrip().endswith(self.markup.think_open.strip())
+        return self.markup.parse_structured(self.records[i].output, prefilled)
+
+    def dialect(self, i: int) -> Dialect:
+        """The dialect of record i's forced call (``forced_calls.dialect_of``)."""
+        return dialect_of(self._structured(i).content, self.markup)
 
     def calls(self, i: int) -> list[CheckedCall]:
         """Record i's calls, each checked against the tools its request offered."""

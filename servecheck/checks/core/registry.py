@@ -43,10 +43,10 @@ class CheckSpec:
     alpha_share: float = 0.0
     """A statistical check's weight in the run's α (weighted Bonferroni, fixed before any data);
     the shares are normalized over the registered checks, so the built-ins' add up to 1. The
-    built-ins: fit and sampler, which most faults fall to, 0.43 each; plausibility and seeds,
-    whose evidence is far beyond any level when they fire, 0.05 each; context and cache, whose
-    faults show as log-prob |Δ| and greedy mismatches far beyond any level, 0.02 each (taken
-    from fit and sampler, 0.45 each before they came). Each alone held α before, and a correct
+    built-ins: fit and sampler, which most faults fall to, 0.42 each; plausibility and seeds,
+    whose evidence is far beyond any level when they fire, 0.05 each; context, cache and mask,
+    whose faults show far beyond any level, 0.02 each (taken from fit and sampler, 0.45 each
+    before they came). Each alone held α before, and a correct
     server's run failed one of them in 3% of 200 held-out runs at α = 1%
     (docs/validation-power.md)."""
     screens: bool = False

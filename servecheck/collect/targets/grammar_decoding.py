@@ -20,10 +20,13 @@ import numpy as np
 import torch
 
 from servecheck.formats.grammar import Grammar
+from servecheck.formats.prompts import Request
+from servecheck.reference.forced_calls import forced_call_grammar
 from servecheck.reference.grammar import CompiledGrammar, GrammarMasks, Layout
+from servecheck.reference.markup import Markup
 from servecheck.reference.sampling import NEG_INF
 
-__all__ = ["GRAMMAR_FAULTS", "GrammarDecoding", "decoding_for"]
+__all__ = ["GRAMMAR_FAULTS", "GrammarDecoding", "decoding_for", "forced_call_of"]
 
 GRAMMAR_FAULTS = {
     "grammar-ignored": "response_format / structured_outputs accepted and not applied",
@@ -77,15 +80,6 @@ class GrammarDecoding:
         return masked.to(scores.dtype)
 
 
-def _whitespace_tokens(masks: GrammarMasks) -> np.ndarray:
-    tok = masks.ref.tokenizer
-    out = np.zeros(masks.vocab, dtype=bool)
-    for i in range(len(tok)):
-        text = tok.decode([i])
-        out[i] = bool(text) and any(c.isspace() for c in text)
-    return out
-
-
 def decoding_for(masks: GrammarMasks, grammar: Grammar, rows: int,
                  faults: frozenset[str] | set[str]) -> GrammarDecoding | None:
     """The processor a server with ``faults`` decodes ``grammar`` with (None: no mask)."""
@@ -96,5 +90,18 @@ def decoding_for(masks: GrammarMasks, grammar: Grammar, rows: int,
                                  Layout(strict=False))
     else:
         compiled = masks.compile(grammar)
-    forbid = _whitespace_tokens(masks) if "grammar-tight" in faults else None
+    forbid = masks.whitespace if "grammar-tight" in faults else None
     return GrammarDecoding(masks, compiled, rows, forbid)
+
+
+def forced_call_of(requests: list[Request], markup: Markup) -> Grammar | None:
+    """The grammar a batch's forced tool call decodes under: the template's call markup around
+    the offered functions' JSON (``reference.forced_calls``), as SGLang forces it; None where
+    the batch forces no call (or asks a structured output of its own)."""
+    p, tools = requests[0].parameters, requests[0].conversation.tools
+    if not p.forces_call or p.grammar is not None or not tools:
+        return None
+    if any(r.conversation.tools != tools or r.parameters.tool_choice != p.tool_choice
+           for r in requests):
+        raise ValueError("generate_batch needs forced calls of the same tools")
+    return forced_call_grammar(p.tool_choice or "required", tools, markup, "markup")

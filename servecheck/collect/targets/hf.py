@@ -58,12 +58,13 @@ from servecheck.collect.targets.faults import (
     LogitNoise,
     quantize_weights,
 )
-from servecheck.collect.targets.grammar_decoding import decoding_for
+from servecheck.collect.targets.grammar_decoding import decoding_for, forced_call_of
 from servecheck.collect.targets.kv_cache import new_cache
 from servecheck.collect.targets.prefix_cache import PrefixCache, Restored
 from servecheck.collect.targets.rng import RowSampler, generator, hf_warpers, row_seed
 from servecheck.collect.targets.window import WINDOW_FAULTS, serve_window
 from servecheck.errors import InputError, TargetError
+from servecheck.formats.grammar import Grammar
 from servecheck.formats.parameters import Parameters, template_variables
 from servecheck.formats.prompts import Request
 from servecheck.formats.records import ResponseRecord, Serving, Timing
@@ -97,7 +98,8 @@ SWITCHES = {"prefix_cache": ("on", "off"), "speculative": ("draft", "off")}
 
 class HFTarget(Target):
     takes = frozenset({"tools", "chat_template_kwargs", "stop", "n", "reasoning_effort",
-                       "response_format", "structured_outputs"})
+                       "response_format", "structured_outputs", "tool_choice"})
+
     def __init__(self, model: str = "builtin", faults: frozenset[str] = frozenset(),
                  dtype: str = "float32", spec: str | None = None, round_params: bool = False,
                  order: str = "hf", prefix_cache: bool = False, speculative: bool = False) -> None:
@@ -183,7 +185,8 @@ class HFTarget(Target):
         return text.replace(header, header.replace(word.group(), "assistant"))
 
     def _generate_kwargs(self, p: Parameters, gens: list, ends: list[int],
-                         stop_strings: list[str] | None, logit_noise: float = 0.0) -> dict:
+                         stop_strings: list[str] | None, logit_noise: float = 0.0,
+                         grammar: Grammar | None = None) -> dict:
         """``generate``'s arguments: HF's warpers (or a faulty sampler) and then each row's own
         draw (``rng.RowSampler``), after the logit noise of ``serve triton --batch-variant``."""
         from transformers import LogitsProcessorList
@@ -196,9 +199,10 @@ class HFTarget(Target):
         if stop_strings:
             kwargs.update(stop_strings=stop_strings, tokenizer=self.ref.tokenizer)
         processors: list = [LogitNoise(logit_noise)] if logit_noise else []
-        if p.grammar is not None:  # the mask first, as vLLM's structured outputs
-            grammar = decoding_for(masks_for(self.ref), p.grammar, len(gens), self.faults)
-            processors += [grammar] if grammar else []
+        grammar = grammar or p.grammar
+        if grammar is not None:  # the mask first, as vLLM's structured outputs
+            decoding = decoding_for(masks_for(self.ref), grammar, len(gens), self.faults)
+            processors += [decoding] if decoding else []
         if not p.greedy:
             # generate's own warpers off: ours run before the row's draw, in HF's order
             kwargs.update(temperature=1.0, top_p=1.0, top_k=0, min_p=None)
@@ -219,14 +223,16 @@ class HFTarget(Target):
 
     def complete(self, prompts: list[str], p: Parameters, add_special_tokens: bool = False,
                  end_ids: list[int] | None = None, stop_strings: list[str] | None = None,
-                 logit_noise: float = 0.0, seeds: list[int] | None = None) -> list[Completion]:
+                 logit_noise: float = 0.0, seeds: list[int] | None = None,
+                 grammar: Grammar | None = None) -> list[Completion]:
         """Continue already-templated prompts, batched and left-padded, as a serving engine does.
 
         This is what a server receives (Triton's ``text_input``); ``generate_batch`` adds the
         templating. Row r samples with its own generator seeded ``seeds[r]`` (default: the
         request's seed, choice r: ``rng.row_seed``). ``end_ids`` replaces the checkpoint's end
         tokens (a server's ``end_id``); ``stop_strings`` also end generation. With a prefix
-        cache or speculation on, rows are served one at a time.
+        cache or speculation on, rows are served one at a time. ``grammar`` (a forced tool
+        call's) replaces the request's own structured output.
         """
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(p, name):
@@ -241,11 +247,11 @@ class HFTarget(Target):
                                                 for r in range(len(prompts))]]
         ends = end_ids or self.ref.end_ids
         if self.prefix is None and not self.speculative:
-            rows = self._batched(enc, sent, gens, ends, stop_strings, logit_noise)
+            rows = self._batched(enc, sent, gens, ends, stop_strings, logit_noise, grammar)
         elif logit_noise:
             raise TargetError("logit noise is not served with a prefix cache or speculation")
         else:
-            rows = [self._one(ids[mask == 1].tolist(), sent, g, ends, stop_strings)
+            rows = [self._one(ids[mask == 1].tolist(), sent, g, ends, stop_strings, grammar)
                     for ids, mask, g in zip(enc["input_ids"], enc["attention_mask"], gens,
                                             strict=True)]
         done = []
@@ -258,11 +264,12 @@ class HFTarget(Target):
         return done
 
     def _batched(self, enc, p: Parameters, gens: list, ends: list[int],
-                 stop_strings: list[str] | None, logit_noise: float) -> list[tuple]:
+                 stop_strings: list[str] | None, logit_noise: float,
+                 grammar: Grammar | None = None) -> list[tuple]:
         """One batched ``generate``: (prompt ids, output ids, log-probs, None) a row."""
         import torch
 
-        kwargs = self._generate_kwargs(p, gens, ends, stop_strings, logit_noise)
+        kwargs = self._generate_kwargs(p, gens, ends, stop_strings, logit_noise, grammar)
         if self.fp8:
             kwargs["cache"] = new_cache(True, self.ref.model.config)
         with torch.inference_mode():
@@ -274,7 +281,7 @@ class HFTarget(Target):
                  logprobs[r, steps, tokens[r]].tolist(), None) for r in range(len(gens))]
 
     def _one(self, ids: list[int], p: Parameters, gen, ends: list[int],
-             stop_strings: list[str] | None) -> tuple:
+             stop_strings: list[str] | None, grammar: Grammar | None = None) -> tuple:
         """One row through the prefix cache and/or speculation."""
         import torch
 
@@ -283,7 +290,7 @@ class HFTarget(Target):
             if self.speculative:
                 out_ids, logprobs = self._speculate(ids, p, gen, ends, stop_strings, found.cache)
             else:
-                kwargs = self._generate_kwargs(p, [gen], ends, stop_strings)
+                kwargs = self._generate_kwargs(p, [gen], ends, stop_strings, grammar=grammar)
                 out = self.ref.model.generate(input_ids=torch.tensor([ids]), cache=found.cache,
                                               **kwargs)
                 out_ids = out.sequences[0, len(ids):].tolist()
@@ -319,7 +326,8 @@ class HFTarget(Target):
         stops = None if "stop-ignored" in self.faults else p.stop
         completions = self.complete(prompts, p, add_special_tokens="double-bos" in self.faults,
                                     stop_strings=stops,
-                                    seeds=[row_seed(self._seed(r.parameters), k) for r, k in rows])
+                                    seeds=[row_seed(self._seed(r.parameters), k) for r, k in rows],
+                                    grammar=forced_call_of(requests, markup_of(self.ref)))
         if "identical-choices" in self.faults:
             completions = [completions[i - k] for i, (_, k) in enumerate(rows)]
         timing = clock.timing(share=len(requests))
@@ -345,8 +353,11 @@ class HFTarget(Target):
             text = self.ref.strip_special(text)
         if "echo" in self.faults:
             text = self.ref.tokenizer.decode(c.prompt_ids, skip_special_tokens=True) + text
-        parts = serving.parsed_fields(text, request.conversation, markup_of(self.ref),
-                                      self.faults)
+        markup = markup_of(self.ref)
+        parts = serving.parsed_fields(
+            text, request.conversation, markup, self.faults,
+            structured=request.parameters.grammar is not None,
+            prefilled=markup.think_open is not None and prompt.rstrip().endswith(markup.think_open.strip()))
         reason = "stop" if c.finished or stopped else "length"
         return ResponseRecord(
             id=request.id, conversations=request.conversation, parameters=request.parameters,

@@ -29,13 +29,14 @@ def cut_at_stop(text: str, stops: list[str] | None, faults: frozenset[str]) -> t
 
 
 def parsed_fields(output: str, conversation: Conversation, markup: Markup,
-                  faults: frozenset[str]) -> dict:
+                  faults: frozenset[str], structured: bool = False, prefilled: bool = False) -> dict:
     """``content``, ``reasoning_content`` and ``tool_calls`` as a server with the family's
-    parsers on returns them (nothing where the template has no such markup)."""
-    wants_calls = bool(conversation.tools) and markup.has_calls
+    parsers on returns them (nothing where the template has no such markup); a ``structured``
+    output is the grammar's text, after a thinking block it opens (or its prompt, ``prefilled``)."""
+    wants_calls = bool(conversation.tools) and markup.has_calls and not structured
     if not (wants_calls or markup.has_thinking):
         return {}
-    parsed = markup.parse(output)
+    parsed = markup.parse_structured(output, prefilled) if structured else markup.parse(output)
     out: dict = {"content": parsed.content}
     if markup.has_thinking:
         out["reasoning_content"] = parsed.reasoning

@@ -1,0 +1,95 @@
+"""Records decoded under a grammar, as the checks read them: each one's grammar, where in its
+output the grammar begins, and the masks it is scored under.
+
+A record is decoded under a grammar when it asks for a structured output
+(``Parameters.grammar``) or forces a tool call (``tool_choice`` required or a named function:
+the engine's own grammar, in the dialect its text shows, ``reference.forced_calls``). A correct
+engine samples such an output from the reference masked to what the grammar allows next, and
+renormalised, so the statistical checks score it that way (``ScoreItem.allowed``). The grammar
+starts after a thinking block the output opens, as vLLM applies it after its reasoning
+parser's end; the thinking itself is scored unmasked. The layout (whitespace between JSON
+tokens, properties a schema does not name) is found from the records: the tightest every one
+fits (``GrammarMasks.tightest``), as the sampling convention is found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cached_property
+
+import numpy as np
+
+from servecheck.checks.core.record_markup import RecordMarkup
+from servecheck.formats.grammar import Grammar
+from servecheck.formats.records import ResponseRecord
+from servecheck.reference.forced_calls import forced_call_grammar
+from servecheck.reference.grammar import Layout, masks_for
+from servecheck.reference.model import Reference
+
+__all__ = ["Structured", "judged"]
+
+
+def judged(r: ResponseRecord) -> bool:
+    """Whether a record's grammar can be judged from its text: a forced call whose raw output
+    the collector rebuilt from the parsed calls (no server ids) is not what the engine decoded
+    (vLLM decodes JSON, the rebuild writes the template's markup), so it is counted, not judged."""
+    rebuilt = str((r.sent or {}).get("output", "")).startswith("rebuilt")
+    return not (r.parameters.forces_call and rebuilt)
+
+
+class Structured:
+    """The grammar facts of one run's records, each found once."""
+
+    def __init__(self, ref: Reference, records: list[ResponseRecord],
+                 output_ids: Callable[[int], list[int]], outputs: RecordMarkup) -> None:
+        self.ref, self.records, self.outputs = ref, records, outputs
+        self._output_ids = output_ids
+        self._grammars: dict[int, Grammar | None] = {}
+        self._starts: dict[int, int] = {}
+
+    def grammar(self, i: int) -> Grammar | None:
+        """Record i's grammar: its structured output's, or its forced call's; None: none."""
+        if i not in self._grammars:
+            r = self.records[i]
+            p = r.parameters
+            self._grammars[i] = p.grammar if p.grammar is not None or not p.forces_call else \
+                forced_call_grammar(p.tool_choice or "required", r.conversations.tools or [],
+                                    self.outputs.markup, self.outputs.dialect(i))
+        return self._grammars[i]
+
+    def indices(self) -> list[int]:
+        """The records decoded under a grammar."""
+        return [i for i in range(len(self.records)) if self.grammar(i) is not None]
+
+    def start(self, i: int) -> int:
+        """The output token where record i's grammar begins: 0, or just past its thinking."""
+        if i not in self._starts:
+            self._starts[i] = 0
+            if self.outputs.parsed(i).reasoning is not None:
+                closer = (self.outputs.markup.think_close or "").strip()
+                ids = self._output_ids(i)
+                self._starts[i] = next((k for k in range(1, len(ids) + 1)
+                                        if closer in self.ref.decode(ids[:k])), 0)
+        return self._starts[i]
+
+    def ids(self, i: int) -> list[int]:
+        """Record i's output tokens from where its grammar begins."""
+        return self._output_ids(i)[self.start(i):]
+
+    @cached_property
+    def layout(self) -> Layout:
+        """The layout every structured output is scored under (``GrammarMasks.tightest``)."""
+        return masks_for(self.ref).tightest([(g, self.ids(i)) for i in self.indices()
+                                             if (g := self.grammar(i)) is not None])
+
+    def masks(self, i: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Record i's masks along its output (every token allowed in its thinking), and the
+        whitespace tokens whose mass the mask check weighs; (None, None): no grammar."""
+        grammar = self.grammar(i)
+        if grammar is None:
+            return None, None
+        masks = masks_for(self.ref)
+        ids, start = self._output_ids(i), self.start(i)
+        bits = masks.bitmask(len(ids)).numpy()
+        bits[start:] = masks.walk(masks.compile(grammar, self.layout), ids[start:]).bits
+        return bits, masks.whitespace
