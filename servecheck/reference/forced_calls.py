@@ -3,9 +3,13 @@
 ``tool_choice`` ``required`` or a named function makes an engine decode under a grammar of its
 own, in one of two dialects, and the text a record carries says which:
 
-- the template's markup (SGLang's EBNF, the in-process server): ``<tool_call>`` + a JSON object
-  ``{"name": <an offered function>, "arguments": <its parameters>}`` + ``</tool_call>``, one
-  call or more, then the end token; the calls are read as any call is (``Markup.parse``);
+- the template's markup (vLLM 0.32's structural tags, SGLang's EBNF, the in-process server):
+  ``<tool_call>`` + a JSON object ``{"name": <an offered function>, "arguments": …}`` +
+  ``</tool_call>``, one call or more, then the end token; the calls are read as any call is
+  (``Markup.parse``). The arguments follow the function's parameters schema where the tool
+  says ``"strict": true``; otherwise, as OpenAI's API promises no more, any JSON object (vLLM
+  0.32 served a forced ``get_weather`` with ``{"animal": "dog"}``), unless ``schemas`` (an
+  engine that enforces them anyway, found from the records);
 - vLLM's JSON: for ``required`` an array of ``{"name", "parameters"}`` objects, for a named
   function its arguments alone; vLLM builds ``tool_calls`` from that JSON, so the raw output
   holds no markup (``calls_of_json`` reads it).
@@ -31,11 +35,14 @@ AT_MOST = 4
 add more (parallel calls); four covers every template's examples."""
 
 
-def _offered(tool_choice: str | dict[str, Any], tools: list[dict[str, Any]]
+def _offered(tool_choice: str | dict[str, Any], tools: list[dict[str, Any]], schemas: bool
              ) -> list[tuple[str, dict[str, Any]]]:
-    """(name, parameters schema) of the functions the call may be: all offered, or the named one."""
+    """(name, arguments schema) of the functions the call may be: all offered, or the named
+    one; the parameters schema where it is enforced, else any object."""
     named = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else None
-    return [(t["function"]["name"], t["function"].get("parameters") or {"type": "object"})
+    return [(t["function"]["name"],
+             (t["function"].get("parameters") or {"type": "object"})
+             if schemas or t["function"].get("strict") else {"type": "object"})
             for t in tools if named is None or t["function"]["name"] == named]
 
 
@@ -48,8 +55,10 @@ def dialect_of(content: str, markup: Markup) -> Dialect:
 
 
 def forced_call_grammar(tool_choice: str | dict[str, Any], tools: list[dict[str, Any]],
-                        markup: Markup, dialect: Dialect) -> Grammar:
-    offered = _offered(tool_choice, tools)
+                        markup: Markup, dialect: Dialect, schemas: bool = False) -> Grammar:
+    """The grammar of a forced call; ``schemas``: the markup's arguments follow every offered
+    function's schema, strict or not (vLLM's JSON always does: its schema is built from them)."""
+    offered = _offered(tool_choice, tools, schemas or dialect == "json")
     if dialect == "json":
         if isinstance(tool_choice, dict):
             return Grammar.json_schema(offered[0][1] if offered else {"type": "object"})

@@ -86,3 +86,18 @@ def test_a_call_rebuilt_from_the_parsed_fields_is_counted_not_judged(ref: Refere
                                                           "reference template's markup"})
     ctx, result = _checked(ref, [rebuilt])
     assert ctx.records == [] and ctx.constrained == 1 and result.verdict == "skipped"
+
+
+def test_arguments_follow_the_schema_only_where_a_tool_is_strict(ref: Reference) -> None:
+    """OpenAI's API promises a forced call's arguments match the parameters schema only for a
+    tool with ``"strict": true``: vLLM 0.32 forced ``get_weather`` and let the model write
+    ``{"animal": "dog"}``. That passes; the same call of a strict tool is named."""
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"animal": "dog"}}\n</tool_call>'
+    loose = _record(ref, call + END, NAMED, rid="loose")
+    _, result = _checked(ref, [loose])
+    assert result.verdict == "pass", result.summary
+    strict = [{**t, "function": {**t["function"], "strict": True}} for t in TOOLS]
+    tight = loose.model_copy(update={"id": "strict", "conversations": loose.conversations.model_copy(
+        update={"tools": strict})})
+    _, result = _checked(ref, [tight])
+    assert result.verdict == "fail" and result.findings[0].record == "strict"

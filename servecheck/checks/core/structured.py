@@ -9,7 +9,8 @@ renormalised, so the statistical checks score it that way (``ScoreItem.allowed``
 starts after a thinking block the output opens, as vLLM applies it after its reasoning
 parser's end; the thinking itself is scored unmasked. The layout (whitespace between JSON
 tokens, properties a schema does not name) is found from the records: the tightest every one
-fits (``GrammarMasks.tightest``), as the sampling convention is found.
+fits (``GrammarMasks.tightest``), as the sampling convention is found, and so is whether a
+forced call's arguments follow their schemas where no tool asks it (``schemas``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from servecheck.checks.core.record_markup import RecordMarkup
 from servecheck.formats.grammar import Grammar
 from servecheck.formats.records import ResponseRecord
 from servecheck.reference.forced_calls import forced_call_grammar
-from servecheck.reference.grammar import Layout, masks_for
+from servecheck.reference.grammar import PERMISSIVE, Layout, masks_for
 from servecheck.reference.model import Reference
 
 __all__ = ["Structured", "judged"]
@@ -53,9 +54,28 @@ class Structured:
             r = self.records[i]
             p = r.parameters
             self._grammars[i] = p.grammar if p.grammar is not None or not p.forces_call else \
-                forced_call_grammar(p.tool_choice or "required", r.conversations.tools or [],
-                                    self.outputs.markup, self.outputs.dialect(i))
+                self._forced(i, self.schemas)
         return self._grammars[i]
+
+    def _forced(self, i: int, schemas: bool) -> Grammar:
+        r = self.records[i]
+        return forced_call_grammar(r.parameters.tool_choice or "required",
+                                   r.conversations.tools or [], self.outputs.markup,
+                                   self.outputs.dialect(i), schemas)
+
+    @cached_property
+    def schemas(self) -> bool:
+        """Whether forced calls' arguments are scored under their functions' schemas though no
+        tool says ``strict``: where every forced call fits them (an engine that enforces them
+        anyway: a looser mask would expect mass it never let through), found from the records
+        as the layout is; a call not even the looser grammar allows is the grammar check's."""
+        masks = masks_for(self.ref)
+        forced = [i for i in range(len(self.records)) if self.records[i].parameters.forces_call
+                  and self.records[i].parameters.grammar is None]
+        fits = [i for i in forced if masks.walk(masks.compile(self._forced(i, False), PERMISSIVE),
+                                                self.ids(i)).violation is None]
+        return all(masks.walk(masks.compile(self._forced(i, True), PERMISSIVE),
+                              self.ids(i)).violation is None for i in fits)
 
     def indices(self) -> list[int]:
         """The records decoded under a grammar."""
