@@ -15,6 +15,7 @@ from servecheck.checks.core.attribution import attribute
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.registry import table_specs
 from servecheck.checks.core.results import CheckResult
+from servecheck.checks.core.structured import TEXT_ONLY_GRAMMAR
 
 __all__ = ["Screened", "run_checks", "screen"]
 
@@ -27,7 +28,8 @@ def screen(ctx: CheckContext) -> Screened:
     they fail out of the statistical checks: an output cut mid-word is the termination check's
     finding, and its last token, scored as if sampled, would also fail greedy, support and
     temperature, and could tip the sampling order the whole file is scored under. Each such
-    record is named where it fails, and ``ctx.left_out`` says why it is left out."""
+    record is named where it fails, and ``ctx.left_out`` says why it is left out; so is a
+    structured output without token ids, which only the grammar check judges."""
     done = {s.name: s.run(ctx) for s in table_specs() if s.screens}
     reasons: dict[str, list[str]] = {}
     for results in done.values():
@@ -35,6 +37,8 @@ def screen(ctx: CheckContext) -> Screened:
             if r.verdict == "fail":
                 for f in r.findings:
                     reasons.setdefault(f.record, []).append(r.name)
+    for i in ctx.structured.text_only():
+        reasons.setdefault(ctx.labels[i], []).append(TEXT_ONLY_GRAMMAR)
     ctx.leave_out(reasons)
     return done
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from servecheck.checks.core.context import CheckContext, label
 from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import CheckResult, Details, Finding
+from servecheck.checks.core.structured import TEXT_ONLY_GRAMMAR
 
 NAME = "records"
 
@@ -29,8 +30,13 @@ def run(ctx: CheckContext) -> list[CheckResult]:
     n = len(ctx.all_records)
     counts = ctx.left_out_counts()
     details = AnsweredDetails(n, len(failed), counts)
-    left = (f"; {len(ctx.left_out)} left out of the statistical checks, named where they fail ("
-            + ", ".join(f"{name} {k}" for name, k in counts.items()) + ")") if counts else ""
+    failing = {name: k for name, k in counts.items() if name != TEXT_ONLY_GRAMMAR}
+    left = (f"; {len(ctx.left_out)} left out of the statistical checks" + (
+        ", named where they fail (" + ", ".join(f"{name} {k}" for name, k in failing.items())
+        + ")" if failing else "") + (
+        f"; {counts[TEXT_ONLY_GRAMMAR]} decoded under a grammar without the server's token ids "
+        f"(walked by the grammar check only)" if TEXT_ONLY_GRAMMAR in counts else "")) \
+        if counts else ""
     if failed:
         return [CheckResult(NAME, "fail",
                             f"{len(failed)}/{n} requests failed and were not checked "

@@ -127,7 +127,12 @@ def run(ctx: CheckContext) -> list[CheckResult]:
         return [CheckResult(NAME, "fail", f"{len(findings)}/{len(asked)} records: " + ", ".join(
             f"{k} ({n})" for k, n in kinds.most_common()) + errs, details, findings,
             per_record=True)]
+    unscored = len(ctx.structured.text_only())
+    scored = (f"; scored under the masks of the tightest layout they fit: "
+              f"{ctx.structured.layout.describe()}") if unscored < len(asked) else ""
+    text_only = (f"; {unscored} without the server's token ids: walked, not scored by the "
+                 f"statistics (under a mask a model often spells a word in pieces its text's "
+                 f"tokens do not show: ask for log-probs or token ids)") if unscored else ""
     return [CheckResult(NAME, "pass", (
-        f"{len(asked)} records decoded under their grammar, every token one it allows; scored "
-        f"under the masks of the tightest layout they fit: {ctx.structured.layout.describe()}"
-        f"{errs}"), details, per_record=True)]
+        f"{len(asked)} records decoded under their grammar, every token one it allows{scored}"
+        f"{text_only}{errs}"), details, per_record=True)]

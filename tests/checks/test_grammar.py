@@ -22,6 +22,7 @@ from servecheck.checks.core.context import CheckContext
 from servecheck.formats.conversation import Conversation, Message
 from servecheck.formats.parameters import Parameters
 from servecheck.formats.records import ResponseRecord
+from servecheck.formats.responses import read_records
 from servecheck.reference.model import Reference
 
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
@@ -87,7 +88,8 @@ def test_no_structured_output_is_skipped(ref: Reference) -> None:
     ("", None), ("grammar-ignored", "grammar not enforced"), ("grammar-loose", "grammar not enforced"),
     ("grammar-tight", "over-constrained")])
 def test_the_in_process_server_under_its_grammar(fault: str, kinds: str | None, root: Path,
-                                                 run_cli, check_json, tmp_path: Path) -> None:
+                                                 run_cli, check_json, tmp_path: Path,
+                                                 write_records) -> None:
     out = tmp_path / "r.jsonl"
     target = "hf:builtin-tools" + (f"?fault={fault}" if fault else "")
     assert run_cli("generate", root / "examples" / "prompts-json.json", "--target", target,
@@ -99,6 +101,14 @@ def test_the_in_process_server_under_its_grammar(fault: str, kinds: str | None, 
         assert code == 0 and row["verdict"] == "pass", row["summary"]
         assert "68 records decoded under their grammar" in row["summary"]  # forced calls too
         assert mask["verdict"] == "pass", mask["summary"]  # under the masks: fit, sampler too
+        # text only (no ids): walked, and left out of the statistics, never failed there: under
+        # a mask the model spells "animal" as an, i, m, a, l, which the text's tokens hide
+        text_only = [r.model_copy(update={"output_token_ids": None, "output_logprobs": None,
+                                          "prompt_token_ids": None}) for r in read_records(out)]
+        code, summary = check_json(write_records(tmp_path / "t.jsonl", text_only), tmp_path,
+                                   "builtin-tools")
+        row = next(c for c in summary["checks"] if c["name"] == "grammar")
+        assert code == 0 and "68 without the server's token ids: walked" in row["summary"]
     elif fault == "grammar-tight":  # every token allowed; whitespace the grammar allows, never
         assert code == 1 and row["verdict"] == "pass" and mask["verdict"] == "fail"
         assert mask["summary"].startswith(kinds)

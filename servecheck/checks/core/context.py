@@ -199,8 +199,7 @@ class CheckContext:
 
     def _searchable(self, i: int) -> bool:
         """A text-only record whose tokenization may be searched: not one decoded under a
-        grammar, whose masks are walked along the canonical tokens (any spelling of allowed
-        text is allowed, so the canonical one is a tokenization a correct server could draw)."""
+        grammar, which the statistics leave out (``Structured.text_only``)."""
         return self.output_ids(i)[1] is TokenSource.CANONICAL and \
             not self.records[i].parameters.constrained
 
@@ -280,17 +279,19 @@ class CheckContext:
         """The seed of record i's PIT uniforms and tokenization draws: from its label, stable."""
         return int.from_bytes(hashlib.sha256(self.labels[i].encode()).digest()[:4], "little")
 
-    def item(self, i: int) -> ScoreItem:
-        """What the scorer gets for record i: its prompt and output tokens, its sampling and
-        its seed (some checks score it again under another order or penalty)."""
-        prompt, output = self.prompt_ids(i)[0], self.output_ids(i)[0]
+    def item(self, i: int, spelling: list[int] | None = None) -> ScoreItem:
+        """What the scorer gets for record i: its prompt and output tokens (or ``spelling``,
+        another tokenization of its text), its sampling, its seed and, under a grammar, its
+        masks (some checks score it again under another order or penalty)."""
+        prompt = self.prompt_ids(i)[0]
+        output = self.output_ids(i)[0] if spelling is None else spelling
         limit = self.ref.context_length
         if limit and len(prompt) + len(output) > limit:  # memory and meaning both end here
             raise InputError(f"prompt and output are {len(prompt)} + {len(output)} tokens, beyond "
                              f"the reference's context of {limit}: a record of another model, or "
                              f"a server that ran past its context",
                              where=self.records[i].named(self.labels[i]))
-        allowed, watch = self.structured.masks(i)
+        allowed, watch = self.structured.masks(i, spelling)
         return ScoreItem(prompt, output, self.sampling[i], self.seed(i), allowed, watch)
 
     @cached_property

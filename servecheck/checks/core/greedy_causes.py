@@ -95,7 +95,7 @@ def explain(ctx: CheckContext, mismatched: list[int], matched: list[int]) -> Cau
     if not plain:
         return None
     rows = plain + others
-    base = [ScoreItem(ctx.prompt_ids(i)[0], ctx.output_ids(i)[0], Sampling()) for i in rows]
+    base = [replace(ctx.item(i), sampling=Sampling(), seed=0) for i in rows]  # masks kept
     before = sum(_hard(ctx, base[:len(plain)], SCOPES[0]))
     if not before:
         return None

@@ -27,7 +27,10 @@ from servecheck.reference.forced_calls import forced_call_grammar
 from servecheck.reference.grammar import PERMISSIVE, Layout, masks_for
 from servecheck.reference.model import Reference
 
-__all__ = ["Structured", "judged"]
+__all__ = ["TEXT_ONLY_GRAMMAR", "Structured", "judged"]
+
+TEXT_ONLY_GRAMMAR = "grammar, text only"
+"""Why a record decoded under a grammar without token ids is left out (``Structured.text_only``)."""
 
 
 def judged(r: ResponseRecord) -> bool:
@@ -81,16 +84,28 @@ class Structured:
         """The records decoded under a grammar."""
         return [i for i in range(len(self.records)) if self.grammar(i) is not None]
 
-    def start(self, i: int) -> int:
-        """The output token where record i's grammar begins: 0, or just past its thinking."""
-        if i not in self._starts:
-            self._starts[i] = 0
-            if self.outputs.parsed(i).reasoning is not None:
-                closer = (self.outputs.markup.think_close or "").strip()
-                ids = self._output_ids(i)
-                self._starts[i] = next((k for k in range(1, len(ids) + 1)
-                                        if closer in self.ref.decode(ids[:k])), 0)
-        return self._starts[i]
+    def text_only(self) -> list[int]:
+        """Records decoded under a grammar without the server's token ids: the grammar check
+        walks their text (a byte-level grammar allows every spelling of allowed text), but the
+        statistics leave them out. Under a mask a model often spells a word in pieces
+        (``an``, ``i``, ``m``, ``a``, ``l`` where ``animal`` is one token), and the canonical
+        tokens of such a text put a correct greedy record off the argmax later on."""
+        return [i for i in self.indices() if self.records[i].output_token_ids is None]
+
+    def start(self, i: int, ids: list[int] | None = None) -> int:
+        """The output token where record i's grammar begins (along ``ids``, another spelling
+        of its text, where given): 0, or just past its thinking."""
+        if ids is None and i in self._starts:
+            return self._starts[i]
+        tokens = self._output_ids(i) if ids is None else ids
+        at = 0
+        if self.outputs.parsed(i).reasoning is not None:
+            closer = (self.outputs.markup.think_close or "").strip()
+            at = next((k for k in range(1, len(tokens) + 1)
+                       if closer in self.ref.decode(tokens[:k])), 0)
+        if ids is None:
+            self._starts[i] = at
+        return at
 
     def ids(self, i: int) -> list[int]:
         """Record i's output tokens from where its grammar begins."""
@@ -102,14 +117,17 @@ class Structured:
         return masks_for(self.ref).tightest([(g, self.ids(i)) for i in self.indices()
                                              if (g := self.grammar(i)) is not None])
 
-    def masks(self, i: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Record i's masks along its output (every token allowed in its thinking), and the
-        whitespace tokens whose mass the mask check weighs; (None, None): no grammar."""
+    def masks(self, i: int, ids: list[int] | None = None
+              ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Record i's masks along its output (or along ``ids``, a tokenization of its text the
+        search proposes), every token allowed in its thinking, and the whitespace tokens whose
+        mass the mask check weighs; (None, None): no grammar."""
         grammar = self.grammar(i)
         if grammar is None:
             return None, None
         masks = masks_for(self.ref)
-        ids, start = self._output_ids(i), self.start(i)
-        bits = masks.bitmask(len(ids)).numpy()
-        bits[start:] = masks.walk(masks.compile(grammar, self.layout), ids[start:]).bits
+        tokens = self._output_ids(i) if ids is None else ids
+        start = self.start(i, ids)
+        bits = masks.bitmask(len(tokens)).numpy()
+        bits[start:] = masks.walk(masks.compile(grammar, self.layout), tokens[start:]).bits
         return bits, masks.whitespace

@@ -120,8 +120,7 @@ class TokenSearch:
             if not proposals:
                 break
             order = [(i, p) for i in proposals for p in proposals[i]]
-            items = [ScoreItem(ctx.prompt_ids(i)[0], p.ids, ctx.sampling[i], ctx.seed(i))
-                     for i, p in order]
+            items = [ctx.item(i, p.ids) for i, p in order]
             best: dict[int, tuple[TokenScores, TokenScores, list[int]]] = {}
             scored = ctx.score_items(items)
             for (i, p), s, v in zip(order, scored, self._views(items, scored), strict=True):
