@@ -67,13 +67,16 @@ def _effort_off(ctx: CheckContext, i: int, markup: Markup) -> bool:
                 and ctx.expected_prompts[i].endswith(markup.think_off))
 
 
-def open_thinking(output: str, markup: Markup) -> str | None:
+def open_thinking(output: str, markup: Markup, at_start: bool = False) -> str | None:
     """The thinking of an output whose block opens and never closes (None: no such block): what
-    a budget spent entirely on thinking leaves, which ``Markup.parse`` reads as no thinking."""
+    a budget spent entirely on thinking leaves, which ``Markup.parse`` reads as no thinking.
+    ``at_start``: only a block that opens the output (a structured output's text may hold the
+    opener inside a JSON string, where it is text)."""
     assert markup.think_open is not None and markup.think_close is not None
     text = markup.strip_end(output)
     start = text.find(markup.think_open.strip())
-    if start < 0 or markup.think_close.strip() in text[start:]:
+    if start < 0 or markup.think_close.strip() in text[start:] or \
+            (at_start and text[:start].strip()):
         return None
     return text[start + len(markup.think_open.strip()):].strip("\n")
 
@@ -149,7 +152,9 @@ def run(ctx: CheckContext) -> list[CheckResult]:
     thoughts: dict[int, tuple[str, bool]] = {}
     for i in sorted(set(split) | set(off)):
         parsed = ctx.outputs.parsed(i)
-        unclosed = open_thinking(ctx.records[i].output, markup) if parsed.reasoning is None else None
+        unclosed = open_thinking(ctx.records[i].output, markup,
+                                 at_start=ctx.records[i].parameters.constrained) \
+            if parsed.reasoning is None else None
         if thought := (parsed.reasoning or unclosed or "").strip():
             thoughts[i] = thought, unclosed is not None
     assert markup.think_open is not None

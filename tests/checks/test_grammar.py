@@ -116,3 +116,23 @@ def test_the_in_process_server_under_its_grammar(fault: str, kinds: str | None, 
     else:
         assert code == 1 and row["verdict"] == "fail", row["summary"]
         assert all(f["message"].startswith(kinds) for f in row["findings"])
+
+
+def test_thinking_markup_inside_a_json_string_is_text() -> None:
+    """A structured output's string may hold ``<think>`` or ``</think>``: text, not thinking
+    (grammar-loose once had the reasoning row fail on one)."""
+    from servecheck.checks import reasoning
+
+    tools_ref = Reference("builtin-tools")
+    records = [ResponseRecord(id=rid, conversations=Conversation(
+        contents=[Message(role="user", content="Which tag?")],
+        chat_template_kwargs={"enable_thinking": False}),
+        parameters=Parameters(temperature=0.0, max_tokens=40,
+                              response_format={"type": "json_object"}),
+        output=out, finish_reason="stop")
+        for rid, out in (("open", '{"tag": "<think> opens"}<|im_end|>'),
+                         ("close", '{"tag": "</think> closes"}<|im_end|>'))]
+    ctx = CheckContext(records, tools_ref)
+    result = reasoning.run(ctx)[0]
+    assert result.verdict != "fail", result.summary
+    assert grammar.run(ctx)[0].verdict == "pass"
