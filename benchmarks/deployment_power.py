@@ -19,9 +19,6 @@ to tune anything. Rows append to ``--results`` as they finish (resumable).
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 import time
 from collections import Counter, defaultdict
@@ -29,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from resumable import run_all  # noqa: E402 - the benchmarks' one run loop
+from power_runs import outcome, power_args, run_power, upper  # noqa: E402 - shared shape
 
 SYSTEMS = ["You are a helpful assistant. Read the whole message before you answer, and answer "
            "only from what it says. Keep the answer short and plain.",
@@ -108,21 +105,9 @@ def one_run(name: str, spec: str, n: int, rep: int) -> dict:
     fp32 = servecheck.CheckOptions("builtin", numerics="fp32")  # the server's own numerics
     for key, recs, options in (("", records, bf16), ("_text_only", text_only, bf16),
                                ("_fp32", records, fp32)):
-        run = servecheck.check(recs, options, reference=ref)
-        row.update({
-            f"failed{key}": [r.name for r in run.results if r.verdict == "fail"],
-            f"summaries{key}": {r.name: r.summary for r in run.results if r.verdict == "fail"},
-            f"first_cause{key}": run.digest.failures[0].cause if run.digest.failures else None,
-            f"implausible{key}": [run.context.labels[i] for i, v in run.verdicts.items()
-                                  if v.verdict != "pass"]})
+        row.update(outcome(servecheck.check(recs, options, reference=ref), key))
     row["seconds"] = round(time.perf_counter() - t0, 2)
     return row
-
-
-def _upper(k: int, n: int) -> float:
-    from scipy.stats import beta
-
-    return float("nan") if not n else 1.0 if k == n else float(beta.ppf(0.975, k + 1, n - k))
 
 
 def table(rows: list[dict], sizes: list[int]) -> str:
@@ -137,9 +122,9 @@ def table(rows: list[dict], sizes: list[int]) -> str:
             one = sum(bool(r[f"implausible{key}"]) for r in runs)
             by = Counter(c for r in runs for c in r[f"failed{key}"])
             out.append(f"| {name} | {what} | {len(runs)} × {runs[0]['n']} | {k}/{len(runs)} "
-                       f"({100 * _upper(k, len(runs)):.1f}%) | "
+                       f"({100 * upper(k, len(runs)):.1f}%) | "
                        f"{', '.join(f'{c} {v}' for c, v in by.most_common()) or '—'} | "
-                       f"{one}/{len(runs)} ({100 * _upper(one, len(runs)):.1f}%) |")
+                       f"{one}/{len(runs)} ({100 * upper(one, len(runs)):.1f}%) |")
     out += ["", "| fault | variant | " + " | ".join(f"N={n}" for n in sizes) +
             " | caught by | named first |", "|---|---|" + "---|" * len(sizes) + "---|---|"]
     for fault in FAULTY:
@@ -160,36 +145,9 @@ def table(rows: list[dict], sizes: list[int]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--fa-runs", type=int, default=100)
-    ap.add_argument("--fa-size", type=int, default=100)
-    ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--sizes", default="50,100,200")
-    ap.add_argument("--rep-offset", type=int, default=700_000)
-    ap.add_argument("--only", default="", help="server names or faults, separated by ;")
-    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    ap.add_argument("--results", type=Path,
-                    default=ROOT / "benchmarks" / "results" / "deployment_power.jsonl")
-    ap.add_argument("--table", type=Path,
-                    default=ROOT / "benchmarks" / "results" / "deployment_power.md")
-    a = ap.parse_args()
-    sizes = [int(s) for s in a.sizes.split(",")]
-    rows = [json.loads(x) for x in a.results.read_text().splitlines() if x.strip()] \
-        if a.results.exists() else []
-    done = {(r["server"], r["n"], r["rep"]) for r in rows}
-    only = [w.strip() for w in a.only.split(";") if w.strip()]
-    todo = [(name, spec, a.fa_size, a.rep_offset + k) for name, spec in CORRECT.items()
-            for k in range(a.fa_runs)]
-    todo += [(f, spec, n, a.rep_offset + k) for f, spec in FAULTY.items() for n in sizes
-             for k in range(a.reps)]
-    todo = [t for t in todo if (t[0], t[2], t[3]) not in done
-            and (not only or any(w in t[0] for w in only))]
-    todo.sort(key=lambda t: (t[3], t[2]))  # every server advances together: a cut run is even
-    a.results.parent.mkdir(parents=True, exist_ok=True)
-    run_all(todo, one_run, a.results, rows, a.workers, _init)
-    text = table(rows, sizes)
-    a.table.write_text(text + "\n")
-    print(text)
+    a = power_args(__doc__.split("\n\n")[0], ROOT / "benchmarks" / "results" / "deployment_power",
+                   100, "50,100,200", 700_000)
+    run_power(a, CORRECT, FAULTY, one_run, _init, table)
 
 
 if __name__ == "__main__":
