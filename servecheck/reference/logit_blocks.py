@@ -131,12 +131,12 @@ class LogitBlocks:
         self.step = max(1, min(MAX_ROWS, logit_budget // self.vocab))
         self.pending: dict[Sampling | None, list[tuple[torch.Tensor, ...]]] = {}
 
-    def add(self, batch: list[int], hidden: torch.Tensor, offsets: dict[int, int]) -> None:
+    def add(self, row_of: dict[int, int], hidden: torch.Tensor, offsets: dict[int, int]) -> None:
+        """Queue the items ``row_of`` names, item → its row of ``hidden`` (rows may be shared)."""
         width, dim = hidden.shape[1], hidden.shape[2]
         flat = hidden.reshape(-1, dim)
         dev = hidden.device
-        row_of = {i: row for row, i in enumerate(batch)}
-        for s, members in _group_rows(self.items, batch).items():
+        for s, members in _group_rows(self.items, list(row_of)).items():
             parts = []
             for i in members:
                 row, p, o = row_of[i], len(self.items[i].prompt_ids), len(self.items[i].output_ids)

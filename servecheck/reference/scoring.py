@@ -2,7 +2,8 @@
 
 The server's RNG cannot be reproduced and need not be: feeding the served tokens back through
 the reference gives, at every output position, the distribution q_i = S_θ(z_i) a correct server
-sampled from. This costs one forward pass per response, where regenerating costs one per token.
+sampled from. This costs one forward pass per response, where regenerating costs one per token, and one per
+sequence where several items share it (a sequence rescored under several samplings).
 
 How it stays fast (docs/performance.md has the measurements):
 
@@ -73,7 +74,14 @@ def score_rows(ref: Reference, items: Sequence[ScoreItem], convention: Conventio
     token_budget = token_budget or (32768 if cuda else 8192)
     logit_budget = logit_budget or (1 << 29 if cuda else 1 << 22)
     lengths = [len(it.prompt_ids) + len(it.output_ids) for it in items]
-    order = sorted(range(len(items)), key=lambda i: -lengths[i])
+    # items sharing their id lists (one sequence under several samplings) share one forward
+    first_of: dict[tuple[int, int], int] = {}
+    shared = [first_of.setdefault((id(it.prompt_ids), id(it.output_ids)), i)
+              for i, it in enumerate(items)]
+    riders: dict[int, list[int]] = {}
+    for i, rep in enumerate(shared):
+        riders.setdefault(rep, []).append(i)
+    order = sorted(riders, key=lambda i: -lengths[i])
     n_out = [len(it.output_ids) for it in items]
     offsets = dict(zip(range(len(items)), np.cumsum([0, *n_out])[:-1].tolist(), strict=True))
     total = sum(n_out)
@@ -95,6 +103,7 @@ def score_rows(ref: Reference, items: Sequence[ScoreItem], convention: Conventio
                 ids[row, :p] = items[i].prompt_ids
                 ids[row, p:lengths[i]] = items[i].output_ids
             hidden = forward_hidden(ref, torch.from_numpy(ids).to(first, non_blocking=True)).to(dev)
-            overlap.submit(blocks.add, batch, hidden, offsets)
+            row_of = {i: row for row, rep in enumerate(batch) for i in riders[rep]}
+            overlap.submit(blocks.add, row_of, hidden, offsets)
         overlap.submit(blocks.flush)
     return raw, extra

@@ -100,10 +100,11 @@ def explain(ctx: CheckContext, mismatched: list[int], matched: list[int]) -> Cau
     if not before:
         return None
     found: list[Cause] = []
-    for scope in SCOPES:
-        for setting, value in GRID:
-            items = [replace(b, sampling=Sampling(**{setting: value})) for b in base]
-            after = sum(_hard(ctx, items, scope))
+    for scope in SCOPES:  # the whole grid in one call: one forward pass per record, not per cell
+        items = [replace(b, sampling=Sampling(**{setting: value}))
+                 for setting, value in GRID for b in base]
+        hard = np.asarray(_hard(ctx, items, scope)).reshape(len(GRID), len(base)).sum(axis=1)
+        for (setting, value), after in zip(GRID, hard.tolist(), strict=True):
             if after <= LEFT * before:
                 asked = {getattr(ctx.records[i].parameters, setting) for i in plain}
                 neutral = 1.0 if setting == "repetition_penalty" else 0.0
