@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from servecheck.checks.core.context import CheckContext
-from servecheck.checks.core.deployment import ZERO_LOGPROBS, speculation
+from servecheck.checks.core.deployment import ZERO_LOGPROBS, kv_cache_dtype, speculation
 from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import CheckResult, Details, Finding, Verdict
 from servecheck.checks.core.served_logprobs import ServedDiffs, as_served, served_diffs
@@ -72,6 +72,8 @@ class LogprobsDetails(Details):
     their tokens uncertain (then nothing else is compared)."""
     speculative: str | None = None
     """The speculative-decoding method the records say was on, where one was."""
+    kv_cache: str | None = None
+    """The KV-cache type the records say was used, where not the model's own."""
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in super().to_json().items() if v is not None}
@@ -120,8 +122,13 @@ class LogprobsDetails(Details):
                     f"{self.prompt_diagnosis} far better than the reference's")
         if self.mean_abs_diff is None:
             return "the served log-probs belong to other tokens (lost or another sequence's)"
+        if self.kv_cache:
+            return (f"the served log-probs are coarser than --numerics says: the records say "
+                    f"the KV cache is {self.kv_cache}, which rounds every key and value the "
+                    f"attention reads")
         return ("the served log-probs are off the reference's beyond the numerics' tolerance: "
-                "other weights, or other numerics than --numerics says")
+                "other weights, or other numerics than --numerics says (a KV cache of lower "
+                "precision, TF32 matmuls)")
 
 def _hypotheses(ctx: CheckContext, prompt: list[int]) -> dict[str, list[int]]:
     bos = ctx.ref.tokenizer.bos_token_id
@@ -228,6 +235,8 @@ def check_logprobs(ctx: CheckContext) -> CheckResult:
             f"than the reference prompt (mean |Δ| {own:.5f}, {len(sample)} records)"),
             details, findings)
     if means[convention] > tol:
-        return CheckResult(NAME, "fail", f"{summary} > tolerance {tol}{end_note}", details,
-                           findings)
+        kv = kv_cache_dtype(ctx.records)
+        said = f" (the records say the KV cache is {kv})" if kv else ""
+        return CheckResult(NAME, "fail", f"{summary} > tolerance {tol}{said}{end_note}",
+                           replace(details, kv_cache=kv), findings)
     return CheckResult(NAME, "pass", f"{summary} ≤ tolerance {tol}{end_note}", details)

@@ -27,6 +27,12 @@ class Numerics:
     0.052; the top_p boundary, at temperature 0.7, moved by up to 0.045 in 400 benchmark runs.
     The bf16 values sit above those maxima; deeper models drift more, so pick the row of
     the server's numerics, or set your own with ``--logit-tolerance``.
+
+    fp32's log-prob tolerance is 0.003: on the 84 long requests of ``examples/prompts-long.json``
+    (``benchmarks/fp32_logprob_floor.py``) correct fp32 servers that share no code with the
+    reference served mean |Δ| 1e-6 (vLLM 0.32 CPU, the in-process server), 1e-5 (llama.cpp,
+    f32 KV cache) and 1e-4 (ONNX Runtime GenAI); a KV cache rounded to FP8 served 0.0064, from
+    the first token on. TF32 matmuls are not fp32 here: check such a server as fp16.
     """
 
     name: str
@@ -35,7 +41,7 @@ class Numerics:
     logprob: float
 
 
-NUMERICS = {n.name: n for n in [Numerics("fp32", 0.01, 1e-3, 0.01),
+NUMERICS = {n.name: n for n in [Numerics("fp32", 0.01, 1e-3, 0.003),
                                 Numerics("fp16", 0.1, 0.02, 0.05),
                                 Numerics("bf16", 0.25, 0.06, 0.1),
                                 Numerics("fp8", 0.5, 0.15, 0.3)]}
