@@ -5,12 +5,13 @@ sampler chain and defaults. servecheck reaches it as users do, with the ``openai
 this module starts one for the tests and the benchmarks, from the environment
 ``.ci/llama-cpp-env`` builds (``servers/convert.llama_venv``), on 127.0.0.1.
 
-What it is started with, and why: ``--n_ctx`` the checkpoint's context; ``--type_k 0 --type_v 0``
-keeps the KV cache in float32 (llama.cpp's F16 default costs 1e-3 to 6e-3 in log-probs, which a
-``--numerics fp32`` check would count against it); one thread, so that several servers and the
-checks share a small machine; ``--verbose False``. Its sampling defaults (top_k 40, top_p 0.95,
-min_p 0.05, repeat_penalty 1.1, temperature 0.8) cannot be changed from the command line: a
-request that wants a neutral sampler sets each of them, which is what the tests do.
+What it is started with, and why: ``--n_ctx`` the checkpoint's context; ``--type_k 0
+--type_v 0`` keeps the KV cache in float32 unless asked otherwise (llama.cpp's F16 default costs
+1e-3 to 6e-3 in log-probs, which a ``--numerics fp32`` check counts against it: a real coarser KV
+cache); one thread, so that several servers and the checks share a small machine; ``--verbose
+False``. Its sampling defaults (top_k 40, top_p 0.95, min_p 0.05, repeat_penalty 1.1, temperature
+0.8) cannot be changed from the command line: a request that wants a neutral sampler sets each of
+them, which is what the tests do.
 """
 
 from __future__ import annotations
@@ -37,13 +38,20 @@ def available() -> bool:
     return (llama_venv() / ".servecheck-ready").exists()
 
 
-def start(gguf: Path, port: int, log: Path, context: int = 1024, threads: int = 1
-          ) -> subprocess.Popen:
+KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}
+"""ggml's type ids for ``--type_k``/``--type_v``. A quantized V cache needs flash attention in
+llama.cpp, so ``q8_0`` and ``q4_0`` quantize the keys and keep the values f16."""
+
+
+def start(gguf: Path, port: int, log: Path, context: int = 1024, threads: int = 1,
+          kv_cache: str = "f32") -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     out = log.open("w")
+    k = KV_TYPES[kv_cache]
+    v = KV_TYPES["f16"] if kv_cache.startswith("q") else k
     return subprocess.Popen(
         [str(python()), "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", str(context), "--type_k", "0", "--type_v", "0",
+         "--port", str(port), "--n_ctx", str(context), "--type_k", str(k), "--type_v", str(v),
          "--n_threads", str(threads), "--n_threads_batch", str(threads), "--verbose", "False"],
         env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -62,12 +70,14 @@ def wait_ready(proc: subprocess.Popen, port: int, log: Path) -> None:
 
 
 @contextlib.contextmanager
-def serving(checkpoint: Path, port: int, work: Path, threads: int = 1) -> Iterator[str]:
-    """llama.cpp serving ``checkpoint`` (converted to GGUF once per machine) on ``port``;
-    yields ``127.0.0.1:PORT``, and stops it on the way out."""
+def serving(checkpoint: Path, port: int, work: Path, threads: int = 1,
+            kv_cache: str = "f32") -> Iterator[str]:
+    """llama.cpp serving ``checkpoint`` (converted to GGUF once per machine) on ``port``, its
+    KV cache of type ``kv_cache`` (``KV_TYPES``); yields ``127.0.0.1:PORT``, and stops it on the
+    way out."""
     gguf = converted("gguf", checkpoint) / "model.gguf"
     log = work / f"llama-{port}.log"
-    proc = start(gguf, port, log, threads=threads)
+    proc = start(gguf, port, log, threads=threads, kv_cache=kv_cache)
     try:
         wait_ready(proc, port, log)
         yield f"127.0.0.1:{port}"

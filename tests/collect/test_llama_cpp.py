@@ -117,3 +117,30 @@ def test_its_shipped_defaults_fail_with_the_setting_named(llama, mix_collected,
     assert best.estimate > 1.03  # its default, 1.1, within what 600 requests pin down
     cuts = [a for a in sampler.details.alternatives if a.test.failed and a.setting == "min_p"]
     assert cuts, sampler.summary  # the min_p 0.05 default, named beside it
+
+
+def test_a_coarser_kv_cache_is_named_by_what_the_target_declares(
+        llama, free_ports, run_cli, check_json, root: Path, tmp_path: Path) -> None:
+    """The long prompts (``examples/prompts-long.json``) checked ``--numerics fp32``: the f32
+    llama.cpp passes the log-probs row (mean |Δ| 1e-5 measured); the same GGUF with its keys
+    cached as q4_0, declared on the target (``?kv_cache_dtype=q4_0``, which every record then
+    carries), fails it, named by the KV cache (mean |Δ| 0.028 measured; issue 32's FP8 KV
+    cache, on an engine that shares no code with the reference)."""
+    prompts = root / "examples" / "prompts-long.json"
+    plain, coarse = tmp_path / "f32.jsonl", tmp_path / "q4.jsonl"
+    assert run_cli("generate", prompts, "--target", _chat(llama["gemma"]), "--out", plain,
+                   "--no-progress") == 0
+    with llama_cpp.serving(BUILTIN, free_ports(1)[0], tmp_path, kv_cache="q4_0") as q4:
+        assert run_cli("generate", prompts, "--target",
+                       _chat(q4, "&kv_cache_dtype=q4_0"), "--out", coarse, "--no-progress") == 0
+    assert all(r.serving is not None and r.serving.kv_cache_dtype == "q4_0"
+               for r in read_records(coarse))
+    checks = {}
+    for name, path in (("f32", plain), ("q4_0", coarse)):
+        (tmp_path / name).mkdir()
+        _, summary = check_json(path, tmp_path / name, "builtin", "--numerics", "fp32")
+        checks[name] = {c["name"]: c for c in summary["checks"]}
+    assert checks["f32"]["logprobs"]["verdict"] == "pass", checks["f32"]["logprobs"]["summary"]
+    assert checks["f32"]["context"]["verdict"] == "pass", checks["f32"]["context"]["summary"]
+    bad = checks["q4_0"]["logprobs"]
+    assert bad["verdict"] == "fail" and "(the records say the KV cache is q4_0)" in bad["summary"]

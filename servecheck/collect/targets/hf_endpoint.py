@@ -23,13 +23,14 @@ from urllib.parse import urlsplit
 from servecheck.collect.targets import DEFAULT_MAX_TOKENS, Target, required_reference, spec_options
 from servecheck.collect.targets.answers import Reader, get, record
 from servecheck.collect.targets.clock import Stopwatch
+from servecheck.collect.targets.declared import DECLARED, declared
 from servecheck.collect.targets.http import HttpClient
 from servecheck.errors import InputError
 from servecheck.formats.prompts import Request
 from servecheck.formats.records import ResponseRecord
 from servecheck.reference.model import Reference
 
-OPTIONS = ("mode", "template", "api_key_env", "timeout", "concurrency", "max_body_mb")
+OPTIONS = ("mode", "template", "api_key_env", "timeout", "concurrency", "max_body_mb", *DECLARED)
 
 
 class HFEndpointTarget(Target):
@@ -49,6 +50,7 @@ class HFEndpointTarget(Target):
                 spec, opts.get("template"), reference,
                 "mode=completions templates the prompt here with the model's chat template"))
         self.http = HttpClient.from_options(spec, url, opts, "HF_TOKEN", concurrency=4)
+        self.serving = declared(opts, spec)
         self.max_concurrency = self.http.max_connections
         self.secrets = self.http.secrets
 
@@ -99,8 +101,7 @@ class HFEndpointTarget(Target):
                                            optional=True),
             output_token_ids=read.integers(answer.get("token_ids"), "token_ids", optional=True),
             output_logprobs=read.logprobs(answer.get("logprobs"), "logprobs", optional=True),
-            sent=params,
-            timing=clock.timing())
+            sent=params, timing=clock.timing(), serving=self.serving)
 
     async def aclose(self) -> None:
         await self.http.close()

@@ -58,6 +58,7 @@ from servecheck.collect.targets import (
 )
 from servecheck.collect.targets.answers import Reader, get, record
 from servecheck.collect.targets.clock import Stopwatch
+from servecheck.collect.targets.declared import DECLARED, declared
 from servecheck.collect.targets.dialects import EXTRA, NAMED, REFUSABLE, UNKNOWN, Dialect, detect
 from servecheck.collect.targets.http import HttpClient
 from servecheck.collect.targets.parsed import raw_output, spelling, split_fields, usage_of
@@ -70,7 +71,7 @@ from servecheck.formats.records import END_MARKER_UNKNOWN, ResponseRecord, Timin
 from servecheck.reference.model import Reference
 
 OPTIONS = ("mode", "model", "template", "api_key_env", "timeout", "concurrency", "stream",
-           "server", "max_body_mb")
+           "server", "max_body_mb", *DECLARED)
 SETTINGS = ("temperature", "top_p", "top_k", "min_p", "seed", "repetition_penalty",
             "presence_penalty", "frequency_penalty")
 UNKNOWN_END = END_MARKER_UNKNOWN
@@ -126,6 +127,8 @@ class OpenAITarget(Target):
         """The server named by ``?server=``, else found at the first request
         (``dialects.detect``), once for all requests."""
         self._setup_lock = asyncio.Lock()
+        self.serving = declared(opts, spec)
+        """What the user said of the deployment (``declared``), on every record."""
 
     @classmethod
     def from_spec(cls, spec: str, rest: str, reference: str | None = None) -> OpenAITarget:
@@ -278,7 +281,7 @@ class OpenAITarget(Target):
             prompt_token_ids=prompt_ids or None, output_token_ids=ids or None,
             output_logprobs=logprobs or None,
             usage=usage_of(data, read) if not request.parameters.n or request.parameters.n == 1
-            else None, sent=sent, timing=timing, **parts)
+            else None, sent=sent, timing=timing, serving=self.serving, **parts)
 
     @staticmethod
     def _chat_logprobs(logprobs: dict[str, Any], read: Reader, at: str) -> list[float] | None:

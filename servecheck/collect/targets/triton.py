@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from servecheck.collect.targets import DEFAULT_MAX_TOKENS, Target, required_reference, spec_options
 from servecheck.collect.targets.answers import Reader, record
 from servecheck.collect.targets.clock import Stopwatch
+from servecheck.collect.targets.declared import DECLARED, declared
 from servecheck.collect.targets.http import DONE, HttpClient, max_body_bytes
 from servecheck.collect.targets.trtllm import Answer, Interface, Options, short_error
 from servecheck.errors import InputError, TargetError
@@ -37,7 +38,8 @@ from servecheck.formats.prompts import Request
 from servecheck.formats.records import ResponseRecord
 from servecheck.reference.model import Reference
 
-OPTIONS = ("template", "stream", "end_id", "stop_words", "timeout", "concurrency", "max_body_mb")
+OPTIONS = ("template", "stream", "end_id", "stop_words", "timeout", "concurrency", "max_body_mb",
+           *DECLARED)
 
 
 class TritonBase(Target):
@@ -65,6 +67,7 @@ class TritonBase(Target):
                              f"{self.max_concurrency}) and timeout a number of seconds > 0 (got "
                              f"{self.read_timeout:g})", where=spec)
         self.max_body = max_body_bytes(spec, single.get("max_body_mb"))
+        self.serving = declared(single, spec)
         """Bytes read of one answer at most, a stream's frames together."""
         self.options = Options(end_id, tuple(opts.get("stop_words", [])), stream)
         self._interface: Interface | None = None
@@ -116,7 +119,7 @@ class TritonBase(Target):
             output=text, target=self.spec, prompt_token_ids=prompt_ids,
             output_token_ids=answer.ids, output_logprobs=answer.logprobs or None,
             finish_reason=reason, sent=interface.as_received(sent),
-            timing=clock.timing())
+            timing=clock.timing(), serving=self.serving)
 
 
 class TritonTarget(TritonBase):
