@@ -6,8 +6,10 @@ tokens around the built-in model's 128-token window; greedy and sampled, log-pro
 answers are checked as ``servecheck check --numerics fp32`` does. Servers: the in-process one
 (``hf:builtin``) and engines that share no code with the reference, each fp32 with its own
 converter: vLLM 0.32 CPU (``.ci/vllm-env``), llama.cpp (f32 GGUF, f32 KV cache), CTranslate2,
-ONNX Runtime GenAI; and the in-process server with an FP8 KV cache and with its window one key
-too wide. An engine whose environment is missing is left out of the table, said so.
+ONNX Runtime GenAI; the real engines' own coarser KV caches (vLLM's ``--kv-cache-dtype fp8``,
+llama.cpp's keys as q8_0 or q4_0), declared on the target as a user would; and the in-process
+server with an FP8 KV cache and with its window one key too wide. An engine whose environment
+is missing is left out of the table, said so.
 
     python benchmarks/fp32_logprob_floor.py        # writes benchmarks/results/fp32_logprob_floor.{json,md}
 """
@@ -30,26 +32,28 @@ PROMPTS = ROOT / "examples" / "prompts-long.json"
 
 
 @contextlib.contextmanager
-def _vllm() -> Iterator[str]:
+def _vllm(kv_cache: str = "auto") -> Iterator[str]:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from vllm_prefix_false_alarms import start_server
 
-    proc, address = start_server(Path(tempfile.mkdtemp(prefix="fp32-floor-vllm-")))
+    proc, address = start_server(Path(tempfile.mkdtemp(prefix="fp32-floor-vllm-")),
+                                 ("--kv-cache-dtype", kv_cache))
     try:
-        yield f"openai://{address}/v1?mode=chat&concurrency=8"
+        yield f"openai://{address}/v1?mode=chat&concurrency=8&kv_cache_dtype={kv_cache}"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
 
 
 @contextlib.contextmanager
-def _llama() -> Iterator[str]:
+def _llama(kv_cache: str = "f32") -> Iterator[str]:
     from servecheck.reference.model import BUILTIN
     from servecheck.servers import llama_cpp
     from servecheck.servers.triton_host import free_ports
 
-    with llama_cpp.serving(BUILTIN, free_ports(1)[0], Path(tempfile.mkdtemp())) as address:
-        yield f"openai://{address}/v1?mode=chat&concurrency=1"
+    with llama_cpp.serving(BUILTIN, free_ports(1)[0], Path(tempfile.mkdtemp()),
+                           kv_cache=kv_cache) as address:
+        yield f"openai://{address}/v1?mode=chat&concurrency=1&kv_cache_dtype={kv_cache}"
 
 
 @contextlib.contextmanager
@@ -71,6 +75,9 @@ SERVERS = {
     "llama.cpp (f32, f32 KV cache)": ("correct", _llama),
     "ONNX Runtime GenAI": ("correct", lambda: _converted("ortgenai", "ortgenai")),
     "CTranslate2 4.8": ("engine", lambda: _converted("ct2", "ct2")),
+    "vLLM 0.32 CPU, --kv-cache-dtype fp8": ("coarser KV cache", lambda: _vllm("fp8")),
+    "llama.cpp, keys cached as q8_0": ("coarser KV cache", lambda: _llama("q8_0")),
+    "llama.cpp, keys cached as q4_0": ("coarser KV cache", lambda: _llama("q4_0")),
     "fault: kv-fp8": ("fault", lambda: _plain("hf:builtin?fault=kv-fp8")),
     "fault: window-off-by-one": ("fault", lambda: _plain("hf:builtin?fault=window-off-by-one")),
 }

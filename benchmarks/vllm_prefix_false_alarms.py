@@ -43,9 +43,11 @@ PER_BLOCK = 1000
 _state: dict = {}
 
 
-def start_server(work: Path) -> tuple[subprocess.Popen, str]:
-    """vLLM on a free local port, prefix caching and cached-token counts on; ready when it
-    returns."""
+def start_server(work: Path, flags: tuple[str, ...] = ("--enable-prefix-caching",
+                                                       "--enable-prompt-tokens-details")
+                 ) -> tuple[subprocess.Popen, str]:
+    """vLLM on a free local port, in fp32 with ``flags`` (by default prefix caching and
+    cached-token counts on); ready when it returns."""
     from servecheck.reference.model import BUILTIN
     from servecheck.servers.triton_host import free_ports
 
@@ -57,8 +59,7 @@ def start_server(work: Path) -> tuple[subprocess.Popen, str]:
         [str(VENV / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model",
          str(BUILTIN), "--served-model-name", "builtin", "--host", "127.0.0.1", "--port",
          str(port), "--dtype", "float32", "--max-model-len", "1024", "--seed", "0",
-         "--enforce-eager", "--distributed-executor-backend", "uni", "--enable-prefix-caching",
-         "--enable-prompt-tokens-details"],
+         "--enforce-eager", "--distributed-executor-backend", "uni", *flags],
         env=env, stdout=(work / "vllm.log").open("w"), stderr=subprocess.STDOUT,
         start_new_session=True, cwd=work)
     deadline = time.monotonic() + 900

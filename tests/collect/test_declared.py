@@ -25,5 +25,5 @@ def test_declared_facts_are_read_from_the_spec() -> None:
 def test_a_bad_declaration_is_named() -> None:
     with pytest.raises(InputError, match="prefix_caching must be 1 or 0"):
         declared({"prefix_caching": "maybe"}, "openai://h:1")
-    with pytest.raises(InputError, match="known: .*kv_cache_dtype"):
+    with pytest.raises(InputError, match=r"known: .*kv_cache_dtype"):
         OpenAITarget.from_spec("openai://h:1/v1?kv_cache=fp8", "//h:1/v1?kv_cache=fp8")
