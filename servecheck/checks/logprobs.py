@@ -30,6 +30,7 @@ from servecheck.checks.core.deployment import ZERO_LOGPROBS, kv_cache_dtype, spe
 from servecheck.checks.core.registry import check
 from servecheck.checks.core.results import CheckResult, Details, Finding, Verdict
 from servecheck.checks.core.served_logprobs import ServedDiffs, as_served, served_diffs
+from servecheck.checks.core.token_evidence import sliding_window
 from servecheck.reference.token_scores import ScoreItem
 
 NAME = "logprobs"
@@ -74,6 +75,9 @@ class LogprobsDetails(Details):
     """The speculative-decoding method the records say was on, where one was."""
     kv_cache: str | None = None
     """The KV-cache type the records say was used, where not the model's own."""
+    past_window: int | None = None
+    """The checkpoint's sliding window, where every compared token lies past it (then a window
+    served wrong explains the log-probs as well as other numerics do)."""
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in super().to_json().items() if v is not None}
@@ -126,9 +130,22 @@ class LogprobsDetails(Details):
             return (f"the served log-probs are coarser than --numerics says: the records say "
                     f"the KV cache is {self.kv_cache}, which rounds every key and value the "
                     f"attention reads")
+        if self.past_window:
+            return (f"the served log-probs are off the reference's beyond the numerics' "
+                    f"tolerance, and every token compared lies past the checkpoint's "
+                    f"{self.past_window}-token sliding window: a window served wrong, or other "
+                    f"weights or numerics (prompts shorter than the window tell them apart)")
         return ("the served log-probs are off the reference's beyond the numerics' tolerance: "
                 "other weights, or other numerics than --numerics says (a KV cache of lower "
                 "precision, TF32 matmuls)")
+
+def _past_window(ctx: CheckContext, idx: list[int]) -> int | None:
+    """The sliding window, where every record's prompt is at least that long."""
+    window = sliding_window(ctx)
+    if window and idx and min(len(ctx.prompt_ids(i)[0]) for i in idx) >= window:
+        return window
+    return None
+
 
 def _hypotheses(ctx: CheckContext, prompt: list[int]) -> dict[str, list[int]]:
     bos = ctx.ref.tokenizer.bos_token_id
@@ -238,5 +255,6 @@ def check_logprobs(ctx: CheckContext) -> CheckResult:
         kv = kv_cache_dtype(ctx.records)
         said = f" (the records say the KV cache is {kv})" if kv else ""
         return CheckResult(NAME, "fail", f"{summary} > tolerance {tol}{said}{end_note}",
-                           replace(details, kv_cache=kv), findings)
+                           replace(details, kv_cache=kv, past_window=_past_window(ctx, idx)),
+                           findings)
     return CheckResult(NAME, "pass", f"{summary} ≤ tolerance {tol}{end_note}", details)

@@ -172,3 +172,22 @@ def test_degradation_everywhere_is_not_this_checks_finding(serve, long_requests,
     r = _context(serve("hf:builtin?fault=int4", long_requests(seed=3, repeats=4)), ref)
     assert r.verdict in ("pass", "inconclusive"), r.summary
     assert r.details.likely_cause() is None
+
+
+@pytest.mark.slow
+def test_log_probs_off_past_the_window_only_name_the_window_as_a_cause(
+        serve, long_requests, ref: Reference) -> None:
+    """Every prompt longer than the window (as behind a long system prompt): the context check
+    has no token before it to compare with, so the log-probs row, failing at fp32 (a window one
+    key too wide: mean |Δ| 0.0041 past it on these seeds), says a window served wrong explains them as
+    well as other numerics; with short prompts beside, where the context check names the window
+    itself, the row does not say it."""
+    served = serve("hf:builtin?fault=window-off-by-one",
+                   long_requests(seed=2, repeats=4, temperatures=(0.0, 1.0)))
+    long = [r for r in served if len(r.prompt_token_ids or []) >= 128]
+    assert 0 < len(long) < len(served)
+    alone = check_logprobs(CheckContext(long, ref, CheckOptions(numerics="fp32")))
+    assert alone.verdict == "fail" and alone.details.past_window == 128
+    assert "128-token sliding window: a window served wrong" in alone.details.likely_cause()
+    mixed = check_logprobs(CheckContext(served, ref, CheckOptions(numerics="fp32")))
+    assert mixed.details is None or getattr(mixed.details, "past_window", None) is None
