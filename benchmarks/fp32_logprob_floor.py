@@ -70,16 +70,16 @@ def _plain(spec: str) -> Iterator[str]:
 
 
 SERVERS = {
-    "in-process (hf:builtin)": ("correct", lambda: _plain("hf:builtin")),
-    "vLLM 0.32 CPU": ("correct", _vllm),
-    "llama.cpp (f32, f32 KV cache)": ("correct", _llama),
-    "ONNX Runtime GenAI": ("correct", lambda: _converted("ortgenai", "ortgenai")),
-    "CTranslate2 4.8": ("engine", lambda: _converted("ct2", "ct2")),
-    "vLLM 0.32 CPU, --kv-cache-dtype fp8": ("coarser KV cache", lambda: _vllm("fp8")),
-    "llama.cpp, keys cached as q8_0": ("coarser KV cache", lambda: _llama("q8_0")),
-    "llama.cpp, keys cached as q4_0": ("coarser KV cache", lambda: _llama("q4_0")),
-    "fault: kv-fp8": ("fault", lambda: _plain("hf:builtin?fault=kv-fp8")),
-    "fault: window-off-by-one": ("fault", lambda: _plain("hf:builtin?fault=window-off-by-one")),
+    "in-process (hf:builtin)": lambda: _plain("hf:builtin"),
+    "vLLM 0.32 CPU": _vllm,
+    "llama.cpp (f32, f32 KV cache)": _llama,
+    "ONNX Runtime GenAI": lambda: _converted("ortgenai", "ortgenai"),
+    "CTranslate2 4.8": lambda: _converted("ct2", "ct2"),
+    "vLLM 0.32 CPU, --kv-cache-dtype fp8": lambda: _vllm("fp8"),
+    "llama.cpp, keys cached as q8_0": lambda: _llama("q8_0"),
+    "llama.cpp, keys cached as q4_0": lambda: _llama("q4_0"),
+    "fault: kv-fp8": lambda: _plain("hf:builtin?fault=kv-fp8"),
+    "fault: window-off-by-one": lambda: _plain("hf:builtin?fault=window-off-by-one"),
 }
 
 
@@ -123,7 +123,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     rows = []
-    for name, (_, server) in SERVERS.items():
+    for name, server in SERVERS.items():
         try:
             with server() as spec:
                 rows.append(one(name, spec, Path(tempfile.mkdtemp(prefix="fp32-floor-"))))
