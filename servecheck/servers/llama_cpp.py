@@ -43,16 +43,26 @@ KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}
 llama.cpp, so ``q8_0`` and ``q4_0`` quantize the keys and keep the values f16."""
 
 
+DRAFTS = ("prompt-lookup-decoding",)
+"""The speculation llama-cpp-python's server offers: drafts copied from earlier n-grams of the
+sequence, each verified by sampling the target at that position and kept while they agree
+(``Llama.generate``), which is lossless whatever the sampler."""
+
+
 def start(gguf: Path, port: int, log: Path, context: int = 1024, threads: int = 1,
-          kv_cache: str = "f32") -> subprocess.Popen:
+          kv_cache: str = "f32", draft: str | None = None) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     out = log.open("w")
     k = KV_TYPES[kv_cache]
     v = KV_TYPES["f16"] if kv_cache.startswith("q") else k
+    speculation = ["--draft_model", draft] if draft else []
+    if draft and draft not in DRAFTS:
+        raise ValueError(f"llama.cpp drafts with {DRAFTS}, not {draft!r}")
     return subprocess.Popen(
         [str(python()), "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
          "--port", str(port), "--n_ctx", str(context), "--type_k", str(k), "--type_v", str(v),
-         "--n_threads", str(threads), "--n_threads_batch", str(threads), "--verbose", "False"],
+         "--n_threads", str(threads), "--n_threads_batch", str(threads), "--verbose", "False",
+         *speculation],
         env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -71,13 +81,13 @@ def wait_ready(proc: subprocess.Popen, port: int, log: Path) -> None:
 
 @contextlib.contextmanager
 def serving(checkpoint: Path, port: int, work: Path, threads: int = 1,
-            kv_cache: str = "f32") -> Iterator[str]:
+            kv_cache: str = "f32", draft: str | None = None) -> Iterator[str]:
     """llama.cpp serving ``checkpoint`` (converted to GGUF once per machine) on ``port``, its
-    KV cache of type ``kv_cache`` (``KV_TYPES``); yields ``127.0.0.1:PORT``, and stops it on the
-    way out."""
+    KV cache of type ``kv_cache`` (``KV_TYPES``), decoding speculatively with ``draft``
+    (``DRAFTS``) if given; yields ``127.0.0.1:PORT``, and stops it on the way out."""
     gguf = converted("gguf", checkpoint) / "model.gguf"
     log = work / f"llama-{port}.log"
-    proc = start(gguf, port, log, threads=threads, kv_cache=kv_cache)
+    proc = start(gguf, port, log, threads=threads, kv_cache=kv_cache, draft=draft)
     try:
         wait_ready(proc, port, log)
         yield f"127.0.0.1:{port}"
