@@ -117,8 +117,10 @@ def cold(code: Path, path: Path, ckpt: Path, out: Path, extra: list[str],
         return {"error": f"exit {exit_}: {proc.stderr.read()[-1500:]}", "wall_s": round(wall, 2)}
     doc = json.loads((out / "s.json").read_text())
     timings = out / "t.json"
-    phases = json.loads(timings.read_text()) if timings.exists() else {}
+    written = json.loads(timings.read_text()) if timings.exists() else {}
+    phases = written.get("phases_s", written)  # older code wrote the phases alone
     return {"wall_s": round(wall, 2), "exit": exit_, **gpu, "phases_s": phases,
+            "gpu_busy_servecheck": written.get("gpu_busy"),
             "startup_and_imports_s": round(wall - sum(phases.values()), 2) if phases else None,
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
             "chunks": doc.get("chunks", 1),

@@ -30,6 +30,7 @@ from servecheck.formats.responses import read_records
 from servecheck.reference.forward import plan_compile
 from servecheck.reference.model import Reference
 from servecheck.reference.scoring import score
+from servecheck.workflows.gpu_busy import watch
 from servecheck.workflows.progress import bar, spinner, timed
 
 
@@ -99,6 +100,11 @@ def teacher_force(ctx: CheckContext, console: Console, enabled: bool = True) -> 
         with spinner(console, f"loading the reference model ({ctx.ref.spec})…", enabled), \
                 timed("load the reference"):
             ctx.ref.model  # noqa: B018 - cached property: loads the weights now, under the spinner
+        device = ctx.ref.model.get_output_embeddings().weight.device
+        if device.type == "cuda":
+            import torch  # loaded with the model already
+
+            watch(str(torch.cuda.get_device_properties(device).uuid))
     plan_compile(ctx.total_tokens())  # before the first scoring call: the order search scores
     given = ctx.options.convention
     if given:

@@ -25,6 +25,7 @@ from servecheck.collect.progress import RatesColumn
 from servecheck.collect.progress import bar as shared_bar
 from servecheck.report.files import write_text
 from servecheck.report.terminal import markup
+from servecheck.workflows.gpu_busy import fractions
 
 
 def bar(console: Console, description: str, total: int, enabled: bool = True
@@ -45,6 +46,8 @@ def spinner(console: Console, text: str, enabled: bool = True):
 
 PHASES: dict[str, float] = {}
 """Seconds per phase of this process's runs, summed (``timed``)."""
+SPANS: dict[str, list[tuple[float, float]]] = {}
+"""Each phase's (start, end) times, for the GPU's busy fraction within it (``gpu_busy``)."""
 
 
 @contextmanager
@@ -53,11 +56,16 @@ def timed(phase: str) -> Iterator[None]:
     try:
         yield
     finally:
-        PHASES[phase] = PHASES.get(phase, 0.0) + time.perf_counter() - start
+        end = time.perf_counter()
+        PHASES[phase] = PHASES.get(phase, 0.0) + end - start
+        SPANS.setdefault(phase, []).append((start, end))
 
 
 def write_timings() -> None:
-    """The phases' sums to ``$SERVECHECK_TIMINGS``, where it is set."""
+    """The phases' sums to ``$SERVECHECK_TIMINGS``, where it is set, as ``{"phases_s": {phase:
+    seconds}, "gpu_busy": {"run": fraction, phase: fraction, …}}`` (``gpu_busy`` is null where
+    the run used no GPU)."""
     target = os.environ.get("SERVECHECK_TIMINGS")
     if target:
-        write_text(Path(target), json.dumps({k: round(v, 3) for k, v in PHASES.items()}))
+        write_text(Path(target), json.dumps({"phases_s": {k: round(v, 3) for k, v in PHASES.items()},
+                                             "gpu_busy": fractions(SPANS)}))
