@@ -46,6 +46,7 @@ from servecheck.formats.stream import StreamIndex, fingerprint, index, records
 from servecheck.reference.forward import plan_compile
 from servecheck.workflows import chunk_state
 from servecheck.workflows.check import CheckRun, check, open_engine
+from servecheck.workflows.prefetch import ahead
 from servecheck.workflows.progress import spinner, timed
 
 RECORDS_PER_CHUNK = 20_000
@@ -111,9 +112,19 @@ def _chunks(found: StreamIndex, plan: list[int], max_bytes: int
             ) -> Iterator[list[ResponseRecord]]:
     stream = records(found, max_bytes)
     for size in plan:
-        with timed("read and validate"):
-            batch = list(itertools.islice(stream, size))
+        batch = list(itertools.islice(stream, size))
         if not batch:
+            return
+        yield batch
+
+
+def _waited(batches: Iterator[list[ResponseRecord]]) -> Iterator[list[ResponseRecord]]:
+    """``batches``, the time the run waits for each counted as reading (read ahead, that is
+    only what the thread had not finished while the chunk before was checked)."""
+    while True:
+        with timed("read and validate"):
+            batch = next(batches, None)
+        if batch is None:
             return
         yield batch
 
@@ -170,7 +181,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     digests: list[str] = []
     facts, flagged = RecordFacts(), set()
     try:
-        for j, batch in enumerate(_chunks(found, plan, max_bytes)):
+        for j, batch in enumerate(_waited(ahead(_chunks(found, plan, max_bytes)))):
             with timed("saved verdicts (digest, load, save)"):
                 # the records, the options, α/k, and (past the first) the order found there
                 first = starts[j]
@@ -245,7 +256,8 @@ def _report_chunk(found: StreamIndex, options: CheckOptions, console: Console, j
                   write_report: Any) -> int:
     """The chunk the report shows was taken from saved state: check it again for the report,
     since its records are no longer in memory."""
-    batch = next(itertools.islice(_chunks(found, plan, max_bytes), j, None))
+    with timed("read and validate"):
+        batch = next(itertools.islice(_chunks(found, plan, max_bytes), j, None))
     console.print(f"checking chunk {j + 1} again for the HTML report")
     run = check(batch, replace(options, alpha=alpha, convention=options.convention or fit.chosen),
                 console, False, first_index=sum(plan[:j]))
