@@ -55,9 +55,9 @@ def start(gguf: Path, port: int, log: Path, context: int = 1024, threads: int = 
     out = log.open("w")
     k = KV_TYPES[kv_cache]
     v = KV_TYPES["f16"] if kv_cache.startswith("q") else k
-    speculation = ["--draft_model", draft] if draft else []
     if draft and draft not in DRAFTS:
         raise ValueError(f"llama.cpp drafts with {DRAFTS}, not {draft!r}")
+    speculation = ["--draft_model", draft] if draft else []
     return subprocess.Popen(
         [str(python()), "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
          "--port", str(port), "--n_ctx", str(context), "--type_k", str(k), "--type_v", str(v),

@@ -28,20 +28,24 @@ def ahead(items: Iterator[T]) -> Iterator[T]:
     ready: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
 
+    def put(entry: tuple) -> bool:
+        """Hand ``entry`` over once there is room; False if the caller stopped first."""
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def read() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        ready.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put((item, None)):
                     return
-            ready.put((_DONE, None))
+            put((_DONE, None))
         except BaseException as e:  # handed to the caller, raised where it asks for the next
-            ready.put((_DONE, e))
+            put((_DONE, e))
 
     reader = threading.Thread(target=read, name="servecheck-read-ahead", daemon=True)
     reader.start()

@@ -44,10 +44,9 @@ def spinner(console: Console, text: str, enabled: bool = True):
 
 
 
-PHASES: dict[str, float] = {}
-"""Seconds per phase of this process's runs, summed (``timed``)."""
 SPANS: dict[str, list[tuple[float, float]]] = {}
-"""Each phase's (start, end) times, for the GPU's busy fraction within it (``gpu_busy``)."""
+"""Each phase's (start, end) times in this process's runs (``timed``): summed, the seconds per
+phase; with the GPU's samples, its busy fraction within each (``gpu_busy``)."""
 
 
 @contextmanager
@@ -56,9 +55,7 @@ def timed(phase: str) -> Iterator[None]:
     try:
         yield
     finally:
-        end = time.perf_counter()
-        PHASES[phase] = PHASES.get(phase, 0.0) + end - start
-        SPANS.setdefault(phase, []).append((start, end))
+        SPANS.setdefault(phase, []).append((start, time.perf_counter()))
 
 
 def write_timings() -> None:
@@ -67,5 +64,5 @@ def write_timings() -> None:
     the run used no GPU)."""
     target = os.environ.get("SERVECHECK_TIMINGS")
     if target:
-        write_text(Path(target), json.dumps({"phases_s": {k: round(v, 3) for k, v in PHASES.items()},
-                                             "gpu_busy": fractions(SPANS)}))
+        seconds = {k: round(sum(z - a for a, z in v), 3) for k, v in SPANS.items()}
+        write_text(Path(target), json.dumps({"phases_s": seconds, "gpu_busy": fractions(SPANS)}))

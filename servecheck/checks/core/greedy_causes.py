@@ -60,9 +60,15 @@ def penalised_gaps(ctx: CheckContext, items: list[ScoreItem], scope: str) -> lis
     """Per item and token: how far the served token's penalised logit is below the penalised
     argmax's, under the item's (temperature-1) sampling (logit gaps are log-probability gaps
     there): 0 where the served token is the argmax a penalised greedy decoder takes."""
-    convention = replace(ctx.convention, penalty_scope=scope)
-    return [np.log(s.stats["top"]) - s.stats["logq"]
-            for s in ctx.scorer(ctx.ref, items, convention)]
+    return [_gap(s) for s in _scored(ctx, items, scope)]
+
+
+def _scored(ctx: CheckContext, items: list[ScoreItem], scope: str) -> list[TokenScores]:
+    return ctx.scorer(ctx.ref, items, replace(ctx.convention, penalty_scope=scope))
+
+
+def _gap(s: TokenScores) -> np.ndarray:
+    return np.log(s.stats["top"]) - s.stats["logq"]
 
 
 def requested_gaps(ctx: CheckContext, idx: list[int]) -> dict[int, np.ndarray]:
@@ -112,9 +118,8 @@ def explain(ctx: CheckContext, mismatched: list[int], matched: list[int]) -> Cau
         return None
     rows = plain + others
     base = [replace(ctx.item(i), sampling=Sampling(), seed=0) for i in rows]  # masks kept
-    scored = ctx.scorer(ctx.ref, base[:len(plain)], replace(ctx.convention,
-                                                              penalty_scope=SCOPES[0]))
-    hard = [np.log(s.stats["top"]) - s.stats["logq"] > ctx.tolerances.logit for s in scored]
+    scored = _scored(ctx, base[:len(plain)], SCOPES[0])
+    hard = [_gap(s) > ctx.tolerances.logit for s in scored]
     before = sum(int(h.sum()) for h in hard)
     if not before or before - sum(map(_reachable, base, scored, hard)) > LEFT * before:
         return None
