@@ -13,11 +13,11 @@ from dataclasses import replace
 
 from servecheck.checks.core.attribution import attribute
 from servecheck.checks.core.context import CheckContext
-from servecheck.checks.core.registry import table_specs
+from servecheck.checks.core.registry import Evidence, alpha_share, find, pooled_specs, table_specs
 from servecheck.checks.core.results import CheckResult
 from servecheck.checks.core.structured import TEXT_ONLY_GRAMMAR
 
-__all__ = ["Screened", "run_checks", "screen"]
+__all__ = ["Screened", "decide_pooled", "pooled_evidence", "run_checks", "screen"]
 
 Screened = dict[str, list[CheckResult]]
 """The screening checks' results, by check name."""
@@ -43,13 +43,34 @@ def screen(ctx: CheckContext) -> Screened:
     return done
 
 
-def run_checks(ctx: CheckContext, screened: Screened | None = None) -> list[CheckResult]:
+def run_checks(ctx: CheckContext, screened: Screened | None = None, pooled: bool = False
+               ) -> list[CheckResult]:
     """Every check's results, in table order (``screened``: what ``screen`` returned, when it
-    ran before the scoring; else it runs first here)."""
+    ran before the scoring; else it runs first here). ``pooled``: this run is a chunk of a
+    larger set, and the checks that pool their evidence over the chunks (``pooled_evidence``)
+    are left to the set."""
     if screened is None:
         screened = screen(ctx)
     out = []
     for spec in table_specs():
+        if pooled and spec.pooling is not None:
+            continue
         out += [replace(r, statistical=spec.kind == "statistical")
                 for r in screened.get(spec.name) or spec.run(ctx)]
     return attribute(out)
+
+
+def pooled_evidence(ctx: CheckContext) -> dict[str, Evidence]:
+    """A chunk's evidence for each check that pools it over the chunks of a set, by check."""
+    return {s.name: s.pooling.reduce(ctx) for s in pooled_specs() if s.pooling is not None}
+
+
+def decide_pooled(evidence: dict[str, Evidence], alpha: float) -> list[CheckResult]:
+    """The pooled checks' results on a set's merged evidence, each at its share of ``alpha``."""
+    out = []
+    for name, found in evidence.items():
+        spec = find(name)
+        assert spec.pooling is not None
+        out += [replace(r, statistical=True)
+                for r in spec.pooling.decide(found, alpha * alpha_share(name))]
+    return out

@@ -20,9 +20,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from servecheck.checks.core.context import CheckContext
-from servecheck.checks.core.registry import check
+from servecheck.checks.core.registry import Pooling, check
 from servecheck.checks.core.results import CheckResult, Details, Finding, Verdict
-from servecheck.checks.core.seed_tests import GREEDY, SEEDS, SeedGroup, draws, meaning, seed_tests
+from servecheck.checks.core.seed_tests import (
+    GREEDY,
+    SEEDS,
+    SeedEvidence,
+    SeedGroup,
+    SeedTests,
+    decide,
+    draws,
+    meaning,
+    seed_evidence,
+    seed_tests,
+)
 
 NAME = SEEDS
 
@@ -61,16 +72,12 @@ class SeedDetails(Details):
                 f"{min(ps):.2g} over {len(ps)} group(s); Holm at α = {self.alpha:g} rejects none).")
 
 
-@check(NAME, order=90, kind="statistical", alpha_share=0.05,
-       catches="an ignored or shared seed: one text for many seeds",
-       needs="the same sampled request sent with two or more seeds")
-def run(ctx: CheckContext) -> list[CheckResult]:
-    tests = seed_tests(ctx)
+def judge(tests: SeedTests, alpha: float) -> list[CheckResult]:
+    """The check's result from its tests (of one run, or of a chunked set's pooled draws)."""
     groups, results, pooled = tests.groups, tests.results, tests.pooled
     rejected, pooled_rejected, greedy = tests.rejected, tests.pooled_rejected, tests.greedy
     if not groups:
         return [CheckResult(NAME, "skipped", "no requests that differ only in their seed")]
-    alpha = ctx.check_alpha(NAME)
     details = SeedDetails(results, alpha, pooled, tuple(rejected), pooled_rejected)
     findings = [Finding(r.label, f"{r.most_common} of {r.seeds} {draws(g)} gave the same text, "
                                  f"whose reference probability is {r.p_text:.2e} (p = "
@@ -90,3 +97,14 @@ def run(ctx: CheckContext) -> list[CheckResult]:
                         f"seeds as often as a correct sampler's", details)]
 
 
+def pooled(found: SeedEvidence, alpha: float) -> list[CheckResult]:
+    """The verdict on draws merged over a set's chunks, tested once at the check's α."""
+    return judge(decide(found, alpha), alpha)
+
+
+@check(NAME, order=90, kind="statistical", alpha_share=0.05,
+       catches="an ignored or shared seed: one text for many seeds",
+       needs="the same sampled request sent with two or more seeds",
+       pooling=Pooling(seed_evidence, pooled))
+def run(ctx: CheckContext) -> list[CheckResult]:
+    return judge(seed_tests(ctx), ctx.check_alpha(NAME))

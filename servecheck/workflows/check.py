@@ -10,17 +10,18 @@ is one collective; the ranks share the scoring and rank 0 alone reports.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 from rich.console import Console
 
-from servecheck.checks import run_checks, screen
+from servecheck.checks import pooled_evidence, run_checks, screen
 from servecheck.checks.core.context import CheckContext, Scorer
 from servecheck.checks.core.conventions import ConventionFit, find_convention
 from servecheck.checks.core.digest import Digest, RecordFacts, digest
 from servecheck.checks.core.options import CheckOptions
+from servecheck.checks.core.registry import Evidence
 from servecheck.checks.core.results import CheckResult, Verdict, overall
 from servecheck.checks.plausibility import judge
 from servecheck.errors import InputError
@@ -52,6 +53,9 @@ class CheckRun:
     """The sampling convention scored under, and how it was chosen."""
     rank: int = 0
     """This process's torchrun rank (0 alone): only rank 0 reports."""
+    evidence: dict[str, Evidence] = field(default_factory=dict)
+    """A chunk of a larger set: the evidence of the checks that pool it over the chunks, which
+    its ``results`` leave out (``checks.pooled_evidence``)."""
 
     @property
     def verdict(self) -> Verdict:
@@ -158,14 +162,15 @@ def check(responses: Path | list[ResponseRecord], options: CheckOptions | None =
           console: Console | None = None, progress: bool = False,
           reference: Reference | None = None,
           max_record_bytes: int = MAX_RECORD_BYTES, engine: Engine | None = None,
-          first_index: int = 0) -> CheckRun:
+          first_index: int = 0, pooled: bool = False) -> CheckRun:
     """Every check of ``responses`` (a responses file, or records) against the reference.
 
     ``reference``: a reference already loaded (for ``options.reference``), to check many files
     without loading it again; by default it is loaded from the options. A record in the file
     over ``max_record_bytes`` is refused by name (memory stays bounded). ``engine``: one opened
     by the caller and left open (the chunks of one run); ``first_index``: where these records
-    start in a larger set, for naming records without an id."""
+    start in a larger set, for naming records without an id; ``pooled``: these records are a
+    chunk of a set, and the checks that pool over its chunks give evidence, not results."""
 
     options = options or CheckOptions()
     records = read_records(responses, max_record_bytes) if isinstance(responses, Path) \
@@ -178,8 +183,9 @@ def check(responses: Path | list[ResponseRecord], options: CheckOptions | None =
             screened = screen(ctx)  # before the order search: a broken record tips no verdict
         fit = teacher_force(ctx, console or Console(quiet=True), progress and console is not None)
         with timed("checks"):
-            results = run_checks(ctx, screened=screened)
-        return CheckRun(ctx, results, fit, engine.rank)
+            results = run_checks(ctx, screened=screened, pooled=pooled)
+            evidence = pooled_evidence(ctx) if pooled else {}
+        return CheckRun(ctx, results, fit, engine.rank, evidence)
     finally:
         if own:
             engine.close()

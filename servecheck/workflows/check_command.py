@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 
 from servecheck.checks.core.options import CheckOptions
+from servecheck.checks.core.registry import pooled_specs
 from servecheck.checks.core.results import Verdict
 from servecheck.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS
 from servecheck.formats.raw import MAX_RECORD_BYTES
@@ -49,7 +50,7 @@ def run_check(responses: Path, options: CheckOptions, console: Console,
     meta = meta_of(done.records, done)
     if done.chunks > 1:
         meta.update(chunks=done.chunks, alpha_per_chunk=options.alpha / done.chunks,
-                    resumed_chunks=done.resumed)
+                    pooled_checks=[s.name for s in pooled_specs()], resumed_chunks=done.resumed)
     console.print(f"sampling convention: {done.convention.describe()}")
     console.print(numerics_line(options))
     if done.digest is not None:

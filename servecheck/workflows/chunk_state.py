@@ -11,6 +11,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from servecheck.checks.core.conventions import ConventionFit
 from servecheck.checks.core.digest import RecordFacts
@@ -33,6 +34,8 @@ class Saved:
     """What the chunk's records hold (for the digest's blind spots)."""
     flagged: tuple[str, ...] = ()
     """The records its findings name (for the digest's worst records)."""
+    evidence: dict[str, Any] = field(default_factory=dict)
+    """The pooled checks' evidence of its records (``checks.core.registry.Pooling``), by check."""
 
 
 log = logging.getLogger("servecheck")

@@ -3,8 +3,11 @@
 A day of gateway logs does not fit one process's memory once scored (each output token carries
 some hundred statistics). So the set is streamed (``formats.stream``): a first pass validates
 every record, then chunks of at most ``records_per_chunk`` records and ``tokens_per_chunk``
-tokens are checked one after another, each as a run of its own at ``α / k`` (``checks.core.combine``
-merges the verdicts), and freed. Each
+tokens are checked one after another, and freed. A check that pools its evidence
+(``checks.core.registry.Pooling``: the seeds check) keeps what its test needs of each chunk,
+merges it over the chunks and is tested once, at its full share of α: a request whose seeds lie
+in different chunks is tested whole, with the power of the whole set. Every other check runs on
+each chunk as a run of its own at ``α / k`` (``checks.core.combine`` merges the verdicts). Each
 chunk's verdicts are saved as it finishes, keyed by a digest of its records and the options, so
 a check stopped by Ctrl-C, a lost machine or a crash resumes at the first chunk not yet saved,
 not from zero. A set that fits one chunk is checked exactly as before, in one piece.
@@ -30,12 +33,13 @@ from typing import Any
 
 from rich.console import Console
 
+from servecheck.checks import decide_pooled
 from servecheck.checks.core.combine import combine, slim
 from servecheck.checks.core.conventions import ConventionFit
 from servecheck.checks.core.digest import Digest, RecordFacts
 from servecheck.checks.core.digest import digest as digest_of
 from servecheck.checks.core.options import CheckOptions
-from servecheck.checks.core.registry import specs
+from servecheck.checks.core.registry import Evidence, pooled_specs, specs, table_specs
 from servecheck.checks.core.results import CheckResult, overall
 from servecheck.errors import __version__
 from servecheck.formats.answers import latest
@@ -105,7 +109,9 @@ def _options_key(options: CheckOptions, chunking: Chunking) -> str:
     """What a chunk's verdicts depend on besides its records and α/k: the options (not where
     it scores), the chunk caps and servecheck's version."""
     scoring = replace(options, device=None, dask=None)
-    return f"{scoring!r}|{chunking.records_per_chunk}|{chunking.tokens_per_chunk}|{__version__}"
+    pooled = ",".join(s.name for s in pooled_specs())  # state saved before they pooled: no match
+    return f"{scoring!r}|{chunking.records_per_chunk}|{chunking.tokens_per_chunk}|{__version__}|" \
+           f"pooled:{pooled}"
 
 
 def _chunks(found: StreamIndex, plan: list[int], max_bytes: int
@@ -171,8 +177,11 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     run_key = f"{_options_key(options, chunking)}|{k}"
     if engine.rank:  # another torchrun rank: rank 0 writes the report
         report = None
+    pools = ", ".join(s.name for s in pooled_specs())
     console.print(f"{found.records} records in {k} chunks of up to {max(plan)}: each checked at "
-                  f"α/{k} = {alpha:.2g}" + (f"; verdicts saved in {directory}" if directory else ""))
+                  f"α/{k} = {alpha:.2g}" + (f", but {pools}: pooled over the chunks, tested "
+                                            f"once at α" if pools else "")
+                  + (f"; verdicts saved in {directory}" if directory else ""))
     fit: ConventionFit | None = None
     pieces: list[tuple[int, int, list[CheckResult]]] = []
     tokens: dict[str, int] = {}
@@ -180,6 +189,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     report_chunk: int | None = None
     digests: list[str] = []
     facts, flagged = RecordFacts(), set()
+    evidence: dict[str, Evidence] = {}
     try:
         for j, batch in enumerate(_waited(ahead(_chunks(found, plan, max_bytes)))):
             with timed("saved verdicts (digest, load, save)"):
@@ -193,12 +203,12 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
                                         convention=options.convention or (fit and fit.chosen))
                 console.print(f"chunk {j + 1}/{k}: records {first}–{first + len(batch) - 1}")
                 run = check(batch, chunk_options, console, progress, engine=engine,
-                            first_index=first)
+                            first_index=first, pooled=True)
                 saved = chunk_state.Saved(digest, first, len(batch),
                                           [slim(r) for r in run.results],
                                           fit or run.convention, run.context.source_counts(),
                                           RecordFacts.of(batch, len(run.context.left_out)),
-                                          tuple(run.flagged))
+                                          tuple(run.flagged), run.evidence)
                 plan_compile(run.context.total_tokens() * (k - j - 1))  # what is left to score
                 if directory:
                     with timed("saved verdicts (digest, load, save)"):
@@ -220,6 +230,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
             digests.append(digest)
             pieces.append((saved.first, saved.records, saved.results))
             facts, flagged = facts + saved.facts, flagged | set(saved.flagged)
+            evidence = merged(evidence, saved.evidence)
             for source, n in saved.tokens.items():
                 tokens[source] = tokens.get(source, 0) + n
     except KeyboardInterrupt:
@@ -232,7 +243,10 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     if resumed:
         console.print(f"resumed: {resumed} of {k} chunks were checked by an earlier run")
     assert fit is not None
-    results = combine(pieces, alpha)
+    with timed("checks"):
+        pooled = [replace(r, summary=f"{r.summary} (pooled over the {k} chunks, tested once)")
+                  for r in decide_pooled(evidence, options.alpha)]
+        results = in_table_order(combine(pieces, alpha) + pooled)
     target = next((n for n, (_, _, r) in enumerate(pieces) if overall(r) == "fail"), 0)
     if report and write_report and report_chunk != target:  # its chunk came from saved state
         page = chunk_state.page(directory, digests[target]) if directory else None
@@ -245,6 +259,19 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
                                          alpha, fit, report, write_report)
     return SetRun(results, fit, found.records, k, {"sources": tokens}, engine.rank,
                   report_chunk, resumed, directory, digest=digest_of(results, flagged, facts))
+
+
+def merged(evidence: dict[str, Evidence], later: dict[str, Evidence]) -> dict[str, Evidence]:
+    """The pooled checks' evidence of the chunks so far, with a later chunk's merged in."""
+    out = {name: found.merge(later[name]) if name in later else found
+           for name, found in evidence.items()}
+    return out | {name: found for name, found in later.items() if name not in out}
+
+
+def in_table_order(results: list[CheckResult]) -> list[CheckResult]:
+    """``results`` as the table lists their checks (a result no spec names, last)."""
+    place = {n: (s.order, s.name) for s in table_specs() for n in s.names}
+    return sorted(results, key=lambda r: place.get(r.name, (10 ** 9, r.name)))
 
 
 def _fails(pieces: list[tuple[int, int, list[CheckResult]]]) -> bool:
@@ -265,4 +292,5 @@ def _report_chunk(found: StreamIndex, options: CheckOptions, console: Console, j
     return j
 
 
-__all__ = ["RECORDS_PER_CHUNK", "Chunking", "SetRun", "check_set", "state_dir"]
+__all__ = ["RECORDS_PER_CHUNK", "Chunking", "SetRun", "check_set", "in_table_order", "merged",
+           "state_dir"]

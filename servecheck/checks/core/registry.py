@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
 from importlib.metadata import entry_points
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-__all__ = ["CheckSpec", "Kind", "alpha_share", "check", "find", "specs", "table_specs"]
+__all__ = ["CheckSpec", "Evidence", "Kind", "Pooling", "alpha_share", "check", "find", "pooled_specs",
+           "specs", "table_specs"]
 
 Kind = Literal["deterministic", "statistical", "record"]
 """``statistical``: its verdicts are tests at a level, one Holm family with its share of α;
@@ -29,6 +30,27 @@ of α all the same; ``deterministic``: judged against rules and tolerances, no �
 
 GROUP = "servecheck.checks"
 """The entry-point group a package registers its checks under (``name = "pkg.module"``)."""
+
+
+class Evidence(Protocol):
+    """What a pooled check keeps of a chunk of records: plain data (saved between runs as the
+    chunk's state) that merges with a later chunk's into the evidence of both."""
+
+    def merge(self, later: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How a statistical check tests a set too large to hold once, not chunk by chunk: each
+    chunk ``reduce``s to evidence sufficient for the test, the chunks' evidence merges in set
+    order, and ``decide`` tests it once at the check's full α. The check's ``run`` must be
+    ``decide(reduce(ctx), α)`` on one run's records, so a chunked set and one process give the
+    same verdicts and p-values (tests/workflows/test_pooled_chunks.py)."""
+
+    reduce: Callable[[Any], Evidence]
+    """``reduce(ctx) -> Evidence`` of a run's records."""
+    decide: Callable[[Any, float], list[Any]]
+    """``decide(evidence, alpha) -> list[CheckResult]``."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +81,9 @@ class CheckSpec:
     file it had nothing to look at in could not show."""
     needs: str = ""
     """What records must hold for it to see anything, and how to collect them."""
+    pooling: Pooling | None = None
+    """Set for a statistical check whose evidence merges across the chunks of a large set: it is
+    then tested once over the whole set at its share of α, not in each chunk at α/k."""
     module: str = ""
     source: str = "built-in"
     """Where it comes from: built-in, or the distribution that registered it."""
@@ -78,16 +103,18 @@ _REGISTERED: dict[str, CheckSpec] = {}
 
 
 def check(name: str, *, order: int, kind: Kind = "deterministic", alpha_share: float = 0.0,
-          screens: bool = False, also: tuple[str, ...] = (), catches: str = "", needs: str = ""
-          ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+          screens: bool = False, also: tuple[str, ...] = (), catches: str = "", needs: str = "",
+          pooling: Pooling | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declares the decorated ``run`` a check (``CheckSpec`` says what each argument means)."""
+    if pooling is not None and kind != "statistical":
+        raise ValueError(f"check {name!r}: only a statistical check pools its evidence")
     if (kind == "deterministic") != (alpha_share == 0):
         raise ValueError(f"check {name!r}: a statistical or record check has an α share > 0, a "
                          f"deterministic one none (got {kind}, {alpha_share})")
 
     def register(run: Callable[..., Any]) -> Callable[..., Any]:
         spec = CheckSpec(name, order, kind, run, alpha_share, screens, also, catches, needs,
-                         run.__module__)
+                         pooling, run.__module__)
         for n in spec.names:
             other = next((s for s in _REGISTERED.values() if n in s.names), None)
             if other is not None and other.module != spec.module:
@@ -130,6 +157,11 @@ def specs() -> tuple[CheckSpec, ...]:
 def table_specs() -> list[CheckSpec]:
     """The checks that are rows of the table, in order."""
     return [s for s in specs() if s.kind != "record"]
+
+
+def pooled_specs() -> list[CheckSpec]:
+    """The checks whose evidence merges across a large set's chunks (``Pooling``)."""
+    return [s for s in table_specs() if s.pooling is not None]
 
 
 def find(name: str) -> CheckSpec:

@@ -6,9 +6,9 @@ one random stream (``shared_seeds``); ``servecheck probe`` runs ``group_test`` o
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats
@@ -37,20 +37,108 @@ MIN_SEEDS = 2
 """Two seeds suffice: a pair that repeats a text of reference probability p happens by chance
 with probability p, and many pairs add up (the pooled test)."""
 
+Member = tuple[int, int | None]
+"""A draw of a seed group: its seed and its choice (the n choices of one seeded request must be
+independent draws too)."""
 
-def seed_groups(records: list[ResponseRecord]) -> list[list[ResponseRecord]]:
-    """Sampled records that differ only in their seed, one record per seed: an identical
-    request repeated (same seed too) is one draw, and a seeded engine rightly answers it with
-    one text, so counting it twice would call the seed ignored. Groups of ≥ ``MIN_SEEDS``."""
-    groups: dict[str, dict[tuple[int, int | None], ResponseRecord]] = defaultdict(dict)
-    for r in records:
-        if r.error is None and r.parameters.seed is not None and \
-                not r.parameters.greedy:
-            key = r.conversations.model_dump_json() + r.parameters.model_copy(
-                update={"seed": None}).model_dump_json()
-            # the n choices of one seeded request must be independent draws too
-            groups[key].setdefault((r.parameters.seed, r.choice), r)
-    return [list(g.values()) for g in groups.values() if len(g) >= MIN_SEEDS]
+
+@dataclass(frozen=True)
+class Text:
+    logp: float
+    """log p(y) of the text under the reference, from the first record that served it."""
+    argmax: bool
+    """Every token of it is the reference's argmax (a greedy path)."""
+
+
+@dataclass(frozen=True)
+class GroupDraws:
+    """One request sent with several seeds, as the seed tests read it: which text each draw
+    gave, by a digest of the text, and what each text's probability is. Sufficient for the
+    test, and small: chunks of a large set merge these instead of holding their records."""
+
+    label: str
+    """The shared prompt and parameters, shortened."""
+    members: dict[Member, str]
+    """Each draw's text (by digest), in the order the set holds them; a draw repeated (same
+    seed and choice) is the first one only: a seeded engine rightly answers it with one text."""
+    texts: dict[str, Text]
+
+    def merge(self, later: GroupDraws) -> GroupDraws:
+        members = {**later.members, **self.members}  # the first of a repeated draw stands
+        order = [*self.members, *(m for m in later.members if m not in self.members)]
+        return GroupDraws(self.label, {m: members[m] for m in order},
+                          {**later.texts, **self.texts})
+
+    def by_text(self) -> dict[str, list[Member]]:
+        """Each text's draws, texts in the order first served."""
+        out: dict[str, list[Member]] = defaultdict(list)
+        for member, text in self.members.items():
+            out[text].append(member)
+        return dict(out)
+
+    def most_repeated(self) -> list[Member]:
+        """The draws of the text served most often (the first such text on a tie)."""
+        return max(self.by_text().values(), key=len)
+
+
+@dataclass(frozen=True)
+class SeedEvidence:
+    """Every seeded request's draws, by request (a digest of its conversation and parameters
+    other than the seed): what the seed tests need of a set, mergeable chunk by chunk in set
+    order, so that a group whose seeds lie in different chunks is tested whole."""
+
+    groups: dict[str, GroupDraws] = field(default_factory=dict)
+
+    def merge(self, later: SeedEvidence) -> SeedEvidence:
+        merged = dict(self.groups)
+        for key, g in later.groups.items():
+            merged[key] = merged[key].merge(g) if key in merged else g
+        return SeedEvidence(merged)
+
+    def tested(self) -> list[GroupDraws]:
+        """The groups of at least ``MIN_SEEDS`` draws: the ones a test can read."""
+        return [g for g in self.groups.values() if len(g.members) >= MIN_SEEDS]
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def request_key(r: ResponseRecord) -> str:
+    """What makes requests one group: the conversation and every parameter but the seed."""
+    return _digest(r.conversations.model_dump_json() +
+                   r.parameters.model_copy(update={"seed": None}).model_dump_json())
+
+
+def seeded(r: ResponseRecord) -> bool:
+    return r.error is None and r.parameters.seed is not None and not r.parameters.greedy
+
+
+def evidence(ctx: CheckContext, indices: list[int]) -> SeedEvidence:
+    """The draws of the seeded sampled records among ``indices`` (of ``ctx.records``), each
+    text's probability scored once, in one batch, from the first record that served it."""
+    groups: dict[str, tuple[str, dict[Member, str], dict[str, int]]] = {}
+    for i in indices:
+        r = ctx.records[i]
+        if not seeded(r):
+            continue
+        first = r.conversations.contents[-1].content[:40]
+        _, members, firsts = groups.setdefault(
+            request_key(r), (f"{first!r} T={r.parameters.temperature}", {}, {}))
+        member = (r.parameters.seed, r.choice)
+        if member in members:
+            continue
+        members[member] = text = _digest(r.output)
+        firsts.setdefault(text, i)
+    scores = ctx.scores([i for _, _, firsts in groups.values() for i in firsts.values()])
+
+    def text(i: int) -> Text:
+        s = scores[i]
+        return Text(float(np.sum(s.stats["logq"], dtype=np.float64)) if len(s) else 0.0,
+                    bool(np.all(s.token_ids == s.argmax)))
+
+    return SeedEvidence({key: GroupDraws(label, members, {t: text(i) for t, i in firsts.items()})
+                         for key, (label, members, firsts) in groups.items()})
 
 
 def pooled_p(p_values: list[float]) -> float:
@@ -62,28 +150,18 @@ def pooled_p(p_values: list[float]) -> float:
     return float(stats.combine_pvalues(np.clip(p_values, 1e-300, 1.0), method="fisher").pvalue)
 
 
-def repeated(group: list[ResponseRecord]) -> list[ResponseRecord]:
-    """One record per text that occurs more than once: the ones whose probability is needed."""
-    by_text: dict[str, list[ResponseRecord]] = defaultdict(list)
-    for r in group:
-        by_text[r.output].append(r)
-    return [same[0] for same in by_text.values() if len(same) > 1]
-
-
-def seed_test(group: list[ResponseRecord], text_logprob: Callable[[ResponseRecord], float]
-              ) -> SeedGroup:
-    """``text_logprob`` gives log p(y) of a record's output, from the shared, batched scores
-    (``CheckContext.scores``, on the tokens the context chose)."""
-    by_text: dict[str, list[ResponseRecord]] = defaultdict(list)
-    for r in group:
-        by_text[r.output].append(r)
-    n = len(group)
+def seed_test(group: GroupDraws) -> SeedGroup:
+    """For each text served c ≥ 2 times among n draws, the chance that at least c − 1 of the
+    other n − 1 independent draws equal it, ``P(Bin(n − 1, p(y)) ≥ c − 1)``; the smallest,
+    Bonferroni-corrected over the distinct texts, is the group's p-value."""
+    by_text = group.by_text()
+    n = len(group.members)
     tails, p_common, most = [], 0.0, 0
-    for same in by_text.values():
+    for text, same in by_text.items():
         c = len(same)
         if c < 2:
             continue
-        logp = text_logprob(same[0])
+        logp = group.texts[text].logp
         if logp == -np.inf:
             # a token outside the support: no correct sampler could have produced the text at
             # all, which is the support check's finding (or a boundary tie it forgives), and
@@ -94,27 +172,12 @@ def seed_test(group: list[ResponseRecord], text_logprob: Callable[[ResponseRecor
         if c > most:
             most, p_common = c, p
     p_value = min(1.0, min(tails) * len(by_text)) if tails else 1.0
-    first = group[0]
-    label = f"{first.conversations.contents[-1].content[:40]!r} T={first.parameters.temperature}"
-    return SeedGroup(label, n, len(by_text), max(most, 1), p_common, p_value)
-
-
-def scored_logprob(ctx: CheckContext, records: list[ResponseRecord]
-                   ) -> Callable[[ResponseRecord], float]:
-    """log p(y) of each record's output, its repeated texts scored in one batch by the context."""
-    index = {id(r): i for i, r in enumerate(ctx.records)}
-    scores = ctx.scores([index[id(r)] for r in records])
-
-    def text_logprob(r: ResponseRecord) -> float:
-        s = scores[index[id(r)]]
-        return float(np.sum(s.stats["logq"])) if len(s) else 0.0
-
-    return text_logprob
+    return SeedGroup(group.label, n, len(by_text), max(most, 1), p_common, p_value)
 
 
 @dataclass(frozen=True)
 class SeedTests:
-    groups: list[list[ResponseRecord]]
+    groups: list[GroupDraws]
     results: list[SeedGroup]
     pooled: float
     rejected: list[bool]
@@ -134,64 +197,59 @@ class SeedTests:
             or self.pooled_rejected
 
 
+def decide(found: SeedEvidence, alpha: float) -> SeedTests:
+    """The seed tests of a set's draws, one Holm family at ``alpha``: each group, and Fisher's
+    combination of them all."""
+    groups = found.tested()
+    if not groups:
+        return SeedTests([], [], 1.0, [], False)
+    results = [seed_test(g) for g in groups]
+    pooled = pooled_p([r.p_value for r in results])
+    *rejected, pooled_rejected = holm_rejected([r.p_value for r in results] + [pooled], alpha)
+    bad = [g for g, r in zip(groups, rejected, strict=True) if r] or \
+        (groups if pooled_rejected else [])
+    return SeedTests(groups, results, pooled, rejected, pooled_rejected, argmax_paths(bad))
+
+
+def seed_evidence(ctx: CheckContext) -> SeedEvidence:
+    """The draws of the records the screening kept, gathered once per run."""
+    return ctx.once("seed evidence", lambda: evidence(ctx, ctx.kept()))
+
+
 def seed_tests(ctx: CheckContext) -> SeedTests:
     """The seed tests of the records the screening kept, made once per run: the fit and
     sampler checks ask too (``shared_seeds``), since an ignored seed puts every record on one
     random stream."""
-    def make() -> SeedTests:
-        groups = seed_groups([ctx.records[i] for i in ctx.kept()])
-        if not groups:
-            return SeedTests([], [], 1.0, [], False)
-        text_logprob = scored_logprob(ctx, [r for g in groups for r in repeated(g)])
-        results = [seed_test(g, text_logprob) for g in groups]
-        pooled = pooled_p([r.p_value for r in results])
-        *rejected, pooled_rejected = holm_rejected([r.p_value for r in results] + [pooled],
-                                                   ctx.check_alpha(SEEDS))
-        bad = [g for g, r in zip(groups, rejected, strict=True) if r] or \
-            (groups if pooled_rejected else [])
-        return SeedTests(groups, results, pooled, rejected, pooled_rejected,
-                         argmax_paths(ctx, bad))
-
-    return ctx.once("seed tests", make)
+    return ctx.once("seed tests", lambda: decide(seed_evidence(ctx), ctx.check_alpha(SEEDS)))
 
 
 GREEDY = ("every repeated text is the reference's argmax path: the server decodes greedily "
           "where sampling was asked (the sampler row), so the seed had nothing to vary")
 
 
-def argmax_paths(ctx: CheckContext, groups: list[list[ResponseRecord]]) -> bool:
+def argmax_paths(groups: list[GroupDraws]) -> bool:
     """Whether every text repeated across seeds is the argmax at every token: repeats a greedy
     decoder makes whatever the seed, not the mark of an ignored seed."""
-    texts = [r for g in groups for r in repeated(g)]
-    if not texts:
-        return False
-    index = {id(r): i for i, r in enumerate(ctx.records)}
-    scores = ctx.scores([index[id(r)] for r in texts])
-    return all(bool(np.all(s.token_ids == s.argmax)) for s in scores.values())
+    repeats = [g.texts[t] for g in groups for t, same in g.by_text().items() if len(same) > 1]
+    return bool(repeats) and all(t.argmax for t in repeats)
 
 
-def draws(group: list[ResponseRecord]) -> str:
+def draws(group: GroupDraws) -> str:
     """``choices`` where the repeats are one seed's n choices, else ``seeds``."""
-    by_text: dict[str, list[ResponseRecord]] = defaultdict(list)
-    for r in group:
-        by_text[r.output].append(r)
-    same = max(by_text.values(), key=len)
-    copies = len({r.parameters.seed for r in same}) == 1 and len({r.choice for r in same}) > 1
+    same = group.most_repeated()
+    copies = len({seed for seed, _ in same}) == 1 and len({choice for _, choice in same}) > 1
     return "choices" if copies else "seeds"
 
 
-def meaning(group: list[ResponseRecord]) -> str:
+def meaning(group: GroupDraws) -> str:
     """What a repeat means: one seed's n choices copied, choices seeded s, s+1, … (so requests
     with nearby seeds share samples), or the seed ignored."""
     if draws(group) == "choices":
         return ("the n choices of one request are copies, not independent samples (each choice "
                 "needs its own random stream)")
-    by_text: dict[str, list[ResponseRecord]] = defaultdict(list)
-    for r in group:
-        by_text[r.output].append(r)
-    same = max(by_text.values(), key=len)
-    if all(r.choice is not None and r.parameters.seed is not None for r in same) and \
-            len({r.parameters.seed + (r.choice or 0) for r in same}) == 1:
+    same = group.most_repeated()
+    if all(choice is not None for _, choice in same) and \
+            len({seed + (choice or 0) for seed, choice in same}) == 1:
         return ("choice k of seed s repeats choice 0 of seed s + k: the server seeds the n "
                 "choices s, s+1, …, so requests whose seeds are closer than n share samples "
                 "(space the seeds at least n apart)")
@@ -199,5 +257,8 @@ def meaning(group: list[ResponseRecord]) -> str:
 
 
 def group_test(ctx: CheckContext, group: list[ResponseRecord]) -> SeedGroup:
-    """One group's test, its repeated texts scored through ``ctx`` (``servecheck probe``)."""
-    return seed_test(group, scored_logprob(ctx, repeated(group)))
+    """One group's test (one request sent with several seeds), its texts scored through
+    ``ctx`` (``servecheck probe``)."""
+    index = {id(r): i for i, r in enumerate(ctx.records)}
+    [draws_of] = evidence(ctx, [index[id(r)] for r in group]).groups.values()
+    return seed_test(draws_of)

@@ -1,0 +1,110 @@
+"""A set checked in chunks pools the evidence of the checks that can merge it (the seeds check),
+and tests it once at the check's full α: the verdict and p-values are those of one process, a
+request whose seeds lie in different chunks is tested whole, and a resumed run merges the
+evidence it saved.
+
+The records are served by the in-process ``hf:builtin`` target, honest and with the
+``seed-ignored`` fault, and laid out seed by seed, so that no chunk holds two seeds of one
+request: checked chunk by chunk, no chunk could test a seed at all. These runs are
+deterministic (fixed seeds); the check's own false-alarm rate is its α share (0.05 of α = 0.01).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from servecheck.checks.core.seed_tests import GroupDraws, SeedEvidence, Text
+from servecheck.workflows.saved_state import dumps, loads
+
+PROMPTS = ["Tell me about the owl.", "What does the cat say?", "Name a colour.",
+           "Tell me a story.", "What is a dog?", "Describe the sea.", "Count to five.",
+           "What do birds eat?"]
+SEEDS = [21, 22, 23, 24]
+
+
+@pytest.fixture(scope="module")
+def seed_major(tmp_path_factory: pytest.TempPathFactory, run_cli) -> dict[str, Path]:
+    """Per target, its responses ordered seed by seed: each run of 8 records holds every
+    prompt once and no request twice."""
+    work = tmp_path_factory.mktemp("pooled")
+    prompts = work / "prompts.json"
+    prompts.write_text(json.dumps({"prompt": PROMPTS, "temperature": [1.0], "seed": SEEDS,
+                                   "max_tokens": 16}))
+    out = {}
+    for name, spec in (("honest", "hf:builtin"), ("ignored", "hf:builtin?fault=seed-ignored")):
+        path = work / f"{name}.jsonl"
+        assert run_cli("generate", prompts, "--target", spec, "--out", path,
+                       "--no-progress") == 0
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        assert len(lines) == len(PROMPTS) * len(SEEDS)
+        lines.sort(key=lambda r: r["parameters"]["seed"])
+        path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+        out[name] = path
+    return out
+
+
+def _seeds(summary: dict) -> dict:
+    return next(c for c in summary["checks"] if c["name"] == "seeds")
+
+
+def _same_tests(chunked: dict, whole: dict) -> None:
+    assert chunked["verdict"] == whole["verdict"]
+    a, b = chunked["details"], whole["details"]
+    assert a["pooled_p"] == pytest.approx(b["pooled_p"], rel=0, abs=1e-9)
+    assert [g["label"] for g in a["groups"]] == [g["label"] for g in b["groups"]]
+    for x, y in zip(a["groups"], b["groups"], strict=True):
+        assert (x["seeds"], x["distinct"], x["most_common"]) == \
+            (y["seeds"], y["distinct"], y["most_common"])
+        assert x["p_value"] == pytest.approx(y["p_value"], rel=0, abs=1e-9)
+        assert x["p_text"] == pytest.approx(y["p_text"], rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.slow  # two generations of 32 requests, four checks
+@pytest.mark.parametrize(("server", "verdict"), [("honest", "pass"), ("ignored", "fail")])
+def test_chunks_pool_the_seeds_check_into_the_verdict_of_one_process(
+        seed_major: dict[str, Path], tmp_path: Path, check_json, server: str,
+        verdict: str) -> None:
+    path = seed_major[server]
+    _, whole = check_json(path, tmp_path)
+    _, chunked = check_json(path, tmp_path, "builtin", "--records-per-chunk", "8",
+                            "--state", tmp_path / "state")
+    assert chunked["chunks"] == 4
+    seeds = _seeds(chunked)
+    assert seeds["verdict"] == verdict, seeds["summary"]
+    assert len(seeds["details"]["groups"]) == len(PROMPTS)  # every request, whole
+    assert all(g["seeds"] == len(SEEDS) for g in seeds["details"]["groups"])
+    assert seeds["details"]["alpha"] == pytest.approx(_seeds(whole)["details"]["alpha"])
+    _same_tests(seeds, _seeds(whole))
+
+
+@pytest.mark.slow
+def test_a_resumed_run_merges_the_evidence_it_saved(seed_major: dict[str, Path],
+                                                    tmp_path: Path, check_json) -> None:
+    path, state = seed_major["ignored"], tmp_path / "state"
+    args = ("--records-per-chunk", "8", "--state", state)
+    _, first = check_json(path, tmp_path, "builtin", *args)
+    (state / "chunk-00002.json").unlink()  # as if stopped before the third chunk was saved
+    _, resumed = check_json(path, tmp_path, "builtin", *args)
+    _same_tests(_seeds(resumed), _seeds(first))
+    assert _seeds(resumed)["verdict"] == "fail"
+
+
+def _group(label: str, members: dict, texts: dict) -> GroupDraws:
+    return GroupDraws(label, members, {t: Text(lp, False) for t, lp in texts.items()})
+
+
+def test_merging_keeps_set_order_and_the_first_of_a_repeated_draw() -> None:
+    a = SeedEvidence({"r": _group("r", {(1, None): "x", (2, None): "y"}, {"x": -1.0, "y": -2.0})})
+    b = SeedEvidence({"r": _group("r", {(2, None): "z", (3, None): "x"}, {"z": -3.0, "x": -1.0}),
+                      "s": _group("s", {(1, None): "w"}, {"w": -0.5})})
+    c = SeedEvidence({"s": _group("s", {(2, None): "w"}, {"w": -0.5})})
+    ab = a.merge(b)
+    # seed 2 was first served "y": the later copy of that draw is not a second draw
+    assert ab.groups["r"].members == {(1, None): "x", (2, None): "y", (3, None): "x"}
+    assert list(ab.groups) == ["r", "s"]
+    assert ab.merge(c) == a.merge(b.merge(c))  # chunks merge in any grouping, in set order
+    assert [len(g.members) for g in ab.merge(c).tested()] == [3, 2]
+    assert loads(dumps(ab.merge(c))) == ab.merge(c)  # the chunk state round trip
