@@ -13,7 +13,8 @@ from dataclasses import replace
 
 from servecheck.checks.core.attribution import attribute
 from servecheck.checks.core.context import CheckContext
-from servecheck.checks.core.registry import Evidence, alpha_share, find, pooled_specs, table_specs
+from servecheck.checks.core.options import CheckOptions
+from servecheck.checks.core.registry import Evidence, find, pooled_specs, table_specs
 from servecheck.checks.core.results import CheckResult
 from servecheck.checks.core.structured import TEXT_ONLY_GRAMMAR
 
@@ -65,12 +66,12 @@ def pooled_evidence(ctx: CheckContext) -> dict[str, Evidence]:
     return {s.name: s.pooling.reduce(ctx) for s in pooled_specs() if s.pooling is not None}
 
 
-def decide_pooled(evidence: dict[str, Evidence], alpha: float) -> list[CheckResult]:
-    """The pooled checks' results on a set's merged evidence, each at its share of ``alpha``."""
+def decide_pooled(evidence: dict[str, Evidence], options: CheckOptions) -> list[CheckResult]:
+    """The pooled checks' results on a set's merged evidence, each at its share of the run's
+    α (``options``: the run's, not a chunk's)."""
     out = []
     for name, found in evidence.items():
         spec = find(name)
         assert spec.pooling is not None
-        out += [replace(r, statistical=True)
-                for r in spec.pooling.decide(found, alpha * alpha_share(name))]
+        out += [replace(r, statistical=True) for r in spec.pooling.decide(found, options)]
     return out

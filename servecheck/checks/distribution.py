@@ -20,15 +20,10 @@ import numpy as np
 
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.explain import family_reason
-from servecheck.checks.core.pooling import (
-    MIN_SAMPLED_TOKENS,
-    TRIVIAL,
-    informative,
-    pool,
-    record_z,
-    sampled_groups,
-)
-from servecheck.checks.core.registry import check
+from servecheck.checks.core.fit_evidence import OUTSIDE, Draws, FitEvidence, fit_evidence
+from servecheck.checks.core.options import CheckOptions
+from servecheck.checks.core.pooling import MIN_SAMPLED_TOKENS
+from servecheck.checks.core.registry import Pooling, alpha_share, check
 from servecheck.checks.core.results import (
     Case,
     CheckResult,
@@ -38,7 +33,9 @@ from servecheck.checks.core.results import (
     TemperatureProfile,
     Verdict,
 )
-from servecheck.checks.core.shared_seeds import seed_design
+from servecheck.checks.core.seed_tests import SEEDS
+from servecheck.checks.core.seed_tests import decide as seed_decide
+from servecheck.checks.core.shared_seeds import design_of
 from servecheck.checks.core.stats import (
     StatTest,
     TemperatureFit,
@@ -46,10 +43,10 @@ from servecheck.checks.core.stats import (
     loglik_z,
     pit_chi2,
     pit_ks,
-    temperature_fit,
+    profile_fit,
 )
 from servecheck.reference.sampling import Sampling
-from servecheck.reference.token_scores import TEMPERATURE_FACTORS, TokenScores
+from servecheck.reference.token_scores import TEMPERATURE_FACTORS
 
 NAME = "fit"
 TEMPERATURE = "temperature"
@@ -213,88 +210,81 @@ class TemperatureDetails(GroupedDetails):
         return cases + self.skipped_cases()
 
 
-def _drivers(ctx: CheckContext, scores: dict[int, TokenScores], idx: list[int], sign: float
-             ) -> list[Finding]:
+def _drivers(draws: Draws, rows: np.ndarray, sign: float, limit: int) -> list[Finding]:
     """Records that pull hardest in the failing direction, with their least likely token."""
-    tok = ctx.ref.tokenizer
     out = []
-    for i in idx:
-        s = scores[i]
-        z = record_z(s)
-        if z * sign <= 0:
+    for r in rows:
+        z = draws.z(int(r))
+        if z * sign <= 0 or not draws.of.least[r]:
             continue
-        m = np.flatnonzero(informative(s))
-        if not len(m):
-            continue
-        k = int(m[np.argmin(s.stats["logq"][m])])
-        out.append(Finding(ctx.labels[i], f"record log-likelihood z {z:+.2f}; least likely token "
-                           f"{k} {tok.convert_ids_to_tokens(int(s.token_ids[k]))!r} q="
-                           f"{np.exp(s.stats['logq'][k]):.4f} (raw rank {int(s.rank[k])})",
-                           abs(z)))
+        out.append(Finding(draws.of.labels[r], f"record log-likelihood z {z:+.2f}; "
+                                               f"{draws.of.least[r]}", abs(z)))
+        if len(out) == limit:
+            break
     return out
 
 
-@check(NAME, order=70, kind="statistical", alpha_share=0.42, also=(TEMPERATURE,),
-       catches=("a sampler that does not draw from the reference distribution: other weights, a wrong "
-                "temperature, truncation not applied"),
-       needs="sampled requests (temperature > 0)")
-def run(ctx: CheckContext) -> list[CheckResult]:
-    return check_distribution(ctx)
-
-
-def check_distribution(ctx: CheckContext) -> list[CheckResult]:
-    groups = sampled_groups(ctx)
+def decide(found: FitEvidence, options: CheckOptions) -> list[CheckResult]:
+    """The fit and temperature rows of a run's sampled records, or of a chunked set's, pooled
+    (``FitEvidence``): the distinct draws chosen over all of them, then one Holm family."""
+    draws = found.draws(seed_decide(found.seeds, options.alpha * alpha_share(SEEDS)).ignored)
+    groups = draws.groups()
     if not groups:
         reason = "no sampled records (temperature > 0)"
         return [CheckResult(NAME, "skipped", reason), CheckResult(TEMPERATURE, "skipped", reason)]
-    scores = ctx.scores([i for idx in groups.values() for i in idx])
-    deff = (design := seed_design(ctx, scores)).deff
+    design = design_of(*draws.seeded(), draws.ignored)
+    deff = design.deff
     fit_tests: list[StatTest] = []
     fits: dict[str, GroupTemperature] = {}
     skipped: list[SkippedGroup] = []
-    members: dict[str, list[int]] = {}
-    pits: dict[str, np.ndarray] = {}
+    members: dict[str, np.ndarray] = {}
+    pits = {s.label(): draws.pit(rows) for s, rows in groups.items()}
     # intervals at the family's own level (Bonferroni over its 4 tests a group), so that one
     # excluding the request on a correct server is as rare as a false alarm
-    tested = sum(len(pool(scores, idx, "pit")) >= MIN_TOKENS for idx in groups.values())
-    alpha = ctx.check_alpha(NAME)
+    tested = sum(len(pit) >= MIN_TOKENS for pit in pits.values())
+    alpha = options.alpha * alpha_share(NAME)
     level = 1 - alpha / max(1, 4 * tested)
-    for s, idx in groups.items():
+    for s, rows in groups.items():
         label = s.label()
-        members[label] = idx
-        pit = pits[label] = pool(scores, idx, "pit")
+        members[label], pit = rows, pits[label]
         if len(pit) < MIN_TOKENS:
             skipped.append(SkippedGroup(label, len(pit)))
             continue
         fit_tests += [pit_ks(pit, label, FLOORS["ks"], deff),
                       pit_chi2(pit, label, FLOORS["chi2"], deff)]
+        excess, var, nucleus = found.sums[rows].T
         if len(pit) >= MIN_LOGLIK_TOKENS:
-            fit_tests.append(loglik_z(pool(scores, idx, "logq"), pool(scores, idx, "entropy"),
-                                      pool(scores, idx, "var"), label, FLOORS["loglik"], deff))
-        temp_ll = np.concatenate([scores[i].stats["temp_ll"][informative(scores[i])]
-                                  for i in idx])
-        fit = temperature_fit(temp_ll / deff, s.temperature, TEMPERATURE_FACTORS, label,
-                              FLOORS["temperature"], level)
+            fit_tests.append(loglik_z(float(excess.sum()), float(var.sum()), len(pit), label,
+                                      FLOORS["loglik"], deff))
+        # as ``temperature_profile`` of the tokens' log-likelihoods over deff
+        total = found.profile[rows].sum(0) / deff + OUTSIDE * found.outside[rows].sum(0)
+        fit = profile_fit(total, len(pit), s.temperature, TEMPERATURE_FACTORS, label,
+                          FLOORS["temperature"], level)
         if s.top_p < 1:
             # The smallest nucleus that holds every served token: a lower bound on the top_p
             # the server really used (the support check judges it against the request).
-            # (tokens already outside top_k/penalties have mass-above 1 and are the support
-            # check's business, not evidence about the nucleus)
-            above = [scores[i].stats["pre_nucleus_above"] for i in idx]
-            need = max(float(a[a < TRIVIAL].max(initial=0.0)) for a in above)
-            fit.nucleus = (need, s.top_p)
+            fit.nucleus = (float(nucleus.max()), s.top_p)
         fits[label] = GroupTemperature(s, fit)
     holm(fit_tests + [g.fit.test for g in fits.values()], alpha)
-    sources = sorted({ctx.output_ids(i)[1].value for idx in groups.values() for i in idx})
+    sources = sorted({found.sources[r] for rows in groups.values() for r in rows})
     common = dict(alpha=alpha, family_size=len(fit_tests) + len(fits), floors=FLOORS,
-                  skipped_groups=skipped, convention=ctx.convention.describe(),
+                  skipped_groups=skipped, convention=found.convention,
                   token_sources=sources, seed_design=design.to_json())
-    evidence = tuple(_evidence(label, len(idx), pits[label], fit_tests, fits.get(label))
-                     for label, idx in members.items())
-    return [_fit_result(ctx, scores, FitDetails(**common, stat_tests=tuple(fit_tests),
-                                                evidence=evidence), members),
-            _temperature_result(ctx, scores, TemperatureDetails(**common, groups=fits), members,
-                                sum(len(p) for p in pits.values()))]
+    evidence = tuple(_evidence(label, len(rows), pits[label], fit_tests, fits.get(label))
+                     for label, rows in members.items())
+    asked = dict(options.detect).get("temperature")
+    return [_fit_result(draws, FitDetails(**common, stat_tests=tuple(fit_tests),
+                                          evidence=evidence), members),
+            _temperature_result(draws, TemperatureDetails(**common, groups=fits), members,
+                                sum(len(p) for p in pits.values()), asked)]
+
+
+@check(NAME, order=70, kind="statistical", alpha_share=0.42, also=(TEMPERATURE,),
+       catches=("a sampler that does not draw from the reference distribution: other weights, a wrong "
+                "temperature, truncation not applied"),
+       needs="sampled requests (temperature > 0)", pooling=Pooling(fit_evidence, decide))
+def run(ctx: CheckContext) -> list[CheckResult]:
+    return decide(fit_evidence(ctx), ctx.options)
 
 
 def _evidence(label: str, records: int, pit: np.ndarray, fit_tests: list[StatTest],
@@ -312,8 +302,8 @@ def _evidence(label: str, records: int, pit: np.ndarray, fit_tests: list[StatTes
                                 temperature=temperature.describe(), checks=(NAME, TEMPERATURE))
 
 
-def _fit_result(ctx: CheckContext, scores: dict[int, TokenScores], details: FitDetails,
-                members: dict[str, list[int]]) -> CheckResult:
+def _fit_result(draws: Draws, details: FitDetails, members: dict[str, np.ndarray]
+                ) -> CheckResult:
     tests = details.tests()
     if not tests:
         return CheckResult(NAME, "inconclusive", "no group with enough informative tokens "
@@ -327,7 +317,7 @@ def _fit_result(ctx: CheckContext, scores: dict[int, TokenScores], details: FitD
     findings = [Finding(t.group, t.describe(), 10.0 + abs(t.effect)) for t in failed]
     for t in failed:
         if t.kind == "loglik":
-            findings += _drivers(ctx, scores, members[t.group], np.sign(t.effect))[:20]
+            findings += _drivers(draws, members[t.group], np.sign(t.effect), 20)
     direction = next((DIRECTION[t.effect < 0] for t in failed if t.kind == "loglik"), "")
     summary = f"{len(failed)} test(s) failed in {len({t.group for t in failed})}/{groups} " \
               f"group(s): " + "; ".join(f"{t.group} {t.name} {t.effect_label}={t.effect:+.3f}"
@@ -336,8 +326,8 @@ def _fit_result(ctx: CheckContext, scores: dict[int, TokenScores], details: FitD
                        findings)
 
 
-def _temperature_result(ctx: CheckContext, scores: dict[int, TokenScores],
-                        details: TemperatureDetails, members: dict[str, list[int]], pooled: int
+def _temperature_result(draws: Draws, details: TemperatureDetails,
+                        members: dict[str, np.ndarray], pooled: int, asked: float | None
                         ) -> CheckResult:
     """``pooled``: the informative sampled tokens of every group, the sampler check's own
     evidence: below ``MIN_SAMPLED_TOKENS`` both rows say they cannot judge (a PASS here beside
@@ -352,7 +342,7 @@ def _temperature_result(ctx: CheckContext, scores: dict[int, TokenScores],
                     for g in failed]
         for g in failed:
             hot = fits[g].fit.estimate > fits[g].sampling.temperature
-            findings += _drivers(ctx, scores, members[g], -1.0 if hot else 1.0)[:10]
+            findings += _drivers(draws, members[g], -1.0 if hot else 1.0, 10)
         return CheckResult(TEMPERATURE, "fail",
                            "; ".join(f"{g}: {fits[g].describe()}" for g in failed), details,
                            findings)
@@ -361,7 +351,6 @@ def _temperature_result(ctx: CheckContext, scores: dict[int, TokenScores],
         return CheckResult(TEMPERATURE, "inconclusive", f"{pooled} informative sampled tokens "
                            f"(< {MIN_SAMPLED_TOKENS}): too few to judge the temperature, as the "
                            f"sampler row says; {summary}", details)
-    asked = dict(ctx.options.detect).get("temperature")
     blind = [g for g, row in fits.items() if asked is not None and
              (row.fit.detectable is None or row.fit.detectable > asked)]
     if blind:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from servecheck.checks.core.context import CheckContext
-from servecheck.checks.core.registry import Pooling, check
+from servecheck.checks.core.options import CheckOptions
+from servecheck.checks.core.registry import Pooling, alpha_share, check
 from servecheck.checks.core.results import CheckResult, Details, Finding, Verdict
 from servecheck.checks.core.seed_tests import (
     GREEDY,
@@ -97,8 +98,9 @@ def judge(tests: SeedTests, alpha: float) -> list[CheckResult]:
                         f"seeds as often as a correct sampler's", details)]
 
 
-def pooled(found: SeedEvidence, alpha: float) -> list[CheckResult]:
+def pooled(found: SeedEvidence, options: CheckOptions) -> list[CheckResult]:
     """The verdict on draws merged over a set's chunks, tested once at the check's α."""
+    alpha = options.alpha * alpha_share(NAME)
     return judge(decide(found, alpha), alpha)
 
 

@@ -64,8 +64,11 @@ def sampled_stats(z: torch.Tensor, s: Sampling, rp: RowPass, convention: Convent
         complete = cand[:, -1] < cut_k if cand.shape[1] < vocab else torch.ones_like(cut_k, dtype=torch.bool)
         mass = (cand.exp() * (cand >= cut_k[:, None])).sum(1)
         total = torch.where(complete, mass, torch.full_like(mass, math.nan))
-    # rows whose support lies among sorted candidates: sum the temperature profile there
-    small = cand is not None and bool(complete.all())
+    # rows whose support lies among sorted candidates sum the temperature profile there, each
+    # row by itself: the path is chosen per row, never per block, so a row's numbers do not
+    # depend on which rows share its block (a chunked set scores as one process does)
+    by_k = complete if cand is not None else torch.zeros_like(complete)
+    by_p, pcand = torch.zeros_like(complete), None
     cut_min = torch.full_like(neg, math.log(s.min_p) if s.min_p > 0 else -math.inf)
     if convention.min_p_before_temperature:
         cut_min = cut_min * inv_t  # p₁(y)/p₁(max) ≥ min_p, in d = log p_T(y)/p_T(max)
@@ -81,17 +84,19 @@ def sampled_stats(z: torch.Tensor, s: Sampling, rp: RowPass, convention: Convent
         else:
             cut_p, pcand, resolved = nucleus_cut(z, rp.m, inv_t, zfloor, total, rp.zmin, s.top_p,
                                                  convention.top_p_inclusive, zcand, rp.lanes)
-            if not small and pcand is not None and bool(resolved.all()):
-                small, cand = True, pcand
+            if pcand is not None:
+                by_p = resolved & ~by_k
         cut_kp = torch.maximum(cut_k, cut_p)
     cuts = torch.stack([torch.maximum(cut_kp, cut_min), torch.maximum(cut_k, cut_min), cut_k,
                         cut_kp], 1)
-    sums, temps = support_pass(z, rp.m, inv_t, cuts, dy, not small)
+    full = ~(by_k | by_p)
+    sums, temps = support_pass(z, rp.m, inv_t, cuts, dy, bool(full.any()))
     beta = betas(z.device)
-    if small:
-        assert cand is not None
-        held = (cand >= cuts[:, :1])[:, :, None]
-        temps = (torch.exp(cand[:, :, None] * beta[None, None, :]) * held).sum(1)
+    for use, among in ((by_k, cand), (by_p, pcand)):
+        if among is not None and bool(use.any()):
+            held = (among >= cuts[:, :1])[:, :, None]
+            there = (torch.exp(among[:, :, None] * beta[None, None, :]) * held).sum(1)
+            temps = there if temps is None else torch.where(use[:, None], there, temps)
     assert temps is not None
     s0, s0_pre, s0_k, s0_kp, a0, a_pre, a_k, _, m1, m2 = sums.unbind(1)
     c = s0.log()

@@ -24,6 +24,7 @@ This module batches the items and runs the forward passes (``forward``); the blo
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -56,7 +57,10 @@ def score(ref: Reference, items: Sequence[ScoreItem], convention: Convention = H
     """Teacher-force every item; the result is in the order of ``items``.
 
     Budgets default by device: 8192 tokens and 4M logits per block on CPU; 32768 tokens and 512M
-    logits (1 GiB of bf16 logits, whatever the vocabulary) on CUDA.
+    logits (1 GiB of bf16 logits, whatever the vocabulary) on CUDA. ``SERVECHECK_TOKEN_BUDGET``
+    overrides the tokens: 1 forwards each sequence alone, so that its scores do not depend on
+    which others share its batch (a chunked run then scores exactly as one process does:
+    ``benchmarks/pooled_chunks.py``), at some cost in speed.
     """
     raw, extra = score_rows(ref, items, convention, token_budget, logit_budget)
     return unpack(items, raw.cpu().numpy(), extra.cpu().numpy())
@@ -71,7 +75,8 @@ def score_rows(ref: Reference, items: Sequence[ScoreItem], convention: Conventio
     ``sampled``, which defaults to whether any item is sampled)."""
     dev = ref.model.get_output_embeddings().weight.device  # where the statistics are computed
     cuda = dev.type == "cuda"
-    token_budget = token_budget or (32768 if cuda else 8192)
+    token_budget = token_budget or int(os.environ.get("SERVECHECK_TOKEN_BUDGET") or 0) or \
+        (32768 if cuda else 8192)
     logit_budget = logit_budget or (1 << 29 if cuda else 1 << 22)
     lengths = [len(it.prompt_ids) + len(it.output_ids) for it in items]
     # items sharing their id lists (one sequence under several samplings) share one forward

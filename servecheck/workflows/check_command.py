@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 
 from servecheck.checks.core.options import CheckOptions
-from servecheck.checks.core.registry import pooled_specs
+from servecheck.checks.core.registry import pooled_names
 from servecheck.checks.core.results import Verdict
 from servecheck.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS
 from servecheck.formats.raw import MAX_RECORD_BYTES
@@ -38,7 +38,9 @@ def run_check(responses: Path, options: CheckOptions, console: Console,
     def report(path: Path, run: CheckRun, chunk: int | None) -> None:
         first, n = run.context.first_index, len(run.context.all_records)
         piece = "" if chunk is None else \
-            f" (chunk {chunk + 1}: records {first}–{first + n - 1}; the JSON summary covers all)"
+            f" (chunk {chunk + 1}: records {first}–{first + n - 1}; the JSON summary covers all, " \
+            f"and holds the rows pooled over every chunk: " \
+            f"{', '.join(pooled_names())})"
         write_html(console, path, run.context, run.results, run.verdicts, meta_of(n, run),
                    title + piece, run.digest)
 
@@ -50,7 +52,7 @@ def run_check(responses: Path, options: CheckOptions, console: Console,
     meta = meta_of(done.records, done)
     if done.chunks > 1:
         meta.update(chunks=done.chunks, alpha_per_chunk=options.alpha / done.chunks,
-                    pooled_checks=[s.name for s in pooled_specs()], resumed_chunks=done.resumed)
+                    pooled_checks=pooled_names(), resumed_chunks=done.resumed)
     console.print(f"sampling convention: {done.convention.describe()}")
     console.print(numerics_line(options))
     if done.digest is not None:

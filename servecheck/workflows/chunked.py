@@ -39,7 +39,7 @@ from servecheck.checks.core.conventions import ConventionFit
 from servecheck.checks.core.digest import Digest, RecordFacts
 from servecheck.checks.core.digest import digest as digest_of
 from servecheck.checks.core.options import CheckOptions
-from servecheck.checks.core.registry import Evidence, pooled_specs, specs, table_specs
+from servecheck.checks.core.registry import Evidence, pooled_names, pooled_specs, specs, table_specs
 from servecheck.checks.core.results import CheckResult, overall
 from servecheck.errors import __version__
 from servecheck.formats.answers import latest
@@ -177,7 +177,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     run_key = f"{_options_key(options, chunking)}|{k}"
     if engine.rank:  # another torchrun rank: rank 0 writes the report
         report = None
-    pools = ", ".join(s.name for s in pooled_specs())
+    pools = ", ".join(pooled_names())
     console.print(f"{found.records} records in {k} chunks of up to {max(plan)}: each checked at "
                   f"α/{k} = {alpha:.2g}" + (f", but {pools}: pooled over the chunks, tested "
                                             f"once at α" if pools else "")
@@ -245,7 +245,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     assert fit is not None
     with timed("checks"):
         pooled = [replace(r, summary=f"{r.summary} (pooled over the {k} chunks, tested once)")
-                  for r in decide_pooled(evidence, options.alpha)]
+                  for r in decide_pooled(evidence, options)]
         results = in_table_order(combine(pieces, alpha) + pooled)
     target = next((n for n, (_, _, r) in enumerate(pieces) if overall(r) == "fail"), 0)
     if report and write_report and report_chunk != target:  # its chunk came from saved state

@@ -5,14 +5,16 @@ file names, so the verdicts are written as JSON and read back by a decoder that 
 what servecheck itself defines: a dataclass is written as ``{"$type": "module.QualName", ...its
 init fields}`` and read back only when that name resolves, without importing anything, to a
 dataclass of a ``servecheck.*`` module already loaded; the only call made is that dataclass's
-own constructor. Tuples, sets, numpy scalars and dicts whose keys are not plain strings are
-tagged, so that a round trip gives back equal objects of the same types (a resumed run must
+own constructor. Tuples, sets, numpy scalars, numpy arrays of plain numbers (their bytes, in
+base64: exact and compact, as a pooled check's evidence needs) and dicts whose keys are not
+plain strings are tagged, so that a round trip gives back equal objects of the same types (a resumed run must
 report exactly what an uninterrupted one would). Anything else is ``StateError``: the caller
 treats the file as damaged.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import sys
@@ -62,6 +64,12 @@ def _encode(obj: object) -> object:
     kind = type(obj)
     if kind.__module__ == "numpy" and kind.__name__ in _NUMPY:
         return {"$numpy": kind.__name__, "value": obj.item()}  # type: ignore[attr-defined]
+    if kind.__module__ == "numpy" and kind.__name__ == "ndarray":
+        array = obj  # type: ignore[assignment]
+        if array.dtype.name not in _NUMPY or array.ndim > 2:  # type: ignore[attr-defined]
+            raise TypeError(f"cannot save a numpy array of {array.dtype}")  # type: ignore[attr-defined]
+        return {"$ndarray": [array.dtype.name, list(array.shape),  # type: ignore[attr-defined]
+                             base64.b64encode(array.tobytes()).decode()]}  # type: ignore[attr-defined]
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         if not kind.__module__.startswith("servecheck.") or "<" in kind.__qualname__:
             raise TypeError(f"cannot save a {kind.__module__}.{kind.__qualname__}")
@@ -101,6 +109,8 @@ def _decode(data: object) -> Any:
             return cls(**fields)
         except Exception as e:  # its own validation refusing the values: a damaged file
             raise StateError(f"{data['$type']}: {e}") from None
+    if tag == "$ndarray" and len(data) == 1:
+        return _array(data[tag])
     if len(data) != 1 or tag not in ("$tuple", "$set", "$frozenset", "$dict"):
         return _numpy(data) if tag == "$numpy" else _bad(f"unknown tag {tag!r}")
     items = data[tag]
@@ -148,6 +158,21 @@ def _numpy(data: dict) -> object:
             not isinstance(value, (bool, int, float)):
         raise StateError(f"$numpy {name!r} is not a numpy scalar this state holds")
     return getattr(numpy, name)(value)
+
+
+def _array(data: object) -> object:
+    """An array of one of the plain numeric dtypes, its shape checked against its bytes."""
+    numpy = sys.modules.get("numpy")
+    if numpy is None or not isinstance(data, list) or len(data) != 3 or \
+            data[0] not in _NUMPY or not isinstance(data[1], list) or len(data[1]) > 2 or \
+            not all(isinstance(n, int) and n >= 0 for n in data[1]) or \
+            not isinstance(data[2], str):
+        raise StateError("$ndarray is not [dtype, shape, base64 bytes]")
+    try:
+        raw = base64.b64decode(data[2], validate=True)
+        return numpy.frombuffer(raw, dtype=data[0]).reshape(data[1]).copy()
+    except ValueError as e:
+        raise StateError(f"$ndarray: {e}") from None
 
 
 def _hashable(value: object) -> object:

@@ -1,7 +1,8 @@
-"""A set checked in chunks pools the evidence of the checks that can merge it (the seeds check),
-and tests it once at the check's full α: the verdict and p-values are those of one process, a
-request whose seeds lie in different chunks is tested whole, and a resumed run merges the
-evidence it saved.
+"""A set checked in chunks pools the evidence of the checks that can merge it (fit, temperature,
+seeds), and tests it once at the check's full α: the verdicts and p-values are those of one
+process, a request whose seeds lie in different chunks is tested whole, and a resumed run merges
+the evidence it saved. Each sequence is scored alone (``SERVECHECK_TOKEN_BUDGET=1``), so that
+both runs score every record alike, and the p-values agree to 1e-9.
 
 The records are served by the in-process ``hf:builtin`` target, honest and with the
 ``seed-ignored`` fault, and laid out seed by seed, so that no chunk holds two seeds of one
@@ -47,7 +48,31 @@ def seed_major(tmp_path_factory: pytest.TempPathFactory, run_cli) -> dict[str, P
 
 
 def _seeds(summary: dict) -> dict:
-    return next(c for c in summary["checks"] if c["name"] == "seeds")
+    return _row(summary, "seeds")
+
+
+def _row(summary: dict, name: str) -> dict:
+    return next(c for c in summary["checks"] if c["name"] == name)
+
+
+def _same_fit(chunked: dict, whole: dict) -> None:
+    for name in ("fit", "temperature"):
+        a, b = _row(chunked, name), _row(whole, name)
+        assert a["verdict"] == b["verdict"], (name, a["summary"], b["summary"])
+        assert a["details"]["seed_design"] == pytest.approx(b["details"]["seed_design"],
+                                                            rel=1e-9, nan_ok=True)
+    tests = [(_row(s, "fit")["details"]["tests"]) for s in (chunked, whole)]
+    assert tests[1] and len(tests[0]) == len(tests[1])
+    for x, y in zip(*tests, strict=True):
+        assert (x["group"], x["name"], x["n"]) == (y["group"], y["name"], y["n"])
+        assert x["p"] == pytest.approx(y["p"], rel=0, abs=1e-9)
+        assert x["effect"] == pytest.approx(y["effect"], rel=1e-9, abs=1e-12)
+    rows = [_row(s, "temperature")["details"]["groups"] for s in (chunked, whole)]
+    assert rows[1] and rows[0].keys() == rows[1].keys()
+    for g in rows[1]:
+        assert rows[0][g]["test"]["p"] == pytest.approx(rows[1][g]["test"]["p"], rel=0,
+                                                        abs=1e-9)
+        assert rows[0][g]["estimate"] == pytest.approx(rows[1][g]["estimate"], rel=1e-9)
 
 
 def _same_tests(chunked: dict, whole: dict) -> None:
@@ -64,9 +89,10 @@ def _same_tests(chunked: dict, whole: dict) -> None:
 
 @pytest.mark.slow  # two generations of 32 requests, four checks
 @pytest.mark.parametrize(("server", "verdict"), [("honest", "pass"), ("ignored", "fail")])
-def test_chunks_pool_the_seeds_check_into_the_verdict_of_one_process(
+def test_chunks_pool_fit_and_seeds_into_the_verdicts_of_one_process(
         seed_major: dict[str, Path], tmp_path: Path, check_json, server: str,
-        verdict: str) -> None:
+        verdict: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVECHECK_TOKEN_BUDGET", "1")
     path = seed_major[server]
     _, whole = check_json(path, tmp_path)
     _, chunked = check_json(path, tmp_path, "builtin", "--records-per-chunk", "8",
@@ -78,18 +104,26 @@ def test_chunks_pool_the_seeds_check_into_the_verdict_of_one_process(
     assert all(g["seeds"] == len(SEEDS) for g in seeds["details"]["groups"])
     assert seeds["details"]["alpha"] == pytest.approx(_seeds(whole)["details"]["alpha"])
     _same_tests(seeds, _seeds(whole))
+    _same_fit(chunked, whole)
+    assert chunked["pooled_checks"] == ["fit", "temperature", "seeds"]
+    # the fit counts a text the ignored seed served to several seeds once, as one process does
+    design = _row(chunked, "fit")["details"]["seed_design"]
+    assert design["one_stream"] is (server == "ignored")
 
 
 @pytest.mark.slow
 def test_a_resumed_run_merges_the_evidence_it_saved(seed_major: dict[str, Path],
-                                                    tmp_path: Path, check_json) -> None:
+                                                    tmp_path: Path, check_json,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVECHECK_TOKEN_BUDGET", "1")
     path, state = seed_major["ignored"], tmp_path / "state"
     args = ("--records-per-chunk", "8", "--state", state)
     _, first = check_json(path, tmp_path, "builtin", *args)
     (state / "chunk-00002.json").unlink()  # as if stopped before the third chunk was saved
     _, resumed = check_json(path, tmp_path, "builtin", *args)
     _same_tests(_seeds(resumed), _seeds(first))
-    assert _seeds(resumed)["verdict"] == "fail"
+    _same_fit(resumed, first)
+    assert _seeds(resumed)["verdict"] == "fail" and resumed["resumed_chunks"] == 3
 
 
 def _group(label: str, members: dict, texts: dict) -> GroupDraws:

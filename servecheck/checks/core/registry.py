@@ -20,8 +20,8 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import Any, Literal, Protocol
 
-__all__ = ["CheckSpec", "Evidence", "Kind", "Pooling", "alpha_share", "check", "find", "pooled_specs",
-           "specs", "table_specs"]
+__all__ = ["CheckSpec", "Evidence", "Kind", "Pooling", "alpha_share", "check", "find", "pooled_names",
+           "pooled_specs", "specs", "table_specs"]
 
 Kind = Literal["deterministic", "statistical", "record"]
 """``statistical``: its verdicts are tests at a level, one Holm family with its share of α;
@@ -44,13 +44,14 @@ class Pooling:
     """How a statistical check tests a set too large to hold once, not chunk by chunk: each
     chunk ``reduce``s to evidence sufficient for the test, the chunks' evidence merges in set
     order, and ``decide`` tests it once at the check's full α. The check's ``run`` must be
-    ``decide(reduce(ctx), α)`` on one run's records, so a chunked set and one process give the
+    ``decide(reduce(ctx), ctx.options)`` on one run's records, so a chunked set and one process give the
     same verdicts and p-values (tests/workflows/test_pooled_chunks.py)."""
 
     reduce: Callable[[Any], Evidence]
     """``reduce(ctx) -> Evidence`` of a run's records."""
-    decide: Callable[[Any, float], list[Any]]
-    """``decide(evidence, alpha) -> list[CheckResult]``."""
+    decide: Callable[[Any, Any], list[Any]]
+    """``decide(evidence, options) -> list[CheckResult]``, at the check's share of the run's
+    ``options.alpha`` (``CheckOptions``)."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,11 @@ def table_specs() -> list[CheckSpec]:
 def pooled_specs() -> list[CheckSpec]:
     """The checks whose evidence merges across a large set's chunks (``Pooling``)."""
     return [s for s in table_specs() if s.pooling is not None]
+
+
+def pooled_names() -> list[str]:
+    """The rows those checks give (the fit check's temperature row too)."""
+    return [n for s in pooled_specs() for n in s.names]
 
 
 def find(name: str) -> CheckSpec:

@@ -22,7 +22,6 @@ check), every record is taken to read one stream.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,41 +103,56 @@ class SeedDesign:
 INDEPENDENT = SeedDesign(1.0, 0, float("nan"), 0.0, 1.0)
 
 
+def stream_row(s: TokenScores) -> np.ndarray:
+    """A record's PIT values by output position, NaN where the served token lies outside the
+    support: what the design reads of it."""
+    return np.where(np.isfinite(s.stats["logq"]), s.stats["pit"], np.nan)
+
+
 def seed_design(ctx: CheckContext, scores: dict[int, TokenScores],
                 one_stream: bool | None = None) -> SeedDesign:
     """How much the records of ``scores`` (sampled, distinct draws) share random streams;
     ``one_stream``: whether the seed looks ignored (None: ask the seeds check's tests)."""
     ignored = seed_tests(ctx).ignored if one_stream is None else one_stream
-    by_seed: dict[int, list[int]] = defaultdict(list)
-    for i in scores:
-        seed = ctx.records[i].parameters.seed
-        if seed is not None:
-            by_seed[0 if ignored else seed].append(i)  # ignored: one stream for every record
-    sizes = [len(v) for v in by_seed.values()]
-    if not sizes or max(sizes) < 2:
+    seeded = [(seed, stream_row(scores[i])) for i in scores
+              if (seed := ctx.records[i].parameters.seed) is not None]
+    if not seeded:
         return INDEPENDENT
+    return design_of(np.array([seed for seed, _ in seeded], dtype=np.int64),
+                     np.array([len(row) for _, row in seeded], dtype=np.int64),
+                     np.concatenate([row for _, row in seeded]), ignored)
+
+
+def design_of(seeds: np.ndarray, lengths: np.ndarray, rows: np.ndarray, ignored: bool
+              ) -> SeedDesign:
+    """The design of seeded records: each one's seed, its length, and every ``stream_row``
+    concatenated in set order (flat, so that a pooled set's millions of records cost memory by
+    their tokens, not a records × longest-output matrix); ``ignored``: the seed looks ignored,
+    so every record reads one stream."""
+    streams = np.zeros(len(seeds), dtype=np.int64) if ignored else \
+        np.unique(seeds, return_inverse=True)[1].reshape(-1)
+    sizes = np.bincount(streams) if len(streams) else np.zeros(0, dtype=np.int64)
+    if not len(sizes) or sizes.max() < 2:
+        return INDEPENDENT
+    sizes = sizes[sizes > 0]
     m = float(np.sum(np.square(sizes)) / np.sum(sizes))  # a record's view: the size of its stream
-    rows = [i for members in by_seed.values() for i in members]
-    width = max(len(scores[i].stats["pit"]) for i in rows)
-    cells = np.full((len(rows), width), np.nan)
-    for row, i in enumerate(rows):
-        pit = scores[i].stats["pit"]
-        cells[row, :len(pit)] = np.where(np.isfinite(scores[i].stats["logq"]), pit, np.nan)
-    have = np.isfinite(cells)
-    centre = float(cells[have].mean()) if have.any() else 0.5  # ½ for a correct server
-    x = np.where(have, cells - centre, 0.0)
+    have = np.isfinite(rows)
+    centre = float(rows[have].mean(dtype=np.float64)) if have.any() else 0.5  # ½, correct
+    x = np.where(have, rows.astype(np.float64) - centre, 0.0)
     var = float((x * x).sum() / max(1, have.sum()))
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    position = np.arange(len(rows)) - starts
+    width = int(lengths.max())
 
-    def pair_sums(block: slice) -> tuple[float, int]:
-        """Σ of products, and count, over pairs of rows in ``block`` at the same position."""
-        xs, n = x[block], have[block].sum(0)
-        return float(((xs.sum(0) ** 2 - (xs * xs).sum(0)) / 2).sum()), int((n * (n - 1) // 2).sum())
+    def pair_sums(cell: np.ndarray) -> tuple[float, int]:
+        """Σ of products, and count, over pairs of records in one cell (a stream's position)."""
+        sums = np.bincount(cell, weights=x)
+        squares = np.bincount(cell, weights=x * x)
+        n = np.bincount(cell, weights=have).astype(np.int64)
+        return float(((sums ** 2 - squares) / 2).sum()), int((n * (n - 1) // 2).sum())
 
-    total, pairs, start = 0.0, 0, 0
-    for members in by_seed.values():
-        t, n = pair_sums(slice(start, start + len(members)))
-        total, pairs, start = total + t, pairs + n, start + len(members)
-    everyone, all_pairs = pair_sums(slice(None))
+    total, pairs = pair_sums(np.repeat(streams, lengths) * width + position)
+    everyone, all_pairs = pair_sums(position)
     if pairs < MIN_PAIRS or var <= 0:
         return SeedDesign(m, pairs, float("nan"), RHO_PRIOR, 1 + (m - 1) * RHO_PRIOR, ignored)
     # the excess of same-stream products over those of records on other streams at the same

@@ -113,19 +113,19 @@ def chi2_null(n: int) -> np.ndarray:
     return np.sort(((counts - expected) ** 2 / expected).sum(1))
 
 
-def loglik_z(logq: np.ndarray, entropy: np.ndarray, var: np.ndarray, group: str, floor: float,
+def loglik_z(excess: float, var: float, n: int, group: str, floor: float,
              deff: float = 1.0) -> StatTest:
-    """Σ log q(y) against its expectation -Σ H(q): a martingale CLT z-score.
+    """Σ log q(y) against its expectation -Σ H(q): a martingale CLT z-score, from the sums a
+    group's tokens pool (``excess`` = Σ (log q(y) + H(q)), ``var`` = Σ Var_q(log q), n tokens).
 
     Effect: mean excess log-likelihood per token in nats. Negative: tokens less likely than a
     correct sampler's (too hot, truncation ignored, other weights); positive: more likely (too
     cold, nucleus too small).
     """
-    excess = float(np.sum(logq + entropy))
-    sd = float(np.sqrt(np.sum(var) * deff))
+    sd = float(np.sqrt(var * deff))
     z = excess / sd if sd > 0 else 0.0
-    return StatTest(group, "log-likelihood z", float(2 * st.norm.sf(abs(z))), excess / len(logq),
-                    floor, "nats/token", len(logq), "loglik")
+    return StatTest(group, "log-likelihood z", float(2 * st.norm.sf(abs(z))), excess / n,
+                    floor, "nats/token", n, "loglik")
 
 
 @dataclass
@@ -156,13 +156,19 @@ def temperature_profile(temp_ll: np.ndarray) -> np.ndarray:
 def temperature_fit(temp_ll: np.ndarray, requested: float, factors: np.ndarray, group: str,
                     floor: float, level: float = 0.95) -> TemperatureFit:
     """Profile likelihood over the temperature grid: MLE, 95% interval, LR test of the request.
+    ``temp_ll[i, g]`` is log q_i(y_i) at temperature ``requested * factors[g]``."""
+    return profile_fit(temperature_profile(temp_ll), temp_ll.shape[0], requested, factors,
+                       group, floor, level)
 
-    ``temp_ll[i, g]`` is log q_i(y_i) at temperature ``requested * factors[g]``. The MLE is
+
+def profile_fit(total: np.ndarray, n: int, requested: float, factors: np.ndarray, group: str,
+                floor: float, level: float = 0.95) -> TemperatureFit:
+    """``temperature_fit`` from the profile itself (``temperature_profile`` of n tokens, which
+    sums over chunks). The MLE is
     refined by a parabola through the best grid point and its neighbours, in the inverse
     temperature: the log-likelihood is concave there (a log-partition function is convex), and
     that is the grid's own coordinate when it is evenly spaced in 1/factor, as scoring's is.
     """
-    total = temperature_profile(temp_ll)
     x = np.log(requested * factors)
     g = int(np.argmax(total))
     est = x[g]
@@ -182,8 +188,7 @@ def temperature_fit(temp_ll: np.ndarray, requested: float, factors: np.ndarray, 
     estimate = float(np.exp(est))
     detectable = _detectable(x, total, g, level, floor)
     test = StatTest(group, "temperature = requested (LR)", float(st.chi2.sf(lr, 1)),
-                estimate / requested - 1, floor, "relative error", temp_ll.shape[0],
-                    "temperature")
+                estimate / requested - 1, floor, "relative error", n, "temperature")
     return TemperatureFit(estimate, float(np.exp(min(low, est))), float(np.exp(max(high, est))),
                           test, level=level, detectable=detectable,
                           temperatures=tuple(float(t) for t in requested * factors),

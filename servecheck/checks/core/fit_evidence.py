@@ -1,0 +1,195 @@
+"""What the fit and temperature tests read of each sampled record, kept in columns that chunks
+of a large set concatenate: the test is then made once over the whole set, as one process
+makes it.
+
+Sums cannot stand for everything. The KS test reads every PIT value (4 bytes a token), the
+seed design reads the PIT by output position of seeded records, and which records count is
+only known over the whole set: a request repeated with its seed is one draw (the first), and
+where the seeds check finds the seed ignored, so is each text a request served across seeds
+(``shared_seeds.distinct_draws``). So each record keeps its keys, its PIT values and a few sums
+(log-likelihood excess and variance, the temperature profile); the draws are chosen at the end.
+About 8 bytes a sampled token and some 300 a record: a million records of 100 tokens hold
+under 1.5 GB, against the 13.6 KB a record a whole run holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.pooling import TRIVIAL, informative
+from servecheck.checks.core.seed_tests import SeedEvidence, seed_evidence
+from servecheck.checks.core.shared_seeds import stream_row
+from servecheck.reference.sampling import Sampling
+from servecheck.reference.token_scores import TEMPERATURE_FACTORS
+
+__all__ = ["OUTSIDE", "Draws", "FitEvidence", "fit_evidence"]
+
+OUTSIDE = -1e9
+"""The log-likelihood a token outside the support costs the temperature profile."""
+
+
+@dataclass(frozen=True, eq=False)
+class FitEvidence:
+    """Per sampled record (a row, in set order), what the fit tests read; arrays by row unless
+    said. ``merge`` appends a later chunk's rows."""
+
+    seeds: SeedEvidence
+    """The seeds check's evidence: whether the seed looks ignored decides which rows count."""
+    convention: dict[str, Any]
+    """The sampling convention the rows were scored under (``Convention.describe``)."""
+    samplings: tuple[Sampling, ...]
+    group: np.ndarray
+    """Each row's parameter group (an index into ``samplings``)."""
+    labels: tuple[str, ...]
+    seed: tuple[int | None, ...]
+    keys: tuple[tuple[str, str] | None, ...]
+    """A seeded row's draw keys: (the request with its seed, the request without it and the
+    text served), ``shared_seeds.distinct_draws``'s."""
+    sources: tuple[str, ...]
+    sums: np.ndarray
+    """rows × 3: Σ (log q(y) + H(q)) and Σ Var_q(log q) over the informative tokens, and the
+    smallest nucleus that holds every served token (0 where the request set no top_p)."""
+    profile: np.ndarray
+    """rows × temperatures: Σ log q(y) at each, over the informative tokens inside the support."""
+    outside: np.ndarray
+    """rows × temperatures: informative tokens outside the support at each."""
+    pit_n: np.ndarray
+    pit: np.ndarray
+    """The informative tokens' PIT values, every row's in turn (float32, as scored)."""
+    stream_n: np.ndarray
+    stream: np.ndarray
+    """Seeded rows' ``stream_row``, every one's in turn (0 long for an unseeded row)."""
+    least: tuple[str, ...]
+    """Each row's least likely informative token, as a finding names it ("" without one)."""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def merge(self, later: FitEvidence) -> FitEvidence:
+        samplings = list(self.samplings)
+        remap = np.array([_index(samplings, s) for s in later.samplings], dtype=np.int64)
+        return FitEvidence(
+            self.seeds.merge(later.seeds), self.convention, tuple(samplings),
+            np.concatenate([self.group, remap[later.group] if len(later) else later.group]),
+            self.labels + later.labels, self.seed + later.seed, self.keys + later.keys,
+            self.sources + later.sources, *(np.concatenate([getattr(self, f), getattr(later, f)])
+                                             for f in ("sums", "profile", "outside", "pit_n",
+                                                       "pit", "stream_n", "stream")),
+            self.least + later.least)
+
+    def draws(self, ignored: bool) -> Draws:
+        """The rows that are distinct draws, in set order (``shared_seeds.distinct_draws``:
+        the first of a repeated seeded request, or where ``ignored``, of a text a request
+        served across seeds)."""
+        seen: set[str] = set()
+        keep = np.ones(len(self), dtype=bool)
+        for row, keys in enumerate(self.keys):
+            if keys is None:
+                continue
+            key = keys[1] if ignored else keys[0]
+            keep[row] = key not in seen
+            seen.add(key)
+        return Draws(self, keep, ignored)
+
+
+@dataclass(frozen=True, eq=False)
+class Draws:
+    """The distinct draws of a ``FitEvidence``, and what the tests pool over them."""
+
+    of: FitEvidence
+    keep: np.ndarray
+    ignored: bool
+    """The seed looks ignored (the seeds check): every seeded record reads one stream."""
+
+    def groups(self) -> dict[Sampling, np.ndarray]:
+        """Each parameter group's rows, groups in the order first drawn."""
+        rows = np.flatnonzero(self.keep)
+        order = dict.fromkeys(self.of.group[rows].tolist())
+        return {self.of.samplings[g]: rows[self.of.group[rows] == g] for g in order}
+
+    def pit(self, rows: np.ndarray) -> np.ndarray:
+        return self.of.pit[np.repeat(_chosen(len(self.of), rows), self.of.pit_n)]
+
+    def seeded(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The design's input (``shared_seeds.design_of``): seeds, lengths and stream rows of
+        the seeded draws."""
+        rows = np.array([r for r in np.flatnonzero(self.keep) if self.of.seed[r] is not None],
+                        dtype=np.int64)
+        mask = np.repeat(_chosen(len(self.of), rows), self.of.stream_n)
+        return (np.array([self.of.seed[r] for r in rows], dtype=np.int64),
+                self.of.stream_n[rows], self.of.stream[mask])
+
+    def z(self, row: int) -> float:
+        excess, var, _ = self.of.sums[row]
+        return float(excess / np.sqrt(var)) if var > 0 else 0.0
+
+
+def _chosen(n: int, rows: np.ndarray) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    mask[rows] = True
+    return mask
+
+
+def _index(samplings: list[Sampling], s: Sampling) -> int:
+    if s not in samplings:
+        samplings.append(s)
+    return samplings.index(s)
+
+
+def _keys(ctx: CheckContext, i: int) -> tuple[str, str] | None:
+    r = ctx.records[i]
+    if r.parameters.seed is None:
+        return None
+    request = r.conversations.model_dump_json() + str(r.choice)  # n choices: separate draws
+    return (request + r.parameters.model_dump_json(),
+            request + r.parameters.model_copy(update={"seed": None}).model_dump_json() + r.output)
+
+
+def fit_evidence(ctx: CheckContext) -> FitEvidence:
+    """The evidence of the sampled records the screening kept (every one: the distinct draws
+    are chosen over the whole set, ``FitEvidence.draws``)."""
+    rows = ctx.sampled()
+    scores = ctx.scores(rows)
+    samplings: list[Sampling] = []
+    tok = ctx.ref.tokenizer
+    sums, profile, outside, pits, streams, least = [], [], [], [], [], []
+    for i in rows:
+        s = scores[i]
+        m = informative(s)
+        ll = s.stats["temp_ll"][m]
+        inside = np.isfinite(ll)
+        pits.append(s.stats["pit"][m])
+        profile.append(np.where(inside, ll, 0.0).sum(0, dtype=np.float64))
+        outside.append((~inside).sum(0))
+        streams.append(stream_row(s) if ctx.records[i].parameters.seed is not None else
+                       np.zeros(0, dtype=np.float32))
+        above = s.stats["pre_nucleus_above"]
+        nucleus = float(above[above < TRIVIAL].max(initial=0.0)) if ctx.sampling[i].top_p < 1 \
+            else 0.0
+        sums.append((float((s.stats["logq"][m] + s.stats["entropy"][m]).sum(dtype=np.float64)),
+                     float(s.stats["var"][m].sum(dtype=np.float64)), nucleus))
+        at = np.flatnonzero(m)
+        k = int(at[np.argmin(s.stats["logq"][at])]) if len(at) else -1
+        least.append("" if k < 0 else
+                     f"least likely token {k} {tok.convert_ids_to_tokens(int(s.token_ids[k]))!r} "
+                     f"q={np.exp(s.stats['logq'][k]):.4f} (raw rank {int(s.rank[k])})")
+    width = len(TEMPERATURE_FACTORS)
+    group = np.array([_index(samplings, ctx.sampling[i]) for i in rows], dtype=np.int64)
+    return FitEvidence(
+        seed_evidence(ctx), ctx.convention.describe(), tuple(samplings), group,
+        tuple(ctx.labels[i] for i in rows),
+        tuple(ctx.records[i].parameters.seed for i in rows), tuple(_keys(ctx, i) for i in rows),
+        tuple(ctx.output_ids(i)[1].value for i in rows),
+        np.array(sums, dtype=np.float64).reshape(-1, 3),
+        np.array(profile, dtype=np.float64).reshape(-1, width),
+        np.array(outside, dtype=np.int64).reshape(-1, width),
+        np.array([len(p) for p in pits], dtype=np.int64), _flat(pits),
+        np.array([len(r) for r in streams], dtype=np.int64), _flat(streams), tuple(least))
+
+
+def _flat(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(arrays).astype(np.float32) if arrays else np.zeros(0, dtype=np.float32)
