@@ -22,7 +22,7 @@ import numpy as np
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.pooling import TRIVIAL, informative
 from servecheck.checks.core.seed_tests import SeedEvidence, seed_evidence
-from servecheck.checks.core.shared_seeds import stream_row
+from servecheck.checks.core.shared_seeds import draw_keys, first_draws, stream_row
 from servecheck.reference.sampling import Sampling
 from servecheck.reference.token_scores import TEMPERATURE_FACTORS
 
@@ -47,8 +47,7 @@ class FitEvidence:
     labels: tuple[str, ...]
     seed: tuple[int | None, ...]
     keys: tuple[tuple[str, str] | None, ...]
-    """A seeded row's draw keys: (the request with its seed, the request without it and the
-    text served), ``shared_seeds.distinct_draws``'s."""
+    """A seeded row's ``shared_seeds.draw_keys``."""
     sources: tuple[str, ...]
     sums: np.ndarray
     """rows × 3: Σ (log q(y) + H(q)) and Σ Var_q(log q) over the informative tokens, and the
@@ -82,18 +81,9 @@ class FitEvidence:
             self.least + later.least)
 
     def draws(self, ignored: bool) -> Draws:
-        """The rows that are distinct draws, in set order (``shared_seeds.distinct_draws``:
-        the first of a repeated seeded request, or where ``ignored``, of a text a request
-        served across seeds)."""
-        seen: set[str] = set()
-        keep = np.ones(len(self), dtype=bool)
-        for row, keys in enumerate(self.keys):
-            if keys is None:
-                continue
-            key = keys[1] if ignored else keys[0]
-            keep[row] = key not in seen
-            seen.add(key)
-        return Draws(self, keep, ignored)
+        """The rows that are distinct draws, in set order (``shared_seeds.first_draws``)."""
+        return Draws(self, np.array(first_draws(list(self.keys), ignored), dtype=bool).reshape(-1),
+                     ignored)
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,15 +130,6 @@ def _index(samplings: list[Sampling], s: Sampling) -> int:
     return samplings.index(s)
 
 
-def _keys(ctx: CheckContext, i: int) -> tuple[str, str] | None:
-    r = ctx.records[i]
-    if r.parameters.seed is None:
-        return None
-    request = r.conversations.model_dump_json() + str(r.choice)  # n choices: separate draws
-    return (request + r.parameters.model_dump_json(),
-            request + r.parameters.model_copy(update={"seed": None}).model_dump_json() + r.output)
-
-
 def fit_evidence(ctx: CheckContext) -> FitEvidence:
     """The evidence of the sampled records the screening kept (every one: the distinct draws
     are chosen over the whole set, ``FitEvidence.draws``)."""
@@ -182,7 +163,7 @@ def fit_evidence(ctx: CheckContext) -> FitEvidence:
     return FitEvidence(
         seed_evidence(ctx), ctx.convention.describe(), tuple(samplings), group,
         tuple(ctx.labels[i] for i in rows),
-        tuple(ctx.records[i].parameters.seed for i in rows), tuple(_keys(ctx, i) for i in rows),
+        tuple(ctx.records[i].parameters.seed for i in rows), tuple(draw_keys(ctx.records[i]) for i in rows),
         tuple(ctx.output_ids(i)[1].value for i in rows),
         np.array(sums, dtype=np.float64).reshape(-1, 3),
         np.array(profile, dtype=np.float64).reshape(-1, width),

@@ -100,13 +100,14 @@ class SeedEvidence:
         return [g for g in self.groups.values() if len(g.members) >= MIN_SEEDS]
 
 
-def _digest(text: str) -> str:
+def digest(text: str) -> str:
+    """A 128-bit digest of a text: what pooled evidence keeps of a text or a request."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def request_key(r: ResponseRecord) -> str:
     """What makes requests one group: the conversation and every parameter but the seed."""
-    return _digest(r.conversations.model_dump_json() +
+    return digest(r.conversations.model_dump_json() +
                    r.parameters.model_copy(update={"seed": None}).model_dump_json())
 
 
@@ -128,7 +129,7 @@ def evidence(ctx: CheckContext, indices: list[int]) -> SeedEvidence:
         member = (r.parameters.seed, r.choice)
         if member in members:
             continue
-        members[member] = text = _digest(r.output)
+        members[member] = text = digest(r.output)
         firsts.setdefault(text, i)
     scores = ctx.scores([i for _, _, firsts in groups.values() for i in firsts.values()])
 

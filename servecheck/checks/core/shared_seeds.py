@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from servecheck.checks.core.context import CheckContext
-from servecheck.checks.core.seed_tests import seed_tests
+from servecheck.checks.core.seed_tests import digest, seed_tests
+from servecheck.formats.records import ResponseRecord
 from servecheck.reference.token_scores import TokenScores
 
 MIN_PAIRS = 50
@@ -37,26 +38,38 @@ RHO_PRIOR = 0.1
 showed, +0.06)."""
 
 
+def draw_keys(r: ResponseRecord) -> tuple[str, str] | None:
+    """A seeded record's draw keys (None unseeded): the request with its seed, and the request
+    without it with the text served, each as a 128-bit digest (a pooled set keeps one pair a
+    record). Records sharing the first are one draw; where the seed looks ignored, so are
+    records sharing the second."""
+    if r.parameters.seed is None:
+        return None
+    request = r.conversations.model_dump_json() + str(r.choice)  # n choices: separate draws
+    return (digest(request + r.parameters.model_dump_json()),
+            digest(request + r.parameters.model_copy(update={"seed": None}).model_dump_json()
+                    + "\x00" + r.output))
+
+
+def first_draws(keys: list[tuple[str, str] | None], ignored: bool) -> list[bool]:
+    """Per record (in set order, by its ``draw_keys``), whether it is the first of its draw."""
+    seen: set[str] = set()
+    out = []
+    for k in keys:
+        key = None if k is None else k[1] if ignored else k[0]
+        out.append(key is None or key not in seen)
+        if key is not None:
+            seen.add(key)
+    return out
+
+
 def distinct_draws(ctx: CheckContext, indices: list[int]) -> list[int]:
     """``indices`` less repeats of an identical seeded request (same conversation, parameters
     and seed): the first record of each stands for it. Unseeded repeats are separate draws.
     Where the seed looks ignored (``seeds.seed_tests``), requests that differ only in their
     seed and came back with one text are one draw too: the server drew it once."""
-    ignored = seed_tests(ctx).ignored
-    seen: set[str] = set()
-    out = []
-    for i in indices:
-        r = ctx.records[i]
-        if r.parameters.seed is None:
-            out.append(i)
-            continue
-        key = r.conversations.model_dump_json() + str(r.choice) + (  # n choices: separate draws
-            r.parameters.model_copy(update={"seed": None}).model_dump_json() + r.output
-            if ignored else r.parameters.model_dump_json())
-        if key not in seen:
-            seen.add(key)
-            out.append(i)
-    return out
+    first = first_draws([draw_keys(ctx.records[i]) for i in indices], seed_tests(ctx).ignored)
+    return [i for i, keep in zip(indices, first, strict=True) if keep]
 
 
 @dataclass(frozen=True)
