@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from servecheck.checks.core.seed_tests import GroupDraws, SeedEvidence, Text
-from servecheck.workflows.saved_state import dumps, loads
+from servecheck.workflows.saved_state import StateError, dumps, loads
 
 PROMPTS = ["Tell me about the owl.", "What does the cat say?", "Name a colour.",
            "Tell me a story.", "What is a dog?", "Describe the sea.", "Count to five.",
@@ -142,3 +143,21 @@ def test_merging_keeps_set_order_and_the_first_of_a_repeated_draw() -> None:
     assert ab.merge(c) == a.merge(b.merge(c))  # chunks merge in any grouping, in set order
     assert [len(g.members) for g in ab.merge(c).tested()] == [3, 2]
     assert loads(dumps(ab.merge(c))) == ab.merge(c)  # the chunk state round trip
+
+
+def test_evidence_arrays_round_trip_exactly_and_a_planted_array_is_refused() -> None:
+    arrays = {"pit": np.array([0.25, np.nan, 1e-38], dtype=np.float32),
+              "profile": np.arange(6, dtype=np.float64).reshape(2, 3) / 7,
+              "n": np.array([3, 0], dtype=np.int64)}
+    back = loads(dumps(arrays))
+    for key, a in arrays.items():
+        assert back[key].dtype == a.dtype and back[key].shape == a.shape
+        assert np.array_equal(back[key], a, equal_nan=True)
+    good = json.loads(dumps(arrays["n"]))
+    for bad in (["object", [2], good["data"]["$ndarray"][2]],  # not a plain numeric dtype
+                ["int64", [3], good["data"]["$ndarray"][2]],  # a shape its bytes do not fill
+                ["int64", [2], "not base64!"], "int64"):
+        with pytest.raises(StateError):
+            loads(json.dumps({**good, "data": {"$ndarray": bad}}))
+    with pytest.raises(TypeError):  # an array of objects is never written
+        dumps(np.array([object()], dtype=object))
