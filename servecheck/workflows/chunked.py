@@ -189,7 +189,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     report_chunk: int | None = None
     digests: list[str] = []
     facts, flagged = RecordFacts(), set()
-    evidence: dict[str, Evidence] = {}
+    evidence: dict[str, list[Evidence]] = {}
     try:
         for j, batch in enumerate(_waited(ahead(_chunks(found, plan, max_bytes)))):
             with timed("saved verdicts (digest, load, save)"):
@@ -230,7 +230,8 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
             digests.append(digest)
             pieces.append((saved.first, saved.records, saved.results))
             facts, flagged = facts + saved.facts, flagged | set(saved.flagged)
-            evidence = merged(evidence, saved.evidence)
+            for name, piece in saved.evidence.items():
+                evidence.setdefault(name, []).append(piece)
             for source, n in saved.tokens.items():
                 tokens[source] = tokens.get(source, 0) + n
     except KeyboardInterrupt:
@@ -245,7 +246,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     assert fit is not None
     with timed("checks"):
         pooled = [replace(r, summary=f"{r.summary} (pooled over the {k} chunks, tested once)")
-                  for r in decide_pooled(evidence, options)]
+                  for r in decide_pooled(merged(evidence), options)]
         results = in_table_order(combine(pieces, alpha) + pooled)
     target = next((n for n, (_, _, r) in enumerate(pieces) if overall(r) == "fail"), 0)
     if report and write_report and report_chunk != target:  # its chunk came from saved state
@@ -261,11 +262,9 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
                   report_chunk, resumed, directory, digest=digest_of(results, flagged, facts))
 
 
-def merged(evidence: dict[str, Evidence], later: dict[str, Evidence]) -> dict[str, Evidence]:
-    """The pooled checks' evidence of the chunks so far, with a later chunk's merged in."""
-    out = {name: found.merge(later[name]) if name in later else found
-           for name, found in evidence.items()}
-    return out | {name: found for name, found in later.items() if name not in out}
+def merged(evidence: dict[str, list[Evidence]]) -> dict[str, Evidence]:
+    """Each pooled check's evidence over the chunks, joined once, in set order."""
+    return {name: pieces[0].merge(*pieces[1:]) for name, pieces in evidence.items()}
 
 
 def in_table_order(results: list[CheckResult]) -> list[CheckResult]:

@@ -140,7 +140,7 @@ def test_merging_keeps_set_order_and_the_first_of_a_repeated_draw() -> None:
     # seed 2 was first served "y": the later copy of that draw is not a second draw
     assert ab.groups["r"].members == {(1, None): "x", (2, None): "y", (3, None): "x"}
     assert list(ab.groups) == ["r", "s"]
-    assert ab.merge(c) == a.merge(b.merge(c))  # chunks merge in any grouping, in set order
+    assert ab.merge(c) == a.merge(b.merge(c)) == a.merge(b, c)  # any grouping, in set order
     assert [len(g.members) for g in ab.merge(c).tested()] == [3, 2]
     assert loads(dumps(ab.merge(c))) == ab.merge(c)  # the chunk state round trip
 

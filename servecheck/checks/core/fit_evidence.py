@@ -15,6 +15,7 @@ under 1.5 GB, against the 13.6 KB a record a whole run holds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,7 @@ OUTSIDE = -1e9
 @dataclass(frozen=True, eq=False)
 class FitEvidence:
     """Per sampled record (a row, in set order), what the fit tests read; arrays by row unless
-    said. ``merge`` appends a later chunk's rows."""
+    said. ``merge`` appends later chunks' rows, all at once."""
 
     seeds: SeedEvidence
     """The seeds check's evidence: whether the seed looks ignored decides which rows count."""
@@ -68,17 +69,18 @@ class FitEvidence:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def merge(self, later: FitEvidence) -> FitEvidence:
+    def merge(self, *later: FitEvidence) -> FitEvidence:
+        pieces = (self, *later)
         samplings = list(self.samplings)
-        remap = np.array([_index(samplings, s) for s in later.samplings], dtype=np.int64)
+        groups = [np.array([_index(samplings, s) for s in e.samplings], dtype=np.int64)[e.group]
+                  if len(e) else e.group for e in pieces]
         return FitEvidence(
-            self.seeds.merge(later.seeds), self.convention, tuple(samplings),
-            np.concatenate([self.group, remap[later.group] if len(later) else later.group]),
-            self.labels + later.labels, self.seed + later.seed, self.keys + later.keys,
-            self.sources + later.sources, *(np.concatenate([getattr(self, f), getattr(later, f)])
-                                             for f in ("sums", "profile", "outside", "pit_n",
-                                                       "pit", "stream_n", "stream")),
-            self.least + later.least)
+            self.seeds.merge(*(e.seeds for e in later)), self.convention, tuple(samplings),
+            np.concatenate(groups), *(tuple(chain.from_iterable(getattr(e, f) for e in pieces))
+                                      for f in ("labels", "seed", "keys", "sources")),
+            *(np.concatenate([getattr(e, f) for e in pieces])
+              for f in ("sums", "profile", "outside", "pit_n", "pit", "stream_n", "stream")),
+            tuple(chain.from_iterable(e.least for e in pieces)))
 
     def draws(self, ignored: bool) -> Draws:
         """The rows that are distinct draws, in set order (``shared_seeds.first_draws``)."""

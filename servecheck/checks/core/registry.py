@@ -34,9 +34,10 @@ GROUP = "servecheck.checks"
 
 class Evidence(Protocol):
     """What a pooled check keeps of a chunk of records: plain data (saved between runs as the
-    chunk's state) that merges with a later chunk's into the evidence of both."""
+    chunk's state) that merges with later chunks' into the evidence of all, in one call (so
+    that k chunks are joined once, not copied k times)."""
 
-    def merge(self, later: Any) -> Any: ...
+    def merge(self, *later: Any) -> Any: ...
 
 
 @dataclass(frozen=True)

@@ -89,10 +89,11 @@ class SeedEvidence:
 
     groups: dict[str, GroupDraws] = field(default_factory=dict)
 
-    def merge(self, later: SeedEvidence) -> SeedEvidence:
+    def merge(self, *later: SeedEvidence) -> SeedEvidence:
         merged = dict(self.groups)
-        for key, g in later.groups.items():
-            merged[key] = merged[key].merge(g) if key in merged else g
+        for each in later:
+            for key, g in each.groups.items():
+                merged[key] = merged[key].merge(g) if key in merged else g
         return SeedEvidence(merged)
 
     def tested(self) -> list[GroupDraws]:
