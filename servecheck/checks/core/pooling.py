@@ -28,11 +28,6 @@ def informative(s: TokenScores) -> np.ndarray:
     return np.isfinite(s.stats["logq"]) & (s.stats["top"] < TRIVIAL)
 
 
-def pool(scores: dict[int, TokenScores], idx: list[int], key: str) -> np.ndarray:
-    """One statistic pooled over the informative positions of a group's records."""
-    return np.concatenate([scores[i].stats[key][informative(scores[i])] for i in idx])
-
-
 def record_z(s: TokenScores) -> float:
     """One record's log-likelihood z (the group test's statistic on a single output)."""
     m = informative(s)
