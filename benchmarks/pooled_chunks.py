@@ -1,6 +1,6 @@
 """A set checked in chunks against the same set in one process: the pooled checks (fit,
-temperature, seeds) must give the same verdicts and p-values (to 1e-9), at 1k, 10k and 100k
-records on this CPU.
+temperature, sampler, seeds: those the summary's ``pooled_checks`` names) must give the same
+verdicts and p-values (to 1e-9), at 1k, 10k and 100k records on this CPU.
 
 The records are the 5,376 that ``check_time.py`` collects from the built-in model (greedy and
 sampled requests, 8 seeds), in a fixed shuffled order so that every size holds both, repeated
@@ -38,7 +38,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "scale" / "pooled_chunks.json"
 SOURCE = ROOT / "benchmarks" / ".cache" / "text-only" / "hf-8.jsonl"
-POOLED = ("fit", "temperature", "seeds")
 
 
 def mixed(n: int, work: Path, reseed: bool) -> Path:
@@ -73,6 +72,10 @@ def p_values(check: dict) -> dict[str, float]:
         out[f"seed group {k}"] = g["p_value"]
     if "pooled_p" in d:
         out["seeds pooled"] = d["pooled_p"]
+    for a in d.get("alternatives") or []:
+        key = f"sampler {a['setting']} {a['grid_value']:g} {a['scope']}"
+        out[key], out[f"{key} (Holm)"] = a["test"]["p"], a["test"]["p_adjusted"]
+        out[f"{key} estimate"] = a["estimate"]
     return out
 
 
@@ -100,7 +103,7 @@ def compare(n: int, chunks: int, work: Path, reseed: bool, batched: bool) -> dic
     pooled, others = {}, {}
     for c in chunked["checks"]:
         w = rows[c["name"]]
-        if c["name"] in POOLED:
+        if c["name"] in chunked["pooled_checks"]:
             a, b = p_values(c), p_values(w)
             diff = max((abs(a[k] - b[k]) for k in a.keys() & b.keys()), default=0.0)
             pooled[c["name"]] = {"verdict": c["verdict"], "same_verdict": c["verdict"] ==

@@ -52,9 +52,12 @@ def run_checks(ctx: CheckContext, screened: Screened | None = None, pooled: bool
     are left to the set."""
     if screened is None:
         screened = screen(ctx)
+    # one process is one chunk: its pooled checks decide on its own evidence, each reduced once
+    evidence = {} if pooled else pooled_evidence(ctx)
     out = []
     for spec in table_specs():
-        if pooled and spec.pooling is not None:
+        if spec.pooling is not None:
+            out += [] if pooled else decide_one(spec.name, evidence, ctx.options)
             continue
         out += [replace(r, statistical=spec.kind == "statistical")
                 for r in screened.get(spec.name) or spec.run(ctx)]
@@ -69,9 +72,13 @@ def pooled_evidence(ctx: CheckContext) -> dict[str, Evidence]:
 def decide_pooled(evidence: dict[str, Evidence], options: CheckOptions) -> list[CheckResult]:
     """The pooled checks' results on a set's merged evidence, each at its share of the run's
     α (``options``: the run's, not a chunk's)."""
-    out = []
-    for name, found in evidence.items():
-        spec = find(name)
-        assert spec.pooling is not None
-        out += [replace(r, statistical=True) for r in spec.pooling.decide(found, options)]
-    return out
+    return [r for name in evidence for r in decide_one(name, evidence, options)]
+
+
+def decide_one(name: str, evidence: dict[str, Evidence], options: CheckOptions
+               ) -> list[CheckResult]:
+    """Check ``name``'s results on ``evidence`` (every pooled check's, which it may read)."""
+    pooling = find(name).pooling
+    assert pooling is not None
+    return [replace(r, statistical=True) for r in
+            pooling.decide(evidence[name], options, *(evidence[n] for n in pooling.reads))]

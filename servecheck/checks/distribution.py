@@ -20,7 +20,7 @@ import numpy as np
 
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.explain import family_reason
-from servecheck.checks.core.fit_evidence import OUTSIDE, Draws, FitEvidence, fit_evidence
+from servecheck.checks.core.fit_evidence import Draws, FitEvidence, fit_evidence
 from servecheck.checks.core.options import CheckOptions
 from servecheck.checks.core.pooling import MIN_SAMPLED_TOKENS
 from servecheck.checks.core.registry import Pooling, alpha_share, check
@@ -33,10 +33,9 @@ from servecheck.checks.core.results import (
     TemperatureProfile,
     Verdict,
 )
-from servecheck.checks.core.seed_tests import SEEDS
-from servecheck.checks.core.seed_tests import decide as seed_decide
-from servecheck.checks.core.shared_seeds import design_of
+from servecheck.checks.core.seed_tests import SEEDS, SeedEvidence, seed_evidence, seeds_ignored
 from servecheck.checks.core.stats import (
+    OUTSIDE,
     StatTest,
     TemperatureFit,
     holm,
@@ -224,15 +223,17 @@ def _drivers(draws: Draws, rows: np.ndarray, sign: float, limit: int) -> list[Fi
     return out
 
 
-def decide(found: FitEvidence, options: CheckOptions) -> list[CheckResult]:
+def decide(found: FitEvidence, options: CheckOptions, seeds: SeedEvidence) -> list[CheckResult]:
     """The fit and temperature rows of a run's sampled records, or of a chunked set's, pooled
-    (``FitEvidence``): the distinct draws chosen over all of them, then one Holm family."""
-    draws = found.draws(seed_decide(found.seeds, options.alpha * alpha_share(SEEDS)).ignored)
+    (``FitEvidence``): the distinct draws chosen over all of them (``seeds``: the seeds
+    check's evidence, whose verdict says whether an ignored seed made repeats one draw), then
+    one Holm family."""
+    draws = found.draws(seeds_ignored(seeds, options))
     groups = draws.groups()
     if not groups:
         reason = "no sampled records (temperature > 0)"
         return [CheckResult(NAME, "skipped", reason), CheckResult(TEMPERATURE, "skipped", reason)]
-    design = design_of(*draws.seeded(), draws.ignored)
+    design = draws.design()
     deff = design.deff
     fit_tests: list[StatTest] = []
     fits: dict[str, GroupTemperature] = {}
@@ -282,9 +283,10 @@ def decide(found: FitEvidence, options: CheckOptions) -> list[CheckResult]:
 @check(NAME, order=70, kind="statistical", alpha_share=0.42, also=(TEMPERATURE,),
        catches=("a sampler that does not draw from the reference distribution: other weights, a wrong "
                 "temperature, truncation not applied"),
-       needs="sampled requests (temperature > 0)", pooling=Pooling(fit_evidence, decide))
+       needs="sampled requests (temperature > 0)",
+       pooling=Pooling(fit_evidence, decide, reads=(SEEDS,)))
 def run(ctx: CheckContext) -> list[CheckResult]:
-    return decide(fit_evidence(ctx), ctx.options)
+    return decide(fit_evidence(ctx), ctx.options, seed_evidence(ctx))
 
 
 def _evidence(label: str, records: int, pit: np.ndarray, fit_tests: list[StatTest],

@@ -19,7 +19,9 @@ import numpy as np
 
 from servecheck.checks.core import alternatives as alt
 from servecheck.checks.core.context import CheckContext
-from servecheck.checks.core.pooling import MIN_SAMPLED_TOKENS, informative, sampled_groups
+from servecheck.checks.core.fit_evidence import FitEvidence, fit_evidence
+from servecheck.checks.core.options import CheckOptions
+from servecheck.checks.core.pooling import MIN_SAMPLED_TOKENS
 from servecheck.checks.core.power import (
     DEFAULT_FAULTS,
     PlanRow,
@@ -28,13 +30,21 @@ from servecheck.checks.core.power import (
     needs_words,
     power_words,
 )
-from servecheck.checks.core.registry import check
+from servecheck.checks.core.registry import Pooling, alpha_share, check
 from servecheck.checks.core.results import CheckResult, Details, Finding
-from servecheck.checks.core.shared_seeds import SeedDesign, seed_design
-from servecheck.checks.core.stats import StatTest, holm
-from servecheck.checks.core.token_rules import violations
-from servecheck.reference.tails import K_GRID, MIN_P_GRID, TOP_P_GRID
-from servecheck.reference.token_scores import TEMPERATURE_FACTORS, TokenScores
+from servecheck.checks.core.sampler_evidence import (
+    ALTERNATIVES,
+    PENALTIES,
+    RULES,
+    SCOPES,
+    Chosen,
+    SamplerEvidence,
+    sampler_evidence,
+)
+from servecheck.checks.core.seed_tests import SEEDS, SeedEvidence, seed_evidence, seeds_ignored
+from servecheck.checks.core.shared_seeds import SeedDesign
+from servecheck.checks.core.stats import OUTSIDE, StatTest, holm
+from servecheck.reference.token_scores import TEMPERATURE_FACTORS
 
 NAME = "sampler"
 MIN_TOKENS = MIN_SAMPLED_TOKENS
@@ -45,7 +55,8 @@ or two are a tokenization slip or a broken record, which the support check names
 SLIP = 0.002
 """A truncation's estimate is the tightest one all but this share of the tokens allow: a text-only
 record's tokenization or a boundary tie can put a token or two past where the server cut."""
-PENALTY_SCORES = ("presence_penalty", "frequency_penalty", "repetition_penalty")
+FIT = "fit"
+"""The fit check, whose draws and temperature profile the sampler reads."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +121,7 @@ def power_statement(d: dict[str, float | None]) -> str:
         parts.append(f"a top_k ≤ {d['top_k']:g}")
     if d.get("top_p") is not None:
         parts.append(f"a top_p ≤ {d['top_p']:g}")
-    for name in PENALTY_SCORES:
+    for name in PENALTIES:
         if d.get(name) is not None:
             parts.append(f"a {name.replace('_', ' ')} ≥ {d[name]:.2f}" if name !=
                          "repetition_penalty" else f"a repetition penalty ≥ {1 + d[name]:.2f}")
@@ -118,86 +129,38 @@ def power_statement(d: dict[str, float | None]) -> str:
             if parts else "these records could not have caught a sampler fault")
 
 
-NEUTRAL = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0,
-           "presence_penalty": 0.0, "frequency_penalty": 0.0}
-"""Each setting's "off" value, which a request may set explicitly (a neutral sampler sent to a
-server with defaults of its own)."""
-
-
-class Pooled:
-    """The informative sampled tokens of every group, with each token's requested sampling and
-    which settings its request set explicitly (rather than leaving them to the server)."""
-
-    def __init__(self, scores: dict[int, TokenScores], sampling: dict[int, Any],
-                 asked: dict[int, Any]) -> None:
-        keep = {i: informative(s) for i, s in scores.items()}
-        self.stats = {k: np.concatenate([s.stats[k][keep[i]] for i, s in scores.items()])
-                      for k in next(iter(scores.values())).stats}
-
-        def per_token(values: dict[int, Any], attr: str) -> np.ndarray:
-            return np.concatenate([np.full(int(keep[i].sum()), getattr(values[i], attr),
-                                           dtype=float) for i in scores])
-        self.temperature, self.top_k = per_token(sampling, "temperature"), per_token(sampling,
-                                                                                    "top_k")
-        self.top_p, self.min_p = per_token(sampling, "top_p"), per_token(sampling, "min_p")
-        self.off = {k: np.concatenate([np.full(int(keep[i].sum()), getattr(asked[i], k) == v)
-                                       for i in scores]) for k, v in NEUTRAL.items()}
-        """Per setting, per token: its request set the setting to "off" explicitly."""
-        self.unset = {k: np.concatenate([np.full(int(keep[i].sum()), getattr(asked[i], k) is None)
-                                         for i in scores]) for k in NEUTRAL}
-        """Per setting, per token: its request left the setting to the server."""
-
-    def acted_on(self, setting: str, eligible: np.ndarray) -> np.ndarray:
-        """The tokens a server-side ``setting`` would act on: of those it could change, the
-        ones whose requests left it unset, where there are any (a default applies only there:
-        CTranslate2's top_k 1 leaves a request's own top_k 40 alone), else all of them (a
-        server that overrides what was asked)."""
-        unset = eligible & self.unset[setting]
-        return unset if unset.sum() >= MIN_TOKENS else eligible
-
-    def asked_off(self, setting: str, use: np.ndarray | None = None) -> float | None:
-        """The "off" value of ``setting`` when every token (of ``use``) comes from a request
-        that set it so explicitly, else None."""
-        flags = self.off[setting] if use is None else self.off[setting][use]
-        return NEUTRAL[setting] if len(flags) and flags.all() else None
-
-    def __len__(self) -> int:
-        return len(self.temperature)
-
-
-@check(NAME, order=75, kind="statistical", alpha_share=0.42,
-       catches=("a sampling setting off or silently on: the temperature ignored or scaled, a default "
-                "top_k or min_p, a penalty, greedy decoding where sampling was asked"),
-       needs="sampled requests (temperature > 0)")
-def run(ctx: CheckContext) -> list[CheckResult]:
-    groups = sampled_groups(ctx)
-    alpha = ctx.check_alpha(NAME)
+def decide(found: SamplerEvidence, options: CheckOptions, fit: FitEvidence, seeds: SeedEvidence
+           ) -> list[CheckResult]:
+    """The sampler row of a run's sampled records, or of a chunked set's, pooled: the distinct
+    draws are the fit's (``fit``, with the seeds check's verdict, ``seeds``), then one Holm
+    family over every alternative at the check's share of the run's α."""
+    alpha = options.alpha * alpha_share(NAME)
+    draws = fit.draws(seeds_ignored(seeds, options))
+    groups = draws.groups()
     if not groups:
         return [CheckResult(NAME, "skipped", "no sampled records (temperature > 0)")]
-    idx = [i for members in groups.values() for i in members]
-    scores = ctx.scores(idx)
-    design = seed_design(ctx, scores)
-    pooled = Pooled(scores, {i: ctx.sampling[i] for i in idx},
-                    {i: ctx.records[i].parameters for i in idx})
-    if len(pooled) < MIN_TOKENS:
-        return [CheckResult(NAME, "inconclusive", f"{len(pooled)} informative sampled "
+    design = draws.design()
+    x = found.chosen(np.flatnonzero(draws.keep), fit)
+    tokens = int(x.tokens.sum())
+    if tokens < MIN_TOKENS:
+        return [CheckResult(NAME, "inconclusive", f"{tokens} informative sampled "
                             f"tokens (< {MIN_TOKENS}): too few to estimate the sampler",
-                            SamplerDetails(alpha, len(pooled), len(groups), design))]
-    found, info, lams = _alternatives(pooled, design.deff, alpha)
-    found += dropped_settings(ctx, scores)
-    holm([a.test for a in found], alpha)
-    detectable = _detectable(found, info, lams, design.deff, alpha)
-    details = SamplerDetails(alpha, len(pooled), len(groups), design, tuple(found),
+                            SamplerDetails(alpha, tokens, len(groups), design))]
+    alternatives, info, lams = _alternatives(x, design.deff, alpha)
+    alternatives += dropped_settings(x)
+    holm([a.test for a in alternatives], alpha)
+    detectable = _detectable(alternatives, info, lams, design.deff, alpha)
+    details = SamplerDetails(alpha, tokens, len(groups), design, tuple(alternatives),
                              detectable, lams, info)
-    wanted = {**DEFAULT_FAULTS, **dict(ctx.options.detect)}
-    details = replace(details, power=tuple(deployment_rows(details, len(ctx.records), wanted)))
+    wanted = {**DEFAULT_FAULTS, **dict(options.detect)}
+    details = replace(details, power=tuple(deployment_rows(details, found.records, wanted)))
     power = power_statement(detectable)
     shared = f"; {design.describe()}" if design.shared else ""
     best = details.best()
     if best is None:
-        summary = (f"no sampler setting explains the {len(pooled)} tokens better than the "
+        summary = (f"no sampler setting explains the {tokens} tokens better than the "
                    f"request; {power}; {power_words(list(details.power))}{shared}")
-        asked = dict(ctx.options.detect)
+        asked = dict(options.detect)
         blind = [r for r in details.power if r.fault in asked and r.size == asked[r.fault]
                  and not r.caught_now]
         if blind:
@@ -205,9 +168,9 @@ def run(ctx: CheckContext) -> list[CheckResult]:
                                 "caught " + ", ".join(f"{fault_words(r.fault, r.size)} "
                                                       f"({needs_words(r)})" for r in blind)
                                 + f" (servecheck plan); no sampler setting explains the "
-                                f"{len(pooled)} tokens better than the request", details)]
+                                f"{tokens} tokens better than the request", details)]
         return [CheckResult(NAME, "pass", summary, details)]
-    failed = alt.named_first([a for a in found if a.test.failed])
+    failed = alt.named_first([a for a in alternatives if a.test.failed])
     findings = [Finding(a.test.group, f"{a.describe()}: {a.test.describe()}", 10 + a.gain)
                 for a in failed]
     others = f" (also failing: {', '.join(a.test.group for a in failed[1:4])})" \
@@ -216,28 +179,29 @@ def run(ctx: CheckContext) -> list[CheckResult]:
                         f"{shared}", details, findings)]
 
 
-def dropped_settings(ctx: CheckContext, scores: dict[int, TokenScores]) -> list[alt.Alternative]:
+@check(NAME, order=75, kind="statistical", alpha_share=0.42,
+       catches=("a sampling setting off or silently on: the temperature ignored or scaled, a default "
+                "top_k or min_p, a penalty, greedy decoding where sampling was asked"),
+       needs="sampled requests (temperature > 0)",
+       pooling=Pooling(sampler_evidence, decide, reads=(FIT, SEEDS)))
+def run(ctx: CheckContext) -> list[CheckResult]:
+    return decide(sampler_evidence(ctx), ctx.options, fit_evidence(ctx), seed_evidence(ctx))
+
+
+def dropped_settings(x: Chosen) -> list[alt.Alternative]:
     """A requested top_k, top_p or min_p that the served tokens break outright, in enough
     tokens and records that no tokenization slip explains it (``DROPPED_MIN``): the server did
     not apply it (ONNX Runtime GenAI drops top_p when top_k is 0). The support check fails on
     the same tokens; this names the setting."""
     out = []
-    outside_of, _, _ = violations(ctx, list(scores), scores)
-    for rule in ("top_k", "top_p", "min_p"):
-        asked = [i for i in scores if getattr(ctx.sampling[i], rule) not in (0, 1.0, 0.0)]
-        hits, records, need = 0, 0, 0.0
-        for i in asked:
-            s = scores[i]
-            found = [k for k, r, _ in outside_of[i] if r == rule]
-            hits += len(found)
-            records += bool(found)
-            if found and rule == "top_k":
-                need = max(need, float(s.rank[found].max()) + 1)
-            if found and rule == "top_p":
-                need = max(need, float(s.stats["pre_nucleus_above"][found].max()))
-        if hits >= DROPPED_MIN and records >= DROPPED_MIN:
-            out.append(alt.dropped(rule, hits, records, sum(len(scores[i]) for i in asked),
-                                   need))
+    for k, rule in enumerate(RULES):
+        asked = ~np.isin(x.params[rule], (0, 1.0, 0.0))
+        hits = x.ev.dropped[x.rows[asked], 2 * k]
+        need = x.ev.dropped[x.rows[asked], 2 * k + 1]
+        if hits.sum() >= DROPPED_MIN and (hits > 0).sum() >= DROPPED_MIN:
+            out.append(alt.dropped(rule, int(hits.sum()), int((hits > 0).sum()),
+                                   int(x.ev.length[x.rows[asked]].sum()),
+                                   float(need.max(initial=0.0))))
     return out
 
 
@@ -251,60 +215,50 @@ def _evidence(a: alt.Alternative) -> str:
     return f"{t.name} p={t.p:.2g} (Holm {t.p_adjusted:.2g}), {t.effect_label} {t.effect:+.3f}"
 
 
-def _alternatives(x: Pooled, deff: float, alpha: float
+def _eligible(x: Chosen, setting: str, value: float) -> np.ndarray:
+    """The rows whose request leaves room for ``setting`` = ``value`` to cut."""
+    mine = x.params[setting]
+    if setting == "top_k":
+        return (mine == 0) | (mine > value)
+    return mine < value if setting == "min_p" else mine > value
+
+
+def _alternatives(x: Chosen, deff: float, alpha: float
                   ) -> tuple[list[alt.Alternative], dict[str, float], dict[str, float]]:
-    s = x.stats
     found: list[alt.Alternative] = []
     lams: dict[str, float] = {}
-    ratio = np.exp(s["logq"]) / s["top"]  # q(y) / max q
-    for k in K_GRID:
-        use = x.acted_on("top_k", ((x.top_k == 0) | (x.top_k > k)) &
-                         np.isfinite(s[f"beyond_k{k}"]))
-        if use.sum() >= MIN_TOKENS:
-            rank = s["rank_q"][use]
-            found.append(alt.truncation("top_k", k, s[f"beyond_k{k}"][use], rank >= k, rank,
-                                        deff, float(np.quantile(rank, 1 - SLIP) + 1),
-                                        x.asked_off("top_k", use)))
-            lams[f"top_k {k:g}"] = float(s[f"beyond_k{k}"][use].sum())
-    for c in MIN_P_GRID:
-        use = x.acted_on("min_p", (x.min_p < c) & np.isfinite(s[f"below_min_p{c:g}"]))
-        if use.sum() >= MIN_TOKENS:
-            r = ratio[use]
-            found.append(alt.truncation("min_p", c, s[f"below_min_p{c:g}"][use], r < c, r, deff,
-                                        float(np.quantile(r, SLIP)), x.asked_off("min_p", use)))
-            lams[f"min_p {c:g}"] = float(s[f"below_min_p{c:g}"][use].sum())
-    for p in TOP_P_GRID:
-        use = x.acted_on("top_p", (x.top_p > p) & np.isfinite(s[f"beyond_top_p{p:g}"]))
-        if use.sum() >= MIN_TOKENS:
-            above = s["above"][use]
-            found.append(alt.truncation("top_p", p, s[f"beyond_top_p{p:g}"][use], above >= p,
-                                        above, deff, float(np.quantile(above, 1 - SLIP)),
-                                        x.asked_off("top_p", use)))
-            lams[f"top_p {p:g}"] = float(s[f"beyond_top_p{p:g}"][use].sum())
+    for j, (setting, value, _) in enumerate(ALTERNATIVES):
+        use = x.acted_on(setting, j, _eligible(x, setting, value))
+        tail = x.tail(j, use)
+        if tail.tokens < MIN_TOKENS:
+            continue
+        rank, ratio, above = x.places(j, use)
+        tightest = (np.quantile(rank, 1 - SLIP) + 1 if setting == "top_k" else
+                    np.quantile(ratio, SLIP) if setting == "min_p" else
+                    np.quantile(above, 1 - SLIP))
+        found.append(alt.truncation(setting, value, tail, deff, float(tightest),
+                                    x.asked_off(setting, use & (x.counted(j) > 0))))
+        lams[f"{setting} {value:g}"] = tail.removed
     # the interval at about the family's own level (it has some 20 members)
-    scale, detectable_t = alt.temperature_scale(s["temp_ll"], TEMPERATURE_FACTORS, deff,
+    inside, outside = x.profile
+    scale, detectable_t = alt.temperature_scale((inside.sum(0), outside.sum(0)),
+                                                int(x.tokens.sum()), TEMPERATURE_FACTORS, deff,
                                                 level=1 - alpha / 20)
     found.append(scale)
     info: dict[str, float] = {"temperature": detectable_t if detectable_t is not None else -1}
-    temps = sorted(set(x.temperature.tolist()))
+    t = x.params["temperature"]
+    temps = sorted(set(t[x.tokens > 0].tolist()))
     if len(temps) > 1:
-        profiles = [np.where(np.isfinite(s["temp_ll"][x.temperature == t]),
-                             s["temp_ll"][x.temperature == t], -1e9).sum(0) for t in temps]
+        profiles = [inside[t == v].sum(0) + OUTSIDE * outside[t == v].sum(0) for v in temps]
         found.append(alt.temperature_offset(profiles, temps, TEMPERATURE_FACTORS, deff))
-    t = x.temperature
-    for scope in ("out", "all"):
-        if not np.isfinite(s[f"{scope}_seen"]).all():
-            continue
-        seen_y = (s[f"{scope}_count_y"] > 0).astype(float)
-        seen, count, rep = s[f"{scope}_seen"], s[f"{scope}_count"], s[f"{scope}_rep"]
+    for scope in SCOPES:
         words = "output" if scope == "out" else "prompt+output"
-        for setting, score, fisher in (
-                ("presence_penalty", (seen - seen_y) / t, seen * (1 - seen) / t ** 2),
-                ("frequency_penalty", (count - s[f"{scope}_count_y"]) / t,
-                 (s[f"{scope}_count2"] - count ** 2) / t ** 2),
-                ("repetition_penalty", (rep - s["abs_zy"] * seen_y) / t,
-                 (s[f"{scope}_rep2"] - rep ** 2) / t ** 2)):
-            a, i = alt.penalty(setting, words, score, np.clip(fisher, 0, None), deff)
+        for setting in PENALTIES:
+            sums = x.penalty_sums(scope, setting)
+            if sums is None:
+                break
+            a, i = alt.penalty(setting, words, float(sums[0]), float(sums[1]), float(sums[2]),
+                               int(x.tokens.sum()), deff)
             a.requested = x.asked_off(setting)
             found.append(a)
             info[f"{setting} {words}"] = i
@@ -323,7 +277,7 @@ def _detectable(found: list[alt.Alternative], info: dict[str, float], lams: dict
     out["min_p"] = min(min_p) if min_p else None
     out["top_k"] = max(top_k) if top_k else None
     out["top_p"] = max(top_p) if top_p else None
-    for setting in PENALTY_SCORES:
+    for setting in PENALTIES:
         values = [alt.penalty_detectable(i, deff, alpha, m, alt.PENALTY_FLOORS[setting])
                   for key, i in info.items() if key.startswith(setting)]
         values = [v for v in values if v is not None]

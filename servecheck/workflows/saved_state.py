@@ -26,7 +26,7 @@ VERSION = 1
 """Bumped when the encoding changes; a file of another version is checked again, not read."""
 
 _NUMPY = ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint64",
-          "uint32", "uint16", "uint8", "bool_")
+          "uint32", "uint16", "uint8", "bool_", "bool")
 """The numpy scalar types kept as themselves (checks compute with them), by their type name."""
 
 

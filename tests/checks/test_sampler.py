@@ -92,6 +92,12 @@ def test_a_silent_repetition_penalty_is_named(tmp_path: Path, check_json, check_
     assert sampler["verdict"] == "fail" and "penalty" in sampler["summary"], sampler["summary"]
 
 
+def _tail(removed: np.ndarray, outside: np.ndarray) -> alt.Tail:
+    """The sums a truncation's test reads of these tokens (as ``sampler_evidence`` keeps them)."""
+    return alt.Tail(len(removed), float(removed.sum()), int(outside.sum()),
+                    float(alt.tail_gain(removed[~outside]).sum()))
+
+
 def test_the_truncation_test_holds_its_level_under_the_request() -> None:
     """Tokens drawn from the request land where a truncation would cut at the rate q says:
     the tail-count p-value rejects at most at its level (simulated, 4000 runs of 300 tokens)."""
@@ -100,7 +106,7 @@ def test_the_truncation_test_holds_its_level_under_the_request() -> None:
     for _ in range(4000):
         removed = rng.beta(0.5, 8, size=300)
         outside = rng.random(300) < removed
-        a = alt.truncation("min_p", 0.05, removed, outside, removed, 1.0, 0.0)
+        a = alt.truncation("min_p", 0.05, _tail(removed, outside), 1.0, 0.0)
         rejected += a.test.p < 0.01
     assert rejected / 4000 <= 0.01
 
@@ -108,7 +114,7 @@ def test_the_truncation_test_holds_its_level_under_the_request() -> None:
 def test_a_truncating_server_fails_the_tail_count() -> None:
     rng = np.random.default_rng(6)
     removed = rng.beta(0.5, 8, size=300)
-    a = alt.truncation("min_p", 0.05, removed, np.zeros(300, bool), removed, 1.0, 0.05)
+    a = alt.truncation("min_p", 0.05, _tail(removed, np.zeros(300, bool)), 1.0, 0.05)
     assert a.test.p < 1e-6 and a.test.effect == 1.0 and a.gain > 0
 
 
@@ -120,7 +126,9 @@ def test_the_penalty_score_holds_its_level_under_the_request() -> None:
     for _ in range(4000):
         seen = rng.beta(1, 3, size=500)
         seen_y = (rng.random(500) < seen).astype(float)
-        a, _ = alt.penalty("presence_penalty", "output", seen - seen_y, seen * (1 - seen), 1.0)
+        score = seen - seen_y
+        a, _ = alt.penalty("presence_penalty", "output", score.sum(), (seen * (1 - seen)).sum(),
+                           np.square(score).sum(), len(score), 1.0)
         rejected += a.test.p < 0.01
     assert rejected / 4000 <= 0.0125  # 0.01 and its binomial noise at 4000 runs (≈ 1.6 sd)
 

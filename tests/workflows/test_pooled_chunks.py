@@ -1,5 +1,5 @@
 """A set checked in chunks pools the evidence of the checks that can merge it (fit, temperature,
-seeds), and tests it once at the check's full α: the verdicts and p-values are those of one
+sampler, seeds), and tests it once at the check's full α: the verdicts and p-values are those of one
 process, a request whose seeds lie in different chunks is tested whole, and a resumed run merges
 the evidence it saved. Each sequence is scored alone (``SERVECHECK_TOKEN_BUDGET=1``), so that
 both runs score every record alike, and the p-values agree to 1e-9.
@@ -76,6 +76,23 @@ def _same_fit(chunked: dict, whole: dict) -> None:
         assert rows[0][g]["estimate"] == pytest.approx(rows[1][g]["estimate"], rel=1e-9)
 
 
+def _same_sampler(chunked: dict, whole: dict) -> None:
+    a, b = _row(chunked, "sampler"), _row(whole, "sampler")
+    assert a["verdict"] == b["verdict"], (a["summary"], b["summary"])
+    x, y = a["details"], b["details"]
+    assert (x["tokens"], x["groups"], x["family_size"]) == (y["tokens"], y["groups"],
+                                                            y["family_size"])
+    for u, v in zip(x["alternatives"], y["alternatives"], strict=True):
+        assert (u["setting"], u["grid_value"], u["scope"]) == (v["setting"], v["grid_value"],
+                                                               v["scope"])
+        assert u["test"]["p"] == pytest.approx(v["test"]["p"], rel=0, abs=1e-9)
+        assert u["estimate"] == pytest.approx(v["estimate"], rel=1e-9, abs=1e-12)
+        assert u["gain"] == pytest.approx(v["gain"], rel=1e-9, abs=1e-9)
+    assert x["detectable"].keys() == y["detectable"].keys()
+    for k, v in y["detectable"].items():
+        assert x["detectable"][k] == (v if v is None else pytest.approx(v, rel=1e-9)), k
+
+
 def _same_tests(chunked: dict, whole: dict) -> None:
     assert chunked["verdict"] == whole["verdict"]
     a, b = chunked["details"], whole["details"]
@@ -106,7 +123,11 @@ def test_chunks_pool_fit_and_seeds_into_the_verdicts_of_one_process(
     assert seeds["details"]["alpha"] == pytest.approx(_seeds(whole)["details"]["alpha"])
     _same_tests(seeds, _seeds(whole))
     _same_fit(chunked, whole)
-    assert chunked["pooled_checks"] == ["fit", "temperature", "seeds"]
+    _same_sampler(chunked, whole)
+    if server == "honest":  # the ignored seed's 8 draws are too few to estimate the sampler
+        family = _row(whole, "sampler")["details"]["family_size"]
+        assert family >= 10  # truncations, temperature and penalties all tested
+    assert chunked["pooled_checks"] == ["fit", "temperature", "sampler", "seeds"]
     # the fit counts a text the ignored seed served to several seeds once, as one process does
     design = _row(chunked, "fit")["details"]["seed_design"]
     assert design["one_stream"] is (server == "ignored")
@@ -124,6 +145,7 @@ def test_a_resumed_run_merges_the_evidence_it_saved(seed_major: dict[str, Path],
     _, resumed = check_json(path, tmp_path, "builtin", *args)
     _same_tests(_seeds(resumed), _seeds(first))
     _same_fit(resumed, first)
+    _same_sampler(resumed, first)
     assert _seeds(resumed)["verdict"] == "fail" and resumed["resumed_chunks"] == 3
 
 

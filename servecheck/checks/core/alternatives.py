@@ -27,7 +27,7 @@ import numpy as np
 from scipy import special
 from scipy import stats as st
 
-from servecheck.checks.core.stats import StatTest, temperature_fit, temperature_profile
+from servecheck.checks.core.stats import OUTSIDE, StatTest, profile_fit
 
 DEFICIT_FLOOR = 0.5
 """A truncation fails only when at least half the tokens it would cut are missing."""
@@ -151,21 +151,35 @@ def detection_z(alpha: float, family: int) -> float:
     return float(st.norm.ppf(1 - alpha / (2 * max(1, family))) + st.norm.ppf(POWER))
 
 
-def truncation(setting: str, grid_value: float, removed: np.ndarray, outside: np.ndarray,
-               place: np.ndarray, deff: float, tightest: float, requested: float | None = None
-               ) -> Alternative:
-    """``removed[i]``: the q-mass the truncation would remove at token i; ``outside[i]``: the
-    served token is where it cuts; ``place``: each token's own measure of how tight the
-    truncation could be (q/max q for min_p, rank for top_k, mass above for top_p)."""
-    lam = float(removed.sum())
-    n = int(outside.sum())
+@dataclass(frozen=True)
+class Tail:
+    """What a truncation's test reads of the tokens it acts on, summed (so that it pools over
+    records and chunks): how many, the q-mass it would remove (λ), how many served tokens lie
+    where it cuts, and Σ ``tail_gain`` over the others."""
+
+    tokens: int
+    removed: float
+    outside: int
+    kept_gain: float
+
+
+def tail_gain(removed: np.ndarray) -> np.ndarray:
+    """A token inside the cut gains −log(1 − removed) under the truncation (q renormalised)."""
+    return -np.log1p(-np.minimum(removed, 1 - 1e-12))
+
+
+def truncation(setting: str, grid_value: float, tail: Tail, deff: float, tightest: float,
+               requested: float | None = None) -> Alternative:
+    """The request against ``setting`` = ``grid_value`` on the tokens it acts on (``tail``);
+    ``tightest``: the tightest value those tokens allow (their own place: q/max q for min_p,
+    rank for top_k, mass above for top_p)."""
+    lam, n = tail.removed, tail.outside
     p = float(special.gammaincc(n / deff + 1, lam / deff)) if lam > 0 else 1.0
     deficit = 1 - n / lam if lam > 0 else 0.0
-    inside = ~outside
-    gain = float(-np.log1p(-np.minimum(removed[inside], 1 - 1e-12)).sum() - n * OUTLIER_NATS)
+    gain = float(tail.kept_gain - n * OUTLIER_NATS)
     test = StatTest(f"{setting} {grid_value:g}", f"{setting} = {grid_value:g} not applied "
                     f"(tail count)", p, deficit, DEFICIT_FLOOR, "missing share of the tail",
-                    len(removed), f"sampler:{setting}")
+                    tail.tokens, f"sampler:{setting}")
     return Alternative(setting, grid_value, test, gain, tightest, requested=requested)
 
 
@@ -174,15 +188,16 @@ def truncation_detectable(lam: float, deff: float, alpha: float, family: int) ->
     return lam / deff > np.log(max(1, family) / alpha)
 
 
-def penalty(setting: str, scope: str, score: np.ndarray, info: np.ndarray, deff: float
-            ) -> tuple[Alternative, float]:
-    """Score test of a penalty at 0; returns it and the information (for the power statement).
-    ``score`` > 0 means the served tokens avoid the context's tokens more than q says."""
-    u, i = float(score.sum()), float(info.sum())
+def penalty(setting: str, scope: str, score: float, info: float, square: float, tokens: int,
+            deff: float) -> tuple[Alternative, float]:
+    """Score test of a penalty at 0 from its sums over the tokens (Σ score, Σ information,
+    Σ score²); returns it and the information (for the power statement). A score > 0 means the
+    served tokens avoid the context's tokens more than q says."""
+    u, i = score, info
     # Self-normalized where the tokens' scores are heavier-tailed than q says: a long prompt
     # makes a token's context count large, and one such token can carry the whole sum, where the
     # information alone would read it as many small ones (false alarms on correct servers).
-    spread = max(i, float(np.square(score).sum()))
+    spread = max(i, square)
     z = u / np.sqrt(spread * deff) if spread > 0 else 0.0
     estimate = u / i if i > 0 else 0.0
     effect = estimate
@@ -190,7 +205,7 @@ def penalty(setting: str, scope: str, score: np.ndarray, info: np.ndarray, deff:
         estimate = 1 + estimate
     test = StatTest(f"{setting} ({scope})", f"{setting.replace('_', ' ')} = requested "
                     f"(score, {scope})", float(2 * st.norm.sf(abs(z))), effect,
-                    PENALTY_FLOORS[setting], "estimated extra penalty", len(score),
+                    PENALTY_FLOORS[setting], "estimated extra penalty", tokens,
                     f"sampler:{setting}")
     return Alternative(setting, 0.0, test, u * u / (2 * i) if i > 0 else 0.0, estimate, scope), i
 
@@ -202,14 +217,18 @@ def penalty_detectable(info: float, deff: float, alpha: float, family: int, floo
     return max(floor, detection_z(alpha, family) / np.sqrt(info / deff))
 
 
-def temperature_scale(temp_ll: np.ndarray, factors: np.ndarray, deff: float, level: float
-                      ) -> tuple[Alternative, float | None]:
-    """One temperature factor for every group (a server that scales T by mistake)."""
-    fit = temperature_fit(temp_ll / deff, 1.0, factors, "all groups", TEMPERATURE_FLOOR, level)
+def temperature_scale(total: np.ndarray, tokens: int, factors: np.ndarray, deff: float,
+                      level: float) -> tuple[Alternative, float | None]:
+    """One temperature factor for every group (a server that scales T by mistake); ``total``:
+    the pooled ``temperature_profile`` of ``tokens`` tokens, split as (Σ inside, count
+    outside) so that the design effect scales only the first."""
+    inside, outside = total
+    fit = profile_fit(inside / deff + OUTSIDE * outside, tokens, 1.0, factors, "all groups",
+                      TEMPERATURE_FLOOR, level)
     fit.test.name, fit.test.kind = "temperature = requested × c (LR, pooled)", \
         "sampler:temperature"
-    total = temperature_profile(temp_ll)
-    gain = float(total.max() - np.interp(0.0, np.log(factors), total))
+    whole = inside + OUTSIDE * outside
+    gain = float(whole.max() - np.interp(0.0, np.log(factors), whole))
     return Alternative("temperature", 0.0, fit.test, gain, fit.estimate), fit.detectable
 
 

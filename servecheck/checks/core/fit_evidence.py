@@ -7,7 +7,8 @@ seed design reads the PIT by output position of seeded records, and which record
 only known over the whole set: a request repeated with its seed is one draw (the first), and
 where the seeds check finds the seed ignored, so is each text a request served across seeds
 (``shared_seeds.distinct_draws``). So each record keeps its keys, its PIT values and a few sums
-(log-likelihood excess and variance, the temperature profile); the draws are chosen at the end.
+(log-likelihood excess and variance, the temperature profile); the draws are chosen at the end,
+from the seeds check's pooled verdict (``Pooling.reads``), and the sampler reads them too.
 About 8 bytes a sampled token and some 300 a record: a million records of 100 tokens hold
 under 1.5 GB, against the 13.6 KB a record a whole run holds.
 """
@@ -22,15 +23,11 @@ import numpy as np
 
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.pooling import TRIVIAL, informative
-from servecheck.checks.core.seed_tests import SeedEvidence, seed_evidence
-from servecheck.checks.core.shared_seeds import draw_keys, first_draws, stream_row
+from servecheck.checks.core.shared_seeds import SeedDesign, design_of, draw_keys, first_draws, stream_row
 from servecheck.reference.sampling import Sampling
 from servecheck.reference.token_scores import TEMPERATURE_FACTORS
 
-__all__ = ["OUTSIDE", "Draws", "FitEvidence", "fit_evidence"]
-
-OUTSIDE = -1e9
-"""The log-likelihood a token outside the support costs the temperature profile."""
+__all__ = ["Draws", "FitEvidence", "fit_evidence"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,8 +35,6 @@ class FitEvidence:
     """Per sampled record (a row, in set order), what the fit tests read; arrays by row unless
     said. ``merge`` appends later chunks' rows, all at once."""
 
-    seeds: SeedEvidence
-    """The seeds check's evidence: whether the seed looks ignored decides which rows count."""
     convention: dict[str, Any]
     """The sampling convention the rows were scored under (``Convention.describe``)."""
     samplings: tuple[Sampling, ...]
@@ -75,7 +70,7 @@ class FitEvidence:
         groups = [np.array([_index(samplings, s) for s in e.samplings], dtype=np.int64)[e.group]
                   if len(e) else e.group for e in pieces]
         return FitEvidence(
-            self.seeds.merge(*(e.seeds for e in later)), self.convention, tuple(samplings),
+            self.convention, tuple(samplings),
             np.concatenate(groups), *(tuple(chain.from_iterable(getattr(e, f) for e in pieces))
                                       for f in ("labels", "seed", "keys", "sources")),
             *(np.concatenate([getattr(e, f) for e in pieces])
@@ -83,7 +78,8 @@ class FitEvidence:
             tuple(chain.from_iterable(e.least for e in pieces)))
 
     def draws(self, ignored: bool) -> Draws:
-        """The rows that are distinct draws, in set order (``shared_seeds.first_draws``)."""
+        """The rows that are distinct draws, in set order (``shared_seeds.first_draws``);
+        ``ignored``: the seeds check finds the seed ignored (its pooled verdict)."""
         return Draws(self, np.array(first_draws(list(self.keys), ignored), dtype=bool).reshape(-1),
                      ignored)
 
@@ -114,6 +110,10 @@ class Draws:
         mask = np.repeat(_chosen(len(self.of), rows), self.of.stream_n)
         return (np.array([self.of.seed[r] for r in rows], dtype=np.int64),
                 self.of.stream_n[rows], self.of.stream[mask])
+
+    def design(self) -> SeedDesign:
+        """How much the draws share random streams (every pooled test counts tokens at 1/deff)."""
+        return design_of(*self.seeded(), self.ignored)
 
     def z(self, row: int) -> float:
         excess, var, _ = self.of.sums[row]
@@ -163,7 +163,7 @@ def fit_evidence(ctx: CheckContext) -> FitEvidence:
     width = len(TEMPERATURE_FACTORS)
     group = np.array([_index(samplings, ctx.sampling[i]) for i in rows], dtype=np.int64)
     return FitEvidence(
-        seed_evidence(ctx), ctx.convention.describe(), tuple(samplings), group,
+        ctx.convention.describe(), tuple(samplings), group,
         tuple(ctx.labels[i] for i in rows),
         tuple(ctx.records[i].parameters.seed for i in rows), tuple(draw_keys(ctx.records[i]) for i in rows),
         tuple(ctx.output_ids(i)[1].value for i in rows),

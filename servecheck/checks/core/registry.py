@@ -50,9 +50,14 @@ class Pooling:
 
     reduce: Callable[[Any], Evidence]
     """``reduce(ctx) -> Evidence`` of a run's records."""
-    decide: Callable[[Any, Any], list[Any]]
-    """``decide(evidence, options) -> list[CheckResult]``, at the check's share of the run's
-    ``options.alpha`` (``CheckOptions``)."""
+    decide: Callable[..., list[Any]]
+    """``decide(evidence, options, *read) -> list[CheckResult]``, at the check's share of the
+    run's ``options.alpha`` (``CheckOptions``); ``read``: the merged evidence of the checks
+    named in ``reads``, in that order."""
+    reads: tuple[str, ...] = ()
+    """Other pooled checks whose evidence this one's decision reads, rather than keeping a
+    copy of its own: the sampler reads the fit's draws and the seeds check's verdict (which
+    records are distinct draws, how much they share random streams)."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ import numpy as np
 from scipy import stats
 
 from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.options import CheckOptions
+from servecheck.checks.core.registry import alpha_share
 from servecheck.checks.core.stats import holm_rejected
 from servecheck.formats.records import ResponseRecord
 
@@ -211,6 +213,13 @@ def decide(found: SeedEvidence, alpha: float) -> SeedTests:
     bad = [g for g, r in zip(groups, rejected, strict=True) if r] or \
         (groups if pooled_rejected else [])
     return SeedTests(groups, results, pooled, rejected, pooled_rejected, argmax_paths(bad))
+
+
+def seeds_ignored(found: SeedEvidence, options: CheckOptions) -> bool:
+    """The seeds check's verdict on a set's draws (at its share of the run's α): whether an
+    ignored seed put every seeded record on one random stream, for the checks that pool the
+    draws (fit, temperature, sampler)."""
+    return decide(found, options.alpha * alpha_share(SEEDS)).ignored
 
 
 def seed_evidence(ctx: CheckContext) -> SeedEvidence:

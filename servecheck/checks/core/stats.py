@@ -148,9 +148,14 @@ class TemperatureFit:
     report draws it beside the interval, so the two agree)."""
 
 
+OUTSIDE = -1e9
+"""The log-likelihood a token outside the support costs a temperature profile."""
+
+
 def temperature_profile(temp_ll: np.ndarray) -> np.ndarray:
-    """Total log-likelihood at each grid temperature (a token outside the support costs 1e9)."""
-    return np.where(np.isfinite(temp_ll), temp_ll, -1e9).sum(0)
+    """Total log-likelihood at each grid temperature (a token outside the support costs
+    ``OUTSIDE``)."""
+    return np.where(np.isfinite(temp_ll), temp_ll, OUTSIDE).sum(0)
 
 
 def temperature_fit(temp_ll: np.ndarray, requested: float, factors: np.ndarray, group: str,
