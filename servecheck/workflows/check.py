@@ -97,9 +97,12 @@ def _scorer() -> tuple[Scorer, int]:
     return score_data_parallel, rank
 
 
-def teacher_force(ctx: CheckContext, console: Console, enabled: bool = True) -> ConventionFit:
+def teacher_force(ctx: CheckContext, console: Console, enabled: bool = True,
+                  order: ConventionFit | None = None) -> ConventionFit:
     """Load the reference model, find the sampling order where the options leave it unset,
-    and score every record under it, with spinners and a bar."""
+    and score every record under it, with spinners and a bar. ``order``: the order a set's
+    first chunk found, for its later chunks: the chosen one and those it could not rule out,
+    which judge a token outside the chosen order's support as the first chunk's do."""
     if not getattr(ctx.scorer, "remote", False):  # a cluster's workers load their own
         with spinner(console, f"loading the reference model ({ctx.ref.spec})…", enabled), \
                 timed("load the reference"):
@@ -111,7 +114,10 @@ def teacher_force(ctx: CheckContext, console: Console, enabled: bool = True) -> 
             watch(str(torch.cuda.get_device_properties(device).uuid))
     plan_compile(ctx.total_tokens())  # before the first scoring call: the order search scores
     given = ctx.options.convention
-    if given:
+    if order is not None:
+        fit = order
+        ctx.use_convention(order.chosen, order.undecided, {})
+    elif given:
         fit = ConventionFit(given, False)
     else:
         with spinner(console, "finding the sampling order…", enabled), timed("sampling order"):
@@ -162,7 +168,8 @@ def check(responses: Path | list[ResponseRecord], options: CheckOptions | None =
           console: Console | None = None, progress: bool = False,
           reference: Reference | None = None,
           max_record_bytes: int = MAX_RECORD_BYTES, engine: Engine | None = None,
-          first_index: int = 0, pooled: bool = False) -> CheckRun:
+          first_index: int = 0, pooled: bool = False, order: ConventionFit | None = None
+          ) -> CheckRun:
     """Every check of ``responses`` (a responses file, or records) against the reference.
 
     ``reference``: a reference already loaded (for ``options.reference``), to check many files
@@ -170,7 +177,8 @@ def check(responses: Path | list[ResponseRecord], options: CheckOptions | None =
     over ``max_record_bytes`` is refused by name (memory stays bounded). ``engine``: one opened
     by the caller and left open (the chunks of one run); ``first_index``: where these records
     start in a larger set, for naming records without an id; ``pooled``: these records are a
-    chunk of a set, and the checks that pool over its chunks give evidence, not results."""
+    chunk of a set, and the checks that pool over its chunks give evidence, not results;
+    ``order``: the sampling order the set's first chunk found (``teacher_force``)."""
 
     options = options or CheckOptions()
     records = read_records(responses, max_record_bytes) if isinstance(responses, Path) \
@@ -181,7 +189,8 @@ def check(responses: Path | list[ResponseRecord], options: CheckOptions | None =
         with timed("context (render, tokenize)"):
             ctx = CheckContext(records, engine.ref, options, engine.scorer, first_index)
             screened = screen(ctx)  # before the order search: a broken record tips no verdict
-        fit = teacher_force(ctx, console or Console(quiet=True), progress and console is not None)
+        fit = teacher_force(ctx, console or Console(quiet=True), progress and console is not None,
+                            order)
         with timed("checks"):
             results = run_checks(ctx, screened=screened, pooled=pooled)
             evidence = pooled_evidence(ctx) if pooled else {}

@@ -193,17 +193,16 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     try:
         for j, batch in enumerate(_waited(ahead(_chunks(found, plan, max_bytes)))):
             with timed("saved verdicts (digest, load, save)"):
-                # the records, the options, α/k, and (past the first) the order found there
+                # the records, the options, α/k, and (past the first) the orders found there
                 first = starts[j]
-                digest = hashlib.sha256(f"{fingerprint(batch)}|{run_key}|"
-                                        f"{fit.chosen if fit else ''!r}".encode()).hexdigest()
+                order = f"{fit.chosen!r}, undecided {fit.undecided!r}" if fit else ""
+                digest = hashlib.sha256(f"{fingerprint(batch)}|{run_key}|{order}"
+                                        .encode()).hexdigest()
                 saved = chunk_state.load(directory, j, digest) if directory and chunking.resume else None
             if saved is None:
-                chunk_options = replace(options, alpha=alpha,
-                                        convention=options.convention or (fit and fit.chosen))
                 console.print(f"chunk {j + 1}/{k}: records {first}–{first + len(batch) - 1}")
-                run = check(batch, chunk_options, console, progress, engine=engine,
-                            first_index=first, pooled=True)
+                run = check(batch, replace(options, alpha=alpha), console, progress,
+                            engine=engine, first_index=first, pooled=True, order=fit)
                 saved = chunk_state.Saved(digest, first, len(batch),
                                           [slim(r) for r in run.results],
                                           fit or run.convention, run.context.source_counts(),
@@ -285,8 +284,8 @@ def _report_chunk(found: StreamIndex, options: CheckOptions, console: Console, j
     with timed("read and validate"):
         batch = next(itertools.islice(_chunks(found, plan, max_bytes), j, None))
     console.print(f"checking chunk {j + 1} again for the HTML report")
-    run = check(batch, replace(options, alpha=alpha, convention=options.convention or fit.chosen),
-                console, False, first_index=sum(plan[:j]))
+    run = check(batch, replace(options, alpha=alpha), console, False,
+                first_index=sum(plan[:j]), order=fit)
     write_report(report, run, j)
     return j
 
