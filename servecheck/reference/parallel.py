@@ -42,6 +42,17 @@ def init_from_torchrun() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def leave_group() -> None:
+    """Every rank waits for the others, then leaves the process group: a rank that exits with
+    its group still up can abort at interpreter exit while a peer is still tearing down
+    ("terminate called without an active exception", SIGABRT, seen on 2 CPU ranks)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def shares(items: Sequence[ScoreItem], world: int) -> list[list[int]]:
     """Item indices per rank, balanced by prompt + output tokens (deterministic)."""
     lengths = [len(it.prompt_ids) + len(it.output_ids) for it in items]

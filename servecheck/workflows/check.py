@@ -10,6 +10,7 @@ is one collective; the ranks share the scoring and rank 0 alone reports.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -142,6 +143,11 @@ class Engine:
     def close(self) -> None:
         if self.cluster is not None:
             self.cluster.close()  # type: ignore[attr-defined]
+        if self.scorer is not score and sys.exc_info()[0] is None:
+            # not while an error unwinds: a rank that died would never reach the barrier
+            from servecheck.reference.parallel import leave_group
+
+            leave_group()
 
 
 def open_engine(options: CheckOptions, reference: Reference | None = None) -> Engine:

@@ -29,7 +29,7 @@ def _items(vocab: int) -> list[ScoreItem]:
 
 def _rank(rank: int, port: int, out: str) -> None:
     from servecheck.reference.model import Reference
-    from servecheck.reference.parallel import score_data_parallel
+    from servecheck.reference.parallel import leave_group, score_data_parallel
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -40,7 +40,7 @@ def _rank(rank: int, port: int, out: str) -> None:
              logq=np.concatenate([s.stats.get("logq", np.zeros(0)) for s in got]),
              temp=np.concatenate([s.stats["temp_ll"] for s in got if s.stats]),
              sizes=np.array([len(s) for s in got]))
-    dist.destroy_process_group()
+    leave_group()
 
 
 def test_two_ranks_equal_one_process(ref, tmp_path) -> None:
