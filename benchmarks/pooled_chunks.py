@@ -121,6 +121,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--chunks", type=int, default=5)
+    ap.add_argument("--sets", default="sent,ignored",
+                    help="which sets: as sent, and as a seed-ignoring server would have served "
+                         "the repeats")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--batched", action="store_true",
                     help="score in batches, as a check does by default (p-values then agree to "
@@ -129,7 +132,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in map(int, args.sizes.split(",")):
-            for reseed in (False, True):
+            for reseed in [s == "ignored" for s in args.sets.split(",")]:
                 rows.append(compare(n, args.chunks, Path(tmp), reseed, args.batched))
                 print(json.dumps(rows[-1]), flush=True)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"

@@ -58,3 +58,17 @@ def test_servecheck_list_names_every_check_and_target(run_cli, capsys: pytest.Ca
                  "openai", "triton+grpc", "ortgenai", "ct2"]:
         assert name in out, name
     assert "0.42" in out and "0.02" in out and "built-in" in out
+
+
+def test_a_pooled_check_reading_evidence_no_check_gives_is_named(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Pooling.reads`` names another pooled check's evidence; a name that gives none is
+    refused when the checks are listed, not met as a KeyError at the end of a long run."""
+    fake = registry.CheckSpec("mine", 200, "statistical", lambda ctx: [], 0.01,
+                              pooling=registry.Pooling(lambda ctx: None, lambda *a: [],
+                                                       reads=("fitt",)), source="my-checks")
+    real = registry.specs()
+    monkeypatch.setattr(registry, "specs", lambda: (*real, fake))
+    with pytest.raises(RuntimeError, match=r"'mine' \(my-checks\) reads the pooled evidence "
+                                           r"of 'fitt'"):
+        registry.pooled_specs()

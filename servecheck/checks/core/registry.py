@@ -167,8 +167,19 @@ def table_specs() -> list[CheckSpec]:
 
 
 def pooled_specs() -> list[CheckSpec]:
-    """The checks whose evidence merges across a large set's chunks (``Pooling``)."""
-    return [s for s in table_specs() if s.pooling is not None]
+    """The checks whose evidence merges across a large set's chunks (``Pooling``). A check
+    that reads evidence no pooled check gives is an error here, named, not a KeyError when a
+    run decides."""
+    pooled = [s for s in table_specs() if s.pooling is not None]
+    names = {s.name for s in pooled}
+    for s in pooled:
+        assert s.pooling is not None
+        missing = [n for n in s.pooling.reads if n not in names]
+        if missing:
+            raise RuntimeError(f"check {s.name!r} ({s.source}) reads the pooled evidence of "
+                               f"{', '.join(map(repr, missing))}, which no pooled check gives "
+                               f"(pooled: {', '.join(sorted(names))})")
+    return pooled
 
 
 def pooled_names() -> list[str]:
