@@ -23,12 +23,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from servecheck.checks.core.context import CheckContext
-from servecheck.checks.core.registry import check
+from servecheck.checks.core.fit_evidence import FitEvidence, fit_evidence
+from servecheck.checks.core.options import CheckOptions
+from servecheck.checks.core.registry import Pooling, alpha_share, check
 from servecheck.checks.core.results import CheckResult, Details
-from servecheck.checks.core.shared_seeds import distinct_draws
+from servecheck.checks.core.seed_tests import SEEDS, SeedEvidence, seed_evidence, seeds_ignored
 from servecheck.checks.core.stats import StatTest
 
 NAME = "mask"
+FIT = "fit"
+"""The fit check, whose distinct draws the mask row counts."""
 FLOOR = 0.5
 """The shortfall a failure needs: fewer than half the whitespace a correct server draws."""
 FORCED = 1e-6
@@ -61,35 +65,65 @@ class MaskDetails(Details):
         return CAUSE if self.test.failed else None
 
 
-@check(NAME, order=77, kind="statistical", alpha_share=0.02,
-       catches=("an over-constrained grammar mask: whitespace a schema allows (between JSON "
-                "tokens, inside strings) never drawn"),
-       needs="sampled requests (temperature > 0) with a response_format or structured_outputs")
-def run(ctx: CheckContext) -> list[CheckResult]:
+@dataclass(frozen=True, eq=False)
+class MaskEvidence:
+    """Per sampled record (the fit's rows, in set order), whether it is a structured output,
+    and per token of those its masked whitespace mass and whether the served token is
+    whitespace: the Poisson-binomial tail reads every position, so chunks concatenate them
+    (about 5 bytes a token of a structured output) and the draws are the fit's."""
+
+    grammared: np.ndarray
+    tokens: np.ndarray
+    watched: np.ndarray
+    """float32, as scored."""
+    served: np.ndarray
+
+    def merge(self, *later: MaskEvidence) -> MaskEvidence:
+        pieces = (self, *later)
+        return MaskEvidence(*(np.concatenate([getattr(e, f) for e in pieces])
+                              for f in ("grammared", "tokens", "watched", "served")))
+
+
+def mask_evidence(ctx: CheckContext) -> MaskEvidence:
+    rows = ctx.sampled()
     grammared = set(ctx.structured.indices())
-    idx = distinct_draws(ctx, [i for i in ctx.sampled() if i in grammared])
-    if not idx:
+    mine = [i for i in rows if i in grammared]
+    scores = ctx.scores(mine)
+    watch = ctx.structured.masks(mine[0])[1] if mine else None
+    flags = np.array([i in grammared for i in rows], dtype=bool)
+    n = np.array([len(scores[i]) if i in grammared else 0 for i in rows], dtype=np.int64)
+    watched = [scores[i].stats["watched"].astype(np.float32) for i in mine]
+    served = [watch[scores[i].token_ids] for i in mine] if watch is not None else []
+    return MaskEvidence(flags, n, np.concatenate(watched) if watched else
+                        np.zeros(0, dtype=np.float32),
+                        np.concatenate(served).astype(bool) if served else np.zeros(0, dtype=bool))
+
+
+def decide(found: MaskEvidence, options: CheckOptions, fit: FitEvidence, seeds: SeedEvidence
+           ) -> list[CheckResult]:
+    """The mask row of a run's, or a chunked set's, structured outputs: their distinct draws
+    (the fit's, ``FitEvidence.draws``), one tail test at the check's share of α."""
+    draws = fit.draws(seeds_ignored(seeds, options))
+    rows = draws.keep & found.grammared
+    if not rows.any():
         return [CheckResult(NAME, "skipped", "no sampled structured output (temperature > 0 with "
                             "a response_format or structured_outputs) to weigh a mask by")]
-    scores = ctx.scores(idx)
-    watch = ctx.structured.masks(idx[0])[1]
-    assert watch is not None
-    p = np.concatenate([scores[i].stats["watched"] for i in idx]).astype(np.float64)
-    served = np.concatenate([watch[scores[i].token_ids] for i in idx])
+    at = np.repeat(rows, found.tokens)
+    p, served = found.watched[at].astype(np.float64), found.served[at]
+    records = int(rows.sum())
     free = (p > FORCED) & (p < 1 - FORCED)  # where the mask left a choice either way
     p, drawn = np.clip(p[free], 0.0, 1.0), int(served[free].sum())
     expected = float(p.sum())
     from scipy.stats import poisson_binom  # scipy 1.15+, only where structured outputs are
-
     pval = float(poisson_binom(p).cdf(drawn)) if len(p) else 1.0
-    alpha = ctx.check_alpha(NAME)
+    alpha = options.alpha * alpha_share(NAME)
     short = drawn / expected - 1.0 if expected > 0 else 0.0
     test = StatTest("structured outputs", "whitespace drawn vs the masked reference (lower tail)",
                     pval, short, FLOOR, "drawn/expected-1", len(p), kind="mask",
                     p_adjusted=pval, rejected=pval < alpha)
-    details = MaskDetails(len(idx), len(p), expected, drawn, test, alpha)
+    details = MaskDetails(records, len(p), expected, drawn, test, alpha)
     said = (f"{drawn} whitespace tokens drawn where a correct server draws {expected:.1f} on "
-            f"average ({len(idx)} sampled outputs under a grammar, {len(p)} tokens where the "
+            f"average ({records} sampled outputs under a grammar, {len(p)} tokens where the "
             f"mask leaves whitespace a choice; P = {pval:.2g})")
     if test.failed:
         return [CheckResult(NAME, "fail", f"over-constrained: {said}: {CAUSE}", details)]
@@ -99,3 +133,12 @@ def run(ctx: CheckContext) -> list[CheckResult]:
                             f"the JSON: strings with spaces)", details)]
     return [CheckResult(NAME, "pass", f"{said}: the mask leaves the whitespace the grammar "
                         f"allows; a mask that forbids it would have failed", details)]
+
+
+@check(NAME, order=77, kind="statistical", alpha_share=0.02,
+       catches=("an over-constrained grammar mask: whitespace a schema allows (between JSON "
+                "tokens, inside strings) never drawn"),
+       needs="sampled requests (temperature > 0) with a response_format or structured_outputs",
+       pooling=Pooling(mask_evidence, decide, reads=(FIT, SEEDS)))
+def run(ctx: CheckContext) -> list[CheckResult]:
+    return decide(mask_evidence(ctx), ctx.options, fit_evidence(ctx), seed_evidence(ctx))

@@ -113,6 +113,18 @@ def test_the_in_process_server_under_its_grammar(fault: str, kinds: str | None, 
         assert code == 1 and row["verdict"] == "pass" and mask["verdict"] == "fail"
         assert mask["summary"].startswith(kinds)
         assert summary["digest"]["failures"][0]["check"] == "mask"  # the cause, named first
+        # in 4 chunks the row pools every chunk's positions and tests them once, as one process
+        _, chunked = check_json(out, tmp_path, "builtin-tools", "--records-per-chunk", "17",
+                                "--state", tmp_path / "state")
+        pooled = next(c for c in chunked["checks"] if c["name"] == "mask")
+        assert chunked["chunks"] == 4 and pooled["verdict"] == "fail"
+        assert "pooled over the 4 chunks" in pooled["summary"]
+        a, b = pooled["details"], mask["details"]
+        assert (a["records"], a["positions"], a["drawn"]) == (b["records"], b["positions"],
+                                                              b["drawn"])
+        # scored in other batches than one process's: float32 rounding apart
+        assert a["expected"] == pytest.approx(b["expected"], rel=1e-6)
+        assert a["test"]["p"] == pytest.approx(b["test"]["p"], rel=1e-4, abs=1e-12)
     else:
         assert code == 1 and row["verdict"] == "fail", row["summary"]
         assert all(f["message"].startswith(kinds) for f in row["findings"])

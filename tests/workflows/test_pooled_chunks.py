@@ -127,7 +127,7 @@ def test_chunks_pool_fit_and_seeds_into_the_verdicts_of_one_process(
     if server == "honest":  # the ignored seed's 8 draws are too few to estimate the sampler
         family = _row(whole, "sampler")["details"]["family_size"]
         assert family >= 10  # truncations, temperature and penalties all tested
-    assert chunked["pooled_checks"] == ["fit", "temperature", "sampler", "seeds"]
+    assert chunked["pooled_checks"] == ["fit", "temperature", "sampler", "mask", "seeds"]
     # the fit counts a text the ignored seed served to several seeds once, as one process does
     design = _row(chunked, "fit")["details"]["seed_design"]
     assert design["one_stream"] is (server == "ignored")
