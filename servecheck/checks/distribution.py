@@ -20,7 +20,7 @@ import numpy as np
 
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.explain import family_reason
-from servecheck.checks.core.fit_evidence import Draws, FitEvidence, fit_evidence
+from servecheck.checks.core.fit_evidence import FIT, Draws, FitEvidence, fit_evidence
 from servecheck.checks.core.options import CheckOptions
 from servecheck.checks.core.pooling import MIN_SAMPLED_TOKENS
 from servecheck.checks.core.registry import Pooling, alpha_share, check
@@ -47,7 +47,7 @@ from servecheck.checks.core.stats import (
 from servecheck.reference.sampling import Sampling
 from servecheck.reference.token_scores import TEMPERATURE_FACTORS
 
-NAME = "fit"
+NAME = FIT
 TEMPERATURE = "temperature"
 
 FLOORS = {"ks": 0.1, "chi2": 0.15, "loglik": 0.03, "temperature": 0.1}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from servecheck.checks.core.context import CheckContext
-from servecheck.checks.core.fit_evidence import FitEvidence, fit_evidence
+from servecheck.checks.core.fit_evidence import FIT, FitEvidence, fit_evidence
 from servecheck.checks.core.options import CheckOptions
 from servecheck.checks.core.registry import Pooling, alpha_share, check
 from servecheck.checks.core.results import CheckResult, Details
@@ -31,8 +31,6 @@ from servecheck.checks.core.seed_tests import SEEDS, SeedEvidence, seed_evidence
 from servecheck.checks.core.stats import StatTest
 
 NAME = "mask"
-FIT = "fit"
-"""The fit check, whose distinct draws the mask row counts."""
 FLOOR = 0.5
 """The shortfall a failure needs: fewer than half the whitespace a correct server draws."""
 FORCED = 1e-6

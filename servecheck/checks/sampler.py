@@ -19,7 +19,7 @@ import numpy as np
 
 from servecheck.checks.core import alternatives as alt
 from servecheck.checks.core.context import CheckContext
-from servecheck.checks.core.fit_evidence import FitEvidence, fit_evidence
+from servecheck.checks.core.fit_evidence import FIT, FitEvidence, fit_evidence
 from servecheck.checks.core.options import CheckOptions
 from servecheck.checks.core.pooling import MIN_SAMPLED_TOKENS
 from servecheck.checks.core.power import (
@@ -55,8 +55,6 @@ or two are a tokenization slip or a broken record, which the support check names
 SLIP = 0.002
 """A truncation's estimate is the tightest one all but this share of the tokens allow: a text-only
 record's tokenization or a boundary tie can put a token or two past where the server cut."""
-FIT = "fit"
-"""The fit check, whose draws and temperature profile the sampler reads."""
 
 
 @dataclass(frozen=True)

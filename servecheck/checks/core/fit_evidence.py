@@ -27,7 +27,10 @@ from servecheck.checks.core.shared_seeds import SeedDesign, design_of, draw_keys
 from servecheck.reference.sampling import Sampling
 from servecheck.reference.token_scores import TEMPERATURE_FACTORS
 
-__all__ = ["Draws", "FitEvidence", "fit_evidence"]
+__all__ = ["FIT", "Draws", "FitEvidence", "fit_evidence"]
+
+FIT = "fit"
+"""The fit check's name: the sampler and mask rows read its pooled evidence (``Pooling.reads``)."""
 
 
 @dataclass(frozen=True, eq=False)
