@@ -218,7 +218,7 @@ def decide(found: SeedEvidence, alpha: float) -> SeedTests:
 def seeds_ignored(found: SeedEvidence, options: CheckOptions) -> bool:
     """The seeds check's verdict on a set's draws (at its share of the run's α): whether an
     ignored seed put every seeded record on one random stream, for the checks that pool the
-    draws (fit, temperature, sampler)."""
+    draws (fit, temperature, sampler, mask)."""
     return decide(found, options.alpha * alpha_share(SEEDS)).ignored
 
 
