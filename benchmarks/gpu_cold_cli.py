@@ -96,7 +96,11 @@ def cold(code: Path, path: Path, ckpt: Path, out: Path, extra: list[str],
          caches: Path) -> dict:
     """One ``check`` in a new process; ``caches``: where its bytecode and Triton kernels are
     kept (an empty folder: a machine's first run)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]),
+    # an image that sets PYTHONDONTWRITEBYTECODE (the lent GPU machine's does) compiles every
+    # module from source in every process, ~4.5 s that no installed package pays: the bytecode
+    # goes to ``caches`` as pip's install would have written it
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env = {**base, "PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]),
            "SERVECHECK_STATE": str(out / "state"), "SERVECHECK_TIMINGS": str(out / "t.json"),
            "PYTHONPYCACHEPREFIX": str(caches / "pyc"), "TRITON_CACHE_DIR": str(caches / "triton")}
     (out / "t.json").unlink(missing_ok=True)

@@ -1,12 +1,15 @@
 """A set checked in chunks against the same set in one process: the pooled checks (fit,
-temperature, sampler, seeds: those the summary's ``pooled_checks`` names) must give the same
-verdicts and p-values (to 1e-9), at 1k, 10k and 100k records on this CPU.
+temperature, sampler, mask, context, cache, seeds: those the summary's ``pooled_checks`` names)
+must give the same verdicts and p-values (to 1e-9), at 1k, 10k and 100k records on this CPU.
 
 The records are the 5,376 that ``check_time.py`` collects from the built-in model (greedy and
 sampled requests, 8 seeds), in a fixed shuffled order so that every size holds both, repeated
 with fresh ids to each size: as sent (a repeat is the same request with the same seed, which
 counts once), and as a server that ignores the seed would have served them (a repeat carries a
-new seed and the same text: the seeds check fails, and the fit counts each text once). Each size
+new seed and the same text: the seeds check fails, and the fit counts each text once). Their
+prompts are short, so the context and cache rows are skipped there: a third set, ``long``
+(``long_source``), has outputs before and past the window and prefix-cache hits and misses,
+so that those rows are tested; it is repeated as sent. Each size
 and set runs ``servecheck check`` twice, each in its own process: once with a chunk as large
 as the set (one process holds it all), once in ``--chunks`` chunks (5 by default). The other
 checks run per chunk at α/k, so their verdicts may differ from one process's (fewer records,
@@ -38,13 +41,49 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "scale" / "pooled_chunks.json"
 SOURCE = ROOT / "benchmarks" / ".cache" / "text-only" / "hf-8.jsonl"
+LONG = ROOT / "benchmarks" / ".cache" / "pooled" / "long-prefix-cache.jsonl"
+TURNS = (0, 1, 2, 4, 6, 8, 10, 12)
+"""Earlier turns per conversation of the long set: prompts of about 40 to 360 tokens, before,
+just past and far past the built-in model's 128-token window."""
 
 
-def mixed(n: int, work: Path, reseed: bool) -> Path:
+def long_source(conversations: int = 200) -> Path:
+    """The long set's records (made once, cached): ``conversations`` chats of the built-in
+    model's kind, each asked greedy and at temperature 1 with its own seed, one request at a
+    time to ``hf:builtin?prefix_cache=on``, so that the second of each pair is a prefix-cache
+    hit (``usage.cached_tokens``) and the first a miss; the context and cache rows have tokens
+    on both sides of the window and both hits and misses to compare."""
+    if LONG.exists():
+        return LONG
+    from servecheck.collect.targets import open_target
+    from servecheck.formats.conversation import Conversation, Message
+    from servecheck.formats.parameters import Parameters
+    from servecheck.formats.prompts import Request, request_id
+    from servecheck.tinymodels import corpus
+
+    rng, target = random.Random(7), open_target("hf:builtin?prefix_cache=on")
+    LONG.parent.mkdir(parents=True, exist_ok=True)
+    with LONG.with_suffix(".tmp").open("w") as fh:
+        for j in range(conversations):
+            messages = []
+            for _ in range(TURNS[j % len(TURNS)]):
+                q, a, _ = rng.choice(corpus.SIMPLE_TASKS)(rng)
+                messages += [Message(role="user", content=q), Message(role="model", content=a)]
+            ask = rng.choice([corpus._story, corpus._count])  # answers of 10-30 tokens
+            conv = Conversation(contents=[*messages, Message(role="user", content=ask(rng)[0])])
+            for t in (0.0, 1.0):
+                params = Parameters(temperature=t, seed=j, max_tokens=40)
+                for r in target.generate_batch([Request(request_id(conv, params, 0), conv, params)]):
+                    fh.write(r.model_dump_json(exclude_none=True) + "\n")
+    LONG.with_suffix(".tmp").replace(LONG)
+    return LONG
+
+
+def mixed(n: int, work: Path, reseed: bool, source: Path = SOURCE) -> Path:
     """``n`` records: the collected ones shuffled (fixed order), repeated with ids suffixed
     ``~k``; with ``reseed``, repeat k's seed moved by k·100003 (its text unchanged)."""
-    out = work / f"records-{n}-{'reseeded' if reseed else 'sent'}.jsonl"
-    base = [json.loads(line) for line in SOURCE.read_text().splitlines() if line.strip()]
+    out = work / f"records-{n}-{source.stem}-{'reseeded' if reseed else 'sent'}.jsonl"
+    base = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
     random.Random(0).shuffle(base)
     with out.open("w") as fh:
         for i in range(n):
@@ -95,8 +134,9 @@ def run(path: Path, per_chunk: int, work: Path, batched: bool) -> tuple[dict, fl
     return json.loads(summary.read_text()), wall
 
 
-def compare(n: int, chunks: int, work: Path, reseed: bool, batched: bool) -> dict:
-    path = mixed(n, work, reseed)
+def compare(n: int, chunks: int, work: Path, reseed: bool, batched: bool,
+            source: Path = SOURCE) -> dict:
+    path = mixed(n, work, reseed, source)
     whole, t_whole = run(path, n, work, batched)
     chunked, t_chunked = run(path, -(-n // chunks), work, batched)
     rows = {c["name"]: c for c in whole["checks"]}
@@ -111,7 +151,8 @@ def compare(n: int, chunks: int, work: Path, reseed: bool, batched: bool) -> dic
                                  b.keys(), "max_abs_diff": diff}
         else:
             others[c["name"]] = [w["verdict"], c["verdict"]]
-    return {"records": n, "set": "seed ignored" if reseed else "as sent",
+    name = "seed ignored" if reseed else "as sent"
+    return {"records": n, "set": f"long, {name}" if source == LONG else name,
             "chunks": chunked.get("chunks", 1), "wall_whole_s": round(t_whole, 2),
             "wall_chunked_s": round(t_chunked, 2), "pooled": pooled,
             "other_rows_whole_vs_chunked": others}
@@ -121,9 +162,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--chunks", type=int, default=5)
-    ap.add_argument("--sets", default="sent,ignored",
-                    help="which sets: as sent, and as a seed-ignoring server would have served "
-                         "the repeats")
+    ap.add_argument("--sets", default="sent,ignored,long",
+                    help="which sets: as sent, as a seed-ignoring server would have served the "
+                         "repeats, and long (prompts past the window, prefix-cache hits and "
+                         "misses, as sent)")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--batched", action="store_true",
                     help="score in batches, as a check does by default (p-values then agree to "
@@ -132,8 +174,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in map(int, args.sizes.split(",")):
-            for reseed in [s == "ignored" for s in args.sets.split(",")]:
-                rows.append(compare(n, args.chunks, Path(tmp), reseed, args.batched))
+            for which in args.sets.split(","):
+                source = long_source() if which == "long" else SOURCE
+                rows.append(compare(n, args.chunks, Path(tmp), which == "ignored",
+                                    args.batched, source))
                 print(json.dumps(rows[-1]), flush=True)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     scoring = "batched" if args.batched else "each sequence alone (SERVECHECK_TOKEN_BUDGET=1)"

@@ -23,8 +23,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from servecheck.checks.core.context import CheckContext
-from servecheck.checks.core.registry import check
+from servecheck.checks.core.fit_evidence import FIT, FitEvidence, fit_evidence
+from servecheck.checks.core.options import CheckOptions
+from servecheck.checks.core.registry import Pooling, alpha_share, check
 from servecheck.checks.core.results import CheckResult, Finding
+from servecheck.checks.core.seed_tests import SEEDS, SeedEvidence, seed_evidence, seeds_ignored
 from servecheck.checks.core.stats import holm
 from servecheck.checks.core.token_evidence import (
     ComparedDetails,
@@ -33,9 +36,8 @@ from servecheck.checks.core.token_evidence import (
     compare,
     describe_off,
     off_records,
-    sliding_window,
-    token_evidence,
 )
+from servecheck.checks.core.token_pool import CONTEXT, TokenPool, token_pool
 
 NAME = "cache"
 CAUSE = ("outputs after a prefix-cache hit differ from cache misses beyond numerics: the prefix "
@@ -55,40 +57,66 @@ class CacheDetails(ComparedDetails):
         return CAUSE if self.named else None
 
 
+@dataclass(frozen=True, eq=False)
+class CacheEvidence:
+    """Per kept record (the context check's rows, in set order), the prompt tokens its server
+    says it reused (``usage.cached_tokens``; -1 where it does not say)."""
+
+    cached: np.ndarray
+
+    def merge(self, *later: CacheEvidence) -> CacheEvidence:
+        return CacheEvidence(np.concatenate([e.cached for e in (self, *later)]))
+
+
+def cache_evidence(ctx: CheckContext) -> CacheEvidence:
+    said = [ctx.records[i].usage.cached_tokens if ctx.records[i].usage is not None else None
+            for i in ctx.kept()]
+    return CacheEvidence(np.array([-1 if c is None else c for c in said], dtype=np.int64))
+
+
+def decide(found: CacheEvidence, options: CheckOptions, pool: TokenPool, fit: FitEvidence,
+           seeds: SeedEvidence) -> list[CheckResult]:
+    """The cache row of a run's, or a chunked set's, records: their tokens (the context check's
+    ``TokenPool``) of distinct draws (the fit's), one Holm family at the check's share of α."""
+    reported = found.cached >= 0
+    if not reported.any():
+        return [CheckResult(NAME, "skipped", "no record reports usage.cached_tokens (prompt_"
+                            "tokens_details): hits and misses cannot be told apart")]
+    hits, misses = reported & (found.cached > 0), reported & (found.cached == 0)
+    if not hits.any() or not misses.any():
+        return [CheckResult(NAME, "skipped", (
+            f"{'none' if not hits.any() else 'every one'} of the {int(reported.sum())} records "
+            f"reporting cached_tokens is a prefix-cache hit: nothing to compare "
+            f"{'misses' if not hits.any() else 'hits'} with"))]
+    ev = pool.evidence(fit.draws(seeds_ignored(seeds, options)).keep)
+    return [_judge(found, pool, ev, hits, misses, options)]
+
+
 @check(NAME, order=79, kind="statistical", alpha_share=0.02,
        catches="a prefix cache that restores wrong keys or values on a hit",
        needs=("usage.cached_tokens (prompt_tokens_details) from a server with prefix caching, "
-              "with both hits and misses: repeat some prompts, not all"))
+              "with both hits and misses: repeat some prompts, not all"),
+       pooling=Pooling(cache_evidence, decide, reads=(CONTEXT, FIT, SEEDS)))
 def run(ctx: CheckContext) -> list[CheckResult]:
-    return [check_cache(ctx)]
+    return decide(cache_evidence(ctx), ctx.options, token_pool(ctx), fit_evidence(ctx),
+                  seed_evidence(ctx))
 
 
-def check_cache(ctx: CheckContext) -> CheckResult:
-    cached = {i: ctx.records[i].usage.cached_tokens for i in ctx.kept()
-              if ctx.records[i].usage is not None and ctx.records[i].usage.cached_tokens is not None}
-    if not cached:
-        return CheckResult(NAME, "skipped", "no record reports usage.cached_tokens (prompt_tokens_"
-                           "details): hits and misses cannot be told apart")
-    hits = {i for i, c in cached.items() if c > 0}
-    misses = set(cached) - hits
-    if not hits or not misses:
-        return CheckResult(NAME, "skipped", (
-            f"{'none' if not hits else 'every one'} of the {len(cached)} records reporting "
-            f"cached_tokens is a prefix-cache hit: nothing to compare "
-            f"{'misses' if not hits else 'hits'} with"))
-    ev = token_evidence(ctx)
-    is_hit, is_miss = np.isin(ev.record, list(hits)), np.isin(ev.record, list(misses))
-    window = sliding_window(ctx)
+def _judge(found: CacheEvidence, pool: TokenPool, ev: TokenEvidence, hits: np.ndarray,
+           misses: np.ndarray, options: CheckOptions) -> CheckResult:
+    is_hit, is_miss = hits[ev.record], misses[ev.record]
+    window = pool.window
     strata = {"all positions": np.ones(len(ev.record), bool)} if window is None else \
         {f"before position {window}": ev.position < window,
          f"past position {window}": ev.position >= window}
-    tol = ctx.tolerances.logprob
+    tol = options.tolerances.logprob
     tests = [t for where, m in strata.items()
              for t in compare(ev, is_hit & m, is_miss & m, f"hits vs misses, {where}", tol)]
-    alpha = ctx.check_alpha(NAME)
+    alpha = options.alpha * alpha_share(NAME)
+    n_hits, n_misses = int(hits.sum()), int(misses.sum())
     details = CacheDetails(alpha, {"hits": Side.of(ev, is_hit), "misses": Side.of(ev, is_miss)},
-                           tuple(tests), len(hits), len(misses))
-    counts = f"{len(hits)} hit(s), {len(misses)} miss(es)"
+                           tuple(tests), n_hits, n_misses)
+    counts = f"{n_hits} hit(s), {n_misses} miss(es)"
     if not tests:
         return CheckResult(NAME, "skipped", f"{counts}: too few tokens of any kind on both "
                            f"sides to compare", details)
@@ -97,20 +125,15 @@ def check_cache(ctx: CheckContext) -> CheckResult:
     if not failed:
         return CheckResult(NAME, "pass", f"{counts}: outputs after a hit are no worse than "
                            f"after a miss", details)
-    if not details.sides["misses"].clean(ctx):
+    if not details.sides["misses"].clean(options.tolerances):
         return CheckResult(NAME, "inconclusive", (
             f"{counts}: hits are worse than misses, but the misses are already off (the greedy, "
             f"fit or log-probs checks' finding): the cache cannot be told apart from it"),
             details)
     details = replace(details, named=True)
+    worst = [Finding(pool.labels[i], f"after a hit of {found.cached[i]} cached prompt tokens: "
+                     f"{describe_off(wrong, mean)}", wrong + (mean or 0.0))
+             for i, _, wrong, mean in off_records(ev, is_hit, tol)]
     return CheckResult(NAME, "fail", CAUSE, details,
                        [Finding(t.group, t.describe(), 10.0 + abs(t.effect) / t.floor)
-                        for t in failed] + _worst_hits(ctx, ev, hits, cached))
-
-
-def _worst_hits(ctx: CheckContext, ev: TokenEvidence, hits: set[int], cached: dict[int, int]
-                ) -> list[Finding]:
-    """The hits whose tokens are off: hard mismatches, or log-prob |Δ| beyond the tolerance."""
-    return [Finding(ctx.labels[i], f"after a hit of {cached[i]} cached prompt tokens: "
-                    f"{describe_off(wrong, mean)}", wrong + (mean or 0.0))
-            for i, _, wrong, mean in off_records(ctx, ev, np.isin(ev.record, list(hits)))]
+                        for t in failed] + worst)

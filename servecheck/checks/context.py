@@ -34,9 +34,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from servecheck.checks.core.context import CheckContext
-from servecheck.checks.core.deployment import kv_cache_dtype
-from servecheck.checks.core.registry import check
+from servecheck.checks.core.fit_evidence import FIT, FitEvidence, fit_evidence
+from servecheck.checks.core.options import CheckOptions
+from servecheck.checks.core.registry import Pooling, alpha_share, check
 from servecheck.checks.core.results import CheckResult, Finding
+from servecheck.checks.core.seed_tests import SEEDS, SeedEvidence, seed_evidence, seeds_ignored
 from servecheck.checks.core.stats import StatTest, holm
 from servecheck.checks.core.token_evidence import (
     MIN_TOKENS,
@@ -47,12 +49,11 @@ from servecheck.checks.core.token_evidence import (
     compare,
     describe_off,
     off_records,
-    sliding_window,
     slopes,
-    token_evidence,
 )
+from servecheck.checks.core.token_pool import CONTEXT, TokenPool, token_pool
 
-NAME = "context"
+NAME = CONTEXT
 GROWTH = ("errors grow with the context while short contexts are within numerics: a KV cache of "
           "lower precision (FP8) or attention that loses precision over long contexts")
 
@@ -89,21 +90,29 @@ def _buckets(ev: TokenEvidence, window: int) -> dict[str, np.ndarray]:
             "far past": pos >= 2 * window}
 
 
+def decide(pool: TokenPool, options: CheckOptions, fit: FitEvidence, seeds: SeedEvidence
+           ) -> list[CheckResult]:
+    """The context row of a run's, or a chunked set's, tokens: their distinct draws (the fit's,
+    ``FitEvidence.draws``), one Holm family at the check's share of α."""
+    if pool.window is None:
+        return [CheckResult(NAME, "skipped", "the checkpoint has no sliding window: no position "
+                            "for a window fault to show at")]
+    ev = pool.evidence(fit.draws(seeds_ignored(seeds, options)).keep)
+    return [_judge(pool, ev, pool.window, options)]
+
+
 @check(NAME, order=78, kind="statistical", alpha_share=0.02,
        catches=("outputs that degrade with the context: a sliding window served off by one or "
                 "ignored, a KV cache that loses precision as it fills (FP8)"),
        needs=("outputs that run past the checkpoint's sliding window (prompts longer than it), "
-              "beside outputs of short prompts"))
+              "beside outputs of short prompts"),
+       pooling=Pooling(token_pool, decide, reads=(FIT, SEEDS)))
 def run(ctx: CheckContext) -> list[CheckResult]:
-    return [check_context(ctx)]
+    return decide(token_pool(ctx), ctx.options, fit_evidence(ctx), seed_evidence(ctx))
 
 
-def check_context(ctx: CheckContext) -> CheckResult:
-    window = sliding_window(ctx)
-    if window is None:
-        return CheckResult(NAME, "skipped", "the checkpoint has no sliding window: no position "
-                           "for a window fault to show at")
-    ev = token_evidence(ctx)
+def _judge(pool: TokenPool, ev: TokenEvidence, window: int, options: CheckOptions
+           ) -> CheckResult:
     masks = _buckets(ev, window)
     past = ~masks["before the window"]
     deepest = int(ev.position.max()) + 1 if len(ev.position) else 0
@@ -113,12 +122,11 @@ def check_context(ctx: CheckContext) -> CheckResult:
             f"is {deepest} tokens): a window served off by one or ignored changes nothing "
             f"before it; send prompts longer than {window} tokens beside short ones"))
     buckets = {name: Side.of(ev, m) for name, m in masks.items()}
-    alpha = ctx.check_alpha(NAME)
-    tol = ctx.tolerances.logprob
+    alpha = options.alpha * alpha_share(NAME)
+    tol = options.tolerances.logprob
     tests = compare(ev, past, masks["before the window"], f"past vs before {window}", tol) + \
         slopes(ev, np.ones_like(past), "all positions", window, tol)
-    details = ContextDetails(alpha, buckets, tuple(tests), window=window,
-                             kv_cache=kv_cache_dtype(ctx.records))
+    details = ContextDetails(alpha, buckets, tuple(tests), window=window, kv_cache=pool.kv_cache())
     if not masks["before the window"].any() or not tests:
         # nothing to judge, not a judgement withheld: a blind spot the digest names
         why = ("every scored token lies past it: nothing to compare them with (send prompts "
@@ -134,7 +142,7 @@ def check_context(ctx: CheckContext) -> CheckResult:
                            f"window, {int((~past).sum())} before: no worse past it, and no "
                            f"worse as the context grows", details)
     before = buckets["before the window"]
-    if not before.clean(ctx):
+    if not before.clean(options.tolerances):
         return CheckResult(NAME, "inconclusive", (
             "the outputs are worse past the window or as the context grows, but already off "
             "before the window (the greedy, fit or log-probs checks' finding): a fault of "
@@ -143,7 +151,7 @@ def check_context(ctx: CheckContext) -> CheckResult:
     details = replace(details, shape=shape)
     return CheckResult(NAME, "fail", details.likely_cause() or "", details,
                        [Finding(t.group, t.describe(), 10.0 + abs(t.effect) / t.floor)
-                        for t in failed] + _records(ctx, ev, past))
+                        for t in failed] + _records(pool, ev, past, tol))
 
 
 def _step(t: StatTest, buckets: dict[str, Side]) -> bool:
@@ -160,8 +168,9 @@ def _step(t: StatTest, buckets: dict[str, Side]) -> bool:
     return t.effect >= SERVED_RATIO * before
 
 
-def _records(ctx: CheckContext, ev: TokenEvidence, past: np.ndarray) -> list[Finding]:
+def _records(pool: TokenPool, ev: TokenEvidence, past: np.ndarray, tolerance: float
+             ) -> list[Finding]:
     """The records worst past the window: their hard mismatches and log-prob |Δ| there."""
-    return [Finding(ctx.labels[i], f"past the window (positions {int(pos[0])}–{int(pos[-1])}): "
+    return [Finding(pool.labels[i], f"past the window (positions {int(pos[0])}–{int(pos[-1])}): "
                     f"{describe_off(wrong, mean)}", wrong + (mean or 0.0))
-            for i, pos, wrong, mean in off_records(ctx, ev, past)]
+            for i, pos, wrong, mean in off_records(ev, past, tolerance)]

@@ -34,9 +34,12 @@ from scipy import stats as st
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.greedy_causes import requested_gaps
 from servecheck.checks.core.pooling import informative
-from servecheck.checks.core.registry import check
+from servecheck.checks.core.registry import alpha_share, check
 from servecheck.checks.core.results import CheckResult, Finding, RecordDetails
+from servecheck.checks.core.structured import judged
 from servecheck.checks.core.token_rules import greedy_positions, violations
+from servecheck.formats.records import ResponseRecord
+from servecheck.reference.sampling import Sampling
 from servecheck.reference.token_scores import TokenScores
 
 NAME = "plausibility"
@@ -56,6 +59,13 @@ def record_pit_z(s: TokenScores) -> tuple[float, int]:
 def word(result: CheckResult) -> str:
     """How a person reads a record's verdict."""
     return "plausible" if result.verdict == "pass" else "implausible"
+
+
+def counted(record: ResponseRecord) -> bool:
+    """A record the per-record bound counts (``judge``'s N): answered, judged (not a forced
+    tool call rebuilt from its parsed calls, ``structured.judged``) and sampled. A chunked run
+    counts them on its first pass, so every chunk judges at the whole set's bound."""
+    return record.error is None and judged(record) and not Sampling.of(record.parameters).greedy
 
 
 def record_findings(results: list[CheckResult]) -> dict[str, list[str]]:
@@ -82,8 +92,10 @@ def judge(ctx: CheckContext, results: list[CheckResult], indices: list[int] | No
     scores = ctx.scores(idx)
     by_label = record_findings(results)
     sampled = [i for i in idx if not ctx.sampling[i].greedy]
-    alpha = ctx.check_alpha(NAME)
-    z_star = float(st.norm.isf(alpha / (2 * max(1, len(sampled)))))
+    bound = ctx.options.record_bound if indices is None else None
+    alpha, n = (bound[0] * alpha_share(NAME), bound[1]) if bound else \
+        (ctx.check_alpha(NAME), len(sampled))
+    z_star = float(st.norm.isf(alpha / (2 * max(1, n))))
     delta = ctx.tolerances.logit
     out: dict[int, CheckResult] = {}
     outside_of, ties_of, _ = violations(ctx, sampled, scores)

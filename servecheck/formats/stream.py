@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,11 +42,18 @@ class StreamIndex:
     held: list[ResponseRecord] | None = None
     """Every record as validated, where the set was small enough to keep (``index``'s
     ``keep``): a set checked in one piece is then read once."""
+    tallied: array = field(default_factory=lambda: array("B"))
+    """Per record read, whether ``index``'s ``tally`` counted it."""
 
     @property
     def records(self) -> int:
         """The records a check sees."""
         return self.read - len(self.superseded)
+
+    def tally(self) -> int:
+        """How many of the records a check sees ``index``'s ``tally`` counted."""
+        return sum(1 for position, counted in enumerate(self.tallied)
+                   if counted and position not in self.superseded)
 
     def plan(self, records: int, tokens: int) -> list[int]:
         """How many kept records each chunk takes: at most ``records``, and no more tokens
@@ -69,10 +76,12 @@ def token_estimate(rec: ResponseRecord) -> int:
     return prompt + output + 1
 
 
-def index(path: Path, max_bytes: int = MAX_RECORD_BYTES, keep: int = 0) -> StreamIndex:
+def index(path: Path, max_bytes: int = MAX_RECORD_BYTES, keep: int = 0,
+          tally: Callable[[ResponseRecord], bool] | None = None) -> StreamIndex:
     """Validate every record of a responses file or shard set, keeping per request id only the
-    positions of its current answer (ids hashed: ~100 bytes per request, not the record), and
-    the records themselves while there are at most ``keep`` of them."""
+    positions of its current answer (ids hashed: ~100 bytes per request, not the record), the
+    records themselves while there are at most ``keep`` of them, and whether ``tally`` counts
+    each (a byte a record: what a chunk needs to know of the whole set before it is checked)."""
     shards = shard_paths(path) if is_sharded(path) else [path]
     found = StreamIndex(path, shards, held=[] if keep else None)
     current: dict[int, list[tuple[int | None, int]]] = {}
@@ -81,6 +90,7 @@ def index(path: Path, max_bytes: int = MAX_RECORD_BYTES, keep: int = 0) -> Strea
         position = found.read
         found.read += 1
         found.sizes.append(token_estimate(rec))
+        found.tallied.append(bool(tally and tally(rec)))
         if found.held is not None:
             found.held.append(rec)
             if len(found.held) > keep:

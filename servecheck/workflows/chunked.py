@@ -4,10 +4,12 @@ A day of gateway logs does not fit one process's memory once scored (each output
 some hundred statistics). So the set is streamed (``formats.stream``): a first pass validates
 every record, then chunks of at most ``records_per_chunk`` records and ``tokens_per_chunk``
 tokens are checked one after another, and freed. A check that pools its evidence
-(``checks.core.registry.Pooling``: the seeds check) keeps what its test needs of each chunk,
-merges it over the chunks and is tested once, at its full share of α: a request whose seeds lie
-in different chunks is tested whole, with the power of the whole set. Every other check runs on
-each chunk as a run of its own at ``α / k`` (``checks.core.combine`` merges the verdicts). Each
+(``checks.core.registry.Pooling``: fit, temperature, sampler, mask, context, cache, seeds) keeps
+what its test needs of each chunk, merges it over the chunks and is tested once, at its full
+share of α: a request whose seeds lie in different chunks is tested whole, with the power of the
+whole set. Every other check runs on each chunk as a run of its own at ``α / k``
+(``checks.core.combine`` merges the verdicts); the per-record verdict bounds each record at the
+whole set's α/N, N counted on the first pass (``plausibility.counted``). Each
 chunk's verdicts are saved as it finishes, keyed by a digest of its records and the options, so
 a check stopped by Ctrl-C, a lost machine or a crash resumes at the first chunk not yet saved,
 not from zero. A set that fits one chunk is checked exactly as before, in one piece.
@@ -41,6 +43,7 @@ from servecheck.checks.core.digest import digest as digest_of
 from servecheck.checks.core.options import CheckOptions
 from servecheck.checks.core.registry import Evidence, pooled_names, pooled_specs, specs, table_specs
 from servecheck.checks.core.results import CheckResult, overall
+from servecheck.checks.plausibility import counted
 from servecheck.errors import __version__
 from servecheck.formats.answers import latest
 from servecheck.formats.raw import MAX_RECORD_BYTES
@@ -143,7 +146,7 @@ def check_set(path: Path, options: CheckOptions, console: Console, progress: boo
     in one piece the caller has the run (``SetRun.whole``) to write it from."""
     size = chunking.records_per_chunk
     with spinner(console, f"reading {path}…", progress), timed("read and validate"):
-        found = index(path, max_record_bytes, keep=size)
+        found = index(path, max_record_bytes, keep=size, tally=counted)
     plan = found.plan(size, chunking.tokens_per_chunk)
     k = len(plan)
     if k == 1:  # the whole set at once: exactly the in-memory run
@@ -174,6 +177,8 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
             engine.close()
             raise
     alpha = options.alpha / k
+    # each record is judged alone at the whole set's bound, as one process judges it
+    each = replace(options, alpha=alpha, record_bound=(options.alpha, found.tally()))
     run_key = f"{_options_key(options, chunking)}|{k}"
     if engine.rank:  # another torchrun rank: rank 0 writes the report
         report = None
@@ -201,7 +206,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
                 saved = chunk_state.load(directory, j, digest) if directory and chunking.resume else None
             if saved is None:
                 console.print(f"chunk {j + 1}/{k}: records {first}–{first + len(batch) - 1}")
-                run = check(batch, replace(options, alpha=alpha), console, progress,
+                run = check(batch, each, console, progress,
                             engine=engine, first_index=first, pooled=True, order=fit)
                 saved = chunk_state.Saved(digest, first, len(batch),
                                           [slim(r) for r in run.results],
@@ -255,8 +260,8 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
                           f"wrote it ({page})")
             report_chunk = target
         else:
-            report_chunk = _report_chunk(found, options, console, target, plan, max_bytes,
-                                         alpha, fit, report, write_report)
+            report_chunk = _report_chunk(found, each, console, target, plan, max_bytes, fit,
+                                         report, write_report)
     return SetRun(results, fit, found.records, k, {"sources": tokens}, engine.rank,
                   report_chunk, resumed, directory, digest=digest_of(results, flagged, facts))
 
@@ -276,16 +281,15 @@ def _fails(pieces: list[tuple[int, int, list[CheckResult]]]) -> bool:
     return any(overall(results) == "fail" for _, _, results in pieces)
 
 
-def _report_chunk(found: StreamIndex, options: CheckOptions, console: Console, j: int,
-                  plan: list[int], max_bytes: int, alpha: float, fit: ConventionFit, report: Path,
+def _report_chunk(found: StreamIndex, each: CheckOptions, console: Console, j: int,
+                  plan: list[int], max_bytes: int, fit: ConventionFit, report: Path,
                   write_report: Any) -> int:
-    """The chunk the report shows was taken from saved state: check it again for the report,
-    since its records are no longer in memory."""
+    """The chunk the report shows was taken from saved state: check it again for the report
+    (``each``: a chunk's options), since its records are no longer in memory."""
     with timed("read and validate"):
         batch = next(itertools.islice(_chunks(found, plan, max_bytes), j, None))
     console.print(f"checking chunk {j + 1} again for the HTML report")
-    run = check(batch, replace(options, alpha=alpha), console, False,
-                first_index=sum(plan[:j]), order=fit)
+    run = check(batch, each, console, False, first_index=sum(plan[:j]), order=fit)
     write_report(report, run, j)
     return j
 

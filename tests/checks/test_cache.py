@@ -15,7 +15,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from servecheck.checks.cache import CAUSE, check_cache
+from servecheck.checks.cache import CAUSE
+from servecheck.checks.cache import run as run_cache
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.options import CheckOptions
 from servecheck.checks.usage import run as usage
@@ -30,7 +31,7 @@ def requests(long_requests) -> list:
 
 
 def _cache(records: list, ref: Reference):
-    return check_cache(CheckContext(records, ref, CheckOptions(numerics="fp32")))
+    return run_cache(CheckContext(records, ref, CheckOptions(numerics="fp32")))[0]
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from servecheck.checks.context import check_context
+from servecheck.checks.context import run as run_context
 from servecheck.checks.core.attribution import TOKEN_ROWS
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.options import CheckOptions
@@ -38,7 +38,7 @@ def greedy_requests(long_requests: Callable[..., list]) -> list:
 
 
 def _context(records: list, ref: Reference, numerics: str = "fp32"):
-    return check_context(CheckContext(records, ref, CheckOptions(numerics=numerics)))
+    return run_context(CheckContext(records, ref, CheckOptions(numerics=numerics)))[0]
 
 
 def test_a_correct_server_past_the_window_passes(serve, greedy_requests, ref: Reference) -> None:
@@ -82,7 +82,7 @@ def test_only_long_prompts_have_nothing_to_compare_with(serve, long_requests,
 
 
 def test_a_checkpoint_without_a_sliding_window_is_not_applicable(lite_records) -> None:
-    r = check_context(CheckContext(lite_records[:2], Reference("builtin-tools")))
+    r = run_context(CheckContext(lite_records[:2], Reference("builtin-tools")))[0]
     assert r.verdict == "skipped" and "has no sliding window" in r.summary
 
 

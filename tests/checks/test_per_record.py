@@ -17,12 +17,17 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
+from servecheck.checks.core.context import CheckContext
+from servecheck.checks.core.options import CheckOptions
 from servecheck.checks.core.pooling import record_z
-from servecheck.checks.plausibility import record_pit_z
+from servecheck.checks.plausibility import counted, judge, record_pit_z
 from servecheck.collect.targets.hf import HFTarget
 from servecheck.formats.conversation import Conversation, Message
 from servecheck.formats.parameters import Parameters
 from servecheck.formats.prompts import Request, request_id
+from servecheck.formats.responses import read_records
+from servecheck.formats.stream import index
+from servecheck.reference.model import Reference
 from servecheck.reference.token_scores import TokenScores
 
 RARE = [("Pick a number between 1 and 10.", 339), ("Pick a number between 1 and 10.", 191),
@@ -92,3 +97,22 @@ def test_compare_does_not_blame_an_identical_ground_truth(
     assert code == 0, out
     assert "served: 5/5 plausible · ground truth: 5/5 plausible" in out
     assert "looks wrong" not in out
+
+
+def test_a_chunk_judges_its_records_at_the_whole_sets_bound() -> None:
+    """Each chunk of a set checked in chunks judges its records against the bound one process
+    would use (α/N over the set's N sampled records, counted on the first pass), not at its own
+    α/k over its own records: every record of a chunk gets one process's verdict and words."""
+    path = Path(__file__).parents[1] / "golden" / "temperature-ignored.responses.jsonl"
+    records, ref = read_records(path), Reference("builtin")
+    whole_ctx = CheckContext(records, ref, CheckOptions())
+    whole = {whole_ctx.labels[i]: v for i, v in judge(whole_ctx, []).items()}
+    n = index(path, tally=counted).tally()
+    assert n == sum(not s.greedy for s in whole_ctx.sampling) > 16
+    part = CheckContext(records[:16], ref, CheckOptions(alpha=0.01 / 4, record_bound=(0.01, n)))
+    alone = CheckContext(records[:16], ref, CheckOptions(alpha=0.01 / 4))
+    for ctx, same in ((part, True), (alone, False)):
+        verdicts = {ctx.labels[i]: v for i, v in judge(ctx, []).items()}
+        sampled = [k for k, v in verdicts.items() if v.details.mode == "sampled"]
+        assert sampled
+        assert all((verdicts[k].summary == whole[k].summary) is same for k in sampled)

@@ -1,8 +1,9 @@
 """A set checked in chunks pools the evidence of the checks that can merge it (fit, temperature,
-sampler, seeds), and tests it once at the check's full α: the verdicts and p-values are those of one
-process, a request whose seeds lie in different chunks is tested whole, and a resumed run merges
-the evidence it saved. Each sequence is scored alone (``SERVECHECK_TOKEN_BUDGET=1``), so that
-both runs score every record alike, and the p-values agree to 1e-9.
+sampler, mask, context, cache, seeds), and tests it once at the check's full α: the verdicts and
+p-values are those of one process, a request whose seeds lie in different chunks is tested
+whole, and a resumed run merges the evidence it saved. Each sequence is scored alone
+(``SERVECHECK_TOKEN_BUDGET=1``), so that both runs score every record alike, and the p-values
+agree to 1e-9.
 
 The records are served by the in-process ``hf:builtin`` target, honest and with the
 ``seed-ignored`` fault, and laid out seed by seed, so that no chunk holds two seeds of one
@@ -127,7 +128,8 @@ def test_chunks_pool_fit_and_seeds_into_the_verdicts_of_one_process(
     if server == "honest":  # the ignored seed's 8 draws are too few to estimate the sampler
         family = _row(whole, "sampler")["details"]["family_size"]
         assert family >= 10  # truncations, temperature and penalties all tested
-    assert chunked["pooled_checks"] == ["fit", "temperature", "sampler", "mask", "seeds"]
+    assert chunked["pooled_checks"] == ["fit", "temperature", "sampler", "mask", "context", "cache",
+                                        "seeds"]
     # the fit counts a text the ignored seed served to several seeds once, as one process does
     design = _row(chunked, "fit")["details"]["seed_design"]
     assert design["one_stream"] is (server == "ignored")

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 
 from servecheck.formats.records import ResponseRecord
 
-__all__ = ["LOSSY_SPECULATION", "OFF", "SPECULATION_SHOWS", "ZERO_LOGPROBS", "kv_cache_dtype",
-           "speculating", "speculation"]
+__all__ = ["LOSSY_SPECULATION", "OFF", "SPECULATION_SHOWS", "ZERO_LOGPROBS", "kv_cache_counts",
+           "kv_cache_dtype", "speculating", "speculation"]
 
 OFF = {"", "off", "none", "false", "no", "0"}
 """How a record says a setting was off (``serving.speculative: off``)."""
@@ -33,8 +33,12 @@ ZERO_LOGPROBS = "served log-probs are all 0.0: a known fault of speculative deco
 log-probs of accepted draft tokens never filled in."""
 
 
+def _counts(values: Iterable[str | None]) -> Counter[str]:
+    return Counter(v for v in values if v is not None and v.strip().lower() not in OFF)
+
+
 def _most_common(values: Iterable[str | None]) -> str | None:
-    counts = Counter(v for v in values if v is not None and v.strip().lower() not in OFF)
+    counts = _counts(values)
     return counts.most_common(1)[0][0] if counts else None
 
 
@@ -49,8 +53,15 @@ def speculation(records: Iterable[ResponseRecord]) -> str | None:
     return _most_common(r.serving.speculative for r in records if r.serving is not None)
 
 
+def kv_cache_counts(records: Iterable[ResponseRecord]) -> Counter[str]:
+    """How many records say each KV-cache type other than the model's own (``fp8``…), in the
+    order first seen: a chunk's counts add up to its set's."""
+    return _counts(r.serving.kv_cache_dtype for r in records if r.serving is not None
+                   and (r.serving.kv_cache_dtype or "auto").lower() != "auto")
+
+
 def kv_cache_dtype(records: Iterable[ResponseRecord]) -> str | None:
-    """The KV-cache type the records say was used where it is not the model's own (``fp8``…),
-    or None (``auto``, or not said)."""
-    return _most_common(r.serving.kv_cache_dtype for r in records if r.serving is not None
-                        and (r.serving.kv_cache_dtype or "auto").lower() != "auto")
+    """The KV-cache type the records say was used where it is not the model's own, or None
+    (``auto``, or not said)."""
+    counts = kv_cache_counts(records)
+    return counts.most_common(1)[0][0] if counts else None

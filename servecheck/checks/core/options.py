@@ -80,6 +80,10 @@ class CheckOptions:
     token_choice: TokenChoice = "posterior"
     """How a sampled record's tokenization is chosen: a posterior draw (calibrated), or the most
     likely one (biased towards "too cold"; kept to measure that bias)."""
+    record_bound: tuple[float, int] | None = None
+    """In a chunk of a larger set (``workflows.chunked``): the set's α and how many sampled
+    records the whole set judges, so that the per-record verdict bounds each likelihood z where
+    one process would (α/N over the set), not at the chunk's α/k over its own records."""
 
     def __post_init__(self) -> None:
         if self.numerics not in NUMERICS:

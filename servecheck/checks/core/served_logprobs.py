@@ -20,8 +20,8 @@ from servecheck.checks.core.context import CheckContext
 from servecheck.reference.sampling import Sampling
 from servecheck.reference.token_scores import ScoreItem, TokenScores
 
-__all__ = ["BREAK_NATS", "BREAK_RUN", "ServedDiffs", "as_served", "misalignment",
-           "served_diffs"]
+__all__ = ["BREAK_NATS", "BREAK_RUN", "CONVENTIONS", "ServedColumns", "ServedDiffs", "as_served",
+           "misalignment", "served_columns", "served_diffs"]
 
 BREAK_NATS = 1.0
 """Served log-probs have stopped lining up with the scored tokens where, from some token on, the
@@ -50,15 +50,15 @@ class ServedDiffs:
         return {i: d for i, d in self.per_record.items() if i not in self.misaligned}
 
 
-def misalignment(served: np.ndarray, scored: int, diff: np.ndarray, marker_in_text: bool,
+def misalignment(served: int, scored: int, diff: np.ndarray, marker_in_text: bool,
                  truncated: bool = False) -> str | None:
-    """Why a record's served log-probs do not belong to the tokens scored, or None. One more
+    """Why a record's ``served`` log-probs do not belong to the tokens scored, or None. One more
     served value than scored tokens is the end token's, when the text lost its end marker; a
     record scored only up to lost bytes (``truncated``) is compared on what was scored."""
-    count_off = len(served) < scored if truncated else \
-        len(served) != scored and not (len(served) == scored + 1 and not marker_in_text)
+    count_off = served < scored if truncated else \
+        served != scored and not (served == scored + 1 and not marker_in_text)
     if count_off:
-        return f"{len(served)} served log-probs for {scored} scored tokens"
+        return f"{served} served log-probs for {scored} scored tokens"
     n = len(diff)
     # a clean start and a broken tail: misaligned, not merely other weights or numerics. A
     # median above (below) a bound needs at least half the values above (below) it, so counts
@@ -104,32 +104,93 @@ def reference_logprobs(ctx: CheckContext, idx: list[int], scores: dict[int, Toke
                                          for i in idx}}
 
 
-def served_diffs(ctx: CheckContext) -> ServedDiffs | None:
-    """The run's ``ServedDiffs`` (None: no record carries served log-probs), made once."""
-    return ctx.once("served log-prob diffs", lambda: _diffs(ctx))
+CONVENTIONS = ("raw", "after penalties", "after sampling transform")
+"""What a server's log-probs may be taken after (``reference_logprobs``), in this order."""
 
 
-def _diffs(ctx: CheckContext) -> ServedDiffs | None:
+@dataclass(frozen=True, eq=False)
+class ServedColumns:
+    """Per record with served log-probs (in set order), what choosing the server's convention
+    and telling an aligned record from a misaligned one read: the chunks of a large set
+    concatenate them, and the choice is made once over the whole set, as one process makes it
+    (the context and cache checks pool it; 24 bytes a served token)."""
+
+    count: np.ndarray
+    """How many log-probs the record served."""
+    scored: np.ndarray
+    """How many of its output tokens were scored."""
+    ends: np.ndarray
+    """Its scored output ends on an end token."""
+    truncated: np.ndarray
+    """It was scored only up to bytes its server's detokenizer lost."""
+    diffs: np.ndarray
+    """conventions × tokens: |served − reference| (+inf where either is infinite) of each
+    record's first min(count, scored) tokens in turn, under each of ``CONVENTIONS``."""
+    votes: np.ndarray
+    """Finished records whose served log-probs count the end token, and those one short
+    (``EndCounting.votes``), over every answered record."""
+
+    def merge(self, *later: ServedColumns) -> ServedColumns:
+        pieces = (self, *later)
+        return ServedColumns(*(np.concatenate([getattr(e, f) for e in pieces])
+                               for f in ("count", "scored", "ends", "truncated")),
+                             np.concatenate([e.diffs for e in pieces], axis=1),
+                             np.sum([e.votes for e in pieces], axis=0))
+
+    def choose(self) -> ServedDiffs:
+        """The convention closest on average and the misaligned records, keyed by row."""
+        if not len(self.count):
+            raise ValueError("no record with served log-probs to choose a convention by")
+        means = {k: float(np.mean(self.diffs[j])) for j, k in enumerate(CONVENTIONS)}
+        convention = min(means, key=lambda k: means[k])
+        exact, short = self.votes
+        unserved_end = bool(short > exact)  # ``find_end_counting``'s rule
+        cuts = np.cumsum([0, *np.minimum(self.count, self.scored)])
+        column = self.diffs[CONVENTIONS.index(convention)]
+        per = {r: column[cuts[r]:cuts[r + 1]] for r in range(len(self.count))}
+        lost = {}
+        for r, d in per.items():
+            ends = bool(self.ends[r])
+            why = misalignment(int(self.count[r]), int(self.scored[r]) - (unserved_end and ends),
+                               d, ends, bool(self.truncated[r]))
+            if why:
+                lost[r] = why
+        return ServedDiffs(convention, means, per, lost)
+
+
+def served_columns(ctx: CheckContext) -> tuple[list[int], ServedColumns | None]:
+    """The kept records with served log-probs and their ``ServedColumns`` (None: none has
+    any), made once a run."""
+    return ctx.once("served log-prob columns", lambda: _columns(ctx))
+
+
+def _columns(ctx: CheckContext) -> tuple[list[int], ServedColumns | None]:
     idx = [i for i in ctx.kept() if ctx.records[i].output_logprobs]
     if not idx:
-        return None
+        return idx, None
     scores = ctx.scores(idx)
     reference = reference_logprobs(ctx, idx, scores)
-    per: dict[str, dict[int, np.ndarray]] = {k: {} for k in reference}
+    diffs = []
     for i in idx:
         served = np.asarray(ctx.records[i].output_logprobs, dtype=np.float64)[: len(scores[i])]
-        for k, by_record in reference.items():
-            d = np.abs(served - by_record[i][: len(served)])
-            per[k][i] = np.where(np.isfinite(d), d, np.inf)
-    means = {k: float(np.mean(np.concatenate(list(v.values())))) for k, v in per.items()}
-    convention = min(means, key=lambda k: means[k])
-    unserved_end = not ctx.end_counting.logprob_for_end
-    lost = {}
-    for i in idx:
-        ends = ctx.ends_on_end_token(i)
-        why = misalignment(np.asarray(ctx.records[i].output_logprobs),
-                           len(scores[i]) - (unserved_end and ends), per[convention][i], ends,
-                           i in ctx.lost_at)
-        if why:
-            lost[i] = why
-    return ServedDiffs(convention, means, per[convention], lost)
+        d = np.abs(served - np.stack([reference[k][i][: len(served)] for k in CONVENTIONS]))
+        diffs.append(np.where(np.isfinite(d), d, np.inf))
+    votes = (ctx.end_counting.votes or {}).get("logprobs", {})
+    return idx, ServedColumns(
+        np.array([len(ctx.records[i].output_logprobs or ()) for i in idx], dtype=np.int64),
+        np.array([len(scores[i]) for i in idx], dtype=np.int64),
+        np.array([ctx.ends_on_end_token(i) for i in idx], dtype=bool),
+        np.array([i in ctx.lost_at for i in idx], dtype=bool),
+        np.concatenate(diffs, axis=1),
+        np.array([votes.get("exact", 0), votes.get("short", 0)], dtype=np.int64))
+
+
+def served_diffs(ctx: CheckContext) -> ServedDiffs | None:
+    """The run's ``ServedDiffs`` (None: no record carries served log-probs), keyed by record."""
+    idx, columns = served_columns(ctx)
+    if columns is None:
+        return None
+    found = columns.choose()
+    return ServedDiffs(found.convention, found.means,
+                       {idx[r]: d for r, d in found.per_record.items()},
+                       {idx[r]: why for r, why in found.misaligned.items()})

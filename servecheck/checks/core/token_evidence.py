@@ -35,18 +35,14 @@ from scipy import stats as st
 
 from servecheck.checks.core.context import CheckContext
 from servecheck.checks.core.explain import family_reason, headline
-from servecheck.checks.core.greedy_causes import requested_gaps
-from servecheck.checks.core.pooling import informative
+from servecheck.checks.core.options import Numerics
 from servecheck.checks.core.results import Details, Verdict
-from servecheck.checks.core.served_logprobs import served_diffs
-from servecheck.checks.core.shared_seeds import distinct_draws
 from servecheck.checks.core.stats import StatTest
-from servecheck.checks.core.token_rules import greedy_positions
 
 __all__ = ["GREEDY_FLOOR", "MIN_TOKENS", "RESIDUAL_FLOOR", "SERVED_MIN", "SERVED_RATIO",
            "SERVED_SHARE", "ComparedDetails", "Side", "TokenEvidence", "compare", "describe_off",
            "jump_floor", "off_records",
-           "sliding_window", "slopes", "token_evidence"]
+           "sliding_window", "slopes"]
 
 MIN_TOKENS = 20
 """Tokens of a kind each side needs before its test runs."""
@@ -99,10 +95,11 @@ def sliding_window(ctx: CheckContext) -> int | None:
 
 @dataclass(frozen=True)
 class TokenEvidence:
-    """Flat arrays, one entry per scored output token of the kept records."""
+    """Flat arrays, one entry per scored output token of the kept records
+    (``token_pool.TokenPool.evidence``)."""
 
     record: np.ndarray
-    """The token's record (an index into ``ctx.records``)."""
+    """The token's record (a row of its ``TokenPool``: the kept records in set order)."""
     position: np.ndarray
     """Its absolute position: its record's prompt length + its output index."""
     greedy: np.ndarray
@@ -113,38 +110,6 @@ class TokenEvidence:
     """A sampled informative token's quantile residual (NaN elsewhere)."""
     served: np.ndarray
     """|served − reference| log-prob (NaN where none, or the token is outside the support)."""
-
-
-def token_evidence(ctx: CheckContext) -> TokenEvidence:
-    """The run's ``TokenEvidence``, made once (the context and cache checks read it)."""
-    return ctx.once("token evidence", lambda: _evidence(ctx))
-
-
-def _evidence(ctx: CheckContext) -> TokenEvidence:
-    kept = ctx.kept()
-    scores = ctx.scores(kept)
-    gaps = requested_gaps(ctx, ctx.greedy())
-    draws = set(distinct_draws(ctx, ctx.sampled()))
-    diffs = served_diffs(ctx)
-    aligned = diffs.aligned() if diffs is not None else {}
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in TokenEvidence.__dataclass_fields__}
-    for i in kept:
-        s, n = scores[i], len(scores[i])
-        nan = np.full(n, np.nan)
-        greedy, mismatch, residual, served = ctx.sampling[i].greedy, np.zeros(n, bool), nan, nan
-        if greedy:
-            mismatch[greedy_positions(s, ctx.tolerances.logit, gaps.get(i))[0]] = True
-        elif i in draws:
-            pit = np.clip(s.stats["pit"], 1e-12, 1 - 1e-12)
-            residual = np.where(informative(s), -st.norm.ppf(pit), np.nan)
-        if i in aligned:
-            d = aligned[i][:n]
-            served = np.concatenate([np.where(np.isfinite(d), d, np.nan), nan[len(d):]])
-        for key, value in (("record", np.full(n, i)), ("greedy", np.full(n, greedy)),
-                           ("position", len(ctx.prompt_ids(i)[0]) + np.arange(n)),
-                           ("mismatch", mismatch), ("residual", residual), ("served", served)):
-            cols[key].append(value)
-    return TokenEvidence(**{k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()})
 
 
 @dataclass(frozen=True)
@@ -168,11 +133,11 @@ class Side:
                    float(r.mean()) if len(r) else None, len(d),
                    float(d.mean()) if len(d) else None)
 
-    def clean(self, ctx: CheckContext) -> bool:
+    def clean(self, tolerances: Numerics) -> bool:
         """Within a correct server's numerics, by the rules the greedy and log-probs checks
         judge the whole set by, and with no residual beyond its floor (a chance one beyond it
         needs both a large mean and few tokens)."""
-        return (not self.mismatches and (self.served_mean or 0.0) <= ctx.tolerances.logprob
+        return (not self.mismatches and (self.served_mean or 0.0) <= tolerances.logprob
                 and (self.residual is None or self.residual > -RESIDUAL_FLOOR
                      or abs(self.residual) * np.sqrt(self.sampled) < st.norm.isf(0.005)))
 
@@ -265,18 +230,18 @@ def _finite(x: np.ndarray) -> np.ndarray:
     return x[~np.isnan(x)]
 
 
-def off_records(ctx: CheckContext, ev: TokenEvidence, mask: np.ndarray
+def off_records(ev: TokenEvidence, mask: np.ndarray, tolerance: float
                 ) -> list[tuple[int, np.ndarray, int, float | None]]:
     """The records whose tokens in ``mask`` are off (a hard mismatch, or a mean log-prob |Δ|
-    beyond the tolerance), worst first: (record, its tokens' positions, hard mismatches,
-    mean |Δ|)."""
+    beyond the log-prob ``tolerance``), worst first: (record, its tokens' positions, hard
+    mismatches, mean |Δ|)."""
     out = []
     for i in np.unique(ev.record[mask]):
         mine = mask & (ev.record == i)
         wrong = int(np.sum(ev.mismatch[mine]))
         d = _finite(ev.served[mine])
         mean = float(d.mean()) if len(d) else None
-        if wrong or (mean or 0.0) > ctx.tolerances.logprob:
+        if wrong or (mean or 0.0) > tolerance:
             out.append((int(i), ev.position[mine], wrong, mean))
     return sorted(out, key=lambda r: -(r[2] + (r[3] or 0.0)))[:WORST]
 
