@@ -187,7 +187,8 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
                   f"α/{k} = {alpha:.2g}" + (f", but {pools}: pooled over the chunks, tested "
                                             f"once at α" if pools else "")
                   + (f"; verdicts saved in {directory}" if directory else ""))
-    fit: ConventionFit | None = None
+    fit: ConventionFit | None = None  # the set's order: the first chunk that settles it
+    last: ConventionFit | None = None
     pieces: list[tuple[int, int, list[CheckResult]]] = []
     tokens: dict[str, int] = {}
     resumed = 0
@@ -230,7 +231,9 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
                     engine.ref.forget_encodings()
             else:
                 resumed += 1
-            fit = fit or saved.convention
+            if fit is None and _decided(saved.convention):
+                fit = saved.convention
+            last = saved.convention
             digests.append(digest)
             pieces.append((saved.first, saved.records, saved.results))
             facts, flagged = facts + saved.facts, flagged | set(saved.flagged)
@@ -247,6 +250,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
         engine.close()
     if resumed:
         console.print(f"resumed: {resumed} of {k} chunks were checked by an earlier run")
+    fit = fit or last  # no chunk held a record the orders score differently
     assert fit is not None
     with timed("checks"):
         pooled = [replace(r, summary=f"{r.summary} (pooled over the {k} chunks, tested once)")
@@ -264,6 +268,16 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
                                          report, write_report)
     return SetRun(results, fit, found.records, k, {"sources": tokens}, engine.rank,
                   report_chunk, resumed, directory, digest=digest_of(results, flagged, facts))
+
+
+def _decided(fit: ConventionFit) -> bool:
+    """The order is settled for the set: given by the user, or found from records that the
+    candidate orders score differently. A chunk without such a record (sampled with T ≠ 1 and
+    top_p or min_p, or penalised) is judged alike under every order, so it settles nothing and
+    the next chunk searches again: the set is never judged under an order its first chunk
+    could not have told apart (a llama.cpp server's records checked under HF's order, failing
+    every nucleus boundary, because its telling records came late in the file)."""
+    return not fit.found or fit.records > 0
 
 
 def merged(evidence: dict[str, list[Evidence]]) -> dict[str, Evidence]:

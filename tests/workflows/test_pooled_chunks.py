@@ -209,3 +209,37 @@ def test_later_chunks_judge_under_the_orders_the_first_could_not_rule_out(
     # the records the order search scored are kept and it scores them in its own batches, so
     # the first chunk's (16 records) and one process's (64) differ by float32 rounding
     _same_sampler(chunked, whole, tol=1e-6)
+
+
+@pytest.mark.slow  # 64 records generated, checked whole and in 4 chunks
+def test_a_first_chunk_that_cannot_tell_the_orders_apart_leaves_the_search_to_the_next(
+        tmp_path: Path, run_cli, check_json, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A llama.cpp-order server (top_p on temperature-1 probabilities) whose first 16 records
+    are greedy: the first chunk has no record the orders score differently, so it settled on
+    HF's order by default, and the later chunks, judged under it, failed the support row on
+    every token inside llama.cpp's nucleus and outside HF's; one process does not rule
+    llama.cpp's order out from those records. The search now moves on to the first chunk that
+    can tell."""
+    monkeypatch.setenv("SERVECHECK_TOKEN_BUDGET", "1")
+    parts = []
+    for name, params in (("greedy", {"temperature": [0.0], "seed": [1, 2]}),
+                         ("sampled", {"temperature": [0.7], "top_p": [0.8],
+                                      "seed": [3, 4, 5, 6, 7, 8]})):
+        prompts = tmp_path / f"{name}.json"
+        prompts.write_text(json.dumps({"prompt": PROMPTS, "max_tokens": 32, **params}))
+        out = tmp_path / f"{name}.jsonl"
+        assert run_cli("generate", prompts, "--target", "hf:builtin?order=llama.cpp", "--out",
+                       out, "--no-progress") == 0
+        parts.append(out.read_text())
+    path = tmp_path / "responses.jsonl"
+    path.write_text("".join(parts))
+    _, whole = check_json(path, tmp_path)
+    _, chunked = check_json(path, tmp_path, "builtin", "--records-per-chunk", "16",
+                            "--state", tmp_path / "state")
+    assert chunked["chunks"] == 4
+    # the order is searched on records that tell the orders apart (chunk 2's), not settled
+    # by default on the first chunk's greedy ones
+    assert chunked["convention"]["records"] > 0, chunked["convention"]
+    assert [(c["name"], c["verdict"]) for c in chunked["checks"]] == \
+        [(c["name"], c["verdict"]) for c in whole["checks"]]
+    assert _row(chunked, "support")["verdict"] == "pass"

@@ -72,8 +72,8 @@ class FitEvidence:
         samplings = list(self.samplings)
         groups = [np.array([_index(samplings, s) for s in e.samplings], dtype=np.int64)[e.group]
                   if len(e) else e.group for e in pieces]
-        return FitEvidence(
-            self.convention, tuple(samplings),
+        return FitEvidence(  # the order of the last chunk: the first that settled it holds on
+            pieces[-1].convention, tuple(samplings),
             np.concatenate(groups), *(tuple(chain.from_iterable(getattr(e, f) for e in pieces))
                                       for f in ("labels", "seed", "keys", "sources")),
             *(np.concatenate([getattr(e, f) for e in pieces])

@@ -12,7 +12,7 @@ named here once, so no check reads its |Δ| as evidence of anything but that.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -129,6 +129,8 @@ class ServedColumns:
     votes: np.ndarray
     """Finished records whose served log-probs count the end token, and those one short
     (``EndCounting.votes``), over every answered record."""
+    _chosen: list[ServedDiffs] = field(default_factory=list, init=False, repr=False)
+    """``choose``'s answer, made once (the log-probs, context and cache checks read it)."""
 
     def merge(self, *later: ServedColumns) -> ServedColumns:
         pieces = (self, *later)
@@ -139,6 +141,11 @@ class ServedColumns:
 
     def choose(self) -> ServedDiffs:
         """The convention closest on average and the misaligned records, keyed by row."""
+        if not self._chosen:
+            self._chosen.append(self._choose())
+        return self._chosen[0]
+
+    def _choose(self) -> ServedDiffs:
         if not len(self.count):
             raise ValueError("no record with served log-probs to choose a convention by")
         means = {k: float(np.mean(self.diffs[j])) for j, k in enumerate(CONVENTIONS)}
