@@ -1,6 +1,7 @@
 """The context and cache rows of a set checked in chunks are one process's: each chunk keeps its
 tokens' evidence (``checks.core.token_pool``), the chunks' pool merges in set order, and the
-rows are decided once over the set, at their full α, on the distinct draws the fit chose.
+rows are decided once over the set, at their full α, on the distinct draws the fit chose; a
+resumed run merges the pools it saved.
 
 The records are served by the in-process ``hf:builtin`` target with a real fault, greedy and
 sampled, past the 128-token window and before it, with served log-probs, judged at fp32
@@ -64,6 +65,13 @@ def test_chunks_pool_context_and_cache_into_the_rows_of_one_process(
         row = _row(chunked, name)
         said = row["summary"].removesuffix(" (pooled over the 4 chunks, tested once)")
         _same({**row, "summary": said}, _row(whole, name), name)
+    # stopped before the third chunk was saved: the resumed run merges what the others saved
+    (tmp_path / "state" / "chunk-00002.json").unlink()
+    _, resumed = check_json(path, tmp_path, "builtin", "--numerics", "fp32",
+                            "--records-per-chunk", "8", "--state", tmp_path / "state")
+    assert resumed["resumed_chunks"] == 3
+    for name in ("context", "cache"):
+        _same(_row(resumed, name), _row(chunked, name), name)
     row = _row(chunked, failing)
     assert row["verdict"] == "fail", row["summary"]
     assert row["details"]["tests"], row  # decided on tokens, not skipped
