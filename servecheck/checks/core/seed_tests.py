@@ -90,6 +90,9 @@ class SeedEvidence:
     order, so that a group whose seeds lie in different chunks is tested whole."""
 
     groups: dict[str, GroupDraws] = field(default_factory=dict)
+    _tests: dict[float, SeedTests] = field(default_factory=dict, init=False, repr=False,
+                                           compare=False)
+    """``decide``'s answer by α, made once (every check that pools the draws reads it)."""
 
     def merge(self, *later: SeedEvidence) -> SeedEvidence:
         merged = dict(self.groups)
@@ -203,7 +206,13 @@ class SeedTests:
 
 def decide(found: SeedEvidence, alpha: float) -> SeedTests:
     """The seed tests of a set's draws, one Holm family at ``alpha``: each group, and Fisher's
-    combination of them all."""
+    combination of them all (made once per α)."""
+    if alpha not in found._tests:
+        found._tests[alpha] = _decide(found, alpha)
+    return found._tests[alpha]
+
+
+def _decide(found: SeedEvidence, alpha: float) -> SeedTests:
     groups = found.tested()
     if not groups:
         return SeedTests([], [], 1.0, [], False)
@@ -218,7 +227,7 @@ def decide(found: SeedEvidence, alpha: float) -> SeedTests:
 def seeds_ignored(found: SeedEvidence, options: CheckOptions) -> bool:
     """The seeds check's verdict on a set's draws (at its share of the run's α): whether an
     ignored seed put every seeded record on one random stream, for the checks that pool the
-    draws (fit, temperature, sampler, mask)."""
+    draws (fit, temperature, sampler, mask, context, cache)."""
     return decide(found, options.alpha * alpha_share(SEEDS)).ignored
 
 
