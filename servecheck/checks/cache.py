@@ -13,7 +13,9 @@ log-prob |Δ|), one-sided towards "hits worse", each test with its floor, one Ho
 check's share of α. Hits and misses are compared within each side of the checkpoint's sliding
 window, so that hits, often the longer prompts, are not blamed for what the context does (the
 context check's finding). A failure is named only where the misses are within numerics; where
-they are off too, the other checks have the finding (INCONCLUSIVE).
+they are off too, the other checks have the finding (INCONCLUSIVE). A set checked in chunks
+keeps each record's ``cached_tokens`` and reads the context check's pooled tokens
+(``checks.core.token_pool``): the row is decided once over the set, as one process decides it.
 """
 
 from __future__ import annotations

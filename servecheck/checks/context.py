@@ -24,7 +24,8 @@ told apart from it: INCONCLUSIVE (the run fails on those checks anyway). No toke
 window, none before it, too few on a side to test, or a checkpoint with no sliding window:
 nothing for this check to judge, so N/A (skipped) rather than INCONCLUSIVE, which would hold
 every run of short prompts at exit 3; the summary says what it would have caught, and the
-digest lists it as a blind spot with what to collect.
+digest lists it as a blind spot with what to collect. A set checked in chunks pools every
+token's evidence (``checks.core.token_pool``) and decides the row once over the set.
 """
 
 from __future__ import annotations
