@@ -77,13 +77,19 @@ def unexplained_misses(ctx: CheckContext, idx: list[int]) -> tuple[list[int], li
         return [], []
     prompts = {i: tuple(ctx.prompt_ids(i)[0]) for _, i in rows}
     adjacent_hit, zero, unexplained = False, [], []
+    # per prompt, where its records stand in ``rows``: each record looks back only along its
+    # own prompt's runs (a scan of every earlier record was quadratic: hours at 100k records)
+    runs: dict[tuple[int, ...], list[int]] = {}
     for k, ((start, _), i) in enumerate(rows):
-        earlier = [j for (s, end), j in rows[:k] if prompts[j] == prompts[i] and end <= start
-                   and s < start]
-        if not earlier or cached[i] is None:
+        same = runs.setdefault(prompts[i], [])
+        # the latest earlier run of this prompt that had ended before this one started
+        last = next((rows[m][1] for m in reversed(same)
+                     if rows[m][0][1] <= start and rows[m][0][0] < start), None)
+        same.append(k)
+        if last is None or cached[i] is None:
             continue
         # nothing started between the prompt's last run and this one: nothing could evict it
-        alone = rows[k - 1][1] == earlier[-1]
+        alone = rows[k - 1][1] == last
         adjacent_hit |= alone and cached[i] > 0
         if cached[i] == 0:
             serving = ctx.records[i].serving

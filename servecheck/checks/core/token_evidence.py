@@ -236,13 +236,16 @@ def off_records(ev: TokenEvidence, mask: np.ndarray, tolerance: float
     beyond the log-prob ``tolerance``), worst first: (record, its tokens' positions, hard
     mismatches, mean |Δ|)."""
     out = []
-    for i in np.unique(ev.record[mask]):
-        mine = mask & (ev.record == i)
+    at = np.flatnonzero(mask)
+    at = at[np.argsort(ev.record[at], kind="stable")]  # each record's tokens together, in order
+    records = ev.record[at]
+    cuts = np.flatnonzero(np.diff(records)) + 1  # one pass over the tokens, not one a record
+    for mine in np.split(at, cuts) if len(at) else []:
         wrong = int(np.sum(ev.mismatch[mine]))
         d = _finite(ev.served[mine])
         mean = float(d.mean()) if len(d) else None
         if wrong or (mean or 0.0) > tolerance:
-            out.append((int(i), ev.position[mine], wrong, mean))
+            out.append((int(ev.record[mine[0]]), ev.position[mine], wrong, mean))
     return sorted(out, key=lambda r: -(r[2] + (r[3] or 0.0)))[:WORST]
 
 
