@@ -12,7 +12,8 @@ named here once, so no check reads its |Δ| as evidence of anything but that.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -129,8 +130,6 @@ class ServedColumns:
     votes: np.ndarray
     """Finished records whose served log-probs count the end token, and those one short
     (``EndCounting.votes``), over every answered record."""
-    _chosen: list[ServedDiffs] = field(default_factory=list, init=False, repr=False)
-    """``choose``'s answer, made once (the log-probs, context and cache checks read it)."""
 
     def merge(self, *later: ServedColumns) -> ServedColumns:
         pieces = (self, *later)
@@ -139,13 +138,10 @@ class ServedColumns:
                              np.concatenate([e.diffs for e in pieces], axis=1),
                              np.sum([e.votes for e in pieces], axis=0))
 
-    def choose(self) -> ServedDiffs:
-        """The convention closest on average and the misaligned records, keyed by row."""
-        if not self._chosen:
-            self._chosen.append(self._choose())
-        return self._chosen[0]
-
-    def _choose(self) -> ServedDiffs:
+    @cached_property
+    def chosen(self) -> ServedDiffs:
+        """The convention closest on average and the misaligned records, keyed by row; made
+        once (the log-probs, context and cache checks read it)."""
         if not len(self.count):
             raise ValueError("no record with served log-probs to choose a convention by")
         means = {k: float(np.mean(self.diffs[j])) for j, k in enumerate(CONVENTIONS)}
@@ -197,7 +193,7 @@ def served_diffs(ctx: CheckContext) -> ServedDiffs | None:
     idx, columns = served_columns(ctx)
     if columns is None:
         return None
-    found = columns.choose()
+    found = columns.chosen
     return ServedDiffs(found.convention, found.means,
                        {idx[r]: d for r, d in found.per_record.items()},
                        {idx[r]: why for r, why in found.misaligned.items()})

@@ -7,7 +7,7 @@ each on its position), so no sum stands for them, and which tokens count is only
 whole set: a sampled token's quantile residual counts where its record is a distinct draw
 (chosen at the end from the seeds check's pooled verdict, as the fit's are), and a log-prob |Δ|
 is taken under the convention the whole set's served log-probs are closest to
-(``ServedColumns.choose``). So each kept record keeps its label, its prompt length and its
+(``ServedColumns.chosen``). So each kept record keeps its label, its prompt length and its
 number of scored tokens, and each token whether it is a greedy hard mismatch and its PIT
 (float32, as scored): 5 bytes a token, and 24 more a served log-prob.
 """
@@ -107,7 +107,7 @@ class TokenPool:
         out = np.full(total, np.nan)
         if self.columns is None:
             return out
-        found = self.columns.choose()
+        found = self.columns.chosen
         for r, row in enumerate(np.flatnonzero(self.served)):
             if r in found.misaligned:
                 continue
