@@ -8,7 +8,9 @@ verdict of every check with its p-value and effect size, and in words why an eff
 floor or tolerance passed or failed; per parameter group the PIT histogram, the QQ plot and the
 temperature profile (effective vs requested, as the test read it); the template diff, served vs
 reference; and every output as a token heat-map, worst records first, with search and filters
-by check and group.
+by check and group. The records part is drawn apart from the page around it
+(``outputs``): a chunked run draws it from one chunk while it is held and lays the page, with
+the whole set's verdicts, around it at the end.
 """
 
 from __future__ import annotations
@@ -223,12 +225,28 @@ def record_views(ctx: CheckContext, results: list[CheckResult], verdicts: dict[i
     return views, len(order)
 
 
-def build(ctx: CheckContext, results: list[CheckResult], verdicts: dict[int, CheckResult],
-          meta: dict[str, Any], title: str, limit: int = MAX_RECORDS,
-          digest: Digest | None = None) -> dict[str, Any]:
-    """The whole view model of the report page (``verdicts``: each record's own verdict;
-    ``digest``: what heads the page)."""
+def outputs(ctx: CheckContext, results: list[CheckResult], verdicts: dict[int, CheckResult],
+            limit: int = MAX_RECORDS) -> Markup:
+    """What the page shows of ``ctx``'s records (``templates/_outputs.html.j2``): the requests
+    that failed, the template diff and the worst outputs. Drawn on its own because a chunked run
+    holds a chunk's records only while it checks it, and learns the set's verdicts (the pooled
+    rows among them) only after the last chunk: the part drawn from records is kept, a few MB,
+    and the page is laid around it at the end."""
     records, total = record_views(ctx, results, verdicts, limit)
+    return Markup(render(
+        "_outputs.html.j2", diffs=template_diffs(ctx, results),
+        diff_checks=" ".join(r.name for r in results if r.details.explains_prompts),
+        records=records, records_total=total,
+        errors=[(r.id or f"#{i}", r.error) for i, r in enumerate(ctx.all_records) if r.error],
+        check_names=sorted({c for v in records for c in v.checks}),
+        group_names=sorted({v.group for v in records}), explanation=RecordDetails.EXPLANATION,
+        implausible=sum(v.verdict == "fail" for v in verdicts.values())))
+
+
+def build(results: list[CheckResult], meta: dict[str, Any], title: str, shown: Markup,
+          digest: Digest | None = None) -> dict[str, Any]:
+    """The view model of the report page: the run's verdicts (``results``; ``digest``: what
+    heads the page) around ``shown``, what ``outputs`` drew of its records."""
     try:
         ours = version("servecheck")
     except PackageNotFoundError:
@@ -237,18 +255,17 @@ def build(ctx: CheckContext, results: list[CheckResult], verdicts: dict[int, Che
         "title": title, "verdict": overall(results), "meta": meta, "version": ours,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "digest": digest, "checks": check_rows(results), "groups": group_views(results),
-        "diffs": template_diffs(ctx, results),
-        "diff_checks": " ".join(r.name for r in results if r.details.explains_prompts),
-        "records": records, "records_total": total,
-        "errors": [(r.id or f"#{i}", r.error) for i, r in enumerate(ctx.all_records) if r.error],
-        "check_names": sorted({c for v in records for c in v.checks}),
-        "group_names": sorted({v.group for v in records}), "explanation": RecordDetails.EXPLANATION,
-        "implausible": sum(v.verdict == "fail" for v in verdicts.values()),
+        "outputs": shown,
     }
+
+
+def write_page_around(path: Path, shown: Markup, results: list[CheckResult],
+                      meta: dict[str, Any], title: str, digest: Digest | None = None) -> None:
+    """The page of a run's ``results`` around the records part ``outputs`` drew."""
+    write_page(path, render("report.html.j2", **build(results, meta, title, shown, digest)))
 
 
 def write_report(path: Path, ctx: CheckContext, results: list[CheckResult],
                  verdicts: dict[int, CheckResult], meta: dict[str, Any], title: str,
                  digest: Digest | None = None, limit: int = MAX_RECORDS) -> None:
-    write_page(path, render("report.html.j2", **build(ctx, results, verdicts, meta, title, limit,
-                                                      digest)))
+    write_page_around(path, outputs(ctx, results, verdicts, limit), results, meta, title, digest)

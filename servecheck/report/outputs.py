@@ -54,3 +54,15 @@ def write_html(console: Console, report: Path, ctx: CheckContext, results: list[
     with console.status("writing the HTML report…"):
         write_report(report, ctx, results, verdicts, meta, title, digest)
     console.print(f"report written to {markup(report)} (open it in a browser)")
+
+
+def write_html_around(console: Console, report: Path, shown: str, results: list[CheckResult],
+                      meta: dict[str, Any], title: str, digest: Digest | None = None) -> None:
+    """The HTML report of a chunked run: the whole set's ``results`` around what was drawn of
+    one chunk's records (``report.html.outputs``, kept while the chunks ran)."""
+    from markupsafe import Markup
+
+    from servecheck.report.html import write_page_around
+
+    write_page_around(report, Markup(shown), results, meta, title, digest)
+    console.print(f"report written to {markup(report)} (open it in a browser)")

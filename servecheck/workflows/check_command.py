@@ -25,7 +25,7 @@ def run_check(responses: Path, options: CheckOptions, console: Console,
     """The ``check`` command: the table, the files asked for, and the exit code (3 when a
     check could not decide, unless ``inconclusive_ok``)."""
     from servecheck.report.digest import print_digest
-    from servecheck.report.outputs import write_html, write_result_files
+    from servecheck.report.outputs import write_html, write_html_around, write_result_files
     from servecheck.report.table import print_table
 
     outputs = outputs or Outputs()
@@ -35,17 +35,14 @@ def run_check(responses: Path, options: CheckOptions, console: Console,
         return {"reference": options.reference, "responses": str(responses), "records": records,
                 **options.describe(), "convention": run.convention.to_json()}
 
-    def report(path: Path, run: CheckRun, chunk: int | None) -> None:
-        first, n = run.context.first_index, len(run.context.all_records)
-        piece = "" if chunk is None else \
-            f" (chunk {chunk + 1}: records {first}–{first + n - 1}; the JSON summary covers all, " \
-            f"and holds the rows pooled over every chunk: " \
-            f"{', '.join(pooled_names())})"
-        write_html(console, path, run.context, run.results, run.verdicts, meta_of(n, run),
-                   title + piece, run.digest)
+    def draw(run: CheckRun, chunk: int) -> str:
+        """A chunk's records as the report shows them (the page is laid around them at the end)."""
+        from servecheck.report.html import outputs as drawn
+
+        return str(drawn(run.context, run.results, run.verdicts))  # plain text: it is saved
 
     done: SetRun = check_set(responses, options, console, progress, max_record_bytes,
-                             chunking or Chunking(), outputs.report, report)
+                             chunking or Chunking(), draw if outputs.report else None)
     if done.rank:  # another torchrun rank: it scored its share, rank 0 reports
         return exit_code(done.verdict, inconclusive_ok)
     print_table(done.results, console, title)
@@ -64,6 +61,13 @@ def run_check(responses: Path, options: CheckOptions, console: Console,
         if outputs.report and done.whole is not None:
             write_html(console, outputs.report, done.whole.context, done.results,
                        done.whole.verdicts, meta, title, done.whole.digest)
+        elif outputs.report and done.report_chunk is not None:
+            first, n = done.shown_records
+            write_html_around(console, outputs.report, done.shown, done.results, meta,
+                              f"{title} (outputs shown: chunk {done.report_chunk + 1}, records "
+                              f"{first}–{first + n - 1}, the first failing chunk or else the "
+                              f"first; the checks cover all {done.records} records)",
+                              done.digest)
     write_timings()
     if done.verdict == "inconclusive":
         console.print("inconclusive: a check had too few records to decide (exit 3; "

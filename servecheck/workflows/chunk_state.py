@@ -1,7 +1,7 @@
-"""What a chunked run keeps between runs: each chunk's verdicts, and the report page drawn from
-a chunk, in a directory of this user's alone. A rerun takes a chunk's verdicts (and its page)
-only where its records, options and servecheck's version are the same (the digest), and reads
-them as data: a file planted there runs no code (``saved_state``).
+"""What a chunked run keeps between runs: each chunk's verdicts (and, for the chunk the report
+shows, the part of the page drawn from its records), in a directory of this user's alone. A
+rerun takes a chunk's verdicts only where its records, options and servecheck's version are the
+same (the digest), and reads them as data: a file planted there runs no code (``saved_state``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from servecheck.checks.core.results import CheckResult
 from servecheck.errors import InputError
 from servecheck.workflows.saved_state import StateError, dumps, loads
 
-__all__ = ["Saved", "keep_page", "load", "page", "private_dir", "save"]
+__all__ = ["Saved", "load", "private_dir", "save"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class Saved:
     """The records its findings name (for the digest's worst records)."""
     evidence: dict[str, Any] = field(default_factory=dict)
     """The pooled checks' evidence of its records (``checks.core.registry.Pooling``), by check."""
+    shown: str = ""
+    """Where the report shows this chunk: what ``report.html.outputs`` drew of its records, so
+    a resumed run lays the page around it without reading and scoring the chunk again."""
 
 
 log = logging.getLogger("servecheck")
@@ -112,23 +115,3 @@ def private_dir(directory: Path) -> Path:
                          f"what a resumed run reports; run 'chmod go-w {directory}' or name "
                          f"another with --state", where=str(directory))
     return directory
-
-
-def page(directory: Path, digest: str) -> Path:
-    """Where a chunk's HTML report is kept beside its verdicts: a resumed run whose report
-    shows that chunk copies it, instead of reading and scoring the chunk again to draw it."""
-    return directory / f"report-{digest[:24]}.html"
-
-
-def keep_page(source: Path, to: Path) -> bool:
-    """Copy a report page atomically; False where there is none to copy (or it cannot be)."""
-    tmp = to.with_name(f".{to.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(source.read_bytes())
-        os.replace(tmp, to)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if not isinstance(e, FileNotFoundError):
-            log.warning("cannot keep the report page %s as %s: %s", source, to, e)
-        return False
-    return True

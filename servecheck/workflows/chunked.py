@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,9 @@ from servecheck.workflows import chunk_state
 from servecheck.workflows.check import CheckRun, check, open_engine
 from servecheck.workflows.prefetch import ahead
 from servecheck.workflows.progress import spinner, timed
+
+Draw = Callable[[CheckRun, int], str]
+"""What the report shows of a chunk's records, drawn while they are held (``report.html.outputs``)."""
 
 RECORDS_PER_CHUNK = 20_000
 """Records scored and held at once, at most."""
@@ -85,7 +88,12 @@ class SetRun:
     tokens: dict[str, Any]
     rank: int = 0
     report_chunk: int | None = None
-    """The chunk the HTML report shows (None: the report covers the whole set)."""
+    """The chunk whose records the HTML report shows (None: the report covers the whole set)."""
+    shown: str = ""
+    """What ``draw`` made of that chunk's records: the page is laid around it, with the whole
+    set's verdicts, once every chunk is done."""
+    shown_records: tuple[int, int] = (0, 0)
+    """Where that chunk's records start in the set, and how many there are."""
     resumed: int = 0
     """Chunks taken from an earlier run's saved state."""
     state: Path | None = None
@@ -140,10 +148,10 @@ def _waited(batches: Iterator[list[ResponseRecord]]) -> Iterator[list[ResponseRe
 
 def check_set(path: Path, options: CheckOptions, console: Console, progress: bool = True,
               max_record_bytes: int = MAX_RECORD_BYTES, chunking: Chunking = Chunking(),
-              report: Path | None = None, write_report: Any = None) -> SetRun:
-    """Check a responses file or shard set. In chunks, ``write_report(path, run, chunk)``
-    (when given with ``report``) writes the HTML report of one chunk while it is in memory;
-    in one piece the caller has the run (``SetRun.whole``) to write it from."""
+              draw: Draw | None = None) -> SetRun:
+    """Check a responses file or shard set. In chunks, ``draw(run, chunk)`` (given where a
+    report is asked for) draws what the report shows of one chunk's records while they are
+    held (``SetRun.shown``); in one piece the caller has the run (``SetRun.whole``)."""
     size = chunking.records_per_chunk
     with spinner(console, f"reading {path}…", progress), timed("read and validate"):
         found = index(path, max_record_bytes, keep=size, tally=counted)
@@ -157,12 +165,12 @@ def check_set(path: Path, options: CheckOptions, console: Console, progress: boo
         return SetRun(run.results, run.convention, found.records, 1,
                       run.context.token_sources(), run.rank, whole=run, digest=run.digest)
     return _check_chunks(found, options, console, progress, max_record_bytes, chunking, plan,
-                         report, write_report)
+                         draw)
 
 
 def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, progress: bool,
-                  max_bytes: int, chunking: Chunking, plan: list[int], report: Path | None,
-                  write_report: Any) -> SetRun:
+                  max_bytes: int, chunking: Chunking, plan: list[int], draw: Draw | None
+                  ) -> SetRun:
     k = len(plan)
     starts = [0, *itertools.accumulate(plan)][:-1]
     engine = open_engine(options)
@@ -181,7 +189,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     each = replace(options, alpha=alpha, record_bound=(options.alpha, found.tally()))
     run_key = f"{_options_key(options, chunking)}|{k}"
     if engine.rank:  # another torchrun rank: rank 0 writes the report
-        report = None
+        draw = None
     pools = ", ".join(pooled_names())
     console.print(f"{found.records} records in {k} chunks of up to {max(plan)}: each checked at "
                   f"α/{k} = {alpha:.2g}" + (f", but {pools}: pooled over the chunks, tested "
@@ -191,9 +199,9 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     last: ConventionFit | None = None
     pieces: list[tuple[int, int, list[CheckResult]]] = []
     tokens: dict[str, int] = {}
-    resumed = 0
+    taken: set[int] = set()  # chunks whose verdicts an earlier run saved
     report_chunk: int | None = None
-    digests: list[str] = []
+    shown, shown_records = "", (0, 0)
     facts, flagged = RecordFacts(), set()
     evidence: dict[str, list[Evidence]] = {}
     try:
@@ -209,32 +217,30 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
                 console.print(f"chunk {j + 1}/{k}: records {first}–{first + len(batch) - 1}")
                 run = check(batch, each, console, progress,
                             engine=engine, first_index=first, pooled=True, order=fit)
-                saved = chunk_state.Saved(digest, first, len(batch),
-                                          [slim(r) for r in run.results],
+                results = [slim(r) for r in run.results]
+                drawn = ""
+                # the report shows the first failing chunk, else the first: drawn while held
+                if draw and not _fails(pieces) and (overall(results) == "fail" or not j):
+                    with timed("outputs (JSON, JUnit, HTML)"):
+                        drawn = draw(run, j)
+                saved = chunk_state.Saved(digest, first, len(batch), results,
                                           fit or run.convention, run.context.source_counts(),
                                           RecordFacts.of(batch, len(run.context.left_out)),
-                                          tuple(run.flagged), run.evidence)
+                                          tuple(run.flagged), run.evidence, drawn)
                 plan_compile(run.context.total_tokens() * (k - j - 1))  # what is left to score
                 if directory:
                     with timed("saved verdicts (digest, load, save)"):
                         chunk_state.save(directory, j, saved)
-                failing = overall(saved.results) == "fail"
-                # the report shows the first failing chunk, else the first: write it while held
-                if report and write_report and not _fails(pieces) and (failing or not j):
-                    with timed("outputs (JSON, JUnit, HTML)"):
-                        write_report(report, run, j)
-                        if directory:
-                            chunk_state.keep_page(report, chunk_state.page(directory, digest))
-                    report_chunk = j
                 with timed("free the chunk"):
                     del run
                     engine.ref.forget_encodings()
             else:
-                resumed += 1
+                taken.add(j)
             if fit is None and _decided(saved.convention):
                 fit = saved.convention
             last = saved.convention
-            digests.append(digest)
+            if saved.shown and not _fails(pieces):
+                report_chunk, shown, shown_records = j, saved.shown, (saved.first, saved.records)
             pieces.append((saved.first, saved.records, saved.results))
             facts, flagged = facts + saved.facts, flagged | set(saved.flagged)
             for name, piece in saved.evidence.items():
@@ -248,6 +254,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
         raise
     finally:
         engine.close()
+    resumed = len(taken)
     if resumed:
         console.print(f"resumed: {resumed} of {k} chunks were checked by an earlier run")
     fit = fit or last  # no chunk held a record the orders score differently
@@ -257,17 +264,15 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
                   for r in decide_pooled(merged(evidence), options)]
         results = in_table_order(combine(pieces, alpha) + pooled)
     target = next((n for n, (_, _, r) in enumerate(pieces) if overall(r) == "fail"), 0)
-    if report and write_report and report_chunk != target:  # its chunk came from saved state
-        page = chunk_state.page(directory, digests[target]) if directory else None
-        if page is not None and chunk_state.keep_page(page, report):
-            console.print(f"the HTML report shows chunk {target + 1} as the run that checked it "
-                          f"wrote it ({page})")
-            report_chunk = target
-        else:
-            report_chunk = _report_chunk(found, each, console, target, plan, max_bytes, fit,
-                                         report, write_report)
+    if draw and report_chunk != target:  # saved by a run that asked for no report
+        shown = _redraw(found, each, console, target, plan, max_bytes, fit, draw)
+        report_chunk, shown_records = target, (starts[target], plan[target])
+    elif draw and target in taken:
+        console.print(f"the HTML report shows chunk {target + 1} as the run that checked it "
+                      f"drew it")
     return SetRun(results, fit, found.records, k, {"sources": tokens}, engine.rank,
-                  report_chunk, resumed, directory, digest=digest_of(results, flagged, facts))
+                  report_chunk if draw else None, shown, shown_records, resumed, directory,
+                  digest=digest_of(results, flagged, facts))
 
 
 def _decided(fit: ConventionFit) -> bool:
@@ -295,18 +300,17 @@ def _fails(pieces: list[tuple[int, int, list[CheckResult]]]) -> bool:
     return any(overall(results) == "fail" for _, _, results in pieces)
 
 
-def _report_chunk(found: StreamIndex, each: CheckOptions, console: Console, j: int,
-                  plan: list[int], max_bytes: int, fit: ConventionFit, report: Path,
-                  write_report: Any) -> int:
-    """The chunk the report shows was taken from saved state: check it again for the report
-    (``each``: a chunk's options), since its records are no longer in memory."""
+def _redraw(found: StreamIndex, each: CheckOptions, console: Console, j: int, plan: list[int],
+            max_bytes: int, fit: ConventionFit, draw: Draw) -> str:
+    """The chunk the report shows came from saved state without its drawing (the run that
+    checked it asked for no report): check it again (``each``: a chunk's options), since its
+    records are no longer in memory."""
     with timed("read and validate"):
         batch = next(itertools.islice(_chunks(found, plan, max_bytes), j, None))
     console.print(f"checking chunk {j + 1} again for the HTML report")
     run = check(batch, each, console, False, first_index=sum(plan[:j]), order=fit)
-    write_report(report, run, j)
-    return j
+    return draw(run, j)
 
 
-__all__ = ["RECORDS_PER_CHUNK", "Chunking", "SetRun", "check_set", "in_table_order", "merged",
+__all__ = ["RECORDS_PER_CHUNK", "Chunking", "Draw", "SetRun", "check_set", "in_table_order", "merged",
            "state_dir"]

@@ -152,8 +152,7 @@ def test_template_shows_the_words_escaped() -> None:
     page = render("report.html.j2", title="t", verdict="pass", meta={}, version="0",
                   created="now", checks=check_rows([fit, CheckResult("temperature", "skipped",
                                                                       "x", d)]),
-                  groups=[], diffs=[], records=[], records_total=0, errors=[], check_names=[],
-                  group_names=[], explanation="", implausible=0, digest=None, diff_checks="")
+                  groups=[], outputs="", digest=None)
     assert "<b>0.5</b>" not in page and "T=&lt;b&gt;0.5&lt;/b&gt;" in page
     words = _words(page)
     assert "PASS: none of the 1 test(s) is both significant" in words

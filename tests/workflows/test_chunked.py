@@ -60,7 +60,7 @@ def test_a_fault_is_found_in_chunks_and_its_records_are_named_across_the_set(
     assert {f["record"] for f in template["findings"]} == named  # ids, whatever the chunk
     assert [c["verdict"] for c in template["details"]["chunks"]] == ["fail"] * 4
     page = report.read_text()  # the report shows the first failing chunk, and says so
-    assert "chunk 1: records 0–9" in page and "the JSON summary covers all" in page
+    assert "chunk 1, records 0–9" in page and "the checks cover all 32 records" in page
 
 
 def _cli(*args: str | Path, env: dict) -> subprocess.Popen:
@@ -190,21 +190,46 @@ def test_a_state_directory_others_can_write_is_refused(
     assert list(state.iterdir()) == []
 
 
-def test_a_resumed_run_copies_the_report_its_saved_chunk_was_drawn_with(
+def _outputs_part(page: str) -> str:
+    """What a report page drew of its records (templates/_outputs.html.j2), and no more."""
+    return page[page.index('<h2 id="template">'):page.index("</main>")]
+
+
+def test_a_resumed_run_reuses_what_its_saved_chunk_drew_for_the_report(
         tmp_path: Path, lite_responses: Path, run_cli, capsys: pytest.CaptureFixture[str]
         ) -> None:
-    """The chunk the report shows was drawn by the run that checked it, and the page was kept
-    beside its verdicts: a run resuming every chunk copies it instead of reading and scoring the
-    chunk again only to draw it."""
+    """The records the report shows were drawn by the run that checked their chunk, and kept
+    beside its verdicts: a run resuming every chunk lays the page around them instead of reading
+    and scoring the chunk again only to draw it."""
     state = tmp_path / "state"
     args = ("--reference", "builtin", "--records-per-chunk", "10", "--state", str(state),
             "--no-progress")
     first = run_cli("check", lite_responses, *args, "--report", tmp_path / "a.html")
-    kept = list(state.glob("report-*.html"))
-    assert len(kept) == 1 and kept[0].read_bytes() == (tmp_path / "a.html").read_bytes()
     capsys.readouterr()
     again = run_cli("check", lite_responses, *args, "--report", tmp_path / "b.html")
     said = capsys.readouterr().out
     assert again == first and "resumed: 4 of 4 chunks" in said
-    assert "again for the HTML report" not in said and "as the run that checked it wrote it" in said
-    assert (tmp_path / "b.html").read_bytes() == (tmp_path / "a.html").read_bytes()
+    assert "again for the HTML report" not in said and "as the run that checked it drew it" in said
+    a, b = (tmp_path / "a.html").read_text(), (tmp_path / "b.html").read_text()
+    assert _outputs_part(a) == _outputs_part(b) and "records 0–9" in b
+
+
+def test_a_chunked_report_shows_the_whole_sets_verdicts_pooled_rows_among_them(
+        tmp_path: Path, lite_responses: Path, run_cli) -> None:
+    """The page of a chunked run heads with the set's verdict and lists every row the JSON
+    summary does, the pooled ones (tested once over every chunk) too: a chunk's page alone
+    would show no fit, temperature or seeds row, and could pass where the set fails."""
+    args = ("--reference", "builtin", "--records-per-chunk", "10", "--no-progress",
+            "--state", str(tmp_path / "state"))
+    run_cli("check", lite_responses, *args, "--report", tmp_path / "r.html",
+            "--json", tmp_path / "r.json")
+    summary = json.loads((tmp_path / "r.json").read_text())
+    page = (tmp_path / "r.html").read_text()
+    assert summary["chunks"] == 4
+    for row in summary["checks"]:
+        assert f'id="check-{row["name"]}"' in page, row["name"]
+    for name in ("fit", "temperature", "seeds"):
+        assert "pooled over the 4 chunks" in next(r["summary"] for r in summary["checks"]
+                                                  if r["name"] == name)
+    assert f'<body data-verdict="{summary["verdict"]}">' in page
+    assert "the checks cover all" in page
