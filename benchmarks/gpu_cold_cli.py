@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -93,7 +94,7 @@ class GpuSampler:
 
 
 def cold(code: Path, path: Path, ckpt: Path, out: Path, extra: list[str],
-         caches: Path) -> dict:
+         caches: Path, setting: dict[str, str] | None = None) -> dict:
     """One ``check`` in a new process; ``caches``: where its bytecode and Triton kernels are
     kept (an empty folder: a machine's first run)."""
     # an image that sets PYTHONDONTWRITEBYTECODE (the lent GPU machine's does) compiles every
@@ -102,7 +103,8 @@ def cold(code: Path, path: Path, ckpt: Path, out: Path, extra: list[str],
     base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env = {**base, "PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]),
            "SERVECHECK_STATE": str(out / "state"), "SERVECHECK_TIMINGS": str(out / "t.json"),
-           "PYTHONPYCACHEPREFIX": str(caches / "pyc"), "TRITON_CACHE_DIR": str(caches / "triton")}
+           "PYTHONPYCACHEPREFIX": str(caches / "pyc"), "TRITON_CACHE_DIR": str(caches / "triton"),
+           **(setting or {})}
     (out / "t.json").unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "servecheck.cli", "check", str(path), "--reference", str(ckpt),
            "--dtype", "bfloat16", "--no-progress", "--json", str(out / "s.json"), "--report",
@@ -128,6 +130,8 @@ def cold(code: Path, path: Path, ckpt: Path, out: Path, extra: list[str],
             "startup_and_imports_s": round(wall - sum(phases.values()), 2) if phases else None,
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
             "chunks": doc.get("chunks", 1),
+            # the whole JSON summary: two settings that must agree to the bit compare by it
+            "summary_sha256": hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16],
             "verdicts": [(c["name"], c["verdict"]) for c in doc["checks"]]}
 
 
@@ -139,6 +143,8 @@ def main() -> None:
     ap.add_argument("--code", action="append", default=[], metavar="NAME=DIR")
     ap.add_argument("--dask-gpu", default="", help="sizes also run with --dask local-gpu (last code)")
     ap.add_argument("--first-run", help="records of one run with empty caches first (last code)")
+    ap.add_argument("--ab", metavar="VAR", help="each code run twice, with VAR=0 and VAR=1 "
+                    "(SERVECHECK_OVERLAP: a chunk's checks beside the next chunk's scoring)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/servecheck-cold"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_cold_cli.json")
     a = ap.parse_args()
@@ -160,12 +166,17 @@ def main() -> None:
         cold(code, synthetic(200, a.work), ckpt, a.work, [], warm)
     for n in (int(s) for s in a.sizes.split(",") if s):
         path = synthetic(n, a.work)
-        runs = [(name, code, []) for name, code in codes.items()]
+        runs: list[tuple[str, Path, list[str], dict[str, str]]] = \
+            [(name, code, [], {}) for name, code in codes.items()]
+        if a.ab:
+            runs = [(f"{name}, {a.ab}={v}", code, [], {a.ab: v}) for name, code, _, _ in runs
+                    for v in "01"]
         if str(n) in a.dask_gpu.split(","):
             name, code = list(codes.items())[-1]
-            runs.append((f"{name}, --dask local-gpu", code, ["--dask", "local-gpu"]))
-        for name, code, extra in runs:
-            row = {"code": name, "records": n, **cold(code, path, ckpt, a.work, extra, warm)}
+            runs.append((f"{name}, --dask local-gpu", code, ["--dask", "local-gpu"], {}))
+        for name, code, extra, setting in runs:
+            row = {"code": name, "records": n, **cold(code, path, ckpt, a.work, extra, warm,
+                                                      setting)}
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "verdicts"}), flush=True)
         same = {json.dumps(r.get("verdicts")) for r in rows if r["records"] == n

@@ -9,6 +9,7 @@ apart from ``scoring`` because this state is per process, not per call.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 
 import torch
@@ -23,6 +24,10 @@ COMPILE_FROM_TOKENS = 10_000_000
 tokens/s on one H200 (1B shape), which repays it past ~9M tokens; below, a cold run is faster
 eager (docs/performance.md, "Scale")."""
 _PLANNED: dict[str, int] = {}
+_ONE_AT_A_TIME = threading.Lock()
+"""A chunked run checks one chunk while it scores the next (``workflows.finisher``), so two
+threads may forward at once: each forward (and a first call's compile, which dynamo does not
+make safe across threads) takes its turn; the GPU work each launches still overlaps."""
 
 
 def plan_compile(tokens: int) -> None:
@@ -59,6 +64,11 @@ def forward_hidden(ref: Reference, ids: torch.Tensor) -> torch.Tensor:
 
     cuDNN's attention is left out: it builds a graph on the CPU for every new batch shape (2.7 ms
     a layer, measured), and every batch here has a new shape; flash attention needs none."""
+    with _ONE_AT_A_TIME:
+        return _forward(ref, ids)
+
+
+def _forward(ref: Reference, ids: torch.Tensor) -> torch.Tensor:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     decoder = ref.model.get_decoder()

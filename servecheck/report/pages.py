@@ -6,8 +6,9 @@ instead of printing nothing). Model text is untrusted: it only ever reaches a pa
 autoescaped expressions, never ``|safe``; the only markup marked safe is the SVG built by
 ``svg.py`` and a page's records part (``templates/_outputs.html.j2``), itself rendered here,
 escaped, and laid into the page whole (a chunked run keeps it with a chunk's verdicts, in a
-state directory of the user's own). Each page also carries a Content-Security-Policy that lets run only its own inline
-script (by nonce), so even an escaping mistake could not run injected code.
+state directory of the user's own). Each page also carries a Content-Security-Policy that
+lets run only its own inline script (by nonce), so even an escaping mistake could not run
+injected code.
 """
 
 from __future__ import annotations

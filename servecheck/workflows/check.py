@@ -170,6 +170,37 @@ def open_engine(options: CheckOptions, reference: Reference | None = None) -> En
     return Engine(ref, cluster, rank, cluster)
 
 
+@dataclass
+class Scored:
+    """A run's records rendered, screened and teacher-forced: what its checks read."""
+
+    context: CheckContext
+    screened: dict
+    convention: ConventionFit
+
+
+def score_records(records: list[ResponseRecord], options: CheckOptions, engine: Engine,
+                  console: Console | None = None, progress: bool = False, first_index: int = 0,
+                  order: ConventionFit | None = None) -> Scored:
+    """The first half of ``check``: the context (render, tokenize), the screening, the order
+    search and teacher forcing. Apart so that a chunked run can check one chunk while the GPU
+    scores the next (``workflows.finisher``)."""
+    with timed("context (render, tokenize)"):
+        ctx = CheckContext(records, engine.ref, options, engine.scorer, first_index)
+        screened = screen(ctx)  # before the order search: a broken record tips no verdict
+    fit = teacher_force(ctx, console or Console(quiet=True), progress and console is not None,
+                        order)
+    return Scored(ctx, screened, fit)
+
+
+def run_scored(scored: Scored, rank: int = 0, pooled: bool = False) -> CheckRun:
+    """The second half of ``check``: every check of records ``score_records`` scored."""
+    with timed("checks"):
+        results = run_checks(scored.context, screened=scored.screened, pooled=pooled)
+        evidence = pooled_evidence(scored.context) if pooled else {}
+    return CheckRun(scored.context, results, scored.convention, rank, evidence)
+
+
 def check(responses: Path | list[ResponseRecord], options: CheckOptions | None = None,
           console: Console | None = None, progress: bool = False,
           reference: Reference | None = None,
@@ -192,15 +223,8 @@ def check(responses: Path | list[ResponseRecord], options: CheckOptions | None =
     own = engine is None
     engine = engine or open_engine(options, reference)
     try:
-        with timed("context (render, tokenize)"):
-            ctx = CheckContext(records, engine.ref, options, engine.scorer, first_index)
-            screened = screen(ctx)  # before the order search: a broken record tips no verdict
-        fit = teacher_force(ctx, console or Console(quiet=True), progress and console is not None,
-                            order)
-        with timed("checks"):
-            results = run_checks(ctx, screened=screened, pooled=pooled)
-            evidence = pooled_evidence(ctx) if pooled else {}
-        return CheckRun(ctx, results, fit, engine.rank, evidence)
+        scored = score_records(records, options, engine, console, progress, first_index, order)
+        return run_scored(scored, engine.rank, pooled)
     finally:
         if own:
             engine.close()

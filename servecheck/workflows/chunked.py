@@ -12,7 +12,10 @@ whole set. Every other check runs on each chunk as a run of its own at ``α / k`
 whole set's α/N, N counted on the first pass (``plausibility.counted``). Each
 chunk's verdicts are saved as it finishes, keyed by a digest of its records and the options, so
 a check stopped by Ctrl-C, a lost machine or a crash resumes at the first chunk not yet saved,
-not from zero. A set that fits one chunk is checked exactly as before, in one piece.
+not from zero. A set that fits one chunk is checked exactly as before, in one piece. With
+``SERVECHECK_OVERLAP=1`` a chunk's checks run on a thread while the next chunk is teacher-forced
+(``workflows.finisher``), so at most two chunks' scores are held; the verdicts are the same,
+made and saved in set order.
 
 The saved state is one JSON file a chunk (``chunk-NNNNN.json``, ``saved_state``: plain data
 with a format version) in a directory of servecheck's own, by default under
@@ -28,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,9 +39,9 @@ from typing import Any
 from rich.console import Console
 
 from servecheck.checks import decide_pooled
-from servecheck.checks.core.combine import combine, slim
+from servecheck.checks.core.combine import combine
 from servecheck.checks.core.conventions import ConventionFit
-from servecheck.checks.core.digest import Digest, RecordFacts
+from servecheck.checks.core.digest import Digest
 from servecheck.checks.core.digest import digest as digest_of
 from servecheck.checks.core.options import CheckOptions
 from servecheck.checks.core.registry import Evidence, pooled_names, pooled_specs, specs, table_specs
@@ -51,13 +54,13 @@ from servecheck.formats.records import ResponseRecord
 from servecheck.formats.responses import read_records
 from servecheck.formats.stream import StreamIndex, fingerprint, index, records
 from servecheck.reference.forward import plan_compile
+from servecheck.reference.scoring import score
 from servecheck.workflows import chunk_state
-from servecheck.workflows.check import CheckRun, check, open_engine
+from servecheck.workflows.check import CheckRun, Engine, check, open_engine, score_records
+from servecheck.workflows.finisher import Finisher
+from servecheck.workflows.gathered import Draw, Gathered, finish
 from servecheck.workflows.prefetch import ahead
 from servecheck.workflows.progress import spinner, timed
-
-Draw = Callable[[CheckRun, int], str]
-"""What the report shows of a chunk's records, drawn while they are held (``report.html.outputs``)."""
 
 RECORDS_PER_CHUNK = 20_000
 """Records scored and held at once, at most."""
@@ -197,13 +200,10 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
                   + (f"; verdicts saved in {directory}" if directory else ""))
     fit: ConventionFit | None = None  # the set's order: the first chunk that settles it
     last: ConventionFit | None = None
-    pieces: list[tuple[int, int, list[CheckResult]]] = []
-    tokens: dict[str, int] = {}
+    got = Gathered()
     taken: set[int] = set()  # chunks whose verdicts an earlier run saved
-    report_chunk: int | None = None
-    shown, shown_records = "", (0, 0)
-    facts, flagged = RecordFacts(), set()
-    evidence: dict[str, list[Evidence]] = {}
+    # a chunk's checks run while the next chunk is scored: two chunks held at most
+    finisher = Finisher(overlapped(engine))
     try:
         for j, batch in enumerate(_waited(ahead(_chunks(found, plan, max_bytes)))):
             with timed("saved verdicts (digest, load, save)"):
@@ -215,42 +215,27 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
                 saved = chunk_state.load(directory, j, digest) if directory and chunking.resume else None
             if saved is None:
                 console.print(f"chunk {j + 1}/{k}: records {first}–{first + len(batch) - 1}")
-                run = check(batch, each, console, progress,
-                            engine=engine, first_index=first, pooled=True, order=fit)
-                results = [slim(r) for r in run.results]
-                drawn = ""
-                # the report shows the first failing chunk, else the first: drawn while held
-                if draw and not _fails(pieces) and (overall(results) == "fail" or not j):
-                    with timed("outputs (JSON, JUnit, HTML)"):
-                        drawn = draw(run, j)
-                saved = chunk_state.Saved(digest, first, len(batch), results,
-                                          fit or run.convention, run.context.source_counts(),
-                                          RecordFacts.of(batch, len(run.context.left_out)),
-                                          tuple(run.flagged), run.evidence, drawn)
-                plan_compile(run.context.total_tokens() * (k - j - 1))  # what is left to score
-                if directory:
-                    with timed("saved verdicts (digest, load, save)"):
-                        chunk_state.save(directory, j, saved)
-                with timed("free the chunk"):
-                    del run
-                    engine.ref.forget_encodings()
+                finisher.wait(behind=1)  # the chunk before the last is done: its scores freed
+                if j:
+                    engine.ref.forget_encodings()  # the cache's bound; the next chunk's texts
+                scored = score_records(batch, each, engine, console, progress, first, fit)
+                plan_compile(scored.context.total_tokens() * (k - j - 1))  # what is left to score
+                convention = fit or scored.convention
+                finisher.submit(finish, j, first, batch, digest, scored, convention, got,
+                                engine.rank, directory, draw)
+                del scored
             else:
                 taken.add(j)
-            if fit is None and _decided(saved.convention):
-                fit = saved.convention
-            last = saved.convention
-            if saved.shown and not _fails(pieces):
-                report_chunk, shown, shown_records = j, saved.shown, (saved.first, saved.records)
-            pieces.append((saved.first, saved.records, saved.results))
-            facts, flagged = facts + saved.facts, flagged | set(saved.flagged)
-            for name, piece in saved.evidence.items():
-                evidence.setdefault(name, []).append(piece)
-            for source, n in saved.tokens.items():
-                tokens[source] = tokens.get(source, 0) + n
+                convention = saved.convention
+                finisher.submit(got.add, j, saved)
+            if fit is None and _decided(convention):
+                fit = convention
+            last = convention
+        finisher.wait()
     except KeyboardInterrupt:
         if directory:
-            console.print(f"interrupted after {len(pieces)} of {k} chunks: the same command "
-                          f"resumes from chunk {len(pieces) + 1} ({directory})")
+            console.print(f"interrupted after {len(got.pieces)} of {k} chunks: the same command "
+                          f"resumes from chunk {len(got.pieces) + 1} ({directory})")
         raise
     finally:
         engine.close()
@@ -261,18 +246,26 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     assert fit is not None
     with timed("checks"):
         pooled = [replace(r, summary=f"{r.summary} (pooled over the {k} chunks, tested once)")
-                  for r in decide_pooled(merged(evidence), options)]
-        results = in_table_order(combine(pieces, alpha) + pooled)
-    target = next((n for n, (_, _, r) in enumerate(pieces) if overall(r) == "fail"), 0)
-    if draw and report_chunk != target:  # saved by a run that asked for no report
-        shown = _redraw(found, each, console, target, plan, max_bytes, fit, draw)
-        report_chunk, shown_records = target, (starts[target], plan[target])
+                  for r in decide_pooled(merged(got.evidence), options)]
+        results = in_table_order(combine(got.pieces, alpha) + pooled)
+    target = next((n for n, (_, _, r) in enumerate(got.pieces) if overall(r) == "fail"), 0)
+    if draw and got.report_chunk != target:  # saved by a run that asked for no report
+        got.shown = _redraw(found, each, console, target, plan, max_bytes, fit, draw)
+        got.report_chunk, got.shown_records = target, (starts[target], plan[target])
     elif draw and target in taken:
         console.print(f"the HTML report shows chunk {target + 1} as the run that checked it "
                       f"drew it")
-    return SetRun(results, fit, found.records, k, {"sources": tokens}, engine.rank,
-                  report_chunk if draw else None, shown, shown_records, resumed, directory,
-                  digest=digest_of(results, flagged, facts))
+    return SetRun(results, fit, found.records, k, {"sources": got.tokens}, engine.rank,
+                  got.report_chunk if draw else None, got.shown, got.shown_records, resumed,
+                  directory, digest=digest_of(results, got.flagged, got.facts))
+
+
+def overlapped(engine: Engine) -> bool:
+    """Whether a chunk's checks run while the next is scored: where ``SERVECHECK_OVERLAP=1``
+    asks for it, on a GPU scored in this process (not yet the default: not yet measured to
+    repay on one; under torchrun every scoring call is a collective, made in step)."""
+    return os.environ.get("SERVECHECK_OVERLAP", "") == "1" and engine.scorer is score and \
+        int(os.environ.get("WORLD_SIZE", "1")) <= 1
 
 
 def _decided(fit: ConventionFit) -> bool:
@@ -294,10 +287,6 @@ def in_table_order(results: list[CheckResult]) -> list[CheckResult]:
     """``results`` as the table lists their checks (a result no spec names, last)."""
     place = {n: (s.order, s.name) for s in table_specs() for n in s.names}
     return sorted(results, key=lambda r: place.get(r.name, (10 ** 9, r.name)))
-
-
-def _fails(pieces: list[tuple[int, int, list[CheckResult]]]) -> bool:
-    return any(overall(results) == "fail" for _, _, results in pieces)
 
 
 def _redraw(found: StreamIndex, each: CheckOptions, console: Console, j: int, plan: list[int],
