@@ -237,9 +237,12 @@ def check_logprobs(ctx: CheckContext) -> CheckResult:
     end_note = f"; {end_note}" if end_note else ""
     summary = (f"served log-probs are {convention} (mean |Δ| {means[convention]:.4f}, max "
                f"{pooled.max():.4f}, {pooled.size} tokens)")
-    findings = [Finding(ctx.labels[i], f"mean |Δ log-prob| {float(np.mean(d)):.4f}, max "
+
+    def findings() -> list[Finding]:  # every record's, made only where the row fails
+        return [Finding(ctx.labels[i], f"mean |Δ log-prob| {float(np.mean(d)):.4f}, max "
                                        f"{float(np.max(d)):.4f}", float(np.mean(d)))
                 for i, d in per.items()]
+
     sample = sorted((i for i in per if len(per[i])), key=lambda i: -float(np.mean(per[i])))
     sample = sample[:HYPOTHESES_SAMPLE]
     own = float(np.mean(np.concatenate([per[i] for i in sample]))) if sample else 0.0
@@ -250,11 +253,11 @@ def check_logprobs(ctx: CheckContext) -> CheckResult:
         return CheckResult(NAME, "fail", (
             f"the served log-probs fit a prompt with {alt[0]} (mean |Δ| {alt[1]:.5f}) far better "
             f"than the reference prompt (mean |Δ| {own:.5f}, {len(sample)} records)"),
-            details, findings)
+            details, findings())
     if means[convention] > tol:
         kv = kv_cache_dtype(ctx.records)
         said = f" (the records say the KV cache is {kv})" if kv else ""
         return CheckResult(NAME, "fail", f"{summary} > tolerance {tol}{said}{end_note}",
                            replace(details, kv_cache=kv, past_window=_past_window(ctx, idx)),
-                           findings)
+                           findings())
     return CheckResult(NAME, "pass", f"{summary} ≤ tolerance {tol}{end_note}", details)

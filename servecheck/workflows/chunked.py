@@ -204,6 +204,8 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     taken: set[int] = set()  # chunks whose verdicts an earlier run saved
     # a chunk's checks run while the next chunk is scored: two chunks held at most
     finisher = Finisher(overlapped(engine))
+    beside = str(engine.ref.device) if finisher.enabled and \
+        str(engine.ref.device).startswith("cuda") else None  # the checks' stream of their own
     try:
         for j, batch in enumerate(_waited(ahead(_chunks(found, plan, max_bytes)))):
             with timed("saved verdicts (digest, load, save)"):
@@ -222,7 +224,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
                 plan_compile(scored.context.total_tokens() * (k - j - 1))  # what is left to score
                 convention = fit or scored.convention
                 finisher.submit(finish, j, first, batch, digest, scored, convention, got,
-                                engine.rank, directory, draw)
+                                engine.rank, directory, draw, beside)
                 del scored
             else:
                 taken.add(j)

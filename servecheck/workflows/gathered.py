@@ -9,7 +9,8 @@ the checking thread (``workflows.finisher``) with everything it touches in its a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,9 +60,13 @@ class Gathered:
 
 def finish(j: int, first: int, batch: list[ResponseRecord], digest: str, scored: Scored,
             convention: ConventionFit, got: Gathered, rank: int, directory: Path | None,
-            draw: Draw | None) -> None:
-    """A scored chunk's checks, its verdicts saved, and (the report's chunk) its drawing."""
-    run = run_scored(scored, rank, pooled=True)
+            draw: Draw | None, stream: str | None = None) -> None:
+    """A scored chunk's checks, its verdicts saved, and (the report's chunk) its drawing.
+    ``stream``: the CUDA device whose stream of their own the checks' rescoring runs on, where
+    they run beside the next chunk's scoring (on the default stream, each of their results
+    would wait for every batch of the other)."""
+    with _own_stream(stream):
+        run = run_scored(scored, rank, pooled=True)
     results = [slim(r) for r in run.results]
     drawn = ""
     # the report shows the first failing chunk, else the first: drawn while held
@@ -76,3 +81,14 @@ def finish(j: int, first: int, batch: list[ResponseRecord], digest: str, scored:
         with timed("saved verdicts (digest, load, save)"):
             chunk_state.save(directory, j, saved)
     got.add(j, saved)
+
+
+@contextmanager
+def _own_stream(device: str | None) -> Iterator[None]:
+    if device is None:
+        yield
+        return
+    import torch
+
+    with torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):
+        yield

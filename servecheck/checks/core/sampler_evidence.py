@@ -160,10 +160,11 @@ def sampler_evidence(ctx: CheckContext) -> SamplerEvidence:
     keep = [informative(scores[i]) for i in rows]
     n = np.array([int(m.sum()) for m in keep], dtype=np.int64)
     owner = np.repeat(np.arange(len(rows)), n)
+    kept = np.concatenate(keep) if rows else np.zeros(0, dtype=bool)
 
-    def col(key: str) -> np.ndarray:
-        return np.concatenate([scores[i].stats[key][m] for i, m in zip(rows, keep, strict=True)]) \
-            if rows else np.zeros(0, dtype=np.float32)
+    def col(key: str) -> np.ndarray:  # one mask over the joined columns: not one a record
+        return np.concatenate([scores[i].stats[key] for i in rows])[kept] if rows \
+            else np.zeros(0, dtype=np.float32)
 
     def per_row(values: np.ndarray) -> np.ndarray:  # (float even with no token: numpy's is int)
         return np.bincount(owner, weights=values, minlength=len(rows)).astype(np.float64)
