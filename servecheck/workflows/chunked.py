@@ -235,9 +235,13 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
             last = convention
         finisher.wait()
     except KeyboardInterrupt:
+        finisher.stop()  # the chunk in hand is finished and saved: a rerun resumes after it
         if directory:
             console.print(f"interrupted after {len(got.pieces)} of {k} chunks: the same command "
                           f"resumes from chunk {len(got.pieces) + 1} ({directory})")
+        raise
+    except BaseException:
+        finisher.stop()
         raise
     finally:
         engine.close()

@@ -7,8 +7,8 @@ the chunks before it settled, which teacher forcing (not the checks) finds: so t
 once. Calls run one at a time, in the order submitted (each chunk's verdicts are saved and merged
 in set order, as without it); the caller waits before it holds more than ``behind`` unfinished
 calls, which bounds the chunks held at once. An error in a call is raised in the caller, at its
-next ``submit`` or ``wait``. The thread is a daemon: a run stopped by Ctrl-C exits without
-waiting for the chunk in hand (its verdicts are not saved; a rerun checks it again).
+next ``submit`` or ``wait``. A run stopped by Ctrl-C drops what waits and lets the chunk in hand
+finish and be saved (``stop``): a rerun resumes after it.
 
 Off (``enabled`` false) every call runs at once in the caller, exactly as before: under torchrun
 every scoring call is a collective that all ranks must make in the same order, and on a CPU the
@@ -29,6 +29,7 @@ class Finisher:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.error: BaseException | None = None
+        self.dropped = False
         self.unfinished = 0
         self.changed = threading.Condition()
         if enabled:
@@ -52,6 +53,15 @@ class Finisher:
             self.changed.wait_for(lambda: self.unfinished <= behind or self.error is not None)
         self._raise()
 
+    def stop(self) -> None:
+        """Run nothing more that was submitted, and wait for the call in hand to end (the
+        caller stops: Ctrl-C, an error). Waited for, because a process that exits while the
+        thread is inside torch aborts; its error, if any, is not raised (the caller's is)."""
+        self.dropped = True
+        if self.enabled:
+            with self.changed:
+                self.changed.wait_for(lambda: self.unfinished <= 0)
+
     def _raise(self) -> None:
         if self.error is not None:
             raise self.error
@@ -59,7 +69,7 @@ class Finisher:
     def _work(self) -> None:
         while True:
             fn, args = self.waiting.get()
-            if self.error is None:
+            if self.error is None and not self.dropped:
                 try:
                     fn(*args)
                 except BaseException as e:  # re-raised in the caller's thread

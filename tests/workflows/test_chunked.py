@@ -70,11 +70,12 @@ def _cli(*args: str | Path, env: dict) -> subprocess.Popen:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("overlap", ["0", "1"])  # 1: each chunk's checks beside the next's scoring
 def test_a_run_stopped_by_ctrl_c_resumes_from_its_saved_chunks(lite_responses: Path,
-                                                                tmp_path: Path) -> None:
+                                                                tmp_path: Path, overlap: str) -> None:
     records = read_records(lite_responses)
     state = tmp_path / "state"
-    env = {**os.environ, "SERVECHECK_STATE": str(tmp_path / "unused")}
+    env = {**os.environ, "SERVECHECK_STATE": str(tmp_path / "unused"), "SERVECHECK_OVERLAP": overlap}
     args = ("--reference", "builtin", "--records-per-chunk", "1", "--no-progress")
     first = _cli(lite_responses, *args, "--state", state, "--json", tmp_path / "a.json", env=env)
     deadline = time.monotonic() + 120

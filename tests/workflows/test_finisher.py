@@ -46,6 +46,17 @@ def test_an_error_in_a_call_reaches_the_caller_and_stops_the_calls_after_it() ->
         finisher.submit(lambda: done.append("d"))
 
 
+def test_a_stopped_finisher_ends_the_call_in_hand_and_runs_nothing_more() -> None:
+    done: list[int] = []
+    started = threading.Event()
+    finisher = Finisher(True)
+    finisher.submit(lambda: (started.set(), time.sleep(0.2), done.append(1)))
+    finisher.submit(lambda: done.append(2))
+    started.wait(5)
+    finisher.stop()  # Ctrl-C while the first call runs: it ends, the second never starts
+    assert done == [1] and finisher.unfinished == 0
+
+
 def test_off_it_calls_at_once_in_the_callers_thread() -> None:
     seen: list[str] = []
     Finisher(False).submit(lambda: seen.append(threading.current_thread().name))
