@@ -171,7 +171,9 @@ def main() -> None:
                     help="score in batches, as a check does by default (p-values then agree to "
                          "float32 rounding, not exactly)")
     args = ap.parse_args()
-    rows = []
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    scoring = "batched" if args.batched else "each sequence alone (SERVECHECK_TOKEN_BUDGET=1)"
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in map(int, args.sizes.split(",")):
             for which in args.sets.split(","):
@@ -179,10 +181,13 @@ def main() -> None:
                 rows.append(compare(n, args.chunks, Path(tmp), which == "ignored",
                                     args.batched, source))
                 print(json.dumps(rows[-1]), flush=True)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    scoring = "batched" if args.batched else "each sequence alone (SERVECHECK_TOKEN_BUDGET=1)"
-    args.out.write_text(json.dumps({"machine": machine, "scoring": scoring, "rows": rows},
-                                   indent=1) + "\n")
+                write(args.out, rows, machine, scoring)  # each row kept as soon as it is made
+
+
+def write(out: Path, rows: list[dict], machine: str, scoring: str) -> None:
+    """The rows as JSON, and as the Markdown table docs/performance.md quotes."""
+    out.write_text(json.dumps({"machine": machine, "scoring": scoring, "rows": rows},
+                              indent=1) + "\n")
     lines = ["| records | set | chunks | whole (s) | chunked (s) | pooled rows: verdict, same, "
              "max abs Δp over p-values |", "|---|---|---|---|---|---|"]
     for r in rows:
@@ -191,8 +196,8 @@ def main() -> None:
                           for k, v in r["pooled"].items())
         lines.append(f"| {r['records']:,} | {r['set']} | {r['chunks']} | {r['wall_whole_s']} | "
                      f"{r['wall_chunked_s']} | {cells} |")
-    args.out.with_suffix(".md").write_text(f"Machine: {machine}; scoring: {scoring}\n\n" +
-                                           "\n".join(lines) + "\n")
+    out.with_suffix(".md").write_text(f"Machine: {machine}; scoring: {scoring}\n\n" +
+                                      "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
