@@ -138,7 +138,16 @@ def _chunks(found: StreamIndex, plan: list[int], max_bytes: int
         yield batch
 
 
-def _waited(batches: Iterator[list[ResponseRecord]]) -> Iterator[list[ResponseRecord]]:
+def _fingerprinted(batches: Iterator[list[ResponseRecord]]
+                   ) -> Iterator[tuple[list[ResponseRecord], str]]:
+    """Each chunk with the digest of its records (``stream.fingerprint``), made as it is read:
+    on the reading thread, not between the GPU's chunks."""
+    for batch in batches:
+        yield batch, fingerprint(batch)
+
+
+def _waited(batches: Iterator[tuple[list[ResponseRecord], str]]
+            ) -> Iterator[tuple[list[ResponseRecord], str]]:
     """``batches``, the time the run waits for each counted as reading (read ahead, that is
     only what the thread had not finished while the chunk before was checked)."""
     while True:
@@ -207,12 +216,13 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     beside = str(engine.ref.device) if finisher.enabled and \
         str(engine.ref.device).startswith("cuda") else None  # the checks' stream of their own
     try:
-        for j, batch in enumerate(_waited(ahead(_chunks(found, plan, max_bytes)))):
+        for j, (batch, read) in enumerate(_waited(ahead(_fingerprinted(
+                _chunks(found, plan, max_bytes))))):
             with timed("saved verdicts (digest, load, save)"):
                 # the records, the options, α/k, and (past the first) the orders found there
                 first = starts[j]
                 order = f"{fit.chosen!r}, undecided {fit.undecided!r}" if fit else ""
-                digest = hashlib.sha256(f"{fingerprint(batch)}|{run_key}|{order}"
+                digest = hashlib.sha256(f"{read}|{run_key}|{order}"
                                         .encode()).hexdigest()
                 saved = chunk_state.load(directory, j, digest) if directory and chunking.resume else None
             if saved is None:
