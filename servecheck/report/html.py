@@ -263,9 +263,3 @@ def write_page_around(path: Path, shown: Markup, results: list[CheckResult],
                       meta: dict[str, Any], title: str, digest: Digest | None = None) -> None:
     """The page of a run's ``results`` around the records part ``outputs`` drew."""
     write_page(path, render("report.html.j2", **build(results, meta, title, shown, digest)))
-
-
-def write_report(path: Path, ctx: CheckContext, results: list[CheckResult],
-                 verdicts: dict[int, CheckResult], meta: dict[str, Any], title: str,
-                 digest: Digest | None = None, limit: int = MAX_RECORDS) -> None:
-    write_page_around(path, outputs(ctx, results, verdicts, limit), results, meta, title, digest)

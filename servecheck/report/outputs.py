@@ -49,20 +49,21 @@ def write_html(console: Console, report: Path, ctx: CheckContext, results: list[
                digest: Digest | None = None) -> None:
     """The HTML report; ``verdicts``: each record's own verdict (``CheckRun.verdicts``);
     ``digest``: what heads it (``CheckRun.digest``)."""
-    from servecheck.report.html import write_report
+    from servecheck.report.html import outputs
 
     with console.status("writing the HTML report…"):
-        write_report(report, ctx, results, verdicts, meta, title, digest)
-    console.print(f"report written to {markup(report)} (open it in a browser)")
+        shown = outputs(ctx, results, verdicts)
+    write_html_around(console, report, shown, results, meta, title, digest)
 
 
 def write_html_around(console: Console, report: Path, shown: str, results: list[CheckResult],
                       meta: dict[str, Any], title: str, digest: Digest | None = None) -> None:
-    """The HTML report of a chunked run: the whole set's ``results`` around what was drawn of
-    one chunk's records (``report.html.outputs``, kept while the chunks ran)."""
+    """The page of ``results`` around what ``report.html.outputs`` drew of the records (a
+    chunked run's: one chunk's, kept while the chunks ran, around the whole set's results)."""
     from markupsafe import Markup
 
     from servecheck.report.html import write_page_around
 
-    write_page_around(report, Markup(shown), results, meta, title, digest)
+    with console.status("writing the HTML report…"):
+        write_page_around(report, Markup(shown), results, meta, title, digest)
     console.print(f"report written to {markup(report)} (open it in a browser)")
