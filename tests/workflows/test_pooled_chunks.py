@@ -243,3 +243,37 @@ def test_a_first_chunk_that_cannot_tell_the_orders_apart_leaves_the_search_to_th
     assert [(c["name"], c["verdict"]) for c in chunked["checks"]] == \
         [(c["name"], c["verdict"]) for c in whole["checks"]]
     assert _row(chunked, "support")["verdict"] == "pass"
+
+
+@pytest.mark.slow  # a torchrun of two processes and a Dask cluster of two, each loading the model
+@pytest.mark.parametrize("server", ["honest", "ignored"])
+def test_the_pooled_path_over_torchrun_ranks_and_dask_workers_equals_one_process(
+        seed_major: dict[str, Path], tmp_path: Path, check_json, server: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 5's verdicts: two torchrun ranks (gloo, on this CPU) and a local Dask cluster of two
+    workers score the same 4 chunks as one process, and the pooled summaries are equal in every
+    field, p-values included (each sequence scored alone, so every way scores alike)."""
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("SERVECHECK_TOKEN_BUDGET", "1")
+    path = seed_major[server]
+    chunks = ("--records-per-chunk", "8", "--no-progress")
+    for part in ("one", "dask"):
+        (tmp_path / part).mkdir()
+    code, one = check_json(path, tmp_path / "one", "builtin", *chunks, "--state", tmp_path / "s1")
+    dask_code, dask = check_json(path, tmp_path / "dask", "builtin", *chunks,
+                                 "--state", tmp_path / "s2", "--dask", "local:2")
+    two = tmp_path / "two.json"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node=2", "-m", "servecheck.cli", "check", str(path),
+                          "--reference", "builtin", "--json", str(two), *chunks],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == code == dask_code, run.stderr[-2000:]
+    assert run.stdout.count("summary written to") == 1  # rank 0 alone reports
+    assert one["chunks"] == 4 and one["pooled_checks"][-1] == "seeds"
+    assert _seeds(one)["verdict"] == ("pass" if server == "honest" else "fail")
+    assert json.loads(two.read_text()) == one
+    assert dask == one
