@@ -226,8 +226,9 @@ def parser() -> argparse.ArgumentParser:
                    help="exit 0, not 3, when a check had too few records to decide")
     c.add_argument("--records-per-chunk", type=COUNT, default=20_000,
                    help="a larger set is checked in chunks of this many records (memory stays "
-                        "bounded): fit, temperature, sampler, mask, context, cache and seeds "
-                        "pool their evidence over the chunks and test once at α, the other "
+                        "bounded): fit, temperature, sampler, mask, context, cache, log-probs "
+                        "and seeds pool their evidence over the chunks and are decided once "
+                        "(the tests at α), the other "
                         "checks run on each chunk at α/chunks; saved chunk by chunk so that a "
                         "rerun resumes")
     c.add_argument("--tokens-per-chunk", type=COUNT, default=2_000_000,

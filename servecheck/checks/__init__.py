@@ -78,7 +78,8 @@ def decide_pooled(evidence: dict[str, Evidence], options: CheckOptions) -> list[
 def decide_one(name: str, evidence: dict[str, Evidence], options: CheckOptions
                ) -> list[CheckResult]:
     """Check ``name``'s results on ``evidence`` (every pooled check's, which it may read)."""
-    pooling = find(name).pooling
+    spec = find(name)
+    pooling = spec.pooling
     assert pooling is not None
-    return [replace(r, statistical=True) for r in
+    return [replace(r, statistical=spec.kind == "statistical") for r in
             pooling.decide(evidence[name], options, *(evidence[n] for n in pooling.reads))]

@@ -26,18 +26,17 @@ from typing import Any
 import numpy as np
 
 from servecheck.checks.core.context import CheckContext
-from servecheck.checks.core.deployment import ZERO_LOGPROBS, kv_cache_dtype, speculation
-from servecheck.checks.core.registry import check
+from servecheck.checks.core.deployment import ZERO_LOGPROBS
+from servecheck.checks.core.end_counting import EndCounting
+from servecheck.checks.core.logprob_evidence import SURE, LogprobEvidence, logprob_evidence, worst
+from servecheck.checks.core.options import CheckOptions
+from servecheck.checks.core.registry import Pooling, check
 from servecheck.checks.core.results import CheckResult, Details, Finding, Verdict
-from servecheck.checks.core.served_logprobs import ServedDiffs, as_served, served_diffs
-from servecheck.checks.core.token_evidence import sliding_window
-from servecheck.reference.token_scores import ScoreItem
+from servecheck.checks.core.served_logprobs import CONVENTIONS
+from servecheck.checks.core.token_pool import CONTEXT, TokenPool, token_pool
 
 NAME = "logprobs"
 
-HYPOTHESES_SAMPLE = 16
-"""Records rescored per hypothesis (the worst fitting): enough to be sure, cheap next to the
-main scoring."""
 EXPLAINS_BETTER = 4.0
 """A prompt mistake is named when it fits the served log-probs this many times better than the
 reference prompt. Numerical noise fits both alike (its ratio stays near 1), so this does not
@@ -45,11 +44,6 @@ fire on an honest server, whatever its numerics; a real mistake of a BOS-sensiti
 orders of magnitude better."""
 MIN_GAIN = 1e-4
 """…and by at least this much in mean |Δ| (below it, both fits are float32 rounding)."""
-SURE = 0.1
-"""A served log-prob of exactly 0.0 says the token was certain; the reference finding the token
-less likely than e^-0.1 (about 0.9), and further from it than the numerics' tolerance, makes
-that a log-prob nobody computed. An honest server's float32 log-softmax rounds to 0.0 only for
-a token whose probability is within about 1e-7 of 1."""
 
 
 @dataclass(frozen=True)
@@ -139,125 +133,90 @@ class LogprobsDetails(Details):
                 "other weights, or other numerics than --numerics says (a KV cache of lower "
                 "precision, TF32 matmuls)")
 
-def _past_window(ctx: CheckContext, idx: list[int]) -> int | None:
-    """The sliding window, where every record's prompt is at least that long."""
-    window = sliding_window(ctx)
-    if window and idx and min(len(ctx.prompt_ids(i)[0]) for i in idx) >= window:
-        return window
+
+def _past_window(pool: TokenPool) -> int | None:
+    """The sliding window, where every served record's prompt is at least that long."""
+    prompts = pool.prompt[pool.served]
+    if pool.window and len(prompts) and int(prompts.min()) >= pool.window:
+        return pool.window
     return None
 
 
-def _hypotheses(ctx: CheckContext, prompt: list[int]) -> dict[str, list[int]]:
-    bos = ctx.ref.tokenizer.bos_token_id
-    if bos is None:
-        return {}
-    out = {"an extra BOS (double BOS: the server tokenized the templated prompt with special "
-           "tokens added)": [bos, *prompt]}
-    if prompt[:1] == [bos]:
-        out["no BOS (the server dropped the template's BOS)"] = prompt[1:]
-    return out
-
-
-def best_alternative(ctx: CheckContext, sample: list[int], convention: str
-                     ) -> tuple[str, float] | None:
-    """The known prompt mistake whose rescoring fits the served log-probs best: (name, mean |Δ|)."""
-    best: tuple[str, float] | None = None
-    names = _hypotheses(ctx, ctx.prompt_ids(sample[0])[0]) if sample else {}
-    for name in names:
-        items, served = [], []
-        for i in sample:
-            alt = _hypotheses(ctx, ctx.prompt_ids(i)[0]).get(name)
-            if alt is None:
-                break
-            items.append(ScoreItem(alt, ctx.output_ids(i)[0],
-                                   as_served(ctx.sampling[i], convention)))
-            served.append(np.asarray(ctx.records[i].output_logprobs, dtype=np.float64))
-        else:
-            diffs = [np.abs(lp[: len(s)] - s.stats.get("logq", s.logprob)[: len(lp)])
-                     for lp, s in zip(served, ctx.score_items(items), strict=True)]
-            mean = float(np.mean(np.concatenate(diffs)))
-            if best is None or mean < best[1]:
-                best = (name, mean)
-    return best
-
-
-@check(NAME, order=80,
-       catches=("served log-probs that disagree with the reference: other weights or numerics, or log-"
-                "probs of another prompt (a double BOS)"),
-       needs="served log-probs (request logprobs)")
-def run(ctx: CheckContext) -> list[CheckResult]:
-    return [check_logprobs(ctx)]
-
-
-def all_zero(ctx: CheckContext, diffs: ServedDiffs) -> list[int]:
-    """Records whose served log-probs are all exactly 0.0 while the reference gives at least
-    one of their tokens a raw log-prob below -max(SURE, tolerance)."""
-    bound = -max(SURE, ctx.tolerances.logprob)
-    out = []
-    for i in diffs.per_record:
-        served = np.asarray(ctx.records[i].output_logprobs, dtype=np.float64)
-        reference = ctx.scores([i])[i].logprob[: len(served)]
-        if not np.any(served) and np.any(reference < bound):
-            out.append(i)
-    return out
-
-
-def check_logprobs(ctx: CheckContext) -> CheckResult:
-    diffs = served_diffs(ctx)
-    if diffs is None:
-        return CheckResult(NAME, "skipped", "no record carries served log-probs")
-    idx = list(diffs.per_record)
-    means, convention, per = diffs.means, diffs.convention, diffs.per_record
-    zeros = all_zero(ctx, diffs)
+def decide(found: LogprobEvidence, options: CheckOptions, pool: TokenPool) -> list[CheckResult]:
+    """The row over a whole set: its served-log-prob columns are the context check's
+    (``pool``), its per-record facts and prompt-mistake rescoring ``found``."""
+    if pool.columns is None:
+        return [CheckResult(NAME, "skipped", "no record carries served log-probs")]
+    chosen = pool.columns.chosen
+    labels = [label for label, served in zip(pool.labels, pool.served, strict=True) if served]
+    count = pool.columns.count
+    per, convention, means = chosen.per_record, chosen.convention, chosen.means
+    zeros = np.flatnonzero(found.all_zero).tolist()
     if zeros:
-        method = speculation(ctx.records)
-        return CheckResult(NAME, "fail", f"{len(zeros)}/{len(idx)} records: {ZERO_LOGPROBS}",
-                           LogprobsDetails(len(idx), convention, zeros=len(zeros),
-                                           speculative=method),
-                           [Finding(ctx.labels[i], f"all {len(ctx.records[i].output_logprobs or [])} "
-                                    f"served log-probs are 0.0; the reference's smallest is "
-                                    f"{float(ctx.scores([i])[i].logprob.min()):.3f}", 5.0)
-                            for i in zeros])
-    lost = [Finding(ctx.labels[i], f"served log-probs stop lining up with the scored tokens "
-                                   f"({ctx.output_ids(i)[1]}): {why}", 5.0)
-            for i, why in diffs.misaligned.items()]
+        method = found.speculation()
+        return [CheckResult(NAME, "fail", f"{len(zeros)}/{len(labels)} records: {ZERO_LOGPROBS}",
+                            LogprobsDetails(len(labels), convention, zeros=len(zeros),
+                                            speculative=method),
+                            [Finding(labels[r], f"all {count[r]} served log-probs are 0.0; the "
+                                                f"reference's smallest is {found.lowest[r]:.3f}", 5.0)
+                             for r in zeros])]
+    lost = [Finding(labels[r], f"served log-probs stop lining up with the scored tokens "
+                               f"({found.sources[r]}): {why}", 5.0)
+            for r, why in chosen.misaligned.items()]
     if lost:
-        latent = any(ctx.is_text_only(ctx.labels.index(f.record)) for f in lost)
-        return CheckResult(NAME, "fail", (
-            f"{len(lost)}/{len(idx)} records' served log-probs stop lining up with the scored "
+        latent = any(found.text_only[r] for r in chosen.misaligned)
+        return [CheckResult(NAME, "fail", (
+            f"{len(lost)}/{len(labels)} records' served log-probs stop lining up with the scored "
             f"tokens: a token the text lost, or log-probs of another sequence" +
             (" (or, the text's tokens being unknown, a split of it that the tokenization "
              "search did not find: collect token ids to tell)" if latent else "")),
-            LogprobsDetails(len(idx), convention, misaligned=len(lost)), lost)
+            LogprobsDetails(len(labels), convention, misaligned=len(lost)), lost)]
     pooled = np.concatenate(list(per.values()))
-    tol = ctx.tolerances.logprob
-    details = LogprobsDetails(len(idx), convention, tokens=int(pooled.size), mean_abs_diff=means,
-                              max_abs_diff=float(pooled.max()), tolerance=tol)
-    end_note = ctx.end_counting.describe("logprobs")
+    tol = options.tolerances.logprob
+    details = LogprobsDetails(len(labels), convention, tokens=int(pooled.size),
+                              mean_abs_diff=means, max_abs_diff=float(pooled.max()), tolerance=tol)
+    votes = pool.columns.votes
+    end_note = EndCounting(logprob_for_end=not votes[1] > votes[0], votes={"logprobs": {
+        "exact": int(votes[0]), "short": int(votes[1])}}).describe("logprobs")
     end_note = f"; {end_note}" if end_note else ""
     summary = (f"served log-probs are {convention} (mean |Δ| {means[convention]:.4f}, max "
                f"{pooled.max():.4f}, {pooled.size} tokens)")
 
     def findings() -> list[Finding]:  # every record's, made only where the row fails
-        return [Finding(ctx.labels[i], f"mean |Δ log-prob| {float(np.mean(d)):.4f}, max "
-                                       f"{float(np.max(d)):.4f}", float(np.mean(d)))
-                for i, d in per.items()]
+        return [Finding(labels[r], f"mean |Δ log-prob| {float(np.mean(d)):.4f}, max "
+                                   f"{float(np.max(d)):.4f}", float(np.mean(d)))
+                for r, d in per.items()]
 
-    sample = sorted((i for i in per if len(per[i])), key=lambda i: -float(np.mean(per[i])))
-    sample = sample[:HYPOTHESES_SAMPLE]
-    own = float(np.mean(np.concatenate([per[i] for i in sample]))) if sample else 0.0
-    alt = best_alternative(ctx, sample, convention)
+    sample = worst(pool.columns.diffs[CONVENTIONS.index(convention)],
+                   np.minimum(count, pool.columns.scored))
+    own = float(np.mean(np.concatenate([per[r] for r in sample]))) if sample else 0.0
+    fits = found.rescored(sample, convention)
+    alt = min(fits.items(), key=lambda kv: kv[1]) if fits else None  # ties: the first named
     if alt and alt[1] * EXPLAINS_BETTER < own and own - alt[1] > MIN_GAIN:
         details = replace(details, prompt_diagnosis=alt[0],
                           prompt_fit={"reference prompt": own, alt[0]: alt[1]})
-        return CheckResult(NAME, "fail", (
+        return [CheckResult(NAME, "fail", (
             f"the served log-probs fit a prompt with {alt[0]} (mean |Δ| {alt[1]:.5f}) far better "
             f"than the reference prompt (mean |Δ| {own:.5f}, {len(sample)} records)"),
-            details, findings())
+            details, findings())]
     if means[convention] > tol:
-        kv = kv_cache_dtype(ctx.records)
+        kv = pool.kv_cache()
         said = f" (the records say the KV cache is {kv})" if kv else ""
-        return CheckResult(NAME, "fail", f"{summary} > tolerance {tol}{said}{end_note}",
-                           replace(details, kv_cache=kv, past_window=_past_window(ctx, idx)),
-                           findings())
-    return CheckResult(NAME, "pass", f"{summary} ≤ tolerance {tol}{end_note}", details)
+        return [CheckResult(NAME, "fail", f"{summary} > tolerance {tol}{said}{end_note}",
+                            replace(details, kv_cache=kv, past_window=_past_window(pool)),
+                            findings())]
+    return [CheckResult(NAME, "pass", f"{summary} ≤ tolerance {tol}{end_note}", details)]
+
+
+@check(NAME, order=80,
+       catches=("served log-probs that disagree with the reference: other weights or numerics, or log-"
+                "probs of another prompt (a double BOS)"),
+       needs="served log-probs (request logprobs)",
+       pooling=Pooling(logprob_evidence, decide, reads=(CONTEXT,)))
+def run(ctx: CheckContext) -> list[CheckResult]:
+    return decide(logprob_evidence(ctx), ctx.options, token_pool(ctx))
+
+
+def check_logprobs(ctx: CheckContext) -> CheckResult:
+    """The row on one run's records."""
+    return run(ctx)[0]

@@ -4,11 +4,12 @@ A day of gateway logs does not fit one process's memory once scored (each output
 some hundred statistics). So the set is streamed (``formats.stream``): a first pass validates
 every record, then chunks of at most ``records_per_chunk`` records and ``tokens_per_chunk``
 tokens are checked one after another, and freed. A check that pools its evidence
-(``checks.core.registry.Pooling``: fit, temperature, sampler, mask, context, cache, seeds) keeps
-what its test needs of each chunk, merges it over the chunks and is tested once, at its full
-share of α: a request whose seeds lie in different chunks is tested whole, with the power of the
-whole set. Every other check runs on each chunk as a run of its own at ``α / k``
-(``checks.core.combine`` merges the verdicts); the per-record verdict bounds each record at the
+(``checks.core.registry.Pooling``: fit, temperature, sampler, mask, context, cache, log-probs,
+seeds) keeps what its verdict needs of each chunk, merges it over the chunks and is decided
+once, a test at its full share of α: a request whose seeds lie in different chunks is tested
+whole, with the power of the whole set, and the log-probs row judges the set's mean |Δ|. Every
+other check runs on each chunk as a run of its own at ``α / k`` (``checks.core.combine`` merges
+the verdicts); the per-record verdict bounds each record at the
 whole set's α/N, N counted on the first pass (``plausibility.counted``). Each
 chunk's verdicts are saved as it finishes, keyed by a digest of its records and the options, so
 a check stopped by Ctrl-C, a lost machine or a crash resumes at the first chunk not yet saved,
@@ -39,6 +40,7 @@ from typing import Any
 from rich.console import Console
 
 from servecheck.checks import decide_pooled
+from servecheck.checks.core.attribution import attribute
 from servecheck.checks.core.combine import combine
 from servecheck.checks.core.conventions import ConventionFit
 from servecheck.checks.core.digest import Digest
@@ -204,8 +206,8 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
         draw = None
     pools = ", ".join(pooled_names())
     console.print(f"{found.records} records in {k} chunks of up to {max(plan)}: each checked at "
-                  f"α/{k} = {alpha:.2g}" + (f", but {pools}: pooled over the chunks, tested "
-                                            f"once at α" if pools else "")
+                  f"α/{k} = {alpha:.2g}" + (f", but {pools}: pooled over the chunks, decided "
+                                            f"once (the tests at α)" if pools else "")
                   + (f"; verdicts saved in {directory}" if directory else ""))
     fit: ConventionFit | None = None  # the set's order: the first chunk that settles it
     last: ConventionFit | None = None
@@ -263,7 +265,9 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     with timed("checks"):
         pooled = [replace(r, summary=f"{r.summary} (pooled over the {k} chunks, tested once)")
                   for r in decide_pooled(merged(got.evidence), options)]
-        results = in_table_order(combine(got.pieces, alpha) + pooled)
+        # a pooled row that names a cause (context, cache, mask, sampler) points the rows it
+        # explains to it, as in one process; no chunk could, holding none of those rows
+        results = attribute(in_table_order(combine(got.pieces, alpha) + pooled))
     target = next((n for n, (_, _, r) in enumerate(got.pieces) if overall(r) == "fail"), 0)
     if draw and got.report_chunk != target:  # saved by a run that asked for no report
         got.shown = _redraw(found, each, console, target, plan, max_bytes, fit, draw)

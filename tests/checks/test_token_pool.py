@@ -60,8 +60,8 @@ def test_chunks_pool_context_and_cache_into_the_rows_of_one_process(
     _, chunked = check_json(path, tmp_path, "builtin", "--numerics", "fp32",
                             "--records-per-chunk", "8", "--state", tmp_path / "state")
     assert chunked["chunks"] == 4
-    assert {"context", "cache"} <= set(chunked["pooled_checks"])
-    for name in ("context", "cache"):
+    assert {"context", "cache", "logprobs"} <= set(chunked["pooled_checks"])
+    for name in ("context", "cache", "logprobs", "fit", "temperature"):
         row = _row(chunked, name)
         said = row["summary"].removesuffix(" (pooled over the 4 chunks, tested once)")
         _same({**row, "summary": said}, _row(whole, name), name)
@@ -70,7 +70,7 @@ def test_chunks_pool_context_and_cache_into_the_rows_of_one_process(
     _, resumed = check_json(path, tmp_path, "builtin", "--numerics", "fp32",
                             "--records-per-chunk", "8", "--state", tmp_path / "state")
     assert resumed["resumed_chunks"] == 3
-    for name in ("context", "cache"):
+    for name in ("context", "cache", "logprobs"):
         _same(_row(resumed, name), _row(chunked, name), name)
     row = _row(chunked, failing)
     assert row["verdict"] == "fail", row["summary"]

@@ -129,7 +129,7 @@ def test_chunks_pool_fit_and_seeds_into_the_verdicts_of_one_process(
         family = _row(whole, "sampler")["details"]["family_size"]
         assert family >= 10  # truncations, temperature and penalties all tested
     assert chunked["pooled_checks"] == ["fit", "temperature", "sampler", "mask", "context", "cache",
-                                        "seeds"]
+                                        "logprobs", "seeds"]
     # the fit counts a text the ignored seed served to several seeds once, as one process does
     design = _row(chunked, "fit")["details"]["seed_design"]
     assert design["one_stream"] is (server == "ignored")
@@ -273,7 +273,70 @@ def test_the_pooled_path_over_torchrun_ranks_and_dask_workers_equals_one_process
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == code == dask_code, run.stderr[-2000:]
     assert run.stdout.count("summary written to") == 1  # rank 0 alone reports
-    assert one["chunks"] == 4 and one["pooled_checks"][-1] == "seeds"
+    assert one["chunks"] == 4 and "logprobs" in one["pooled_checks"]
     assert _seeds(one)["verdict"] == ("pass" if server == "honest" else "fail")
     assert json.loads(two.read_text()) == one
     assert dask == one
+
+
+def _logprobs_row(chunked: dict, whole: dict) -> dict:
+    a, b = _row(chunked, "logprobs"), _row(whole, "logprobs")
+    assert a["verdict"] == b["verdict"]
+    x, y = a["details"], b["details"]
+    assert {k: v for k, v in x.items() if not isinstance(v, (dict, float))} == \
+        {k: v for k, v in y.items() if not isinstance(v, (dict, float))}
+    assert x["max_abs_diff"] == pytest.approx(y["max_abs_diff"], rel=0, abs=1e-9)
+    for key in ("mean_abs_diff", "prompt_fit"):
+        assert set(x.get(key, {})) == set(y.get(key, {}))
+        for name, value in x.get(key, {}).items():
+            assert value == pytest.approx(y[key][name], rel=0, abs=1e-9)
+    return a
+
+
+@pytest.mark.slow  # four checks of 32 records
+def test_the_logprobs_row_is_judged_on_the_whole_sets_mean_not_a_chunks(
+        seed_major: dict[str, Path], tmp_path: Path, check_json,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first chunk's served log-probs are all 0.35 low, the rest honest: the set's mean |Δ|
+    (0.089) is within the tolerance 0.1 and the first chunk's (0.35) is not. One process passes
+    the row; a run that judged the row chunk by chunk failed it (it did before the row
+    pooled), a false alarm of the chunking alone."""
+    monkeypatch.setenv("SERVECHECK_TOKEN_BUDGET", "1")
+    lines = [json.loads(line) for line in seed_major["honest"].read_text().splitlines()]
+    for r in lines[:8]:
+        r["output_logprobs"] = [x - 0.35 for x in r["output_logprobs"]]
+    path = tmp_path / "shifted.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    _, whole = check_json(path, tmp_path)
+    _, chunked = check_json(path, tmp_path, "builtin", "--records-per-chunk", "8",
+                            "--state", tmp_path / "state")
+    assert chunked["chunks"] == 4
+    row = _logprobs_row(chunked, whole)
+    assert row["verdict"] == "pass", row["summary"]
+    assert 0.08 < row["details"]["mean_abs_diff"]["raw"] < 0.1 < row["details"]["max_abs_diff"]
+
+
+@pytest.mark.slow  # a generation of 32 requests, two checks
+def test_a_double_bos_is_diagnosed_from_the_whole_sets_worst_records(
+        tmp_path: Path, run_cli, check_json, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records of a double-BOS server with no prompt ids (as TensorRT-LLM serves them): only the
+    served log-probs show the extra BOS. Checked in 4 chunks, each chunk rescores its own worst
+    records under each convention and the set's 16 worst are picked at the end: the diagnosis
+    and its two fits are one process's."""
+    monkeypatch.setenv("SERVECHECK_TOKEN_BUDGET", "1")
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"prompt": PROMPTS, "temperature": [0.0, 1.0], "seed": [5, 6],
+                                   "max_tokens": 16}))
+    path = tmp_path / "double-bos.jsonl"
+    assert run_cli("generate", prompts, "--target", "hf:builtin?fault=double-bos", "--out", path,
+                   "--no-progress") == 0
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in lines:
+        r.pop("prompt_token_ids")
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    code, whole = check_json(path, tmp_path)
+    chunked_code, chunked = check_json(path, tmp_path, "builtin", "--records-per-chunk", "8",
+                                       "--state", tmp_path / "state")
+    assert code == chunked_code == 1 and chunked["chunks"] == 4
+    row = _logprobs_row(chunked, whole)
+    assert row["verdict"] == "fail" and "double BOS" in row["details"]["prompt_diagnosis"]

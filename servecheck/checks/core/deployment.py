@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from servecheck.formats.records import ResponseRecord
 
 __all__ = ["LOSSY_SPECULATION", "OFF", "SPECULATION_SHOWS", "ZERO_LOGPROBS", "kv_cache_counts",
-           "kv_cache_dtype", "speculating", "speculation"]
+           "kv_cache_dtype", "speculating", "speculation", "speculation_counts"]
 
 OFF = {"", "off", "none", "false", "no", "0"}
 """How a record says a setting was off (``serving.speculative: off``)."""
@@ -37,11 +37,6 @@ def _counts(values: Iterable[str | None]) -> Counter[str]:
     return Counter(v for v in values if v is not None and v.strip().lower() not in OFF)
 
 
-def _most_common(values: Iterable[str | None]) -> str | None:
-    counts = _counts(values)
-    return counts.most_common(1)[0][0] if counts else None
-
-
 def speculating(record: ResponseRecord) -> bool:
     """The record says it was served with speculative decoding on."""
     method = record.serving.speculative if record.serving is not None else None
@@ -50,7 +45,14 @@ def speculating(record: ResponseRecord) -> bool:
 
 def speculation(records: Iterable[ResponseRecord]) -> str | None:
     """The speculative-decoding method the records say was on (the most common), or None."""
-    return _most_common(r.serving.speculative for r in records if r.serving is not None)
+    counts = speculation_counts(records)
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def speculation_counts(records: Iterable[ResponseRecord]) -> Counter[str]:
+    """How many records say each speculative-decoding method was on, in the order first seen:
+    a chunk's counts add up to its set's."""
+    return _counts(r.serving.speculative for r in records if r.serving is not None)
 
 
 def kv_cache_counts(records: Iterable[ResponseRecord]) -> Counter[str]:

@@ -42,9 +42,10 @@ class Evidence(Protocol):
 
 @dataclass(frozen=True)
 class Pooling:
-    """How a statistical check tests a set too large to hold once, not chunk by chunk: each
-    chunk ``reduce``s to evidence sufficient for the test, the chunks' evidence merges in set
-    order, and ``decide`` tests it once at the check's full α. The check's ``run`` must be
+    """How a check judges a set too large to hold once, not chunk by chunk: each chunk
+    ``reduce``s to evidence sufficient for its verdict, the chunks' evidence merges in set
+    order, and ``decide`` judges it once (a statistical check at its full α, not α/k; a
+    deterministic one on the whole set's numbers, not each chunk's). The check's ``run`` must be
     ``decide(reduce(ctx), ctx.options)`` on one run's records, so a chunked set and one process give the
     same verdicts and p-values (tests/workflows/test_pooled_chunks.py)."""
 
@@ -89,8 +90,9 @@ class CheckSpec:
     needs: str = ""
     """What records must hold for it to see anything, and how to collect them."""
     pooling: Pooling | None = None
-    """Set for a statistical check whose evidence merges across the chunks of a large set: it is
-    then tested once over the whole set at its share of α, not in each chunk at α/k."""
+    """Set for a check whose evidence merges across the chunks of a large set: it is then
+    judged once over the whole set (a statistical one at its share of α, not in each chunk at
+    α/k)."""
     module: str = ""
     source: str = "built-in"
     """Where it comes from: built-in, or the distribution that registered it."""
@@ -113,8 +115,8 @@ def check(name: str, *, order: int, kind: Kind = "deterministic", alpha_share: f
           screens: bool = False, also: tuple[str, ...] = (), catches: str = "", needs: str = "",
           pooling: Pooling | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declares the decorated ``run`` a check (``CheckSpec`` says what each argument means)."""
-    if pooling is not None and kind != "statistical":
-        raise ValueError(f"check {name!r}: only a statistical check pools its evidence")
+    if pooling is not None and kind == "record":
+        raise ValueError(f"check {name!r}: the per-record verdict pools no evidence")
     if (kind == "deterministic") != (alpha_share == 0):
         raise ValueError(f"check {name!r}: a statistical or record check has an α share > 0, a "
                          f"deterministic one none (got {kind}, {alpha_share})")
