@@ -20,7 +20,7 @@ from servecheck.formats import jsontext
 from servecheck.formats.files import text_lines
 from servecheck.formats.parquet import parquet_rows
 
-__all__ = ["MAX_RECORD_BYTES", "located", "raw_stream", "torn"]
+__all__ = ["MAX_RECORD_BYTES", "first_char", "located", "parse_lines", "raw_stream", "torn"]
 
 MAX_RECORD_BYTES = 16 * 2**20
 """A record beyond this is refused by name: one 50 MB record once drove ``check`` to 13 GB."""
@@ -46,14 +46,14 @@ def raw_stream(path: Path, max_bytes: int = MAX_RECORD_BYTES, warn: bool = True
         yield from parquet_rows(path)
         return
     gunzip = path.name.endswith(".gz")
-    if _first_char(path, gunzip) == "{":
-        for n, obj in _parse_lines(text_lines(path, gunzip), path, max_bytes, warn):
+    if first_char(path, gunzip) == "{":
+        for n, obj in parse_lines(text_lines(path, gunzip), path, max_bytes, warn):
             yield f"line {n}", obj
         return
     yield from _array(path, "".join(text_lines(path, gunzip)), max_bytes, warn)
 
 
-def _first_char(path: Path, gunzip: bool) -> str:
+def first_char(path: Path, gunzip: bool) -> str:
     for line in text_lines(path, gunzip):
         if line.strip():
             return line.lstrip()[:1]
@@ -75,7 +75,7 @@ def _array(path: Path, text: str, max_bytes: int, warn: bool) -> list[tuple[str,
                              where=str(path)) from None
         # an array left open by a killed run, or one element per line: parse lines
         return [(f"line {n}", obj)
-                for n, obj in _parse_lines(io.StringIO(text), path, max_bytes, warn)]
+                for n, obj in parse_lines(io.StringIO(text), path, max_bytes, warn)]
     if not isinstance(data, list):
         raise InputError("expected a list of records", where=str(path))
     deep, surrogates = jsontext.suspect(text)
@@ -87,7 +87,7 @@ def _array(path: Path, text: str, max_bytes: int, warn: bool) -> list[tuple[str,
     return [(f"record {i}", obj) for i, obj in enumerate(data)]
 
 
-def _parse_lines(lines: Iterable[str], path: Path, max_bytes: int, warn: bool
+def parse_lines(lines: Iterable[str], path: Path, max_bytes: int, warn: bool
                 ) -> Iterator[tuple[int, object]]:
     """Parse a JSONL body or an array written one element per line, from its lines as read
     (each with its newline, the last perhaps without). A torn last line is left out with a

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from servecheck.errors import InputError
+from servecheck.formats import split_index
 from servecheck.formats.answers import supersedes, validate_record
 from servecheck.formats.raw import MAX_RECORD_BYTES, located
 from servecheck.formats.records import ResponseRecord
@@ -81,33 +82,50 @@ def index(path: Path, max_bytes: int = MAX_RECORD_BYTES, keep: int = 0,
     """Validate every record of a responses file or shard set, keeping per request id only the
     positions of its current answer (ids hashed: ~100 bytes per request, not the record), the
     records themselves while there are at most ``keep`` of them, and whether ``tally`` counts
-    each (a byte a record: what a chunk needs to know of the whole set before it is checked)."""
+    each (a byte a record: what a chunk needs to know of the whole set before it is checked).
+    A large JSON Lines set is validated in worker processes (``split_index``), none held."""
     shards = shard_paths(path) if is_sharded(path) else [path]
     found = StreamIndex(path, shards, held=[] if keep else None)
     current: dict[int, list[tuple[int | None, int]]] = {}
-    for where, obj in located(shards, max_bytes):
-        rec = validate_record(obj, where)
-        position = found.read
-        found.read += 1
-        found.sizes.append(token_estimate(rec))
-        found.tallied.append(bool(tally and tally(rec)))
-        if found.held is not None:
-            found.held.append(rec)
-            if len(found.held) > keep:
-                found.held = None  # too many to hold: the second pass streams them
-        if not rec.id:
-            continue  # no id (or an empty one): nothing can supersede it
-        key = hash(rec.id)  # 64 bits: a collision among 10M ids has odds ~3e-6
-        answer = current.get(key, [])
-        if supersedes(dict(answer), rec.choice):
-            found.superseded.update(p for _, p in answer)
-            answer = []
-        answer.append((rec.choice, position))
-        current[key] = answer
+    scanned = split_index.scan(shards, max_bytes, token_estimate, tally)
+    if scanned is not None:
+        found.held = None
+        for part in scanned:
+            found.sizes.extend(part.sizes)
+            found.tallied.extend(part.tallied)
+            for request, choice in part.answers:
+                _answered(found, current, request, choice)
+    else:
+        for where, obj in located(shards, max_bytes):
+            rec = validate_record(obj, where)
+            found.sizes.append(token_estimate(rec))
+            found.tallied.append(bool(tally and tally(rec)))
+            if found.held is not None:
+                found.held.append(rec)
+                if len(found.held) > keep:
+                    found.held = None  # too many to hold: the second pass streams them
+            _answered(found, current, rec.id, rec.choice)
     if not found.records:
         raise InputError("no records: the file holds only brackets and blank lines",
                          where=str(path))
     return found
+
+
+def _answered(found: StreamIndex, current: dict[int, list[tuple[int | None, int]]],
+              request: str | None, choice: int | None) -> None:
+    """The next record read answers ``request`` (its id) with ``choice``: it supersedes the
+    answer kept so far where it starts a new one (a retry after an error)."""
+    position = found.read
+    found.read += 1
+    if not request:
+        return  # no id (or an empty one): nothing can supersede it
+    key = hash(request)  # 64 bits: a collision among 10M ids has odds ~3e-6
+    answer = current.get(key, [])
+    if supersedes(dict(answer), choice):
+        found.superseded.update(p for _, p in answer)
+        answer = []
+    answer.append((choice, position))
+    current[key] = answer
 
 
 def records(found: StreamIndex, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[ResponseRecord]:
