@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from check_scale import ROOT, synthetic  # noqa: E402 - the same records as the CPU benchmark
+from check_scale import ROOT, synthetic  # the same records as the CPU benchmark
 
 TIMED = r"""
 import hashlib, json, sys, time

@@ -15,6 +15,7 @@ from servecheck.errors import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS
 from servecheck.formats.raw import MAX_RECORD_BYTES
 from servecheck.workflows.check import CheckRun, Outputs
 from servecheck.workflows.chunked import Chunking, SetRun, check_set
+from servecheck.workflows.heap import tuned
 from servecheck.workflows.progress import timed, write_timings
 
 
@@ -24,6 +25,14 @@ def run_check(responses: Path, options: CheckOptions, console: Console,
               chunking: Chunking | None = None) -> int:
     """The ``check`` command: the table, the files asked for, and the exit code (3 when a
     check could not decide, unless ``inconclusive_ok``)."""
+    with tuned():  # the collector, for a run that keeps most of what it makes
+        return _run_check(responses, options, console, outputs, progress, max_record_bytes,
+                          inconclusive_ok, chunking)
+
+
+def _run_check(responses: Path, options: CheckOptions, console: Console, outputs: Outputs | None,
+               progress: bool, max_record_bytes: int, inconclusive_ok: bool,
+               chunking: Chunking | None) -> int:
     from servecheck.report.digest import print_digest
     from servecheck.report.outputs import write_html, write_html_around, write_result_files
     from servecheck.report.table import print_table

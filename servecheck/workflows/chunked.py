@@ -61,6 +61,7 @@ from servecheck.workflows import chunk_state
 from servecheck.workflows.check import CheckRun, Engine, check, open_engine, score_records
 from servecheck.workflows.finisher import Finisher
 from servecheck.workflows.gathered import Draw, Gathered, finish
+from servecheck.workflows.heap import between_chunks
 from servecheck.workflows.prefetch import ahead
 from servecheck.workflows.progress import spinner, timed
 
@@ -230,6 +231,7 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
             if saved is None:
                 console.print(f"chunk {j + 1}/{k}: records {first}–{first + len(batch) - 1}")
                 finisher.wait(behind=1)  # the chunk before the last is done: its scores freed
+                between_chunks()
                 if j:
                     engine.ref.forget_encodings()  # the cache's bound; the next chunk's texts
                 scored = score_records(batch, each, engine, console, progress, first, fit)

@@ -5,6 +5,7 @@ here: a process that already runs threads (a test session's servers) never forks
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -99,5 +100,6 @@ def test_ranges_cut_at_line_starts_and_cover_the_file(tmp_path: Path) -> None:
     for parts in (1, 2, 7, 64, 1000):
         cuts = _ranges(path, parts)
         assert cuts[0][0] == 0 and cuts[-1][1] == len(body)
-        assert all(a < b for a, b in cuts) and all(b == c for (_, b), (c, _) in zip(cuts, cuts[1:]))
+        assert all(a < b for a, b in cuts)
+        assert all(b == c for (_, b), (c, _) in itertools.pairwise(cuts))
         assert all(body[a - 1:a] == b"\n" for a, _ in cuts[1:])

@@ -10,6 +10,7 @@ data-parallel one, so every rank makes the same calls in the same order and shar
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Any, Protocol
@@ -297,7 +298,8 @@ class CheckContext:
     @cached_property
     def structured(self) -> Structured:
         """The records decoded under a grammar: their grammars, where each begins, their masks."""
-        return Structured(self.ref, self.records, lambda i: self.output_ids(i)[0], self.outputs)
+        me = weakref.ref(self)  # not ``self``: a context in a cycle outlives its chunk (heap.py)
+        return Structured(self.ref, self.records, lambda i: me().output_ids(i)[0], self.outputs)
 
     def leave_out(self, reasons: dict[str, list[str]]) -> None:
         """Leave the records named in ``reasons`` (label → the checks they failed) out of the
