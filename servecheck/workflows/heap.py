@@ -11,8 +11,8 @@ process) and walks the young objects every 100,000 allocations, the older ones l
 Garbage in cycles is still collected, later, and a chunked run collects it between chunks
 (``between_chunks``), so a chunk held by a cycle (the first one is: the model is loaded while it
 is scored, and a traceback transformers keeps from that load holds its frames) is freed before
-the next is read, and the peak stays a chunk's. ``SERVECHECK_GC=default`` leaves the collector
-as it comes (to measure against).
+the next is read, and the peak stays a chunk's. ``SERVECHECK_GC=0`` (or ``default``) leaves the
+collector as it comes (to measure against).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ CPython's own are (700, 10, 10)."""
 def tuned() -> Iterator[None]:
     """The collector set for a check while it runs (entered after the imports), and as it was
     after: a process that checks again and again (a test session, a service) keeps its own."""
-    if os.environ.get("SERVECHECK_GC", "") == "default":
+    if os.environ.get("SERVECHECK_GC", "") in ("0", "default"):
         yield
         return
     before = gc.get_threshold()
