@@ -62,6 +62,7 @@ from servecheck.workflows.check import CheckRun, Engine, check, open_engine, sco
 from servecheck.workflows.finisher import Finisher
 from servecheck.workflows.gathered import Draw, Gathered, finish
 from servecheck.workflows.heap import between_chunks
+from servecheck.workflows.interrupts import noted
 from servecheck.workflows.prefetch import ahead
 from servecheck.workflows.progress import spinner, timed
 
@@ -219,35 +220,38 @@ def _check_chunks(found: StreamIndex, options: CheckOptions, console: Console, p
     beside = str(engine.ref.device) if finisher.enabled and \
         str(engine.ref.device).startswith("cuda") else None  # the checks' stream of their own
     try:
-        for j, (batch, read) in enumerate(_waited(ahead(_fingerprinted(
-                _chunks(found, plan, max_bytes))))):
-            with timed("saved verdicts (digest, load, save)"):
-                # the records, the options, α/k, and (past the first) the orders found there
-                first = starts[j]
-                order = f"{fit.chosen!r}, undecided {fit.undecided!r}" if fit else ""
-                digest = hashlib.sha256(f"{read}|{run_key}|{order}"
-                                        .encode()).hexdigest()
-                saved = chunk_state.load(directory, j, digest) if directory and chunking.resume else None
-            if saved is None:
-                console.print(f"chunk {j + 1}/{k}: records {first}–{first + len(batch) - 1}")
-                finisher.wait(behind=1)  # the chunk before the last is done: its scores freed
-                between_chunks()
-                if j:
-                    engine.ref.forget_encodings()  # the cache's bound; the next chunk's texts
-                scored = score_records(batch, each, engine, console, progress, first, fit)
-                plan_compile(scored.context.total_tokens() * (k - j - 1))  # what is left to score
-                convention = fit or scored.convention
-                finisher.submit(finish, j, first, batch, digest, scored, convention, got,
-                                engine.rank, directory, draw, beside)
-                del scored
-            else:
-                taken.add(j)
-                convention = saved.convention
-                finisher.submit(got.add, j, saved)
-            if fit is None and _decided(convention):
-                fit = convention
-            last = convention
-        finisher.wait()
+        with noted() as lost:  # a Ctrl-C a finalizer swallowed: asked for at each chunk
+            for j, (batch, read) in enumerate(_waited(ahead(_fingerprinted(
+                    _chunks(found, plan, max_bytes))))):
+                with timed("saved verdicts (digest, load, save)"):
+                    # the records, the options, α/k, and (past the first) the orders found there
+                    first = starts[j]
+                    order = f"{fit.chosen!r}, undecided {fit.undecided!r}" if fit else ""
+                    digest = hashlib.sha256(f"{read}|{run_key}|{order}"
+                                            .encode()).hexdigest()
+                    saved = chunk_state.load(directory, j, digest) if directory and chunking.resume else None
+                if saved is None:
+                    console.print(f"chunk {j + 1}/{k}: records {first}–{first + len(batch) - 1}")
+                    finisher.wait(behind=1)  # the chunk before the last is done: its scores freed
+                    between_chunks()
+                    lost()
+                    if j:
+                        engine.ref.forget_encodings()  # the cache's bound; the next chunk's texts
+                    scored = score_records(batch, each, engine, console, progress, first, fit)
+                    plan_compile(scored.context.total_tokens() * (k - j - 1))  # what is left to score
+                    convention = fit or scored.convention
+                    finisher.submit(finish, j, first, batch, digest, scored, convention, got,
+                                    engine.rank, directory, draw, beside)
+                    del scored
+                else:
+                    taken.add(j)
+                    convention = saved.convention
+                    finisher.submit(got.add, j, saved)
+                if fit is None and _decided(convention):
+                    fit = convention
+                last = convention
+            lost()
+            finisher.wait()
     except KeyboardInterrupt:
         finisher.stop()  # the chunk in hand is finished and saved: a rerun resumes after it
         if directory:
