@@ -150,11 +150,11 @@ def _rescored(ctx: CheckContext, idx: list[int], columns: ServedColumns | None
               ) -> tuple[np.ndarray, ...]:
     """Per convention, this chunk's worst records rescored under each mistake that applies."""
     pairs: list[tuple[int, int]] = []  # (row, convention)
-    if columns is not None and ctx.ref.tokenizer.bos_token_id is not None:
+    bos = ctx.ref.tokenizer.bos_token_id
+    if columns is not None and bos is not None:
         lengths = np.minimum(columns.count, columns.scored)
         for c in range(len(CONVENTIONS)):
             pairs += [(r, c) for r in worst(columns.diffs[c], lengths)]
-    bos = ctx.ref.tokenizer.bos_token_id
     wanted: dict[tuple, ScoreItem] = {}  # one scoring per distinct item
     keys: list[list[tuple | None]] = []
     for r, c in pairs:
